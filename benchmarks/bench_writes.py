@@ -1,0 +1,145 @@
+"""Durable ``advance`` throughput against the bare system-call sequence it must perform.
+
+    python benchmarks/bench_writes.py [--ops 200] [--rounds 6] [--dir DIR] [--json] [--strict]
+
+The baseline is measured in the same run, interleaved with the store runs
+(machines are noisy): write a temp file in the episode's directory, fsync,
+rename over the file, fsync the directory, append one event line, fsync it;
+with the same byte sizes statekit writes. Each store run advances one episode
+back and forth (downloading <-> failed, with a cost), as a worker would.
+
+Targets (issue 2): JSON >= 0.7x the baseline, YAML >= 0.4x with comments kept.
+Ratios are baseline median / store median; higher is better.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from statekit import Store  # noqa: E402
+
+TARGETS = {"json": 0.7, "yaml": 0.4, "yaml+comments": 0.4}
+
+
+def bare_sequence(folder: str, file_bytes: bytes, event_bytes: bytes) -> Callable[[], None]:
+    """The minimum a durable write with an event log must do."""
+    target = os.path.join(folder, "episode.yaml")
+    log = os.path.join(folder, "events.jsonl")
+
+    def once() -> None:
+        fd, tmp = tempfile.mkstemp(prefix=".episode.yaml.", suffix=".tmp", dir=folder)
+        os.write(fd, file_bytes)
+        os.fsync(fd)
+        os.close(fd)
+        os.replace(tmp, target)
+        dfd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        os.fsync(dfd)
+        os.close(dfd)
+        lfd = os.open(log, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        os.write(lfd, event_bytes)
+        os.fsync(lfd)
+        os.close(lfd)
+
+    return once
+
+
+def store_advance(root: str, fmt: str, comments: bool) -> tuple[Callable[[], None], Store, Path]:
+    store = Store.init(root, format=fmt)
+    store.create("bench", "ep1", title="Benchmark episode", metadata={"source": "https://archive.org/x"})
+    store.advance("bench", "ep1", "downloading")
+    path = Path(store.root, "shows/bench/episodes/ep1", f"episode.{fmt}")
+    if comments:
+        text = path.read_text().replace("title:", "# reviewed by ana on 2026-11-02\ntitle:", 1)
+        path.write_text(text.replace("Benchmark episode", "Benchmark episode  # the final title", 1))
+    state = {"stage": "downloading"}
+
+    def once() -> None:
+        state["stage"] = "failed" if state["stage"] == "downloading" else "downloading"
+        store.advance("bench", "ep1", state["stage"], cost=0.001, message="benchmark step")
+
+    return once, store, path
+
+
+def timed(fn: Callable[[], None], n: int) -> list[float]:
+    out = []
+    for _ in range(n):
+        start = time.perf_counter()
+        fn()
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--ops", type=int, default=200, help="writes per block (default 200)")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds (default 6)")
+    parser.add_argument("--dir", default=None, help="where to write (default: the system temp dir)")
+    parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+    args = parser.parse_args()
+
+    work = tempfile.mkdtemp(prefix="statekit-bench-", dir=args.dir)
+    try:
+        runs: dict[str, Callable[[], None]] = {}
+        files: dict[str, Path] = {}
+        for name, fmt, comments in (("json", "json", False), ("yaml", "yaml", False),
+                                    ("yaml+comments", "yaml", True)):
+            runs[name], _store, files[name] = store_advance(os.path.join(work, name), fmt, comments)
+        runs["json"]()  # sizes of what statekit really writes, for the baseline
+        sample = files["yaml"].read_bytes()
+        log = files["json"].with_name("events.jsonl").read_bytes().splitlines(keepends=True)[-1]
+        bare_dir = os.path.join(work, "bare")
+        os.makedirs(bare_dir)
+        runs = {"bare": bare_sequence(bare_dir, sample, log), **runs}
+
+        samples: dict[str, list[float]] = {name: [] for name in runs}
+        names = list(runs)
+        for fn in runs.values():  # warm up caches and the file system
+            timed(fn, 20)
+        for r in range(args.rounds):
+            order = names[r % len(names):] + names[: r % len(names)]
+            for name in order:
+                samples[name] += timed(runs[name], args.ops)
+        assert b"# reviewed by ana" in files["yaml+comments"].read_bytes(), "comments were not kept"
+
+        base = statistics.median(samples["bare"])
+        results = []
+        for name in names:
+            med = statistics.median(samples[name])
+            ratio = base / med
+            target = TARGETS.get(name)
+            results.append({
+                "run": name, "median_us": round(med * 1e6, 1), "ops_per_s": round(1 / med, 1),
+                "ratio": round(ratio, 3), "target": target,
+                "ok": None if target is None else ratio >= target,
+            })
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    if args.json:
+        print(json.dumps({"ops": args.ops, "rounds": args.rounds, "results": results}, indent=2))
+    else:
+        print(f"durable advance vs the bare sequence ({args.rounds} rounds x {args.ops} writes, medians)")
+        print(f"{'run':<15}{'median':>12}{'writes/s':>10}{'ratio':>8}{'target':>8}")
+        for r in results:
+            verdict = "" if r["ok"] is None else ("  ok" if r["ok"] else "  MISSED")
+            target = "" if r["target"] is None else f">={r['target']}"
+            print(f"{r['run']:<15}{r['median_us']:>10.0f}us{r['ops_per_s']:>10.0f}{r['ratio']:>7.2f}x{target:>8}"
+                  f"{verdict}")
+    missed = [r for r in results if r["ok"] is False]
+    return 1 if args.strict and missed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

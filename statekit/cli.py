@@ -1,0 +1,311 @@
+"""The ``statekit`` command line: parse, call one Store method, render.
+
+Tables for people, ``--json`` for programs. A user error prints one line
+(what is wrong, what to do) to stderr and exits 2; exit 1 means a check
+found problems; 0 means all is well. No traceback reaches a user unless
+``--debug`` is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import __version__
+from .errors import StatekitError, StoreNotFoundError
+from .models import Episode, Event
+from .store import CONFIG_FILE, Store
+
+# Piped output is not wrapped at 80 columns: programs and grep read it.
+out = Console(highlight=False, width=None if sys.stdout.isatty() else 1000)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    err.print(f"statekit: error: {message}", markup=False)
+    sys.exit(code)
+
+
+class Group(click.Group):
+    """Turns every statekit error into one line and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except StatekitError as exc:
+            if ctx.meta.get("statekit.debug"):
+                raise
+            fail(exc.one_line())
+        except click.UsageError as exc:  # bad arguments: one line too, with where to look
+            where = " ".join(["statekit", *(exc.ctx.command_path if exc.ctx else ctx.command_path).split()[1:]])
+            fail(f"{exc.format_message()} (see '{where} --help')")
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
+            raise
+        except KeyboardInterrupt:
+            fail("interrupted", 130)
+        except Exception as exc:  # the last line of defence: a bug, reported without a traceback
+            if ctx.meta.get("statekit.debug"):
+                raise
+            fail(f"internal error: {type(exc).__name__}: {exc} (this is a bug; run with --debug for details)", 70)
+
+
+def find_root(given: str | None) -> str:
+    """--root, then $STATEKIT_ROOT (click fills it), else the nearest parent
+    of the working directory holding statekit.yaml (like git)."""
+    if given:
+        return given
+    here = Path.cwd()
+    for folder in (here, *here.parents):
+        if (folder / CONFIG_FILE).is_file():
+            return str(folder)
+    raise StoreNotFoundError(f"no statekit store in {here} or any parent directory")
+
+
+class Context:
+    def __init__(self, root: str | None) -> None:
+        self.root = root
+        self._store: Store | None = None
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self._store = Store.open(find_root(self.root))
+        return self._store
+
+
+pass_ctx = click.make_pass_decorator(Context)
+
+
+def split_ref(value: str) -> tuple[str, str]:
+    show, sep, ep = value.partition("/")
+    if not sep or not show or not ep or "/" in ep:
+        raise click.BadParameter(f"expected SHOW/EP such as 'oliver/ep001', got {value!r}")
+    return show, ep
+
+
+def ref_arg(func: Any) -> Any:
+    return click.argument("ref", metavar="SHOW/EP")(func)
+
+
+def dump_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+
+
+def when(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def money(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}".rstrip("0").rstrip(".") if value else "0"
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", envvar="STATEKIT_ROOT", metavar="DIR",
+              help="The store (default: $STATEKIT_ROOT, else the nearest parent holding statekit.yaml).")
+@click.option("--debug", is_flag=True, hidden=True, help="Show tracebacks.")
+@click.version_option(__version__, prog_name="statekit")
+@click.pass_context
+def main(ctx: click.Context, root: str | None, debug: bool) -> None:
+    """Durable, human-editable state for multi-stage media pipelines."""
+    ctx.meta["statekit.debug"] = debug
+    ctx.obj = Context(root)
+
+
+@main.command()
+@click.argument("directory", default=".", metavar="[DIR]")
+@click.option("--pipeline", default="archive", show_default=True, metavar="NAME|FILE",
+              help="A preset (archive, podcast) or a YAML file with a pipeline.")
+@click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True,
+              help="Episode file format.")
+def init(directory: str, pipeline: str, fmt: str) -> None:
+    """Create a store in DIR (default: here)."""
+    store = Store.init(directory, pipeline=pipeline, format=fmt)
+    out.print(f"created store {store.root} (pipeline {store.pipeline.name}, format {fmt})", markup=False)
+
+
+@main.command()
+@ref_arg
+@click.option("--title", default="", help="Episode title.")
+@pass_ctx
+def create(ctx: Context, ref: str, title: str) -> None:
+    """Create episode SHOW/EP at the pipeline's initial stage."""
+    ep = ctx.store.create(*split_ref(ref), title=title)
+    out.print(f"created {ep.key} at {ep.stage} (version {ep.version})", markup=False)
+
+
+@main.command()
+@ref_arg
+@click.argument("stage")
+@click.option("--message", "-m", default=None, help="A note recorded with the move.")
+@click.option("--cost", type=float, default=None, help="Cost of the work just done (added to the stage left).")
+@click.option("--expected-version", type=int, default=None,
+              help="Refuse unless the episode is at this version (compare-and-set).")
+@pass_ctx
+def advance(ctx: Context, ref: str, stage: str, message: str | None, cost: float | None,
+            expected_version: int | None) -> None:
+    """Move SHOW/EP to STAGE (checked against the pipeline)."""
+    show, ep_id = split_ref(ref)
+    before = ctx.store.get(show, ep_id).stage
+    ep = ctx.store.advance(show, ep_id, stage, message=message, cost=cost, expected_version=expected_version)
+    out.print(f"{ep.key}: {before} -> {ep.stage} (version {ep.version})", markup=False)
+
+
+@main.command()
+@ref_arg
+@click.argument("stage")
+@click.option("--by", required=True, help="Who approves.")
+@click.option("--note", default=None, help="Why, or what was checked.")
+@pass_ctx
+def approve(ctx: Context, ref: str, stage: str, by: str, note: str | None) -> None:
+    """Approve SHOW/EP to enter the gated STAGE."""
+    ep = ctx.store.approve(*split_ref(ref), stage, by=by, note=note)
+    out.print(f"{ep.key}: {stage} approved by {by} (version {ep.version})", markup=False)
+
+
+@main.command()
+@ref_arg
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def show(ctx: Context, ref: str, as_json: bool) -> None:
+    """State and event history of SHOW/EP."""
+    show_id, ep_id = split_ref(ref)
+    store = ctx.store
+    ep = store.get(show_id, ep_id)
+    events = store.events(show_id, ep_id)
+    resume = store.resume_stage(show_id, ep_id)
+    if as_json:
+        dump_json({"episode": ep.model_dump(mode="json"), "resume_stage": resume,
+                   "events": [e.model_dump(mode="json", exclude_none=True) for e in events]})
+        return
+    facts = Table.grid(padding=(0, 2))
+    facts.add_column(style="bold")
+    facts.add_column()
+    facts.add_row("episode", f"{ep.key}  {ep.title}")
+    facts.add_row("stage", f"{ep.stage} (since {when(ep.stage_entered_at)} UTC)")
+    facts.add_row("version", str(ep.version))
+    facts.add_row("created", when(ep.created_at))
+    facts.add_row("updated", when(ep.updated_at))
+    if ep.message:
+        facts.add_row("message", ep.message)
+    costs = ", ".join(f"{k} {money(v)}" for k, v in ep.costs.items())
+    facts.add_row("cost", money(ep.cost_total) + (f"  ({costs})" if costs else ""))
+    facts.add_row("attempts", ", ".join(f"{k} {v}" for k, v in ep.attempts.items()))
+    for gate, a in ep.approvals.items():
+        facts.add_row("approved", f"{gate} by {a.by} at {when(a.at)}" + (f": {a.note}" if a.note else ""))
+    if ep.checkpoints:
+        facts.add_row("checkpoints", ", ".join(f"{k} ({c.size} B)" for k, c in ep.checkpoints.items()))
+        facts.add_row("resume from", resume or "(no intact checkpoint)")
+    for name, path in ep.files.items():
+        facts.add_row("file", f"{name}: {path}")
+    if ep.error_history:
+        last = ep.error_history[-1]
+        facts.add_row("errors", f"{len(ep.error_history)}, last: [{last.kind}] {last.message}")
+    out.print(facts, markup=False)
+    table = Table(title="events", title_justify="left", box=None, header_style="bold")
+    for column in ("v", "at (UTC)", "kind", "move", "cost", "message"):
+        table.add_column(column, justify="right" if column in ("v", "cost") else "left")
+    for e in events:
+        table.add_row(str(e.version), when(e.at), e.kind, describe(e), money(e.cost), e.message or "")
+    out.print(table, markup=False)
+
+
+def describe(e: Event) -> str:
+    """The change an event made, in a few words."""
+    extra = e.model_extra or {}
+    if e.to_stage:
+        return f"{e.from_stage or ''} -> {e.to_stage}".strip()
+    if e.kind == "checkpoint":
+        return f"saved {extra.get('checkpoint', '')}"
+    if e.kind == "approve":
+        return f"{extra.get('gate', '')} approved by {extra.get('by', '')}"
+    if e.fields:
+        return "changed " + ", ".join(e.fields)
+    return ""
+
+
+def episode_rows(episodes: list[Episode]) -> Table:
+    table = Table(box=None, header_style="bold")
+    for column in ("show", "episode", "stage", "version", "updated (UTC)", "cost", "title"):
+        table.add_column(column, justify="right" if column in ("version", "cost") else "left")
+    for e in episodes:
+        table.add_row(e.show_id, e.episode_id, e.stage, str(e.version), when(e.updated_at), money(e.cost_total),
+                      e.title)
+    return table
+
+
+@main.command("list")
+@click.option("--show", "show_id", default=None, help="Only this show.")
+@click.option("--stage", default=None, help="Only episodes at this stage.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def list_(ctx: Context, show_id: str | None, stage: str | None, as_json: bool) -> None:
+    """Episodes, optionally of one show and/or at one stage."""
+    episodes = ctx.store.list(show=show_id, stage=stage)
+    if as_json:
+        dump_json([e.model_dump(mode="json") for e in episodes])
+    elif episodes:
+        out.print(episode_rows(episodes), markup=False)
+    else:
+        err.print("no episodes", markup=False)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Only list the files that would be rewritten.")
+@pass_ctx
+def migrate(ctx: Context, dry_run: bool) -> None:
+    """Rewrite episode files of an older schema (each backed up first)."""
+    report = ctx.store.migrate(dry_run=dry_run)
+    verb = "would migrate" if dry_run else "migrated"
+    for f in report.files:
+        out.print(f"{verb} {f['path']} (schema {f['from']} -> {f['to']})", markup=False)
+    if not report.files:
+        out.print("every file is at the current schema", markup=False)
+    elif report.backup_dir:
+        out.print(f"{len(report.files)} file(s) migrated; originals in {report.backup_dir}", markup=False)
+
+
+@main.command("import")
+@click.argument("legacy_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--show", "show_id", required=True, help="Show to import into (created if missing).")
+@pass_ctx
+def import_(ctx: Context, legacy_dir: str, show_id: str) -> None:
+    """Bring schema-0 episode YAML files from LEGACY_DIR into a show."""
+    report = ctx.store.import_legacy(legacy_dir, show_id)
+    for r in report.rejected:
+        err.print(f"rejected {r['file']}: {r['reason']}", markup=False)
+    out.print(f"imported {len(report.imported)}, skipped {len(report.skipped)} already present, "
+              f"rejected {len(report.rejected)}", markup=False)
+    if report.rejected:
+        sys.exit(1)
+
+
+@main.command()
+@ref_arg
+@pass_ctx
+def delete(ctx: Context, ref: str) -> None:
+    """Remove SHOW/EP (its folder is moved to .statekit/trash, not erased)."""
+    where = ctx.store.delete(*split_ref(ref))
+    out.print(f"deleted {ref}; its files are kept in {where}", markup=False)
+
+
+@main.command()
+@click.argument("directory", required=False, metavar="[DIR]")
+def demo(directory: str | None) -> None:
+    """Walk one episode through the archive pipeline in a new store (default: a temp dir)."""
+    from .demo import walk
+
+    root = directory or os.path.join(tempfile.mkdtemp(prefix="statekit-demo-"), "store")
+    for line in walk(root):
+        out.print(line, markup=False)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,191 @@
+"""Every error statekit raises: one base class carrying context and a hint.
+
+Each subclass also inherits the builtin it resembles (``LookupError`` for
+things not found, ``ValueError`` for bad input, ``TimeoutError`` for locks,
+``OSError`` for I/O), so callers can catch either family.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+
+class StatekitError(Exception):
+    """Base class: a message, a one-line ``hint`` for the person who has to act,
+    and context (``show_id``, ``episode_id``, ``stage``, ``timestamp``, extras)."""
+
+    default_hint = ""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        show_id: str | None = None,
+        episode_id: str | None = None,
+        stage: str | None = None,
+        **extras: Any,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint if hint is not None else self.default_hint
+        self.show_id = show_id
+        self.episode_id = episode_id
+        self.stage = stage
+        self.timestamp = datetime.now(timezone.utc)
+        self.extras = extras
+
+    def __str__(self) -> str:
+        return self.message
+
+    @property
+    def context(self) -> dict[str, Any]:
+        """The context as a flat dict (for logs and JSON output)."""
+        ctx = {
+            "show_id": self.show_id,
+            "episode_id": self.episode_id,
+            "stage": self.stage,
+            "timestamp": self.timestamp.isoformat(),
+        }
+        ctx.update(self.extras)
+        return {k: v for k, v in ctx.items() if v is not None}
+
+    def one_line(self) -> str:
+        """What went wrong and what to do, on one line (what the CLI prints)."""
+        text = " ".join(self.message.split())
+        if self.hint:
+            text += f" (hint: {' '.join(self.hint.split())})"
+        return text
+
+
+class InvalidIdError(StatekitError, ValueError):
+    default_hint = "ids are 1-128 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit (e.g. 'ep001')"
+
+
+class StoreNotFoundError(StatekitError, LookupError):
+    default_hint = "create one with 'statekit init DIR', or point at it with --root DIR or $STATEKIT_ROOT"
+
+
+class StoreExistsError(StatekitError, ValueError):
+    default_hint = "open the existing store instead, or choose an empty directory"
+
+
+class ShowNotFoundError(StatekitError, LookupError):
+    default_hint = "list shows with 'statekit list'; creating an episode creates its show"
+
+
+class EpisodeNotFoundError(StatekitError, LookupError):
+    default_hint = "list episodes with 'statekit list --show SHOW'"
+
+
+class EpisodeExistsError(StatekitError, ValueError):
+    default_hint = "choose another episode id, or use 'statekit show' to inspect the existing one"
+
+
+class UnknownStageError(StatekitError, LookupError):
+    def __init__(self, message: str, *, stages: list[str] | tuple[str, ...] = (), **kw: Any) -> None:
+        kw.setdefault("hint", "stages in this pipeline: " + ", ".join(stages) if stages else None)
+        super().__init__(message, **kw)
+        self.stages = list(stages)
+
+
+class InvalidTransitionError(StatekitError, ValueError):
+    """An illegal stage move; ``allowed`` lists the legal next stages."""
+
+    def __init__(self, message: str, *, src: str, dst: str, allowed: list[str] | tuple[str, ...], **kw: Any) -> None:
+        legal = ", ".join(allowed) if allowed else "none (it is a terminal stage)"
+        kw.setdefault("hint", f"legal next stages from '{src}': {legal}")
+        super().__init__(message, **kw)
+        self.src = src
+        self.dst = dst
+        self.allowed = list(allowed)
+
+
+class ApprovalRequiredError(StatekitError):
+    default_hint = "a person approves with 'statekit approve SHOW/EP STAGE --by NAME'"
+
+
+class VersionConflictError(StatekitError):
+    """Compare-and-set failed: someone wrote the episode since you read it."""
+
+    def __init__(self, message: str, *, expected: int, actual: int, **kw: Any) -> None:
+        kw.setdefault("hint", "read the episode again and retry with its current version")
+        super().__init__(message, **kw)
+        self.expected = expected
+        self.actual = actual
+
+
+class LockTimeoutError(StatekitError, TimeoutError):
+    default_hint = "another process is writing this episode; retry, or raise the lock timeout"
+
+    def __init__(self, message: str, *, path: str, timeout: float, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.path = path
+        self.timeout = timeout
+
+
+class CorruptFileError(StatekitError, ValueError):
+    """A file that cannot be read as what it should be (parse error, damage)."""
+
+    default_hint = "fix the file by hand or restore it from a backup; nothing was changed"
+
+    def __init__(self, message: str, *, path: str, line: int | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.path = path
+        self.line = line
+
+
+class SchemaVersionError(StatekitError, ValueError):
+    def __init__(self, message: str, *, path: str | None, found: object, supported: int, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.path = path
+        self.found = found
+        self.supported = supported
+
+
+class ValidationError(StatekitError, ValueError):
+    """Content that parses but breaks the schema: a field with a wrong value."""
+
+    default_hint = "correct the field named above; nothing was changed"
+
+    def __init__(
+        self, message: str, *, path: str | None = None, line: int | None = None, field: str | None = None, **kw: Any
+    ) -> None:
+        super().__init__(message, **kw)
+        self.path = path
+        self.line = line
+        self.field = field
+
+
+class PipelineError(StatekitError, ValueError):
+    """A stage graph that is itself wrong; ``problems`` names each fault."""
+
+    default_hint = "fix the pipeline in statekit.yaml (or the Pipeline you passed)"
+
+    def __init__(self, message: str, *, problems: list[str] | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.problems = list(problems or [])
+
+
+class UnsafePathError(StatekitError, ValueError):
+    default_hint = "statekit never follows symlinks inside a store; replace the link with a real file or directory"
+
+    def __init__(self, message: str, *, path: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.path = path
+
+
+class StorageError(StatekitError, OSError):
+    """An operating-system I/O failure, naming the path and errno."""
+
+    default_hint = "the previous content is intact; fix the cause (disk space, permissions) and retry"
+
+    def __init__(self, message: str, *, path: str, errno: int | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.errno = errno
+        self.filename = path
+        self.path = path
+
+    def __str__(self) -> str:  # OSError would print "[Errno n] None"
+        return self.message

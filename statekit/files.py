@@ -1,0 +1,424 @@
+"""The only module that writes store files.
+
+Atomic durable writes (temp file in the same directory, fsync, rename, fsync
+of the directory), the append-only event log with its uncommitted-tail rule,
+per-episode locks (filelock's native lock), and directory creation that never
+follows a symlink. Every system call that changes the disk goes through a
+``Disk`` object, so tests can inject I/O errors and crashes at any step.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import stat
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from filelock import lock_descriptor, unlock_descriptor
+
+import orjson
+
+from .codecs import compact_json, no_duplicates
+from .errors import CorruptFileError, LockTimeoutError, StorageError, UnsafePathError
+
+O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
+O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+
+MAX_FILE_BYTES = 64 * 1024 * 1024
+"""Largest state file read (a bigger one is damage or a mistake, not state)."""
+
+TEMP_PREFIX = "."
+TEMP_SUFFIX = ".tmp"
+
+
+class Disk:
+    """The system calls that change the store. Subclass to inject faults."""
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        return os.open(path, flags, mode)
+
+    def mkstemp(self, directory: str, prefix: str, suffix: str) -> tuple[int, str]:
+        return tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
+
+    def write(self, fd: int, data: memoryview) -> int:
+        return os.write(fd, data)
+
+    def fsync(self, fd: int) -> None:
+        os.fsync(fd)
+
+    def close(self, fd: int) -> None:
+        os.close(fd)
+
+    def replace(self, src: str, dst: str) -> None:
+        os.replace(src, dst)
+
+    def rename(self, src: str, dst: str) -> None:
+        os.rename(src, dst)
+
+    def truncate(self, fd: int, size: int) -> None:
+        os.ftruncate(fd, size)
+
+    def unlink(self, path: str) -> None:
+        os.unlink(path)
+
+    def mkdir(self, path: str) -> None:
+        os.mkdir(path, 0o755)
+
+
+DISK = Disk()
+
+
+def storage_error(exc: OSError, path: str, action: str) -> StorageError:
+    name = errno.errorcode.get(exc.errno or 0, "")
+    reason = exc.strerror or str(exc)
+    return StorageError(
+        f"could not {action} {path}: {reason}" + (f" ({name})" if name else ""), path=path, errno=exc.errno
+    )
+
+
+def _unsafe(path: str) -> UnsafePathError:
+    return UnsafePathError(f"refusing to follow a symlink at {path}", path=path)
+
+
+# --- reading ---------------------------------------------------------------
+
+
+def read_file(path: str, limit: int | None = MAX_FILE_BYTES) -> bytes | None:
+    """The bytes of a regular file, or None if it does not exist.
+
+    Never follows a symlink at ``path``; a directory or device where a file
+    should be is reported as damage, and so is a file over ``limit`` bytes.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _unsafe(path) from None
+        if exc.errno == errno.ENOTDIR:
+            return None
+        raise storage_error(exc, path, "read") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise CorruptFileError(f"{path}: is {kind}, expected a file", path=path)
+        if limit is not None and st.st_size > limit:
+            raise CorruptFileError(f"{path}: {st.st_size} bytes is too large for a state file", path=path)
+        chunks = []
+        while True:
+            chunk = os.read(fd, max(st.st_size + 1, 65536))
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks) if len(chunks) != 1 else chunks[0]
+    except OSError as exc:
+        raise storage_error(exc, path, "read") from exc
+    finally:
+        os.close(fd)
+
+
+# --- durable writes ----------------------------------------------------------
+
+
+def _write_all(disk: Disk, fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = disk.write(fd, view)
+        if n <= 0:
+            raise OSError(errno.EIO, "short write")
+        view = view[n:]
+
+
+def fsync_dir(disk: Disk, directory: str) -> None:
+    fd = disk.open(directory, os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)
+    try:
+        disk.fsync(fd)
+    finally:
+        disk.close(fd)
+
+
+def atomic_write(disk: Disk, path: str, data: bytes) -> None:
+    """Replace ``path`` with ``data``: readers and crashes see old or new, never a mix.
+
+    Temp file in the same directory, write, fsync, close (checked), rename,
+    fsync the directory. The temp file is removed on any failure.
+    """
+    directory, name = os.path.split(path)
+    fd: int | None = None
+    tmp: str | None = None
+    try:
+        fd, tmp = disk.mkstemp(directory, f"{TEMP_PREFIX}{name}.", TEMP_SUFFIX)
+        _write_all(disk, fd, data)
+        disk.fsync(fd)
+        closing, fd = fd, None
+        disk.close(closing)  # on some file systems close() reports the write error
+        disk.replace(tmp, path)
+        tmp = None
+        fsync_dir(disk, directory)
+    except OSError as exc:
+        raise storage_error(exc, path, "write") from exc
+    finally:
+        if fd is not None:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+
+
+def remove_temp_files(disk: Disk, directory: str, nested: str | None = None) -> list[str]:
+    """Delete temp files an interrupted write left in ``directory`` (and in
+    its subdirectory ``nested``, if present). Call only while holding the
+    lock that guards writes into them."""
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return removed
+    for name in names:
+        path = os.path.join(directory, name)
+        if name == nested:
+            removed += remove_temp_files(disk, path)
+        elif name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX) and stat.S_ISREG(os.lstat(path).st_mode):
+            try:
+                disk.unlink(path)
+                removed.append(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise storage_error(exc, path, "remove temp file") from exc
+    return removed
+
+
+# --- directories ---------------------------------------------------------------
+
+
+def ensure_dirs(disk: Disk, root: str, parts: tuple[str, ...], *, durable: bool = True) -> str:
+    """Create ``root/parts...`` one level at a time, refusing symlinks.
+
+    With ``durable``, each new directory's entry is fsynced into its parent.
+    """
+    path = root
+    for part in parts:
+        parent, path = path, os.path.join(path, part)
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            try:
+                disk.mkdir(path)
+            except FileExistsError:
+                st = os.lstat(path)
+            except OSError as exc:
+                raise storage_error(exc, path, "create directory") from exc
+            else:
+                if durable:
+                    try:
+                        fsync_dir(disk, parent)
+                    except OSError as exc:
+                        raise storage_error(exc, parent, "sync directory") from exc
+                continue
+        if stat.S_ISLNK(st.st_mode):
+            raise _unsafe(path)
+        if not stat.S_ISDIR(st.st_mode):
+            raise CorruptFileError(f"{path}: expected a directory, found a file", path=path)
+    return path
+
+
+def check_dirs(root: str, parts: tuple[str, ...]) -> bool:
+    """True if ``root/parts...`` all exist as real directories (no symlinks).
+
+    False if one is missing; ``UnsafePathError`` if one is a symlink.
+    """
+    chain = []
+    path = root
+    for part in parts:
+        path = os.path.join(path, part)
+        chain.append(path)
+    return real_dirs(chain)
+
+
+def real_dirs(chain: tuple[str, ...] | list[str]) -> bool:
+    """``check_dirs`` for a precomputed chain of nested directory paths."""
+    for path in chain:
+        try:
+            st = os.lstat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        if stat.S_ISLNK(st.st_mode):
+            raise _unsafe(path)
+        if not stat.S_ISDIR(st.st_mode):
+            return False
+    return True
+
+
+def move_dir(disk: Disk, src: str, dst: str) -> None:
+    """Rename a directory durably (both parents fsynced)."""
+    try:
+        disk.rename(src, dst)
+        fsync_dir(disk, os.path.dirname(dst))
+        fsync_dir(disk, os.path.dirname(src))
+    except OSError as exc:
+        raise storage_error(exc, src, "move") from exc
+
+
+# --- locks -------------------------------------------------------------------
+
+
+@contextmanager
+def hold_lock(disk: Disk, path: str, timeout: float, what: str) -> Iterator[None]:
+    """Hold the exclusive lock on ``path`` (created if missing, never deleted).
+
+    Uses filelock's native lock on a descriptor we open ourselves: the same
+    flock ``filelock.FileLock`` takes, without its per-call bookkeeping.
+    Raises ``LockTimeoutError`` after ``timeout`` seconds.
+    """
+    try:
+        fd = disk.open(path, os.O_RDWR | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _unsafe(path) from None
+        raise storage_error(exc, path, "open lock file") from exc
+    try:
+        if not lock_descriptor(fd, blocking=False):
+            deadline = time.monotonic() + timeout
+            delay = 0.0005
+            while not lock_descriptor(fd, blocking=False):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise LockTimeoutError(
+                        f"could not lock {what} within {timeout:g} s", path=path, timeout=timeout
+                    )
+                time.sleep(min(delay * random.uniform(0.5, 1.5), remaining))
+                delay = min(delay * 2, 0.02)
+        try:
+            yield
+        finally:
+            unlock_descriptor(fd)
+    finally:
+        os.close(fd)
+
+
+# --- the event log -------------------------------------------------------------
+
+
+def _parse_event_line(line: bytes, strict: bool = True) -> dict[str, Any] | None:
+    try:  # strict: the stdlib parser, which can refuse duplicate keys
+        event = json.loads(line, object_pairs_hook=no_duplicates) if strict else orjson.loads(line)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(event, dict) or type(event.get("version")) is not int:
+        return None
+    return event
+
+
+def _committed_end(fd: int, size: int, committed: int, path: str) -> int:
+    """Offset just past the last committed event; everything after is an
+    uncommitted tail (a torn line, or events newer than the file)."""
+    end = size
+    block = 8192
+    garbage = False
+    while end > 0:
+        start = max(0, end - block)
+        data = os.pread(fd, end - start, start)
+        if not data.endswith(b"\n"):  # a torn append: never committed
+            cut = data.rfind(b"\n")
+            if cut < 0 and start > 0:
+                block *= 2
+                continue
+            end = start + cut + 1
+            continue
+        cut = data.rfind(b"\n", 0, len(data) - 1)
+        if cut < 0 and start > 0:
+            block *= 2
+            continue
+        line_start = start + cut + 1
+        event = _parse_event_line(data[cut + 1 :], strict=False)
+        if event is None or event["version"] > committed:
+            garbage = garbage or event is None
+            end = line_start
+            continue
+        if garbage and event["version"] < committed:
+            raise CorruptFileError(
+                f"{path}: unreadable events after version {event['version']} (the file is at {committed})",
+                path=path, hint="run 'statekit repair' or restore events.jsonl from a backup",
+            )
+        return end
+    return 0
+
+
+def append_event(disk: Disk, path: str, line: bytes, committed: int, known_size: int | None = None) -> tuple[int, int]:
+    """Append one event line durably, first dropping any uncommitted tail.
+
+    ``committed`` is the version the episode file holds now; the new event
+    carries ``committed + 1`` and becomes committed once the file is renamed.
+    ``known_size``: the log's size right after this process committed the
+    file's current version; if the log still has that size it has no tail
+    to look for. Returns the log's size before and after (a size of 0 before
+    means a new log, whose directory entry needs an fsync).
+    """
+    try:
+        fd = disk.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _unsafe(path) from None
+        raise storage_error(exc, path, "open") from exc
+    keep = None
+    try:
+        size = os.fstat(fd).st_size
+        keep = size if size == known_size else _committed_end(fd, size, committed, path) if size else 0
+        if keep < size:
+            disk.truncate(fd, keep)
+        _write_all(disk, fd, line)
+        disk.fsync(fd)
+        return size, keep + len(line)
+    except OSError as exc:
+        if keep is not None:
+            try:  # best effort: a failed append leaves no partial line behind
+                os.ftruncate(fd, keep)
+            except OSError:
+                pass
+        raise storage_error(exc, path, "append to") from exc
+    finally:
+        os.close(fd)
+
+
+def read_events(path: str, committed: int) -> list[dict[str, Any]]:
+    """The committed events of a log, oldest first (the uncommitted tail is
+    never shown). A damaged line before the tail raises ``CorruptFileError``."""
+    raw = read_file(path, limit=None)  # a log grows with the episode's history
+    if not raw:
+        return []
+    lines = raw.split(b"\n")
+    lines.pop()  # after the last newline: empty, or a torn append
+    events: list[dict[str, Any]] = []
+    bad: int | None = None
+    for number, line in enumerate(lines, 1):
+        event = _parse_event_line(line)
+        if event is None:
+            bad = bad or number
+            continue
+        if event["version"] > committed:
+            continue
+        if bad is not None:
+            raise CorruptFileError(f"{path}:{bad}: unreadable event line", path=path, line=bad)
+        events.append(event)
+    if bad is not None and committed and (not events or events[-1]["version"] < committed):
+        raise CorruptFileError(f"{path}:{bad}: unreadable event line", path=path, line=bad)
+    return events
+
+
+def event_line(event: dict[str, Any]) -> bytes:
+    return compact_json(event) + b"\n"

@@ -1,0 +1,197 @@
+"""The data statekit stores, as pydantic v2 models. No I/O.
+
+An ``Episode`` is exactly what ``episode.yaml`` holds; an ``Event`` is one line
+of ``events.jsonl``; a ``Show`` is ``show.yaml``. Validation here is the whole
+schema: a hand-edited file either validates or is reported field by field.
+"""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime, timezone
+from typing import Annotated, Any
+
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    NonNegativeInt,
+    model_validator,
+)
+
+from .ids import check_id
+from .pipeline import Pipeline
+
+EPISODE_SCHEMA = 1
+SHOW_SCHEMA = 1
+STORE_SCHEMA = 1
+CHECKPOINT_SCHEMA = 1
+EVENT_SCHEMA = 1
+
+Id = Annotated[str, AfterValidator(check_id)]
+Cost = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+
+MAX_METADATA_DEPTH = 64
+"""Deepest nesting in free-form metadata (files are refused past 100 levels)."""
+
+
+def _plain_json(value: Any, where: str = "value", depth: int = 0) -> Any:
+    if depth > MAX_METADATA_DEPTH:
+        raise ValueError(f"{where} is nested more than {MAX_METADATA_DEPTH} levels deep")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{where} must be a finite number, not {value}")
+    if isinstance(value, dict):
+        for k, v in value.items():
+            _plain_json(v, f"{where}.{k}", depth + 1)
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            _plain_json(v, f"{where}[{i}]", depth + 1)
+    return value
+
+
+FreeJson = Annotated[dict[str, JsonValue], AfterValidator(lambda v: _plain_json(v, "metadata"))]
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def cost_sum(costs: dict[str, float]) -> float:
+    """Total of the per-stage costs, rounded so binary noise never shows in files."""
+    return round(math.fsum(costs.values()), 9)
+
+
+class Approval(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    by: Annotated[str, Field(min_length=1, max_length=200)]
+    at: AwareDatetime
+    given_at_stage: str
+    note: str | None = None
+
+
+class CheckpointRecord(BaseModel):
+    """Where a stage's checkpoint stands: hash and size of its data."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    size: NonNegativeInt
+    at: AwareDatetime
+
+
+class ErrorRecord(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    at: AwareDatetime
+    stage: str | None = None
+    kind: str = "unknown"
+    message: str = ""
+    traceback: str | None = None
+
+
+class Episode(BaseModel):
+    """The state of one episode, exactly as its file holds it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = EPISODE_SCHEMA
+    show_id: Id
+    episode_id: Id
+    title: str = ""
+    stage: Id
+    version: NonNegativeInt
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+    stage_entered_at: AwareDatetime
+    message: str | None = None
+    costs: dict[Id, Cost] = Field(default_factory=dict)
+    cost_total: float = 0.0
+    attempts: dict[Id, NonNegativeInt] = Field(default_factory=dict)
+    approvals: dict[Id, Approval] = Field(default_factory=dict)
+    checkpoints: dict[Id, CheckpointRecord] = Field(default_factory=dict)
+    error_history: list[ErrorRecord] = Field(default_factory=list)
+    metadata: FreeJson = Field(default_factory=dict)
+    files: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_cost_total(cls, data: Any) -> Any:
+        # cost_total is derived from costs; a file whose total disagrees was
+        # edited inconsistently, and we say so rather than guess which is right.
+        if isinstance(data, dict) and isinstance(data.get("costs"), dict):
+            try:
+                total = cost_sum({k: float(v) for k, v in data["costs"].items()})
+            except (TypeError, ValueError):
+                return data  # the field validator reports the bad cost
+            given = data.get("cost_total")
+            if given is None:
+                data = {**data, "cost_total": total}
+            elif isinstance(given, (int, float)) and abs(given - total) > 1e-6:
+                raise ValueError(
+                    f"cost_total {given} does not equal the sum of costs ({total}); edit the per-stage costs instead"
+                )
+        return data
+
+    @property
+    def key(self) -> str:
+        return f"{self.show_id}/{self.episode_id}"
+
+    @property
+    def attempts_total(self) -> int:
+        return sum(self.attempts.values())
+
+
+class Event(BaseModel):
+    """One change to an episode: exactly one per write, carrying the new version."""
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: int = EVENT_SCHEMA
+    version: int
+    at: AwareDatetime
+    kind: str
+    show_id: str
+    episode_id: str
+    from_stage: str | None = None
+    to_stage: str | None = None
+    message: str | None = None
+    cost: float | None = None
+    fields: list[str] | None = None
+    sha256: str | None = None
+    """Hash of the episode file this event produced (ties the log to the file)."""
+
+
+class Show(BaseModel):
+    """A show's blueprint: title, metadata and its ordered episode ids."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = SHOW_SCHEMA
+    show_id: Id
+    title: str = ""
+    created_at: AwareDatetime
+    updated_at: AwareDatetime
+    metadata: FreeJson = Field(default_factory=dict)
+    episodes: list[Id] = Field(default_factory=list)
+
+
+class StoreConfig(BaseModel):
+    """``statekit.yaml``: how this store works."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: int = STORE_SCHEMA
+    format: str = "yaml"
+    lock_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0
+    pipeline: Pipeline
+
+    @model_validator(mode="after")
+    def _known_format(self) -> StoreConfig:
+        if self.format not in ("yaml", "json"):
+            raise ValueError(f"format must be 'yaml' or 'json', not {self.format!r}")
+        return self

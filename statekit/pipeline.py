@@ -1,0 +1,254 @@
+"""The stage graph as data, and the pure functions that judge it.
+
+No I/O here: a ``Pipeline`` is a validated value; ``problems`` finds faults in
+a graph; ``check_move`` decides whether one move is legal. The rules are small
+named guards, each returning a ``Refusal`` or ``None``, so the rule table reads
+like the diagram.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import ValidationError as PydanticValidationError
+
+from .errors import (
+    ApprovalRequiredError,
+    InvalidTransitionError,
+    PipelineError,
+    StatekitError,
+    UnknownStageError,
+)
+from .ids import ID_PATTERN
+
+
+class Pipeline(BaseModel):
+    """A stage graph. ``stages`` maps each stage to its legal next stages, in
+    the order a person reads the pipeline (that order also ranks stages, e.g.
+    for "the latest checkpoint")."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    initial: str
+    terminal: tuple[str, ...] = ()
+    stages: dict[str, tuple[str, ...]]
+    max_attempts: dict[str, PositiveInt] = Field(default_factory=dict)
+    gates: tuple[str, ...] = ()
+    """Stages that may only be entered after ``Store.approve`` (a human gate)."""
+
+    def next_stages(self, stage: str) -> tuple[str, ...]:
+        return self.stages.get(stage, ())
+
+    def rank(self, stage: str) -> int:
+        """Position of ``stage`` in the declared order (unknown stages last)."""
+        order = list(self.stages)
+        return order.index(stage) if stage in order else len(order)
+
+    def to_config(self) -> dict[str, Any]:
+        """Plain data as written under ``pipeline:`` in statekit.yaml."""
+        data = self.model_dump(mode="json")
+        data["terminal"] = list(self.terminal)
+        data["stages"] = {k: list(v) for k, v in self.stages.items()}
+        data["gates"] = list(self.gates)
+        if not data["gates"]:
+            del data["gates"]
+        if not data["max_attempts"]:
+            del data["max_attempts"]
+        return data
+
+
+def problems(p: Pipeline) -> list[str]:
+    """Everything wrong with a graph, one sentence each (empty when sound)."""
+    found: list[str] = []
+    names = list(p.stages)
+    for name in [p.name, *names]:
+        if not ID_PATTERN.fullmatch(name):
+            found.append(f"stage or pipeline name {name!r} is not a valid id (a-z, 0-9, '.', '_', '-')")
+    if not p.stages:
+        return found + ["the pipeline has no stages"]
+    if p.initial not in p.stages:
+        found.append(f"initial stage {p.initial!r} is not one of the stages")
+    for src, targets in p.stages.items():
+        for dst in targets:
+            if dst not in p.stages:
+                found.append(f"stage {src!r} leads to unknown stage {dst!r}")
+        if len(set(targets)) != len(targets):
+            found.append(f"stage {src!r} lists a next stage twice")
+    for key, label in ((p.terminal, "terminal"), (p.gates, "gate"), (tuple(p.max_attempts), "max_attempts")):
+        for stage in key:
+            if stage not in p.stages:
+                found.append(f"{label} stage {stage!r} is not one of the stages")
+    for stage in p.terminal:
+        if p.stages.get(stage):
+            found.append(f"terminal stage {stage!r} has next stages {list(p.stages[stage])}")
+    for stage, targets in p.stages.items():
+        if not targets and stage not in p.terminal:
+            found.append(f"stage {stage!r} has no next stages but is not listed as terminal")
+    if p.initial in p.gates:
+        found.append(f"initial stage {p.initial!r} cannot be a gate (nothing is approved before it exists)")
+    if p.initial in p.stages:
+        reached = _reachable(p.stages, p.initial)
+        unreachable = [s for s in names if s not in reached]
+        if unreachable:
+            found.append(f"stages {unreachable} cannot be reached from the initial stage {p.initial!r}")
+    return found
+
+
+def _reachable(stages: Mapping[str, tuple[str, ...]], start: str) -> set[str]:
+    seen = {start}
+    queue = deque([start])
+    while queue:
+        for nxt in stages.get(queue.popleft(), ()):
+            if nxt not in seen:
+                seen.add(nxt)
+                queue.append(nxt)
+    return seen
+
+
+def load_pipeline(spec: Pipeline | Mapping[str, Any] | str) -> Pipeline:
+    """A checked ``Pipeline`` from a preset name, a mapping or a ``Pipeline``.
+
+    Raises ``PipelineError`` naming every problem of a graph that is wrong.
+    """
+    if isinstance(spec, str):
+        if spec not in PRESETS:
+            raise PipelineError(
+                f"unknown pipeline preset {spec!r}",
+                hint=f"presets: {', '.join(PRESETS)}; or give a path to a YAML file with a pipeline",
+            )
+        return PRESETS[spec]
+    if isinstance(spec, Pipeline):
+        pipeline = spec
+    else:
+        if not isinstance(spec, Mapping):
+            raise PipelineError(f"a pipeline must be a mapping, got {type(spec).__name__}")
+        try:
+            pipeline = Pipeline.model_validate(spec)
+        except PydanticValidationError as exc:
+            faults = [f"{'.'.join(map(str, e['loc'])) or 'pipeline'}: {e['msg']}" for e in exc.errors()]
+            raise PipelineError("invalid pipeline: " + "; ".join(faults), problems=faults) from None
+    faults = problems(pipeline)
+    if faults:
+        raise PipelineError(f"invalid pipeline {pipeline.name!r}: " + "; ".join(faults), problems=faults)
+    return pipeline
+
+
+# --- moves -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a move is refused: the error class to raise and its arguments."""
+
+    error: type[StatekitError]
+    message: str
+    extra: dict[str, Any]
+
+
+Guard = Callable[[Pipeline, str, str, Mapping[str, Any]], "Refusal | None"]
+
+
+def target_is_a_stage(p: Pipeline, src: str, dst: str, approvals: Mapping[str, Any]) -> Refusal | None:
+    """A move can only name a stage the pipeline declares."""
+    if dst in p.stages:
+        return None
+    return Refusal(UnknownStageError, f"unknown stage {dst!r} in pipeline {p.name!r}", {"stages": list(p.stages)})
+
+
+def edge_exists(p: Pipeline, src: str, dst: str, approvals: Mapping[str, Any]) -> Refusal | None:
+    """Only the edges drawn in the graph may be taken."""
+    allowed = p.next_stages(src)
+    if dst in allowed:
+        return None
+    return Refusal(
+        InvalidTransitionError,
+        f"illegal move {src!r} -> {dst!r} in pipeline {p.name!r}",
+        {"src": src, "dst": dst, "allowed": list(allowed)},
+    )
+
+
+def gate_is_approved(p: Pipeline, src: str, dst: str, approvals: Mapping[str, Any]) -> Refusal | None:
+    """A human gate (e.g. before paid audio synthesis) needs a recorded approval."""
+    if dst not in p.gates or dst in approvals:
+        return None
+    return Refusal(ApprovalRequiredError, f"stage {dst!r} needs a person's approval before it can be entered", {})
+
+
+GUARDS: tuple[Guard, ...] = (target_is_a_stage, edge_exists, gate_is_approved)
+
+
+def refuse_move(p: Pipeline, src: str, dst: str, approvals: Mapping[str, Any]) -> Refusal | None:
+    """The first guard that refuses ``src -> dst``, or ``None`` if it is legal."""
+    for guard in GUARDS:
+        refusal = guard(p, src, dst, approvals)
+        if refusal is not None:
+            return refusal
+    return None
+
+
+def approvals_after_move(p: Pipeline, dst: str, approvals: Mapping[str, Any]) -> dict[str, Any]:
+    """Approvals still valid once the episode enters ``dst``.
+
+    Going back to a stage listed before a gate means the approved content is
+    being redone, so that gate's approval is dropped; retries through a stage
+    listed after the gate (e.g. ``failed``) keep it.
+    """
+    if not approvals:
+        return {}
+    rank = p.rank(dst)
+    return {gate: a for gate, a in approvals.items() if not rank < p.rank(gate)}
+
+
+# --- presets ---------------------------------------------------------------
+
+ARCHIVE = Pipeline(
+    name="archive",
+    initial="discovered",
+    terminal=("published", "skipped"),
+    stages={
+        "discovered": ("downloading", "skipped"),
+        "downloading": ("downloaded", "failed"),
+        "downloaded": ("converting", "skipped"),
+        "converting": ("converted", "failed"),
+        "converted": ("uploading", "skipped"),
+        "uploading": ("uploaded", "failed"),
+        "uploaded": ("scheduled",),
+        "scheduled": ("published",),
+        "failed": ("downloading", "converting", "uploading", "skipped"),
+        "published": (),
+        "skipped": (),
+    },
+    max_attempts={"downloading": 3, "converting": 2, "uploading": 3},
+)
+
+# The podcast generation document: each stage is a paid generation step whose
+# result is checkpointed; a person approves the scripts before audio (TTS) is
+# paid for. Any step can fail and be retried from ``failed``.
+PODCAST = Pipeline(
+    name="podcast",
+    initial="ideation",
+    terminal=("published", "skipped"),
+    stages={
+        "ideation": ("outline", "failed", "skipped"),
+        "outline": ("segments", "failed"),
+        "segments": ("scripts", "failed"),
+        "scripts": ("audio", "failed"),
+        "audio": ("mix", "failed"),
+        "mix": ("published", "failed"),
+        "published": (),
+        "failed": ("ideation", "outline", "segments", "scripts", "audio", "mix", "skipped"),
+        "skipped": (),
+    },
+    max_attempts={"outline": 3, "segments": 3, "scripts": 3, "audio": 3, "mix": 3},
+    gates=("audio",),
+)
+
+PRESETS: dict[str, Pipeline] = {"archive": ARCHIVE, "podcast": PODCAST}
+
+for _preset in PRESETS.values():  # a broken preset is a bug: fail at import
+    assert not problems(_preset), problems(_preset)

@@ -1,0 +1,895 @@
+"""The Store: one object that composes files, codecs and the pipeline.
+
+Every write takes one path (``_write``): lock the episode -> read its file ->
+pure checks (version, then stage move) -> append the event (fsynced) ->
+replace the file atomically and durably. The event goes first, so a crash
+leaves at most an event newer than the file (an uncommitted tail, dropped by
+the next write) and never a file change without its event.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+from pydantic import ValidationError as PydanticValidationError
+
+from . import files as diskio
+from .codecs import CODECS, JSON_CODEC, YAML_CODEC, Parsed, compact_json, line_of, same
+from .errors import (
+    CorruptFileError,
+    EpisodeExistsError,
+    EpisodeNotFoundError,
+    InvalidIdError,
+    PipelineError,
+    SchemaVersionError,
+    ShowNotFoundError,
+    StatekitError,
+    StoreExistsError,
+    StoreNotFoundError,
+    UnknownStageError,
+    ValidationError,
+    VersionConflictError,
+)
+from .files import DISK, Disk
+from .ids import check_id
+from .models import (
+    CHECKPOINT_SCHEMA,
+    EPISODE_SCHEMA,
+    EVENT_SCHEMA,
+    SHOW_SCHEMA,
+    STORE_SCHEMA,
+    Approval,
+    CheckpointRecord,
+    Episode,
+    Event,
+    Show,
+    StoreConfig,
+    cost_sum,
+    utcnow,
+)
+from .pipeline import PRESETS, Pipeline, approvals_after_move, load_pipeline, refuse_move
+from .schema import legacy_id, schema_of, upgrade_episode
+
+CONFIG_FILE = "statekit.yaml"
+_UNSET: Any = object()
+_CACHE_SIZE = 4096
+
+_CONFIG_HEADER = b"""\
+# statekit store configuration.
+# pipeline: the stage graph every move is checked against (edit with care:
+# statekit checks the graph when it opens the store).
+"""
+
+
+@dataclass
+class MigrationReport:
+    """What ``migrate`` found (dry run) or rewrote: one entry per file."""
+
+    dry_run: bool
+    files: list[dict[str, Any]] = field(default_factory=list)
+    backup_dir: str | None = None
+
+
+@dataclass
+class ImportReport:
+    imported: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    rejected: list[dict[str, str]] = field(default_factory=list)
+
+
+def _stamp(now: datetime) -> str:
+    return now.strftime("%Y%m%dT%H%M%S.%fZ")
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _canonical(data: Any) -> bytes:
+    """The bytes a checkpoint's sha256 is taken over (key order does not matter)."""
+    json.dumps(data, allow_nan=False)  # refuses NaN/Infinity, which orjson would write as null
+    return compact_json(data, sort_keys=True)
+
+
+def _invalid(exc: PydanticValidationError, raw: bytes | None, path: str | None, what: str) -> ValidationError:
+    """One clear error (file, line, field) from pydantic's list of errors."""
+    first = exc.errors()[0]
+    loc = tuple(first["loc"])
+    field_name = ".".join(str(p) for p in loc) or what
+    line = line_of(raw, loc) if raw is not None and loc else None
+    where = f"{path}:{line}: " if path and line else f"{path}: " if path else ""
+    more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+    msg = first["msg"].removeprefix("Value error, ")
+    return ValidationError(f"{where}{field_name}: {msg}{more}", path=path, line=line, field=field_name)
+
+
+def _read_config(root: str) -> StoreConfig:
+    path = os.path.join(root, CONFIG_FILE)
+    raw = diskio.read_file(path)
+    if raw is None:
+        raise StoreNotFoundError(f"no statekit store at {root} ({CONFIG_FILE} not found)")
+    data = YAML_CODEC.load(raw, path)
+    schema_of(data, path, current=STORE_SCHEMA, legacy_ok=False)
+    pipeline = data.get("pipeline")
+    try:
+        load_pipeline(pipeline if isinstance(pipeline, Mapping) else {})
+    except PipelineError as exc:
+        raise PipelineError(f"{path}: {exc.message}", problems=exc.problems) from None
+    try:
+        return StoreConfig.model_validate(data)
+    except PydanticValidationError as exc:
+        raise _invalid(exc, raw, path, "statekit.yaml") from None
+
+
+def _pipeline_from(spec: Pipeline | Mapping[str, Any] | str | os.PathLike[str]) -> Pipeline:
+    if isinstance(spec, (str, os.PathLike)) and not (isinstance(spec, str) and spec in PRESETS):
+        path = os.fspath(spec)
+        raw = diskio.read_file(path)
+        if raw is None:
+            if isinstance(spec, str) and os.sep not in spec and not spec.endswith((".yaml", ".yml")):
+                return load_pipeline(spec)  # an unknown preset name: say so
+            raise PipelineError(f"pipeline file {path} not found")
+        data = YAML_CODEC.load(raw, path)
+        return load_pipeline(data.get("pipeline", data))
+    return load_pipeline(spec)
+
+
+class _EpisodePaths:
+    __slots__ = ("chain", "dir", "files", "events", "lock_dir", "lock")
+
+    def __init__(self, root: str, show: str, ep: str, suffix: str) -> None:
+        shows = root + "/shows"
+        show_dir = f"{shows}/{show}"
+        self.chain = (shows, show_dir, show_dir + "/episodes", f"{show_dir}/episodes/{ep}")
+        self.dir = self.chain[-1]
+        other = ".json" if suffix == ".yaml" else ".yaml"
+        self.files = (f"{self.dir}/episode{suffix}", f"{self.dir}/episode{other}")
+        self.events = self.dir + "/events.jsonl"
+        self.lock_dir = f"{root}/.statekit/locks/episodes/{show}"
+        self.lock = f"{self.lock_dir}/{ep}.lock"
+
+
+class Store:
+    """A store of episode files under one root. Open with ``Store.init`` or
+    ``Store.open``; safe to share between threads and to run in many processes."""
+
+    def __init__(self, root: str, config: StoreConfig, *, disk: Disk = DISK) -> None:
+        self.root = root
+        self.config = config
+        self.pipeline: Pipeline = config.pipeline
+        self._disk = disk
+        self._codec = CODECS["." + config.format]
+        self._cache: OrderedDict[str, Parsed] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._lock_dirs: set[str] = set()
+        self._path_cache: dict[tuple[str, str], _EpisodePaths] = {}
+
+    def __repr__(self) -> str:
+        return f"Store({self.root!r}, pipeline={self.pipeline.name!r}, format={self.config.format!r})"
+
+    # --- opening ------------------------------------------------------------
+
+    @classmethod
+    def init(
+        cls,
+        root: str | os.PathLike[str],
+        pipeline: Pipeline | Mapping[str, Any] | str | os.PathLike[str] = "archive",
+        format: str = "yaml",
+        *,
+        lock_timeout: float = 5.0,
+        disk: Disk = DISK,
+    ) -> Store:
+        """Create a new store at ``root`` (created if missing) and open it.
+
+        ``pipeline``: a preset name (``archive``, ``podcast``), a path to a YAML
+        file holding a pipeline, a mapping, or a ``Pipeline``.
+        """
+        graph = _pipeline_from(pipeline)
+        try:
+            config = StoreConfig(format=format, lock_timeout=lock_timeout, pipeline=graph)
+        except PydanticValidationError as exc:
+            raise _invalid(exc, None, None, "store") from None
+        top = os.path.abspath(os.fspath(root))
+        if os.path.lexists(os.path.join(top, CONFIG_FILE)):
+            raise StoreExistsError(f"a statekit store already exists at {top}")
+        try:
+            os.makedirs(top, exist_ok=True)
+        except OSError as exc:
+            raise diskio.storage_error(exc, top, "create directory") from exc
+        top = os.path.realpath(top)
+        diskio.ensure_dirs(disk, top, ("shows",))
+        diskio.ensure_dirs(disk, top, (".statekit",))
+        ignore = os.path.join(top, ".statekit", ".gitignore")
+        if not os.path.lexists(ignore):
+            diskio.atomic_write(disk, ignore, b"# machine-owned: index, locks, backups, trash\n*\n")
+        body = config.model_dump(mode="json")
+        body["pipeline"] = graph.to_config()
+        diskio.atomic_write(disk, os.path.join(top, CONFIG_FILE), _CONFIG_HEADER + YAML_CODEC.dump_plain(body, flow_leaves=True))
+        return cls(top, config, disk=disk)
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str], *, lock_timeout: float | None = None, disk: Disk = DISK) -> Store:
+        """Open an existing store; ``StoreNotFoundError`` if ``root`` holds none."""
+        top = os.path.realpath(os.path.abspath(os.fspath(root)))
+        config = _read_config(top)
+        if lock_timeout is not None:
+            config = config.model_copy(update={"lock_timeout": lock_timeout})
+        return cls(top, config, disk=disk)
+
+    # --- paths ----------------------------------------------------------------
+
+    def _paths(self, show: str, ep: str) -> _EpisodePaths:
+        """Every path of one episode, computed once (ids are already checked)."""
+        key = (show, ep)
+        paths = self._path_cache.get(key)
+        if paths is None:
+            if len(self._path_cache) >= _CACHE_SIZE:
+                self._path_cache.clear()
+            paths = self._path_cache[key] = _EpisodePaths(self.root, show, ep, self._codec.suffix)
+        return paths
+
+    def _episode_dir(self, show: str, ep: str) -> str:
+        return self._paths(show, ep).dir
+
+    def _show_file(self, show: str) -> str:
+        return os.path.join(self.root, "shows", show, "show.yaml")
+
+    def _episode_paths(self, show: str, ep: str) -> tuple[str, str]:
+        return self._paths(show, ep).files
+
+    def _check_stage(self, stage: str) -> str:
+        check_id(stage, "stage")
+        if stage not in self.pipeline.stages:
+            raise UnknownStageError(
+                f"unknown stage {stage!r} in pipeline {self.pipeline.name!r}", stages=list(self.pipeline.stages),
+                stage=stage,
+            )
+        return stage
+
+    # --- locks ----------------------------------------------------------------
+
+    def _lock(self, parts: tuple[str, ...], name: str, what: str) -> Any:
+        directory = os.path.join(self.root, *parts)
+        if directory not in self._lock_dirs:
+            diskio.ensure_dirs(self._disk, self.root, parts, durable=False)
+            self._lock_dirs.add(directory)
+        return diskio.hold_lock(self._disk, os.path.join(directory, name), self.config.lock_timeout, what)
+
+    def _episode_lock(self, show: str, ep: str) -> Any:
+        paths = self._paths(show, ep)
+        if paths.lock_dir not in self._lock_dirs:
+            diskio.ensure_dirs(self._disk, self.root, (".statekit", "locks", "episodes", show), durable=False)
+            self._lock_dirs.add(paths.lock_dir)
+        return diskio.hold_lock(self._disk, paths.lock, self.config.lock_timeout, f"episode {show}/{ep}")
+
+    def _show_lock(self, show: str) -> Any:
+        return self._lock((".statekit", "locks", "shows"), show + ".lock", f"show {show}")
+
+    # --- reading ----------------------------------------------------------------
+
+    def _cached(self, path: str, raw: bytes) -> Parsed | None:
+        with self._cache_lock:
+            hit = self._cache.get(path)
+            if hit is not None and hit.raw == raw:
+                self._cache.move_to_end(path)
+                return hit
+        return None
+
+    def _remember(self, path: str, parsed: Parsed) -> None:
+        with self._cache_lock:
+            self._cache[path] = parsed
+            self._cache.move_to_end(path)
+            while len(self._cache) > _CACHE_SIZE:
+                self._cache.popitem(last=False)
+
+    def _forget(self, prefix: str) -> None:
+        with self._cache_lock:
+            for path in [p for p in self._cache if p.startswith(prefix)]:
+                del self._cache[path]
+
+    def _episode_missing(self, show: str, ep: str) -> StatekitError:
+        if not diskio.check_dirs(self.root, ("shows", show)):
+            return ShowNotFoundError(f"show {show!r} not found", show_id=show)
+        return EpisodeNotFoundError(f"episode {show}/{ep} not found", show_id=show, episode_id=ep)
+
+    def _load(self, show: str, ep: str) -> tuple[str, Parsed]:
+        """Path and parsed content of an episode file (cached by its bytes)."""
+        paths = self._paths(show, ep)
+        if not diskio.real_dirs(paths.chain):
+            raise self._episode_missing(show, ep)
+        for path in paths.files:
+            raw = diskio.read_file(path)
+            if raw is not None:
+                break
+        else:
+            raise self._episode_missing(show, ep)
+        parsed = self._cached(path, raw)
+        if parsed is None:
+            parsed = self._parse_episode(path, raw, show, ep)
+            self._remember(path, parsed)
+        return path, parsed
+
+    def _parse_episode(self, path: str, raw: bytes, show: str, ep: str) -> Parsed:
+        codec = CODECS[os.path.splitext(path)[1]]
+        parsed = codec.parse(raw, path)
+        upgraded, _ = upgrade_episode(parsed.data, path=path, show_id=show, episode_id=ep, now=utcnow())
+        try:
+            model = Episode.model_validate(upgraded)
+        except PydanticValidationError as exc:
+            raise _invalid(exc, raw, path, "episode") from None
+        if (model.show_id, model.episode_id) != (show, ep):
+            raise ValidationError(
+                f"{path}: the file says {model.show_id}/{model.episode_id} but lives in {show}/{ep}",
+                path=path, field="episode_id", line=line_of(raw, ("episode_id",)),
+                hint="fix show_id/episode_id in the file, or move it to the matching directory",
+            )
+        if model.stage not in self.pipeline.stages:
+            raise ValidationError(
+                f"{path}: stage {model.stage!r} is not a stage of pipeline {self.pipeline.name!r}",
+                path=path, field="stage", line=line_of(raw, ("stage",)),
+                hint="stages: " + ", ".join(self.pipeline.stages),
+            )
+        parsed.model = model
+        return parsed
+
+    def get(self, show: str, ep: str) -> Episode:
+        """The episode as its file holds it now (reads the file; no lock)."""
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        return self._load(show, ep)[1].model  # type: ignore[no-any-return]
+
+    def events(self, show: str, ep: str) -> list[Event]:
+        """The episode's committed events, oldest first."""
+        episode = self.get(show, ep)
+        path = self._paths(show, ep).events
+        events = []
+        for number, raw in enumerate(diskio.read_events(path, episode.version), 1):
+            if raw.get("schema_version", EVENT_SCHEMA) != EVENT_SCHEMA:
+                schema_of(raw, f"{path} (event {number})", current=EVENT_SCHEMA, legacy_ok=False)
+            try:
+                events.append(Event.model_validate(raw))
+            except PydanticValidationError as exc:
+                raise CorruptFileError(f"{path}: event {number} is not a valid event: {exc.errors()[0]['msg']}",
+                                       path=path) from None
+        return events
+
+    # --- the write path ------------------------------------------------------------
+
+    def _write(
+        self,
+        show: str,
+        ep: str,
+        change: Callable[[Episode, datetime], tuple[Episode, dict[str, Any]] | None],
+        expected_version: int | None = None,
+        before_commit: Callable[[Episode], None] | None = None,
+    ) -> Episode:
+        """Apply ``change`` under the episode's lock and commit it.
+
+        ``change(current, now)`` returns the new episode and its event fields,
+        or None for "nothing to do". Raises before anything is written if the
+        version or the move is refused.
+        """
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        if expected_version is not None and (type(expected_version) is not int or expected_version < 0):
+            raise ValidationError(f"expected_version must be a non-negative integer, got {expected_version!r}")
+        with self._episode_lock(show, ep):
+            path, current = self._load(show, ep)
+            model: Episode = current.model
+            if expected_version is not None and model.version != expected_version:
+                raise VersionConflictError(
+                    f"episode {show}/{ep} is at version {model.version}, not {expected_version}",
+                    expected=expected_version, actual=model.version, show_id=show, episode_id=ep,
+                )
+            outcome = change(model, utcnow())
+            if outcome is None:
+                return model
+            new, event = outcome
+            if before_commit is not None:
+                before_commit(new)
+            return self._commit(path, current, new, event)
+
+    def _commit(self, path: str, current: Parsed | None, new: Episode, event: dict[str, Any]) -> Episode:
+        """Event (durable) then file (atomic, durable), then the cache."""
+        directory = os.path.dirname(path)
+        codec = CODECS[os.path.splitext(path)[1]]
+        data = new.model_dump(mode="json")
+        written = codec.dump(data, current)
+        raw = written.raw
+        record = {
+            "schema_version": EVENT_SCHEMA,
+            "version": new.version,
+            "at": data["updated_at"],
+            "show_id": new.show_id,
+            "episode_id": new.episode_id,
+            **{k: v for k, v in event.items() if v is not None},
+            "sha256": _sha256(raw),
+        }
+        diskio.remove_temp_files(self._disk, directory, nested="checkpoints")  # an interrupted write's leftovers
+        log = directory + "/events.jsonl"
+        before, after = diskio.append_event(
+            self._disk, log, diskio.event_line(record), current.model.version if current is not None else 0,
+            current.log_size if current is not None else None,
+        )
+        if before == 0:  # a new events.jsonl: its name must be durable before the file's
+            try:
+                diskio.fsync_dir(self._disk, directory)
+            except OSError as exc:
+                raise diskio.storage_error(exc, directory, "sync directory") from exc
+        diskio.atomic_write(self._disk, path, raw)
+        written.model = new
+        written.log_size = after
+        self._remember(path, written)
+        return new
+
+    # --- creating and deleting ------------------------------------------------------
+
+    def create(
+        self,
+        show: str,
+        ep: str,
+        *,
+        title: str = "",
+        metadata: Mapping[str, Any] | None = None,
+        files: Mapping[str, str] | None = None,
+    ) -> Episode:
+        """A new episode at the pipeline's initial stage (version 1, one
+        ``create`` event); its show is created on first use."""
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        now = utcnow()
+        initial = self.pipeline.initial
+        data = {
+            "show_id": show, "episode_id": ep, "title": title, "stage": initial, "version": 1,
+            "created_at": now, "updated_at": now, "stage_entered_at": now, "attempts": {initial: 1},
+            "metadata": dict(metadata or {}), "files": dict(files or {}),
+        }
+        try:
+            model = Episode.model_validate(data)
+        except PydanticValidationError as exc:
+            raise _invalid(exc, None, None, "episode") from None
+        return self._create(model, {"kind": "create", "to_stage": initial})
+
+    def _create(self, model: Episode, event: dict[str, Any]) -> Episode:
+        show, ep = model.show_id, model.episode_id
+        with self._show_lock(show):
+            self._read_show(show)  # a damaged show.yaml stops the create before anything is written
+            diskio.ensure_dirs(self._disk, self.root, ("shows", show, "episodes"))
+            with self._episode_lock(show, ep):
+                if any(os.path.lexists(p) for p in self._episode_paths(show, ep)):
+                    raise EpisodeExistsError(f"episode {show}/{ep} already exists", show_id=show, episode_id=ep)
+                directory = diskio.ensure_dirs(self._disk, self.root, ("shows", show, "episodes", ep))
+                path = os.path.join(directory, "episode" + self._codec.suffix)
+                created = self._commit(path, None, model, event)
+            self._edit_show(show, lambda ids: ids if ep in ids else [*ids, ep])
+        return created
+
+    def delete(self, show: str, ep: str) -> str:
+        """Remove an episode from its show. Its directory is moved (durably)
+        into ``.statekit/trash/`` rather than erased; returns where it went."""
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        with self._show_lock(show):
+            self._read_show(show)  # a damaged show.yaml stops the delete before anything moves
+            with self._episode_lock(show, ep):
+                if not any(os.path.lexists(p) for p in self._episode_paths(show, ep)):
+                    raise self._episode_missing(show, ep)
+                trash = diskio.ensure_dirs(self._disk, self.root, (".statekit", "trash", show))
+                target = os.path.join(trash, f"{ep}.{_stamp(utcnow())}")
+                source = self._episode_dir(show, ep)
+                diskio.move_dir(self._disk, source, target)
+                self._forget(source + os.sep)
+            self._edit_show(show, lambda ids: [i for i in ids if i != ep])
+        return target
+
+    # --- shows ----------------------------------------------------------------------
+
+    def _episode_ids_on_disk(self, show: str) -> list[str]:
+        directory = os.path.join(self.root, "shows", show, "episodes")
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        found = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=False) and any(
+                os.path.isfile(os.path.join(entry.path, "episode" + s)) for s in (".yaml", ".json")
+            ):
+                found.append(entry.name)
+        return found
+
+    def _read_show(self, show: str) -> tuple[Parsed | None, Show | None]:
+        path = self._show_file(show)
+        raw = diskio.read_file(path)
+        if raw is None:
+            return None, None
+        parsed = self._cached(path, raw)
+        if parsed is None:
+            parsed = YAML_CODEC.parse(raw, path)
+            schema_of(parsed.data, path, current=SHOW_SCHEMA, legacy_ok=False)
+            try:
+                parsed.model = Show.model_validate(parsed.data)
+            except PydanticValidationError as exc:
+                raise _invalid(exc, raw, path, "show") from None
+            self._remember(path, parsed)
+        return parsed, parsed.model
+
+    @staticmethod
+    def _reconcile(listed: list[str], on_disk: list[str]) -> list[str]:
+        """The show's order: listed ids that exist, then unlisted ones by name
+        (an episode directory is the truth; show.yaml only orders them)."""
+        present = set(on_disk)
+        ids = [i for i in dict.fromkeys(listed) if i in present]
+        known = set(ids)
+        return ids + [i for i in on_disk if i not in known]
+
+    def _edit_show(self, show: str, edit: Callable[[list[str]], list[str]]) -> Show:
+        """Rewrite show.yaml's episode list (caller holds the show lock)."""
+        parsed, current = self._read_show(show)
+        now = utcnow()
+        if current is None:
+            current = Show(show_id=show, title=show, created_at=now, updated_at=now)
+        ids = self._reconcile(edit(list(current.episodes)), self._episode_ids_on_disk(show))
+        if ids == current.episodes and parsed is not None:
+            return current
+        new = current.model_copy(update={"episodes": ids, "updated_at": now})
+        stored = YAML_CODEC.dump(new.model_dump(mode="json"), parsed)
+        path = self._show_file(show)
+        diskio.atomic_write(self._disk, path, stored.raw)
+        stored.model = new
+        self._remember(path, stored)
+        return new
+
+    def create_show(self, show: str, *, title: str | None = None, metadata: Mapping[str, Any] | None = None) -> Show:
+        """Create a show with a title and metadata (creating an episode also creates its show)."""
+        check_id(show, "show id")
+        with self._show_lock(show):
+            if self._read_show(show)[1] is not None:
+                raise StatekitError(f"show {show!r} already exists", show_id=show, hint="pick another show id")
+            now = utcnow()
+            try:
+                model = Show(show_id=show, title=show if title is None else title, created_at=now, updated_at=now,
+                             metadata=dict(metadata or {}))
+            except PydanticValidationError as exc:
+                raise _invalid(exc, None, None, "show") from None
+            diskio.ensure_dirs(self._disk, self.root, ("shows", show, "episodes"))
+            data = model.model_dump(mode="json")
+            diskio.atomic_write(self._disk, self._show_file(show), YAML_CODEC.dump_plain(data))
+        return model
+
+    def get_show(self, show: str) -> Show:
+        """The show, its episode list reconciled with the episodes on disk."""
+        check_id(show, "show id")
+        if not diskio.check_dirs(self.root, ("shows", show)):
+            raise ShowNotFoundError(f"show {show!r} not found", show_id=show)
+        _, model = self._read_show(show)
+        on_disk = self._episode_ids_on_disk(show)
+        if model is None:
+            now = utcnow()
+            model = Show(show_id=show, title=show, created_at=now, updated_at=now)
+        return model.model_copy(update={"episodes": self._reconcile(model.episodes, on_disk)})
+
+    def shows(self) -> list[str]:
+        """Ids of the shows in the store, sorted."""
+        try:
+            entries = os.scandir(os.path.join(self.root, "shows"))
+        except FileNotFoundError:
+            return []
+        with entries:
+            names = [e.name for e in entries if e.is_dir(follow_symlinks=False)]
+        out = []
+        for name in sorted(names):
+            try:
+                out.append(check_id(name, "show id"))
+            except InvalidIdError:
+                continue  # not ours (e.g. a stray folder someone made)
+        return out
+
+    # --- moves and updates -------------------------------------------------------------
+
+    def advance(
+        self,
+        show: str,
+        ep: str,
+        stage: str,
+        *,
+        message: str | None = None,
+        cost: float | None = None,
+        expected_version: int | None = None,
+    ) -> Episode:
+        """Move the episode to ``stage`` (durable; one ``advance`` event).
+
+        Checks ``expected_version`` first, then the move against the pipeline;
+        a refused move raises and changes nothing. ``cost`` is added to the
+        stage being left (the work that was just done); entering ``stage``
+        counts one attempt for it.
+        """
+        check_id(stage, "stage")
+        if message is not None and not isinstance(message, str):
+            raise ValidationError(f"message must be text, got {type(message).__name__}")
+        cost = _check_cost(cost)
+        pipeline = self.pipeline
+
+        def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
+            refusal = refuse_move(pipeline, m.stage, stage, m.approvals)
+            if refusal is not None:
+                raise refusal.error(refusal.message, show_id=m.show_id, episode_id=m.episode_id, stage=stage,
+                                    **refusal.extra)
+            costs = m.costs
+            if cost is not None:
+                costs = {**costs, m.stage: round(costs.get(m.stage, 0.0) + cost, 9)}
+            new = m.model_copy(update={
+                "stage": stage, "version": m.version + 1, "updated_at": now, "stage_entered_at": now,
+                "message": message, "costs": costs, "cost_total": cost_sum(costs),
+                "attempts": {**m.attempts, stage: m.attempts.get(stage, 0) + 1},
+                "approvals": approvals_after_move(pipeline, stage, m.approvals),
+            })
+            return new, {"kind": "advance", "from_stage": m.stage, "to_stage": stage, "message": message,
+                          "cost": cost}
+
+        return self._write(show, ep, change, expected_version)
+
+    def update(
+        self,
+        show: str,
+        ep: str,
+        *,
+        title: str = _UNSET,
+        metadata: Mapping[str, Any] = _UNSET,
+        files: Mapping[str, str] = _UNSET,
+        message: str | None = _UNSET,
+        expected_version: int | None = None,
+    ) -> Episode:
+        """Replace non-stage fields (each given field is replaced whole).
+
+        Nothing is written when nothing changes; otherwise one ``update``
+        event naming the changed fields.
+        """
+        given = {k: v for k, v in (("title", title), ("metadata", metadata), ("files", files),
+                                   ("message", message)) if v is not _UNSET}
+        if not given:
+            raise ValidationError("update needs at least one of title, metadata, files, message")
+
+        def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]] | None:
+            before = m.model_dump(mode="json")
+            data = {**before, **{k: dict(v) if isinstance(v, Mapping) else v for k, v in given.items()},
+                    "version": m.version + 1, "updated_at": now}
+            try:
+                new = Episode.model_validate(data)
+            except PydanticValidationError as exc:
+                raise _invalid(exc, None, None, "episode") from None
+            after = new.model_dump(mode="json")
+            changed = [k for k in given if not same(before[k], after[k])]
+            if not changed:
+                return None
+            return new, {"kind": "update", "fields": changed}
+
+        return self._write(show, ep, change, expected_version)
+
+    def approve(self, show: str, ep: str, stage: str, *, by: str, note: str | None = None,
+                expected_version: int | None = None) -> Episode:
+        """Record a person's approval to enter the gated ``stage`` (one
+        ``approve`` event). It holds until the episode goes back to a stage
+        listed before the gate."""
+        self._check_stage(stage)
+        if stage not in self.pipeline.gates:
+            raise ValidationError(
+                f"stage {stage!r} has no approval gate in pipeline {self.pipeline.name!r}",
+                hint="gated stages: " + (", ".join(self.pipeline.gates) or "none"),
+            )
+        if not isinstance(by, str) or not by.strip():
+            raise ValidationError("approve needs the name of the person approving (by=...)")
+        if note is not None and not isinstance(note, str):
+            raise ValidationError(f"note must be text, got {type(note).__name__}")
+
+        def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
+            try:
+                approval = Approval(by=by.strip(), at=now, given_at_stage=m.stage, note=note)
+            except PydanticValidationError as exc:
+                raise _invalid(exc, None, None, "approval") from None
+            new = m.model_copy(update={"version": m.version + 1, "updated_at": now,
+                                       "approvals": {**m.approvals, stage: approval}})
+            return new, {"kind": "approve", "gate": stage, "by": approval.by, "message": note}
+
+        return self._write(show, ep, change, expected_version)
+
+    # --- checkpoints -------------------------------------------------------------------
+
+    def _checkpoint_path(self, show: str, ep: str, stage: str) -> str:
+        return os.path.join(self._episode_dir(show, ep), "checkpoints", stage + ".json")
+
+    def save_checkpoint(self, show: str, ep: str, stage: str, data: Mapping[str, Any]) -> Episode:
+        """Write ``checkpoints/<stage>.json`` durably, then record its hash in
+        the episode (version + 1, one ``checkpoint`` event).
+
+        The file carries its own sha256, so damage is caught on load.
+        """
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        self._check_stage(stage)
+        if not isinstance(data, Mapping):
+            raise ValidationError(f"checkpoint data must be a mapping, got {type(data).__name__}")
+        try:
+            payload = dict(data)
+            canonical = _canonical(payload)
+        except (TypeError, ValueError, orjson.JSONEncodeError) as exc:
+            raise ValidationError(f"checkpoint data must be JSON (finite numbers, text keys): {exc}") from None
+        digest = _sha256(canonical)
+
+        def write_file(new: Episode) -> None:
+            directory = diskio.ensure_dirs(self._disk, self.root, ("shows", show, "episodes", ep, "checkpoints"))
+            body = {"schema_version": CHECKPOINT_SCHEMA, "stage": stage,
+                    "saved_at": new.updated_at.isoformat(), "sha256": digest, "size": len(canonical),
+                    "data": payload}
+            diskio.atomic_write(self._disk, os.path.join(directory, stage + ".json"), JSON_CODEC.dump_plain(body))
+
+        def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
+            record = CheckpointRecord(sha256=digest, size=len(canonical), at=now)
+            new = m.model_copy(update={"version": m.version + 1, "updated_at": now,
+                                       "checkpoints": {**m.checkpoints, stage: record}})
+            return new, {"kind": "checkpoint", "checkpoint": stage}
+
+        return self._write(show, ep, change, before_commit=write_file)
+
+    def load_checkpoint(self, show: str, ep: str, stage: str) -> dict[str, Any] | None:
+        """The data saved for ``stage``, or None if none was saved.
+
+        ``CorruptFileError`` (naming the file) if it is damaged.
+        """
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        self._check_stage(stage)
+        if not diskio.real_dirs(self._paths(show, ep).chain):
+            raise self._episode_missing(show, ep)
+        path = self._checkpoint_path(show, ep, stage)
+        raw = diskio.read_file(path)
+        if raw is None:
+            return None
+        body = JSON_CODEC.load(raw, path)
+        schema_of(body, path, current=CHECKPOINT_SCHEMA, legacy_ok=False)
+        data = body.get("data")
+        if not isinstance(data, dict) or not isinstance(body.get("sha256"), str):
+            raise CorruptFileError(f"{path}: not a statekit checkpoint (no data or sha256)", path=path)
+        if _sha256(_canonical(data)) != body["sha256"]:
+            raise CorruptFileError(f"{path}: checkpoint data does not match its sha256 (the file is damaged)",
+                                   path=path, stage=stage)
+        return data
+
+    def resume_stage(self, show: str, ep: str) -> str | None:
+        """The latest stage (in pipeline order) whose checkpoint is intact:
+        where a restarted worker picks up. None if there is none."""
+        for stage in reversed(list(self.pipeline.stages)):
+            try:
+                if self.load_checkpoint(show, ep, stage) is not None:
+                    return stage
+            except (CorruptFileError, SchemaVersionError):
+                continue
+        return None
+
+    # --- many episodes -------------------------------------------------------------------
+
+    def _iter_episodes(self, show: str | None) -> Iterator[Episode]:
+        for show_id in [check_id(show, "show id")] if show is not None else self.shows():
+            if show is not None and not diskio.check_dirs(self.root, ("shows", show_id)):
+                raise ShowNotFoundError(f"show {show_id!r} not found", show_id=show_id)
+            for ep in self.get_show(show_id).episodes:
+                yield self._load(show_id, ep)[1].model
+
+    def list(self, show: str | None = None, stage: str | None = None) -> list[Episode]:
+        """Episodes (in show order), optionally of one show and/or one stage."""
+        if stage is not None:
+            self._check_stage(stage)
+        return [e for e in self._iter_episodes(show) if stage is None or e.stage == stage]
+
+    def counts(self, show: str | None = None) -> dict[str, int]:
+        """Number of episodes per stage (every pipeline stage listed)."""
+        out = dict.fromkeys(self.pipeline.stages, 0)
+        for e in self._iter_episodes(show):
+            out[e.stage] = out.get(e.stage, 0) + 1
+        return out
+
+    # --- schema migration and import --------------------------------------------------------
+
+    def migrate(self, *, dry_run: bool = False) -> MigrationReport:
+        """Rewrite episode files of an older schema at the current one.
+
+        A dry run only lists them. Otherwise each file is first copied to
+        ``.statekit/backups/migrate-<time>/`` and then rewritten through the
+        normal write path (version + 1, one ``migrate`` event).
+        """
+        report = MigrationReport(dry_run=dry_run)
+        stale = []
+        for show in self.shows():
+            for ep in self._episode_ids_on_disk(show):
+                path, parsed = self._load(show, ep)
+                found = schema_of(parsed.data, path, current=EPISODE_SCHEMA, legacy_ok=True)
+                if found < EPISODE_SCHEMA:
+                    stale.append((show, ep, path, found))
+                    report.files.append({"path": os.path.relpath(path, self.root), "episode": f"{show}/{ep}",
+                                         "from": found, "to": EPISODE_SCHEMA})
+        if dry_run or not stale:
+            return report
+        backup = os.path.join(".statekit", "backups", f"migrate-{_stamp(utcnow())}")
+        report.backup_dir = os.path.join(self.root, backup)
+        for show, ep, path, found in stale:
+            rel = os.path.relpath(os.path.dirname(path), self.root)
+            directory = diskio.ensure_dirs(self._disk, self.root, tuple(os.path.join(backup, rel).split(os.sep)))
+
+            def copy_first(new: Episode, path: str = path, directory: str = directory) -> None:
+                raw = diskio.read_file(path)
+                assert raw is not None
+                diskio.atomic_write(self._disk, os.path.join(directory, os.path.basename(path)), raw)
+
+            def change(m: Episode, now: datetime, found: int = found) -> tuple[Episode, dict[str, Any]]:
+                new = m.model_copy(update={"version": m.version + 1, "updated_at": now})
+                return new, {"kind": "migrate", "message": f"schema {found} -> {EPISODE_SCHEMA}"}
+
+            self._write(show, ep, change, before_commit=copy_first)
+        return report
+
+    def import_legacy(self, legacy_dir: str | os.PathLike[str], show: str) -> ImportReport:
+        """Bring schema-0 episode YAML files (e.g. ``processed/2004/*.yaml``)
+        into ``show``, migrated; unknown keys are kept under ``metadata``.
+
+        Episodes already in the store are skipped, so an import can be re-run.
+        """
+        check_id(show, "show id")
+        top = os.fspath(legacy_dir)
+        if not os.path.isdir(top):
+            raise ValidationError(f"{top} is not a directory", hint="give the folder holding the legacy YAML files")
+        report = ImportReport()
+        seen: dict[str, str] = {}
+        for path in sorted(str(p) for p in Path(top).rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()):
+            rel = os.path.relpath(path, top)
+            try:
+                data = YAML_CODEC.load(diskio.read_file(path) or b"", path)
+                if "schema_version" in data:
+                    raise ValidationError(f"{path}: has schema_version, so it is not a schema-0 file")
+                source = data.get("episode_id") or Path(path).stem
+                ep = legacy_id(str(source))
+                if ep in seen:
+                    raise ValidationError(f"{path}: episode id {ep!r} is also used by {seen[ep]}")
+                seen[ep] = rel
+                if any(os.path.lexists(p) for p in self._episode_paths(show, ep)):
+                    report.skipped.append({"file": rel, "episode": f"{show}/{ep}", "reason": "already in the store"})
+                    continue
+                upgraded, _ = upgrade_episode(data, path=path, show_id=show, episode_id=ep, now=utcnow())
+                upgraded["version"] = 1
+                try:
+                    model = Episode.model_validate(upgraded)
+                except PydanticValidationError as exc:
+                    raise _invalid(exc, None, path, "episode") from None
+                if model.stage not in self.pipeline.stages:
+                    raise ValidationError(
+                        f"{path}: stage {model.stage!r} is not a stage of pipeline {self.pipeline.name!r}",
+                        field="stage",
+                    )
+                self._create(model, {"kind": "import", "to_stage": model.stage, "message": f"imported from {rel}"})
+                report.imported.append({"file": rel, "episode": f"{show}/{ep}"})
+            except (EpisodeExistsError,) as exc:
+                report.skipped.append({"file": rel, "episode": f"{show}/{exc.episode_id}", "reason": exc.message})
+            except (CorruptFileError, ValidationError, SchemaVersionError, InvalidIdError) as exc:
+                report.rejected.append({"file": rel, "reason": exc.one_line()})
+        return report
+
+
+def _check_cost(cost: object) -> float | None:
+    if cost is None:
+        return None
+    if isinstance(cost, bool) or not isinstance(cost, (int, float)):
+        raise ValidationError(f"cost must be a number, got {cost!r}")
+    value = float(cost)
+    if not (value >= 0 and value != float("inf")):
+        raise ValidationError(f"cost must be a finite number >= 0, got {cost!r}")
+    return value

@@ -1,0 +1,221 @@
+"""Reading is safe and strict; writing keeps what a person put in a file."""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from statekit.codecs import JSON_CODEC, MAX_DEPTH, YAML_CODEC, Parsed, line_of, same
+from statekit.errors import CorruptFileError
+from statekit.models import Episode
+
+# --- reading refuses what is not plain data ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        ("a: !!python/object:os.system {}\n", "python/object"),
+        ("a: !!python/object/apply:os.system ['echo hi']\n", "python/object"),
+        ("a: !custom 3\n", "!custom"),
+        ("a: !!binary aGVsbG8=\n", "binary"),
+        ("a: !!set {x, y}\n", "set"),
+        ("a: &x [1]\nb: *x\n", "aliases"),
+        ("base: &b {x: 1}\nc:\n  <<: *b\n", "aliases"),
+        ("a: 1\na: 2\n", "duplicate key 'a'"),
+        ("a: .nan\n", "NaN"),
+        ("a: -.inf\n", "infinity"),
+        ("1: x\n", "keys must be text"),
+        ("a: [1, 2\n", "invalid YAML"),
+        ("- 1\n- 2\n", "expected a mapping"),
+        ("", "empty"),
+        ("a: 1\n---\nb: 2\n", "single document"),
+        ("a: \x01\n", "invalid YAML"),
+    ],
+)
+def test_yaml_loader_refuses_with_a_clear_message(text: str, needle: str) -> None:
+    with pytest.raises(CorruptFileError) as info:
+        YAML_CODEC.load(text.encode(), "ep.yaml")
+    assert needle in str(info.value)
+    assert str(info.value).startswith("ep.yaml")
+
+
+def test_yaml_alias_bomb_is_refused_quickly() -> None:
+    lines = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"]
+    lines += [f"a{i}: &a{i} [*a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}, *a{i-1}]" for i in range(1, 12)]
+    with pytest.raises(CorruptFileError, match="aliases"):
+        YAML_CODEC.load("\n".join(lines).encode(), "bomb.yaml")
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 100_000])
+def test_deep_nesting_is_refused_without_crashing(depth: int) -> None:
+    # PyYAML's C composer recurses: 100,000 levels would crash the process.
+    with pytest.raises(CorruptFileError, match="nested"):
+        YAML_CODEC.load(("a: " + "[" * depth + "]" * depth).encode(), "deep.yaml")
+    with pytest.raises(CorruptFileError, match="nested"):
+        YAML_CODEC.load(("a:\n" + "- " * depth + "x\n").encode(), "deep.yaml")
+    if depth > 10_000:  # the JSON parser's own recursion limit; models limit metadata depth
+        with pytest.raises(CorruptFileError, match="nested"):
+            JSON_CODEC.load(('{"a": ' + "[" * depth + "]" * depth + "}").encode(), "deep.json")
+
+
+def test_invalid_utf8_names_the_line() -> None:
+    with pytest.raises(CorruptFileError, match=r"ep.yaml:2: not valid UTF-8"):
+        YAML_CODEC.load(b"a: 1\nb: \xff\xfe\n", "ep.yaml")
+
+
+def test_timestamps_and_dates_stay_text() -> None:
+    data = YAML_CODEC.load(b"d: 2004-04-14\nt: 2026-01-01T10:00:00Z\n", "x.yaml")
+    assert data == {"d": "2004-04-14", "t": "2026-01-01T10:00:00Z"}
+
+
+@pytest.mark.parametrize(
+    ("text", "needle"),
+    [
+        (b'{"a": 1, "a": 2}', "duplicate key 'a'"),
+        (b'{"a": NaN}', "NaN is not allowed"),
+        (b'{"a": Infinity}', "Infinity is not allowed"),
+        (b'{"a": 1', "invalid JSON"),
+        (b"[1]", "expected an object"),
+        (b"", "invalid JSON"),
+    ],
+)
+def test_json_loader_refuses_with_a_clear_message(text: bytes, needle: str) -> None:
+    with pytest.raises(CorruptFileError) as info:
+        JSON_CODEC.load(text, "ep.json")
+    assert needle in str(info.value)
+
+
+# --- round trips -------------------------------------------------------------------
+
+TRICKY = ["no", "yes", "on", "off", "~", "null", "true", "1e3", "0x1f", "0o17", "1_000", "2004-04-14",
+          "12:30", "#hash", "a: b", "- x", "'q'", '"dq"', "", " lead", "trail ", "multi\nline\n", "tab\there",
+          "ü ünïcode ✓", "%percent", "@at", "`tick", "*star", "&amp", "!bang", "|pipe", ">gt", "[x]", "{y}"]
+
+json_leaf = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**53), 2**53),
+    st.floats(allow_nan=False, allow_infinity=False), st.sampled_from(TRICKY), st.text(max_size=20),
+)
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.sampled_from(TRICKY) | st.text(max_size=8), inner,
+                                                                 max_size=4),
+    max_leaves=20,
+)
+stage_id = st.sampled_from(["discovered", "downloading", "failed", "converted"])
+cost = st.floats(min_value=0, max_value=1e6, allow_nan=False, allow_infinity=False)
+moment = st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1),
+                      timezones=st.just(timezone.utc))
+
+
+@st.composite
+def episodes(draw: st.DrawFn) -> Episode:
+    costs = draw(st.dictionaries(stage_id, cost, max_size=3))
+    return Episode.model_validate({
+        "show_id": "show", "episode_id": "ep1", "title": draw(st.sampled_from(TRICKY) | st.text(max_size=40)),
+        "stage": draw(stage_id), "version": draw(st.integers(0, 10**6)), "created_at": draw(moment),
+        "updated_at": draw(moment), "stage_entered_at": draw(moment),
+        "message": draw(st.none() | st.sampled_from(TRICKY) | st.text(max_size=40)),
+        "costs": costs, "attempts": draw(st.dictionaries(stage_id, st.integers(0, 99), max_size=3)),
+        "metadata": draw(st.dictionaries(st.text(max_size=10) | st.sampled_from(TRICKY), json_value, max_size=5)),
+        "files": draw(st.dictionaries(st.sampled_from(["audio", "video", "no"]), st.sampled_from(TRICKY))),
+        "error_history": [{"at": draw(moment), "stage": "downloading", "kind": "transient",
+                           "message": draw(st.sampled_from(TRICKY)), "traceback": "Traceback:\n  line 1\n"}],
+    })
+
+
+@pytest.mark.parametrize("codec", [YAML_CODEC, JSON_CODEC], ids=["yaml", "json"])
+@given(episode=episodes())
+def test_model_file_model_round_trip(codec: object, episode: Episode) -> None:
+    data = episode.model_dump(mode="json")
+    written = codec.dump(data)  # type: ignore[attr-defined]
+    reread = codec.load(written.raw, "x")  # type: ignore[attr-defined]
+    assert same(reread, data)
+    assert Episode.model_validate(reread) == episode
+
+
+CHANGES = [
+    lambda d: {"stage": "converted", "costs": {**d["costs"], "converted": 0.5}},  # advance
+    lambda d: {"title": "yes", "metadata": {**d["metadata"], "new key": [1, "no", {"x": None}]}},  # update
+    lambda d: {"message": "multi\nline\n"},
+    lambda d: {"error_history": d["error_history"] + [{"at": "2026-01-01T00:00:00Z", "stage": "x", "kind": "k",
+                                                       "message": "m", "traceback": "Traceback:\n  x\n"}]},
+    lambda d: {"attempts": {**d["attempts"], "converted": 1}, "files": {}, "approvals": {}},
+    lambda d: {"checkpoints": {"outline": {"sha256": "0" * 64, "size": 3, "at": "2026-01-01T00:00:00Z"}}},
+]
+
+
+@given(episode=episodes(), where=st.lists(st.integers(0, 80), min_size=1, max_size=4),
+       change=st.integers(0, len(CHANGES) - 1))
+def test_a_commented_file_keeps_its_comments_and_reads_back_exactly(episode: Episode, where: list[int],
+                                                                    change: int) -> None:
+    # A person's comments, between lines and after values; statekit then changes
+    # the data as its writes do. The comments stay and the data reads back exactly.
+    data = episode.model_dump(mode="json")
+    lines = YAML_CODEC.dump(data).raw.decode().splitlines(keepends=True)
+    for w in where:
+        i = w % len(lines)
+        if lines[i][:1].isalpha() and not lines[i].rstrip().endswith("|"):
+            lines[i] = lines[i].rstrip("\n") + "  # note after a value\n"
+        elif lines[i][:1].isalpha():
+            lines.insert(i, "# note on its own line\n")
+    raw = ("# a note a person wrote\n" + "".join(lines)).encode()
+    previous = YAML_CODEC.parse(raw, "x")
+    assert same(previous.data, data)
+    changed = {**data, "version": data["version"] + 1, **CHANGES[change](data)}
+    written = YAML_CODEC.dump(changed, previous)
+    assert written.raw.startswith(b"# a note a person wrote\n")
+    assert written.raw.count(b"# note") == raw.count(b"# note")
+    assert same(YAML_CODEC.load(written.raw, "x"), changed)
+
+
+def test_typical_writes_edit_the_text_in_place() -> None:
+    from statekit.codecs import _dump_patched
+
+    raw = (b"# reviewed by ana\nschema_version: 1\ntitle: Old  # final title\nstage: downloading\nversion: 2\n"
+           b"costs: {}\nattempts:\n  downloading: 1\napprovals: {}\ncheckpoints: {}\nerror_history: []\n")
+    previous = YAML_CODEC.parse(raw, "x")
+    for change in CHANGES[:1] + CHANGES[3:]:
+        data = {**previous.data, "version": 3, **change(previous.data)}
+        patched = _dump_patched(data, previous)
+        assert patched is not None, change
+        assert patched.raw.startswith(b"# reviewed by ana\n") and b"title: Old  # final title\n" in patched.raw
+        assert same(patched.data, data)
+
+
+def test_comments_and_key_order_survive_an_edit() -> None:
+    raw = (b"# top note\nversion: 3\ntitle: Old  # keep me\n"
+           b"stage: downloading\ncosts:\n  downloading: 0.5  # paid\n")
+    previous = Parsed(raw, YAML_CODEC.load(raw, "x"))
+    new = {"stage": "downloaded", "title": "Old", "version": 4,
+           "costs": {"downloading": 0.5, "converting": 0.25}}
+    text = YAML_CODEC.dump(new, previous).raw.decode()
+    assert text.startswith("# top note\nversion: 4\ntitle: Old  # keep me\nstage: downloaded\n")
+    assert "downloading: 0.5  # paid\n  converting: 0.25\n" in text
+
+
+def test_key_order_survives_without_comments() -> None:
+    raw = b"stage: a\nversion: 1\ntitle: t\nnested:\n  z: 1\n  a: 2\n"
+    previous = Parsed(raw, YAML_CODEC.load(raw, "x"))
+    new = {"title": "t2", "version": 2, "stage": "b", "nested": {"a": 2, "z": 1}, "extra": 1}
+    text = YAML_CODEC.dump(new, previous).raw.decode()
+    assert text == "stage: b\nversion: 2\ntitle: t2\nnested:\n  z: 1\n  a: 2\nextra: 1\n"
+    json_prev = Parsed(b"", {"stage": "a", "version": 1, "title": "t"})
+    assert list(JSON_CODEC.load(JSON_CODEC.dump(new, json_prev).raw, "x")) == [
+        "stage", "version", "title", "nested", "extra"]
+
+
+def test_multiline_text_is_written_as_a_block() -> None:
+    text = YAML_CODEC.dump({"traceback": "Traceback:\n  File x\nValueError\n"}).raw.decode()
+    assert text.startswith("traceback: |")
+
+
+def test_line_of_finds_nested_fields() -> None:
+    raw = b"a: 1\nb:\n  c: 2\n  d:\n  - x\n  - y\n"
+    assert line_of(raw, ("a",)) == 1
+    assert line_of(raw, ("b", "c")) == 3
+    assert line_of(raw, ("b", "d", 1)) == 6
+    assert line_of(b'{\n  "a": 1,\n  "b": {"c": 2}\n}\n', ("b", "c")) == 3

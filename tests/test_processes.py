@@ -1,0 +1,102 @@
+"""Real processes: compare-and-set under contention, and kill -9 mid-write."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from statekit import Store
+
+from .conftest import episode_file
+
+WORKER = str(Path(__file__).with_name("proc_worker.py"))
+pytestmark = pytest.mark.slow
+
+
+def spawn(*args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, WORKER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def test_eight_processes_compare_and_set_on_one_episode(tmp_path: Path) -> None:
+    store = Store.init(tmp_path / "s")
+    store.create("s", "e")
+    procs = [spawn("cas", store.root, "s", "e", "200") for _ in range(8)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        results.append(json.loads(out))
+    ok = sum(r["ok"] for r in results)
+    assert sum(r["lock_timeout"] for r in results) == 0
+    assert sum(r["ok"] + r["conflict"] for r in results) == 1600
+    final = store.get("s", "e")
+    events = store.events("s", "e")
+    assert final.version == ok + 1 == len(events)
+    assert [e.version for e in events] == list(range(1, final.version + 1))
+    # the moves alternate exactly: nobody advanced from a stage they had not seen
+    moves = [(e.from_stage, e.to_stage) for e in events[1:]]
+    assert all(dst == ("failed" if src == "downloading" else "downloading") for src, dst in moves)
+
+
+def read_acks(proc: subprocess.Popen[str], until: float, most: int = 10**9) -> list[int]:
+    acks: list[int] = []
+    assert proc.stdout is not None
+    while time.monotonic() < until and len(acks) < most:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, until - time.monotonic()))
+        if not ready:
+            break
+        line = proc.stdout.readline()
+        if not line:
+            break
+        acks.append(int(line.split()[1]))
+    return acks
+
+
+def check_consistent(store: Store, acked: int) -> int:
+    ep = store.get("s", "e")  # parses: no torn file
+    assert ep.version >= acked, "an acknowledged write was lost"
+    events = store.events("s", "e")
+    assert [e.version for e in events] == list(range(1, ep.version + 1))
+    assert events[-1].sha256 == hashlib.sha256(episode_file(store, "s", "e").read_bytes()).hexdigest()
+    if "downloading" in ep.checkpoints:  # a recorded checkpoint is intact
+        assert store.load_checkpoint("s", "e", "downloading") is not None
+    return ep.version
+
+
+def test_kill_minus_nine_loses_nothing_and_tears_nothing(tmp_path: Path) -> None:
+    store = Store.init(tmp_path / "s")
+    store.create("s", "e")
+    folder = Path(store.root, "shows/s/episodes/e")
+    rng = random.Random(1234)
+    acked = 0
+    kills = int(os.environ.get("STATEKIT_KILLS", "25"))
+    leftovers_seen = 0
+    for _ in range(kills):
+        proc = spawn("writer", store.root, "s", "e")
+        first = read_acks(proc, time.monotonic() + 30, most=1)  # wait until it is writing
+        assert first, proc.stderr.read() if proc.stderr else ""
+        acks = first + read_acks(proc, time.monotonic() + rng.uniform(0.0, 0.05))
+        os.kill(proc.pid, signal.SIGKILL)
+        rest, _ = proc.communicate()
+        acks += [int(line.split()[1]) for line in rest.splitlines() if line.startswith("ack ")]
+        acked = max([acked, *acks])
+        fresh = Store.open(store.root)
+        version = check_consistent(fresh, acked)
+        leftovers_seen += len(list(folder.rglob(".*.tmp")))
+        # the next write cleans up whatever the killed writer left
+        after = fresh.update("s", "e", title=f"after {version}")
+        assert after.version == version + 1
+        assert list(folder.rglob(".*.tmp")) == []
+        acked = after.version
+    assert acked > kills  # the writers really wrote

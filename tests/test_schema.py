@@ -1,0 +1,143 @@
+"""Schema versions: old files load, new ones are refused, migrate and import."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from statekit import SchemaVersionError, Store, ValidationError
+from statekit.codecs import YAML_CODEC
+
+from .conftest import episode_file, snapshot
+
+LEGACY = Path(__file__).resolve().parent.parent / "data" / "legacy" / "processed"
+
+
+def legacy_data(name: str) -> dict:
+    path = LEGACY / "2004" / name
+    return YAML_CODEC.load(path.read_bytes(), str(path))
+
+
+def test_import_brings_schema_0_files_in_and_loses_nothing(store: Store) -> None:
+    report = store.import_legacy(LEGACY, "hooting-yard")
+    assert [r["episode"] for r in report.imported] == [
+        "hooting-yard/hy0_hooting_yard_2004-04-14",
+        "hooting-yard/hy0_hooting_yard_2004-04-21",
+        "hooting-yard/hy0_hooting_yard_2004-04-28",
+    ]
+    assert report.rejected == [] and report.skipped == []
+
+    ep = store.get("hooting-yard", "hy0_hooting_yard_2004-04-21")
+    assert ep.schema_version == 1 and ep.version == 1 and ep.stage == "failed"
+    assert ep.attempts == {"downloading": 3}
+    assert ep.message == "Download failed after 3 attempts: Read timed out."
+    assert ep.updated_at.isoformat().startswith("2024-09-15T09:27:51.662311+00:00")
+    assert [e.message for e in ep.error_history] == ["HTTPSConnectionPool(host='archive.org', port=443): Read timed out."] * 2
+    assert "ReadTimeout" in (ep.error_history[0].traceback or "")
+    assert ep.files == {"source_url": legacy_data("hy0_hooting_yard_2004-04-21.yaml")["files"]["source_url"]}
+
+    published = store.get("hooting-yard", "hy0_hooting_yard_2004-04-28")
+    legacy = legacy_data("hy0_hooting_yard_2004-04-28.yaml")
+    # every key without a place of its own is kept under metadata, unknown ones too
+    for key in ("archive_identifier", "date", "youtube", "metrics", "notes"):
+        assert published.metadata[key] == legacy[key]
+    assert "legacy_episode_id" not in published.metadata  # the id was valid as it was
+    assert published.attempts == {"downloading": 1, "converting": 1, "uploading": 1}
+    assert [e.kind for e in store.events("hooting-yard", "hy0_hooting_yard_2004-04-28")] == ["import"]
+    assert store.get_show("hooting-yard").episodes == [r["episode"].split("/")[1] for r in report.imported]
+
+
+def test_legacy_ids_that_are_not_valid_ids_are_normalised(store: Store, tmp_path: Path) -> None:
+    folder = tmp_path / "legacy"
+    folder.mkdir()
+    (folder / "x.yaml").write_text("episode_id: HY0 Hooting/Yard\nstage: discovered\ntitle: t\n")
+    report = store.import_legacy(folder, "hy")
+    assert report.imported == [{"file": "x.yaml", "episode": "hy/hy0-hooting-yard"}]
+    assert store.get("hy", "hy0-hooting-yard").metadata["legacy_episode_id"] == "HY0 Hooting/Yard"
+
+
+def test_import_twice_skips_what_is_already_there(store: Store) -> None:
+    store.import_legacy(LEGACY, "hy")
+    before = snapshot(store.root)
+    again = store.import_legacy(LEGACY, "hy")
+    assert again.imported == [] and len(again.skipped) == 3
+    assert snapshot(store.root) == before
+
+
+def test_import_rejects_bad_files_and_keeps_going(store: Store, tmp_path: Path) -> None:
+    folder = tmp_path / "legacy"
+    shutil.copytree(LEGACY, folder)
+    (folder / "2004" / "broken.yaml").write_text("title: [unclosed\n")
+    (folder / "2004" / "odd-stage.yaml").write_text("episode_id: odd\nstage: teleported\n")
+    (folder / "2004" / "modern.yaml").write_text("schema_version: 1\nstage: discovered\n")
+    report = store.import_legacy(folder, "hy")
+    assert len(report.imported) == 3
+    reasons = {r["file"]: r["reason"] for r in report.rejected}
+    assert "invalid YAML" in reasons["2004/broken.yaml"]
+    assert "teleported" in reasons["2004/odd-stage.yaml"]
+    assert "not a schema-0 file" in reasons["2004/modern.yaml"]
+
+
+def test_a_schema_0_file_in_the_store_loads_and_migrate_rewrites_it(store: Store) -> None:
+    store.create("hy", "old")
+    path = episode_file(store, "hy", "old")
+    original = (LEGACY / "2004" / "hy0_hooting_yard_2004-04-14.yaml").read_bytes()
+    path.write_bytes(b"# copied from the old pipeline\n" + original)
+    ep = store.get("hy", "old")  # migrated in memory, file untouched
+    assert ep.schema_version == 1 and ep.stage == "converted" and ep.version == 0
+    assert path.read_bytes().endswith(original)
+
+    dry = store.migrate(dry_run=True)
+    assert [(f["episode"], f["from"], f["to"]) for f in dry.files] == [("hy/old", 0, 1)]
+    assert path.read_bytes().endswith(original)
+
+    done = store.migrate()
+    assert done.backup_dir is not None
+    backup = Path(done.backup_dir, "shows/hy/episodes/old/episode.yaml")
+    assert backup.read_bytes().endswith(original)  # the original, kept
+    text = path.read_text()
+    assert text.startswith("# copied from the old pipeline\n")  # the person's comment survives
+    assert "schema_version: 1" in text
+    ep = store.get("hy", "old")
+    assert ep.version == 1 and ep.metadata["archive_identifier"] == "hy0_hooting_yard_2004-04-14"
+    assert store.events("hy", "old")[-1].kind == "migrate"
+    assert store.migrate(dry_run=True).files == []
+
+
+@pytest.mark.parametrize("bad", ["999", "'x'", "-1", "true", "1.5"])
+def test_a_bad_or_newer_schema_version_is_refused_never_rewritten(store: Store, bad: str) -> None:
+    store.create("s", "e")
+    path = episode_file(store, "s", "e")
+    path.write_text(path.read_text().replace("schema_version: 1", f"schema_version: {bad}"))
+    before = snapshot(store.root)
+    with pytest.raises(SchemaVersionError) as info:
+        store.get("s", "e")
+    assert str(path) in str(info.value)
+    with pytest.raises(SchemaVersionError):
+        store.advance("s", "e", "downloading")
+    with pytest.raises(SchemaVersionError):
+        store.migrate()
+    assert snapshot(store.root) == before
+
+
+def test_missing_schema_version_on_a_current_file_is_reported(store: Store) -> None:
+    store.create("s", "e")
+    path = episode_file(store, "s", "e")
+    path.write_text(path.read_text().replace("schema_version: 1\n", ""))
+    with pytest.raises(SchemaVersionError, match="schema_version is missing"):
+        store.get("s", "e")
+
+
+def test_newer_store_config_is_refused(tmp_path: Path) -> None:
+    store = Store.init(tmp_path / "s")
+    config = Path(store.root, "statekit.yaml")
+    config.write_text(config.read_text().replace("schema_version: 1", "schema_version: 2"))
+    with pytest.raises(SchemaVersionError, match="newer"):
+        Store.open(tmp_path / "s")
+
+
+def test_import_needs_a_directory(store: Store, tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="not a directory"):
+        store.import_legacy(tmp_path / "missing", "hy")
