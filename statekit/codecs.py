@@ -21,7 +21,7 @@ import logging
 import re
 import textwrap
 import threading
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 import yaml
@@ -29,7 +29,11 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.representer import RoundTripRepresenter
 from ruamel.yaml.scalarfloat import ScalarFloat
-from ruamel.yaml.scalarstring import DoubleQuotedScalarString, LiteralScalarString, SingleQuotedScalarString
+from ruamel.yaml.scalarstring import (
+    DoubleQuotedScalarString,
+    LiteralScalarString,
+    SingleQuotedScalarString,
+)
 
 from .errors import CorruptFileError
 
@@ -608,9 +612,18 @@ def compact_json(data: Any, *, sort_keys: bool = False) -> bytes:
     return orjson.dumps(data, option=orjson.OPT_SORT_KEYS if sort_keys else 0)
 
 
+class Codec(Protocol):
+    name: str
+    suffix: str
+
+    def parse(self, raw: bytes, path: str) -> Parsed: ...
+    def load(self, raw: bytes, path: str) -> dict[str, Any]: ...
+    def dump(self, data: dict[str, Any], previous: Parsed | None = None) -> Parsed: ...
+
+
 YAML_CODEC = YamlCodec()
 JSON_CODEC = JsonCodec()
-CODECS = {".yaml": YAML_CODEC, ".json": JSON_CODEC}
+CODECS: dict[str, Codec] = {".yaml": YAML_CODEC, ".json": JSON_CODEC}
 
 
 def line_of(raw: bytes, loc: tuple[Any, ...]) -> int | None:

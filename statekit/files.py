@@ -20,9 +20,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from filelock import lock_descriptor, unlock_descriptor
-
 import orjson
+from filelock import lock_descriptor, unlock_descriptor
 
 from .codecs import compact_json, no_duplicates
 from .errors import CorruptFileError, LockTimeoutError, StorageError, UnsafePathError
@@ -183,7 +182,7 @@ def remove_temp_files(disk: Disk, directory: str, nested: str | None = None) -> 
     """Delete temp files an interrupted write left in ``directory`` (and in
     its subdirectory ``nested``, if present). Call only while holding the
     lock that guards writes into them."""
-    removed = []
+    removed: list[str] = []
     try:
         names = os.listdir(directory)
     except (FileNotFoundError, NotADirectoryError):

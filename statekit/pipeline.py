@@ -9,9 +9,9 @@ like the diagram.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 from pydantic import ValidationError as PydanticValidationError

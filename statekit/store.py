@@ -15,7 +15,6 @@ import os
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -58,7 +57,13 @@ from .models import (
     cost_sum,
     utcnow,
 )
-from .pipeline import PRESETS, Pipeline, approvals_after_move, load_pipeline, refuse_move
+from .pipeline import (
+    PRESETS,
+    Pipeline,
+    approvals_after_move,
+    load_pipeline,
+    refuse_move,
+)
 from .schema import legacy_id, schema_of, upgrade_episode
 
 CONFIG_FILE = "statekit.yaml"
@@ -146,7 +151,7 @@ def _pipeline_from(spec: Pipeline | Mapping[str, Any] | str | os.PathLike[str]) 
 
 
 class _EpisodePaths:
-    __slots__ = ("chain", "dir", "files", "events", "lock_dir", "lock")
+    __slots__ = ("chain", "dir", "files", "events")
 
     def __init__(self, root: str, show: str, ep: str, suffix: str) -> None:
         shows = root + "/shows"
@@ -156,8 +161,6 @@ class _EpisodePaths:
         other = ".json" if suffix == ".yaml" else ".yaml"
         self.files = (f"{self.dir}/episode{suffix}", f"{self.dir}/episode{other}")
         self.events = self.dir + "/events.jsonl"
-        self.lock_dir = f"{root}/.statekit/locks/episodes/{show}"
-        self.lock = f"{self.lock_dir}/{ep}.lock"
 
 
 class Store:
@@ -260,18 +263,15 @@ class Store:
     # --- locks ----------------------------------------------------------------
 
     def _lock(self, parts: tuple[str, ...], name: str, what: str) -> Any:
-        directory = os.path.join(self.root, *parts)
+        """The lock file ``.statekit/<parts...>/<name>`` (its folder made once per process)."""
+        directory = "/".join((self.root, *parts))
         if directory not in self._lock_dirs:
             diskio.ensure_dirs(self._disk, self.root, parts, durable=False)
             self._lock_dirs.add(directory)
-        return diskio.hold_lock(self._disk, os.path.join(directory, name), self.config.lock_timeout, what)
+        return diskio.hold_lock(self._disk, f"{directory}/{name}", self.config.lock_timeout, what)
 
     def _episode_lock(self, show: str, ep: str) -> Any:
-        paths = self._paths(show, ep)
-        if paths.lock_dir not in self._lock_dirs:
-            diskio.ensure_dirs(self._disk, self.root, (".statekit", "locks", "episodes", show), durable=False)
-            self._lock_dirs.add(paths.lock_dir)
-        return diskio.hold_lock(self._disk, paths.lock, self.config.lock_timeout, f"episode {show}/{ep}")
+        return self._lock((".statekit", "locks", "episodes", show), ep + ".lock", f"episode {show}/{ep}")
 
     def _show_lock(self, show: str) -> Any:
         return self._lock((".statekit", "locks", "shows"), show + ".lock", f"show {show}")
@@ -453,7 +453,7 @@ class Store:
         data = {
             "show_id": show, "episode_id": ep, "title": title, "stage": initial, "version": 1,
             "created_at": now, "updated_at": now, "stage_entered_at": now, "attempts": {initial: 1},
-            "metadata": dict(metadata or {}), "files": dict(files or {}),
+            "metadata": {} if metadata is None else metadata, "files": {} if files is None else files,
         }
         try:
             model = Episode.model_validate(data)
@@ -560,7 +560,7 @@ class Store:
             now = utcnow()
             try:
                 model = Show(show_id=show, title=show if title is None else title, created_at=now, updated_at=now,
-                             metadata=dict(metadata or {}))
+                             metadata={} if metadata is None else metadata)
             except PydanticValidationError as exc:
                 raise _invalid(exc, None, None, "show") from None
             diskio.ensure_dirs(self._disk, self.root, ("shows", show, "episodes"))
@@ -827,9 +827,9 @@ class Store:
             directory = diskio.ensure_dirs(self._disk, self.root, tuple(os.path.join(backup, rel).split(os.sep)))
 
             def copy_first(new: Episode, path: str = path, directory: str = directory) -> None:
-                raw = diskio.read_file(path)
-                assert raw is not None
-                diskio.atomic_write(self._disk, os.path.join(directory, os.path.basename(path)), raw)
+                raw = diskio.read_file(path)  # under the episode lock: the bytes about to be replaced
+                if raw is not None:
+                    diskio.atomic_write(self._disk, os.path.join(directory, os.path.basename(path)), raw)
 
             def change(m: Episode, now: datetime, found: int = found) -> tuple[Episode, dict[str, Any]]:
                 new = m.model_copy(update={"version": m.version + 1, "updated_at": now})
@@ -877,7 +877,7 @@ class Store:
                     )
                 self._create(model, {"kind": "import", "to_stage": model.stage, "message": f"imported from {rel}"})
                 report.imported.append({"file": rel, "episode": f"{show}/{ep}"})
-            except (EpisodeExistsError,) as exc:
+            except EpisodeExistsError as exc:
                 report.skipped.append({"file": rel, "episode": f"{show}/{exc.episode_id}", "reason": exc.message})
             except (CorruptFileError, ValidationError, SchemaVersionError, InvalidIdError) as exc:
                 report.rejected.append({"file": rel, "reason": exc.one_line()})

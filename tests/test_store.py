@@ -26,7 +26,7 @@ from statekit import (
     ValidationError,
     VersionConflictError,
 )
-from statekit.files import hold_lock, DISK
+from statekit.files import DISK, hold_lock
 
 from .conftest import episode_file, snapshot
 
@@ -123,6 +123,13 @@ def test_update_replaces_fields_and_validates(store: Store) -> None:
     with pytest.raises(ValidationError):
         store.update("s", "e")
     assert snapshot(store.root) == before
+
+
+def test_create_validates_its_input(store: Store) -> None:
+    for bad in ({"title": 5}, {"metadata": ["a"]}, {"files": {"a": 1}}, {"metadata": {"x": float("inf")}}):
+        with pytest.raises(ValidationError):
+            store.create("s", "e", **bad)  # type: ignore[arg-type]
+    assert not Path(store.root, "shows", "s").exists()
 
 
 @pytest.mark.parametrize("bad", [-1, float("nan"), float("inf"), "3", True])
