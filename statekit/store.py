@@ -559,8 +559,9 @@ class Store:
                 raise StatekitError(f"show {show!r} already exists", show_id=show, hint="pick another show id")
             now = utcnow()
             try:
-                model = Show(show_id=show, title=show if title is None else title, created_at=now, updated_at=now,
-                             metadata={} if metadata is None else metadata)
+                model = Show.model_validate({"show_id": show, "title": show if title is None else title,
+                                             "created_at": now, "updated_at": now,
+                                             "metadata": {} if metadata is None else metadata})
             except PydanticValidationError as exc:
                 raise _invalid(exc, None, None, "show") from None
             diskio.ensure_dirs(self._disk, self.root, ("shows", show, "episodes"))
