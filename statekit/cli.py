@@ -8,15 +8,26 @@ found problems; 0 means all is well. No traceback reaches a user unless
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 from . import __version__
@@ -294,6 +305,154 @@ def delete(ctx: Context, ref: str) -> None:
     """Remove SHOW/EP (its folder is moved to .statekit/trash, not erased)."""
     where = ctx.store.delete(*split_ref(ref))
     out.print(f"deleted {ref}; its files are kept in {where}", markup=False)
+
+
+@contextmanager
+def progress_bar(label: str) -> Iterator[Callable[[int, int], None] | None]:
+    """A progress bar on a terminal (stderr); nothing when piped."""
+    if not err.is_terminal:
+        yield None
+        return
+    columns = (TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(label, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update
+
+
+def print_problems(problems: list[Any]) -> None:
+    for p in problems:
+        out.print(f"  {p.message}", markup=False)
+
+
+@main.command("rebuild-index")
+@pass_ctx
+def rebuild_index(ctx: Context) -> None:
+    """Rebuild the index from the files alone and swap it in."""
+    with progress_bar("rebuilding") as progress:
+        report = ctx.store.rebuild_index(progress)
+    out.print(f"indexed {report.episodes} episodes, {report.events} events, {report.shows} shows", markup=False)
+    if report.problems:
+        out.print(f"{len(report.problems)} file(s) could not be indexed:", markup=False)
+        print_problems(report.problems)
+        sys.exit(1)
+
+
+@main.command()
+@pass_ctx
+def sync(ctx: Context) -> None:
+    """Pick up files added, edited or deleted outside statekit."""
+    with progress_bar("syncing") as progress:
+        report = ctx.store.sync(progress)
+    for key in report.added:
+        out.print(f"added    {key}", markup=False)
+    for change in report.changed:
+        out.print(f"changed  {change['episode']}: {', '.join(change['fields']) or 'no field'} "
+                  f"(now version {change['version']})", markup=False)
+    for key in report.reindexed:
+        out.print(f"indexed  {key} (written by statekit, missed by the index)", markup=False)
+    for key in report.removed:
+        out.print(f"removed  {key}", markup=False)
+    for problem in report.rejected:
+        out.print(f"rejected {problem.message}", markup=False)
+    touched = len(report.added) + len(report.changed) + len(report.removed) + len(report.reindexed)
+    out.print(f"{touched} change(s), {len(report.rejected)} rejected, {report.unchanged} unchanged", markup=False)
+    if report.rejected:
+        sys.exit(1)
+
+
+@main.command()
+@pass_ctx
+def verify(ctx: Context) -> None:
+    """Check the index against the files, and the files against their event logs."""
+    report = ctx.store.verify()
+    if report.clean:
+        out.print(f"ok: {report.checked} episodes checked; files, event logs and index agree", markup=False)
+        return
+    out.print(f"{len(report.problems)} problem(s) in {report.checked} episodes:", markup=False)
+    print_problems(report.problems)
+    sys.exit(1)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def status(ctx: Context, as_json: bool) -> None:
+    """Progress per show: episodes per stage, completion %, cost so far."""
+    shows = ctx.store.status()
+    if as_json:
+        dump_json(shows)
+        return
+    if not shows:
+        err.print("no episodes yet", markup=False)
+        return
+    for entry in shows:
+        table = Table(title=f"{entry['show_id']}  {entry['title']}" if entry["title"] != entry["show_id"]
+                      else entry["show_id"], title_justify="left", box=None, header_style="bold")
+        table.add_column("stage")
+        table.add_column("episodes", justify="right")
+        for stage, n in entry["stages"].items():
+            table.add_row(stage, str(n))
+        out.print(table, markup=False)
+        out.print(f"  {entry['episodes']} episodes, {entry['done']} done ({entry['completion']}%), "
+                  f"cost so far {money(entry['cost'])}\n", markup=False)
+
+
+@main.command("next")
+@click.argument("stage")
+@click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="How many.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def next_(ctx: Context, stage: str, limit: int, as_json: bool) -> None:
+    """Episodes waiting to enter STAGE, longest-waiting first."""
+    episodes = ctx.store.next(stage, limit=limit)
+    if as_json:
+        dump_json([e.model_dump(mode="json") for e in episodes])
+    elif episodes:
+        out.print(episode_rows(episodes), markup=False)
+    else:
+        err.print(f"nothing is waiting for {stage}", markup=False)
+
+
+@main.command()
+@click.argument("query")
+@click.option("--json", "fmt", flag_value="json", help="Rows as a JSON list of objects.")
+@click.option("--csv", "fmt", flag_value="csv", help="Rows as CSV with a header.")
+@pass_ctx
+def sql(ctx: Context, query: str, fmt: str | None) -> None:
+    """Run one read-only SQL statement on the index (tables: episodes, events, shows, stage_counts)."""
+    columns, rows = ctx.store.sql(query)
+    if fmt == "json":
+        dump_json([dict(zip(columns, row)) for row in rows])
+    elif fmt == "csv":
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows(rows)
+        click.echo(buffer.getvalue(), nl=False)
+    else:
+        table = Table(box=None, header_style="bold")
+        for column in columns:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*("" if v is None else str(v) for v in row))
+        out.print(table, markup=False)
+
+
+@main.group()
+def db() -> None:
+    """The index database."""
+
+
+@db.command()
+@pass_ctx
+def upgrade(ctx: Context) -> None:
+    """Bring the index to the current schema revision (Alembic)."""
+    revision = ctx.store.upgrade_index()
+    out.print(f"index at revision {revision}", markup=False)
 
 
 @main.command()

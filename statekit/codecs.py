@@ -21,7 +21,7 @@ import logging
 import re
 import textwrap
 import threading
-from typing import Any, Protocol
+from typing import Any, NoReturn, Protocol
 
 import orjson
 import yaml
@@ -55,47 +55,7 @@ _STR = "tag:yaml.org,2002:str"
 
 
 class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
-    """Safe loader that builds plain data only, and says exactly what it refused."""
-
-    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
-        if node in self.constructed_objects or node in self.recursive_objects:
-            raise yaml.constructor.ConstructorError(
-                None, None, "anchors and aliases (&name, *name, <<) are not allowed in statekit files",
-                node.start_mark,
-            )
-        return super().construct_object(node, deep)
-
-    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict[str, Any]:
-        if not isinstance(node, yaml.MappingNode):
-            raise yaml.constructor.ConstructorError(None, None, "expected a mapping", node.start_mark)
-        self.flatten_mapping(node)
-        mapping: dict[str, Any] = {}
-        for key_node, value_node in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if not isinstance(key, str):
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"mapping keys must be text, found {key!r} (quote it)", key_node.start_mark
-                )
-            if key in mapping:
-                raise yaml.constructor.ConstructorError(
-                    None, None, f"duplicate key {key!r}", key_node.start_mark
-                )
-            mapping[key] = self.construct_object(value_node, deep=deep)
-        return mapping
-
-    def construct_finite_float(self, node: yaml.Node) -> float:
-        value = self.construct_yaml_float(node)
-        if value != value or value in (float("inf"), float("-inf")):
-            raise yaml.constructor.ConstructorError(
-                None, None, f"{node.value!r}: NaN and infinity are not allowed", node.start_mark
-            )
-        return value
-
-    def refuse_tag(self, node: yaml.Node) -> Any:
-        raise yaml.constructor.ConstructorError(
-            None, None, f"the tag {node.tag!r} is not allowed (plain text, numbers, lists and mappings only)",
-            node.start_mark,
-        )
+    """PyYAML's C parser and composer; ``_build`` turns its nodes into data."""
 
 
 # Timestamps stay text: the models parse them, and dates in metadata keep
@@ -104,10 +64,69 @@ _Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag != _TIMESTAMP]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
-_Loader.add_constructor("tag:yaml.org,2002:float", _Loader.construct_finite_float)
-for _tag in ("binary", "timestamp", "set", "omap", "pairs"):
-    _Loader.add_constructor(f"tag:yaml.org,2002:{_tag}", _Loader.refuse_tag)
-_Loader.add_constructor(None, _Loader.refuse_tag)  # any other tag, e.g. !!python/object
+
+_STR_TAG, _INT_TAG, _FLOAT_TAG, _BOOL_TAG, _NULL_TAG, _SEQ_TAG, _MAP_TAG, _MERGE_TAG = (
+    f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "seq", "map", "merge")
+)
+_PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)").fullmatch
+_PLAIN_FLOAT = re.compile(r"[-+]?[0-9]*\.[0-9]+(?:[eE][-+][0-9]+)?").fullmatch
+_NUMBERS = yaml.constructor.SafeConstructor()  # PyYAML's own reading of the rarer number forms
+_ALIASES = "anchors and aliases (&name, *name, <<) are not allowed in statekit files"
+_Scalar, _Sequence, _Mapping = yaml.ScalarNode, yaml.SequenceNode, yaml.MappingNode
+
+
+def _refuse(node: yaml.Node, message: str) -> NoReturn:
+    raise yaml.constructor.ConstructorError(None, None, message, node.start_mark)
+
+
+def _build(node: yaml.Node, seen: set[int] | None) -> Any:
+    """Plain data from a composed YAML node: text, numbers, booleans, null,
+    lists and mappings with text keys. Anything else is refused with its
+    position: other tags (``!!python/object``), aliases, merge keys,
+    duplicate keys, NaN and infinity. (PyYAML's generic constructor does the
+    same job several times slower.) ``seen``: None when the text has no
+    ``*``, so it cannot hold an alias."""
+    if seen is not None:
+        if id(node) in seen:  # an alias is the same node met twice
+            _refuse(node, _ALIASES)
+        seen.add(id(node))
+    tag = node.tag
+    if tag == _STR_TAG and node.__class__ is _Scalar:
+        return node.value
+    if tag == _MAP_TAG and node.__class__ is _Mapping:
+        mapping: dict[str, Any] = {}
+        for key_node, value_node in node.value:
+            if key_node.tag == _STR_TAG and key_node.__class__ is _Scalar:
+                key = key_node.value
+            else:
+                if key_node.tag == _MERGE_TAG:
+                    _refuse(key_node, _ALIASES)
+                key = _build(key_node, seen)
+                if not isinstance(key, str):
+                    _refuse(key_node, f"mapping keys must be text, found {key!r} (quote it)")
+            if key in mapping:
+                _refuse(key_node, f"duplicate key {key!r}")
+            mapping[key] = _build(value_node, seen)
+        return mapping
+    if tag == _SEQ_TAG and node.__class__ is _Sequence:
+        return [_build(item, seen) for item in node.value]
+    if node.__class__ is _Scalar:
+        value = node.value
+        try:
+            if tag == _INT_TAG:
+                return int(value) if _PLAIN_INT(value) else _NUMBERS.construct_yaml_int(node)
+            if tag == _FLOAT_TAG:
+                number = float(value) if _PLAIN_FLOAT(value) else _NUMBERS.construct_yaml_float(node)
+                if number != number or number in (float("inf"), float("-inf")):
+                    _refuse(node, f"{value!r}: NaN and infinity are not allowed")
+                return number
+            if tag == _BOOL_TAG:
+                return _NUMBERS.bool_values[value.lower()]
+        except (ValueError, KeyError):
+            _refuse(node, f"{value!r} is not a valid {tag.rsplit(':', 1)[-1]}")
+        if tag == _NULL_TAG:
+            return None
+    _refuse(node, f"the tag {tag!r} is not allowed (plain text, numbers, lists and mappings only)")
 
 
 class _Dumper(_BaseDumper):  # type: ignore[misc,valid-type]
@@ -198,7 +217,7 @@ def _compose(text: str, path: str) -> tuple[yaml.Node, dict[str, Any]]:
     loader = _Loader(text)
     try:
         node = loader.get_single_node()
-        data = loader.construct_document(node) if node is not None else None
+        data = _build(node, set() if "*" in text else None) if node is not None else None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark else None
@@ -224,7 +243,7 @@ def _compose(text: str, path: str) -> tuple[yaml.Node, dict[str, Any]]:
 class Parsed:
     """A file's bytes and what they parse to (cached by the store)."""
 
-    __slots__ = ("raw", "data", "rt", "node", "model", "canonical", "log_size")
+    __slots__ = ("raw", "data", "rt", "node", "model", "canonical", "log_size", "sha256")
 
     def __init__(self, raw: bytes, data: dict[str, Any], rt: Any = None, canonical: bool = False,
                  node: Any = None) -> None:
@@ -235,6 +254,7 @@ class Parsed:
         self.model: Any = None
         self.canonical = canonical  # keys in the models' own order: no reordering needed
         self.log_size: int | None = None  # events.jsonl size right after we committed these bytes
+        self.sha256: str | None = None  # hash of ``raw``, once someone needed it
 
 
 def _keep_order(data: dict[str, Any], previous: Parsed | None) -> dict[str, Any]:

@@ -176,6 +176,12 @@ class UnsafePathError(StatekitError, ValueError):
         self.path = path
 
 
+class IndexUnavailableError(StatekitError):
+    """The index database refused or failed a write (locked too long, damaged)."""
+
+    default_hint = "the files are fine; run 'statekit sync' (or 'statekit rebuild-index') to bring the index back"
+
+
 class StorageError(StatekitError, OSError):
     """An operating-system I/O failure, naming the path and errno."""
 

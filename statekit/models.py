@@ -104,6 +104,8 @@ class Episode(BaseModel):
     episode_id: Id
     title: str = ""
     stage: Id
+    previous_stage: Id | None = None
+    """The stage left on the last move: a retry from ``failed`` goes back there."""
     version: NonNegativeInt
     created_at: AwareDatetime
     updated_at: AwareDatetime

@@ -191,6 +191,22 @@ def refuse_move(p: Pipeline, src: str, dst: str, approvals: Mapping[str, Any]) -
     return None
 
 
+def ready_for(p: Pipeline, stage: str, previous: str | None, approvals: Mapping[str, Any]) -> str | None:
+    """The stage an episode at ``stage`` is waiting to enter, for ``next()``.
+
+    A retry goes back where it came from (``failed`` after ``converting`` is
+    ready for ``converting``); otherwise the first stage listed is the way
+    forward. None for a terminal stage, or a gate nobody has approved yet.
+    """
+    options = p.next_stages(stage)
+    if not options:
+        return None
+    target = previous if previous in options else options[0]
+    if target in p.gates and target not in approvals:
+        return None
+    return target
+
+
 def approvals_after_move(p: Pipeline, dst: str, approvals: Mapping[str, Any]) -> dict[str, Any]:
     """Approvals still valid once the episode enters ``dst``.
 

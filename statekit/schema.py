@@ -102,6 +102,8 @@ def legacy_to_v1(data: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
         record.update(entry)
         errors.append(record)
 
+    # a schema-0 failure names its stage in the error history: retry there
+    previous = errors[-1]["stage"] if stage.lower() == "failed" and errors and errors[-1]["stage"] else None
     title = rest.pop("title", "")
     message = rest.pop("status_message", None)
     meta.update(rest)  # archive_identifier, date, youtube, metrics, and anything unknown
@@ -111,6 +113,7 @@ def legacy_to_v1(data: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
         "episode_id": ctx["episode_id"],
         "title": "" if title is None else str(title),
         "stage": stage.lower(),
+        "previous_stage": previous,
         "version": 0,
         "created_at": updated,
         "updated_at": updated,

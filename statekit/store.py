@@ -11,14 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from pydantic import ValidationError as PydanticValidationError
@@ -29,6 +31,7 @@ from .errors import (
     CorruptFileError,
     EpisodeExistsError,
     EpisodeNotFoundError,
+    IndexUnavailableError,
     InvalidIdError,
     PipelineError,
     SchemaVersionError,
@@ -65,6 +68,12 @@ from .pipeline import (
     refuse_move,
 )
 from .schema import legacy_id, schema_of, upgrade_episode
+
+if TYPE_CHECKING:
+    from .index import Index
+    from .index.sync import Progress, RebuildReport, SyncReport, VerifyReport
+
+log = logging.getLogger("statekit")
 
 CONFIG_FILE = "statekit.yaml"
 _UNSET: Any = object()
@@ -177,6 +186,7 @@ class Store:
         self._cache_lock = threading.Lock()
         self._lock_dirs: set[str] = set()
         self._path_cache: dict[tuple[str, str], _EpisodePaths] = {}
+        self._index: Index | None = None
 
     def __repr__(self) -> str:
         return f"Store({self.root!r}, pipeline={self.pipeline.name!r}, format={self.config.format!r})"
@@ -219,7 +229,7 @@ class Store:
         body = config.model_dump(mode="json")
         body["pipeline"] = graph.to_config()
         diskio.atomic_write(disk, os.path.join(top, CONFIG_FILE), _CONFIG_HEADER + YAML_CODEC.dump_plain(body, flow_leaves=True))
-        return cls(top, config, disk=disk)
+        return cls(top, config, disk=disk)._with_index()
 
     @classmethod
     def open(cls, root: str | os.PathLike[str], *, lock_timeout: float | None = None, disk: Disk = DISK) -> Store:
@@ -228,7 +238,37 @@ class Store:
         config = _read_config(top)
         if lock_timeout is not None:
             config = config.model_copy(update={"lock_timeout": lock_timeout})
-        return cls(top, config, disk=disk)
+        return cls(top, config, disk=disk)._with_index()
+
+    def _with_index(self) -> Store:
+        from .index.sync import open_index
+
+        self._index = open_index(self)
+        return self
+
+    @property
+    def index(self) -> Index:
+        """The SQL index (``.statekit/index.db``): a cache of the files."""
+        if self._index is None:
+            self._with_index()
+        assert self._index is not None
+        return self._index
+
+    def close(self) -> None:
+        """Release the index's database connections (the store stays usable)."""
+        if self._index is not None:
+            self._index.close()
+
+    def _index_quietly(self, what: str, **changes: Any) -> None:
+        """Update the index after the files are durable. A failure here never
+        touches the files and is not the caller's failure: it is logged, and
+        the next ``sync`` repairs the index."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            self.index.write(**changes)
+        except (IndexUnavailableError, SQLAlchemyError, OSError) as exc:
+            log.warning("statekit: the index missed %s (%s); run 'statekit sync' to repair it", what, exc)
 
     # --- paths ----------------------------------------------------------------
 
@@ -400,8 +440,12 @@ class Store:
                 before_commit(new)
             return self._commit(path, current, new, event)
 
-    def _commit(self, path: str, current: Parsed | None, new: Episode, event: dict[str, Any]) -> Episode:
-        """Event (durable) then file (atomic, durable), then the cache."""
+    def _commit(self, path: str, current: Parsed | None, new: Episode, event: dict[str, Any],
+                committed: int | None = None) -> Episode:
+        """Event (durable) then file (atomic, durable), then the cache and the index.
+
+        ``committed``: the version the log is at, when it is not the file's
+        (adopting a hand edit that changed ``version``)."""
         directory = os.path.dirname(path)
         codec = CODECS[os.path.splitext(path)[1]]
         data = new.model_dump(mode="json")
@@ -417,20 +461,39 @@ class Store:
             "sha256": _sha256(raw),
         }
         diskio.remove_temp_files(self._disk, directory, nested="checkpoints")  # an interrupted write's leftovers
+        if committed is None:
+            committed = current.model.version if current is not None else 0
+        known = current.log_size if current is not None and current.model.version == committed else None
         log = directory + "/events.jsonl"
-        before, after = diskio.append_event(
-            self._disk, log, diskio.event_line(record), current.model.version if current is not None else 0,
-            current.log_size if current is not None else None,
-        )
-        if before == 0:  # a new events.jsonl: its name must be durable before the file's
-            try:
-                diskio.fsync_dir(self._disk, directory)
-            except OSError as exc:
-                raise diskio.storage_error(exc, directory, "sync directory") from exc
-        diskio.atomic_write(self._disk, path, raw)
+        line = diskio.event_line(record)
+        sizes: list[int] = []
+
+        def append() -> None:  # runs alongside the file's own fsync; done before the rename
+            before, after = diskio.append_event(self._disk, log, line, committed, known)
+            if before == 0:  # a new events.jsonl: its name must be durable before the file's
+                try:
+                    diskio.fsync_dir(self._disk, directory)
+                except OSError as exc:
+                    raise diskio.storage_error(exc, directory, "sync directory") from exc
+            sizes.append(after)
+
+        st = diskio.atomic_write(self._disk, path, raw, alongside=append)
+        after = sizes[0]
         written.model = new
         written.log_size = after
         self._remember(path, written)
+        from .index import episode_row, event_row
+
+        written.sha256 = record["sha256"]
+        row = episode_row(
+            new, data, self.pipeline, path=path[len(self.root) + 1:], size=st.st_size,
+            mtime_ns=st.st_mtime_ns, sha256=record["sha256"], checked_at_ns=time.time_ns(),
+            position=None,  # type: ignore[arg-type]
+        )
+        if current is not None:  # what the index row holds if it is up to date
+            row["was"] = (current.sha256 or _sha256(current.raw), current.model.stage, current.model.costs)
+        record_row = event_row(record)
+        self._index_quietly(f"{new.key} version {new.version}", rows=[row], event_rows=[record_row])
         return new
 
     # --- creating and deleting ------------------------------------------------------
@@ -490,6 +553,7 @@ class Store:
                 source = self._episode_dir(show, ep)
                 diskio.move_dir(self._disk, source, target)
                 self._forget(source + os.sep)
+                self._index_quietly(f"the deletion of {show}/{ep}", removed=[(show, ep)])
             self._edit_show(show, lambda ids: [i for i in ids if i != ep])
         return target
 
@@ -546,10 +610,32 @@ class Store:
         new = current.model_copy(update={"episodes": ids, "updated_at": now})
         stored = YAML_CODEC.dump(new.model_dump(mode="json"), parsed)
         path = self._show_file(show)
-        diskio.atomic_write(self._disk, path, stored.raw)
+        st = diskio.atomic_write(self._disk, path, stored.raw)
         stored.model = new
         self._remember(path, stored)
+        self._index_show(new, stored.raw, st)
+        if ids[: len(current.episodes)] != current.episodes:  # not a plain append: renumber the order
+            self._index_quietly(f"the order of show {show}", positions=(show, ids))
         return new
+
+    def _index_show(self, show: Show, raw: bytes, st: os.stat_result) -> None:
+        from .index import show_row
+
+        row = show_row(show.model_dump(mode="json"), path=os.path.relpath(self._show_file(show.show_id), self.root),
+                       size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=_sha256(raw), checked_at_ns=time.time_ns())
+        self._index_quietly(f"show {show.show_id}", show_rows=[row])
+
+    def _reconcile_show(self, show: str, on_disk: list[str]) -> list[str]:
+        """Make show.yaml list exactly the episodes in its folder (listed ones
+        first, in their order); its index row follows. Returns the order."""
+        with self._show_lock(show):
+            parsed, current = self._read_show(show)
+            ids = self._reconcile(list(current.episodes) if current else [], sorted(on_disk))
+            if current is None or ids != current.episodes:
+                return self._edit_show(show, lambda _listed: ids).episodes
+            st = os.stat(self._show_file(show))
+            self._index_show(current, parsed.raw if parsed else b"", st)
+            return ids
 
     def create_show(self, show: str, *, title: str | None = None, metadata: Mapping[str, Any] | None = None) -> Show:
         """Create a show with a title and metadata (creating an episode also creates its show)."""
@@ -565,8 +651,8 @@ class Store:
             except PydanticValidationError as exc:
                 raise _invalid(exc, None, None, "show") from None
             diskio.ensure_dirs(self._disk, self.root, ("shows", show, "episodes"))
-            data = model.model_dump(mode="json")
-            diskio.atomic_write(self._disk, self._show_file(show), YAML_CODEC.dump_plain(data))
+            raw = YAML_CODEC.dump_plain(model.model_dump(mode="json"))
+            self._index_show(model, raw, diskio.atomic_write(self._disk, self._show_file(show), raw))
         return model
 
     def get_show(self, show: str) -> Show:
@@ -631,7 +717,8 @@ class Store:
             if cost is not None:
                 costs = {**costs, m.stage: round(costs.get(m.stage, 0.0) + cost, 9)}
             new = m.model_copy(update={
-                "stage": stage, "version": m.version + 1, "updated_at": now, "stage_entered_at": now,
+                "stage": stage, "previous_stage": m.stage, "version": m.version + 1, "updated_at": now,
+                "stage_entered_at": now,
                 "message": message, "costs": costs, "cost_total": cost_sum(costs),
                 "attempts": {**m.attempts, stage: m.attempts.get(stage, 0) + 1},
                 "approvals": approvals_after_move(pipeline, stage, m.approvals),
@@ -778,27 +865,118 @@ class Store:
                 continue
         return None
 
-    # --- many episodes -------------------------------------------------------------------
+    # --- questions about many episodes (answered by the index) ----------------------
 
-    def _iter_episodes(self, show: str | None) -> Iterator[Episode]:
-        for show_id in [check_id(show, "show id")] if show is not None else self.shows():
-            if show is not None and not diskio.check_dirs(self.root, ("shows", show_id)):
-                raise ShowNotFoundError(f"show {show_id!r} not found", show_id=show_id)
-            for ep in self.get_show(show_id).episodes:
-                yield self._load(show_id, ep)[1].model
+    def _models(self, docs: list[dict[str, Any]]) -> list[Episode]:
+        return [Episode.model_validate(d) for d in docs]
 
-    def list(self, show: str | None = None, stage: str | None = None) -> list[Episode]:
-        """Episodes (in show order), optionally of one show and/or one stage."""
-        if stage is not None:
-            self._check_stage(stage)
-        return [e for e in self._iter_episodes(show) if stage is None or e.stage == stage]
+    def _known_show(self, show: str | None) -> None:
+        if show is not None:
+            check_id(show, "show id")
+            if not diskio.check_dirs(self.root, ("shows", show)):
+                raise ShowNotFoundError(f"show {show!r} not found", show_id=show)
 
     def counts(self, show: str | None = None) -> dict[str, int]:
-        """Number of episodes per stage (every pipeline stage listed)."""
-        out = dict.fromkeys(self.pipeline.stages, 0)
-        for e in self._iter_episodes(show):
-            out[e.stage] = out.get(e.stage, 0) + 1
-        return out
+        """Number of episodes per stage, every pipeline stage listed (from the index)."""
+        self._known_show(show)
+        return self.index.counts(show)
+
+    def next(self, stage: str, limit: int = 10) -> list[Episode]:
+        """Episodes waiting to enter ``stage``, longest-waiting first: what a
+        worker for that stage asks for. A retry from ``failed`` waits for the
+        stage that failed; a gated stage waits for its approval."""
+        self._check_stage(stage)
+        if type(limit) is not int or limit < 1:
+            raise ValidationError(f"limit must be a positive integer, got {limit!r}")
+        return self._models(self.index.next(stage, limit))
+
+    def costs(self, by: str = "stage", show: str | None = None) -> dict[str, float]:
+        """Money spent so far per stage (``by="stage"``) or per show (``by="show"``)."""
+        if by not in ("stage", "show"):
+            raise ValidationError(f"costs by {by!r}: choose 'stage' or 'show'")
+        self._known_show(show)
+        return self.index.costs(by, show)
+
+    def with_errors(self, show: str | None = None) -> list[Episode]:
+        """Episodes that have recorded errors, most recently updated first."""
+        self._known_show(show)
+        return self._models(self.index.with_errors(show))
+
+    def stuck(self, older_than: timedelta, show: str | None = None) -> list[Episode]:
+        """Episodes in a non-terminal stage for longer than ``older_than``, oldest first."""
+        if not isinstance(older_than, timedelta) or older_than.total_seconds() < 0:
+            raise ValidationError(f"older_than must be a non-negative timedelta, got {older_than!r}")
+        self._known_show(show)
+        return self._models(self.index.stuck(utcnow() - older_than, show))
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per show: episodes per stage, how many are done (terminal), completion %, cost."""
+        return self.index.status()
+
+    def sql(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run one read-only SQL statement on the index: (column names, rows).
+        Writes are refused by the database itself."""
+        from sqlalchemy.exc import DBAPIError
+
+        if not isinstance(query, str) or not query.strip():
+            raise ValidationError("give one SQL statement, e.g. SELECT stage, n FROM stage_counts")
+        try:
+            return self.index.sql(query)
+        except DBAPIError as exc:
+            reason = " ".join(str(exc.orig).split())
+            raise ValidationError(f"the index refused the query: {reason}",
+                                  hint="the index is read-only here; see the README's SQL reference") from None
+
+    # --- keeping the index true ------------------------------------------------------
+
+    def rebuild_index(self, progress: Progress | None = None) -> RebuildReport:
+        """Build a fresh index from the files alone and swap it in at once."""
+        from .index.sync import rebuild
+
+        return rebuild(self, progress)
+
+    def sync(self, progress: Progress | None = None) -> SyncReport:
+        """Pick up changes made outside statekit (new, edited, deleted files)."""
+        from .index.sync import sync
+
+        return sync(self, progress)
+
+    def verify(self) -> VerifyReport:
+        """Compare the index with the files, and the files with their event logs."""
+        from .index.sync import verify
+
+        return verify(self)
+
+    def upgrade_index(self) -> str:
+        """Bring the index to the current schema revision (Alembic); returns it."""
+        from .index.sync import upgrade
+
+        return upgrade(self)
+
+    def _adopt_edit(self, show: str, ep: str, before: dict[str, Any] | None) -> tuple[Episode, list[str]]:
+        """Adopt a person's valid edit of an episode file as a normal write:
+        version + 1 over the log, one ``external_edit`` event naming the
+        changed fields, comments kept. ``before``: the last indexed data."""
+        changed: list[str] = []
+        log_path = self._paths(show, ep).events
+        logged = diskio.last_logged_version(log_path)
+
+        def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
+            after = m.model_dump(mode="json")
+            ignore = {"version", "updated_at"}
+            if before is None:
+                changed.extend(k for k in after if k not in ignore)
+            else:
+                changed.extend(k for k in after if k not in ignore and not same(before.get(k), after[k]))
+            new = m.model_copy(update={"version": max(logged, 0) + 1, "updated_at": now})
+            return new, {"kind": "external_edit", "fields": list(changed)}
+
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        with self._episode_lock(show, ep):
+            path, current = self._load(show, ep)
+            new, event = change(current.model, utcnow())
+            return self._commit(path, current, new, event, committed=logged), changed
 
     # --- schema migration and import --------------------------------------------------------
 
@@ -883,6 +1061,15 @@ class Store:
             except (CorruptFileError, ValidationError, SchemaVersionError, InvalidIdError) as exc:
                 report.rejected.append({"file": rel, "reason": exc.one_line()})
         return report
+
+    # Last in the class: a method named ``list`` hides the builtin for the
+    # annotations of every method written after it.
+    def list(self, show: str | None = None, stage: str | None = None) -> list[Episode]:
+        """Episodes in show order, optionally of one show and/or one stage (from the index)."""
+        if stage is not None:
+            self._check_stage(stage)
+        self._known_show(show)
+        return self._models(self.index.episode_data(show, stage))
 
 
 def _check_cost(cost: object) -> float | None:

@@ -33,14 +33,15 @@ def podcast(tmp_path: Path) -> Store:
 
 
 def snapshot(root: str | Path) -> dict[str, bytes]:
-    """Every file under ``root`` (lock files excluded: they are created on
-    demand and never deleted, and carry no content)."""
+    """Every file under ``root``, except lock files (created on demand, never
+    deleted, no content) and the index database (SQLite rewrites its pages
+    and WAL on its own; compare its rows with ``index_rows``)."""
     files: dict[str, bytes] = {}
     for folder, _dirs, names in os.walk(root):
         for name in names:
             path = os.path.join(folder, name)
             rel = os.path.relpath(path, root)
-            if rel.startswith(os.path.join(".statekit", "locks")):
+            if rel.startswith((os.path.join(".statekit", "locks"), os.path.join(".statekit", "index.db"))):
                 continue
             with open(path, "rb") as f:
                 files[rel] = f.read()
@@ -53,3 +54,23 @@ def episode_file(store: Store, show: str, ep: str) -> Path:
         if (folder / name).exists():
             return folder / name
     return folder / ("episode." + store.config.format)
+
+
+def index_rows(store: Store) -> dict[str, list[tuple[object, ...]]]:
+    """The index's content, table by table, in a stable order (surrogate event
+    ids and sync bookkeeping left out: a rebuild assigns its own)."""
+    from sqlalchemy import select
+
+    from statekit.index.tables import episodes, events, shows, stage_totals
+
+    skip = {"id", "checked_at_ns"}
+    out = {}
+    with store.index.engine.connect() as conn:
+        for table in (episodes, events, shows, stage_totals):
+            columns = [c for c in table.columns if c.name not in skip]
+            rows = conn.execute(select(*columns)).all()
+            out[table.name] = sorted(
+                (tuple(round(v, 6) if isinstance(v, float) else v for v in r) for r in rows), key=repr
+            )
+    out["stage_totals"] = [r for r in out["stage_totals"] if r[2] or r[3]]  # zero rows mean nothing
+    return out

@@ -1,0 +1,102 @@
+"""Generate a large, valid statekit store straight to files (no fsync, no index).
+
+    python benchmarks/make_store.py DIR [--episodes 100000] [--shows 100] [--events 5]
+
+Every episode is a real ``archive`` episode file with ``--events`` events in
+its log, the last one carrying the file's hash, so ``statekit verify`` passes
+on the result. For benchmarks and demos that need more than the sample data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import random
+import sys
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from statekit import Store  # noqa: E402
+from statekit.codecs import YAML_CODEC, compact_json  # noqa: E402
+from statekit.models import Episode, Show  # noqa: E402
+
+PATH = ["discovered", "downloading", "downloaded", "converting", "converted", "uploading", "uploaded",
+        "scheduled", "published"]
+
+
+def episode_files(show: str, ep: str, n_events: int, rng: random.Random, start: datetime) -> tuple[bytes, bytes]:
+    """(episode.yaml bytes, events.jsonl bytes) for one episode with n_events events."""
+    moves = [PATH[min(i, len(PATH) - 1)] for i in range(n_events)]
+    times = [start + timedelta(minutes=7 * i + rng.random()) for i in range(n_events)]
+    costs: dict[str, float] = {}
+    lines = []
+    for version, (stage, at) in enumerate(zip(moves, times), 1):
+        event = {"schema_version": 1, "version": version, "at": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                 "show_id": show, "episode_id": ep}
+        if version == 1:
+            event.update(kind="create", to_stage=stage)
+        else:
+            cost = round(rng.random() * 0.05, 4)
+            costs[moves[version - 2]] = round(costs.get(moves[version - 2], 0.0) + cost, 9)
+            event.update(kind="advance", from_stage=moves[version - 2], to_stage=stage, cost=cost)
+        lines.append(event)
+    stage = moves[-1]
+    model = Episode(
+        show_id=show, episode_id=ep, title=f"Hooting Yard On The Air, episode {ep}", stage=stage,
+        previous_stage=moves[-2] if n_events > 1 else None, version=n_events, created_at=times[0],
+        updated_at=times[-1], stage_entered_at=times[-1], costs=costs,
+        attempts={s: 1 for s in moves}, message="ok",
+        metadata={"archive_identifier": f"hy0_{show}_{ep}", "date": start.date().isoformat(),
+                  "tags": ["archive", "radio", show], "duration_s": round(rng.uniform(900, 3600), 1)},
+        files={"source_url": f"https://archive.org/download/hy0_{show}_{ep}/{ep}.mp3",
+               "audio_file": f"downloads/{show}/{ep}.mp3"},
+    )
+    raw = YAML_CODEC.dump_plain(model.model_dump(mode="json"))
+    lines[-1]["sha256"] = hashlib.sha256(raw).hexdigest()
+    return raw, b"".join(compact_json(e) + b"\n" for e in lines)
+
+
+def make_store(root: str, episodes: int, shows: int = 100, events: int = 5, seed: int = 7) -> Store:
+    store = Store.init(root)
+    store.close()
+    rng = random.Random(seed)
+    start = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    per_show = max(1, episodes // shows)
+    made = 0
+    show_index = 0
+    while made < episodes:
+        show = f"show{show_index:04d}"
+        show_index += 1
+        ids = [f"ep{i:06d}" for i in range(min(per_show, episodes - made))]
+        base = Path(store.root, "shows", show)
+        (base / "episodes").mkdir(parents=True)
+        for ep in ids:
+            folder = base / "episodes" / ep
+            folder.mkdir()
+            raw, log = episode_files(show, ep, events, rng, start + timedelta(hours=made))
+            (folder / "episode.yaml").write_bytes(raw)
+            (folder / "events.jsonl").write_bytes(log)
+            made += 1
+        blueprint = Show(show_id=show, title=f"Show {show_index}", created_at=start, updated_at=start, episodes=ids)
+        (base / "show.yaml").write_bytes(YAML_CODEC.dump_plain(blueprint.model_dump(mode="json")))
+    return store
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("dir")
+    parser.add_argument("--episodes", type=int, default=100_000)
+    parser.add_argument("--shows", type=int, default=100)
+    parser.add_argument("--events", type=int, default=5)
+    args = parser.parse_args()
+    if os.path.exists(os.path.join(args.dir, "statekit.yaml")):
+        sys.exit(f"{args.dir} already holds a store")
+    make_store(args.dir, args.episodes, args.shows, args.events)
+    print(f"made {args.episodes} episodes in {args.dir}")
+
+
+if __name__ == "__main__":
+    main()

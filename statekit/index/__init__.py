@@ -1,0 +1,438 @@
+"""The index: a SQL copy of the files, for questions about many episodes.
+
+It is never the truth: every row comes from a file and can be rebuilt from
+the files alone (``rebuild``), brought up to date incrementally (``sync``) and
+checked against them (``verify``). Writes here happen after the files and
+events are durable, in one transaction per store write.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, bindparam, delete, func, select
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from ..errors import IndexUnavailableError
+from ..models import Episode
+from ..pipeline import Pipeline, ready_for
+from .dialect import (
+    Compiled,
+    begin_write,
+    end_write,
+    joined,
+    make_engine,
+    read_only,
+    upsert,
+)
+from .tables import INDEX_REVISION, episodes, events, iso, metadata, shows, stage_totals
+
+RACY_NS = 2_000_000_000
+"""A file checked less than this after its mtime may change again without
+its mtime moving (coarse file-system timestamps): sync hashes it again."""
+
+__all__ = ["Index", "INDEX_REVISION", "episode_row", "event_row", "show_row", "metadata"]
+
+
+def _json(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def _doc(value: Any) -> Any:
+    """A JSON column as read through a raw cursor (text in SQLite)."""
+    return orjson.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def engine_for(url: str, *, busy_timeout: float = 5.0, scratch: bool = False) -> Engine:
+    return make_engine(url, busy_timeout=busy_timeout, scratch=scratch, json_serializer=_json,
+                       json_deserializer=orjson.loads)
+
+
+def _time_text(text: Any, moment: datetime) -> str:
+    # pydantic already wrote UTC times as text; only odd ones need formatting
+    return text if isinstance(text, str) and len(text) == 27 and text[-1] == "Z" else iso(moment)
+
+
+def episode_row(
+    ep: Episode, data: Mapping[str, Any], pipeline: Pipeline, *, path: str, size: int, mtime_ns: int,
+    sha256: str, checked_at_ns: int, position: int,
+) -> dict[str, Any]:
+    """The index row of an episode, from its model and ``data``, its
+    ``model_dump(mode="json")`` (not copied: the caller hands it over)."""
+    return {
+        "show_id": ep.show_id,
+        "episode_id": ep.episode_id,
+        "title": ep.title,
+        "stage": ep.stage,
+        "version": ep.version,
+        "created_at": _time_text(data.get("created_at"), ep.created_at),
+        "updated_at": _time_text(data.get("updated_at"), ep.updated_at),
+        "cost_total": ep.cost_total,
+        "attempts_total": ep.attempts_total,
+        "error_count": len(ep.error_history),
+        "path": path,
+        "position": position,
+        "stage_entered_at": _time_text(data.get("stage_entered_at"), ep.stage_entered_at),
+        "previous_stage": ep.previous_stage,
+        "ready_for": ready_for(pipeline, ep.stage, ep.previous_stage, ep.approvals),
+        "message": ep.message,
+        "costs": ep.costs,
+        "data": data,
+        "file_size": size,
+        "file_mtime_ns": mtime_ns,
+        "file_sha256": sha256,
+        "checked_at_ns": checked_at_ns,
+        "file_stamp": f"{ep.episode_id}|{size}|{mtime_ns}" if checked_at_ns - mtime_ns >= RACY_NS else None,
+    }
+
+
+def event_row(event: Mapping[str, Any]) -> dict[str, Any]:
+    """The index row of one event line (as read from events.jsonl)."""
+    at = event["at"]
+    if isinstance(at, datetime):
+        at = iso(at)
+    elif not (isinstance(at, str) and len(at) == 27 and at[-1] == "Z"):
+        at = iso(datetime.fromisoformat(str(at).replace("Z", "+00:00")))
+    return {
+        "show_id": event["show_id"],
+        "episode_id": event["episode_id"],
+        "version": event["version"],
+        "at": at,
+        "kind": event["kind"],
+        "from_stage": event.get("from_stage"),
+        "to_stage": event.get("to_stage"),
+        "message": event.get("message"),
+        "cost": event.get("cost"),
+        "data": dict(event),
+    }
+
+
+def show_row(data: Mapping[str, Any], *, path: str, size: int, mtime_ns: int, sha256: str,
+             checked_at_ns: int) -> dict[str, Any]:
+    def moment(value: Any) -> str | None:
+        return iso(datetime.fromisoformat(str(value).replace("Z", "+00:00"))) if value else None
+
+    return {
+        "show_id": data["show_id"], "title": data.get("title", ""), "created_at": moment(data.get("created_at")),
+        "updated_at": moment(data.get("updated_at")), "path": path, "data": dict(data), "file_size": size,
+        "file_mtime_ns": mtime_ns, "file_sha256": sha256, "checked_at_ns": checked_at_ns,
+    }
+
+
+def totals_delta(
+    deltas: dict[tuple[str, str], list[float]], show: str, old: tuple[str, Mapping[str, float]] | None,
+    new: tuple[str, Mapping[str, float]] | None,
+) -> None:
+    """Add to ``deltas`` what replacing an episode's (stage, costs) does to
+    the per-stage totals of its show."""
+    for sign, state in ((-1, old), (1, new)):
+        if state is None:
+            continue
+        stage, costs = state
+        deltas[(show, stage)][0] += sign
+        for cost_stage, amount in costs.items():
+            deltas[(show, cost_stage)][1] += sign * amount
+
+
+class Index:
+    """One store's index database. Safe to use from many threads and processes."""
+
+    def __init__(self, engine: Engine, pipeline: Pipeline) -> None:
+        self.engine = engine
+        self.pipeline = pipeline
+        self.dialect = dialect = engine.dialect.name
+        self._put_episode = Compiled(upsert(dialect, episodes, ["show_id", "episode_id"], keep=["position"]), engine)
+        self._put_event = Compiled(upsert(dialect, events, ["show_id", "episode_id", "version"]), engine)
+        self._put_show = Compiled(upsert(dialect, shows, ["show_id"]), engine)
+        self._add_totals = Compiled(upsert(dialect, stage_totals, ["show_id", "stage"], add=["episodes", "cost"]),
+                                    engine)
+        by_key = and_(episodes.c.show_id == bindparam("s"), episodes.c.episode_id == bindparam("e"))
+        self._old_state = Compiled(select(episodes.c.stage, episodes.c.costs).where(by_key), engine)
+        replaced = [c for c in episodes.columns if c.name not in ("show_id", "episode_id", "position")]
+        self._replace_if_was = Compiled(
+            episodes.update()
+            .where(and_(by_key, episodes.c.file_sha256 == bindparam("was")))
+            .values({c.name: bindparam("v_" + c.name) for c in replaced}),
+            engine,
+        )
+        self._last_position = Compiled(
+            select(func.max(episodes.c.position)).where(episodes.c.show_id == bindparam("s")), engine)
+        self._set_position = Compiled(episodes.update().where(by_key).values(position=bindparam("p")), engine)
+        self._delete_episode = Compiled(delete(episodes).where(by_key), engine)
+        self._delete_events = Compiled(
+            delete(events).where(and_(events.c.show_id == bindparam("s"), events.c.episode_id == bindparam("e"))),
+            engine)
+        self._delete_show = Compiled(delete(shows).where(shows.c.show_id == bindparam("s")), engine)
+        self._stamps_stmt = Compiled(
+            select(episodes.c.show_id, joined(dialect, episodes.c.episode_id, "/"),
+                   joined(dialect, episodes.c.file_stamp, "/")).group_by(episodes.c.show_id),
+            engine,
+        )
+        self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        self._local = threading.local()
+        self._writers: list[Any] = []
+        self._writers_lock = threading.Lock()
+        self._generation = 0
+
+    def close(self) -> None:
+        """Close this index's connections (it reconnects when used again)."""
+        with self._writers_lock:
+            conns, self._writers = self._writers, []
+            self._generation += 1
+        for conn in conns:
+            try:
+                conn.close()
+            except (self._dbapi_error, SQLAlchemyError):
+                pass  # another thread's connection, or one already gone
+        self.engine.dispose()
+
+    def _conn(self) -> Connection:
+        """This thread's connection, kept open: opening an SQLite connection
+        costs more than most of the queries on it. A forked child, or an index
+        swapped under it, opens a new one."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid() or local.generation != self._generation:
+            conn = self.engine.connect()
+            local.conn, local.pid, local.generation = conn, os.getpid(), self._generation
+            with self._writers_lock:
+                self._writers.append(conn)
+        return conn
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """This thread's connection for reads; the read snapshot ends after."""
+        conn = self._conn()
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+    def _writer(self) -> Any:
+        """This thread's writing connection, raw (see ``Compiled``)."""
+        return self._conn().connection.driver_connection
+
+    # --- writing ------------------------------------------------------------------
+
+    def write(
+        self,
+        *,
+        rows: Iterable[Mapping[str, Any]] = (),
+        event_rows: Iterable[Mapping[str, Any]] = (),
+        show_rows: Iterable[Mapping[str, Any]] = (),
+        removed: Iterable[tuple[str, str]] = (),
+        removed_shows: Iterable[str] = (),
+        positions: tuple[str, list[str]] | None = None,
+    ) -> None:
+        """Apply changes in one writing transaction, keeping ``stage_totals`` in
+        step. ``positions``: (show, episode ids in show order).
+
+        Raises ``IndexUnavailableError`` if the database fails the write."""
+        try:
+            conn = self._writer()
+            begin_write(conn, self.dialect)
+        except self._dbapi_error as exc:
+            raise IndexUnavailableError(f"the index could not start a write: {exc}") from exc
+        ok = False
+        try:
+            self._apply(conn.cursor(), list(rows), list(event_rows), list(show_rows), list(removed),
+                        list(removed_shows), positions)
+            ok = True
+        except self._dbapi_error as exc:
+            raise IndexUnavailableError(f"the index refused a write: {exc}") from exc
+        finally:
+            try:
+                end_write(conn, self.dialect, ok)
+            except self._dbapi_error as exc:
+                if ok:
+                    raise IndexUnavailableError(f"the index could not commit: {exc}") from exc
+
+    def _apply(self, cur: Any, rows: list[Mapping[str, Any]], event_rows: list[Mapping[str, Any]],
+               show_rows: list[Mapping[str, Any]], removed: list[tuple[str, str]], removed_shows: list[str],
+               positions: tuple[str, list[str]] | None) -> None:
+        def run(stmt: Compiled, values: Mapping[str, Any]) -> Any:
+            return cur.execute(stmt.sql, stmt.params(values))
+
+        deltas: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
+        for row in rows:
+            was = row.get("was")
+            if was is not None:  # the row holds exactly the file this write replaced: no need to read it
+                values = {"v_" + k: v for k, v in row.items()}
+                values.update(v_data=_json(row["data"]), v_costs=_json(row["costs"]), s=row["show_id"],
+                              e=row["episode_id"], was=was[0])
+                if run(self._replace_if_was, values).rowcount == 1:
+                    totals_delta(deltas, row["show_id"], (was[1], was[2]), (row["stage"], row["costs"]))
+                    continue
+            old = run(self._old_state, {"s": row["show_id"], "e": row["episode_id"]}).fetchone()
+            totals_delta(deltas, row["show_id"], (old[0], _doc(old[1])) if old else None,
+                         (row["stage"], row["costs"]))
+            values = dict(row, data=_json(row["data"]), costs=_json(row["costs"]))
+            if row["position"] is None:
+                if old is None:  # a new episode goes last in its show
+                    last = run(self._last_position, {"s": row["show_id"]}).fetchone()[0]
+                    values["position"] = 0 if last is None else last + 1
+                else:  # kept as it is by the upsert; SQLite checks NOT NULL before the conflict
+                    values["position"] = 0
+            run(self._put_episode, values)
+        for show, ep in removed:
+            old = run(self._old_state, {"s": show, "e": ep}).fetchone()
+            if old is not None:
+                totals_delta(deltas, show, (old[0], _doc(old[1])), None)
+                run(self._delete_episode, {"s": show, "e": ep})
+                run(self._delete_events, {"s": show, "e": ep})
+        for event in event_rows:
+            run(self._put_event, dict(event, data=_json(event["data"])))
+        for show_row_ in show_rows:
+            run(self._put_show, dict(show_row_, data=_json(show_row_["data"])))
+        for show in removed_shows:
+            run(self._delete_show, {"s": show})
+        for (show, stage), (n, cost) in deltas.items():
+            if n or cost:
+                run(self._add_totals, {"show_id": show, "stage": stage, "episodes": int(n), "cost": cost})
+        if positions is not None:
+            show, ordered = positions
+            for i, ep in enumerate(ordered):
+                run(self._set_position, {"s": show, "e": ep, "p": i})
+
+    def remove_show(self, show: str) -> None:
+        self.write(removed_shows=[show])
+
+    def set_positions(self, show: str, ordered: list[str]) -> None:
+        """Put a show's episodes in ``ordered`` order (show.yaml's)."""
+        self.write(positions=(show, ordered))
+
+    # --- reading --------------------------------------------------------------------
+
+    def _docs(self, stmt: Any) -> list[dict[str, Any]]:
+        with self.reading() as conn:
+            return [row[0] for row in conn.execute(stmt)]
+
+    def episode_data(self, show: str | None = None, stage: str | None = None) -> list[dict[str, Any]]:
+        """File data of episodes, in show order."""
+        stmt = select(episodes.c.data).order_by(episodes.c.show_id, episodes.c.position, episodes.c.episode_id)
+        if show is not None:
+            stmt = stmt.where(episodes.c.show_id == show)
+        if stage is not None:
+            stmt = stmt.where(episodes.c.stage == stage)
+        return self._docs(stmt)
+
+    def counts(self, show: str | None = None) -> dict[str, int]:
+        stmt = select(stage_totals.c.stage, func.sum(stage_totals.c.episodes)).group_by(stage_totals.c.stage)
+        if show is not None:
+            stmt = stmt.where(stage_totals.c.show_id == show)
+        out = dict.fromkeys(self.pipeline.stages, 0)
+        with self.reading() as conn:
+            for stage, n in conn.execute(stmt):
+                if n:
+                    out[stage] = int(n)
+        return out
+
+    def next(self, stage: str, limit: int) -> list[dict[str, Any]]:
+        """File data of the episodes waiting to enter ``stage``, longest-waiting first."""
+        stmt = (
+            select(episodes.c.data)
+            .where(episodes.c.ready_for == stage)
+            .order_by(episodes.c.stage_entered_at, episodes.c.show_id, episodes.c.episode_id)
+            .limit(limit)
+        )
+        return self._docs(stmt)
+
+    def costs(self, by: str, show: str | None = None) -> dict[str, float]:
+        """Total cost per stage or per show (from the maintained totals)."""
+        key = stage_totals.c.stage if by == "stage" else stage_totals.c.show_id
+        stmt = select(key, func.sum(stage_totals.c.cost)).group_by(key).order_by(key)
+        if show is not None:
+            stmt = stmt.where(stage_totals.c.show_id == show)
+        with self.reading() as conn:
+            return {k: round(v or 0.0, 9) for k, v in conn.execute(stmt) if v}
+
+    def with_errors(self, show: str | None = None) -> list[dict[str, Any]]:
+        stmt = select(episodes.c.data).where(episodes.c.error_count > 0).order_by(
+            episodes.c.updated_at.desc(), episodes.c.show_id, episodes.c.episode_id)
+        if show is not None:
+            stmt = stmt.where(episodes.c.show_id == show)
+        return self._docs(stmt)
+
+    def stuck(self, since: datetime, show: str | None = None) -> list[dict[str, Any]]:
+        """Episodes in a non-terminal stage they entered before ``since``, oldest first."""
+        stmt = (
+            select(episodes.c.data)
+            .where(episodes.c.stage.not_in(self.pipeline.terminal))
+            .where(episodes.c.stage_entered_at < iso(since.astimezone(timezone.utc)))
+            .order_by(episodes.c.stage_entered_at)
+        )
+        if show is not None:
+            stmt = stmt.where(episodes.c.show_id == show)
+        return self._docs(stmt)
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per show: episodes per stage, cost so far, titles."""
+        with self.reading() as conn:
+            titles = dict(conn.execute(select(shows.c.show_id, shows.c.title)).all())
+            rows = conn.execute(select(stage_totals.c.show_id, stage_totals.c.stage, stage_totals.c.episodes,
+                                       stage_totals.c.cost)).all()
+        per: dict[str, dict[str, Any]] = {}
+        for show, stage, n, cost in rows:
+            entry = per.setdefault(show, {"show_id": show, "title": titles.get(show, show), "stages": {},
+                                          "episodes": 0, "cost": 0.0})
+            if n:
+                entry["stages"][stage] = int(n)
+                entry["episodes"] += int(n)
+            entry["cost"] += cost or 0.0
+        out = []
+        for show in sorted(per):
+            entry = per[show]
+            done = sum(n for s, n in entry["stages"].items() if s in self.pipeline.terminal)
+            entry["cost"] = round(entry["cost"], 9)
+            entry["done"] = done
+            entry["completion"] = round(100.0 * done / entry["episodes"], 1) if entry["episodes"] else 0.0
+            entry["stages"] = {s: entry["stages"][s] for s in self.pipeline.stages if s in entry["stages"]}
+            out.append(entry)
+        return out
+
+    def file_stamps(self) -> dict[str, tuple[set[str], set[str]]]:
+        """For sync, per show: the ids of its indexed episodes, and
+        ``"ep|size|mtime_ns"`` of those whose file stat can be trusted (a file
+        checked too soon after it changed has no stamp: its stat could hide a
+        later edit, the racy-clean case). The database joins each show's values
+        into one string: far cheaper than a hundred thousand rows."""
+        stmt = self._stamps_stmt
+        with self.reading():
+            cursor = self._writer().cursor()
+            cursor.execute(stmt.sql, stmt.params({}))
+            rows = cursor.fetchall()
+        return {show: (set(ids.split("/")), set(stamps.split("/")) if stamps else set())
+                for show, ids, stamps in rows}
+
+    def sql(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run one read-only statement; the database refuses writes."""
+        with read_only(self.engine) as conn:
+            result = conn.exec_driver_sql(query)
+            if not result.returns_rows:
+                return [], []
+            return list(result.keys()), [tuple(r) for r in result]
+
+
+def create_schema(conn: Connection) -> None:
+    """Tables, indexes and the view, as the initial Alembic revision makes them."""
+    metadata.create_all(conn)
+    from .tables import STAGE_COUNTS_VIEW
+
+    conn.exec_driver_sql(STAGE_COUNTS_VIEW)
+
+
+def revision_of(conn: Connection) -> str | None:
+    """The Alembic revision an index database is at (None if unversioned)."""
+    try:
+        with conn.begin_nested() if conn.in_transaction() else conn.begin():
+            return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    except DBAPIError:  # no such table: an empty or foreign database
+        return None

@@ -1,0 +1,655 @@
+"""Keeping the index true to the files: open, rebuild, sync, verify.
+
+- ``open_index``: connect; bring an old index to the current revision through
+  Alembic; rebuild from the files one that cannot be upgraded, or that was
+  never filled.
+- ``rebuild``: a fresh database built from the files alone, swapped in at once.
+- ``sync``: finds new, changed and deleted episode files by stat plus content
+  hash (a file stat'ed within the file system's timestamp granularity of its
+  last change is hashed again: the racy-clean case), adopts valid hand edits
+  as normal writes with one ``external_edit`` event, reports invalid ones.
+- ``verify``: index vs files, files vs their event logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat as statmod
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from alembic.util import CommandError
+from sqlalchemy import select
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
+
+from .. import files as diskio
+from ..codecs import YAML_CODEC, same
+from ..errors import (
+    CorruptFileError,
+    SchemaVersionError,
+    StatekitError,
+    UnsafePathError,
+    ValidationError,
+)
+from ..ids import ID_PATTERN
+from ..models import Episode, Show
+from . import (
+    Index,
+    _json,
+    create_schema,
+    engine_for,
+    episode_row,
+    event_row,
+    revision_of,
+    show_row,
+    totals_delta,
+)
+from .dialect import (
+    WRITE,
+    Compiled,
+    database_path,
+    finish_build,
+    replace_database,
+    sqlite_url,
+)
+from .tables import INDEX_REVISION, episodes, events, stage_totals
+
+if TYPE_CHECKING:
+    from ..store import Store
+
+log = logging.getLogger("statekit")
+
+Progress = Callable[[int, int], None]
+"""progress(done, total): called as a long operation goes."""
+
+REBUILD_BATCH = 500
+
+
+@dataclass
+class Problem:
+    kind: str
+    path: str
+    message: str
+    episode: str | None = None
+    line: int | None = None
+    field: str | None = None
+
+
+@dataclass
+class RebuildReport:
+    shows: int = 0
+    episodes: int = 0
+    events: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass
+class SyncReport:
+    added: list[str] = field(default_factory=list)
+    changed: list[dict[str, Any]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    rejected: list[Problem] = field(default_factory=list)
+    reindexed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    read: int = 0
+    """Files read because their stat moved (or could have hidden a change)."""
+
+    @property
+    def clean(self) -> bool:
+        return not self.rejected
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+
+def index_path(root: str) -> str:
+    return os.path.join(root, ".statekit", "index.db")
+
+
+def _sha256(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def _problem(exc: StatekitError, path: str, episode: str | None, kind: str = "invalid") -> Problem:
+    return Problem(kind=kind, path=path, message=exc.one_line(), episode=episode,
+                   line=getattr(exc, "line", None), field=getattr(exc, "field", None))
+
+
+# --- walking the files -----------------------------------------------------------
+
+
+def _dirs(path: str) -> list[str]:
+    try:
+        with os.scandir(path) as entries:
+            return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False) and ID_PATTERN.fullmatch(e.name))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def walk(root: str) -> Iterator[tuple[str, str, str, os.stat_result]]:
+    """(show, episode, path, stat) of every episode file, show by show.
+    (Plain string paths: on 100,000 episodes ``os.path.join`` is a cost.)"""
+    shows = root + "/shows"
+    for show in _dirs(shows):
+        folder = f"{shows}/{show}/episodes"
+        for ep in _dirs(folder):
+            base = f"{folder}/{ep}/episode."
+            for path in (base + "yaml", base + "json"):
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                yield show, ep, path, st
+                break
+
+
+def _show_order(store: Store, show: str) -> tuple[dict[str, int], dict[str, Any] | None, bytes | None]:
+    """Positions of the show's episodes (from show.yaml), and the show file's data."""
+    path = os.path.join(store.root, "shows", show, "show.yaml")
+    raw = diskio.read_file(path)
+    if raw is None:
+        return {}, None, None
+    data = YAML_CODEC.load(raw, path)
+    listed = data.get("episodes")
+    if not isinstance(listed, list):
+        listed = []
+    return {ep: i for i, ep in enumerate(dict.fromkeys(str(e) for e in listed))}, data, raw
+
+
+def _show_record(store: Store, show: str, data: dict[str, Any] | None, raw: bytes | None) -> dict[str, Any]:
+    path = os.path.join("shows", show, "show.yaml")
+    if data is None or raw is None:  # no show.yaml (yet): the show exists through its episodes
+        now = datetime.now().astimezone()
+        data = Show(show_id=show, title=show, created_at=now, updated_at=now).model_dump(mode="json")
+        return show_row(data, path=path, size=0, mtime_ns=0, sha256="", checked_at_ns=0)
+    st = os.stat(os.path.join(store.root, path))
+    Show.model_validate(data)
+    return show_row(data, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=_sha256(raw),
+                    checked_at_ns=time.time_ns())
+
+
+def _rows_for(store: Store, show: str, ep: str, path: str, raw: bytes, st: os.stat_result,
+              position: int | None, *, cache: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]], Episode]:
+    """Index rows of one episode file. ``cache``: keep the parse in the store's
+    cache (sync, whose adoption of an edit reads the file again; not a rebuild)."""
+    parsed = store._cached(path, raw) if cache else None
+    if parsed is None:
+        parsed = store._parse_episode(path, raw, show, ep)
+        if cache:
+            store._remember(path, parsed)
+    model: Episode = parsed.model
+    row = episode_row(
+        model, model.model_dump(mode="json"), store.pipeline, path=os.path.relpath(path, store.root),
+        size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=_sha256(raw), checked_at_ns=time.time_ns(),
+        position=position,  # type: ignore[arg-type]
+    )
+    log_path = os.path.join(os.path.dirname(path), "events.jsonl")
+    lines = diskio.read_events(log_path, model.version, strict=False)
+    return row, [event_row(e) for e in lines], model
+
+
+# --- opening -------------------------------------------------------------------
+
+
+def migrations_dir() -> str:
+    import statekit._migrations as migrations
+
+    return os.path.dirname(os.path.abspath(migrations.__file__))
+
+
+def alembic_upgrade(conn: Connection, revision: str = "head") -> None:
+    """Run the Alembic migrations on ``conn`` (handed to env.py)."""
+    from alembic import command
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", migrations_dir())
+    config.attributes["connection"] = conn
+    command.upgrade(config, revision)
+
+
+def open_index(store: Store, url: str | None = None) -> Index:
+    """The store's index, at the current revision and filled from the files.
+
+    An index at an older revision is upgraded with Alembic (on its own
+    connection); one that cannot be upgraded (damaged, foreign, or from a
+    newer statekit) is rebuilt from the files instead of refusing to start.
+    """
+    path = index_path(store.root)
+    index = Index(engine_for(url or sqlite_url(path), busy_timeout=store.config.lock_timeout), store.pipeline)
+    if url is None and not os.path.exists(path):
+        rebuild(store, index=index)
+        return index
+    try:
+        with index.engine.connect() as conn:
+            current = revision_of(conn)
+            if current != INDEX_REVISION:
+                with conn.begin():
+                    if current is None and not _has_tables(conn):
+                        create_schema(conn)
+                        _stamp(conn)
+                    else:
+                        alembic_upgrade(conn)
+            filled = conn.execute(select(episodes.c.show_id).limit(1)).first() is not None
+    except (SQLAlchemyError, CommandError, StatekitError, OSError) as exc:  # cannot be upgraded: rebuild
+        if url is not None:
+            raise
+        log.warning("statekit: the index could not be opened or upgraded (%s); rebuilding it from the files", exc)
+        rebuild(store, index=index)
+        return index
+    if not filled and any(walk(store.root)):
+        rebuild(store, index=index)
+    return index
+
+
+def _has_tables(conn: Connection) -> bool:
+    from sqlalchemy import inspect
+
+    return bool(inspect(conn).get_table_names())
+
+
+def _stamp(conn: Connection) -> None:
+    conn.exec_driver_sql("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
+    conn.exec_driver_sql(f"INSERT INTO alembic_version VALUES ('{INDEX_REVISION}')")
+
+
+def upgrade(store: Store) -> str:
+    """Bring the index to the current revision (``statekit db upgrade``); the revision."""
+    index = store.index
+    with index.engine.connect() as conn, conn.begin():
+        alembic_upgrade(conn)
+        return revision_of(conn) or ""
+
+
+# --- rebuild ----------------------------------------------------------------------
+
+
+def rebuild(store: Store, progress: Progress | None = None, *, index: Index | None = None) -> RebuildReport:
+    """Build a fresh index from the files alone, then swap it in at once."""
+    index = index or store.index
+    report = RebuildReport()
+    target = database_path(index.engine)
+    with store._lock((".statekit", "locks"), "index.lock", "the index"):
+        if target is None:  # a server database: rebuild in one transaction
+            with index.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+                for table in (events, episodes, stage_totals):
+                    conn.execute(table.delete())
+                _fill(store, conn, report, progress)
+            return report
+        built = f"{target}.build-{os.getpid()}"
+        for leftover in (built, built + "-wal", built + "-shm", built + "-journal"):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+        engine = engine_for(sqlite_url(built), scratch=True)
+        try:
+            with engine.connect() as conn:
+                with conn.begin():
+                    create_schema(conn)
+                    _stamp(conn)
+                with conn.begin():
+                    _fill(store, conn, report, progress)
+            finish_build(engine)
+        finally:
+            engine.dispose()
+        index.close()  # its connections reopen on the new content
+        replace_database(target, built)
+    return report
+
+
+def _fill(store: Store, conn: Connection, report: RebuildReport, progress: Progress | None) -> None:
+    found = list(walk(store.root))
+    total = len(found)
+    deltas: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
+    rows: list[dict[str, Any]] = []
+    event_rows: list[dict[str, Any]] = []
+    show_rows = []
+    order: dict[str, dict[str, int]] = {}
+    for show in _dirs(os.path.join(store.root, "shows")):  # every show, with or without episodes
+        try:
+            order[show], data, raw = _show_order(store, show)
+            show_rows.append(_show_record(store, show, data, raw))
+        except (StatekitError, ValueError) as exc:
+            order[show] = {}
+            error = exc if isinstance(exc, StatekitError) else ValidationError(str(exc))
+            report.problems.append(_problem(error, os.path.join(store.root, "shows", show, "show.yaml"), None))
+            show_rows.append(_show_record(store, show, None, None))
+    for done, (show, ep, path, st) in enumerate(found, 1):
+        raw = diskio.read_file(path)
+        if raw is None:
+            continue
+        try:
+            row, lines, model = _rows_for(store, show, ep, path, raw, st, None)
+        except (CorruptFileError, ValidationError, SchemaVersionError, UnsafePathError) as exc:
+            report.problems.append(_problem(exc, path, f"{show}/{ep}"))
+            continue
+        positions = order[show]
+        row["position"] = positions.get(ep, len(positions) + done)
+        rows.append(row)
+        event_rows.extend(lines)
+        totals_delta(deltas, show, None, (model.stage, model.costs))
+        if len(rows) >= REBUILD_BATCH:
+            _flush(conn, rows, event_rows, report)
+        if progress is not None:
+            progress(done, total)
+    _flush(conn, rows, event_rows, report)
+    if show_rows:
+        conn.execute(shows_insert(), show_rows)
+    report.shows = len(show_rows)
+    totals = [{"show_id": s, "stage": st, "episodes": int(d[0]), "cost": d[1]} for (s, st), d in deltas.items()]
+    if totals:
+        conn.execute(stage_totals.insert(), totals)
+
+
+def shows_insert() -> Any:
+    from .tables import shows
+
+    return shows.insert()
+
+
+def _flush(conn: Connection, rows: list[dict[str, Any]], event_rows: list[dict[str, Any]],
+           report: RebuildReport) -> None:
+    """Insert a batch (through the raw cursor: SQLAlchemy's per-row work would
+    cost more than SQLite's)."""
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    if rows:
+        insert = _bulk(conn, "episodes")
+        cursor.executemany(insert.sql, [insert.params(dict(r, data=_json(r["data"]), costs=_json(r["costs"])))
+                                        for r in rows])
+        report.episodes += len(rows)
+    if event_rows:
+        insert = _bulk(conn, "events")
+        cursor.executemany(insert.sql, [insert.params(dict(e, data=_json(e["data"]))) for e in event_rows])
+        report.events += len(event_rows)
+    rows.clear()
+    event_rows.clear()
+
+
+def _bulk(conn: Connection, table: str) -> Compiled:
+    from sqlalchemy import bindparam
+
+    from .tables import metadata
+
+    target = metadata.tables[table]
+    stmt = target.insert().values({c.name: bindparam(c.name) for c in target.columns if c.name != "id"})
+    return Compiled(stmt, conn.engine)
+
+
+# --- sync -------------------------------------------------------------------------
+
+
+def _stage_by_log(lines: list[dict[str, Any]]) -> str | None:
+    for line in reversed(lines):
+        if line.get("to_stage"):
+            return str(line["to_stage"])
+    return None
+
+
+def sync(store: Store, progress: Progress | None = None) -> SyncReport:
+    """Bring the index up to date with the files, adopting valid hand edits.
+
+    Show by show: the index's (size, mtime, checked) of each episode file
+    against one ``lstat``; only files whose stat moved, or that were checked
+    within the timestamp granularity of their last change, are read.
+    """
+    index = store.index
+    report = SyncReport()
+    known = index.file_stamps()
+    candidates = []
+    gone: list[tuple[str, str]] = []
+    membership_changed: set[str] = set()
+    on_disk: dict[str, list[str]] = {}
+    lstat = os.lstat
+    nothing: tuple[set[str], set[str]] = (set(), set())
+    for show in _dirs(store.root + "/shows"):
+        indexed, trusted = known.pop(show, nothing)
+        folder = f"{store.root}/shows/{show}/episodes/"
+        present = on_disk[show] = []
+        try:
+            entries = os.scandir(folder) if statmod.S_ISDIR(lstat(folder).st_mode) else ()
+        except (FileNotFoundError, NotADirectoryError):
+            entries = ()
+        for entry in entries:
+            ep = entry.name
+            if not entry.is_dir(follow_symlinks=False) or (ep not in indexed and not ID_PATTERN.fullmatch(ep)):
+                continue  # not an episode folder
+            path = f"{folder}{ep}/episode.yaml"
+            try:
+                st = lstat(path)
+            except FileNotFoundError:
+                path = path[:-4] + "json"
+                try:
+                    st = lstat(path)
+                except FileNotFoundError:
+                    continue
+            present.append(ep)
+            # unchanged: its stamp (size and mtime, checked long enough after that mtime
+            # that a later edit would have moved it) is the file's; else read it
+            if f"{ep}|{st.st_size}|{st.st_mtime_ns}" not in trusted:
+                candidates.append((show, ep, path, st, ep in indexed))
+        if entries:
+            entries.close()
+        vanished = indexed.difference(present)
+        if vanished or len(present) != len(indexed):
+            membership_changed.add(show)
+        gone.extend((show, ep) for ep in sorted(vanished))
+    for show, (indexed, _trusted) in sorted(known.items()):  # a whole show folder went
+        gone.extend((show, ep) for ep in sorted(indexed))
+    report.unchanged = sum(len(eps) for eps in on_disk.values()) - len(candidates)
+    total = len(candidates)
+    touched: list[dict[str, Any]] = []
+    indexed_rows = _indexed_states(store, [(show, ep) for show, ep, _p, _s, indexed in candidates if indexed])
+    for done, (show, ep, path, st, _indexed) in enumerate(candidates, 1):
+        _sync_one(store, report, touched, show, ep, path, st, indexed_rows.get((show, ep)))
+        if progress is not None:
+            progress(done, total)
+    report.unchanged += len(touched)
+    if touched:
+        index.write(rows=touched)
+    if gone:
+        gone.sort()
+        index.write(removed=gone)
+        report.removed = [f"{s}/{e}" for s, e in gone]
+    _sync_shows(store, report, on_disk, membership_changed)
+    return report
+
+
+def _sync_one(store: Store, report: SyncReport, touched: list[dict[str, Any]], show: str, ep: str, path: str,
+              st: os.stat_result, before: tuple[str, dict[str, Any]] | None) -> None:
+    """One file whose stat moved. ``before``: its row's (file hash, data), or None if not indexed."""
+    key = f"{show}/{ep}"
+    raw = diskio.read_file(path)
+    if raw is None:
+        return
+    report.read += 1
+    sha = _sha256(raw)
+    try:
+        row, lines, model = _rows_for(store, show, ep, path, raw, st, None, cache=True)
+    except (CorruptFileError, ValidationError, SchemaVersionError, UnsafePathError) as exc:
+        if before is not None and sha == before[0]:
+            return
+        report.rejected.append(_problem(exc, path, key))
+        return
+    if before is not None and sha == before[0]:  # touched, not changed: remember the new stat
+        touched.append(row)
+        return
+    if lines and lines[-1]["data"].get("sha256") == sha and lines[-1]["version"] == model.version:
+        # statekit wrote this file; only the index missed it
+        store.index.write(rows=[row], event_rows=lines)
+        (report.reindexed if before is not None else report.added).append(key)
+        return
+    # a person's edit: check the move, then adopt it as a normal write
+    stage_before = _stage_by_log(lines)
+    if stage_before is not None and model.stage != stage_before and model.stage not in store.pipeline.next_stages(
+            stage_before):
+        legal = ", ".join(store.pipeline.next_stages(stage_before)) or "none"
+        from ..codecs import line_of
+
+        line = line_of(raw, ("stage",))
+        report.rejected.append(Problem(
+            kind="illegal-move", path=path, episode=key, line=line, field="stage",
+            message=f"{path}:{line}: stage: the edit moves {stage_before!r} -> {model.stage!r}, which the "
+                    f"pipeline does not allow (legal next stages: {legal}); the file was left as it is",
+        ))
+        return
+    try:
+        adopted, fields = store._adopt_edit(show, ep, before[1] if before is not None else None)
+    except StatekitError as exc:
+        report.rejected.append(_problem(exc, path, key))
+        return
+    if before is not None:
+        report.changed.append({"episode": key, "fields": fields, "version": adopted.version})
+    else:
+        report.added.append(key)
+
+
+def _indexed_states(store: Store, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
+    """(file hash, data) of the indexed rows of ``keys``, in one query per show."""
+    by_show: dict[str, list[str]] = defaultdict(list)
+    for show, ep in keys:
+        by_show[show].append(ep)
+    found = {}
+    with store.index.reading() as conn:
+        for show, eps in by_show.items():
+            stmt = select(episodes.c.episode_id, episodes.c.file_sha256, episodes.c.data).where(
+                episodes.c.show_id == show).where(episodes.c.episode_id.in_(eps))
+            for ep, sha, data in conn.execute(stmt):
+                found[(show, ep)] = (sha, data)
+    return found
+
+
+def _sync_shows(store: Store, report: SyncReport, on_disk: dict[str, list[str]],
+                membership_changed: set[str]) -> None:
+    """Shows whose show.yaml changed, or whose episodes came or went: the
+    episode list in show.yaml is reconciled with the folders, and the index
+    takes the show's title and episode order."""
+    from .tables import shows
+
+    folders = set(_dirs(os.path.join(store.root, "shows")))
+    with store.index.reading() as conn:
+        known = {s: (size, mtime) for s, size, mtime in conn.execute(
+            select(shows.c.show_id, shows.c.file_size, shows.c.file_mtime_ns))}
+    for show in sorted(folders):
+        path = os.path.join(store.root, "shows", show, "show.yaml")
+        try:
+            st = os.stat(path, follow_symlinks=False)
+            state = (st.st_size, st.st_mtime_ns)
+        except FileNotFoundError:
+            state = None
+        if show not in membership_changed and show in known and known[show] == state:
+            continue
+        try:
+            reconciled = store._reconcile_show(show, on_disk.get(show, []))
+        except StatekitError as exc:
+            report.rejected.append(_problem(exc, path, None))
+            continue
+        store.index.set_positions(show, reconciled)
+    for show in sorted(known.keys() - folders):
+        store.index.remove_show(show)
+
+
+# --- verify ------------------------------------------------------------------------
+
+
+def verify(store: Store) -> VerifyReport:
+    """Every problem between files, their event logs and the index."""
+    report = VerifyReport()
+    with store.index.reading() as conn:
+        indexed = {(s, e): (version, sha, data) for s, e, version, sha, data in conn.execute(
+            select(episodes.c.show_id, episodes.c.episode_id, episodes.c.version, episodes.c.file_sha256,
+                   episodes.c.data))}
+        indexed_events: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for s, e, v in conn.execute(select(events.c.show_id, events.c.episode_id, events.c.version)
+                                    .order_by(events.c.version)):
+            indexed_events[(s, e)].append(v)
+        totals = {(s, st): (n, c) for s, st, n, c in conn.execute(select(stage_totals))}
+    expected: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
+    seen = set()
+    for show, ep, path, _st in walk(store.root):
+        key = f"{show}/{ep}"
+        seen.add((show, ep))
+        report.checked += 1
+        raw = diskio.read_file(path)
+        if raw is None:
+            continue
+        try:
+            parsed = store._parse_episode(path, raw, show, ep)
+        except StatekitError as exc:
+            report.problems.append(_problem(exc, path, key))
+            continue
+        model: Episode = parsed.model
+        totals_delta(expected, show, None, (model.stage, model.costs))
+        log_path = os.path.join(os.path.dirname(path), "events.jsonl")
+        try:
+            lines = diskio.read_events(log_path, model.version)
+        except StatekitError as exc:
+            report.problems.append(_problem(exc, log_path, key, "events"))
+            lines = []
+        versions = [line["version"] for line in lines]
+        if versions != list(range(1, model.version + 1)):
+            missing = sorted(set(range(1, model.version + 1)) - set(versions))
+            report.problems.append(Problem(
+                "events", log_path, f"{log_path}: the log does not hold versions 1..{model.version} exactly"
+                + (f" (missing {_ranges(missing)})" if missing else " (out of order or repeated)"), key))
+        elif lines and lines[-1].get("sha256") != _sha256(raw):
+            report.problems.append(Problem(
+                "edited", path, f"{path}: changed outside statekit since version {model.version} "
+                "(run 'statekit sync' to adopt the edit)", key))
+        row = indexed.get((show, ep))
+        if row is None:
+            report.problems.append(Problem("index", path, f"{key}: not in the index (run 'statekit sync')", key))
+            continue
+        if row[0] != model.version:
+            report.problems.append(Problem(
+                "index", path, f"{key}: the index holds version {row[0]}, the file version {model.version} "
+                "(run 'statekit sync')", key))
+        elif not same(row[2], model.model_dump(mode="json")):
+            report.problems.append(Problem(
+                "index", path, f"{key}: the index's copy of version {row[0]} differs from the file "
+                "(run 'statekit sync')", key))
+        if indexed_events.get((show, ep), []) != versions:
+            report.problems.append(Problem(
+                "index", log_path, f"{key}: the index's events differ from events.jsonl (run 'statekit sync')", key))
+    for show, ep in sorted(indexed.keys() - seen):
+        report.problems.append(Problem(
+            "index", os.path.join(store.root, "shows", show, "episodes", ep),
+            f"{show}/{ep}: in the index, but its file is gone (run 'statekit sync')", f"{show}/{ep}"))
+    for pair in set(totals) | set(expected):
+        n, cost = totals.get(pair, (0, 0.0))
+        want_n, want_cost = expected.get(pair, [0, 0.0])
+        if n != want_n or abs(cost - want_cost) > 1e-6:
+            report.problems.append(Problem(
+                "index", index_path(store.root),
+                f"stage totals for {pair[0]}/{pair[1]} are {n} episodes, {cost:g} cost; the files say "
+                f"{int(want_n)}, {want_cost:g} (run 'statekit rebuild-index')"))
+    return report
+
+
+def _ranges(numbers: list[int]) -> str:
+    out = []
+    start = prev = numbers[0]
+    for n in numbers[1:] + [None]:  # type: ignore[list-item]
+        if n is not None and n == prev + 1:
+            prev = n
+            continue
+        out.append(str(start) if start == prev else f"{start}-{prev}")
+        if n is not None:
+            start = prev = n
+    return ", ".join(out)
+
+
+__all__ = ["Problem", "RebuildReport", "SyncReport", "VerifyReport", "open_index", "rebuild", "sync", "verify",
+           "upgrade"]

@@ -1,0 +1,170 @@
+"""The index's tables: the SQL contract users query, plus what statekit needs.
+
+Contract (DESIGN.md, changed only through an Alembic revision): table
+``episodes`` (show_id, episode_id, title, stage, version, created_at,
+updated_at, cost_total, attempts_total, error_count, path), table ``events``
+(id, show_id, episode_id, version, at, kind, from_stage, to_stage, message,
+cost), table ``shows``, view ``stage_counts`` (show_id, stage, n).
+
+Timestamps are UTC. In SQLite they are ISO-8601 text with microseconds and a
+``Z`` (``2026-11-21T15:52:01.010035Z``), which sorts correctly and works with
+``julianday()``; in PostgreSQL they are ``timestamptz``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
+
+ISO = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def iso(moment: datetime) -> str:
+    """The index's fixed-width UTC text form of a timestamp (sorts as time)."""
+    return moment.astimezone(timezone.utc).strftime(ISO)
+
+
+class UTCTime(TypeDecorator[datetime]):
+    """A UTC timestamp: fixed-width ISO text in SQLite, timestamptz elsewhere."""
+
+    impl = String(32)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(TIMESTAMP(timezone=True))
+        return dialect.type_descriptor(String(32))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None or dialect.name == "postgresql":
+            return value
+        return value if isinstance(value, str) else iso(value)
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
+        if value is None or isinstance(value, datetime):
+            return value
+        return datetime.strptime(value, ISO).replace(tzinfo=timezone.utc)
+
+
+class Document(TypeDecorator[Any]):
+    """A JSON document (an episode's file data, an event line): JSONB in
+    PostgreSQL, JSON text in SQLite (``json_extract`` works on it)."""
+
+    impl = JSON
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "postgresql":
+            return dialect.type_descriptor(JSONB())
+        return dialect.type_descriptor(JSON())
+
+
+Id = String(128)
+metadata = MetaData()
+
+shows = Table(
+    "shows",
+    metadata,
+    Column("show_id", Id, primary_key=True),
+    Column("title", Text, nullable=False),
+    Column("created_at", UTCTime),
+    Column("updated_at", UTCTime),
+    Column("path", Text, nullable=False),
+    Column("data", Document, nullable=False),
+    # what sync compares against the file on disk
+    Column("file_size", BigInteger, nullable=False),
+    Column("file_mtime_ns", BigInteger, nullable=False),
+    Column("file_sha256", String(64), nullable=False),
+    Column("checked_at_ns", BigInteger, nullable=False),
+)
+
+episodes = Table(
+    "episodes",
+    metadata,
+    Column("show_id", Id, primary_key=True),
+    Column("episode_id", Id, primary_key=True),
+    Column("title", Text, nullable=False),
+    Column("stage", Id, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("created_at", UTCTime, nullable=False),
+    Column("updated_at", UTCTime, nullable=False),
+    Column("cost_total", Float, nullable=False),
+    Column("attempts_total", Integer, nullable=False),
+    Column("error_count", Integer, nullable=False),
+    Column("path", Text, nullable=False),
+    # beyond the contract: statekit's own queries
+    Column("position", Integer, nullable=False),
+    Column("stage_entered_at", UTCTime, nullable=False),
+    Column("previous_stage", Id),
+    Column("ready_for", Id),
+    Column("message", Text),
+    Column("costs", Document, nullable=False),
+    Column("data", Document, nullable=False),
+    # what sync compares against the file on disk
+    Column("file_size", BigInteger, nullable=False),
+    Column("file_mtime_ns", BigInteger, nullable=False),
+    Column("file_sha256", String(64), nullable=False),
+    Column("checked_at_ns", BigInteger, nullable=False),
+    # "episode|size|mtime_ns" once the file was checked long enough after it
+    # changed that its stat can be trusted (sync compares it with one lstat)
+    Column("file_stamp", String(200)),
+    # what next() asks; every other index costs each write a page more
+    Index("episodes_by_ready_for", "ready_for", "stage_entered_at"),
+    # what sync reads for every episode, without touching the rows' JSON
+    Index("episodes_files", "show_id", "episode_id", "file_stamp"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("show_id", Id, nullable=False),
+    Column("episode_id", Id, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("at", UTCTime, nullable=False),
+    Column("kind", String(64), nullable=False),
+    Column("from_stage", Id),
+    Column("to_stage", Id),
+    Column("message", Text),
+    Column("cost", Float),
+    Column("data", Document, nullable=False),
+    UniqueConstraint("show_id", "episode_id", "version", name="events_one_per_version"),
+)
+
+# Per show and stage: how many episodes are there now, and what the stage
+# has cost so far. Kept in step with ``episodes`` inside the same
+# transaction, so counts and cost questions stay O(stages) on a million rows.
+stage_totals = Table(
+    "stage_totals",
+    metadata,
+    Column("show_id", Id, primary_key=True),
+    Column("stage", Id, primary_key=True),
+    Column("episodes", Integer, nullable=False),
+    Column("cost", Float, nullable=False),
+)
+
+STAGE_COUNTS_VIEW = (
+    "CREATE VIEW stage_counts AS "
+    "SELECT show_id, stage, episodes AS n FROM stage_totals WHERE episodes > 0"
+)
+
+INDEX_REVISION = "0001"
+"""The Alembic head revision this code writes; a test keeps it equal to the
+head in migrations/versions (checked on every open without loading Alembic)."""
