@@ -57,13 +57,15 @@ def episode_file(store: Store, show: str, ep: str) -> Path:
 
 
 def index_rows(store: Store) -> dict[str, list[tuple[object, ...]]]:
-    """The index's content, table by table, in a stable order (surrogate event
-    ids and sync bookkeeping left out: a rebuild assigns its own)."""
+    """The index's content, table by table, in a stable order. Left out: the
+    surrogate event ids, and sync's bookkeeping of when each file was last
+    checked (``checked_at_ns``, and ``file_stamp``, which exists only once a
+    check came long enough after the file's change): a rebuild does its own."""
     from sqlalchemy import select
 
     from statekit.index.tables import episodes, events, shows, stage_totals
 
-    skip = {"id", "checked_at_ns"}
+    skip = {"id", "checked_at_ns", "file_stamp"}
     out = {}
     with store.index.engine.connect() as conn:
         for table in (episodes, events, shows, stage_totals):

@@ -168,3 +168,46 @@ def test_console_script_runs_as_a_real_process(tmp_path: Path) -> None:
     assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
     demo = subprocess.run([*command, "demo", str(tmp_path / "demo")], capture_output=True, text=True, check=True)
     assert "-> published" in demo.stdout and "refused: illegal move" in demo.stdout
+
+
+# --- the index commands ----------------------------------------------------------------
+
+
+def test_status_next_sql(root: Path) -> None:
+    run("create", "oliver/ep1", root=root)
+    run("create", "oliver/ep2", root=root)
+    run("advance", "oliver/ep2", "downloading", root=root)
+    status = json.loads(run("status", "--json", root=root))
+    assert status[0]["stages"] == {"discovered": 1, "downloading": 1} and status[0]["completion"] == 0.0
+    assert "2 episodes, 0 done (0.0%)" in run("status", root=root)
+    assert [e["episode_id"] for e in json.loads(run("next", "downloading", "--json", root=root))] == ["ep1"]
+    rows = json.loads(run("sql", "SELECT stage, n FROM stage_counts ORDER BY stage", "--json", root=root))
+    assert rows == [{"stage": "discovered", "n": 1}, {"stage": "downloading", "n": 1}]
+    assert run("sql", "SELECT stage, n FROM stage_counts ORDER BY stage", "--csv", root=root) == (
+        "stage,n\ndiscovered,1\ndownloading,1\n")
+    assert "readonly" in error("sql", "DELETE FROM episodes", root=root)
+    assert "syntax error" in error("sql", "SELEC nonsense", root=root)
+
+
+def test_sync_verify_rebuild_exit_codes(root: Path) -> None:
+    run("create", "s/e", root=root)
+    assert "ok: 1 episodes checked" in run("verify", root=root)
+    path = episode_file(Store.open(root), "s", "e")
+    path.write_text(path.read_text().replace("title: ''", "title: by hand"))
+    assert "changed outside statekit" in run("verify", root=root, code=1)
+    assert "changed  s/e: title (now version 2)" in run("sync", root=root)
+    assert "ok:" in run("verify", root=root)
+    path.write_text(path.read_text().replace("stage: discovered", "stage: published"))
+    out = run("sync", root=root, code=1)
+    assert "rejected" in out and "'discovered' -> 'published'" in out
+    path.write_text(path.read_text().replace("stage: published", "stage: discovered"))
+    assert "indexed 1 episodes, 2 events, 1 shows" in run("rebuild-index", root=root)
+    assert "index at revision 0001" in run("db", "upgrade", root=root)
+
+
+def test_long_commands_are_quiet_when_piped(root: Path) -> None:
+    run("create", "s/e", root=root)
+    exe = Path(sys.executable).with_name("statekit")
+    for command in (["rebuild-index"], ["sync"]):
+        result = subprocess.run([str(exe), "--root", str(root), *command], capture_output=True, text=True)
+        assert result.returncode == 0 and result.stderr == "", result.stderr  # no progress bar in a pipe

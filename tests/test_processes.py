@@ -100,3 +100,23 @@ def test_kill_minus_nine_loses_nothing_and_tears_nothing(tmp_path: Path) -> None
         assert list(folder.rglob(".*.tmp")) == []
         acked = after.version
     assert acked > kills  # the writers really wrote
+
+
+def test_eight_writer_processes_keep_the_index_exact(tmp_path: Path) -> None:
+    store = Store.init(tmp_path / "s")
+    for i in range(8):
+        store.create("s", f"own{i}")
+    store.create("s", "shared")
+    procs = [spawn("cas", store.root, "s", "shared" if i % 2 else f"own{i}", "120") for i in range(8)]
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        assert "locked" not in err and "index missed" not in err, err  # nothing surfaced, nothing missed
+        assert json.loads(out)["lock_timeout"] == 0
+    from .conftest import index_rows
+
+    fresh = Store.open(store.root)
+    written = index_rows(fresh)
+    assert fresh.verify().clean
+    fresh.rebuild_index()
+    assert index_rows(fresh) == written
