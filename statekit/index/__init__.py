@@ -51,9 +51,9 @@ def _doc(value: Any) -> Any:
     return orjson.loads(value) if isinstance(value, (str, bytes)) else value
 
 
-def engine_for(url: str, *, busy_timeout: float = 5.0, scratch: bool = False) -> Engine:
+def engine_for(url: str, *, busy_timeout: float = 5.0, scratch: bool = False, **options: Any) -> Engine:
     return make_engine(url, busy_timeout=busy_timeout, scratch=scratch, json_serializer=_json,
-                       json_deserializer=orjson.loads)
+                       json_deserializer=orjson.loads, **options)
 
 
 def _time_text(text: Any, moment: datetime) -> str:

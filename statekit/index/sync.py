@@ -59,7 +59,7 @@ from .dialect import (
     replace_database,
     sqlite_url,
 )
-from .tables import INDEX_REVISION, episodes, events, stage_totals
+from .tables import INDEX_REVISION, episodes, events, metadata, stage_totals
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -286,7 +286,7 @@ def rebuild(store: Store, progress: Progress | None = None, *, index: Index | No
     with store._lock((".statekit", "locks"), "index.lock", "the index"):
         if target is None:  # a server database: rebuild in one transaction
             with index.engine.connect().execution_options(**WRITE) as conn, conn.begin():
-                for table in (events, episodes, stage_totals):
+                for table in metadata.sorted_tables:
                     conn.execute(table.delete())
                 _fill(store, conn, report, progress)
             return report

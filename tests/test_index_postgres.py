@@ -1,0 +1,111 @@
+"""The index on a PostgreSQL server: the same code through SQLAlchemy, every
+engine-specific statement in statekit/index/dialect.py.
+
+Needs STATEKIT_TEST_PG_URL (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/test;
+.ci/run sets it). Each test works in a schema of its own.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from statekit import IndexUnavailableError, Store
+from statekit.index import Index, engine_for, episode_row, event_row, show_row
+from statekit.index.sync import alembic_upgrade, rebuild
+from statekit.pipeline import ARCHIVE
+
+URL = os.environ.get("STATEKIT_TEST_PG_URL")
+pytestmark = pytest.mark.skipif(not URL, reason="STATEKIT_TEST_PG_URL is not set (.ci/run sets it)")
+
+
+@pytest.fixture
+def pg() -> Iterator[Index]:
+    assert URL is not None
+    schema = "statekit_test_" + uuid.uuid4().hex[:10]
+    admin = engine_for(URL)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    engine = engine_for(URL, connect_args={"options": f"-csearch_path={schema}"})
+    with engine.connect() as conn, conn.begin():
+        alembic_upgrade(conn)
+    index = Index(engine, ARCHIVE)
+    try:
+        yield index
+    finally:
+        index.close()
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()
+
+
+def episode(store: Store, show: str, ep: str) -> dict:
+    model = store.get(show, ep)
+    return episode_row(model, model.model_dump(mode="json"), ARCHIVE, path=f"shows/{show}/episodes/{ep}",
+                       size=100, mtime_ns=1, sha256="0" * 64, checked_at_ns=3_000_000_001, position=None)
+
+
+def test_writes_queries_and_totals(pg: Index, store: Store) -> None:
+    for ep in ("a", "b", "c"):
+        store.create("s", ep)
+    store.advance("s", "a", "downloading", cost=1.5)
+    store.advance("s", "b", "skipped", cost=0.25)
+    rows = [episode(store, "s", ep) for ep in ("a", "b", "c")]
+    events = [event_row(e.model_dump(mode="json", exclude_none=True)) for ep in ("a", "b", "c")
+              for e in store.events("s", ep)]
+    now = datetime.now(timezone.utc).isoformat()
+    pg.write(rows=rows, event_rows=events, show_rows=[show_row(
+        {"show_id": "s", "title": "Show S", "created_at": now, "updated_at": now}, path="shows/s/show.yaml",
+        size=1, mtime_ns=1, sha256="0" * 64, checked_at_ns=1)])
+    assert pg.counts()["discovered"] == 1 and pg.counts()["downloading"] == 1
+    assert pg.costs(by="stage") == {"discovered": 1.75}
+    assert pg.costs(by="show") == {"s": 1.75}
+    assert [d["episode_id"] for d in pg.next("downloading", 10)] == ["c"]
+    assert [d["episode_id"] for d in pg.episode_data(show="s")] == ["a", "b", "c"]
+    status = pg.status()
+    assert status[0]["title"] == "Show S" and status[0]["completion"] == round(100 / 3, 1)
+    # a second write of the same episode moves the totals, not adds to them
+    store.advance("s", "c", "downloading")
+    pg.write(rows=[episode(store, "s", "c")])
+    assert pg.counts()["downloading"] == 2 and pg.counts()["discovered"] == 0
+    pg.write(removed=[("s", "b")], positions=("s", ["c", "a"]))
+    assert [d["episode_id"] for d in pg.episode_data()] == ["c", "a"]
+    assert pg.counts()["skipped"] == 0 and pg.costs(by="stage") == {"discovered": 1.5}
+    ids, stamps = pg.file_stamps()["s"]
+    assert ids == {"a", "c"} and stamps == {"a|100|1", "c|100|1"}
+
+
+def test_sql_is_read_only_on_the_server_too(pg: Index) -> None:
+    columns, rows = pg.sql("SELECT COUNT(*) AS n FROM episodes")
+    assert columns == ["n"] and rows == [(0,)]
+    with pytest.raises(Exception, match="read-only"):
+        pg.sql("DELETE FROM episodes")
+
+
+def test_a_failed_write_is_an_index_error_and_leaves_no_half(pg: Index, store: Store) -> None:
+    store.create("s", "a")
+    row = episode(store, "s", "a")
+    bad = event_row(store.events("s", "a")[0].model_dump(mode="json", exclude_none=True))
+    bad["kind"] = None  # the database refuses it (NOT NULL)
+    with pytest.raises(IndexUnavailableError):
+        pg.write(rows=[row], event_rows=[bad])
+    assert pg.counts()["discovered"] == 0  # the episode row of the same transaction was rolled back
+    pg.write(rows=[row])
+    assert pg.counts()["discovered"] == 1
+
+
+def test_rebuild_fills_a_server_index_from_the_files(pg: Index, tmp_path: Path) -> None:
+    store = Store.init(tmp_path / "files")
+    for ep in ("x", "y"):
+        store.create("show", ep)
+    store.advance("show", "y", "downloading", cost=2.0)
+    report = rebuild(store, index=pg)
+    assert (report.episodes, report.events, report.problems) == (2, 3, [])
+    assert pg.counts()["downloading"] == 1 and pg.costs(by="stage") == {"discovered": 2.0}
+    assert rebuild(store, index=pg).episodes == 2  # again: replaced, not doubled
+    assert pg.counts()["discovered"] == 1
