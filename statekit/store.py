@@ -302,13 +302,14 @@ class Store:
 
     # --- locks ----------------------------------------------------------------
 
-    def _lock(self, parts: tuple[str, ...], name: str, what: str) -> Any:
-        """The lock file ``.statekit/<parts...>/<name>`` (its folder made once per process)."""
+    def _lock(self, parts: tuple[str, ...], name: str, what: str, timeout: float | None = None) -> Any:
+        """The lock file ``<root>/<parts...>/<name>`` (its folder made once per process)."""
         directory = "/".join((self.root, *parts))
         if directory not in self._lock_dirs:
             diskio.ensure_dirs(self._disk, self.root, parts, durable=False)
             self._lock_dirs.add(directory)
-        return diskio.hold_lock(self._disk, f"{directory}/{name}", self.config.lock_timeout, what)
+        wait = self.config.lock_timeout if timeout is None else timeout
+        return diskio.hold_lock(self._disk, f"{directory}/{name}", wait, what)
 
     def _episode_lock(self, show: str, ep: str) -> Any:
         return self._lock((".statekit", "locks", "episodes", show), ep + ".lock", f"episode {show}/{ep}")

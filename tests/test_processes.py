@@ -120,3 +120,21 @@ def test_eight_writer_processes_keep_the_index_exact(tmp_path: Path) -> None:
     assert fresh.verify().clean
     fresh.rebuild_index()
     assert index_rows(fresh) == written
+
+
+def test_two_processes_opening_a_store_without_an_index_build_it_once(tmp_path: Path) -> None:
+    store = Store.init(tmp_path / "s")
+    for i in range(300):
+        store.create("s", f"e{i:03d}")
+    store.close()
+    for suffix in ("", "-wal", "-shm"):
+        Path(store.root, ".statekit", f"index.db{suffix}").unlink(missing_ok=True)
+    code = ("import sys; from statekit import Store; "
+            "print(sum(Store.open(sys.argv[1]).counts().values()))")
+    procs = [subprocess.Popen([sys.executable, "-c", code, store.root], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        assert out.strip() == "300"
+    assert Store.open(store.root).verify().clean

@@ -178,14 +178,14 @@ class Index:
         )
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         self._local = threading.local()
-        self._writers: list[Any] = []
-        self._writers_lock = threading.Lock()
+        self._connections: list[Any] = []
+        self._connections_lock = threading.Lock()
         self._generation = 0
 
     def close(self) -> None:
         """Close this index's connections (it reconnects when used again)."""
-        with self._writers_lock:
-            conns, self._writers = self._writers, []
+        with self._connections_lock:
+            conns, self._connections = self._connections, []
             self._generation += 1
         for conn in conns:
             try:
@@ -203,8 +203,8 @@ class Index:
         if conn is None or local.pid != os.getpid() or local.generation != self._generation:
             conn = self.engine.connect()
             local.conn, local.pid, local.generation = conn, os.getpid(), self._generation
-            with self._writers_lock:
-                self._writers.append(conn)
+            with self._connections_lock:
+                self._connections.append(conn)
         return conn
 
     @contextmanager

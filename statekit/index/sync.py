@@ -232,7 +232,7 @@ def open_index(store: Store, url: str | None = None) -> Index:
     path = index_path(store.root)
     index = Index(engine_for(url or sqlite_url(path), busy_timeout=store.config.lock_timeout), store.pipeline)
     if url is None and not os.path.exists(path):
-        rebuild(store, index=index)
+        _build_unless_built(store, index)
         return index
     try:
         with index.engine.connect() as conn:
@@ -249,11 +249,40 @@ def open_index(store: Store, url: str | None = None) -> Index:
         if url is not None:
             raise
         log.warning("statekit: the index could not be opened or upgraded (%s); rebuilding it from the files", exc)
-        rebuild(store, index=index)
+        _build_unless_built(store, index, damaged=True)
         return index
     if not filled and any(walk(store.root)):
-        rebuild(store, index=index)
+        _build_unless_built(store, index)
     return index
+
+
+def _build_unless_built(store: Store, index: Index, damaged: bool = False) -> None:
+    """Rebuild, unless another process built the index while we waited for it."""
+    with _index_lock(store):
+        if not damaged and _ready(index):
+            return
+        _rebuild_locked(store, index, None, RebuildReport())
+
+
+def _ready(index: Index) -> bool:
+    path = database_path(index.engine)
+    if path is not None and not os.path.exists(path):
+        return False
+    try:
+        with index.engine.connect() as conn:
+            return (revision_of(conn) == INDEX_REVISION
+                    and conn.execute(select(episodes.c.show_id).limit(1)).first() is not None)
+    except SQLAlchemyError:
+        return False
+
+
+REBUILD_WAIT_S = 600.0
+"""How long a rebuild waits for another process's rebuild of the same index."""
+
+
+def _index_lock(store: Store) -> Any:
+    return store._lock((".statekit", "locks"), "index.lock", "the index (another rebuild is running)",
+                       timeout=max(REBUILD_WAIT_S, store.config.lock_timeout))
 
 
 def _has_tables(conn: Connection) -> bool:
@@ -282,32 +311,36 @@ def rebuild(store: Store, progress: Progress | None = None, *, index: Index | No
     """Build a fresh index from the files alone, then swap it in at once."""
     index = index or store.index
     report = RebuildReport()
-    target = database_path(index.engine)
-    with store._lock((".statekit", "locks"), "index.lock", "the index"):
-        if target is None:  # a server database: rebuild in one transaction
-            with index.engine.connect().execution_options(**WRITE) as conn, conn.begin():
-                for table in metadata.sorted_tables:
-                    conn.execute(table.delete())
-                _fill(store, conn, report, progress)
-            return report
-        built = f"{target}.build-{os.getpid()}"
-        for leftover in (built, built + "-wal", built + "-shm", built + "-journal"):
-            if os.path.exists(leftover):
-                os.unlink(leftover)
-        engine = engine_for(sqlite_url(built), scratch=True)
-        try:
-            with engine.connect() as conn:
-                with conn.begin():
-                    create_schema(conn)
-                    _stamp(conn)
-                with conn.begin():
-                    _fill(store, conn, report, progress)
-            finish_build(engine)
-        finally:
-            engine.dispose()
-        index.close()  # its connections reopen on the new content
-        replace_database(target, built)
+    with _index_lock(store):
+        _rebuild_locked(store, index, progress, report)
     return report
+
+
+def _rebuild_locked(store: Store, index: Index, progress: Progress | None, report: RebuildReport) -> None:
+    target = database_path(index.engine)
+    if target is None:  # a server database: rebuild in one transaction
+        with index.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            for table in metadata.sorted_tables:
+                conn.execute(table.delete())
+            _fill(store, conn, report, progress)
+        return
+    built = f"{target}.build-{os.getpid()}"
+    for leftover in (built, built + "-wal", built + "-shm", built + "-journal"):
+        if os.path.exists(leftover):
+            os.unlink(leftover)
+    engine = engine_for(sqlite_url(built), scratch=True)
+    try:
+        with engine.connect() as conn:
+            with conn.begin():
+                create_schema(conn)
+                _stamp(conn)
+            with conn.begin():
+                _fill(store, conn, report, progress)
+        finish_build(engine)
+    finally:
+        engine.dispose()
+    index.close()  # its connections reopen on the new content
+    replace_database(target, built)
 
 
 def _fill(store: Store, conn: Connection, report: RebuildReport, progress: Progress | None) -> None:
