@@ -79,6 +79,17 @@ class Document(TypeDecorator[Any]):
 Id = String(128)
 metadata = MetaData()
 
+
+def file_state() -> list[Column[Any]]:
+    """What sync compares against the file a row was made from."""
+    return [
+        Column("file_size", BigInteger, nullable=False),
+        Column("file_mtime_ns", BigInteger, nullable=False),
+        Column("file_sha256", String(64), nullable=False),
+        Column("checked_at_ns", BigInteger, nullable=False),
+    ]
+
+
 shows = Table(
     "shows",
     metadata,
@@ -88,11 +99,7 @@ shows = Table(
     Column("updated_at", UTCTime),
     Column("path", Text, nullable=False),
     Column("data", Document, nullable=False),
-    # what sync compares against the file on disk
-    Column("file_size", BigInteger, nullable=False),
-    Column("file_mtime_ns", BigInteger, nullable=False),
-    Column("file_sha256", String(64), nullable=False),
-    Column("checked_at_ns", BigInteger, nullable=False),
+    *file_state(),
 )
 
 episodes = Table(
@@ -117,11 +124,7 @@ episodes = Table(
     Column("message", Text),
     Column("costs", Document, nullable=False),
     Column("data", Document, nullable=False),
-    # what sync compares against the file on disk
-    Column("file_size", BigInteger, nullable=False),
-    Column("file_mtime_ns", BigInteger, nullable=False),
-    Column("file_sha256", String(64), nullable=False),
-    Column("checked_at_ns", BigInteger, nullable=False),
+    *file_state(),
     # "episode|size|mtime_ns" once the file was checked long enough after it
     # changed that its stat can be trusted (sync compares it with one lstat)
     Column("file_stamp", String(200)),
