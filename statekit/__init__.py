@@ -4,14 +4,19 @@ Files are the truth; the index is a cache. See ``Store``.
 """
 
 from .errors import (
+    APIError,
     ApprovalRequiredError,
+    AudioProcessingError,
+    CharacterNotFoundError,
     CorruptFileError,
     EpisodeExistsError,
     EpisodeNotFoundError,
     IndexUnavailableError,
     InvalidIdError,
     InvalidTransitionError,
+    LeaseExpiredError,
     LockTimeoutError,
+    NetworkError,
     PipelineError,
     SchemaVersionError,
     ShowNotFoundError,
@@ -23,13 +28,15 @@ from .errors import (
     UnsafePathError,
     ValidationError,
     VersionConflictError,
+    context_of,
 )
 from .models import Episode, Event, Show
 from .pipeline import Pipeline
+from .taxonomy import ErrorKind, Rule, classify, retry
 
 __version__ = "0.1.0"
 
-_LAZY = {"Store", "ImportReport", "MigrationReport"}
+_LAZY = {"Store", "ImportReport", "MigrationReport", "Run"}
 
 
 def __getattr__(name: str) -> object:
@@ -42,20 +49,31 @@ def __getattr__(name: str) -> object:
     raise AttributeError(f"module 'statekit' has no attribute {name!r}")
 
 __all__ = [
+    "APIError",
     "ApprovalRequiredError",
+    "AudioProcessingError",
+    "CharacterNotFoundError",
+    "classify",
+    "context_of",
     "CorruptFileError",
     "Episode",
     "EpisodeExistsError",
     "EpisodeNotFoundError",
+    "ErrorKind",
     "Event",
     "ImportReport",
     "IndexUnavailableError",
     "InvalidIdError",
     "InvalidTransitionError",
+    "LeaseExpiredError",
     "LockTimeoutError",
     "MigrationReport",
+    "NetworkError",
     "Pipeline",
     "PipelineError",
+    "retry",
+    "Rule",
+    "Run",
     "SchemaVersionError",
     "Show",
     "ShowNotFoundError",

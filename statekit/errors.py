@@ -39,9 +39,8 @@ class StatekitError(Exception):
     def __str__(self) -> str:
         return self.message
 
-    @property
-    def context(self) -> dict[str, Any]:
-        """The context as a flat dict (for logs and JSON output)."""
+    def own_context(self) -> dict[str, Any]:
+        """This error's own context, without what it wraps."""
         ctx = {
             "show_id": self.show_id,
             "episode_id": self.episode_id,
@@ -51,12 +50,47 @@ class StatekitError(Exception):
         ctx.update(self.extras)
         return {k: v for k, v in ctx.items() if v is not None}
 
+    @property
+    def context(self) -> dict[str, Any]:
+        """The context as a flat dict (for logs and JSON output). Fields this
+        error lacks are taken from the statekit errors it was raised from
+        (``raise ... from exc``, or while handling ``exc``): context survives
+        chaining."""
+        return context_of(self)
+
+    def add_context(self, **fields: Any) -> StatekitError:
+        """Fill in context fields that are still empty (returns self, to re-raise)."""
+        for key, value in fields.items():
+            if value is None:
+                continue
+            if key in ("show_id", "episode_id", "stage"):
+                if getattr(self, key) is None:
+                    setattr(self, key, value)
+            else:
+                self.extras.setdefault(key, value)
+        return self
+
     def one_line(self) -> str:
         """What went wrong and what to do, on one line (what the CLI prints)."""
         text = " ".join(self.message.split())
         if self.hint:
             text += f" (hint: {' '.join(self.hint.split())})"
         return text
+
+
+def context_of(exc: BaseException) -> dict[str, Any]:
+    """The context of any exception: the fields of every statekit error in
+    its chain (``__cause__``, else ``__context__``), the outermost winning."""
+    merged: dict[str, Any] = {}
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, StatekitError):
+            for key, value in current.own_context().items():
+                merged.setdefault(key, value)
+        current = current.__cause__ or current.__context__
+    return merged
 
 
 class InvalidIdError(StatekitError, ValueError):
@@ -114,6 +148,17 @@ class VersionConflictError(StatekitError):
         super().__init__(message, **kw)
         self.expected = expected
         self.actual = actual
+
+
+class LeaseExpiredError(VersionConflictError):
+    """A stage run's lease ran out: another worker may own the episode now,
+    so this worker's late write is refused."""
+
+    def __init__(self, message: str, *, expected: int, actual: int, owner: str | None = None, **kw: Any) -> None:
+        kw.setdefault("hint", "the episode was (or will be) handed to another worker; drop this result, or "
+                              "heartbeat more often than the lease (Run.heartbeat, lease_seconds)")
+        super().__init__(message, expected=expected, actual=actual, **kw)
+        self.owner = owner
 
 
 class LockTimeoutError(StatekitError, TimeoutError):
@@ -195,3 +240,49 @@ class StorageError(StatekitError, OSError):
 
     def __str__(self) -> str:  # OSError would print "[Errno n] None"
         return self.message
+
+
+# --- errors a pipeline's own code raises (the podcast documents' hierarchy) -------
+
+
+class CharacterNotFoundError(StatekitError, LookupError):
+    """A show's character (a voice, a host) that the episode refers to does not exist."""
+
+    default_hint = "check the character names in the show's metadata"
+
+
+class APIError(StatekitError):
+    """A call to a remote service failed. ``status``: the HTTP status if
+    there was one (429 and 5xx are worth retrying, other 4xx are not);
+    ``retry_after``: seconds the service asked us to wait."""
+
+    default_hint = "statekit retries transient API failures; check the service's status page if it persists"
+
+    def __init__(self, message: str, *, service: str | None = None, status: int | None = None,
+                 retry_after: float | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.service = service
+        self.status = status
+        self.retry_after = retry_after
+        if service is not None:
+            self.extras.setdefault("service", service)
+        if status is not None:
+            self.extras.setdefault("status", status)
+
+
+class NetworkError(StatekitError, ConnectionError):
+    """The network failed under a stage (connection lost, DNS, timeout)."""
+
+    default_hint = "statekit retries it after a backoff; check the connection if it keeps happening"
+
+
+class AudioProcessingError(StatekitError):
+    """Audio could not be produced or decoded (a damaged or unsupported file)."""
+
+    default_hint = "check the input audio file; a damaged file has to be replaced"
+
+    def __init__(self, message: str, *, path: str | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.path = path
+        if path is not None:
+            self.extras.setdefault("path", path)
