@@ -17,6 +17,7 @@ from .errors import (
     LeaseExpiredError,
     LockTimeoutError,
     NetworkError,
+    NotReadyError,
     PipelineError,
     SchemaVersionError,
     ShowNotFoundError,
@@ -36,7 +37,7 @@ from .taxonomy import ErrorKind, Rule, classify, retry
 
 __version__ = "0.1.0"
 
-_LAZY = {"Store", "ImportReport", "MigrationReport", "Run"}
+_LAZY = {"Store", "ImportReport", "MigrationReport", "RecoverReport", "Run"}
 
 
 def __getattr__(name: str) -> object:
@@ -69,7 +70,9 @@ __all__ = [
     "LockTimeoutError",
     "MigrationReport",
     "NetworkError",
+    "NotReadyError",
     "Pipeline",
+    "RecoverReport",
     "PipelineError",
     "retry",
     "Rule",

@@ -161,6 +161,16 @@ class LeaseExpiredError(VersionConflictError):
         self.owner = owner
 
 
+class NotReadyError(StatekitError):
+    """A stage run cannot start now. ``reason``: ``leased`` (a live worker
+    holds the episode), ``due`` (a retry still in its backoff), ``hold``
+    (waiting for a person) or ``done`` (the stage's work is finished)."""
+
+    def __init__(self, message: str, *, reason: str, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.reason = reason
+
+
 class LockTimeoutError(StatekitError, TimeoutError):
     default_hint = "another process is writing this episode; retry, or raise the lock timeout"
 

@@ -145,7 +145,7 @@ def read_file(path: str, limit: int | None = MAX_FILE_BYTES) -> bytes | None:
 # --- durable writes ----------------------------------------------------------
 
 
-def _write_all(disk: Disk, fd: int, data: bytes) -> None:
+def write_all(disk: Disk, fd: int, data: bytes) -> None:
     view = memoryview(data)
     while view:
         n = disk.write(fd, view)
@@ -185,7 +185,7 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, alongside: Callable[[], 
             alongside()
     try:
         fd, tmp = disk.mkstemp(directory, f"{TEMP_PREFIX}{name}.", TEMP_SUFFIX)
-        _write_all(disk, fd, data)
+        write_all(disk, fd, data)
         disk.fsync(fd)
         written = os.fstat(fd)
         closing, fd = fd, None
@@ -450,7 +450,7 @@ def append_event(disk: Disk, path: str, line: bytes, committed: int, known_size:
         keep = size if size == known_size else _committed_end(fd, size, committed, path) if size else 0
         if keep < size:
             disk.truncate(fd, keep)
-        _write_all(disk, fd, line)
+        write_all(disk, fd, line)
         disk.fsync(fd)
         return size, keep + len(line)
     except OSError as exc:

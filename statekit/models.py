@@ -25,9 +25,13 @@ from pydantic import (
 from .ids import check_id
 from .pipeline import Pipeline
 
-EPISODE_SCHEMA = 1
+EPISODE_SCHEMA = 2
+"""1: the first statekit schema; 2: adds ``lease``, ``due_at``, ``hold`` and
+``stage_done`` (leased stage runs and failure handling)."""
 SHOW_SCHEMA = 1
-STORE_SCHEMA = 1
+STORE_SCHEMA = 2
+"""2: the pipeline gained ``runs``, ``failure_stage``, ``give_up_stage``,
+``retry`` and ``error_rules``, and the store ``backups``."""
 CHECKPOINT_SCHEMA = 1
 EVENT_SCHEMA = 1
 
@@ -85,6 +89,8 @@ class CheckpointRecord(BaseModel):
 
 
 class ErrorRecord(BaseModel):
+    """One failure of a stage: when, where, what kind, and what was done about it."""
+
     model_config = ConfigDict(extra="allow")
 
     at: AwareDatetime
@@ -92,6 +98,25 @@ class ErrorRecord(BaseModel):
     kind: str = "unknown"
     message: str = ""
     traceback: str | None = None
+    type: str | None = None
+    """The exception's class (``module.Name``)."""
+    attempt: int | None = None
+    """Which attempt at ``stage`` failed (``attempts[stage]`` then)."""
+    action: str | None = None
+    """``retry`` (due again at ``due_at``), ``hold`` (waits for a person) or ``give_up`` (skipped)."""
+    run_id: str | None = None
+
+
+class Lease(BaseModel):
+    """Who is running the episode's stage, and until when. Another worker may
+    take the episode over once ``expires_at`` has passed."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    owner: Annotated[str, Field(min_length=1, max_length=200)]
+    run_id: Annotated[str, Field(pattern=r"^[0-9a-f]{8,64}$")]
+    acquired_at: AwareDatetime
+    expires_at: AwareDatetime
 
 
 class Episode(BaseModel):
@@ -119,6 +144,14 @@ class Episode(BaseModel):
     error_history: list[ErrorRecord] = Field(default_factory=list)
     metadata: FreeJson = Field(default_factory=dict)
     files: dict[str, str] = Field(default_factory=dict)
+    lease: Lease | None = None
+    """Set while a worker runs the current stage (``Store.run``)."""
+    due_at: AwareDatetime | None = None
+    """Not handed out by ``next()`` before this time (a retry's backoff)."""
+    hold: str | None = None
+    """Why the episode waits for a person (``statekit retry`` releases it)."""
+    stage_done: bool = False
+    """The current stage's work is finished; it waits to move on (e.g. for an approval)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -190,6 +223,8 @@ class StoreConfig(BaseModel):
     schema_version: int = STORE_SCHEMA
     format: str = "yaml"
     lock_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0
+    backups: Annotated[int, Field(ge=0, le=100)] = 3
+    """How many earlier versions of each episode file to keep (0: none)."""
     pipeline: Pipeline
 
     @model_validator(mode="after")

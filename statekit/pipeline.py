@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from .errors import (
@@ -24,6 +24,25 @@ from .errors import (
     UnknownStageError,
 )
 from .ids import ID_PATTERN
+from .taxonomy import Rule
+
+
+class RetryPolicy(BaseModel):
+    """How failed stage runs come back: exponential backoff with jitter, and
+    how long a worker's lease lasts without a heartbeat."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    initial: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 30.0
+    """Seconds before the first retry; each further retry waits twice as long."""
+    maximum: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 3600.0
+    """The longest wait between retries."""
+    jitter: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 10.0
+    """Up to this many random seconds added, so retries of many episodes spread out."""
+    max_attempts: PositiveInt = 5
+    """Attempts at a run stage not listed in the pipeline's ``max_attempts``."""
+    lease_seconds: Annotated[float, Field(gt=0, le=7 * 86400, allow_inf_nan=False)] = 600.0
+    """How long a run may go without a heartbeat before another worker may take the episode."""
 
 
 class Pipeline(BaseModel):
@@ -40,6 +59,39 @@ class Pipeline(BaseModel):
     max_attempts: dict[str, PositiveInt] = Field(default_factory=dict)
     gates: tuple[str, ...] = ()
     """Stages that may only be entered after ``Store.approve`` (a human gate)."""
+    failure_stage: str | None = "failed"
+    """Where a failed run goes (``None``: the pipeline has no failure handling)."""
+    give_up_stage: str | None = "skipped"
+    """Where an episode goes when a failure is permanent or its attempts are used up."""
+    runs: dict[str, str | None] = Field(default_factory=dict)
+    """Stages that ``Store.run`` runs, each with its success target (``None``:
+    stay, marked done). Unless given: every stage with an edge to
+    ``failure_stage``, its target the first other next stage."""
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    error_rules: tuple[Rule, ...] = ()
+    """This pipeline's own classification rules, tried before the defaults."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive(cls, data: Any) -> Any:
+        if not isinstance(data, Mapping) or not isinstance(data.get("stages"), Mapping):
+            return data
+        data = dict(data)
+        stages = data["stages"]
+        for key in ("failure_stage", "give_up_stage"):  # the defaults apply only where those stages exist
+            if key not in data and cls.model_fields[key].default not in stages:
+                data[key] = None
+        if "runs" not in data:
+            failure = data.get("failure_stage", cls.model_fields["failure_stage"].default)
+            give_up = data.get("give_up_stage", cls.model_fields["give_up_stage"].default)
+            runs: dict[str, str | None] = {}
+            for stage, targets in stages.items():
+                targets = list(targets) if isinstance(targets, (list, tuple)) else []
+                if failure is not None and failure in targets and stage != failure:
+                    onward = [t for t in targets if t not in (failure, give_up)]
+                    runs[str(stage)] = onward[0] if onward else None
+            data["runs"] = runs
+        return data
 
     def next_stages(self, stage: str) -> tuple[str, ...]:
         return self.stages.get(stage, ())
@@ -55,11 +107,20 @@ class Pipeline(BaseModel):
         data["terminal"] = list(self.terminal)
         data["stages"] = {k: list(v) for k, v in self.stages.items()}
         data["gates"] = list(self.gates)
-        if not data["gates"]:
-            del data["gates"]
-        if not data["max_attempts"]:
-            del data["max_attempts"]
+        for key in ("gates", "max_attempts", "error_rules"):
+            if not data[key]:
+                del data[key]
+        for rule in data.get("error_rules", []):
+            for key in [k for k, v in rule.items() if v in ((), [], None, "")]:
+                del rule[key]
         return data
+
+    def run_target(self, stage: str) -> str | None:
+        """Where a successful run of ``stage`` goes (None: it stays, done)."""
+        return self.runs.get(stage)
+
+    def attempts_allowed(self, stage: str) -> int:
+        return self.max_attempts.get(stage, self.retry.max_attempts)
 
 
 def problems(p: Pipeline) -> list[str]:
@@ -91,11 +152,40 @@ def problems(p: Pipeline) -> list[str]:
             found.append(f"stage {stage!r} has no next stages but is not listed as terminal")
     if p.initial in p.gates:
         found.append(f"initial stage {p.initial!r} cannot be a gate (nothing is approved before it exists)")
+    found += _run_problems(p)
     if p.initial in p.stages:
         reached = _reachable(p.stages, p.initial)
         unreachable = [s for s in names if s not in reached]
         if unreachable:
             found.append(f"stages {unreachable} cannot be reached from the initial stage {p.initial!r}")
+    return found
+
+
+def _run_problems(p: Pipeline) -> list[str]:
+    """Stage runs need a way to fail, a way back, and a way to give up."""
+    found: list[str] = []
+    failure, give_up = p.failure_stage, p.give_up_stage
+    for key, stage in (("failure_stage", failure), ("give_up_stage", give_up)):
+        if stage is not None and stage not in p.stages:
+            found.append(f"{key} {stage!r} is not one of the stages")
+    if not p.runs:
+        return found
+    if failure is None:
+        return found + ["runs need a failure_stage for failed runs to go to"]
+    if failure in p.runs:
+        found.append(f"the failure stage {failure!r} cannot itself be run")
+    for stage, target in p.runs.items():
+        if stage not in p.stages:
+            found.append(f"run stage {stage!r} is not one of the stages")
+            continue
+        if target is not None and target not in p.next_stages(stage):
+            found.append(f"run stage {stage!r} succeeds into {target!r}, which is not one of its next stages")
+        if failure in p.stages and failure not in p.next_stages(stage):
+            found.append(f"run stage {stage!r} has no edge to the failure stage {failure!r}")
+        if failure in p.stages and stage not in p.next_stages(failure):
+            found.append(f"the failure stage {failure!r} has no edge back to run stage {stage!r} (for retries)")
+    if give_up is not None and failure in p.stages and give_up not in p.next_stages(failure):
+        found.append(f"the failure stage {failure!r} has no edge to the give-up stage {give_up!r}")
     return found
 
 
@@ -191,13 +281,21 @@ def refuse_move(p: Pipeline, src: str, dst: str, approvals: Mapping[str, Any]) -
     return None
 
 
-def ready_for(p: Pipeline, stage: str, previous: str | None, approvals: Mapping[str, Any]) -> str | None:
-    """The stage an episode at ``stage`` is waiting to enter, for ``next()``.
+def ready_for(p: Pipeline, stage: str, previous: str | None, approvals: Mapping[str, Any], *,
+              done: bool = False, hold: str | None = None) -> str | None:
+    """The stage an episode at ``stage`` is waiting to enter (or run), for ``next()``.
 
-    A retry goes back where it came from (``failed`` after ``converting`` is
+    A run stage whose work is not done waits for a worker to run it there
+    (``next()`` also leaves out episodes still leased or not yet due). A
+    retry goes back where it came from (``failed`` after ``converting`` is
     ready for ``converting``); otherwise the first stage listed is the way
-    forward. None for a terminal stage, or a gate nobody has approved yet.
+    forward. None for a terminal stage, an episode held for a person, or a
+    gate nobody has approved yet.
     """
+    if hold is not None:
+        return None
+    if stage in p.runs and not done:
+        return stage
     options = p.next_stages(stage)
     if not options:
         return None

@@ -127,7 +127,13 @@ def legacy_to_v1(data: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-EPISODE_MIGRATIONS: dict[int, Migration] = {0: legacy_to_v1}
+def v1_to_v2(data: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
+    """Schema 1 -> 2: the run fields (``lease``, ``due_at``, ``hold``,
+    ``stage_done``) are new and start empty, so only the number changes."""
+    return {**data, "schema_version": 2}
+
+
+EPISODE_MIGRATIONS: dict[int, Migration] = {0: legacy_to_v1, 1: v1_to_v2}
 
 
 def schema_of(data: dict[str, Any], path: str | None, *, current: int, legacy_ok: bool) -> int:

@@ -33,6 +33,7 @@ from .errors import (
     EpisodeNotFoundError,
     IndexUnavailableError,
     InvalidIdError,
+    NotReadyError,
     PipelineError,
     SchemaVersionError,
     ShowNotFoundError,
@@ -55,6 +56,7 @@ from .models import (
     CheckpointRecord,
     Episode,
     Event,
+    Lease,
     Show,
     StoreConfig,
     cost_sum,
@@ -67,7 +69,17 @@ from .pipeline import (
     load_pipeline,
     refuse_move,
 )
+from .runs import (
+    Run,
+    default_owner,
+    giving_up,
+    interrupted,
+    log_failure,
+    plan_failure,
+    plan_give_up,
+)
 from .schema import legacy_id, schema_of, upgrade_episode
+from .taxonomy import ErrorKind
 
 if TYPE_CHECKING:
     from .index import Index
@@ -93,6 +105,20 @@ class MigrationReport:
     dry_run: bool
     files: list[dict[str, Any]] = field(default_factory=list)
     backup_dir: str | None = None
+
+
+@dataclass
+class RecoverReport:
+    """What ``recover`` did: runs found interrupted, give-ups completed."""
+
+    recovered: list[dict[str, Any]] = field(default_factory=list)
+    gave_up: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    synced: SyncReport | None = None
+
+
+class _LeaseRanOut(Exception):
+    """Internal: the episode's lease has expired and must be recovered first."""
 
 
 @dataclass
@@ -176,8 +202,11 @@ class Store:
     """A store of episode files under one root. Open with ``Store.init`` or
     ``Store.open``; safe to share between threads and to run in many processes."""
 
-    def __init__(self, root: str, config: StoreConfig, *, disk: Disk = DISK) -> None:
+    def __init__(self, root: str, config: StoreConfig, *, disk: Disk = DISK,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.root = root
+        self.clock: Callable[[], datetime] = clock or utcnow
+        """The time every write stamps (UTC, timezone-aware); tests pass a fake one."""
         self.config = config
         self.pipeline: Pipeline = config.pipeline
         self._disk = disk
@@ -201,7 +230,9 @@ class Store:
         format: str = "yaml",
         *,
         lock_timeout: float = 5.0,
+        backups: int = 3,
         disk: Disk = DISK,
+        clock: Callable[[], datetime] | None = None,
     ) -> Store:
         """Create a new store at ``root`` (created if missing) and open it.
 
@@ -210,7 +241,7 @@ class Store:
         """
         graph = _pipeline_from(pipeline)
         try:
-            config = StoreConfig(format=format, lock_timeout=lock_timeout, pipeline=graph)
+            config = StoreConfig(format=format, lock_timeout=lock_timeout, backups=backups, pipeline=graph)
         except PydanticValidationError as exc:
             raise _invalid(exc, None, None, "store") from None
         top = os.path.abspath(os.fspath(root))
@@ -229,21 +260,26 @@ class Store:
         body = config.model_dump(mode="json")
         body["pipeline"] = graph.to_config()
         diskio.atomic_write(disk, os.path.join(top, CONFIG_FILE), _CONFIG_HEADER + YAML_CODEC.dump_plain(body, flow_leaves=True))
-        return cls(top, config, disk=disk)._with_index()
+        return cls(top, config, disk=disk, clock=clock)._with_index()
 
     @classmethod
-    def open(cls, root: str | os.PathLike[str], *, lock_timeout: float | None = None, disk: Disk = DISK) -> Store:
+    def open(cls, root: str | os.PathLike[str], *, lock_timeout: float | None = None, disk: Disk = DISK,
+             clock: Callable[[], datetime] | None = None) -> Store:
         """Open an existing store; ``StoreNotFoundError`` if ``root`` holds none."""
         top = os.path.realpath(os.path.abspath(os.fspath(root)))
         config = _read_config(top)
         if lock_timeout is not None:
             config = config.model_copy(update={"lock_timeout": lock_timeout})
-        return cls(top, config, disk=disk)._with_index()
+        return cls(top, config, disk=disk, clock=clock)._with_index()
 
     def _with_index(self) -> Store:
         from .index.sync import open_index
 
         self._index = open_index(self)
+        if self._index.needs_sync:
+            self._index.needs_sync = False
+            log.info("statekit: the index was upgraded; reading the files again to refresh its rows")
+            self.sync()
         return self
 
     @property
@@ -364,7 +400,7 @@ class Store:
     def _parse_episode(self, path: str, raw: bytes, show: str, ep: str) -> Parsed:
         codec = CODECS[os.path.splitext(path)[1]]
         parsed = codec.parse(raw, path)
-        upgraded, _ = upgrade_episode(parsed.data, path=path, show_id=show, episode_id=ep, now=utcnow())
+        upgraded, _ = upgrade_episode(parsed.data, path=path, show_id=show, episode_id=ep, now=self.clock())
         try:
             model = Episode.model_validate(upgraded)
         except PydanticValidationError as exc:
@@ -433,7 +469,7 @@ class Store:
                     f"episode {show}/{ep} is at version {model.version}, not {expected_version}",
                     expected=expected_version, actual=model.version, show_id=show, episode_id=ep,
                 )
-            outcome = change(model, utcnow())
+            outcome = change(model, self.clock())
             if outcome is None:
                 return model
             new, event = outcome
@@ -512,7 +548,7 @@ class Store:
         ``create`` event); its show is created on first use."""
         check_id(show, "show id")
         check_id(ep, "episode id")
-        now = utcnow()
+        now = self.clock()
         initial = self.pipeline.initial
         data = {
             "show_id": show, "episode_id": ep, "title": title, "stage": initial, "version": 1,
@@ -550,7 +586,7 @@ class Store:
                 if not any(os.path.lexists(p) for p in self._episode_paths(show, ep)):
                     raise self._episode_missing(show, ep)
                 trash = diskio.ensure_dirs(self._disk, self.root, (".statekit", "trash", show))
-                target = os.path.join(trash, f"{ep}.{_stamp(utcnow())}")
+                target = os.path.join(trash, f"{ep}.{_stamp(self.clock())}")
                 source = self._episode_dir(show, ep)
                 diskio.move_dir(self._disk, source, target)
                 self._forget(source + os.sep)
@@ -602,7 +638,7 @@ class Store:
     def _edit_show(self, show: str, edit: Callable[[list[str]], list[str]]) -> Show:
         """Rewrite show.yaml's episode list (caller holds the show lock)."""
         parsed, current = self._read_show(show)
-        now = utcnow()
+        now = self.clock()
         if current is None:
             current = Show(show_id=show, title=show, created_at=now, updated_at=now)
         ids = self._reconcile(edit(list(current.episodes)), self._episode_ids_on_disk(show))
@@ -644,7 +680,7 @@ class Store:
         with self._show_lock(show):
             if self._read_show(show)[1] is not None:
                 raise StatekitError(f"show {show!r} already exists", show_id=show, hint="pick another show id")
-            now = utcnow()
+            now = self.clock()
             try:
                 model = Show.model_validate({"show_id": show, "title": show if title is None else title,
                                              "created_at": now, "updated_at": now,
@@ -664,7 +700,7 @@ class Store:
         _, model = self._read_show(show)
         on_disk = self._episode_ids_on_disk(show)
         if model is None:
-            now = utcnow()
+            now = self.clock()
             model = Show(show_id=show, title=show, created_at=now, updated_at=now)
         return model.model_copy(update={"episodes": self._reconcile(model.episodes, on_disk)})
 
@@ -804,6 +840,13 @@ class Store:
 
         The file carries its own sha256, so damage is caught on load.
         """
+        return self._save_checkpoint(show, ep, stage, data)
+
+    def _save_checkpoint(self, show: str, ep: str, stage: str, data: Mapping[str, Any], *,
+                         extra: Callable[[Episode, datetime], dict[str, Any]] | None = None,
+                         event_extra: Mapping[str, Any] | None = None) -> Episode:
+        """``save_checkpoint``; ``extra(current, now)`` may refuse the write
+        (raise) or return more fields to change in the same write."""
         check_id(show, "show id")
         check_id(ep, "episode id")
         self._check_stage(stage)
@@ -824,10 +867,11 @@ class Store:
             diskio.atomic_write(self._disk, os.path.join(directory, stage + ".json"), JSON_CODEC.dump_plain(body))
 
         def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
+            more = extra(m, now) if extra is not None else {}
             record = CheckpointRecord(sha256=digest, size=len(canonical), at=now)
-            new = m.model_copy(update={"version": m.version + 1, "updated_at": now,
+            new = m.model_copy(update={**more, "version": m.version + 1, "updated_at": now,
                                        "checkpoints": {**m.checkpoints, stage: record}})
-            return new, {"kind": "checkpoint", "checkpoint": stage}
+            return new, {"kind": "checkpoint", "checkpoint": stage, **(event_extra or {})}
 
         return self._write(show, ep, change, before_commit=write_file)
 
@@ -866,6 +910,265 @@ class Store:
                 continue
         return None
 
+    # --- leased stage runs -------------------------------------------------------------
+
+    def run(self, show: str, ep: str, stage: str, *, owner: str | None = None,
+            lease_seconds: float | None = None, reraise: bool = True) -> Run:
+        """A leased run of ``stage``, as a context manager::
+
+            with store.run("oliver", "ep001", "downloading") as run:
+                data = run.resume or {}          # what an earlier attempt saved
+                ...
+                run.checkpoint({"part": 3}, cost=0.02)
+
+        Entering moves the episode into ``stage`` (a legal move, counting an
+        attempt; or starts it where it is, if it waits there) under a lease
+        of ``lease_seconds`` (the pipeline's ``retry.lease_seconds`` by
+        default) that every write of the run renews. Leaving moves it to the
+        stage's success target (``pipeline.runs``), or marks the stage done
+        when there is none or the target's gate is not approved yet. An
+        exception is classified and recorded, and the episode goes to the
+        failure stage: due again after a backoff, held for a person, or
+        skipped (see ``plan_failure``). The exception is raised again unless
+        ``reraise=False``.
+
+        ``NotReadyError`` if a live worker holds the episode, its retry is
+        not due, it is held, or the stage is already done. A run whose lease
+        expired cannot write: ``LeaseExpiredError``.
+        """
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        self._check_stage(stage)
+        if stage not in self.pipeline.runs:
+            raise ValidationError(
+                f"stage {stage!r} is not run by workers in pipeline {self.pipeline.name!r}",
+                hint="run stages: " + (", ".join(self.pipeline.runs) or "none (the pipeline declares no runs)"),
+            )
+        if owner is None:
+            owner = default_owner()
+        if not isinstance(owner, str) or not owner.strip() or len(owner) > 200:
+            raise ValidationError(f"owner must be 1-200 characters of text, got {owner!r}")
+        if lease_seconds is None:
+            lease_seconds = self.pipeline.retry.lease_seconds
+        if (isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float))
+                or not 0 < lease_seconds <= 7 * 86400):
+            raise ValidationError(f"lease_seconds must be a number of seconds in (0, 604800], got {lease_seconds!r}")
+        return Run(self, show, ep, stage, owner=owner.strip(), lease_seconds=float(lease_seconds), reraise=reraise)
+
+    def _start_run(self, run: Run) -> Episode:
+        pipeline = self.pipeline
+        stage = run.stage
+
+        def start(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
+            ctx = {"show_id": m.show_id, "episode_id": m.episode_id, "stage": stage}
+            if m.lease is not None:
+                if now >= m.lease.expires_at:
+                    raise _LeaseRanOut()
+                raise NotReadyError(
+                    f"{m.key} is being run ({m.stage}) by {m.lease.owner} until {m.lease.expires_at.isoformat()}",
+                    reason="leased", hint="ask store.next() for episodes that are ready", **ctx)
+            if m.hold is not None:
+                raise NotReadyError(f"{m.key} is held for a person: {m.hold}", reason="hold",
+                                    hint=f"fix the cause, then run 'statekit retry {m.key}'", **ctx)
+            if m.due_at is not None and now < m.due_at:
+                raise NotReadyError(f"{m.key}'s retry is not due until {m.due_at.isoformat()}", reason="due",
+                                    hint=f"wait, or run 'statekit retry {m.key}' to retry now", **ctx)
+            if m.stage == stage and m.stage_done:
+                raise NotReadyError(f"{m.key} has already done stage {stage!r}", reason="done", **ctx)
+            update: dict[str, Any] = {}
+            moved = m.stage != stage
+            if moved:
+                refusal = refuse_move(pipeline, m.stage, stage, m.approvals)
+                if refusal is not None:
+                    raise refusal.error(refusal.message, **ctx, **refusal.extra)
+                update = {"stage": stage, "previous_stage": m.stage, "stage_entered_at": now,
+                          "attempts": {**m.attempts, stage: m.attempts.get(stage, 0) + 1},
+                          "approvals": approvals_after_move(pipeline, stage, m.approvals)}
+            lease = Lease(owner=run.owner, run_id=run.run_id, acquired_at=now,
+                          expires_at=now + timedelta(seconds=run.lease_seconds))
+            new = m.model_copy(update={**update, "version": m.version + 1, "updated_at": now, "lease": lease,
+                                       "due_at": None, "hold": None, "stage_done": False, "message": None})
+            return new, {"kind": "start", "from_stage": m.stage if moved else None, "to_stage": stage if moved
+                         else None, "owner": run.owner, "run_id": run.run_id,
+                         "attempt": new.attempts.get(stage, 0), "lease_expires_at": lease.expires_at.isoformat()}
+
+        try:
+            return self._write(run.show_id, run.episode_id, start)
+        except _LeaseRanOut:  # its last worker stopped: record that first, then start
+            self._recover_one(run.show_id, run.episode_id)
+        try:
+            return self._write(run.show_id, run.episode_id, start)
+        except _LeaseRanOut:
+            raise NotReadyError(f"{run.show_id}/{run.episode_id} changed hands while starting; ask next() again",
+                                reason="leased") from None
+
+    def _finish_run(self, run: Run) -> Episode:
+        pipeline = self.pipeline
+        stage = run.stage
+
+        def finish(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
+            run.check(m, now)
+            target = pipeline.run_target(stage)
+            update: dict[str, Any] = {"version": m.version + 1, "updated_at": now, "lease": None,
+                                      "message": run.message}
+            if target is not None and refuse_move(pipeline, stage, target, m.approvals) is None:
+                update.update(stage=target, previous_stage=stage, stage_entered_at=now, stage_done=False,
+                              attempts={**m.attempts, target: m.attempts.get(target, 0) + 1},
+                              approvals=approvals_after_move(pipeline, target, m.approvals))
+            else:
+                target = None
+                update["stage_done"] = True
+            return m.model_copy(update=update), {
+                "kind": "finish", "from_stage": stage if target else None, "to_stage": target,
+                "message": run.message, "run_id": run.run_id, "seconds": round(run.elapsed(), 3)}
+
+        return self._write(run.show_id, run.episode_id, finish)
+
+    def _fail_run(self, run: Run, exc: BaseException, kind: ErrorKind | None) -> tuple[Episode, ErrorKind]:
+        pipeline = self.pipeline
+        line: dict[str, Any] = {}
+
+        def fail(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
+            run.check(m, now)
+            new, event, record = plan_failure(pipeline, m, run.stage, exc, now, kind=kind, run_id=run.run_id)
+            line.update(record, owner=run.owner)
+            return new, event
+
+        try:
+            episode = self._write(run.show_id, run.episode_id, fail)
+        except StatekitError as write_error:
+            log.error("statekit: the failure of %s/%s %s could not be recorded (%s); the episode is recovered "
+                      "when its lease expires", run.show_id, run.episode_id, run.stage, write_error.one_line())
+            raise write_error from exc
+        self._record_error(line, exc)
+        if line["action"] == "give_up":
+            episode = self._give_up(run.show_id, run.episode_id) or episode
+        return episode, ErrorKind(line["kind"])
+
+    def _give_up(self, show: str, ep: str) -> Episode | None:
+        """Complete a give-up: failure stage -> give-up stage (one ``give_up`` event)."""
+        pipeline = self.pipeline
+        done: list[bool] = []
+
+        def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]] | None:
+            if not giving_up(pipeline, m):
+                return None
+            done.append(True)
+            return plan_give_up(pipeline, m, now)
+
+        episode = self._write(show, ep, change)
+        return episode if done else None
+
+    def _recover_one(self, show: str, ep: str) -> dict[str, Any] | None:
+        """If the episode's lease has expired, record the interrupted run
+        (one ``recovered`` event) and apply the failure policy."""
+        pipeline = self.pipeline
+        line: dict[str, Any] = {}
+        cause: list[BaseException] = []
+
+        def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]] | None:
+            if m.lease is None or now < m.lease.expires_at:
+                return None
+            why = interrupted(m)
+            cause.append(why)
+            new, event, record = plan_failure(pipeline, m, m.stage, why, now, kind=ErrorKind.INTERRUPTED,
+                                              run_id=m.lease.run_id, event_kind="recovered")
+            line.update(record, owner=m.lease.owner)
+            return new, event
+
+        self._write(show, ep, change)
+        if not line:
+            return None
+        self._record_error(line, cause[0])
+        if line["action"] == "give_up":
+            self._give_up(show, ep)
+        return line
+
+    def recover(self, *, sync: bool = True) -> RecoverReport:
+        """Bring back episodes whose worker died: each one whose lease has
+        expired goes to the failure stage with an ``interrupted`` error and
+        one ``recovered`` event, due again at once (or skipped when its
+        attempts are used up). Also completes give-ups a stopped process
+        left half done. ``sync`` first brings the index up to date with the
+        files, so a worker killed between its file write and its index
+        update is found too."""
+        report = RecoverReport()
+        if sync:
+            report.synced = self.sync()
+        pipeline = self.pipeline
+        for show, ep in self.index.expired_leases(self.clock()):
+            try:
+                line = self._recover_one(show, ep)
+            except StatekitError as exc:
+                report.problems.append(f"{show}/{ep}: {exc.one_line()}")
+                continue
+            if line is not None:
+                report.recovered.append({"episode": f"{show}/{ep}", "stage": line["stage"],
+                                         "owner": line.get("owner"), "action": line["action"],
+                                         "attempt": line.get("attempt"), "due_at": line.get("due_at")})
+                if line["action"] == "give_up":
+                    report.gave_up.append(f"{show}/{ep}")
+        if pipeline.failure_stage is not None:
+            for doc in self.index.episode_data(stage=pipeline.failure_stage):
+                m = Episode.model_validate(doc)
+                if giving_up(pipeline, m) and m.key not in report.gave_up:
+                    try:
+                        if self._give_up(m.show_id, m.episode_id) is not None:
+                            report.gave_up.append(m.key)
+                    except StatekitError as exc:
+                        report.problems.append(f"{m.key}: {exc.one_line()}")
+        return report
+
+    def retry_now(self, show: str, ep: str, *, by: str | None = None, note: str | None = None) -> Episode:
+        """Release an episode for its next attempt now: clears a hold (after a
+        person fixed the cause) or a retry's remaining backoff (one ``retry``
+        event). ``next()`` hands it out again."""
+        if by is not None and (not isinstance(by, str) or not by.strip()):
+            raise ValidationError("by must be the name of the person releasing the episode")
+        if note is not None and not isinstance(note, str):
+            raise ValidationError(f"note must be text, got {type(note).__name__}")
+
+        def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
+            if m.hold is None and (m.due_at is None or m.due_at <= now):
+                raise ValidationError(
+                    f"{m.key} is not waiting for a retry (stage {m.stage!r}, no hold, no backoff)",
+                    hint="'statekit show SHOW/EP' shows its state; 'statekit next STAGE' lists what is ready",
+                    show_id=m.show_id, episode_id=m.episode_id)
+            new = m.model_copy(update={"hold": None, "due_at": None, "version": m.version + 1, "updated_at": now})
+            return new, {"kind": "retry", "message": note, "by": by.strip() if by else None,
+                         "released": "hold" if m.hold is not None else "backoff"}
+
+        return self._write(show, ep, change)
+
+    def _record_error(self, line: dict[str, Any], exc: BaseException) -> None:
+        """One line in ``.statekit/errors.jsonl`` and one log record. The
+        episode's ``error_history`` (already durable) is the truth; this log
+        is for people and log shippers, so a failure to write it is only
+        logged."""
+        log_failure(log, line, exc)
+        path = os.path.join(self.root, ".statekit", "errors.jsonl")
+        try:
+            fd = self._disk.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | diskio.O_NOFOLLOW | diskio.O_CLOEXEC)
+            try:
+                diskio.write_all(self._disk, fd, diskio.event_line(line))
+            finally:
+                self._disk.close(fd)
+        except OSError as exc_:
+            log.warning("statekit: could not append to %s (%s)", path, exc_)
+
+    def error_log(self) -> list[dict[str, Any]]:
+        """The lines of ``.statekit/errors.jsonl``, oldest first (damaged lines skipped)."""
+        raw = diskio.read_file(os.path.join(self.root, ".statekit", "errors.jsonl"), limit=None)
+        out = []
+        for line in (raw or b"").splitlines():
+            try:
+                item = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(item, dict):
+                out.append(item)
+        return out
+
     # --- questions about many episodes (answered by the index) ----------------------
 
     def _models(self, docs: list[dict[str, Any]]) -> list[Episode]:
@@ -883,13 +1186,16 @@ class Store:
         return self.index.counts(show)
 
     def next(self, stage: str, limit: int = 10) -> list[Episode]:
-        """Episodes waiting to enter ``stage``, longest-waiting first: what a
-        worker for that stage asks for. A retry from ``failed`` waits for the
-        stage that failed; a gated stage waits for its approval."""
+        """Episodes ready for ``stage``, longest-waiting first: what a worker
+        for that stage asks for, then runs with ``run``. A retry from
+        ``failed`` waits for the stage that failed and for its backoff; an
+        episode a live worker holds (its lease not yet expired) is never
+        handed out; a gated stage waits for its approval; a held episode
+        waits for a person."""
         self._check_stage(stage)
         if type(limit) is not int or limit < 1:
             raise ValidationError(f"limit must be a positive integer, got {limit!r}")
-        return self._models(self.index.next(stage, limit))
+        return self._models(self.index.next(stage, limit, self.clock()))
 
     def costs(self, by: str = "stage", show: str | None = None) -> dict[str, float]:
         """Money spent so far per stage (``by="stage"``) or per show (``by="show"``)."""
@@ -908,7 +1214,7 @@ class Store:
         if not isinstance(older_than, timedelta) or older_than.total_seconds() < 0:
             raise ValidationError(f"older_than must be a non-negative timedelta, got {older_than!r}")
         self._known_show(show)
-        return self._models(self.index.stuck(utcnow() - older_than, show))
+        return self._models(self.index.stuck(self.clock() - older_than, show))
 
     def status(self) -> list[dict[str, Any]]:
         """Per show: episodes per stage, how many are done (terminal), completion %, cost."""
@@ -976,7 +1282,7 @@ class Store:
         check_id(ep, "episode id")
         with self._episode_lock(show, ep):
             path, current = self._load(show, ep)
-            new, event = change(current.model, utcnow())
+            new, event = change(current.model, self.clock())
             return self._commit(path, current, new, event, committed=logged), changed
 
     # --- schema migration and import --------------------------------------------------------
@@ -1000,7 +1306,7 @@ class Store:
                                          "from": found, "to": EPISODE_SCHEMA})
         if dry_run or not stale:
             return report
-        backup = os.path.join(".statekit", "backups", f"migrate-{_stamp(utcnow())}")
+        backup = os.path.join(".statekit", "backups", f"migrate-{_stamp(self.clock())}")
         report.backup_dir = os.path.join(self.root, backup)
         for show, ep, path, found in stale:
             rel = os.path.relpath(os.path.dirname(path), self.root)
@@ -1044,7 +1350,7 @@ class Store:
                 if any(os.path.lexists(p) for p in self._episode_paths(show, ep)):
                     report.skipped.append({"file": rel, "episode": f"{show}/{ep}", "reason": "already in the store"})
                     continue
-                upgraded, _ = upgrade_episode(data, path=path, show_id=show, episode_id=ep, now=utcnow())
+                upgraded, _ = upgrade_episode(data, path=path, show_id=show, episode_id=ep, now=self.clock())
                 upgraded["version"] = 1
                 try:
                     model = Episode.model_validate(upgraded)

@@ -19,6 +19,7 @@ from statekit import (
     Store,
     UnknownStageError,
 )
+from statekit.models import EPISODE_SCHEMA
 
 from .conftest import episode_file, snapshot
 
@@ -99,8 +100,8 @@ def damage(store: Store, kind: str) -> Path:
         path.write_bytes(b"")
     elif kind == "schema-999":
         text = raw.decode()
-        path.write_text(text.replace("schema_version: 1", "schema_version: 999").replace(
-            '"schema_version": 1', '"schema_version": 999'))
+        path.write_text(text.replace(f"schema_version: {EPISODE_SCHEMA}", "schema_version: 999").replace(
+            f'"schema_version": {EPISODE_SCHEMA}', '"schema_version": 999'))
     elif kind == "not-a-mapping":
         path.write_bytes(b"- just\n- a list\n" if path.suffix == ".yaml" else b"[1, 2]")
     elif kind == "directory":

@@ -104,6 +104,34 @@ def test_alembic_command_line_upgrades_a_store_index(tmp_path: Path) -> None:
     assert Store.open(store.root).counts()["discovered"] == 1
 
 
+def test_an_index_at_revision_0001_is_upgraded_and_its_rows_derived_again(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from statekit.index.sync import migrations_dir
+
+    store = Store.init(tmp_path / "s")
+    for ep in ("a", "b", "c"):
+        store.create("s", ep)
+    store.advance("s", "b", "downloading")
+    run = store.run("s", "c", "downloading", lease_seconds=300)
+    run.__enter__()
+    expected = index_rows(store)
+    config = Config()
+    config.set_main_option("script_location", migrations_dir())
+    with store.index.engine.connect() as conn, conn.begin():
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0001")
+        # what 0001-era code computed: an episode in a run stage was ready for the stage after it
+        conn.exec_driver_sql("UPDATE episodes SET ready_for = 'downloaded' WHERE stage = 'downloading'")
+    store.close()
+    reopened = Store.open(store.root)
+    assert db(reopened).execute("SELECT version_num FROM alembic_version").fetchone()[0] == INDEX_REVISION
+    assert index_rows(reopened) == expected
+    assert [e.key for e in reopened.next("downloading")] == ["s/a", "s/b"]  # c is leased
+    assert [e.kind for e in reopened.events("s", "b")] == ["create", "advance"]  # re-read, not adopted
+
+
 def test_open_upgrades_an_old_index_by_itself(tmp_path: Path) -> None:
     from alembic import command
     from alembic.config import Config
@@ -348,7 +376,11 @@ def test_next_waits_for_approval_at_a_gate(podcast: Store) -> None:
     podcast.create("o", "e")
     for stage in ("outline", "segments", "scripts"):
         podcast.advance("o", "e", stage)
-    assert podcast.next("audio") == []
+    assert [e.key for e in podcast.next("scripts")] == ["o/e"]  # scripts waits to be written
+    with podcast.run("o", "e", "scripts"):
+        pass  # written; audio is gated, so the episode stays at scripts, done
+    assert podcast.get("o", "e").stage_done and podcast.get("o", "e").stage == "scripts"
+    assert podcast.next("scripts") == [] and podcast.next("audio") == []
     podcast.approve("o", "e", "audio", by="ana")
     assert [e.key for e in podcast.next("audio")] == ["o/e"]
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -65,14 +65,22 @@ def test_writes_queries_and_totals(pg: Index, store: Store) -> None:
     assert pg.counts()["discovered"] == 1 and pg.counts()["downloading"] == 1
     assert pg.costs(by="stage") == {"discovered": 1.75}
     assert pg.costs(by="show") == {"s": 1.75}
-    assert [d["episode_id"] for d in pg.next("downloading", 10)] == ["c"]
+    now = datetime.now(timezone.utc)
+    # a waits in its run stage (moved there by hand), c waits to enter it
+    assert [d["episode_id"] for d in pg.next("downloading", 10, now)] == ["c", "a"]
+    with store.run("s", "a", "downloading", lease_seconds=60):  # leased: not handed out until it expires
+        pg.write(rows=[episode(store, "s", "a")])
+        assert [d["episode_id"] for d in pg.next("downloading", 10, now)] == ["c"]
+        assert [d["episode_id"] for d in pg.next("downloading", 10, now + timedelta(seconds=61))] == ["c", "a"]
+        assert pg.expired_leases(now + timedelta(seconds=61)) == [("s", "a")] and pg.expired_leases(now) == []
+    pg.write(rows=[episode(store, "s", "a")])
     assert [d["episode_id"] for d in pg.episode_data(show="s")] == ["a", "b", "c"]
     status = pg.status()
     assert status[0]["title"] == "Show S" and status[0]["completion"] == round(100 / 3, 1)
     # a second write of the same episode moves the totals, not adds to them
     store.advance("s", "c", "downloading")
     pg.write(rows=[episode(store, "s", "c")])
-    assert pg.counts()["downloading"] == 2 and pg.counts()["discovered"] == 0
+    assert pg.counts()["downloading"] == 1 and pg.counts()["discovered"] == 0 and pg.counts()["downloaded"] == 1
     pg.write(removed=[("s", "b")], positions=("s", ["c", "a"]))
     assert [d["episode_id"] for d in pg.episode_data()] == ["c", "a"]
     assert pg.counts()["skipped"] == 0 and pg.costs(by="stage") == {"discovered": 1.5}

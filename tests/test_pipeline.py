@@ -197,3 +197,57 @@ def test_approving_a_stage_without_a_gate_is_refused(podcast: Store) -> None:
         podcast.approve("oliver", "ep001", "outline", by="ana")
     with pytest.raises(ValidationError, match="name of the person"):
         podcast.approve("oliver", "ep001", "audio", by="  ")
+
+
+# --- stage runs and failure handling in the graph -------------------------------------------
+
+WORK = {"new": ["work", "skipped"], "work": ["done", "failed"], "done": [], "failed": ["work", "skipped"],
+        "skipped": []}
+
+
+def runs_graph(**changes: object) -> dict[str, object]:
+    return {"name": "w", "initial": "new", "terminal": ["done", "skipped"], "stages": dict(WORK), **changes}
+
+
+def test_runs_are_derived_from_the_failure_edges_unless_given() -> None:
+    assert load_pipeline(runs_graph()).runs == {"work": "done"}
+    assert load_pipeline(runs_graph(runs={})).runs == {}
+    plain = load_pipeline(graph())  # no failed stage: no failure handling, no runs
+    assert (plain.runs, plain.failure_stage, plain.give_up_stage) == ({}, None, None)
+    assert PODCAST.runs["scripts"] == "audio" and PODCAST.runs["mix"] == "published"
+    assert ARCHIVE.runs == {"downloading": "downloaded", "converting": "converted", "uploading": "uploaded"}
+    assert load_pipeline(ARCHIVE.to_config()) == ARCHIVE  # what statekit.yaml holds reads back the same
+
+
+@pytest.mark.parametrize(
+    ("changes", "needle"),
+    [
+        ({"runs": {"new": "work"}}, "run stage 'new' has no edge to the failure stage 'failed'"),
+        ({"runs": {"work": "skipped"}}, "succeeds into 'skipped', which is not one of its next stages"),
+        ({"runs": {"zz": None}}, "run stage 'zz' is not one of the stages"),
+        ({"runs": {"failed": None}}, "the failure stage 'failed' cannot itself be run"),
+        ({"failure_stage": "oops"}, "failure_stage 'oops' is not one of the stages"),
+        ({"failure_stage": None, "runs": {"work": "done"}}, "runs need a failure_stage"),
+        ({"stages": {**WORK, "failed": ["skipped"]}}, "has no edge back to run stage 'work'"),
+        ({"stages": {**WORK, "failed": ["work", "new"]}, "terminal": ["done", "skipped"]},
+         "has no edge to the give-up stage 'skipped'"),
+        ({"retry": {"initial": -1}}, "retry.initial"),
+        ({"retry": {"lease_seconds": 0}}, "retry.lease_seconds"),
+        ({"error_rules": [{"kind": "nope", "types": ["X"]}]}, "error_rules"),
+    ],
+)
+def test_wrong_run_settings_are_refused_naming_the_problem(changes: dict[str, object], needle: str) -> None:
+    with pytest.raises(PipelineError) as info:
+        load_pipeline(runs_graph(**changes))
+    assert needle in str(info.value)
+
+
+def test_ready_for_a_run_stage_hold_and_done() -> None:
+    from statekit.pipeline import ready_for
+
+    assert ready_for(ARCHIVE, "downloading", "discovered", {}) == "downloading"  # waits to be run there
+    assert ready_for(ARCHIVE, "failed", "converting", {}) == "converting"
+    assert ready_for(ARCHIVE, "failed", "converting", {}, hold="fix the input") is None
+    assert ready_for(PODCAST, "scripts", "segments", {}, done=True) is None  # the gate is not approved
+    assert ready_for(PODCAST, "scripts", "segments", {"audio": object()}, done=True) == "audio"
+    assert ready_for(ARCHIVE, "skipped", "failed", {}) is None

@@ -9,6 +9,7 @@ import pytest
 
 from statekit import SchemaVersionError, Store, ValidationError
 from statekit.codecs import YAML_CODEC
+from statekit.models import EPISODE_SCHEMA, STORE_SCHEMA
 
 from .conftest import episode_file, snapshot
 
@@ -30,7 +31,7 @@ def test_import_brings_schema_0_files_in_and_loses_nothing(store: Store) -> None
     assert report.rejected == [] and report.skipped == []
 
     ep = store.get("hooting-yard", "hy0_hooting_yard_2004-04-21")
-    assert ep.schema_version == 1 and ep.version == 1 and ep.stage == "failed"
+    assert ep.schema_version == EPISODE_SCHEMA and ep.version == 1 and ep.stage == "failed"
     assert ep.attempts == {"downloading": 3}
     assert ep.message == "Download failed after 3 attempts: Read timed out."
     assert ep.updated_at.isoformat().startswith("2024-09-15T09:27:51.662311+00:00")
@@ -86,11 +87,11 @@ def test_a_schema_0_file_in_the_store_loads_and_migrate_rewrites_it(store: Store
     original = (LEGACY / "2004" / "hy0_hooting_yard_2004-04-14.yaml").read_bytes()
     path.write_bytes(b"# copied from the old pipeline\n" + original)
     ep = store.get("hy", "old")  # migrated in memory, file untouched
-    assert ep.schema_version == 1 and ep.stage == "converted" and ep.version == 0
+    assert ep.schema_version == EPISODE_SCHEMA and ep.stage == "converted" and ep.version == 0
     assert path.read_bytes().endswith(original)
 
     dry = store.migrate(dry_run=True)
-    assert [(f["episode"], f["from"], f["to"]) for f in dry.files] == [("hy/old", 0, 1)]
+    assert [(f["episode"], f["from"], f["to"]) for f in dry.files] == [("hy/old", 0, EPISODE_SCHEMA)]
     assert path.read_bytes().endswith(original)
 
     done = store.migrate()
@@ -99,7 +100,7 @@ def test_a_schema_0_file_in_the_store_loads_and_migrate_rewrites_it(store: Store
     assert backup.read_bytes().endswith(original)  # the original, kept
     text = path.read_text()
     assert text.startswith("# copied from the old pipeline\n")  # the person's comment survives
-    assert "schema_version: 1" in text
+    assert f"schema_version: {EPISODE_SCHEMA}" in text
     ep = store.get("hy", "old")
     assert ep.version == 1 and ep.metadata["archive_identifier"] == "hy0_hooting_yard_2004-04-14"
     assert store.events("hy", "old")[-1].kind == "migrate"
@@ -110,7 +111,7 @@ def test_a_schema_0_file_in_the_store_loads_and_migrate_rewrites_it(store: Store
 def test_a_bad_or_newer_schema_version_is_refused_never_rewritten(store: Store, bad: str) -> None:
     store.create("s", "e")
     path = episode_file(store, "s", "e")
-    path.write_text(path.read_text().replace("schema_version: 1", f"schema_version: {bad}"))
+    path.write_text(path.read_text().replace(f"schema_version: {EPISODE_SCHEMA}", f"schema_version: {bad}"))
     before = snapshot(store.root)
     with pytest.raises(SchemaVersionError) as info:
         store.get("s", "e")
@@ -125,7 +126,7 @@ def test_a_bad_or_newer_schema_version_is_refused_never_rewritten(store: Store, 
 def test_missing_schema_version_on_a_current_file_is_reported(store: Store) -> None:
     store.create("s", "e")
     path = episode_file(store, "s", "e")
-    path.write_text(path.read_text().replace("schema_version: 1\n", ""))
+    path.write_text(path.read_text().replace(f"schema_version: {EPISODE_SCHEMA}\n", ""))
     with pytest.raises(SchemaVersionError, match="schema_version is missing"):
         store.get("s", "e")
 
@@ -133,7 +134,8 @@ def test_missing_schema_version_on_a_current_file_is_reported(store: Store) -> N
 def test_newer_store_config_is_refused(tmp_path: Path) -> None:
     store = Store.init(tmp_path / "s")
     config = Path(store.root, "statekit.yaml")
-    config.write_text(config.read_text().replace("schema_version: 1", "schema_version: 2"))
+    config.write_text(config.read_text().replace(f"schema_version: {STORE_SCHEMA}",
+                                                 f"schema_version: {STORE_SCHEMA + 1}"))
     with pytest.raises(SchemaVersionError, match="newer"):
         Store.open(tmp_path / "s")
 
@@ -141,3 +143,32 @@ def test_newer_store_config_is_refused(tmp_path: Path) -> None:
 def test_import_needs_a_directory(store: Store, tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="not a directory"):
         store.import_legacy(tmp_path / "missing", "hy")
+
+
+def test_a_schema_1_file_loads_and_migrate_rewrites_it_at_schema_2(store: Store) -> None:
+    store.create("s", "e", title="Old")
+    path = episode_file(store, "s", "e")
+    lines = [line for line in path.read_text().splitlines()
+             if not line.startswith(("lease:", "due_at:", "hold:", "stage_done:"))]
+    v1 = "\n".join(lines).replace(f"schema_version: {EPISODE_SCHEMA}", "schema_version: 1") + "\n"
+    path.write_text("# kept by hand\n" + v1)
+    ep = store.get("s", "e")
+    assert ep.schema_version == 2 and ep.lease is None and ep.due_at is None and not ep.stage_done
+    assert [(f["from"], f["to"]) for f in store.migrate(dry_run=True).files] == [(1, 2)]
+    store.migrate()
+    text = path.read_text()
+    assert text.startswith("# kept by hand\n") and "schema_version: 2" in text and "stage_done: false" in text
+    assert store.get("s", "e").title == "Old"
+
+
+def test_a_store_config_of_schema_1_still_opens(tmp_path: Path) -> None:
+    store = Store.init(tmp_path / "s")
+    config = Path(store.root, "statekit.yaml")
+    data = YAML_CODEC.load(config.read_bytes(), str(config))
+    for key in ("failure_stage", "give_up_stage", "runs", "retry"):
+        del data["pipeline"][key]
+    del data["backups"]
+    data["schema_version"] = 1
+    config.write_bytes(YAML_CODEC.dump_plain(data))
+    reopened = Store.open(store.root)
+    assert reopened.pipeline.runs == store.pipeline.runs and reopened.config.backups == 3

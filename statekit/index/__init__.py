@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, delete, func, select
+from sqlalchemy import and_, bindparam, delete, func, or_, select
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -82,7 +82,8 @@ def episode_row(
         "position": position,
         "stage_entered_at": _time_text(data.get("stage_entered_at"), ep.stage_entered_at),
         "previous_stage": ep.previous_stage,
-        "ready_for": ready_for(pipeline, ep.stage, ep.previous_stage, ep.approvals),
+        "ready_for": ready_for(pipeline, ep.stage, ep.previous_stage, ep.approvals, done=ep.stage_done,
+                               hold=ep.hold),
         "message": ep.message,
         "costs": ep.costs,
         "data": data,
@@ -91,6 +92,9 @@ def episode_row(
         "file_sha256": sha256,
         "checked_at_ns": checked_at_ns,
         "file_stamp": f"{ep.episode_id}|{size}|{mtime_ns}" if checked_at_ns - mtime_ns >= RACY_NS else None,
+        "lease_owner": ep.lease.owner if ep.lease is not None else None,
+        "lease_expires_at": iso(ep.lease.expires_at) if ep.lease is not None else None,
+        "due_at": iso(ep.due_at) if ep.due_at is not None else None,
     }
 
 
@@ -181,6 +185,8 @@ class Index:
         self._connections: list[Any] = []
         self._connections_lock = threading.Lock()
         self._generation = 0
+        self.needs_sync = False
+        """Set when an upgrade marked rows to be derived again from the files."""
 
     def close(self) -> None:
         """Close this index's connections (it reconnects when used again)."""
@@ -335,15 +341,28 @@ class Index:
                     out[stage] = int(n)
         return out
 
-    def next(self, stage: str, limit: int) -> list[dict[str, Any]]:
-        """File data of the episodes waiting to enter ``stage``, longest-waiting first."""
+    def next(self, stage: str, limit: int, now: datetime) -> list[dict[str, Any]]:
+        """File data of the episodes ready for ``stage`` at ``now`` (not leased
+        by a live worker, not waiting for a retry's backoff), longest-waiting first."""
+        at = now.astimezone(timezone.utc)
         stmt = (
             select(episodes.c.data)
             .where(episodes.c.ready_for == stage)
+            .where(or_(episodes.c.lease_expires_at.is_(None), episodes.c.lease_expires_at <= at))
+            .where(or_(episodes.c.due_at.is_(None), episodes.c.due_at <= at))
             .order_by(episodes.c.stage_entered_at, episodes.c.show_id, episodes.c.episode_id)
             .limit(limit)
         )
         return self._docs(stmt)
+
+    def expired_leases(self, now: datetime) -> list[tuple[str, str]]:
+        """Episodes whose run's lease ran out by ``now``: their worker stopped."""
+        at = now.astimezone(timezone.utc)
+        stmt = (select(episodes.c.show_id, episodes.c.episode_id)
+                .where(episodes.c.lease_expires_at <= at)
+                .order_by(episodes.c.lease_expires_at, episodes.c.show_id, episodes.c.episode_id))
+        with self.reading() as conn:
+            return [(s, e) for s, e in conn.execute(stmt)]
 
     def costs(self, by: str, show: str | None = None) -> dict[str, float]:
         """Total cost per stage or per show (from the maintained totals)."""

@@ -244,6 +244,7 @@ def open_index(store: Store, url: str | None = None) -> Index:
                         _stamp(conn)
                     else:
                         alembic_upgrade(conn)
+                        index.needs_sync = True  # a revision may change how rows are derived
             filled = conn.execute(select(episodes.c.show_id).limit(1)).first() is not None
     except (SQLAlchemyError, CommandError, StatekitError, OSError) as exc:  # cannot be upgraded: rebuild
         if url is not None:

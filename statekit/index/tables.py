@@ -128,6 +128,10 @@ episodes = Table(
     # "episode|size|mtime_ns" once the file was checked long enough after it
     # changed that its stat can be trusted (sync compares it with one lstat)
     Column("file_stamp", String(200)),
+    # revision 0002: stage runs (who holds the episode until when, and when a retry is due)
+    Column("lease_owner", Text),
+    Column("lease_expires_at", UTCTime),
+    Column("due_at", UTCTime),
     # what next() asks; every other index costs each write a page more
     Index("episodes_by_ready_for", "ready_for", "stage_entered_at"),
     # what sync reads for every episode, without touching the rows' JSON
@@ -168,6 +172,6 @@ STAGE_COUNTS_VIEW = (
     "SELECT show_id, stage, episodes AS n FROM stage_totals WHERE episodes > 0"
 )
 
-INDEX_REVISION = "0001"
+INDEX_REVISION = "0002"
 """The Alembic head revision this code writes; a test keeps it equal to the
 head in migrations/versions (checked on every open without loading Alembic)."""
