@@ -87,6 +87,9 @@ class Disk:
     def mkdir(self, path: str) -> None:
         os.mkdir(path, 0o755)
 
+    def link(self, src: str, dst: str) -> None:
+        os.link(src, dst, follow_symlinks=False)
+
 
 DISK = Disk()
 
@@ -162,7 +165,8 @@ def fsync_dir(disk: Disk, directory: str) -> None:
         disk.close(fd)
 
 
-def atomic_write(disk: Disk, path: str, data: bytes, *, alongside: Callable[[], None] | None = None) -> os.stat_result:
+def atomic_write(disk: Disk, path: str, data: bytes, *, alongside: Callable[[], None] | None = None,
+                 keep: str | None = None, previous: bytes | None = None) -> os.stat_result:
     """Replace ``path`` with ``data``: readers and crashes see old or new, never a mix.
 
     Temp file in the same directory, write, fsync, close (checked), rename,
@@ -173,10 +177,17 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, alongside: Callable[[], 
     event append). It runs on a helper thread while the temp file is written
     and synced, so the two fsyncs overlap; its error aborts the write, and it
     has always finished when this returns or raises.
+
+    ``keep``: where to hard-link the file being replaced (a backup: the old
+    bytes, durable already, cost no copy). If the directory fsync after the
+    rename fails, the write is undone, so a write that raises leaves
+    ``path`` as it was: the kept link is renamed back, or else the file's
+    ``previous`` bytes are written back.
     """
     directory, name = os.path.split(path)
     fd: int | None = None
     tmp: str | None = None
+    kept: str | None = None
     job = None
     if alongside is not None:
         if disk.overlap_syncs:
@@ -193,15 +204,31 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, alongside: Callable[[], 
         if job is not None:
             done, job = job, None
             done.result()  # the event is durable, or its error stops the rename
+        if keep is not None:
+            kept = _link_old(disk, path, keep)
         disk.replace(tmp, path)
         tmp = None
-        fsync_dir(disk, directory)
+        try:
+            fsync_dir(disk, directory)
+        except OSError:
+            if kept is not None:  # the rename may not be durable: put the old file back
+                _undo_replace(disk, kept, path, directory)
+                kept = None
+            elif previous is not None:
+                _write_back(disk, path, previous)
+            raise
+        kept = None
         return written
     except StatekitError:
         raise
     except OSError as exc:
         raise storage_error(exc, path, "write") from exc
     finally:
+        if kept is not None:  # the write failed before the rename: the backup must not share the live file
+            try:
+                os.unlink(kept)
+            except OSError:
+                pass
         if job is not None:  # the temp file failed: still let the append finish under our lock
             futures_wait([job])
         if fd is not None:
@@ -214,6 +241,38 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, alongside: Callable[[], 
                 os.unlink(tmp)
             except OSError:
                 pass
+
+
+def _link_old(disk: Disk, path: str, keep: str) -> str | None:
+    """Hard-link ``path`` (the file about to be replaced) at ``keep``; None if
+    there is no such file (a first write)."""
+    try:
+        disk.link(path, keep)
+    except FileNotFoundError:
+        if not os.path.lexists(path):
+            return None
+        raise
+    except FileExistsError:  # left by an interrupted write of the same version: replace it
+        disk.unlink(keep)
+        disk.link(path, keep)
+    return keep
+
+
+def _undo_replace(disk: Disk, kept: str, path: str, directory: str) -> None:
+    """Best effort: the old inode (linked at ``kept``) becomes ``path`` again."""
+    try:
+        disk.replace(kept, path)
+        fsync_dir(disk, directory)
+    except OSError:
+        pass
+
+
+def _write_back(disk: Disk, path: str, previous: bytes) -> None:
+    """Best effort: ``path`` holds ``previous`` again (a new temp file, renamed over it)."""
+    try:
+        atomic_write(disk, path, previous)
+    except (OSError, StatekitError):
+        pass
 
 
 class _Helper:
@@ -234,6 +293,33 @@ class _Helper:
 
 
 _HELPER = _Helper()
+
+
+def temp_files(directory: str, nested: str | None = None) -> list[str]:
+    """Temp files an interrupted write left in ``directory`` (and in its
+    subdirectory ``nested``)."""
+    found: list[str] = []
+    try:
+        names = sorted(os.listdir(directory))
+    except (FileNotFoundError, NotADirectoryError):
+        return found
+    for name in names:
+        path = os.path.join(directory, name)
+        if name == nested:
+            found += temp_files(path)
+        elif name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX) and stat.S_ISREG(os.lstat(path).st_mode):
+            found.append(path)
+    return found
+
+
+def move_file(disk: Disk, src: str, dst: str) -> None:
+    """Rename a file durably (both folders fsynced)."""
+    try:
+        disk.rename(src, dst)
+        fsync_dir(disk, os.path.dirname(dst))
+        fsync_dir(disk, os.path.dirname(src))
+    except OSError as exc:
+        raise storage_error(exc, src, "move") from exc
 
 
 def remove_temp_files(disk: Disk, directory: str, nested: str | None = None) -> list[str]:
@@ -460,6 +546,38 @@ def append_event(disk: Disk, path: str, line: bytes, committed: int, known_size:
             except OSError:
                 pass
         raise storage_error(exc, path, "append to") from exc
+    finally:
+        os.close(fd)
+
+
+def uncommitted_tail(path: str, committed: int) -> int:
+    """How many bytes at the end of a log are not committed (a torn line, or
+    the event of a write that stopped before its file was replaced); 0 if none.
+    ``CorruptFileError`` if the log is damaged in a way that is not a tail."""
+    try:
+        fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+    except FileNotFoundError:
+        return 0
+    except OSError as exc:
+        raise storage_error(exc, path, "read") from exc
+    try:
+        size = os.fstat(fd).st_size
+        return size - _committed_end(fd, size, committed, path) if size else 0
+    finally:
+        os.close(fd)
+
+
+def drop_tail(disk: Disk, path: str, size: int) -> None:
+    """Cut a log back to ``size`` bytes, durably."""
+    try:
+        fd = disk.open(path, os.O_RDWR | O_NOFOLLOW | O_CLOEXEC)
+    except OSError as exc:
+        raise storage_error(exc, path, "open") from exc
+    try:
+        disk.truncate(fd, size)
+        disk.fsync(fd)
+    except OSError as exc:
+        raise storage_error(exc, path, "truncate") from exc
     finally:
         os.close(fd)
 

@@ -223,7 +223,7 @@ class StoreConfig(BaseModel):
     schema_version: int = STORE_SCHEMA
     format: str = "yaml"
     lock_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0
-    backups: Annotated[int, Field(ge=0, le=100)] = 3
+    backups: Annotated[int, Field(ge=0, le=100, strict=True)] = 3
     """How many earlier versions of each episode file to keep (0: none)."""
     pipeline: Pipeline
 

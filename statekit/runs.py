@@ -13,6 +13,7 @@ the ``Store`` does the I/O.
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import traceback
@@ -21,7 +22,13 @@ from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from .errors import LeaseExpiredError, ValidationError, context_of
+from .errors import (
+    CorruptFileError,
+    LeaseExpiredError,
+    SchemaVersionError,
+    ValidationError,
+    context_of,
+)
 from .models import Episode, ErrorRecord, cost_sum
 from .pipeline import Pipeline, approvals_after_move
 from .taxonomy import ErrorKind, backoff_seconds, classify, explain, log_fields
@@ -235,8 +242,16 @@ class Run:
 
     @property
     def resume(self) -> dict[str, Any] | None:
-        """The checkpoint an earlier attempt saved for this stage, or None."""
-        return self.store.load_checkpoint(self.show_id, self.episode_id, self.stage)
+        """The checkpoint an earlier attempt saved for this stage, or None.
+        A damaged checkpoint counts as none (the stage starts afresh; it is
+        logged, ``verify`` reports it and ``repair`` moves it aside)."""
+        try:
+            return self.store.load_checkpoint(self.show_id, self.episode_id, self.stage)
+        except (CorruptFileError, SchemaVersionError) as exc:
+            logging.getLogger("statekit").warning(
+                "statekit: ignoring the damaged checkpoint of %s/%s %s: %s", self.show_id, self.episode_id,
+                self.stage, exc.one_line(), extra=log_fields(exc.context))
+            return None
 
     def heartbeat(self) -> Episode:
         """Renew the lease (one ``heartbeat`` event). Call it more often than

@@ -13,12 +13,13 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +42,7 @@ from .errors import (
     StoreExistsError,
     StoreNotFoundError,
     UnknownStageError,
+    UnsafePathError,
     ValidationError,
     VersionConflictError,
 )
@@ -105,6 +107,30 @@ class MigrationReport:
     dry_run: bool
     files: list[dict[str, Any]] = field(default_factory=list)
     backup_dir: str | None = None
+
+
+@dataclass
+class Backup:
+    """One kept version of an episode file."""
+
+    number: int
+    """1 for the newest (what ``restore --backup N`` takes)."""
+    version: int
+    path: str
+    size: int
+    saved_at: datetime
+    problem: str | None = None
+    """Why it cannot be restored (damaged, invalid), or None."""
+
+
+@dataclass
+class RepairReport:
+    """What ``repair`` did (or, in a dry run, would do), and what it could not fix."""
+
+    dry_run: bool = False
+    actions: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+    synced: SyncReport | None = None
 
 
 @dataclass
@@ -213,7 +239,7 @@ class Store:
         self._codec = CODECS["." + config.format]
         self._cache: OrderedDict[str, Parsed] = OrderedDict()
         self._cache_lock = threading.Lock()
-        self._lock_dirs: set[str] = set()
+        self._made_dirs: set[str] = set()  # machine-owned folders this process made or saw
         self._path_cache: dict[tuple[str, str], _EpisodePaths] = {}
         self._index: Index | None = None
 
@@ -340,12 +366,18 @@ class Store:
 
     def _lock(self, parts: tuple[str, ...], name: str, what: str, timeout: float | None = None) -> Any:
         """The lock file ``<root>/<parts...>/<name>`` (its folder made once per process)."""
-        directory = "/".join((self.root, *parts))
-        if directory not in self._lock_dirs:
-            diskio.ensure_dirs(self._disk, self.root, parts, durable=False)
-            self._lock_dirs.add(directory)
+        directory = self._machine_dir(parts)
         wait = self.config.lock_timeout if timeout is None else timeout
         return diskio.hold_lock(self._disk, f"{directory}/{name}", wait, what)
+
+    def _machine_dir(self, parts: tuple[str, ...]) -> str:
+        """``<root>/<parts...>`` under ``.statekit``, made once per process
+        (not fsynced: locks and backups need no durable folder entry)."""
+        directory = "/".join((self.root, *parts))
+        if directory not in self._made_dirs:
+            diskio.ensure_dirs(self._disk, self.root, parts, durable=False)
+            self._made_dirs.add(directory)
+        return directory
 
     def _episode_lock(self, show: str, ep: str) -> Any:
         return self._lock((".statekit", "locks", "episodes", show), ep + ".lock", f"episode {show}/{ep}")
@@ -393,9 +425,26 @@ class Store:
             raise self._episode_missing(show, ep)
         parsed = self._cached(path, raw)
         if parsed is None:
-            parsed = self._parse_episode(path, raw, show, ep)
+            try:
+                parsed = self._parse_episode(path, raw, show, ep)
+            except (CorruptFileError, ValidationError) as exc:
+                raise self._with_backup_hint(exc, show, ep) from None
             self._remember(path, parsed)
         return path, parsed
+
+    def _with_backup_hint(self, exc: CorruptFileError | ValidationError, show: str, ep: str) -> StatekitError:
+        """The read error, naming the newest backup that can be restored."""
+        newest = self._newest_valid_backup(show, ep)
+        exc.add_context(show_id=show, episode_id=ep)
+        if newest is None:
+            exc.extras.setdefault("backup", None)
+            return exc
+        rel = os.path.relpath(newest.path, self.root)
+        exc.message += f"; newest valid backup: {rel} (version {newest.version})"
+        exc.extras["backup"] = rel
+        exc.hint = (f"fix the file by hand, or run 'statekit restore {show}/{ep}' to put that backup back "
+                    "('statekit repair' does it for every damaged episode); nothing was changed")
+        return exc
 
     def _parse_episode(self, path: str, raw: bytes, show: str, ep: str) -> Parsed:
         codec = CODECS[os.path.splitext(path)[1]]
@@ -478,15 +527,16 @@ class Store:
             return self._commit(path, current, new, event)
 
     def _commit(self, path: str, current: Parsed | None, new: Episode, event: dict[str, Any],
-                committed: int | None = None) -> Episode:
+                committed: int | None = None, template: Parsed | None = None) -> Episode:
         """Event (durable) then file (atomic, durable), then the cache and the index.
 
         ``committed``: the version the log is at, when it is not the file's
-        (adopting a hand edit that changed ``version``)."""
+        (adopting a hand edit that changed ``version``). ``template``: the
+        text whose comments and layout to keep, if not ``current``'s."""
         directory = os.path.dirname(path)
         codec = CODECS[os.path.splitext(path)[1]]
         data = new.model_dump(mode="json")
-        written = codec.dump(data, current)
+        written = codec.dump(data, template or current)
         raw = written.raw
         record = {
             "schema_version": EVENT_SCHEMA,
@@ -514,7 +564,11 @@ class Store:
                     raise diskio.storage_error(exc, directory, "sync directory") from exc
             sizes.append(after)
 
-        st = diskio.atomic_write(self._disk, path, raw, alongside=append)
+        keep = self._keep_path(path, current)
+        st = diskio.atomic_write(self._disk, path, raw, alongside=append, keep=keep,
+                                 previous=current.raw if current is not None else None)
+        if keep is not None:
+            self._rotate_backups(keep)
         after = sizes[0]
         written.model = new
         written.log_size = after
@@ -532,6 +586,272 @@ class Store:
         record_row = event_row(record)
         self._index_quietly(f"{new.key} version {new.version}", rows=[row], event_rows=[record_row])
         return new
+
+    # --- backups ----------------------------------------------------------------------
+
+    def _backup_parts(self, show: str, ep: str) -> tuple[str, ...]:
+        return (".statekit", "backups", "episodes", show, ep)
+
+    def _keep_path(self, path: str, current: Parsed | None) -> str | None:
+        """Where the file about to be replaced is kept: its rotating backup
+        (``.statekit/backups/episodes/<show>/<ep>/episode.v<version>.<ext>``);
+        None with ``backups: 0``."""
+        if current is None or current.model is None or self.config.backups == 0:
+            return None
+        model = current.model
+        directory = self._machine_dir(self._backup_parts(model.show_id, model.episode_id))
+        stem, ext = os.path.splitext(os.path.basename(path))
+        return f"{directory}/{stem}.v{model.version}{ext}"
+
+    def _rotate_backups(self, kept: str) -> None:
+        """Keep the newest ``backups`` versions (a failure here only logs: the write is done)."""
+        try:
+            directory = os.path.dirname(kept)
+            found = sorted(_backup_versions(os.listdir(directory)), reverse=True)
+            for _version, name in found[self.config.backups:]:
+                self._disk.unlink(os.path.join(directory, name))
+        except OSError as exc:
+            log.warning("statekit: could not rotate the backups next to %s (%s)", kept, exc)
+
+    def backups(self, show: str, ep: str) -> list[Backup]:
+        """The episode's backups, newest first (``number`` 1 is the newest),
+        each checked: ``problem`` says why one cannot be restored."""
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        directory = os.path.join(self.root, *self._backup_parts(show, ep))
+        if not diskio.check_dirs(self.root, self._backup_parts(show, ep)):
+            return []
+        out = []
+        for number, (version, name) in enumerate(sorted(_backup_versions(os.listdir(directory)), reverse=True), 1):
+            path = os.path.join(directory, name)
+            problem = None
+            try:
+                raw = diskio.read_file(path)
+                if raw is None:
+                    continue
+                self._parse_episode(path, raw, show, ep)
+            except (CorruptFileError, ValidationError, SchemaVersionError, UnsafePathError) as exc:
+                problem = exc.one_line()
+            st = os.lstat(path)
+            out.append(Backup(number=number, version=version, path=path, size=st.st_size,
+                              saved_at=datetime.fromtimestamp(st.st_mtime, timezone.utc), problem=problem))
+        return out
+
+    def _newest_valid_backup(self, show: str, ep: str) -> Backup | None:
+        try:
+            return next((b for b in self.backups(show, ep) if b.problem is None), None)
+        except (StatekitError, OSError):
+            return None
+
+    def restore(self, show: str, ep: str, backup: int = 1) -> Episode:
+        """Put backup number ``backup`` (1 = the newest; see ``backups``) back
+        as the episode file, through the normal write path: version + 1 over
+        the event log, one ``restore`` event. The file it replaces is kept
+        too (a backup if it was valid, in ``.statekit/trash`` if it was not)."""
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        if type(backup) is not int or backup < 1:
+            raise ValidationError(f"backup must be a positive integer (1 = the newest), got {backup!r}")
+        paths = self._paths(show, ep)
+        if not diskio.real_dirs(paths.chain):
+            raise self._episode_missing(show, ep)
+        with self._episode_lock(show, ep):
+            found = self.backups(show, ep)
+            if not found:
+                raise ValidationError(f"episode {show}/{ep} has no backups",
+                                      hint="backups are made when statekit overwrites an episode file")
+            if backup > len(found):
+                raise ValidationError(f"episode {show}/{ep} has {len(found)} backups, not {backup}",
+                                      hint="list them with 'statekit restore SHOW/EP --list'")
+            chosen = found[backup - 1]
+            if chosen.problem is not None:
+                raise CorruptFileError(f"backup {backup} of {show}/{ep} cannot be restored: {chosen.problem}",
+                                       path=chosen.path, hint="choose another with --backup N")
+            source = self._parse_episode(chosen.path, diskio.read_file(chosen.path) or b"", show, ep)
+            path = next((p for p in paths.files if os.path.lexists(p)), paths.files[0])
+            if os.path.splitext(path)[1] != os.path.splitext(chosen.path)[1]:
+                path = os.path.splitext(path)[0] + os.path.splitext(chosen.path)[1]
+            current: Parsed | None = None
+            raw = diskio.read_file(path)
+            if raw is not None:
+                try:
+                    current = self._parse_episode(path, raw, show, ep)
+                except (CorruptFileError, ValidationError, SchemaVersionError):
+                    self._copy_to_trash(path, show, f"{ep}.{_stamp(self.clock())}.unreadable{os.path.splitext(path)[1]}")
+                    current = None
+            # the version the log is committed at: the file's, or if it cannot be read, the log's last
+            committed = current.model.version if current is not None else max(
+                diskio.last_logged_version(paths.events), 0)
+            new = source.model.model_copy(update={"version": committed + 1, "updated_at": self.clock(),
+                                                  "lease": None})
+            event = {"kind": "restore", "message": f"restored backup {backup} (version {chosen.version})",
+                     "from_stage": current.model.stage if current is not None else None, "to_stage": new.stage}
+            return self._commit(path, current, new, event, committed=committed, template=source)
+
+    def _copy_to_trash(self, path: str, show: str, name: str) -> str:
+        """Keep a file's current bytes in ``.statekit/trash/<show>/`` (a hard
+        link, durable) before it is replaced."""
+        trash = diskio.ensure_dirs(self._disk, self.root, (".statekit", "trash", show))
+        target = os.path.join(trash, name)
+        try:
+            self._disk.link(path, target)
+            diskio.fsync_dir(self._disk, trash)
+        except OSError as exc:
+            raise diskio.storage_error(exc, path, "keep a copy in the trash") from exc
+        return target
+
+    def _backups_to_trash(self, show: str, ep: str, stamp: str) -> None:
+        """Move an episode's backup folder into the trash (it was deleted, or
+        a new episode takes its id: old backups must not be restored into it)."""
+        parts = self._backup_parts(show, ep)
+        if diskio.check_dirs(self.root, parts):
+            trash = diskio.ensure_dirs(self._disk, self.root, (".statekit", "trash", show))
+            diskio.move_dir(self._disk, os.path.join(self.root, *parts), os.path.join(trash, f"{ep}.{stamp}.backups"))
+            self._made_dirs.discard("/".join((self.root, *parts)))
+
+    def gc(self, *, backups_older_than: timedelta, dry_run: bool = False) -> list[str]:
+        """Remove backups saved more than ``backups_older_than`` ago (by
+        their file time); the newest backup of an episode whose file cannot
+        be read is always kept. Returns what was (or would be) removed."""
+        if not isinstance(backups_older_than, timedelta) or backups_older_than.total_seconds() < 0:
+            raise ValidationError(f"backups_older_than must be a non-negative timedelta, got {backups_older_than!r}")
+        cutoff = (self.clock() - backups_older_than).timestamp()
+        top = os.path.join(self.root, ".statekit", "backups", "episodes")
+        removed = []
+        for show in _subdirs(top):
+            for ep in _subdirs(os.path.join(top, show)):
+                directory = os.path.join(top, show, ep)
+                keep_one = not self._readable(show, ep)
+                for index, (_version, name) in enumerate(sorted(_backup_versions(os.listdir(directory)),
+                                                                reverse=True)):
+                    path = os.path.join(directory, name)
+                    if (keep_one and index == 0) or os.lstat(path).st_mtime >= cutoff:
+                        continue
+                    if not dry_run:
+                        with self._episode_lock(show, ep):
+                            try:
+                                self._disk.unlink(path)
+                            except FileNotFoundError:
+                                continue
+                            except OSError as exc:
+                                raise diskio.storage_error(exc, path, "remove backup") from exc
+                    removed.append(os.path.relpath(path, self.root))
+        return removed
+
+    def repair(self, *, dry_run: bool = False) -> RepairReport:
+        """Fix what can be fixed without a person, and say what was done:
+        a damaged or invalid episode file gets its newest valid backup back;
+        an uncommitted event tail (a torn line, or the event of a write that
+        stopped before its file was replaced) is dropped; temp files of
+        interrupted writes are removed; damaged checkpoints go to the trash
+        (``resume`` then starts the stage afresh); finally the index is
+        synced with the files (rebuilt if it cannot be read). Valid files
+        are not touched. ``dry_run`` lists the actions without doing them."""
+        report = RepairReport(dry_run=dry_run)
+        act = report.actions.append
+        for stale in diskio.temp_files(self.root):  # statekit.yaml's own
+            act(f"remove temp file {os.path.relpath(stale, self.root)}")
+            if not dry_run:
+                self._disk.unlink(stale)
+        for show in self.shows():
+            with self._show_lock(show):
+                for stale in diskio.temp_files(os.path.join(self.root, "shows", show)):
+                    act(f"remove temp file {os.path.relpath(stale, self.root)}")
+                    if not dry_run:
+                        self._disk.unlink(stale)
+            for ep in _subdirs(os.path.join(self.root, "shows", show, "episodes")):
+                try:
+                    check_id(ep, "episode id")
+                    self._repair_episode(show, ep, report)
+                except StatekitError as exc:
+                    report.problems.append(f"{show}/{ep}: {exc.one_line()}")
+        if dry_run:
+            return report
+        try:
+            synced = self.sync()
+        except (IndexUnavailableError, OSError) as exc:
+            act(f"rebuild the index ({exc})")
+            self.rebuild_index()
+            return report
+        report.synced = synced
+        for key in synced.added + synced.reindexed:
+            act(f"index {key} again")
+        for key in synced.removed:
+            act(f"drop {key} from the index (its files are gone)")
+        for change in synced.changed:
+            act(f"adopt the hand edit of {change['episode']} ({', '.join(change['fields'])})")
+        report.problems.extend(p.message for p in synced.rejected)
+        drift = [p for p in self.verify().problems if p.kind == "index"]
+        if drift:  # what sync cannot mend (e.g. the stage totals): build the index again from the files
+            act(f"rebuild the index ({drift[0].message}" + (f", and {len(drift) - 1} more" if len(drift) > 1
+                                                             else "") + ")")
+            self.rebuild_index()
+        return report
+
+    def _repair_episode(self, show: str, ep: str, report: RepairReport) -> None:
+        act = report.actions.append
+        dry_run = report.dry_run
+        key = f"{show}/{ep}"
+        paths = self._paths(show, ep)
+        with self._episode_lock(show, ep):
+            for stale in diskio.temp_files(paths.dir, nested="checkpoints"):
+                act(f"remove temp file {os.path.relpath(stale, self.root)}")
+                if not dry_run:
+                    self._disk.unlink(stale)
+        path = next((p for p in paths.files if os.path.lexists(p)), None)
+        readable = False
+        if path is not None:
+            try:
+                self._parse_episode(path, diskio.read_file(path) or b"", show, ep)
+                readable = True
+            except SchemaVersionError as exc:
+                report.problems.append(f"{key}: {exc.one_line()}")  # a newer statekit's file: not ours to fix
+                return
+            except (CorruptFileError, ValidationError) as exc:
+                reason = exc.one_line()
+            else:
+                reason = ""
+        else:
+            reason = "the episode file is missing"
+        if not readable:
+            newest = self._newest_valid_backup(show, ep)
+            if newest is None:
+                report.problems.append(f"{key}: {reason}; no valid backup to restore, fix the file by hand")
+                return
+            act(f"restore {key} from backup {newest.number} (version {newest.version}): {reason}")
+            if not dry_run:
+                self.restore(show, ep, newest.number)
+            else:
+                return
+        with self._episode_lock(show, ep):
+            _, parsed = self._load(show, ep)
+            tail = diskio.uncommitted_tail(paths.events, parsed.model.version)
+            if tail:
+                act(f"drop the uncommitted event tail of {key} ({tail} bytes of events.jsonl)")
+                if not dry_run:
+                    size = os.lstat(paths.events).st_size
+                    diskio.drop_tail(self._disk, paths.events, size - tail)
+                    parsed.log_size = None
+            for stage in sorted(parsed.model.checkpoints.keys() | set(_checkpoint_stages(paths.dir))):
+                cp = os.path.join(paths.dir, "checkpoints", stage + ".json")
+                try:
+                    read_checkpoint(cp)
+                except (CorruptFileError, SchemaVersionError) as exc:
+                    act(f"move the damaged checkpoint {os.path.relpath(cp, self.root)} to the trash: "
+                        f"{exc.one_line()}")
+                    if not dry_run:
+                        trash = diskio.ensure_dirs(self._disk, self.root, (".statekit", "trash", show))
+                        target = os.path.join(trash, f"{ep}.{_stamp(self.clock())}.checkpoint.{stage}.json")
+                        diskio.move_file(self._disk, cp, target)
+
+    def _readable(self, show: str, ep: str) -> bool:
+        try:
+            self._load(show, ep)
+            return True
+        except (CorruptFileError, ValidationError, SchemaVersionError):
+            return False
+        except StatekitError:
+            return True  # gone, or not ours to judge: nothing to protect
 
     # --- creating and deleting ------------------------------------------------------
 
@@ -569,6 +889,7 @@ class Store:
             with self._episode_lock(show, ep):
                 if any(os.path.lexists(p) for p in self._episode_paths(show, ep)):
                     raise EpisodeExistsError(f"episode {show}/{ep} already exists", show_id=show, episode_id=ep)
+                self._backups_to_trash(show, ep, _stamp(self.clock()))  # left by an episode deleted by hand
                 directory = diskio.ensure_dirs(self._disk, self.root, ("shows", show, "episodes", ep))
                 path = os.path.join(directory, "episode" + self._codec.suffix)
                 created = self._commit(path, None, model, event)
@@ -589,6 +910,7 @@ class Store:
                 target = os.path.join(trash, f"{ep}.{_stamp(self.clock())}")
                 source = self._episode_dir(show, ep)
                 diskio.move_dir(self._disk, source, target)
+                self._backups_to_trash(show, ep, os.path.basename(target)[len(ep) + 1:])
                 self._forget(source + os.sep)
                 self._index_quietly(f"the deletion of {show}/{ep}", removed=[(show, ep)])
             self._edit_show(show, lambda ids: [i for i in ids if i != ep])
@@ -735,7 +1057,8 @@ class Store:
         """Move the episode to ``stage`` (durable; one ``advance`` event).
 
         Checks ``expected_version`` first, then the move against the pipeline;
-        a refused move raises and changes nothing. ``cost`` is added to the
+        a refused move raises and changes nothing, and so does a move of an
+        episode a live stage run holds (``NotReadyError``). ``cost`` is added to the
         stage being left (the work that was just done); entering ``stage``
         counts one attempt for it.
         """
@@ -750,6 +1073,11 @@ class Store:
             if refusal is not None:
                 raise refusal.error(refusal.message, show_id=m.show_id, episode_id=m.episode_id, stage=stage,
                                     **refusal.extra)
+            if m.lease is not None and now < m.lease.expires_at:
+                raise NotReadyError(
+                    f"{m.key} is being run ({m.stage}) by {m.lease.owner} until {m.lease.expires_at.isoformat()}; "
+                    "it cannot be moved meanwhile", reason="leased", show_id=m.show_id, episode_id=m.episode_id,
+                    stage=stage, hint="wait for the run to finish, or for its lease to expire")
             costs = m.costs
             if cost is not None:
                 costs = {**costs, m.stage: round(costs.get(m.stage, 0.0) + cost, 9)}
@@ -759,6 +1087,8 @@ class Store:
                 "message": message, "costs": costs, "cost_total": cost_sum(costs),
                 "attempts": {**m.attempts, stage: m.attempts.get(stage, 0) + 1},
                 "approvals": approvals_after_move(pipeline, stage, m.approvals),
+                # a move starts the new stage afresh: no lease, backoff, hold or done mark carries over
+                "lease": None, "due_at": None, "hold": None, "stage_done": False,
             })
             return new, {"kind": "advance", "from_stage": m.stage, "to_stage": stage, "message": message,
                           "cost": cost}
@@ -885,19 +1215,7 @@ class Store:
         self._check_stage(stage)
         if not diskio.real_dirs(self._paths(show, ep).chain):
             raise self._episode_missing(show, ep)
-        path = self._checkpoint_path(show, ep, stage)
-        raw = diskio.read_file(path)
-        if raw is None:
-            return None
-        body = JSON_CODEC.load(raw, path)
-        schema_of(body, path, current=CHECKPOINT_SCHEMA, legacy_ok=False)
-        data = body.get("data")
-        if not isinstance(data, dict) or not isinstance(body.get("sha256"), str):
-            raise CorruptFileError(f"{path}: not a statekit checkpoint (no data or sha256)", path=path)
-        if _sha256(_canonical(data)) != body["sha256"]:
-            raise CorruptFileError(f"{path}: checkpoint data does not match its sha256 (the file is damaged)",
-                                   path=path, stage=stage)
-        return data
+        return read_checkpoint(self._checkpoint_path(show, ep, stage))
 
     def resume_stage(self, show: str, ep: str) -> str | None:
         """The latest stage (in pipeline order) whose checkpoint is intact:
@@ -1377,6 +1695,50 @@ class Store:
             self._check_stage(stage)
         self._known_show(show)
         return self._models(self.index.episode_data(show, stage))
+
+
+def read_checkpoint(path: str) -> dict[str, Any] | None:
+    """A checkpoint file's data, checked against its own sha256; None if
+    there is no such file; ``CorruptFileError`` if it is damaged."""
+    raw = diskio.read_file(path)
+    if raw is None:
+        return None
+    body = JSON_CODEC.load(raw, path)
+    schema_of(body, path, current=CHECKPOINT_SCHEMA, legacy_ok=False)
+    data = body.get("data")
+    if not isinstance(data, dict) or not isinstance(body.get("sha256"), str):
+        raise CorruptFileError(f"{path}: not a statekit checkpoint (no data or sha256)", path=path)
+    try:
+        digest = _sha256(_canonical(data))
+    except (TypeError, ValueError):
+        digest = ""
+    if digest != body["sha256"]:
+        raise CorruptFileError(f"{path}: checkpoint data does not match its sha256 (the file is damaged)",
+                               path=path, stage=body.get("stage") if isinstance(body.get("stage"), str) else None)
+    return data
+
+
+_BACKUP_NAME = re.compile(r"episode\.v(\d{1,18})\.(yaml|json)")
+
+
+def _backup_versions(names: list[str]) -> list[tuple[int, str]]:
+    return [(int(m.group(1)), name) for name in names if (m := _BACKUP_NAME.fullmatch(name))]
+
+
+def _checkpoint_stages(episode_dir: str) -> list[str]:
+    try:
+        names = os.listdir(os.path.join(episode_dir, "checkpoints"))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [n[:-5] for n in names if n.endswith(".json") and not n.startswith(diskio.TEMP_PREFIX)]
+
+
+def _subdirs(path: str) -> list[str]:
+    try:
+        with os.scandir(path) as entries:
+            return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
 
 
 def _check_cost(cost: object) -> float | None:

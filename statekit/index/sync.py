@@ -109,6 +109,8 @@ class SyncReport:
 @dataclass
 class VerifyReport:
     checked: int = 0
+    checkpoints: int = 0
+    backups: int = 0
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -616,6 +618,7 @@ def verify(store: Store) -> VerifyReport:
         key = f"{show}/{ep}"
         seen.add((show, ep))
         report.checked += 1
+        _verify_kept_files(store, report, show, ep, os.path.dirname(path))
         raw = diskio.read_file(path)
         if raw is None:
             continue
@@ -623,6 +626,9 @@ def verify(store: Store) -> VerifyReport:
             parsed = store._parse_episode(path, raw, show, ep)
         except StatekitError as exc:
             report.problems.append(_problem(exc, path, key))
+            kept = indexed.get((show, ep))
+            if kept is not None:  # the index rightly keeps the last good state: count that
+                totals_delta(expected, show, None, (kept[2].get("stage"), kept[2].get("costs") or {}))
             continue
         model: Episode = parsed.model
         totals_delta(expected, show, None, (model.stage, model.costs))
@@ -670,6 +676,26 @@ def verify(store: Store) -> VerifyReport:
                 f"stage totals for {pair[0]}/{pair[1]} are {n} episodes, {cost:g} cost; the files say "
                 f"{int(want_n)}, {want_cost:g} (run 'statekit rebuild-index')"))
     return report
+
+
+def _verify_kept_files(store: Store, report: VerifyReport, show: str, ep: str, directory: str) -> None:
+    """Checkpoints must match their own sha256; backups must be restorable."""
+    from ..store import _checkpoint_stages, read_checkpoint
+
+    key = f"{show}/{ep}"
+    for stage in _checkpoint_stages(directory):
+        path = os.path.join(directory, "checkpoints", stage + ".json")
+        report.checkpoints += 1
+        try:
+            read_checkpoint(path)
+        except (CorruptFileError, SchemaVersionError, UnsafePathError) as exc:
+            report.problems.append(_problem(exc, path, key, "checkpoint"))
+    for backup in store.backups(show, ep):
+        report.backups += 1
+        if backup.problem is not None:
+            report.problems.append(Problem(
+                "backup", backup.path, f"{backup.path}: backup {backup.number} (version {backup.version}) "
+                f"cannot be restored: {backup.problem}", key))
 
 
 def _ranges(numbers: list[int]) -> str:
