@@ -166,7 +166,7 @@ def fsync_dir(disk: Disk, directory: str) -> None:
 
 
 def atomic_write(disk: Disk, path: str, data: bytes, *, alongside: Callable[[], None] | None = None,
-                 keep: str | None = None, previous: bytes | None = None) -> os.stat_result:
+                 keep: str | None = None, previous: bytes | None = None, created: bool = False) -> os.stat_result:
     """Replace ``path`` with ``data``: readers and crashes see old or new, never a mix.
 
     Temp file in the same directory, write, fsync, close (checked), rename,
@@ -182,7 +182,8 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, alongside: Callable[[], 
     bytes, durable already, cost no copy). If the directory fsync after the
     rename fails, the write is undone, so a write that raises leaves
     ``path`` as it was: the kept link is renamed back, or else the file's
-    ``previous`` bytes are written back.
+    ``previous`` bytes are written back, or (``created``: there was no file)
+    the new file is removed.
     """
     directory, name = os.path.split(path)
     fd: int | None = None
@@ -216,6 +217,12 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, alongside: Callable[[], 
                 kept = None
             elif previous is not None:
                 _write_back(disk, path, previous)
+            elif created:
+                try:
+                    os.unlink(path)
+                    fsync_dir(disk, directory)
+                except OSError:
+                    pass
             raise
         kept = None
         return written

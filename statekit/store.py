@@ -39,6 +39,7 @@ from .errors import (
     SchemaVersionError,
     ShowNotFoundError,
     StatekitError,
+    StorageError,
     StoreExistsError,
     StoreNotFoundError,
     UnknownStageError,
@@ -566,7 +567,7 @@ class Store:
 
         keep = self._keep_path(path, current)
         st = diskio.atomic_write(self._disk, path, raw, alongside=append, keep=keep,
-                                 previous=current.raw if current is not None else None)
+                                 previous=current.raw if current is not None else None, created=current is None)
         if keep is not None:
             self._rotate_backups(keep)
         after = sizes[0]
@@ -893,7 +894,7 @@ class Store:
                 directory = diskio.ensure_dirs(self._disk, self.root, ("shows", show, "episodes", ep))
                 path = os.path.join(directory, "episode" + self._codec.suffix)
                 created = self._commit(path, None, model, event)
-            self._edit_show(show, lambda ids: ids if ep in ids else [*ids, ep])
+            self._list_in_show(show, lambda ids: ids if ep in ids else [*ids, ep])
         return created
 
     def delete(self, show: str, ep: str) -> str:
@@ -913,7 +914,7 @@ class Store:
                 self._backups_to_trash(show, ep, os.path.basename(target)[len(ep) + 1:])
                 self._forget(source + os.sep)
                 self._index_quietly(f"the deletion of {show}/{ep}", removed=[(show, ep)])
-            self._edit_show(show, lambda ids: [i for i in ids if i != ep])
+            self._list_in_show(show, lambda ids: [i for i in ids if i != ep])
         return target
 
     # --- shows ----------------------------------------------------------------------
@@ -956,6 +957,17 @@ class Store:
         ids = [i for i in dict.fromkeys(listed) if i in present]
         known = set(ids)
         return ids + [i for i in on_disk if i not in known]
+
+    def _list_in_show(self, show: str, edit: Callable[[list[str]], list[str]]) -> None:
+        """Update show.yaml's order after an episode came or went. The episode's
+        own write is done and durable by then, and show.yaml only orders what
+        the folders hold (it is reconciled on every read), so a failure here is
+        logged, not raised: the caller's change stands."""
+        try:
+            self._edit_show(show, edit)
+        except StorageError as exc:
+            log.warning("statekit: could not update the episode order in show %s (%s); it is put right on the "
+                        "next change to the show", show, exc.one_line())
 
     def _edit_show(self, show: str, edit: Callable[[list[str]], list[str]]) -> Show:
         """Rewrite show.yaml's episode list (caller holds the show lock)."""
