@@ -2,14 +2,21 @@
 
     python proc_worker.py cas ROOT SHOW EP N      N compare-and-set advances; prints a JSON summary
     python proc_worker.py writer ROOT SHOW EP     writes until killed; prints "ack VERSION" after each
+    python proc_worker.py run ROOT SHOW EP STAGE N LEASE PAUSE
+                                                  a leased run of STAGE saving checkpoints 1..N (resuming
+                                                  from an earlier attempt's); prints "resume I", "ckpt I", "done"
+    python proc_worker.py stale ROOT SHOW EP STAGE LEASE SLEEP
+                                                  starts a run, sleeps past its lease, then tries to write
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import time
 
-from statekit import LockTimeoutError, Store, VersionConflictError
+from statekit import LeaseExpiredError, LockTimeoutError, NotReadyError, Store, VersionConflictError
 
 
 def cas(store: Store, show: str, ep: str, n: int) -> dict[str, int]:
@@ -43,10 +50,60 @@ def writer(store: Store, show: str, ep: str) -> None:
         sys.stdout.flush()
 
 
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+def run(store: Store, show: str, ep: str, stage: str, n: int, lease: float, pause: float) -> None:
+    deadline = time.monotonic() + 60
+    while True:  # wait until the episode is ready (a dead worker's lease must run out first)
+        try:
+            handle = store.run(show, ep, stage, owner=f"pid{os.getpid()}", lease_seconds=lease).__enter__()
+            break
+        except NotReadyError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
+    with_handle = handle
+    start = (with_handle.resume or {}).get("i", 0)
+    say(f"resume {start}")
+    try:
+        for i in range(start + 1, n + 1):
+            time.sleep(pause)
+            with_handle.checkpoint({"i": i}, cost=0.01)
+            say(f"ckpt {i}")
+    except BaseException as exc:
+        with_handle.__exit__(type(exc), exc, exc.__traceback__)
+        raise
+    with_handle.__exit__(None, None, None)
+    say("done")
+
+
+def stale(store: Store, show: str, ep: str, stage: str, lease: float, sleep: float) -> None:
+    handle = store.run(show, ep, stage, owner="stale", lease_seconds=lease).__enter__()
+    say("started")
+    time.sleep(sleep)
+    try:
+        handle.checkpoint({"i": 999}, cost=5.0)
+        say("accepted")
+    except LeaseExpiredError:
+        say("rejected")
+    try:
+        handle.__exit__(None, None, None)
+        say("finished")
+    except VersionConflictError:  # LeaseExpiredError is one
+        say("rejected finish")
+
+
 if __name__ == "__main__":
     mode, root, show, ep = sys.argv[1:5]
     s = Store.open(root)
     if mode == "cas":
         print(json.dumps(cas(s, show, ep, int(sys.argv[5]))))
+    elif mode == "run":
+        run(s, show, ep, sys.argv[5], int(sys.argv[6]), float(sys.argv[7]), float(sys.argv[8]))
+    elif mode == "stale":
+        stale(s, show, ep, sys.argv[5], float(sys.argv[6]), float(sys.argv[7]))
     else:
         writer(s, show, ep)

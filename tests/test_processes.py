@@ -138,3 +138,96 @@ def test_two_processes_opening_a_store_without_an_index_build_it_once(tmp_path: 
         assert p.returncode == 0, err
         assert out.strip() == "300"
     assert Store.open(store.root).verify().clean
+
+
+# --- leased runs in real processes ------------------------------------------------------------
+
+
+def run_store(root: Path) -> Store:
+    from statekit.pipeline import ARCHIVE
+
+    config = ARCHIVE.to_config()
+    config["max_attempts"]["downloading"] = 50  # the test kills on purpose: no give-up
+    config["retry"] = {**config["retry"], "jitter": 0.0}
+    return Store.init(root, pipeline=config)
+
+
+def lines_of(proc: subprocess.Popen[str], until: float, stop: str | None = None, most: int = 10**9) -> list[str]:
+    out: list[str] = []
+    assert proc.stdout is not None
+    while time.monotonic() < until and len(out) < most:
+        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, until - time.monotonic()))
+        if not ready:
+            break
+        line = proc.stdout.readline()
+        if not line:
+            break
+        out.append(line.strip())
+        if stop is not None and line.startswith(stop):
+            break
+    return out
+
+
+def last_checkpoint(lines: list[str]) -> int:
+    return max([int(x.split()[1]) for x in lines if x.startswith("ckpt ")], default=0)
+
+
+def test_a_worker_killed_inside_a_run_is_recovered_without_losing_work(tmp_path: Path) -> None:
+    store = run_store(tmp_path / "s")
+    store.create("s", "e")
+    n, lease, cycles = 30, 1.0, 4
+    rng = random.Random(77)
+    acked = 0
+    for cycle in range(cycles):
+        proc = spawn("run", store.root, "s", "e", "downloading", str(n), str(lease), "0.02")
+        seen = lines_of(proc, time.monotonic() + 30, stop="resume")
+        assert seen and seen[-1].startswith("resume"), proc.stderr.read() if proc.stderr else ""
+        assert int(seen[-1].split()[1]) >= acked  # it resumes from every checkpoint it was told about
+        seen += lines_of(proc, time.monotonic() + rng.uniform(0.05, 0.15))
+        os.kill(proc.pid, signal.SIGKILL)
+        rest, _ = proc.communicate()
+        seen += rest.splitlines()
+        assert "done" not in seen
+        acked = max(acked, last_checkpoint(seen))
+        fresh = Store.open(store.root)
+        ep = fresh.get("s", "e")
+        assert ep.stage == "downloading" and ep.lease is not None  # it died holding the lease
+        assert (fresh.load_checkpoint("s", "e", "downloading") or {}).get("i", 0) >= acked
+        assert fresh.next("downloading") == []  # not before the lease runs out
+        time.sleep(max(0.0, (ep.lease.expires_at - fresh.clock()).total_seconds()) + 0.01)
+        report = fresh.recover()
+        assert [r["episode"] for r in report.recovered] == ["s/e"], cycle
+        ep = fresh.get("s", "e")
+        assert ep.stage == "failed" and ep.error_history[-1].kind == "interrupted"
+        assert [e.key for e in fresh.next("downloading")] == ["s/e"]  # ready again at once
+    proc = spawn("run", store.root, "s", "e", "downloading", str(n), str(lease), "0.0")
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert int(out.splitlines()[0].split()[1]) >= acked and out.splitlines()[-1] == "done"
+    fresh = Store.open(store.root)
+    ep = fresh.get("s", "e")
+    events = fresh.events("s", "e")
+    assert ep.stage == "downloaded" and fresh.load_checkpoint("s", "e", "downloading") == {"i": n}
+    assert [e.kind for e in events].count("finish") == 1  # one success, never two
+    assert [e.kind for e in events].count("recovered") == cycles
+    assert ep.attempts["downloading"] == cycles + 1
+    # every checkpoint was paid once; one whose episode write the kill cut off is not charged
+    assert round((n - cycles) * 0.01, 9) <= ep.cost_total <= round(n * 0.01, 9)
+    assert fresh.verify().clean
+
+
+def test_a_stale_worker_is_rejected_after_another_took_over(tmp_path: Path) -> None:
+    store = run_store(tmp_path / "s")
+    store.create("s", "e")
+    stale = spawn("stale", store.root, "s", "e", "downloading", "0.5", "2.0")
+    assert lines_of(stale, time.monotonic() + 30, most=1) == ["started"]
+    fresh = spawn("run", store.root, "s", "e", "downloading", "3", "30", "0.0")  # waits for the lease to run out
+    out, err = fresh.communicate(timeout=60)
+    assert fresh.returncode == 0 and out.splitlines()[-1] == "done", err
+    late, err = stale.communicate(timeout=60)
+    assert stale.returncode == 0, err
+    assert late.split("\n")[:2] == ["rejected", "rejected finish"]
+    ep = Store.open(store.root).get("s", "e")
+    assert ep.stage == "downloaded" and ep.cost_total == 0.03  # nothing of the stale worker's got in
+    kinds = [e.kind for e in Store.open(store.root).events("s", "e")]
+    assert kinds == ["create", "start", "recovered", "start", "checkpoint", "checkpoint", "checkpoint", "finish"]
