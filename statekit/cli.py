@@ -12,10 +12,12 @@ import csv
 import io
 import json
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -216,9 +218,18 @@ def show(ctx: Context, ref: str, as_json: bool) -> None:
         facts.add_row("resume from", resume or "(no intact checkpoint)")
     for name, path in ep.files.items():
         facts.add_row("file", f"{name}: {path}")
+    if ep.lease is not None:
+        facts.add_row("leased", f"by {ep.lease.owner} until {when(ep.lease.expires_at)} UTC (run {ep.lease.run_id})")
+    if ep.stage_done:
+        facts.add_row("done", f"{ep.stage}'s work is done; waiting to move on")
+    if ep.due_at is not None:
+        facts.add_row("retry at", f"{when(ep.due_at)} UTC ('statekit retry {ep.key}' to retry now)")
+    if ep.hold is not None:
+        facts.add_row("held", f"{ep.hold}")
     if ep.error_history:
         last = ep.error_history[-1]
-        facts.add_row("errors", f"{len(ep.error_history)}, last: [{last.kind}] {last.message}")
+        action = f", {last.action}" if last.action else ""
+        facts.add_row("errors", f"{len(ep.error_history)}, last: [{last.kind}{action}] {last.message}")
     out.print(facts, markup=False)
     table = Table(title="events", title_justify="left", box=None, header_style="bold")
     for column in ("v", "at (UTC)", "kind", "move", "cost", "message"):
@@ -231,10 +242,21 @@ def show(ctx: Context, ref: str, as_json: bool) -> None:
 def describe(e: Event) -> str:
     """The change an event made, in a few words."""
     extra = e.model_extra or {}
-    if e.to_stage:
-        return f"{e.from_stage or ''} -> {e.to_stage}".strip()
+    move = f"{e.from_stage or ''} -> {e.to_stage}".strip() if e.to_stage else ""
+    if e.kind in ("fail", "recovered"):
+        return f"{move} [{extra.get('error_kind', '')}, {extra.get('action', '')}]"
+    if e.kind == "start":
+        return f"{move + ' ' if move else ''}run by {extra.get('owner', '')}"
+    if move:
+        return move
     if e.kind == "checkpoint":
         return f"saved {extra.get('checkpoint', '')}"
+    if e.kind == "heartbeat":
+        return f"lease to {str(extra.get('lease_expires_at', ''))[:19]}"
+    if e.kind == "finish":
+        return "done, stays"
+    if e.kind == "retry":
+        return f"released ({extra.get('released', '')})" + (f" by {extra['by']}" if extra.get("by") else "")
     if e.kind == "approve":
         return f"{extra.get('gate', '')} approved by {extra.get('by', '')}"
     if e.fields:
@@ -367,10 +389,11 @@ def sync(ctx: Context) -> None:
 @main.command()
 @pass_ctx
 def verify(ctx: Context) -> None:
-    """Check the index against the files, and the files against their event logs."""
+    """Check the index against the files, the files against their event logs, and checkpoints and backups."""
     report = ctx.store.verify()
     if report.clean:
-        out.print(f"ok: {report.checked} episodes checked; files, event logs and index agree", markup=False)
+        out.print(f"ok: {report.checked} episodes checked; files, event logs and index agree; "
+                  f"{report.checkpoints} checkpoints and {report.backups} backups intact", markup=False)
         return
     out.print(f"{len(report.problems)} problem(s) in {report.checked} episodes:", markup=False)
     print_problems(report.problems)
@@ -415,6 +438,141 @@ def next_(ctx: Context, stage: str, limit: int, as_json: bool) -> None:
         out.print(episode_rows(episodes), markup=False)
     else:
         err.print(f"nothing is waiting for {stage}", markup=False)
+
+
+# --- failures and recovery --------------------------------------------------------------
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def recover(ctx: Context, as_json: bool) -> None:
+    """Bring back episodes whose worker died (their lease expired) for a retry."""
+    report = ctx.store.recover()
+    if as_json:
+        dump_json({"recovered": report.recovered, "gave_up": report.gave_up, "problems": report.problems})
+    else:
+        for r in report.recovered:
+            then = "ready now" if r["action"] == "retry" else "skipped: attempts used up" \
+                if r["action"] == "give_up" else "held for a person"
+            out.print(f"recovered {r['episode']}: {r['stage']} by {r['owner']} stopped (attempt {r['attempt']}); "
+                      f"{then}", markup=False)
+        for key in report.gave_up:
+            if not any(r["episode"] == key for r in report.recovered):
+                out.print(f"gave up   {key} (a give-up a stopped process left half done)", markup=False)
+        for problem in report.problems:
+            err.print(f"could not recover {problem}", markup=False)
+        out.print(f"{len(report.recovered)} recovered, {len(report.gave_up)} skipped", markup=False)
+    if report.problems:
+        sys.exit(1)
+
+
+@main.command()
+@ref_arg
+@click.option("--by", default=None, help="Who releases it (recorded in the event).")
+@click.option("--note", default=None, help="What was fixed.")
+@pass_ctx
+def retry(ctx: Context, ref: str, by: str | None, note: str | None) -> None:
+    """Release SHOW/EP for its next attempt now (after fixing what held it, or skipping a backoff)."""
+    ep = ctx.store.retry_now(*split_ref(ref), by=by, note=note)
+    out.print(f"{ep.key}: ready to retry {ep.previous_stage} (version {ep.version})", markup=False)
+
+
+@main.command()
+@click.option("--limit", type=click.IntRange(min=1), default=20, show_default=True, help="How many, newest last.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def errors(ctx: Context, limit: int, as_json: bool) -> None:
+    """The latest failures of stage runs (.statekit/errors.jsonl)."""
+    lines = ctx.store.error_log()[-limit:]
+    if as_json:
+        dump_json(lines)
+        return
+    if not lines:
+        err.print("no failures recorded", markup=False)
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("at (UTC)", "episode", "stage", "kind", "action", "attempt", "message"):
+        table.add_column(column, justify="right" if column == "attempt" else "left")
+    for line in lines:
+        table.add_row(str(line.get("at", ""))[:19].replace("T", " "), f"{line.get('show_id')}/{line.get('episode_id')}",
+                      str(line.get("stage", "")), str(line.get("kind", "")), str(line.get("action", "")),
+                      str(line.get("attempt", "")), str(line.get("message", "")))
+    out.print(table, markup=False)
+
+
+@main.command()
+@ref_arg
+@click.option("--backup", "number", type=int, default=1, show_default=True, help="Which backup (1 = the newest).")
+@click.option("--list", "listing", is_flag=True, help="Only list the backups.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (with --list).")
+@pass_ctx
+def restore(ctx: Context, ref: str, number: int, listing: bool, as_json: bool) -> None:
+    """Put a backup of SHOW/EP back (a new version, one 'restore' event)."""
+    show_id, ep_id = split_ref(ref)
+    if listing:
+        found = ctx.store.backups(show_id, ep_id)
+        if as_json:
+            dump_json([{"backup": b.number, "version": b.version, "path": b.path, "size": b.size,
+                        "saved_at": b.saved_at.isoformat(), "problem": b.problem} for b in found])
+            return
+        if not found:
+            err.print(f"{ref} has no backups", markup=False)
+            return
+        table = Table(box=None, header_style="bold")
+        for column in ("backup", "version", "saved (UTC)", "size", "state"):
+            table.add_column(column, justify="right" if column in ("backup", "version", "size") else "left")
+        for b in found:
+            table.add_row(str(b.number), str(b.version), when(b.saved_at), str(b.size), b.problem or "ok")
+        out.print(table, markup=False)
+        return
+    ep = ctx.store.restore(show_id, ep_id, number)
+    out.print(f"{ep.key}: restored backup {number}; now at {ep.stage} (version {ep.version})", markup=False)
+
+
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(value: str) -> timedelta:
+    """'7d', '12h', '1w2d', '90m', '30s' -> a timedelta."""
+    text = value.strip().lower()
+    parts = re.findall(r"(\d+)\s*([smhdw])", text)
+    if not text or not parts or re.sub(r"(\d+)\s*([smhdw])", "", text).strip():
+        raise click.BadParameter(f"expected an age such as '7d', '12h' or '1w2d', got {value!r}")
+    return timedelta(seconds=sum(int(n) * UNITS[u] for n, u in parts))
+
+
+@main.command()
+@click.option("--backups-older-than", "age", required=True, metavar="AGE", help="e.g. 7d, 12h, 1w2d.")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@pass_ctx
+def gc(ctx: Context, age: str, dry_run: bool) -> None:
+    """Remove episode backups older than AGE (the newest backup of a damaged episode is kept)."""
+    removed = ctx.store.gc(backups_older_than=parse_age(age), dry_run=dry_run)
+    verb = "would remove" if dry_run else "removed"
+    for path in removed:
+        out.print(f"{verb} {path}", markup=False)
+    out.print(f"{len(removed)} backup(s) {verb}", markup=False)
+
+
+@main.command()
+@click.option("--dry-run", is_flag=True, help="Only list what would be done.")
+@pass_ctx
+def repair(ctx: Context, dry_run: bool) -> None:
+    """Restore damaged episode files from backups, drop uncommitted event tails, remove temp files, fix the index."""
+    with progress_bar("repairing") as progress:
+        report = ctx.store.repair(dry_run=dry_run, progress=progress)
+    for action in report.actions:
+        out.print(("would " if dry_run else "") + action, markup=False)
+    for problem in report.problems:
+        out.print(f"cannot fix: {problem}", markup=False)
+    if not report.actions and not report.problems:
+        out.print("nothing to repair", markup=False)
+    else:
+        out.print(f"{len(report.actions)} action(s){' planned' if dry_run else ''}, "
+                  f"{len(report.problems)} problem(s) left for a person", markup=False)
+    if report.problems:
+        sys.exit(1)
 
 
 @main.command()

@@ -739,7 +739,7 @@ class Store:
                     removed.append(os.path.relpath(path, self.root))
         return removed
 
-    def repair(self, *, dry_run: bool = False) -> RepairReport:
+    def repair(self, *, dry_run: bool = False, progress: Progress | None = None) -> RepairReport:
         """Fix what can be fixed without a person, and say what was done:
         a damaged or invalid episode file gets its newest valid backup back;
         an uncommitted event tail (a torn line, or the event of a write that
@@ -754,18 +754,22 @@ class Store:
             act(f"remove temp file {os.path.relpath(stale, self.root)}")
             if not dry_run:
                 self._disk.unlink(stale)
+        work = []
         for show in self.shows():
             with self._show_lock(show):
                 for stale in diskio.temp_files(os.path.join(self.root, "shows", show)):
                     act(f"remove temp file {os.path.relpath(stale, self.root)}")
                     if not dry_run:
                         self._disk.unlink(stale)
-            for ep in _subdirs(os.path.join(self.root, "shows", show, "episodes")):
-                try:
-                    check_id(ep, "episode id")
-                    self._repair_episode(show, ep, report)
-                except StatekitError as exc:
-                    report.problems.append(f"{show}/{ep}: {exc.one_line()}")
+            work += [(show, ep) for ep in _subdirs(os.path.join(self.root, "shows", show, "episodes"))]
+        for done, (show, ep) in enumerate(work, 1):
+            try:
+                check_id(ep, "episode id")
+                self._repair_episode(show, ep, report)
+            except StatekitError as exc:
+                report.problems.append(f"{show}/{ep}: {exc.one_line()}")
+            if progress is not None:
+                progress(done, len(work))
         if dry_run:
             return report
         try:

@@ -214,3 +214,74 @@ def test_long_commands_are_quiet_when_piped(root: Path) -> None:
     for command in (["rebuild-index"], ["sync"]):
         result = subprocess.run([str(exe), "--root", str(root), *command], capture_output=True, text=True)
         assert result.returncode == 0 and result.stderr == "", result.stderr  # no progress bar in a pipe
+
+
+# --- failures and recovery ----------------------------------------------------------------
+
+
+def test_recover_retry_and_errors(root: Path) -> None:
+    import time as _time
+
+    store = Store.open(root)
+    store.create("s", "dead")
+    store.create("s", "held")
+    store.run("s", "dead", "downloading", owner="worker-9", lease_seconds=0.2).__enter__()  # and dies
+    with store.run("s", "held", "downloading", reraise=False):
+        raise FileNotFoundError(2, "No such file or directory", "/in/a.wav")
+    assert "leased" in run("show", "s/dead", root=root) and "worker-9" in run("show", "s/dead", root=root)
+    assert "held" in run("show", "s/held", root=root)
+    _time.sleep(0.25)
+    out = run("recover", root=root)
+    assert "recovered s/dead: downloading by worker-9 stopped (attempt 1); ready now" in out
+    assert "1 recovered, 0 skipped" in out
+    assert json.loads(run("recover", "--json", root=root))["recovered"] == []
+    assert [e["episode_id"] for e in json.loads(run("next", "downloading", "--json", root=root))] == ["dead"]
+    assert "ready to retry downloading" in run("retry", "s/held", "--by", "ana", "--note", "file back", root=root)
+    assert "not waiting for a retry" in error("retry", "s/held", root=root)
+    log = json.loads(run("errors", "--json", root=root))
+    assert [(x["episode_id"], x["kind"], x["action"]) for x in log] == [
+        ("held", "user_input_invalid", "hold"), ("dead", "interrupted", "retry")]
+    table = run("errors", root=root)
+    assert "user_input_invalid" in table and "s/dead" in table
+    events = run("show", "s/dead", root=root)
+    assert "recovered" in events and "[interrupted, retry]" in events
+
+
+def test_restore_gc_and_repair(root: Path) -> None:
+    run("create", "s/e", "--title", "one", root=root)
+    run("advance", "s/e", "downloading", root=root)
+    run("advance", "s/e", "failed", root=root)
+    listing = json.loads(run("restore", "s/e", "--list", "--json", root=root))
+    assert [(b["backup"], b["version"], b["problem"]) for b in listing] == [(1, 2, None), (2, 1, None)]
+    assert "saved (UTC)" in run("restore", "s/e", "--list", root=root)
+    assert "has 2 backups, not 5" in error("restore", "s/e", "--backup", "5", root=root)
+    assert "restored backup 2; now at discovered (version 4)" in run("restore", "s/e", "--backup", "2", root=root)
+    assert "expected an age" in error("gc", "--backups-older-than", "soon", root=root)
+    assert "Missing option" in error("gc", root=root)
+    assert "0 backup(s) would remove" in run("gc", "--backups-older-than", "7d", "--dry-run", root=root)
+    assert "3 backup(s) removed" in run("gc", "--backups-older-than", "0s", root=root)
+    assert "nothing to repair" in run("repair", root=root)
+    run("advance", "s/e", "downloading", root=root)
+    path = episode_file(Store.open(root), "s", "e")
+    path.write_text("stage: [")
+    assert "restore s/e from backup 1 (version 4)" in run("repair", "--dry-run", root=root)
+    assert path.read_text() == "stage: ["
+    out = run("repair", root=root)
+    assert "restore s/e from backup 1" in out and "1 action(s)" in out
+    assert "ok:" in run("verify", root=root)
+    run("create", "s/lost", root=root)
+    episode_file(Store.open(root), "s", "lost").write_text("stage: [")
+    assert "cannot fix: s/lost" in run("repair", root=root, code=1)
+
+
+def test_parse_age() -> None:
+    from datetime import timedelta
+
+    from statekit.cli import parse_age
+
+    assert parse_age("7d") == timedelta(days=7)
+    assert parse_age("1w2d 3h") == timedelta(days=9, hours=3)
+    assert parse_age("90s") == timedelta(seconds=90)
+    for bad in ("", "7", "d7", "7 days", "-1d", "7d!"):
+        with pytest.raises(Exception, match="expected an age"):
+            parse_age(bad)
