@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import logging
 import os
 import re
 import sys
@@ -130,6 +131,29 @@ def main(ctx: click.Context, root: str | None, debug: bool) -> None:
     """Durable, human-editable state for multi-stage media pipelines."""
     ctx.meta["statekit.debug"] = debug
     ctx.obj = Context(root)
+    quiet_logs()
+
+
+class StderrLines(logging.Handler):
+    """Each record as one line on the current stderr."""
+
+    statekit_cli = True
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = " ".join(record.getMessage().split())
+            line = text if text.startswith("statekit:") else f"statekit: {record.levelname.lower()}: {text}"
+            sys.stderr.write(line + "\n")
+        except Exception:
+            self.handleError(record)
+
+
+def quiet_logs(level: int = logging.WARNING) -> None:
+    """statekit's log records on stderr, one line each (once per process)."""
+    logger = logging.getLogger("statekit")
+    if not any(getattr(h, "statekit_cli", False) for h in logger.handlers):
+        logger.addHandler(StderrLines())
+    logger.setLevel(level)
 
 
 @main.command()
@@ -620,6 +644,7 @@ def demo(directory: str | None) -> None:
     from .demo import walk
 
     root = directory or os.path.join(tempfile.mkdtemp(prefix="statekit-demo-"), "store")
+    quiet_logs(logging.CRITICAL)  # the walk says what happens; the failure logs would repeat it
     for line in walk(root):
         out.print(line, markup=False)
 
