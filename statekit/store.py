@@ -569,7 +569,7 @@ class Store:
         st = diskio.atomic_write(self._disk, path, raw, alongside=append, keep=keep,
                                  previous=current.raw if current is not None else None, created=current is None)
         if keep is not None:
-            self._rotate_backups(keep)
+            self._rotate_backups(keep, current.model.version)  # type: ignore[union-attr]
         after = sizes[0]
         written.model = new
         written.log_size = after
@@ -604,12 +604,26 @@ class Store:
         stem, ext = os.path.splitext(os.path.basename(path))
         return f"{directory}/{stem}.v{model.version}{ext}"
 
-    def _rotate_backups(self, kept: str) -> None:
-        """Keep the newest ``backups`` versions (a failure here only logs: the write is done)."""
+    def _rotate_backups(self, kept: str, version: int) -> None:
+        """Keep the newest ``backups`` versions (a failure here only logs: the write is done).
+
+        Versions go up one per write, so the backup that falls out is the one
+        ``backups`` versions back, removed by name. Every 16th version the
+        folder is listed instead, which also clears what versions that
+        jumped (a hand edit of ``version``) left behind."""
+        keep_n = self.config.backups
         try:
+            if version % 16:
+                if version > keep_n:
+                    suffix = kept[kept.rindex("."):]
+                    try:
+                        self._disk.unlink(f"{kept[:kept.rindex('.v')]}.v{version - keep_n}{suffix}")
+                    except FileNotFoundError:
+                        pass
+                return
             directory = os.path.dirname(kept)
             found = sorted(_backup_versions(os.listdir(directory)), reverse=True)
-            for _version, name in found[self.config.backups:]:
+            for _version, name in found[keep_n:]:
                 self._disk.unlink(os.path.join(directory, name))
         except OSError as exc:
             log.warning("statekit: could not rotate the backups next to %s (%s)", kept, exc)

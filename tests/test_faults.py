@@ -94,13 +94,15 @@ OPS = {"advance": op_advance, "update": op_update, "checkpoint": op_checkpoint, 
 
 @pytest.fixture(scope="module")
 def template(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """A store per format, with s/e at version 3 (two backups, comments kept by hand)."""
+    """A store per format, with s/e at version 6 or 7 (three backups, so each write also
+    rotates one out; in YAML, comments added by hand)."""
     out = {}
     for fmt in ("yaml", "json"):
         root = tmp_path_factory.mktemp(f"tpl-{fmt}") / "store"
         store = Store.init(root, format=fmt)
         store.create("s", "e", title="Episode")
-        store.update("s", "e", title="Episode, again")
+        for n in range(5):
+            store.update("s", "e", title=f"Episode, take {n}")
         if fmt == "yaml":
             path = episode_file(store, "s", "e")
             path.write_text("# a person's note\n" + path.read_text())
@@ -131,9 +133,9 @@ def count_steps(template: Path, tmp_path: Path, op: Callable[[Store], Any]) -> l
 def test_the_write_paths_make_the_calls_expected(template: dict[str, Path], tmp_path: Path) -> None:
     steps = count_steps(template["yaml"], tmp_path, op_advance)
     # the lock file, the event (open, write, fsync), the file (temp, write, fsync, close), the backup
-    # link, the rename and the directory fsync
+    # link, the rename and the directory fsync; then the oldest backup rotates out
     assert steps == ["open", "open", "write", "fsync", "mkstemp", "write", "fsync", "close", "link", "replace",
-                     "open", "fsync", "close"]
+                     "open", "fsync", "close", "unlink"]
 
 
 @pytest.mark.parametrize("fmt", ["yaml", "json"])
@@ -185,7 +187,7 @@ def test_a_fault_at_every_step_leaves_the_episode_as_it_was(
 
 def test_a_failed_directory_sync_after_the_rename_is_undone(template: dict[str, Path], tmp_path: Path) -> None:
     steps = count_steps(template["yaml"], tmp_path, op_advance)
-    dir_fsync = len(steps) - 2  # open(dir), fsync(dir), close(dir) end the write
+    dir_fsync = len(steps) - 3  # open(dir), fsync(dir), close(dir) end the write, then the rotation
     assert steps[dir_fsync] == "fsync"
     for backups in (3, 0):
         disk = FaultyDisk()

@@ -50,6 +50,15 @@ def test_each_overwrite_keeps_the_old_file_and_only_the_newest_three(any_store: 
     assert [(b.number, b.version, b.problem) for b in found] == [(1, 5, None), (2, 4, None), (3, 3, None)]
 
 
+def test_rotation_stays_at_three_over_many_writes_and_clears_stragglers(store: Store) -> None:
+    store.create("s", "e")
+    walk_back_and_forth(store, 20)
+    assert sorted(os.listdir(backup_dir(store))) == [f"episode.v{v}.yaml" for v in (18, 19, 20)]
+    (backup_dir(store) / "episode.v5.yaml").write_bytes(b"left by a version that jumped")
+    walk_back_and_forth(store, 12)  # versions 21..32: the listing at a multiple of 16 clears it
+    assert sorted(os.listdir(backup_dir(store))) == [f"episode.v{v}.yaml" for v in (30, 31, 32)]
+
+
 def test_a_backup_never_shares_the_live_file(store: Store) -> None:
     store.create("s", "e")
     store.advance("s", "e", "downloading")
