@@ -454,14 +454,14 @@ def status(ctx: Context, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
 def next_(ctx: Context, stage: str, limit: int, as_json: bool) -> None:
-    """Episodes waiting to enter STAGE, longest-waiting first."""
+    """Episodes ready for STAGE (to enter it, or to be run in it), longest-waiting first."""
     episodes = ctx.store.next(stage, limit=limit)
     if as_json:
         dump_json([e.model_dump(mode="json") for e in episodes])
     elif episodes:
         out.print(episode_rows(episodes), markup=False)
     else:
-        err.print(f"nothing is waiting for {stage}", markup=False)
+        err.print(f"nothing is ready for {stage}", markup=False)
 
 
 # --- failures and recovery --------------------------------------------------------------

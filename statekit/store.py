@@ -925,6 +925,7 @@ class Store:
             with self._episode_lock(show, ep):
                 if not any(os.path.lexists(p) for p in self._episode_paths(show, ep)):
                     raise self._episode_missing(show, ep)
+                self._refuse_if_leased(show, ep, "deleted")
                 trash = diskio.ensure_dirs(self._disk, self.root, (".statekit", "trash", show))
                 target = os.path.join(trash, f"{ep}.{_stamp(self.clock())}")
                 source = self._episode_dir(show, ep)
@@ -934,6 +935,24 @@ class Store:
                 self._index_quietly(f"the deletion of {show}/{ep}", removed=[(show, ep)])
             self._list_in_show(show, lambda ids: [i for i in ids if i != ep])
         return target
+
+    def _refuse_if_leased(self, show: str, ep: str, what: str) -> None:
+        """``NotReadyError`` if a live stage run holds the episode (a damaged
+        file holds no lease anyone could honour: it does not refuse)."""
+        try:
+            model = self._load(show, ep)[1].model
+        except (CorruptFileError, ValidationError, SchemaVersionError):
+            return
+        self._refuse_if_held(model, what)
+
+    def _refuse_if_held(self, model: Episode, what: str, now: datetime | None = None) -> None:
+        lease = model.lease
+        if lease is not None and (now or self.clock()) < lease.expires_at:
+            raise NotReadyError(
+                f"{model.key} is being run ({model.stage}) by {lease.owner} until {lease.expires_at.isoformat()}; "
+                f"it cannot be {what} meanwhile", reason="leased", show_id=model.show_id,
+                episode_id=model.episode_id, stage=model.stage,
+                hint="wait for the run to finish, or for its lease to expire")
 
     # --- shows ----------------------------------------------------------------------
 
@@ -1103,11 +1122,7 @@ class Store:
             if refusal is not None:
                 raise refusal.error(refusal.message, show_id=m.show_id, episode_id=m.episode_id, stage=stage,
                                     **refusal.extra)
-            if m.lease is not None and now < m.lease.expires_at:
-                raise NotReadyError(
-                    f"{m.key} is being run ({m.stage}) by {m.lease.owner} until {m.lease.expires_at.isoformat()}; "
-                    "it cannot be moved meanwhile", reason="leased", show_id=m.show_id, episode_id=m.episode_id,
-                    stage=stage, hint="wait for the run to finish, or for its lease to expire")
+            self._refuse_if_held(m, "moved", now)
             costs = m.costs
             if cost is not None:
                 costs = {**costs, m.stage: round(costs.get(m.stage, 0.0) + cost, 9)}

@@ -16,7 +16,13 @@ import os
 import sys
 import time
 
-from statekit import LeaseExpiredError, LockTimeoutError, NotReadyError, Store, VersionConflictError
+from statekit import (
+    LeaseExpiredError,
+    LockTimeoutError,
+    NotReadyError,
+    Store,
+    VersionConflictError,
+)
 
 
 def cas(store: Store, show: str, ep: str, n: int) -> dict[str, int]:

@@ -69,7 +69,7 @@ def test_sql_reference_queries_run_on_a_real_index(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace("title: ''", "title: fixed by hand"))
     store.sync()
     queries = blocks("sql")
-    assert len(queries) == 10
+    assert len(queries) == 11
     answers = {}
     for query in queries:
         columns, rows = store.sql(query)
@@ -78,3 +78,5 @@ def test_sql_reference_queries_run_on_a_real_index(tmp_path: Path) -> None:
     assert ("published", 1) in answers["-- 1. Episodes per stage, all shows"]
     assert answers["-- 10. Hand edits that sync adopted, newest first, with the fields they changed"][0][:3] == (
         "hooting-yard", "stuck", 2)
+    failures = answers["-- 11. Failures by kind and what was done about them, last 7 days"]
+    assert sorted(failures) == [("interrupted", "retry", 1), ("system_resource_exceeded", "retry", 1)]

@@ -300,6 +300,8 @@ def test_advance_cannot_move_an_episode_a_live_run_holds(tmp_path: Path) -> None
     before = snapshot(store.root)
     with pytest.raises(NotReadyError, match="cannot be moved meanwhile"):
         store.advance("s", "e", "downloaded")
+    with pytest.raises(NotReadyError, match="cannot be deleted meanwhile"):
+        store.delete("s", "e")
     assert snapshot(store.root) == before
     now[0] += timedelta(seconds=31)  # the worker is gone: a person may move it on
     ep = store.advance("s", "e", "downloaded")
