@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench clean
+.PHONY: demo test stress bench clean
 
 $(BIN)/statekit: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ demo: $(BIN)/statekit
 
 test: $(BIN)/statekit
 	$(BIN)/python -m pytest -q
+
+# the reliability harness at full size (RELIABILITY.md); the default suite runs its fast tier
+stress: $(BIN)/statekit
+	STATEKIT_STRESS=1 $(BIN)/python -m pytest -q -m reliability tests/reliability
 
 bench: $(BIN)/statekit
 	$(BIN)/python benchmarks/bench_writes.py

@@ -534,6 +534,8 @@ def errors(ctx: Context, limit: int, as_json: bool) -> None:
 def restore(ctx: Context, ref: str, number: int, listing: bool, as_json: bool) -> None:
     """Put a backup of SHOW/EP back (a new version, one 'restore' event)."""
     show_id, ep_id = split_ref(ref)
+    if as_json and not listing:
+        raise click.UsageError("--json goes with --list (a restore prints one line)")
     if listing:
         found = ctx.store.backups(show_id, ep_id)
         if as_json:
@@ -563,7 +565,10 @@ def parse_age(value: str) -> timedelta:
     parts = re.findall(r"(\d+)\s*([smhdw])", text)
     if not text or not parts or re.sub(r"(\d+)\s*([smhdw])", "", text).strip():
         raise click.BadParameter(f"expected an age such as '7d', '12h' or '1w2d', got {value!r}")
-    return timedelta(seconds=sum(int(n) * UNITS[u] for n, u in parts))
+    try:
+        return timedelta(seconds=sum(int(n) * UNITS[u] for n, u in parts))
+    except OverflowError:
+        raise click.BadParameter(f"{value!r} is too long an age; give at most a few thousand years") from None
 
 
 @main.command()

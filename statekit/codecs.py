@@ -71,6 +71,8 @@ _STR_TAG, _INT_TAG, _FLOAT_TAG, _BOOL_TAG, _NULL_TAG, _SEQ_TAG, _MAP_TAG, _MERGE
 _PLAIN_INT = re.compile(r"[-+]?(?:0|[1-9][0-9]*)").fullmatch
 _PLAIN_FLOAT = re.compile(r"[-+]?[0-9]*\.[0-9]+(?:[eE][-+][0-9]+)?").fullmatch
 _NUMBERS = yaml.constructor.SafeConstructor()  # PyYAML's own reading of the rarer number forms
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+"""The integers a file may hold: what the index (SQLite, orjson) can store."""
 _ALIASES = "anchors and aliases (&name, *name, <<) are not allowed in statekit files"
 _Scalar, _Sequence, _Mapping = yaml.ScalarNode, yaml.SequenceNode, yaml.MappingNode
 
@@ -114,7 +116,10 @@ def _build(node: yaml.Node, seen: set[int] | None) -> Any:
         value = node.value
         try:
             if tag == _INT_TAG:
-                return int(value) if _PLAIN_INT(value) else _NUMBERS.construct_yaml_int(node)
+                number = int(value) if _PLAIN_INT(value) else _NUMBERS.construct_yaml_int(node)
+                if not INT64_MIN <= number <= INT64_MAX:
+                    _refuse(node, f"{value[:40]!r}: integers must fit in 64 bits")
+                return number
             if tag == _FLOAT_TAG:
                 number = float(value) if _PLAIN_FLOAT(value) else _NUMBERS.construct_yaml_float(node)
                 if number != number or number in (float("inf"), float("-inf")):
@@ -594,6 +599,14 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not allowed (numbers must be finite)")
 
 
+def int64(text: str) -> int:
+    """``parse_int`` for ``json.loads``: integers that fit in 64 bits, else ValueError."""
+    number = int(text)
+    if not INT64_MIN <= number <= INT64_MAX:
+        raise ValueError(f"{text[:40]}: integers must fit in 64 bits")
+    return number
+
+
 class JsonCodec:
     name = "json"
     suffix = ".json"
@@ -604,7 +617,7 @@ class JsonCodec:
     def load(self, raw: bytes, path: str) -> dict[str, Any]:
         text = _decode(raw, path)
         try:
-            data = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=_no_constants)
+            data = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=_no_constants, parse_int=int64)
         except json.JSONDecodeError as exc:
             raise CorruptFileError(f"{path}:{exc.lineno}: invalid JSON: {exc.msg}", path=path, line=exc.lineno) from None
         except ValueError as exc:

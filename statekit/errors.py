@@ -164,7 +164,8 @@ class LeaseExpiredError(VersionConflictError):
 class NotReadyError(StatekitError):
     """A stage run cannot start now. ``reason``: ``leased`` (a live worker
     holds the episode), ``due`` (a retry still in its backoff), ``hold``
-    (waiting for a person) or ``done`` (the stage's work is finished)."""
+    (waiting for a person), ``done`` (the stage's work is finished) or
+    ``gave_up`` (its last worker died with the attempts used up)."""
 
     def __init__(self, message: str, *, reason: str, **kw: Any) -> None:
         super().__init__(message, **kw)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import os
 import random
 import stat
@@ -26,7 +27,7 @@ from typing import Any
 import orjson
 from filelock import lock_descriptor, unlock_descriptor
 
-from .codecs import compact_json, no_duplicates
+from .codecs import compact_json, int64, no_duplicates
 from .errors import (
     CorruptFileError,
     LockTimeoutError,
@@ -35,9 +36,16 @@ from .errors import (
     UnsafePathError,
 )
 
+try:
+    import fcntl
+except ImportError:  # no flock() on this platform: locks are polled
+    fcntl = None  # type: ignore[assignment]
+
 O_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 O_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 O_DIRECTORY = getattr(os, "O_DIRECTORY", 0)
+O_NONBLOCK = getattr(os, "O_NONBLOCK", 0)
+"""For opening a file to read: a FIFO planted where a file should be must not block the open."""
 
 MAX_FILE_BYTES = 64 * 1024 * 1024
 """Largest state file read (a bigger one is damage or a mistake, not state)."""
@@ -116,7 +124,7 @@ def read_file(path: str, limit: int | None = MAX_FILE_BYTES) -> bytes | None:
     should be is reported as damage, and so is a file over ``limit`` bytes.
     """
     try:
-        fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -124,6 +132,8 @@ def read_file(path: str, limit: int | None = MAX_FILE_BYTES) -> bytes | None:
             raise _unsafe(path) from None
         if exc.errno == errno.ENOTDIR:
             return None
+        if exc.errno == errno.ENXIO:  # a socket
+            raise CorruptFileError(f"{path}: is not a regular file, expected a file", path=path) from None
         raise storage_error(exc, path, "read") from exc
     try:
         st = os.fstat(fd)
@@ -262,7 +272,20 @@ def _link_old(disk: Disk, path: str, keep: str) -> str | None:
     except FileExistsError:  # left by an interrupted write of the same version: replace it
         disk.unlink(keep)
         disk.link(path, keep)
+    except OSError as exc:
+        if exc.errno not in NO_HARD_LINKS:
+            raise
+        # a file system without hard links (some network and FAT mounts): the write goes on unbacked
+        logging.getLogger("statekit").warning(
+            "statekit: no backup of %s: this file system cannot hard-link it (%s); set 'backups: 0' in "
+            "statekit.yaml to silence this", path, errno.errorcode.get(exc.errno or 0, exc))
+        return None
     return keep
+
+
+NO_HARD_LINKS = frozenset(
+    getattr(errno, name) for name in ("EPERM", "EMLINK", "ENOTSUP", "EOPNOTSUPP", "EXDEV") if hasattr(errno, name))
+"""What ``link`` raises where a file system does not do hard links (not a failure of the write)."""
 
 
 def _undo_replace(disk: Disk, kept: str, path: str, directory: str) -> None:
@@ -441,35 +464,111 @@ def hold_lock(disk: Disk, path: str, timeout: float, what: str) -> Iterator[None
         if exc.errno == errno.ELOOP:
             raise _unsafe(path) from None
         raise storage_error(exc, path, "open lock file") from exc
+    waiter: _LockWaiter | None = None
     try:
         if not lock_descriptor(fd, blocking=False):
-            deadline = time.monotonic() + timeout
-            delay = 0.0005
-            while not lock_descriptor(fd, blocking=False):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise LockTimeoutError(
-                        f"could not lock {what} within {timeout:g} s", path=path, timeout=timeout
-                    )
-                time.sleep(min(delay * random.uniform(0.5, 1.5), remaining))
-                delay = min(delay * 2, 0.02)
+            if fcntl is None:  # no blocking flock() here: poll
+                _poll_lock(fd, path, timeout, what)
+            else:
+                waiter = _LockWaiter(fd)
+                if not waiter.wait(timeout):
+                    raise LockTimeoutError(f"could not lock {what} within {timeout:g} s", path=path, timeout=timeout)
         try:
             yield
         finally:
             unlock_descriptor(fd)
     finally:
-        os.close(fd)
+        if waiter is None or not waiter.abandoned:
+            os.close(fd)
+
+
+class _LockWaiter:
+    """Waits for the lock on ``fd`` in a helper thread blocked in ``flock()``.
+
+    The kernel wakes a blocked waiter the moment the lock is released, so
+    the lock passes to a waiting process. Waiters that poll instead sleep
+    through most releases, and a process that releases the lock and takes it
+    again at once (a worker writing in a loop) kept it for hundreds of
+    writes: 16 processes writing one episode starved each other into
+    ``LockTimeoutError`` after 5 s while each write held the lock for
+    milliseconds (tests/reliability/test_concurrency.py).
+
+    ``wait`` gives up after the timeout; the thread then owns ``fd`` and
+    closes it (releasing the lock) as soon as it gets the lock.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.abandoned = False
+        self._finished = False
+        self._error: OSError | None = None
+        self._mutex = threading.Lock()
+        self._done = threading.Event()
+        threading.Thread(target=self._block, name="statekit-lock-wait", daemon=True).start()
+
+    def _block(self) -> None:
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except OSError as exc:
+            self._error = exc
+        with self._mutex:
+            if self.abandoned:
+                os.close(self.fd)  # releases the lock nobody waits for any more
+                return
+            self._finished = True
+        self._done.set()
+
+    def wait(self, timeout: float) -> bool:
+        """True once the lock is held on ``fd``; False after ``timeout`` seconds."""
+        try:
+            self._done.wait(timeout)
+        finally:  # also on KeyboardInterrupt: either the lock is ours, or the thread keeps fd
+            with self._mutex:
+                if not self._finished:
+                    self.abandoned = True
+        if self.abandoned:
+            return False
+        if self._error is not None:
+            raise self._error
+        return True
+
+
+def _poll_lock(fd: int, path: str, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.0005
+    while not lock_descriptor(fd, blocking=False):
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise LockTimeoutError(f"could not lock {what} within {timeout:g} s", path=path, timeout=timeout)
+        time.sleep(min(delay * random.uniform(0.5, 1.5), remaining))
+        delay = min(delay * 2, 0.02)
 
 
 # --- the event log -------------------------------------------------------------
 
 
+_EVENT_TEXT = ("at", "kind", "show_id", "episode_id")
+_EVENT_OPTIONAL_TEXT = ("from_stage", "to_stage", "message", "sha256")
+
+
 def _parse_event_line(line: bytes, strict: bool = True) -> dict[str, Any] | None:
-    try:  # strict: the stdlib parser, which can refuse duplicate keys
-        event = json.loads(line, object_pairs_hook=no_duplicates) if strict else orjson.loads(line)
+    """One event line, or None if it is not one. Both modes refuse what the
+    fast parser refuses (NaN, infinity, numbers out of range, a BOM) and
+    fields of the wrong JSON type (the index stores them in typed columns);
+    ``strict`` also refuses duplicate keys and integers beyond 64 bits (which
+    the fast parser reads as floats), and returns the exact reading."""
+    try:
+        event = orjson.loads(line)
+        if strict:
+            event = json.loads(line, object_pairs_hook=no_duplicates, parse_int=int64)
     except (ValueError, RecursionError):
         return None
     if not isinstance(event, dict) or type(event.get("version")) is not int:
+        return None
+    get = event.get
+    if not all(type(get(k)) is str for k in _EVENT_TEXT) or not all(
+            type(get(k)) in (str, type(None)) for k in _EVENT_OPTIONAL_TEXT) or type(get("cost")) not in (
+            int, float, type(None)):
         return None
     return event
 
@@ -562,13 +661,20 @@ def uncommitted_tail(path: str, committed: int) -> int:
     the event of a write that stopped before its file was replaced); 0 if none.
     ``CorruptFileError`` if the log is damaged in a way that is not a tail."""
     try:
-        fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC)
+        fd = os.open(path, os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK)
     except FileNotFoundError:
         return 0
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _unsafe(path) from None
+        if exc.errno == errno.ENXIO:  # a socket
+            raise CorruptFileError(f"{path}: is not a regular file, expected an event log", path=path) from None
         raise storage_error(exc, path, "read") from exc
     try:
-        size = os.fstat(fd).st_size
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptFileError(f"{path}: is not a regular file, expected an event log", path=path)
+        size = st.st_size
         return size - _committed_end(fd, size, committed, path) if size else 0
     finally:
         os.close(fd)
@@ -610,6 +716,9 @@ def read_events(path: str, committed: int, *, strict: bool = True) -> list[dict[
             continue
         if bad is not None:
             raise CorruptFileError(f"{path}:{bad}: unreadable event line", path=path, line=bad)
+        if events and event["version"] <= events[-1]["version"]:
+            raise CorruptFileError(f"{path}:{number}: event version {event['version']} comes after version "
+                                   f"{events[-1]['version']} (a repeated or misplaced line)", path=path, line=number)
         events.append(event)
     if bad is not None and committed and (not events or events[-1]["version"] < committed):
         raise CorruptFileError(f"{path}:{bad}: unreadable event line", path=path, line=bad)

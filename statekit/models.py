@@ -48,6 +48,8 @@ def _plain_json(value: Any, where: str = "value", depth: int = 0) -> Any:
         raise ValueError(f"{where} is nested more than {MAX_METADATA_DEPTH} levels deep")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{where} must be a finite number, not {value}")
+    if type(value) is int and not -(1 << 63) <= value < (1 << 63):
+        raise ValueError(f"{where} must fit in 64 bits")
     if isinstance(value, dict):
         for k, v in value.items():
             _plain_json(v, f"{where}.{k}", depth + 1)

@@ -330,7 +330,7 @@ class Store:
 
         try:
             self.index.write(**changes)
-        except (IndexUnavailableError, SQLAlchemyError, OSError) as exc:
+        except (IndexUnavailableError, SQLAlchemyError, OSError, TypeError, ValueError, OverflowError) as exc:
             log.warning("statekit: the index missed %s (%s); run 'statekit sync' to repair it", what, exc)
 
     # --- paths ----------------------------------------------------------------
@@ -480,16 +480,7 @@ class Store:
         """The episode's committed events, oldest first."""
         episode = self.get(show, ep)
         path = self._paths(show, ep).events
-        events = []
-        for number, raw in enumerate(diskio.read_events(path, episode.version), 1):
-            if raw.get("schema_version", EVENT_SCHEMA) != EVENT_SCHEMA:
-                schema_of(raw, f"{path} (event {number})", current=EVENT_SCHEMA, legacy_ok=False)
-            try:
-                events.append(Event.model_validate(raw))
-            except PydanticValidationError as exc:
-                raise CorruptFileError(f"{path}: event {number} is not a valid event: {exc.errors()[0]['msg']}",
-                                       path=path) from None
-        return events
+        return validate_events(path, diskio.read_events(path, episode.version))
 
     # --- the write path ------------------------------------------------------------
 
@@ -528,12 +519,15 @@ class Store:
             return self._commit(path, current, new, event)
 
     def _commit(self, path: str, current: Parsed | None, new: Episode, event: dict[str, Any],
-                committed: int | None = None, template: Parsed | None = None) -> Episode:
+                committed: int | None = None, template: Parsed | None = None,
+                replaced: bytes | None = None) -> Episode:
         """Event (durable) then file (atomic, durable), then the cache and the index.
 
         ``committed``: the version the log is at, when it is not the file's
         (adopting a hand edit that changed ``version``). ``template``: the
-        text whose comments and layout to keep, if not ``current``'s."""
+        text whose comments and layout to keep, if not ``current``'s.
+        ``replaced``: the bytes of a file there that could not be read (no
+        ``current``): a write that fails puts them back."""
         directory = os.path.dirname(path)
         codec = CODECS[os.path.splitext(path)[1]]
         data = new.model_dump(mode="json")
@@ -566,8 +560,9 @@ class Store:
             sizes.append(after)
 
         keep = self._keep_path(path, current)
+        previous = current.raw if current is not None else replaced
         st = diskio.atomic_write(self._disk, path, raw, alongside=append, keep=keep,
-                                 previous=current.raw if current is not None else None, created=current is None)
+                                 previous=previous, created=previous is None)
         if keep is not None:
             self._rotate_backups(keep, current.model.version)  # type: ignore[union-attr]
         after = sizes[0]
@@ -584,8 +579,16 @@ class Store:
         )
         if current is not None:  # what the index row holds if it is up to date
             row["was"] = (current.sha256 or _sha256(current.raw), current.model.stage, current.model.costs)
-        record_row = event_row(record)
-        self._index_quietly(f"{new.key} version {new.version}", rows=[row], event_rows=[record_row])
+        event_rows = [event_row(record)]
+        if current is None and committed:
+            # a restore over a file that could not be read: a rebuild meanwhile dropped the
+            # episode, its earlier events too, from the index; they go back with this one
+            try:
+                event_rows = [event_row(e) for e in diskio.read_events(log, new.version, strict=False)]
+            except (StatekitError, ValueError) as exc:
+                logging.getLogger("statekit").warning(
+                    "statekit: the index keeps only the newest event of %s (%s); run 'statekit sync'", new.key, exc)
+        self._index_quietly(f"{new.key} version {new.version}", rows=[row], event_rows=event_rows)
         return new
 
     # --- backups ----------------------------------------------------------------------
@@ -600,7 +603,13 @@ class Store:
         if current is None or current.model is None or self.config.backups == 0:
             return None
         model = current.model
-        directory = self._machine_dir(self._backup_parts(model.show_id, model.episode_id))
+        parts = self._backup_parts(model.show_id, model.episode_id)
+        directory = self._machine_dir(parts)
+        try:
+            os.lstat(directory)
+        except FileNotFoundError:  # another process moved it to the trash (a delete, then a create)
+            self._made_dirs.discard(directory)
+            directory = self._machine_dir(parts)
         stem, ext = os.path.splitext(os.path.basename(path))
         return f"{directory}/{stem}.v{model.version}{ext}"
 
@@ -635,10 +644,25 @@ class Store:
         check_id(ep, "episode id")
         directory = os.path.join(self.root, *self._backup_parts(show, ep))
         if not diskio.check_dirs(self.root, self._backup_parts(show, ep)):
+            if not diskio.real_dirs(self._paths(show, ep).chain):
+                raise self._episode_missing(show, ep)
             return []
-        out = []
-        for number, (version, name) in enumerate(sorted(_backup_versions(os.listdir(directory)), reverse=True), 1):
+        live = set()  # a write killed between linking the old file and its rename leaves a "backup"
+        for p in self._paths(show, ep).files:  # that is the live file itself: no copy of anything
+            try:
+                st = os.lstat(p)
+                live.add((st.st_dev, st.st_ino))
+            except FileNotFoundError:
+                pass
+        out: list[Backup] = []
+        for version, name in sorted(_backup_versions(os.listdir(directory)), reverse=True):
             path = os.path.join(directory, name)
+            try:
+                st = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            if (st.st_dev, st.st_ino) in live:
+                continue
             problem = None
             try:
                 raw = diskio.read_file(path)
@@ -647,8 +671,7 @@ class Store:
                 self._parse_episode(path, raw, show, ep)
             except (CorruptFileError, ValidationError, SchemaVersionError, UnsafePathError) as exc:
                 problem = exc.one_line()
-            st = os.lstat(path)
-            out.append(Backup(number=number, version=version, path=path, size=st.st_size,
+            out.append(Backup(number=len(out) + 1, version=version, path=path, size=st.st_size,
                               saved_at=datetime.fromtimestamp(st.st_mtime, timezone.utc), problem=problem))
         return out
 
@@ -692,8 +715,12 @@ class Store:
                 try:
                     current = self._parse_episode(path, raw, show, ep)
                 except (CorruptFileError, ValidationError, SchemaVersionError):
-                    self._copy_to_trash(path, show, f"{ep}.{_stamp(self.clock())}.unreadable{os.path.splitext(path)[1]}")
                     current = None
+                if current is not None:
+                    self._refuse_if_held(current.model, "restored")
+                else:
+                    self._copy_to_trash(path, show, f"{ep}.{_stamp(self.clock())}.unreadable{os.path.splitext(path)[1]}")
+                    self._drop_live_links(show, ep, path)
             # the version the log is committed at: the file's, or if it cannot be read, the log's last
             committed = current.model.version if current is not None else max(
                 diskio.last_logged_version(paths.events), 0)
@@ -701,7 +728,30 @@ class Store:
                                                   "lease": None})
             event = {"kind": "restore", "message": f"restored backup {backup} (version {chosen.version})",
                      "from_stage": current.model.stage if current is not None else None, "to_stage": new.stage}
-            return self._commit(path, current, new, event, committed=committed, template=source)
+            return self._commit(path, current, new, event, committed=committed, template=source,
+                                replaced=raw)
+
+    def _drop_live_links(self, show: str, ep: str, path: str) -> None:
+        """Remove "backups" that are the live file itself: a write killed between
+        linking the old file and renaming the new one in leaves one, and once the
+        file is replaced it would pass for a backup (of damage, if the file was
+        damaged in place). The caller holds the episode lock."""
+        directory = os.path.join(self.root, *self._backup_parts(show, ep))
+        try:
+            st = os.lstat(path)
+            names = os.listdir(directory) if diskio.check_dirs(self.root, self._backup_parts(show, ep)) else []
+        except FileNotFoundError:
+            return
+        for _version, name in _backup_versions(names):
+            link = os.path.join(directory, name)
+            try:
+                other = os.lstat(link)
+                if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
+                    self._disk.unlink(link)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                raise diskio.storage_error(exc, link, "remove a leftover backup link") from exc
 
     def _copy_to_trash(self, path: str, show: str, name: str) -> str:
         """Keep a file's current bytes in ``.statekit/trash/<show>/`` (a hard
@@ -730,8 +780,14 @@ class Store:
         be read is always kept. Returns what was (or would be) removed."""
         if not isinstance(backups_older_than, timedelta) or backups_older_than.total_seconds() < 0:
             raise ValidationError(f"backups_older_than must be a non-negative timedelta, got {backups_older_than!r}")
-        cutoff = (self.clock() - backups_older_than).timestamp()
+        try:
+            cutoff = (self.clock() - backups_older_than).timestamp()
+        except OverflowError:
+            raise ValidationError(f"backups_older_than is too large: {backups_older_than}",
+                                  hint="give an age in days, e.g. 7d") from None
         top = os.path.join(self.root, ".statekit", "backups", "episodes")
+        if not diskio.check_dirs(self.root, (".statekit", "backups", "episodes")):  # UnsafePathError on a symlink
+            return []
         removed = []
         for show in _subdirs(top):
             for ep in _subdirs(os.path.join(top, show)):
@@ -800,11 +856,17 @@ class Store:
         for change in synced.changed:
             act(f"adopt the hand edit of {change['episode']} ({', '.join(change['fields'])})")
         report.problems.extend(p.message for p in synced.rejected)
-        drift = [p for p in self.verify().problems if p.kind == "index"]
+        found = self.verify().problems
+        drift = [p for p in found if p.kind == "index"]
         if drift:  # what sync cannot mend (e.g. the stage totals): build the index again from the files
             act(f"rebuild the index ({drift[0].message}" + (f", and {len(drift) - 1} more" if len(drift) > 1
                                                              else "") + ")")
             self.rebuild_index()
+        # what no step above can mend (a damaged event log, a backup that cannot be read): say so
+        for p in found:
+            if p.kind != "index" and not any(p.message in q or (p.episode and q.startswith(p.episode + ":"))
+                                             for q in report.problems):
+                report.problems.append(p.message)
         return report
 
     def _repair_episode(self, show: str, ep: str, report: RepairReport) -> None:
@@ -813,7 +875,13 @@ class Store:
         key = f"{show}/{ep}"
         paths = self._paths(show, ep)
         with self._episode_lock(show, ep):
-            for stale in diskio.temp_files(paths.dir, nested="checkpoints"):
+            # its own folder, and its copies in migrate's backup folders (written under the same lock)
+            migrated = [os.path.join(self.root, *parts) for parts in (
+                (".statekit", "backups", name, "shows", show, "episodes", ep)
+                for name in _subdirs(os.path.join(self.root, ".statekit", "backups")) if name.startswith("migrate-"))
+                if diskio.check_dirs(self.root, parts)]  # no symlinked folder on the way
+            for stale in diskio.temp_files(paths.dir, nested="checkpoints") + [
+                    t for folder in migrated for t in diskio.temp_files(folder)]:
                 act(f"remove temp file {os.path.relpath(stale, self.root)}")
                 if not dry_run:
                     self._disk.unlink(stale)
@@ -930,9 +998,13 @@ class Store:
                 target = os.path.join(trash, f"{ep}.{_stamp(self.clock())}")
                 source = self._episode_dir(show, ep)
                 diskio.move_dir(self._disk, source, target)
-                self._backups_to_trash(show, ep, os.path.basename(target)[len(ep) + 1:])
                 self._forget(source + os.sep)
                 self._index_quietly(f"the deletion of {show}/{ep}", removed=[(show, ep)])
+                try:  # the episode is gone (durably): its backups follow, or stay for gc
+                    self._backups_to_trash(show, ep, os.path.basename(target)[len(ep) + 1:])
+                except (StatekitError, OSError) as exc:
+                    log.warning("statekit: %s/%s was deleted, but its backups could not follow it to the "
+                                "trash (%s); 'statekit gc' removes them later", show, ep, exc)
             self._list_in_show(show, lambda ids: [i for i in ids if i != ep])
         return target
 
@@ -1358,7 +1430,13 @@ class Store:
         try:
             return self._write(run.show_id, run.episode_id, start)
         except _LeaseRanOut:  # its last worker stopped: record that first, then start
-            self._recover_one(run.show_id, run.episode_id)
+            line = self._recover_one(run.show_id, run.episode_id)
+            if line is not None and line.get("action") == "give_up":
+                raise NotReadyError(
+                    f"{run.show_id}/{run.episode_id}'s last worker stopped and its attempts are used up: "
+                    "it was given up", reason="gave_up", show_id=run.show_id, episode_id=run.episode_id,
+                    stage=stage, hint=f"see 'statekit errors'; 'statekit retry {run.show_id}/{run.episode_id}' "
+                                      "tries again") from None
         try:
             return self._write(run.show_id, run.episode_id, start)
         except _LeaseRanOut:
@@ -1623,13 +1701,17 @@ class Store:
 
         return upgrade(self)
 
-    def _adopt_edit(self, show: str, ep: str, before: dict[str, Any] | None) -> tuple[Episode, list[str]]:
+    def _adopt_edit(self, show: str, ep: str, before: dict[str, Any] | None,
+                    stage_before: str | None = None) -> tuple[Episode, list[str]]:
         """Adopt a person's valid edit of an episode file as a normal write:
         version + 1 over the log, one ``external_edit`` event naming the
-        changed fields, comments kept. ``before``: the last indexed data."""
+        changed fields, comments kept. ``before``: the last indexed data.
+        ``stage_before``: the stage the log last recorded; an edit that moved
+        the stage records the move (``from_stage``/``to_stage``), so the
+        next edit's move is checked from the stage the file now has."""
         changed: list[str] = []
         log_path = self._paths(show, ep).events
-        logged = diskio.last_logged_version(log_path)
+        logged = 0
 
         def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
             after = m.model_dump(mode="json")
@@ -1638,13 +1720,23 @@ class Store:
                 changed.extend(k for k in after if k not in ignore)
             else:
                 changed.extend(k for k in after if k not in ignore and not same(before.get(k), after[k]))
-            new = m.model_copy(update={"version": max(logged, 0) + 1, "updated_at": now})
-            return new, {"kind": "external_edit", "fields": list(changed)}
+            new = m.model_copy(update={"version": logged + 1, "updated_at": now})
+            moved = stage_before is not None and m.stage != stage_before
+            return new, {"kind": "external_edit", "fields": list(changed),
+                         "from_stage": stage_before if moved else None, "to_stage": m.stage if moved else None}
 
         check_id(show, "show id")
         check_id(ep, "episode id")
         with self._episode_lock(show, ep):
             path, current = self._load(show, ep)
+            # the version the log is committed at. One event past the file's version that
+            # the index never saw is the tail of a write that crashed before its rename (it
+            # is dropped, as every write drops it); one the index saw was committed, and the
+            # person lowered ``version`` by hand.
+            logged = max(diskio.last_logged_version(log_path), 0)
+            seen = before.get("version") if before is not None else None
+            if logged == current.model.version + 1 and not (isinstance(seen, int) and seen >= logged):
+                logged = current.model.version
             new, event = change(current.model, self.clock())
             return self._commit(path, current, new, event, committed=logged), changed
 
@@ -1740,6 +1832,22 @@ class Store:
             self._check_stage(stage)
         self._known_show(show)
         return self._models(self.index.episode_data(show, stage))
+
+
+def validate_events(path: str, lines: list[dict[str, Any]]) -> list[Event]:
+    """The events of a log's lines (``events`` and ``verify`` check them alike):
+    ``SchemaVersionError`` for a line of another schema, ``CorruptFileError``
+    for one that is not a valid event."""
+    events = []
+    for number, raw in enumerate(lines, 1):
+        if raw.get("schema_version", EVENT_SCHEMA) != EVENT_SCHEMA:
+            schema_of(raw, f"{path} (event {number})", current=EVENT_SCHEMA, legacy_ok=False)
+        try:
+            events.append(Event.model_validate(raw))
+        except PydanticValidationError as exc:
+            raise CorruptFileError(f"{path}: event {number} is not a valid event: {exc.errors()[0]['msg']}",
+                                   path=path) from None
+    return events
 
 
 def read_checkpoint(path: str) -> dict[str, Any] | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 from datetime import datetime, timedelta, timezone
@@ -9,7 +10,16 @@ from pathlib import Path
 
 import pytest
 
-from statekit import CorruptFileError, NotReadyError, Store, ValidationError
+from statekit import (
+    CorruptFileError,
+    EpisodeNotFoundError,
+    NotReadyError,
+    ShowNotFoundError,
+    StorageError,
+    Store,
+    ValidationError,
+)
+from statekit.files import Disk
 
 from .conftest import episode_file, snapshot
 
@@ -306,3 +316,120 @@ def test_advance_cannot_move_an_episode_a_live_run_holds(tmp_path: Path) -> None
     now[0] += timedelta(seconds=31)  # the worker is gone: a person may move it on
     ep = store.advance("s", "e", "downloaded")
     assert ep.lease is None and ep.stage == "downloaded"
+
+
+def test_restore_respects_a_live_run(tmp_path: Path) -> None:
+    now = [datetime(2026, 1, 1, tzinfo=timezone.utc)]
+    store = Store.init(tmp_path / "s", clock=lambda: now[0])
+    store.create("s", "e")
+    store.update("s", "e", title="second")
+    store.run("s", "e", "downloading", lease_seconds=30).__enter__()
+    before = snapshot(store.root)
+    with pytest.raises(NotReadyError, match="cannot be restored meanwhile"):
+        store.restore("s", "e")
+    assert snapshot(store.root) == before and store.next("downloading") == []
+
+
+class FailingDirSync(Disk):
+    """Fails the fsync of one folder (after ``armed`` is set)."""
+
+    def __init__(self, folder: str) -> None:
+        self.folder, self.armed, self._fds = folder, False, {}
+
+    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+        fd = super().open(path, flags, mode)
+        self._fds[fd] = path
+        return fd
+
+    def mkstemp(self, directory: str, prefix: str, suffix: str) -> tuple[int, str]:
+        fd, path = super().mkstemp(directory, prefix, suffix)
+        self._fds[fd] = path
+        return fd, path
+
+    def close(self, fd: int) -> None:
+        self._fds.pop(fd, None)
+        super().close(fd)
+
+    def fsync(self, fd: int) -> None:
+        if self.armed and self._fds.get(fd) == self.folder:
+            raise OSError(errno.EIO, "injected")
+        super().fsync(fd)
+
+
+def test_a_failed_restore_over_a_damaged_file_puts_the_damaged_bytes_back(tmp_path: Path) -> None:
+    store = Store.init(tmp_path / "s")
+    store.create("s", "e")
+    store.update("s", "e", title="second")
+    path = episode_file(store, "s", "e")
+    path.write_bytes(b"\x00damaged")
+    disk = FailingDirSync(str(path.parent))
+    reopened = Store.open(store.root, disk=disk)
+    disk.armed = True
+    with pytest.raises(StorageError, match="EIO"):
+        reopened.restore("s", "e")
+    assert path.read_bytes() == b"\x00damaged"  # never deleted: the person still has their file
+    disk.armed = False
+    restored = reopened.restore("s", "e")  # backup 1: version 1, from before the update
+    assert restored.title == "" and restored.stage == "discovered"
+    assert [e.version for e in reopened.events("s", "e")] == list(range(1, restored.version + 1))
+
+
+def test_a_backup_folder_another_process_moved_away_is_made_again(tmp_path: Path) -> None:
+    worker = Store.init(tmp_path / "s")
+    worker.create("s", "e")
+    worker.update("s", "e", title="kept by the worker")
+    other = Store.open(worker.root)
+    other.delete("s", "e")  # its backups go to the trash with it
+    other.create("s", "e", title="new")
+    assert worker.update("s", "e", title="newer").version == 2
+    assert [b.version for b in worker.backups("s", "e")] == [1]
+
+
+class FailingBackupMove(Disk):
+    def rename(self, src: str, dst: str) -> None:
+        if os.sep + "backups" + os.sep in src:
+            raise OSError(errno.EIO, "injected")
+        super().rename(src, dst)
+
+
+def test_a_delete_whose_backups_cannot_follow_is_still_a_whole_delete(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = Store.init(tmp_path / "s")
+    store.create("s", "e")
+    store.create("s", "keep")
+    store.update("s", "e", title="second")
+    faulty = Store.open(store.root, disk=FailingBackupMove())
+    faulty.delete("s", "e")
+    assert "could not follow it to the trash" in caplog.text
+    assert [e.key for e in faulty.list()] == ["s/keep"] and faulty.get_show("s").episodes == ["keep"]
+    assert faulty.verify().clean
+    assert store.create("s", "e").version == 1  # the stale backups go to the trash now
+    assert store.backups("s", "e") == []
+
+
+def test_backups_of_an_episode_that_does_not_exist_is_an_error(store: Store) -> None:
+    store.create("s", "e")
+    with pytest.raises(EpisodeNotFoundError):
+        store.backups("s", "nope")
+    with pytest.raises(ShowNotFoundError):
+        store.backups("nope", "e")
+    assert store.backups("s", "e") == []
+
+
+def test_gc_refuses_an_age_beyond_the_calendar(store: Store) -> None:
+    with pytest.raises(ValidationError, match="too large"):
+        store.gc(backups_older_than=timedelta(days=900_000))
+
+
+class NoHardLinks(Disk):
+    def link(self, src: str, dst: str) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+
+def test_a_file_system_without_hard_links_writes_on_without_backups(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    store = Store.init(tmp_path / "s", disk=NoHardLinks())
+    store.create("s", "e")
+    assert store.advance("s", "e", "downloading").version == 2
+    assert "cannot hard-link" in caplog.text
+    assert store.backups("s", "e") == [] and store.verify().clean

@@ -414,3 +414,15 @@ def test_recover_completes_a_give_up_a_stopped_process_left_half_done(store: Sto
     assert store.next("downloading") == []  # never retried meanwhile
     report = store.recover()
     assert report.gave_up == ["s/e"] and store.get("s", "e").stage == "skipped"
+
+
+def test_a_worker_starting_an_episode_whose_last_worker_died_on_its_last_attempt_is_told_it_gave_up(
+        store: Store, clock: Clock) -> None:
+    store.create("s", "e")
+    for _ in range(3):  # three workers die in turn (downloading allows 3 attempts)
+        store.run("s", "e", "downloading", lease_seconds=60).__enter__()
+        clock.tick(61)
+    with pytest.raises(NotReadyError, match="given up") as caught:
+        store.run("s", "e", "downloading").__enter__()
+    assert caught.value.reason == "gave_up"
+    assert store.get("s", "e").stage == "skipped"

@@ -25,7 +25,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 from alembic.util import CommandError
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -35,6 +35,7 @@ from ..errors import (
     CorruptFileError,
     SchemaVersionError,
     StatekitError,
+    StorageError,
     UnsafePathError,
     ValidationError,
 )
@@ -201,7 +202,27 @@ def _rows_for(store: Store, show: str, ep: str, path: str, raw: bytes, st: os.st
     )
     log_path = os.path.join(os.path.dirname(path), "events.jsonl")
     lines = diskio.read_events(log_path, model.version, strict=False)
-    return row, [event_row(e) for e in lines], model
+    rows = _event_rows(log_path, lines, show, ep)
+    if _unadopted(rows, row["file_sha256"]):  # a hand edit sync has not adopted: never trust its stat
+        row["file_stamp"] = None
+    return row, rows, model
+
+
+def _unadopted(lines: list[dict[str, Any]], sha: str) -> bool:
+    """The file is not the one its last event says statekit wrote (a hand edit)."""
+    return bool(lines) and lines[-1]["data"].get("sha256") not in (None, sha)
+
+
+def _event_rows(log_path: str, lines: list[dict[str, Any]], show: str, ep: str) -> list[dict[str, Any]]:
+    """The index rows of a log's events (``verify`` derives them too, so it
+    passes only what a rebuild can index)."""
+    try:
+        rows = [event_row(e) for e in lines]
+    except ValueError as exc:  # a damaged time: reported like any damaged line
+        raise CorruptFileError(f"{log_path}: an event's time is not an ISO timestamp ({exc})", path=log_path) from None
+    for e in rows:  # a line that names another episode is this log's line all the same (verify reports it)
+        e["show_id"], e["episode_id"] = show, ep
+    return rows
 
 
 # --- opening -------------------------------------------------------------------
@@ -232,6 +253,11 @@ def open_index(store: Store, url: str | None = None) -> Index:
     newer statekit) is rebuilt from the files instead of refusing to start.
     """
     path = index_path(store.root)
+    if url is None:  # SQLite follows symlinks: refuse one in place of .statekit or of the database's files
+        diskio.check_dirs(store.root, (".statekit",))
+        for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+            if os.path.islink(name):
+                raise UnsafePathError(f"refusing to follow a symlink at {name}", path=name)
     index = Index(engine_for(url or sqlite_url(path), busy_timeout=store.config.lock_timeout), store.pipeline)
     if url is None and not os.path.exists(path):
         _build_unless_built(store, index)
@@ -329,7 +355,7 @@ def _rebuild_locked(store: Store, index: Index, progress: Progress | None, repor
         return
     built = f"{target}.build-{os.getpid()}"
     for leftover in (built, built + "-wal", built + "-shm", built + "-journal"):
-        if os.path.exists(leftover):
+        if os.path.lexists(leftover):  # a dangling symlink too: SQLite would create its target
             os.unlink(leftover)
     engine = engine_for(sqlite_url(built), scratch=True)
     try:
@@ -354,26 +380,32 @@ def _fill(store: Store, conn: Connection, report: RebuildReport, progress: Progr
     event_rows: list[dict[str, Any]] = []
     show_rows = []
     order: dict[str, dict[str, int]] = {}
+    on_disk: dict[str, list[str]] = defaultdict(list)
+    for show, ep, _path, _st in found:
+        on_disk[show].append(ep)
     for show in _dirs(os.path.join(store.root, "shows")):  # every show, with or without episodes
         try:
-            order[show], data, raw = _show_order(store, show)
+            listed, data, raw = _show_order(store, show)
             show_rows.append(_show_record(store, show, data, raw))
         except (StatekitError, ValueError) as exc:
-            order[show] = {}
+            listed = {}
             error = exc if isinstance(exc, StatekitError) else ValidationError(str(exc))
             report.problems.append(_problem(error, os.path.join(store.root, "shows", show, "show.yaml"), None))
             show_rows.append(_show_record(store, show, None, None))
+        # the order sync would give: listed episodes first, then the others by id
+        ids = store._reconcile(list(listed), sorted(on_disk.get(show, [])))
+        order[show] = {ep: i for i, ep in enumerate(ids)}
     for done, (show, ep, path, st) in enumerate(found, 1):
-        raw = diskio.read_file(path)
-        if raw is None:
-            continue
-        try:
+        try:  # one damaged episode (or a fifo, a symlink where its file should be) is reported, not fatal
+            raw = diskio.read_file(path)
+            if raw is None:
+                continue
             row, lines, model = _rows_for(store, show, ep, path, raw, st, None)
-        except (CorruptFileError, ValidationError, SchemaVersionError, UnsafePathError) as exc:
+        except (CorruptFileError, ValidationError, SchemaVersionError, UnsafePathError, StorageError) as exc:
             report.problems.append(_problem(exc, path, f"{show}/{ep}"))
             continue
-        positions = order[show]
-        row["position"] = positions.get(ep, len(positions) + done)
+        positions = order.get(show, {})
+        row["position"] = positions.get(ep, len(positions))
         rows.append(row)
         event_rows.extend(lines)
         totals_delta(deltas, show, None, (model.stage, model.costs))
@@ -504,22 +536,35 @@ def sync(store: Store, progress: Progress | None = None) -> SyncReport:
 
 
 def _sync_one(store: Store, report: SyncReport, touched: list[dict[str, Any]], show: str, ep: str, path: str,
-              st: os.stat_result, before: tuple[str, dict[str, Any]] | None) -> None:
-    """One file whose stat moved. ``before``: its row's (file hash, data), or None if not indexed."""
+              st: os.stat_result, before: tuple[Any, ...] | None) -> None:
+    """One file whose stat moved. ``before``: its row's (file hash, data, (indexed events, highest
+    version)), or None if not indexed."""
     key = f"{show}/{ep}"
-    raw = diskio.read_file(path)
+    try:
+        raw = diskio.read_file(path)
+    except StatekitError as exc:  # not a regular file, or a symlink: reported; the index keeps its row
+        report.rejected.append(_problem(exc, path, key))
+        return
     if raw is None:
         return
     report.read += 1
     sha = _sha256(raw)
     try:
         row, lines, model = _rows_for(store, show, ep, path, raw, st, None, cache=True)
-    except (CorruptFileError, ValidationError, SchemaVersionError, UnsafePathError) as exc:
+    except (CorruptFileError, ValidationError, SchemaVersionError, UnsafePathError, StorageError) as exc:
         if before is not None and sha == before[0]:
             return
         report.rejected.append(_problem(exc, path, key))
         return
-    if before is not None and sha == before[0]:  # touched, not changed: remember the new stat
+    if before is not None and sha == before[0] and not _unadopted(lines, sha):
+        # touched, not changed: remember the new stat (a hand edit that a rebuild indexed
+        # as it is goes on below: it is adopted, or rejected, like any other)
+        if before[2] != (model.version, model.version) and lines and lines[-1]["version"] == model.version:
+            # the row is current but events are missing: a writer stopped between its file and its
+            # index write, and a later write moved the row on past it; put the log's events back
+            store.index.write(rows=[row], event_rows=lines)
+            report.reindexed.append(key)
+            return
         touched.append(row)
         return
     if lines and lines[-1]["data"].get("sha256") == sha and lines[-1]["version"] == model.version:
@@ -542,18 +587,23 @@ def _sync_one(store: Store, report: SyncReport, touched: list[dict[str, Any]], s
         ))
         return
     try:
-        adopted, fields = store._adopt_edit(show, ep, before[1] if before is not None else None)
+        adopted, fields = store._adopt_edit(show, ep, before[1] if before is not None else None, stage_before)
     except StatekitError as exc:
         report.rejected.append(_problem(exc, path, key))
         return
+    if lines and (before is None or before[2] != (len(lines), lines[-1]["version"])):
+        # the index missed earlier events of the log (a writer stopped between its file and
+        # its index write): they go in with the adopted edit's own
+        store.index.write(event_rows=lines)
     if before is not None:
         report.changed.append({"episode": key, "fields": fields, "version": adopted.version})
     else:
         report.added.append(key)
 
 
-def _indexed_states(store: Store, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
-    """(file hash, data) of the indexed rows of ``keys``, in one query per show."""
+def _indexed_states(store: Store, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, ...]]:
+    """(file hash, data, (number of indexed events, highest event version)) of
+    the indexed rows of ``keys``, in two queries per show."""
     by_show: dict[str, list[str]] = defaultdict(list)
     for show, ep in keys:
         by_show[show].append(ep)
@@ -562,8 +612,12 @@ def _indexed_states(store: Store, keys: list[tuple[str, str]]) -> dict[tuple[str
         for show, eps in by_show.items():
             stmt = select(episodes.c.episode_id, episodes.c.file_sha256, episodes.c.data).where(
                 episodes.c.show_id == show).where(episodes.c.episode_id.in_(eps))
+            logged = {ep: (n, top) for ep, n, top in conn.execute(
+                select(events.c.episode_id, func.count(), func.max(events.c.version))
+                .where(events.c.show_id == show).where(events.c.episode_id.in_(eps))
+                .group_by(events.c.episode_id))}
             for ep, sha, data in conn.execute(stmt):
-                found[(show, ep)] = (sha, data)
+                found[(show, ep)] = (sha, data, logged.get(ep, (0, None)))
     return found
 
 
@@ -602,6 +656,8 @@ def _sync_shows(store: Store, report: SyncReport, on_disk: dict[str, list[str]],
 
 def verify(store: Store) -> VerifyReport:
     """Every problem between files, their event logs and the index."""
+    from ..store import validate_events
+
     report = VerifyReport()
     with store.index.reading() as conn:
         indexed = {(s, e): (version, sha, data) for s, e, version, sha, data in conn.execute(
@@ -619,10 +675,10 @@ def verify(store: Store) -> VerifyReport:
         seen.add((show, ep))
         report.checked += 1
         _verify_kept_files(store, report, show, ep, os.path.dirname(path))
-        raw = diskio.read_file(path)
-        if raw is None:
-            continue
         try:
+            raw = diskio.read_file(path)
+            if raw is None:
+                continue
             parsed = store._parse_episode(path, raw, show, ep)
         except StatekitError as exc:
             report.problems.append(_problem(exc, path, key))
@@ -635,15 +691,23 @@ def verify(store: Store) -> VerifyReport:
         log_path = os.path.join(os.path.dirname(path), "events.jsonl")
         try:
             lines = diskio.read_events(log_path, model.version)
+            validate_events(log_path, lines)  # what events() would refuse
+            _event_rows(log_path, lines, show, ep)  # what a rebuild could not index
         except StatekitError as exc:
             report.problems.append(_problem(exc, log_path, key, "events"))
             lines = []
         versions = [line["version"] for line in lines]
-        if versions != list(range(1, model.version + 1)):
-            missing = sorted(set(range(1, model.version + 1)) - set(versions))
+        # (never range(1, version + 1): a hand-edited version can be huge)
+        if len(versions) != model.version or any(v != i for i, v in enumerate(versions, 1)):
+            missing = _missing(versions, model.version)
             report.problems.append(Problem(
                 "events", log_path, f"{log_path}: the log does not hold versions 1..{model.version} exactly"
-                + (f" (missing {_ranges(missing)})" if missing else " (out of order or repeated)"), key))
+                + (f" (missing {missing})" if missing else " (out of order or repeated)"), key))
+        foreign = next((line for line in lines if (line["show_id"], line["episode_id"]) != (show, ep)), None)
+        if foreign is not None:
+            report.problems.append(Problem(
+                "events", log_path, f"{log_path}: event version {foreign['version']} names "
+                f"{foreign['show_id']}/{foreign['episode_id']}, not {key}", key))
         elif lines and lines[-1].get("sha256") != _sha256(raw):
             report.problems.append(Problem(
                 "edited", path, f"{path}: changed outside statekit since version {model.version} "
@@ -688,9 +752,14 @@ def _verify_kept_files(store: Store, report: VerifyReport, show: str, ep: str, d
         report.checkpoints += 1
         try:
             read_checkpoint(path)
-        except (CorruptFileError, SchemaVersionError, UnsafePathError) as exc:
+        except StatekitError as exc:
             report.problems.append(_problem(exc, path, key, "checkpoint"))
-    for backup in store.backups(show, ep):
+    try:
+        backups = store.backups(show, ep)
+    except StatekitError as exc:  # e.g. a symlink in place of the backup folder
+        report.problems.append(_problem(exc, getattr(exc, "path", None) or directory, key, "backup"))
+        return
+    for backup in backups:
         report.backups += 1
         if backup.problem is not None:
             report.problems.append(Problem(
@@ -698,17 +767,17 @@ def _verify_kept_files(store: Store, report: VerifyReport, show: str, ep: str, d
                 f"cannot be restored: {backup.problem}", key))
 
 
-def _ranges(numbers: list[int]) -> str:
-    out = []
-    start = prev = numbers[0]
-    for n in numbers[1:] + [None]:  # type: ignore[list-item]
-        if n is not None and n == prev + 1:
-            prev = n
-            continue
-        out.append(str(start) if start == prev else f"{start}-{prev}")
-        if n is not None:
-            start = prev = n
-    return ", ".join(out)
+def _missing(versions: list[int], n: int) -> str:
+    """The versions 1..n that ``versions`` lacks, as ranges (without listing 1..n)."""
+    gaps = []
+    last = 0
+    for v in sorted({v for v in versions if 1 <= v <= n}):
+        if v > last + 1:
+            gaps.append((last + 1, v - 1))
+        last = v
+    if last < n:
+        gaps.append((last + 1, n))
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in gaps)
 
 
 __all__ = ["Problem", "RebuildReport", "SyncReport", "VerifyReport", "open_index", "rebuild", "sync", "verify",
