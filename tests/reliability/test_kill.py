@@ -174,12 +174,16 @@ def replay(store: Store, ep: str) -> dict[int, tuple[str, str]]:
 def hold_and_kill(root: str, logs: Path) -> str:
     """A last worker killed inside a run: ``recover`` has at least one lease to bring back."""
     store = Store.open(root)
-    for stage in RUN_STAGES:
-        ready = store.next(stage)
-        if ready:
-            break
-    else:
-        raise AssertionError("no episode ready for a run")
+    deadline = time.monotonic() + 3 * LEASE + 10  # every episode may still be leased by a killed worker
+    ready: list = []
+    while not ready:
+        for stage in RUN_STAGES:
+            ready = store.next(stage)
+            if ready:
+                break
+        else:
+            assert time.monotonic() < deadline, "no episode became ready for a run"
+            time.sleep(0.05)
     ep = ready[0].episode_id
     proc, conn = spawn(["hold", root, SHOW, ep, stage, str(LEASE)], logs / "hold.err")
     line = conn.recv_bytes().decode() if conn.poll(60) else ""
