@@ -342,8 +342,8 @@ def temp_files(directory: str, nested: str | None = None) -> list[str]:
     return found
 
 
-def move_file(disk: Disk, src: str, dst: str) -> None:
-    """Rename a file durably (both folders fsynced)."""
+def move(disk: Disk, src: str, dst: str) -> None:
+    """Rename a file or a folder durably (both parent folders fsynced)."""
     try:
         disk.rename(src, dst)
         fsync_dir(disk, os.path.dirname(dst))
@@ -357,22 +357,14 @@ def remove_temp_files(disk: Disk, directory: str, nested: str | None = None) -> 
     its subdirectory ``nested``, if present). Call only while holding the
     lock that guards writes into them."""
     removed: list[str] = []
-    try:
-        names = os.listdir(directory)
-    except (FileNotFoundError, NotADirectoryError):
-        return removed
-    for name in names:
-        path = os.path.join(directory, name)
-        if name == nested:
-            removed += remove_temp_files(disk, path)
-        elif name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX) and stat.S_ISREG(os.lstat(path).st_mode):
-            try:
-                disk.unlink(path)
-                removed.append(path)
-            except FileNotFoundError:
-                pass
-            except OSError as exc:
-                raise storage_error(exc, path, "remove temp file") from exc
+    for path in temp_files(directory, nested):
+        try:
+            disk.unlink(path)
+            removed.append(path)
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise storage_error(exc, path, "remove temp file") from exc
     return removed
 
 
@@ -435,16 +427,6 @@ def real_dirs(chain: tuple[str, ...] | list[str]) -> bool:
         if not stat.S_ISDIR(st.st_mode):
             return False
     return True
-
-
-def move_dir(disk: Disk, src: str, dst: str) -> None:
-    """Rename a directory durably (both parents fsynced)."""
-    try:
-        disk.rename(src, dst)
-        fsync_dir(disk, os.path.dirname(dst))
-        fsync_dir(disk, os.path.dirname(src))
-    except OSError as exc:
-        raise storage_error(exc, src, "move") from exc
 
 
 # --- locks -------------------------------------------------------------------

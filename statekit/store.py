@@ -771,7 +771,7 @@ class Store:
         parts = self._backup_parts(show, ep)
         if diskio.check_dirs(self.root, parts):
             trash = diskio.ensure_dirs(self._disk, self.root, (".statekit", "trash", show))
-            diskio.move_dir(self._disk, os.path.join(self.root, *parts), os.path.join(trash, f"{ep}.{stamp}.backups"))
+            diskio.move(self._disk, os.path.join(self.root, *parts), os.path.join(trash, f"{ep}.{stamp}.backups"))
             self._made_dirs.discard("/".join((self.root, *parts)))
 
     def gc(self, *, backups_older_than: timedelta, dry_run: bool = False) -> list[str]:
@@ -929,7 +929,7 @@ class Store:
                     if not dry_run:
                         trash = diskio.ensure_dirs(self._disk, self.root, (".statekit", "trash", show))
                         target = os.path.join(trash, f"{ep}.{_stamp(self.clock())}.checkpoint.{stage}.json")
-                        diskio.move_file(self._disk, cp, target)
+                        diskio.move(self._disk, cp, target)
 
     def _readable(self, show: str, ep: str) -> bool:
         try:
@@ -997,7 +997,7 @@ class Store:
                 trash = diskio.ensure_dirs(self._disk, self.root, (".statekit", "trash", show))
                 target = os.path.join(trash, f"{ep}.{_stamp(self.clock())}")
                 source = self._episode_dir(show, ep)
-                diskio.move_dir(self._disk, source, target)
+                diskio.move(self._disk, source, target)
                 self._forget(source + os.sep)
                 self._index_quietly(f"the deletion of {show}/{ep}", removed=[(show, ep)])
                 try:  # the episode is gone (durably): its backups follow, or stay for gc

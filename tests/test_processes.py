@@ -50,17 +50,7 @@ def test_eight_processes_compare_and_set_on_one_episode(tmp_path: Path) -> None:
 
 
 def read_acks(proc: subprocess.Popen[str], until: float, most: int = 10**9) -> list[int]:
-    acks: list[int] = []
-    assert proc.stdout is not None
-    while time.monotonic() < until and len(acks) < most:
-        ready, _, _ = select.select([proc.stdout], [], [], max(0.0, until - time.monotonic()))
-        if not ready:
-            break
-        line = proc.stdout.readline()
-        if not line:
-            break
-        acks.append(int(line.split()[1]))
-    return acks
+    return [int(line.split()[1]) for line in lines_of(proc, until, most=most)]
 
 
 def check_consistent(store: Store, acked: int) -> int:

@@ -31,8 +31,6 @@ import shutil
 import signal
 import socket
 import stat
-import subprocess
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -55,6 +53,7 @@ from statekit import (
 from statekit.models import Episode, Event, StoreConfig
 
 from ..conftest import snapshot
+from .cli import cli_problems, statekit
 from .conftest import STRESS, size
 from .corpus import (
     CHECKPOINT_STAGE,
@@ -67,8 +66,8 @@ from .corpus import (
     reference_load,
     tree_state,
 )
+from .figures import report as record
 
-STATEKIT = str(Path(sys.executable).with_name("statekit"))
 CASE_TIMEOUT_S = 10
 SHOW, EP = "s", "target"
 
@@ -552,14 +551,6 @@ CHECKS: dict[str, Callable[[Template, Path, dict[str, Path], Any, Run, bool], st
 # --- figures ------------------------------------------------------------------------------------
 
 
-def record(name: str, figures: dict[str, Any]) -> None:
-    print(f"\n{name}: {json.dumps(figures, indent=1, sort_keys=True)}")
-    where = os.environ.get("STATEKIT_FIGURES_DIR")
-    if where:
-        Path(where).mkdir(parents=True, exist_ok=True)
-        Path(where, f"{name}.json").write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
-
-
 # --- the API corpus ------------------------------------------------------------------------------
 
 BULK = {"truncate", "bitflip", "zero_tail"}
@@ -613,37 +604,6 @@ def test_every_corpus_file_gives_a_clear_error_or_a_correct_read(
 
 
 # --- the CLI on a sample of the corpus ---------------------------------------------------------------
-
-
-@dataclass
-class Cli:
-    args: tuple[str, ...]
-    code: int
-    out: str
-    err: str
-
-
-def statekit(root: Path, *args: str) -> Cli:
-    env = {k: v for k, v in os.environ.items() if k != "STATEKIT_ROOT"}
-    done = subprocess.run([STATEKIT, "--root", str(root), *args], check=False, capture_output=True, text=True, env=env,
-                          timeout=120, errors="replace")
-    return Cli(args, done.returncode, done.stdout, done.stderr)
-
-
-def cli_problems(result: Cli, allowed: tuple[int, ...]) -> list[str]:
-    """What is wrong with one CLI run: no traceback ever, a documented exit
-    code, and a user error (exit 2) on exactly one stderr line."""
-    found = []
-    if "Traceback" in result.out + result.err:
-        found.append("a traceback")
-    if result.code not in allowed:
-        found.append(f"exit {result.code}, expected one of {allowed}: {result.err.strip()[:300]}")
-    lines = result.err.splitlines()
-    if result.code == 2 and (len(lines) != 1 or not lines[0].startswith("statekit: error: ")):
-        found.append(f"a user error must be one stderr line, got {lines[:3]}")
-    if any(not line.startswith("statekit") for line in lines) and result.code != 2:
-        found.append(f"stray stderr output: {lines[:3]}")
-    return [f"statekit {' '.join(result.args)}: {p}" for p in found]
 
 
 def _sample(cases: list[Case], n: int, seed: int) -> list[Case]:

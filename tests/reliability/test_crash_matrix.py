@@ -22,7 +22,7 @@ import pytest
 from statekit.files import Disk
 
 from .conftest import STRESS
-from .figures import record
+from .figures import report
 from .scenarios import SCENARIOS, Scenario, build_template, check, fresh_copy, open_store, outcome
 
 FORMATS = ["yaml", "json"] if STRESS else ["yaml"]
@@ -111,7 +111,7 @@ def test_a_kill_before_any_call_of_an_operation_breaks_no_guarantee(
         for problem in check(root, scenario, expected, acknowledged=done):
             where = calls[k] if k < len(calls) else "after the call returned"
             failures.append(f"killed before call {k} ({where}): {problem}")
-    record("crash_matrix", f"{name}/{fmt}", {"calls": len(calls), "kills": len(calls), "states": len(calls) + 1,
-                                             "failures": len(failures)})
+    report("crash_matrix", case=f"{name}/{fmt}",
+           figures={"calls": len(calls), "kills": len(calls), "states": len(calls) + 1, "failures": len(failures)})
     assert completed == 1
     assert not failures, "\n".join(failures)

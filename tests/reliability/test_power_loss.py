@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import STRESS
-from .figures import record
+from .figures import report
 from .powerloss import Image, Op, RecordingDisk, capture, crash_states, materialize
 from .scenarios import SCENARIOS, Scenario, build_template, check, fresh_copy, open_store, outcome
 
@@ -79,7 +79,7 @@ def test_every_crash_state_of_an_operation_keeps_the_guarantees(
     work = tmp_path_factory.mktemp(f"power-{name}-{fmt}")
     template = build_template(scenario, fmt, work / "template")
     states, failures, ops = explore(scenario, template, work)
-    record("power_loss", f"{name}/{fmt}", {"operations": ops, "states": states, "failures": len(failures)})
+    report("power_loss", case=f"{name}/{fmt}", figures={"operations": ops, "states": states, "failures": len(failures)})
     assert states > ops  # more than one state per crash point somewhere: the model does explore
     assert not failures, "\n".join(failures)
 
@@ -94,8 +94,8 @@ def test_the_harness_fails_when_a_sync_is_removed(tmp_path_factory: pytest.TempP
     template = build_template(scenario, "yaml", work / "template")
     states, failures, ops = explore(scenario, template, work, skip=frozenset({switch}), limit=None,
                                     stop_at=None if STRESS else 1)
-    record("power_loss", f"mutant {switch}", {"operations": ops, "states": states, "failures": len(failures),
-                                              "first": failures[:1]})
+    report("power_loss", case=f"mutant {switch}",
+           figures={"operations": ops, "states": states, "failures": len(failures), "first": failures[:1]})
     assert failures, f"with {switch} removed, no crash state broke a guarantee: the harness cannot see it"
     if switch == "file_fsync":
         assert any("does not read" in f or "neither" in f or "returned" in f for f in failures)

@@ -11,11 +11,8 @@ have no new entry, and no marker file a tag would create may exist.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,41 +24,12 @@ import pytest
 
 from statekit import InvalidIdError, StatekitError, Store
 
+from .cli import cli_problems, statekit
 from .conftest import STRESS, size
 from .corpus import CHECKPOINT_STAGE, build_history, tree_state
+from .figures import report as record
 
-STATEKIT = str(Path(sys.executable).with_name("statekit"))
 SHOW, EP = "s", "e"
-
-
-def record(name: str, figures: dict[str, Any], case: str | None = None) -> None:
-    """Print the figures; with STATEKIT_FIGURES_DIR, write them to <dir>/<name>.json (under ``case``)."""
-    print(f"\n{name} {case or ''}: {json.dumps(figures, indent=1, sort_keys=True)}")
-    where = os.environ.get("STATEKIT_FIGURES_DIR")
-    if where:
-        path = Path(where, f"{name}.json")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if case is not None:
-            figures = {**(json.loads(path.read_text()) if path.exists() else {}), case: figures}
-        path.write_text(json.dumps(figures, indent=1, sort_keys=True) + "\n")
-
-
-def statekit(root: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if k != "STATEKIT_ROOT"}
-    return subprocess.run([STATEKIT, "--root", str(root), *args], check=False, capture_output=True, text=True, env=env,
-                          timeout=120, errors="replace", cwd=cwd)
-
-
-def cli_problems(done: subprocess.CompletedProcess[str], allowed: tuple[int, ...] = (0, 1, 2)) -> list[str]:
-    found = []
-    if "Traceback" in done.stdout + done.stderr:
-        found.append("a traceback")
-    if done.returncode not in allowed:
-        found.append(f"exit {done.returncode}: {done.stderr.strip()[:300]}")
-    lines = done.stderr.splitlines()
-    if done.returncode == 2 and (len(lines) != 1 or not lines[0].startswith("statekit: error: ")):
-        found.append(f"a user error must be one stderr line, got {lines[:3]}")
-    return [f"statekit {' '.join(done.args[3:])}: {p}" for p in found]
 
 
 class Calls:
@@ -253,8 +221,8 @@ def test_crafted_ids_through_the_cli(template: Path, tmp_path: Path) -> None:
     parent_before = tree_state(tmp_path.parent, skip=root, content=False)
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda args: statekit(root, *args, cwd=world), commands))
-    failures = [p for done in results for p in cli_problems(done)]
-    codes = Counter(done.returncode for done in results)
+    failures = [p for done in results for p in cli_problems(done, only_statekit_lines=False)]
+    codes = Counter(done.code for done in results)
     assert outside_state(world, root) == before, "the CLI changed something outside the root"
     assert tree_state(tmp_path.parent, skip=root, content=False) == parent_before, "new files beside the root"
     record("security-ids-cli", {"runs": len(results), "exit_codes": dict(codes), "failures": len(failures)})
@@ -376,7 +344,7 @@ def test_a_planted_symlink_is_never_followed_outside_the_root(template: Path, tm
                     ("repair",)]
         with ThreadPoolExecutor(2) as pool:
             for done in pool.map(lambda args: statekit(root, *args), commands[: size(2, 4)]):
-                calls.failures += cli_problems(done)
+                calls.failures += cli_problems(done, only_statekit_lines=False)
     after = outside_state(world, root)
     changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
     assert not changed, f"{name}: written outside the root: {changed[:10]}"
@@ -457,7 +425,7 @@ def test_yaml_tags_never_run_code(template: Path, tmp_path: Path, monkeypatch: p
     cli += [("show", f"{SHOW}/{EP}"), ("sync",)]
     with ThreadPoolExecutor(2) as pool:
         for done in pool.map(lambda args: statekit(root, *args, cwd=world), cli if STRESS else cli[1:3]):
-            calls.failures += cli_problems(done)
+            calls.failures += cli_problems(done, only_statekit_lines=False)
             tried += 1
     assert not marker.exists(), "a YAML tag ran code"
     after = outside_state(world, root)
