@@ -6,6 +6,7 @@ Files are the truth; the index is a cache. See ``Store``.
 from .errors import (
     APIError,
     ApprovalRequiredError,
+    AssetNotFoundError,
     AudioProcessingError,
     CharacterNotFoundError,
     CorruptFileError,
@@ -31,7 +32,7 @@ from .errors import (
     VersionConflictError,
     context_of,
 )
-from .models import Episode, Event, Show
+from .models import AssetRecord, Episode, Event, Show, UploadRecord
 from .pipeline import Pipeline
 from .taxonomy import ErrorKind, Rule, classify, retry
 
@@ -52,6 +53,8 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "APIError",
     "ApprovalRequiredError",
+    "AssetNotFoundError",
+    "AssetRecord",
     "AudioProcessingError",
     "CharacterNotFoundError",
     "classify",
@@ -87,6 +90,7 @@ __all__ = [
     "StoreNotFoundError",
     "UnknownStageError",
     "UnsafePathError",
+    "UploadRecord",
     "ValidationError",
     "VersionConflictError",
     "__version__",

@@ -34,8 +34,9 @@ from rich.progress import (
 from rich.table import Table
 
 from . import __version__
-from .errors import StatekitError, StoreNotFoundError
+from .errors import CorruptFileError, StatekitError, StoreNotFoundError
 from .models import Episode, Event
+from .schema import legacy_id
 from .store import CONFIG_FILE, Store
 
 # Piped output is not wrapped at 80 columns: programs and grep read it.
@@ -242,6 +243,10 @@ def show(ctx: Context, ref: str, as_json: bool) -> None:
         facts.add_row("resume from", resume or "(no intact checkpoint)")
     for name, path in ep.files.items():
         facts.add_row("file", f"{name}: {path}")
+    for name, record in ep.assets.items():
+        upload = f" -> {ep.uploads[name].url}" if name in ep.uploads else ""
+        facts.add_row("asset", f"{name}: {record.kind}, {human_size(record.size)}, "
+                               f"sha256 {record.sha256[:12]}…{upload}")
     if ep.lease is not None:
         facts.add_row("leased", f"by {ep.lease.owner} until {when(ep.lease.expires_at)} UTC (run {ep.lease.run_id})")
     if ep.stage_done:
@@ -283,6 +288,12 @@ def describe(e: Event) -> str:
         return f"released ({extra.get('released', '')})" + (f" by {extra['by']}" if extra.get("by") else "")
     if e.kind == "approve":
         return f"{extra.get('gate', '')} approved by {extra.get('by', '')}"
+    if e.kind == "asset":
+        return f"stored {extra.get('asset', '')} ({str(extra.get('content_sha256', ''))[:12]}…)"
+    if e.kind == "asset_removed":
+        return f"removed {extra.get('asset', '')}"
+    if e.kind == "upload":
+        return "uploaded " + ", ".join(extra.get("assets", []))
     if e.fields:
         return "changed " + ", ".join(e.fields)
     return ""
@@ -319,7 +330,8 @@ def list_(ctx: Context, show_id: str | None, stage: str | None, as_json: bool) -
 @pass_ctx
 def migrate(ctx: Context, dry_run: bool) -> None:
     """Rewrite episode files of an older schema (each backed up first)."""
-    report = ctx.store.migrate(dry_run=dry_run)
+    with progress_bar("migrating") as progress:
+        report = ctx.store.migrate(dry_run=dry_run, progress=progress)
     verb = "would migrate" if dry_run else "migrated"
     for f in report.files:
         out.print(f"{verb} {f['path']} (schema {f['from']} -> {f['to']})", markup=False)
@@ -335,7 +347,8 @@ def migrate(ctx: Context, dry_run: bool) -> None:
 @pass_ctx
 def import_(ctx: Context, legacy_dir: str, show_id: str) -> None:
     """Bring schema-0 episode YAML files from LEGACY_DIR into a show."""
-    report = ctx.store.import_legacy(legacy_dir, show_id)
+    with progress_bar("importing") as progress:
+        report = ctx.store.import_legacy(legacy_dir, show_id, progress)
     for r in report.rejected:
         err.print(f"rejected {r['file']}: {r['reason']}", markup=False)
     out.print(f"imported {len(report.imported)}, skipped {len(report.skipped)} already present, "
@@ -413,11 +426,13 @@ def sync(ctx: Context) -> None:
 @main.command()
 @pass_ctx
 def verify(ctx: Context) -> None:
-    """Check the index against the files, the files against their event logs, and checkpoints and backups."""
-    report = ctx.store.verify()
+    """Check the index against the files, the files against their event logs, checkpoints, backups and assets."""
+    with progress_bar("verifying") as progress:
+        report = ctx.store.verify(progress)
     if report.clean:
         out.print(f"ok: {report.checked} episodes checked; files, event logs and index agree; "
-                  f"{report.checkpoints} checkpoints and {report.backups} backups intact", markup=False)
+                  f"{report.checkpoints} checkpoints, {report.backups} backups and {report.assets} assets intact",
+                  markup=False)
         return
     out.print(f"{len(report.problems)} problem(s) in {report.checked} episodes:", markup=False)
     print_problems(report.problems)
@@ -571,17 +586,152 @@ def parse_age(value: str) -> timedelta:
         raise click.BadParameter(f"{value!r} is too long an age; give at most a few thousand years") from None
 
 
+def human_size(n: float) -> str:
+    """Bytes for people: 512 B, 1.5 kB, 12.3 MB (powers of 1000, like ls -h --si)."""
+    for unit in ("B", "kB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
 @main.command()
-@click.option("--backups-older-than", "age", required=True, metavar="AGE", help="e.g. 7d, 12h, 1w2d.")
+@click.option("--backups-older-than", "age", default="30d", show_default=True, metavar="AGE",
+              help="Remove episode backups older than this, e.g. 7d, 12h, 1w2d.")
 @click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
-def gc(ctx: Context, age: str, dry_run: bool) -> None:
-    """Remove episode backups older than AGE (the newest backup of a damaged episode is kept)."""
-    removed = ctx.store.gc(backups_older_than=parse_age(age), dry_run=dry_run)
+def gc(ctx: Context, age: str, dry_run: bool, as_json: bool) -> None:
+    """Remove what nothing needs: stored assets no episode refers to, temp files of
+    interrupted work, expired cache entries, and episode backups older than AGE
+    (the newest backup of a damaged episode is kept)."""
+    store = ctx.store
+    cutoff = parse_age(age)
+    parts: dict[str, list[Any]] = {}
+    # backups first: an object only an old backup named is then collected in the same run
+    parts["backups"] = store.gc_backups(backups_older_than=cutoff, dry_run=dry_run)
+    gone = {os.path.join(store.root, r.path) for r in parts["backups"]} if dry_run else set()
+    parts["assets"] = store.gc_objects(dry_run=dry_run, ignoring=gone).removed
+    parts["temp"] = store.gc_run_temp(dry_run=dry_run)
+    parts["cache"] = gc_cache(store, dry_run)
     verb = "would remove" if dry_run else "removed"
-    for path in removed:
-        out.print(f"{verb} {path}", markup=False)
-    out.print(f"{len(removed)} backup(s) {verb}", markup=False)
+    if as_json:
+        dump_json({"dry_run": dry_run, "freed": sum(r.size for rs in parts.values() for r in rs),
+                   **{part: [{"path": r.path, "size": r.size, "reason": r.reason} for r in rs]
+                      for part, rs in parts.items()}})
+        return
+    for removed in parts.values():
+        for r in removed:
+            out.print(f"{verb} {r.path} ({human_size(r.size)}, {r.reason})", markup=False)
+    summary = ", ".join(f"{len(rs)} {part} ({human_size(sum(r.size for r in rs))})" for part, rs in parts.items())
+    freed = sum(r.size for rs in parts.values() for r in rs)
+    out.print(f"{verb} {summary}; {'would free' if dry_run else 'freed'} {human_size(freed)}", markup=False)
+
+
+def gc_cache(store: Store, dry_run: bool) -> list[Any]:
+    """The cache's expired and damaged entries (and LRU ones past its cap),
+    and files of interrupted cache writes, as gc lines."""
+    from .assets import Removed
+    from .cache import Cache
+
+    if not os.path.exists(os.path.join(store.root, ".statekit", "cache", "cache.db")):
+        return []  # no cache yet: nothing to collect, and none made
+    with Cache.for_store(store) as cache:
+        report = cache.gc(dry_run=dry_run)
+    return ([Removed(f".statekit/cache/{r.kind}/{r.key}", r.size, f"cache entry, {r.reason}") for r in report.removed]
+            + [Removed(f.path, f.size, f"cache {f.reason} file") for f in report.strays])
+
+
+@main.group()
+def asset() -> None:
+    """Media files of episodes (content-addressed: the same bytes are stored once)."""
+
+
+@asset.command("add")
+@ref_arg
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--kind", default="audio", show_default=True, help="What the file is (audio, image, video, ...).")
+@click.option("--name", default=None, help="Name in the episode (default: the file's name).")
+@click.option("--media-type", default=None, help="e.g. audio/wav (default: guessed from the name).")
+@pass_ctx
+def asset_add(ctx: Context, ref: str, file: str, kind: str, name: str | None, media_type: str | None) -> None:
+    """Store FILE as an asset of SHOW/EP."""
+    show_id, ep_id = split_ref(ref)
+    added = name or legacy_id(os.path.basename(file))
+    ep = ctx.store.add_asset(show_id, ep_id, file, kind, added, media_type=media_type)
+    record = ep.assets[added]
+    out.print(f"{ep.key}: asset {added} = sha256 {record.sha256[:12]}… ({human_size(record.size)}, "
+              f"{record.media_type}); version {ep.version}", markup=False)
+
+
+@asset.command("list")
+@ref_arg
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def asset_list(ctx: Context, ref: str, as_json: bool) -> None:
+    """The assets of SHOW/EP, and where each was uploaded."""
+    show_id, ep_id = split_ref(ref)
+    ep = ctx.store.get(show_id, ep_id)
+    if as_json:
+        dump_json({name: {**r.model_dump(mode="json"), "path": ctx.store.asset_path(show_id, ep_id, name),
+                          "upload": ep.uploads[name].model_dump(mode="json") if name in ep.uploads else None}
+                   for name, r in ep.assets.items()})
+        return
+    if not ep.assets:
+        err.print(f"{ep.key} has no assets", markup=False)
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("name", "kind", "size", "media type", "sha256", "uploaded to"):
+        table.add_column(column, justify="right" if column == "size" else "left")
+    for name, r in sorted(ep.assets.items()):
+        table.add_row(name, r.kind, human_size(r.size), r.media_type, r.sha256[:12] + "…",
+                      ep.uploads[name].url if name in ep.uploads else "")
+    out.print(table, markup=False)
+
+
+@asset.command("upload")
+@ref_arg
+@click.argument("name")
+@click.option("--thumbnail", default=None, metavar="NAME", help="An image asset to upload beside it as thumbnail.jpg.")
+@pass_ctx
+def asset_upload(ctx: Context, ref: str, name: str, thumbnail: str | None) -> None:
+    """Upload asset NAME of SHOW/EP to the bucket in statekit.yaml's gcs: settings
+    (audio/<uuid>/audio.<ext>), once: a repeat finds the same object and writes nothing."""
+    show_id, ep_id = split_ref(ref)
+    store = ctx.store
+    if store.config.gcs is None:
+        fail("this store has no 'gcs:' settings; add e.g. 'gcs: {bucket: my-bucket}' to statekit.yaml")
+    try:
+        from .gcs import GCSUploader, upload_asset
+    except ImportError:
+        fail("uploads need google-cloud-storage: pip install 'statekit[gcs]'")
+    uploader = GCSUploader.from_config(store.config.gcs)
+    before = store.get(show_id, ep_id).version
+    ep = upload_asset(store, show_id, ep_id, name, uploader, thumbnail=thumbnail)
+    for n in [name] + ([thumbnail] if thumbnail else []):
+        verb = "uploaded" if ep.version != before else "already at"
+        out.print(f"{ep.key}: {n} {verb} {ep.uploads[n].url} (generation {ep.uploads[n].generation})", markup=False)
+
+
+@asset.command("verify")
+@ref_arg
+@click.argument("name", required=False)
+@pass_ctx
+def asset_verify(ctx: Context, ref: str, name: str | None) -> None:
+    """Hash the assets of SHOW/EP (or only NAME); exit 1 if one is missing or changed."""
+    show_id, ep_id = split_ref(ref)
+    names = [name] if name else sorted(ctx.store.get(show_id, ep_id).assets)
+    bad = 0
+    for n in names:
+        try:
+            path = ctx.store.verify_asset(show_id, ep_id, n)
+        except CorruptFileError as exc:
+            bad += 1
+            out.print(f"damaged {n}: {exc.message}", markup=False)
+        else:
+            out.print(f"ok      {n} ({os.path.relpath(path, ctx.store.root)})", markup=False)
+    if bad:
+        sys.exit(1)
 
 
 @main.command()
@@ -652,6 +802,95 @@ def demo(directory: str | None) -> None:
     quiet_logs(logging.CRITICAL)  # the walk says what happens; the failure logs would repeat it
     for line in walk(root):
         out.print(line, markup=False)
+
+
+# --- the cache (issue 6): statekit cache stats|clear|gc ---------------------------------
+
+
+@contextmanager
+def store_cache(ctx: Context) -> Iterator[Any]:
+    from .cache import Cache
+
+    cache_ = Cache.for_store(ctx.store)
+    try:
+        yield cache_
+    finally:
+        cache_.close()
+
+
+def print_cache_report(report: Any) -> None:
+    """Each removed entry and stray file, then the totals."""
+    verb = "would remove" if report.dry_run else "removed"
+    for r in report.removed:
+        out.print(f"{verb} {r.key[:16]} {r.kind:<6} {human_size(r.size):>10}  {r.reason} "
+                  f"({r.uses} uses, last used {when(r.last_used)} UTC)", markup=False)
+    for stray in report.strays:
+        out.print(f"{verb} {stray.path} ({human_size(stray.size)}, {stray.reason} file)", markup=False)
+    if not report.removed and not report.strays:
+        out.print("nothing to remove", markup=False)
+    else:
+        strays = f" and {len(report.strays)} stray file(s)" if report.strays else ""
+        out.print(f"{verb} {len(report.removed)} entries{strays}, {'would free' if report.dry_run else 'freed'} "
+                  f"{human_size(report.freed)}", markup=False)
+    if report.pinned_over_cap:
+        err.print("warning: the cache is still over its max_size: every entry left is pinned by an episode "
+                  "in progress", markup=False)
+
+
+@main.group()
+def cache() -> None:
+    """The cache of expensive results (TTS audio, downloaded media) in .statekit/cache."""
+
+
+@cache.command("stats")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def cache_stats(ctx: Context, as_json: bool) -> None:
+    """Entries, size against the cap, per kind, pinned entries, hits and misses, evictions."""
+    with store_cache(ctx) as cache_:
+        stats = cache_.stats()
+    if as_json:
+        dump_json(stats.to_json())
+        return
+    lookups = stats.hits + stats.misses
+    table = Table(box=None, show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    table.add_row("entries", str(stats.entries))
+    table.add_row("size", f"{human_size(stats.bytes)} of {human_size(stats.max_size)} "
+                          f"({100 * stats.bytes / stats.max_size:.1f}% of the cap)")
+    table.add_row("pinned", f"{stats.pinned_entries} entries, {human_size(stats.pinned_bytes)} "
+                            "(used by episodes in progress)")
+    table.add_row("hits / misses", f"{stats.hits} / {stats.misses}"
+                                   + (f" ({100 * stats.hits / lookups:.1f}% hits)" if lookups else ""))
+    table.add_row("evictions", ", ".join(f"{reason} {n}" for reason, n in stats.evictions.items()))
+    out.print(table, markup=False)
+    if stats.kinds:
+        kinds = Table(box=None, header_style="bold")
+        for column in ("kind", "entries", "size"):
+            kinds.add_column(column, justify="left" if column == "kind" else "right")
+        for kind, numbers in stats.kinds.items():
+            kinds.add_row(kind, str(numbers["entries"]), human_size(numbers["bytes"]))
+        out.print(kinds, markup=False)
+
+
+@cache.command("clear")
+@click.option("--kind", default=None, help="Only entries of this kind (e.g. tts, media).")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@pass_ctx
+def cache_clear(ctx: Context, kind: str | None, dry_run: bool) -> None:
+    """Remove every cache entry (of one kind), pinned ones too."""
+    with store_cache(ctx) as cache_:
+        print_cache_report(cache_.clear(kind=kind, dry_run=dry_run))
+
+
+@cache.command("gc")
+@click.option("--dry-run", is_flag=True, help="Only list what would be removed.")
+@pass_ctx
+def cache_gc(ctx: Context, dry_run: bool) -> None:
+    """Remove damaged and expired cache entries, then the least recently used down to the cap (pinned ones stay)."""
+    with store_cache(ctx) as cache_:
+        print_cache_report(cache_.gc(dry_run=dry_run))
 
 
 if __name__ == "__main__":  # pragma: no cover

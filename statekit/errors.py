@@ -117,6 +117,10 @@ class EpisodeExistsError(StatekitError, ValueError):
     default_hint = "choose another episode id, or use 'statekit show' to inspect the existing one"
 
 
+class AssetNotFoundError(StatekitError, LookupError):
+    default_hint = "list the episode's assets with 'statekit asset list SHOW/EP'"
+
+
 class UnknownStageError(StatekitError, LookupError):
     def __init__(self, message: str, *, stages: list[str] | tuple[str, ...] = (), **kw: Any) -> None:
         kw.setdefault("hint", "stages in this pipeline: " + ", ".join(stages) if stages else None)

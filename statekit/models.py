@@ -25,13 +25,15 @@ from pydantic import (
 from .ids import check_id
 from .pipeline import Pipeline
 
-EPISODE_SCHEMA = 2
+EPISODE_SCHEMA = 3
 """1: the first statekit schema; 2: adds ``lease``, ``due_at``, ``hold`` and
-``stage_done`` (leased stage runs and failure handling)."""
+``stage_done`` (leased stage runs and failure handling); 3: adds ``assets``
+and ``uploads`` (content-addressed media and where it was uploaded)."""
 SHOW_SCHEMA = 1
-STORE_SCHEMA = 2
+STORE_SCHEMA = 3
 """2: the pipeline gained ``runs``, ``failure_stage``, ``give_up_stage``,
-``retry`` and ``error_rules``, and the store ``backups``."""
+``retry`` and ``error_rules``, and the store ``backups``; 3: ``cache`` and
+``gcs`` settings."""
 CHECKPOINT_SCHEMA = 1
 EVENT_SCHEMA = 1
 
@@ -109,6 +111,68 @@ class ErrorRecord(BaseModel):
     run_id: str | None = None
 
 
+Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+
+
+class AssetRecord(BaseModel):
+    """One media file of an episode: its content lives once in the store's
+    object folder (``objects/<sha256[:2]>/<sha256>``), named by its hash."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    sha256: Sha256
+    size: NonNegativeInt
+    kind: Id = "audio"
+    media_type: Annotated[str, Field(min_length=1, max_length=200)] = "application/octet-stream"
+    source: Annotated[str, Field(max_length=4096)] | None = None
+    """Where the content came from (a path or URL), as the caller gave it."""
+    added_at: AwareDatetime
+
+
+class UploadRecord(BaseModel):
+    """Where an asset was uploaded: one object in a bucket."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: Annotated[str, Field(min_length=1, max_length=4096)]
+    """``gs://<bucket>/<object>``."""
+    bucket: Annotated[str, Field(min_length=1, max_length=222)]
+    object: Annotated[str, Field(min_length=1, max_length=1024)]
+    generation: NonNegativeInt | None = None
+    sha256: Sha256
+    """The asset content that was uploaded."""
+    md5: str | None = None
+    """The object's MD5 as the server reported it (base64)."""
+    audio_id: str | None = None
+    at: AwareDatetime
+
+
+class CacheConfig(BaseModel):
+    """``cache:`` in ``statekit.yaml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_size: Annotated[int, Field(gt=0, strict=True)] = 10 * 1024**3
+    """Bytes; least recently used entries are evicted past it (pinned ones never)."""
+    expiry_days: dict[Id, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+        default_factory=lambda: {"media": 30.0, "tts": 90.0})
+    """Per kind of entry; a kind not listed uses ``default_expiry_days``."""
+    default_expiry_days: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 30.0
+
+
+class GCSConfig(BaseModel):
+    """``gcs:`` in ``statekit.yaml``: where uploads go."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    bucket: Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9._-]{1,220}[a-z0-9]$")]
+    prefix: Annotated[str, Field(pattern=r"^([a-z0-9][a-z0-9._-]*/)*$", max_length=200)] = ""
+    """Put in front of every object name (``audio/...``), e.g. ``staging/``."""
+    endpoint: str | None = None
+    """An API endpoint other than Google's (an emulator); ``STORAGE_EMULATOR_HOST`` also works."""
+    project: str | None = None
+
+
 class Lease(BaseModel):
     """Who is running the episode's stage, and until when. Another worker may
     take the episode over once ``expires_at`` has passed."""
@@ -154,6 +218,10 @@ class Episode(BaseModel):
     """Why the episode waits for a person (``statekit retry`` releases it)."""
     stage_done: bool = False
     """The current stage's work is finished; it waits to move on (e.g. for an approval)."""
+    assets: dict[Annotated[str, AfterValidator(check_id)], AssetRecord] = Field(default_factory=dict)
+    """Name -> the media file (``Store.add_asset``); names follow the id rule."""
+    uploads: dict[Annotated[str, AfterValidator(check_id)], UploadRecord] = Field(default_factory=dict)
+    """Asset name -> the object it was uploaded to."""
 
     @model_validator(mode="before")
     @classmethod
@@ -227,6 +295,8 @@ class StoreConfig(BaseModel):
     lock_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0
     backups: Annotated[int, Field(ge=0, le=100, strict=True)] = 3
     """How many earlier versions of each episode file to keep (0: none)."""
+    cache: CacheConfig = Field(default_factory=CacheConfig)
+    gcs: GCSConfig | None = None
     pipeline: Pipeline
 
     @model_validator(mode="after")

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import socket
 import traceback
 import uuid
@@ -26,6 +27,7 @@ from .errors import (
     CorruptFileError,
     LeaseExpiredError,
     SchemaVersionError,
+    StatekitError,
     ValidationError,
     context_of,
 )
@@ -188,7 +190,7 @@ class Run:
     """
 
     def __init__(self, store: Store, show: str, ep: str, stage: str, *, owner: str, lease_seconds: float,
-                 reraise: bool) -> None:
+                 reraise: bool, verify_assets: tuple[str, ...] = ()) -> None:
         self.store = store
         self.show_id = show
         self.episode_id = ep
@@ -202,7 +204,9 @@ class Run:
         self.outcome: str | None = None
         self.error: BaseException | None = None
         self.kind: ErrorKind | None = None
+        self.verify_assets = verify_assets
         self._started_at: datetime | None = None
+        self._temp_dir: str | None = None
 
     def __repr__(self) -> str:
         return f"Run({self.show_id}/{self.episode_id} {self.stage!r}, owner={self.owner!r}, run_id={self.run_id})"
@@ -298,6 +302,55 @@ class Run:
         self.episode = episode
         return episode
 
+    def add_asset(self, source: Any, kind: str = "audio", name: str | None = None, *,
+                  media_type: str | None = None, label: str | None = None) -> Episode:
+        """``Store.add_asset`` as part of this run (lease checked and renewed)."""
+        def extra(m: Episode, now: datetime) -> dict[str, Any]:
+            self.check(m, now)
+            return self._renewed(m, now, fields_only=True)
+
+        episode = self.store.add_asset(self.show_id, self.episode_id, source, kind, name, media_type=media_type,
+                                       label=label, _extra=extra, _event_extra={"run_id": self.run_id})
+        self.episode = episode
+        return episode
+
+    def asset(self, name: str, *, verify: bool = True) -> str:
+        """The path of asset ``name``, hashed first unless ``verify=False``
+        (``CorruptFileError`` naming the path if its content changed)."""
+        if verify:
+            return self.store.verify_asset(self.show_id, self.episode_id, name)
+        return self.store.asset_path(self.show_id, self.episode_id, name)
+
+    def temp_path(self, suffix: str = "") -> str:
+        """A fresh path for an intermediate file of this run, under
+        ``.statekit/tmp/runs/<run_id>/``. Every such file is removed when the
+        run ends, however it ends; after ``kill -9``, ``statekit gc`` does it."""
+        import tempfile
+
+        from . import files as diskio
+
+        if not isinstance(suffix, str) or "/" in suffix or len(suffix) > 32:
+            raise ValidationError(f"suffix must be a short file name ending such as '.wav', got {suffix!r}")
+        if self._temp_dir is None:
+            self._temp_dir = diskio.ensure_dirs(self.store._disk, self.store.root,
+                                                (".statekit", "tmp", "runs", self.run_id), durable=False)
+        fd, path = tempfile.mkstemp(suffix=suffix, dir=self._temp_dir)
+        os.close(fd)
+        return path
+
+    def _remove_temp(self) -> None:
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+            self._temp_dir = None
+
+    def _verify(self, when: str) -> None:
+        for name in self.verify_assets:
+            try:
+                self.store.verify_asset(self.show_id, self.episode_id, name)
+            except StatekitError as exc:
+                exc.message = f"{exc.message} ({when} stage {self.stage!r})"
+                raise
+
     def _renewed(self, m: Episode, now: datetime, *, cost: float | None = None, fields_only: bool = False) -> Any:
         assert m.lease is not None
         update: dict[str, Any] = {"lease": m.lease.model_copy(update={"expires_at": self._expires(now)})}
@@ -318,13 +371,36 @@ class Run:
     def __enter__(self) -> Run:
         self.episode = self.store._start_run(self)
         self._started_at = self.store.clock()
+        if self.verify_assets:
+            try:  # the input is checked before any work is done on it
+                self._verify("before")
+            except StatekitError as exc:  # recorded as the stage's failure, and raised (the body cannot run)
+                try:
+                    self._fail(exc)
+                finally:
+                    self._remove_temp()
+                raise
         return self
 
     def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
-        if exc is None:
-            self.episode = self.store._finish_run(self)
-            self.outcome = "succeeded"
-            return False
+        try:
+            if exc is None and self.verify_assets:
+                try:  # and again after the work, before the stage counts as done
+                    self._verify("after")
+                except StatekitError as bad:
+                    if self._fail(bad):
+                        return False
+                    raise
+            if exc is None:
+                self.episode = self.store._finish_run(self)
+                self.outcome = "succeeded"
+                return False
+            return self._fail(exc)
+        finally:
+            self._remove_temp()
+
+    def _fail(self, exc: BaseException) -> bool:
+        """Record ``exc`` as this run's failure; True if it is not to be raised."""
         self.outcome = "failed"
         self.error = exc
         if isinstance(exc, LeaseExpiredError):

@@ -133,7 +133,12 @@ def v1_to_v2(data: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
     return {**data, "schema_version": 2}
 
 
-EPISODE_MIGRATIONS: dict[int, Migration] = {0: legacy_to_v1, 1: v1_to_v2}
+def v2_to_v3(data: dict[str, Any], ctx: dict[str, Any]) -> dict[str, Any]:
+    """Schema 2 -> 3: ``assets`` and ``uploads`` are new and start empty."""
+    return {**data, "schema_version": 3}
+
+
+EPISODE_MIGRATIONS: dict[int, Migration] = {0: legacy_to_v1, 1: v1_to_v2, 2: v2_to_v3}
 
 
 def schema_of(data: dict[str, Any], path: str | None, *, current: int, legacy_ok: bool) -> int:

@@ -14,6 +14,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import threading
 import time
 from collections import OrderedDict
@@ -26,9 +27,11 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import ValidationError as PydanticValidationError
 
+from . import assets
 from . import files as diskio
 from .codecs import CODECS, JSON_CODEC, YAML_CODEC, Parsed, compact_json, line_of, same
 from .errors import (
+    AssetNotFoundError,
     CorruptFileError,
     EpisodeExistsError,
     EpisodeNotFoundError,
@@ -56,12 +59,14 @@ from .models import (
     SHOW_SCHEMA,
     STORE_SCHEMA,
     Approval,
+    AssetRecord,
     CheckpointRecord,
     Episode,
     Event,
     Lease,
     Show,
     StoreConfig,
+    UploadRecord,
     cost_sum,
     utcnow,
 )
@@ -85,6 +90,7 @@ from .schema import legacy_id, schema_of, upgrade_episode
 from .taxonomy import ErrorKind
 
 if TYPE_CHECKING:
+    from .cache import Cache as ResultCache
     from .index import Index
     from .index.sync import Progress, RebuildReport, SyncReport, VerifyReport
 
@@ -243,6 +249,7 @@ class Store:
         self._made_dirs: set[str] = set()  # machine-owned folders this process made or saw
         self._path_cache: dict[tuple[str, str], _EpisodePaths] = {}
         self._index: Index | None = None
+        self._result_cache: ResultCache | None = None
 
     def __repr__(self) -> str:
         return f"Store({self.root!r}, pipeline={self.pipeline.name!r}, format={self.config.format!r})"
@@ -317,10 +324,24 @@ class Store:
         assert self._index is not None
         return self._index
 
+    @property
+    def cache(self) -> ResultCache:
+        """The store's cache of expensive results (TTS audio, downloaded
+        media): ``statekit.cache.Cache``, opened on first use."""
+        with self._cache_lock:
+            if self._result_cache is None:
+                from .cache import Cache
+
+                self._result_cache = Cache.for_store(self)
+            return self._result_cache
+
     def close(self) -> None:
-        """Release the index's database connections (the store stays usable)."""
+        """Release the index's and the cache's database connections (the store stays usable)."""
         if self._index is not None:
             self._index.close()
+        if self._result_cache is not None:
+            self._result_cache.close()
+            self._result_cache = None
 
     def _index_quietly(self, what: str, **changes: Any) -> None:
         """Update the index after the files are durable. A failure here never
@@ -778,6 +799,10 @@ class Store:
         """Remove backups saved more than ``backups_older_than`` ago (by
         their file time); the newest backup of an episode whose file cannot
         be read is always kept. Returns what was (or would be) removed."""
+        return [r.path for r in self.gc_backups(backups_older_than=backups_older_than, dry_run=dry_run)]
+
+    def gc_backups(self, *, backups_older_than: timedelta, dry_run: bool = False) -> list[assets.Removed]:
+        """``gc``, saying how big each removed backup was."""
         if not isinstance(backups_older_than, timedelta) or backups_older_than.total_seconds() < 0:
             raise ValidationError(f"backups_older_than must be a non-negative timedelta, got {backups_older_than!r}")
         try:
@@ -796,7 +821,8 @@ class Store:
                 for index, (_version, name) in enumerate(sorted(_backup_versions(os.listdir(directory)),
                                                                 reverse=True)):
                     path = os.path.join(directory, name)
-                    if (keep_one and index == 0) or os.lstat(path).st_mtime >= cutoff:
+                    st = os.lstat(path)
+                    if (keep_one and index == 0) or st.st_mtime >= cutoff:
                         continue
                     if not dry_run:
                         with self._episode_lock(show, ep):
@@ -806,7 +832,8 @@ class Store:
                                 continue
                             except OSError as exc:
                                 raise diskio.storage_error(exc, path, "remove backup") from exc
-                    removed.append(os.path.relpath(path, self.root))
+                    removed.append(assets.Removed(os.path.relpath(path, self.root), st.st_size,
+                                                  "old backup"))
         return removed
 
     def repair(self, *, dry_run: bool = False, progress: Progress | None = None) -> RepairReport:
@@ -1345,10 +1372,258 @@ class Store:
                 continue
         return None
 
+    # --- assets ---------------------------------------------------------------------------
+
+    def add_asset(self, show: str, ep: str, source: bytes | str | os.PathLike[str], kind: str = "audio",
+                  name: str | None = None, *, media_type: str | None = None, label: str | None = None,
+                  _extra: Callable[[Episode, datetime], dict[str, Any]] | None = None,
+                  _event_extra: Mapping[str, Any] | None = None) -> Episode:
+        """Store ``source`` (a path, read in chunks, or bytes) once, by its
+        sha256, and record it in the episode as ``assets[name]`` (version + 1,
+        one ``asset`` event). The same content added anywhere else is the
+        same object. ``name`` defaults to the source's file name (or
+        ``kind``); an existing name is replaced and its upload record, which
+        described the old content, dropped. ``label``: what to record as the
+        source (defaults to the path given). The object is durable before
+        the episode names it; a hard link to it appears as
+        ``episodes/<ep>/assets/<name>`` for people to open."""
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        check_id(kind, "asset kind")
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data: bytes | None = bytes(source)
+            path = None
+        elif isinstance(source, (str, os.PathLike)):
+            data = None
+            path = os.fspath(source)
+            if not isinstance(path, str) or not path:
+                raise ValidationError(f"asset source must be a file path or bytes, got {source!r}")
+        else:
+            raise ValidationError(f"asset source must be a file path or bytes, got {type(source).__name__}")
+        if name is None:
+            name = legacy_id(os.path.basename(path)) if path else kind
+        check_id(name, "asset name")
+        if media_type is None:
+            media_type = assets.guess_media_type(path or name)
+        elif not isinstance(media_type, str) or not re.fullmatch(r"[\w.+-]+/[\w.+-]+", media_type):
+            raise ValidationError(f"media_type must look like 'audio/wav', got {media_type!r}")
+        if label is None:
+            label = os.path.abspath(path) if path else None
+        elif not isinstance(label, str) or len(label) > 4096:
+            raise ValidationError("label must be text of at most 4096 characters")
+        if not diskio.real_dirs(self._paths(show, ep).chain):
+            raise self._episode_missing(show, ep)
+        with assets.objects_lock(self._disk, self.root, exclusive=False, timeout=self.config.lock_timeout):
+            stored = (assets.put_bytes(self._disk, self.root, data) if data is not None
+                      else assets.put_file(self._disk, self.root, path))  # type: ignore[arg-type]
+            assets.write_sidecar(self._disk, self.root, stored, media_type=media_type, source=label,
+                                 now=self.clock())
+
+            def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]] | None:
+                more = _extra(m, now) if _extra is not None else {}
+                old = m.assets.get(name)
+                if old is not None and old.sha256 == stored.sha256 and old.kind == kind and not more:
+                    return None  # already recorded: nothing to write
+                record = AssetRecord(sha256=stored.sha256, size=stored.size, kind=kind, media_type=media_type,
+                                     source=label, added_at=now)
+                uploads = m.uploads
+                if name in uploads and uploads[name].sha256 != stored.sha256:
+                    uploads = {k: v for k, v in uploads.items() if k != name}
+                new = m.model_copy(update={**more, "version": m.version + 1, "updated_at": now,
+                                           "assets": {**m.assets, name: record}, "uploads": uploads})
+                return new, {"kind": "asset", "asset": name, "content_sha256": stored.sha256, "size": stored.size,
+                             "replaced": old.sha256 if old is not None and old.sha256 != stored.sha256 else None,
+                             **(_event_extra or {})}
+
+            episode = self._write(show, ep, change)
+        self._link_asset(show, ep, name, stored.path)
+        return episode
+
+    def _link_asset(self, show: str, ep: str, name: str, target: str) -> None:
+        """``episodes/<ep>/assets/<name>``: a hard link to the object (no copy),
+        for people; best effort (the episode file is what counts)."""
+        try:
+            directory = diskio.ensure_dirs(self._disk, self.root, ("shows", show, "episodes", ep, "assets"))
+            link = os.path.join(directory, name)
+            try:
+                if os.path.samestat(os.lstat(link), os.stat(target)):
+                    return
+            except FileNotFoundError:
+                pass
+            tmp = os.path.join(directory, f"{diskio.TEMP_PREFIX}{name}.{os.getpid()}{diskio.TEMP_SUFFIX}")
+            try:
+                self._disk.link(target, tmp)
+                self._disk.replace(tmp, link)
+            finally:
+                if os.path.lexists(tmp):
+                    os.unlink(tmp)
+            diskio.fsync_dir(self._disk, directory)
+        except (StatekitError, OSError) as exc:
+            log.info("statekit: no link to asset %s in %s/%s (%s); the asset is in %s", name, show, ep, exc,
+                     os.path.relpath(target, self.root))
+
+    def _asset_record(self, show: str, ep: str, name: str) -> AssetRecord:
+        check_id(name, "asset name")
+        record = self.get(show, ep).assets.get(name)
+        if record is None:
+            raise AssetNotFoundError(f"{show}/{ep} has no asset {name!r}", show_id=show, episode_id=ep,
+                                     hint=f"see its assets with 'statekit asset list {show}/{ep}'")
+        return record
+
+    def asset_path(self, show: str, ep: str, name: str) -> str:
+        """Where asset ``name``'s content is (read it, never write it)."""
+        return assets.object_path(self.root, self._asset_record(show, ep, name).sha256)
+
+    def verify_asset(self, show: str, ep: str, name: str) -> str:
+        """Hash asset ``name`` and return its path; ``CorruptFileError`` with
+        the path if it is missing or its content changed."""
+        record = self._asset_record(show, ep, name)
+        return assets.check_object(self.root, record.sha256, record.size, what=f"asset {name!r} of {show}/{ep}",
+                                   show_id=show, episode_id=ep)
+
+    def remove_asset(self, show: str, ep: str, name: str) -> Episode:
+        """Forget asset ``name`` (one ``asset_removed`` event); ``gc`` removes
+        its content once nothing refers to it."""
+        check_id(name, "asset name")
+
+        def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
+            if name not in m.assets:
+                raise AssetNotFoundError(f"{m.key} has no asset {name!r}", show_id=show, episode_id=ep)
+            new = m.model_copy(update={
+                "version": m.version + 1, "updated_at": now,
+                "assets": {k: v for k, v in m.assets.items() if k != name},
+                "uploads": {k: v for k, v in m.uploads.items() if k != name}})
+            return new, {"kind": "asset_removed", "asset": name}
+
+        episode = self._write(show, ep, change)
+        link = os.path.join(self._episode_dir(show, ep), "assets", name)
+        try:
+            if os.path.lexists(link):
+                self._disk.unlink(link)
+        except OSError as exc:
+            log.info("statekit: could not remove %s (%s)", link, exc)
+        return episode
+
+    def record_uploads(self, show: str, ep: str, uploads: Mapping[str, UploadRecord | Mapping[str, Any]], *,
+                       _extra: Callable[[Episode, datetime], dict[str, Any]] | None = None,
+                       _event_extra: Mapping[str, Any] | None = None) -> Episode:
+        """Record where assets were uploaded (one write, one ``upload``
+        event). Each key names an asset of the episode, and each record's
+        ``sha256`` must be that asset's content: an upload of older content
+        is refused."""
+        if not isinstance(uploads, Mapping) or not uploads:
+            raise ValidationError("uploads must be a non-empty mapping of asset name to upload record")
+        records: dict[str, UploadRecord] = {}
+        for name, value in uploads.items():
+            check_id(name, "asset name")
+            try:
+                records[name] = value if isinstance(value, UploadRecord) else UploadRecord.model_validate(value)
+            except PydanticValidationError as exc:
+                raise ValidationError(f"upload record for {name!r}: {exc.errors()[0]['msg']}") from None
+
+        def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]] | None:
+            more = _extra(m, now) if _extra is not None else {}
+            for name, record in records.items():
+                asset = m.assets.get(name)
+                if asset is None:
+                    raise AssetNotFoundError(f"{m.key} has no asset {name!r}", show_id=show, episode_id=ep)
+                if asset.sha256 != record.sha256:
+                    raise ValidationError(
+                        f"asset {name!r} of {m.key} is not the content that was uploaded (sha256 "
+                        f"{record.sha256[:12]}…, the asset is now {asset.sha256[:12]}…); the upload record was refused",
+                        show_id=show, episode_id=ep, hint="upload the asset's current content again")
+            if all(m.uploads.get(n) == r for n, r in records.items()) and not more:
+                return None
+            new = m.model_copy(update={**more, "version": m.version + 1, "updated_at": now,
+                                       "uploads": {**m.uploads, **records}})
+            return new, {"kind": "upload", "assets": sorted(records),
+                         "urls": [records[n].url for n in sorted(records)], **(_event_extra or {})}
+
+        return self._write(show, ep, change)
+
+    def gc_objects(self, *, dry_run: bool = False, ignoring: set[str] | frozenset[str] = frozenset()
+                   ) -> assets.ObjectsReport:
+        """Remove stored objects no file refers to (episode files, their
+        backups, the trash), their sidecars, and temp files interrupted
+        writes left in the object folder. Holds the object lock
+        exclusively, so no ``add_asset`` is half way meanwhile.
+        ``ignoring``: files to count as gone (a dry run of a backup gc)."""
+        report = assets.ObjectsReport()
+        if not diskio.check_dirs(self.root, (assets.OBJECTS,)):
+            return report
+        with assets.objects_lock(self._disk, self.root, exclusive=True, timeout=max(self.config.lock_timeout, 30.0)):
+            referenced = self._referenced_objects(ignoring)
+            top = os.path.join(self.root, assets.OBJECTS)
+            doomed: list[tuple[str, int, str]] = [(p, os.lstat(p).st_size, "interrupted write")
+                                                  for p in diskio.temp_files(top)]
+            for sha, path, st in assets.stored_objects(self.root):
+                if sha and not path.endswith(".json"):
+                    report.objects += 1
+                if sha and sha in referenced:
+                    if not path.endswith(".json"):
+                        report.referenced += 1
+                    continue
+                if sha:
+                    doomed.append((path, st.st_size, "unreferenced" if not path.endswith(".json")
+                                   else "sidecar of an unreferenced object"))
+                elif diskio.TEMP_SUFFIX in path:
+                    doomed.append((path, st.st_size, "interrupted write"))
+            for path, size, reason in doomed:
+                if not dry_run:
+                    try:
+                        self._disk.unlink(path)
+                    except FileNotFoundError:
+                        continue
+                    except OSError as exc:
+                        raise diskio.storage_error(exc, path, "remove object") from exc
+                report.removed.append(assets.Removed(os.path.relpath(path, self.root), size, reason))
+        return report
+
+    def gc_run_temp(self, *, dry_run: bool = False) -> list[assets.Removed]:
+        """Remove the temp folders (``run.temp_path()``) of runs that are no
+        longer live: a worker killed before its ``finally`` could run."""
+        top = os.path.join(self.root, ".statekit", "tmp", "runs")
+        if not diskio.check_dirs(self.root, (".statekit", "tmp", "runs")):
+            return []
+        now = self.clock()
+        live = {e.lease.run_id for e in self.list() if e.lease is not None and e.lease.expires_at > now}
+        removed = []
+        for run_id in _subdirs(top):
+            if run_id in live:
+                continue
+            path = os.path.join(top, run_id)
+            size = 0
+            for directory, _dirs, names in os.walk(path):
+                size += sum(os.lstat(os.path.join(directory, n)).st_size for n in names)
+            if not dry_run:
+                shutil.rmtree(path, ignore_errors=True)
+            removed.append(assets.Removed(os.path.relpath(path, self.root), size, "temp files of a stopped run"))
+        return removed
+
+    def _referenced_objects(self, ignoring: set[str] | frozenset[str] = frozenset()) -> set[str]:
+        """Every sha256 named by an episode file, a backup or anything in the
+        trash (read as text: a damaged file still keeps its objects)."""
+        found: set[str] = set()
+        places = [os.path.join(self.root, "shows"), os.path.join(self.root, ".statekit", "backups"),
+                  os.path.join(self.root, ".statekit", "trash")]
+        for top in places:
+            for directory, dirs, names in os.walk(top):
+                dirs[:] = [d for d in dirs if d not in ("assets", "checkpoints")]
+                for name in names:
+                    path = os.path.join(directory, name)
+                    if path in ignoring:
+                        continue
+                    if name.startswith("episode") and (name.endswith((".yaml", ".json")) or ".v" in name):
+                        raw = diskio.read_file(path, limit=None)
+                        if raw is not None:
+                            found |= assets.referenced_hashes(raw)
+        return found
+
     # --- leased stage runs -------------------------------------------------------------
 
     def run(self, show: str, ep: str, stage: str, *, owner: str | None = None,
-            lease_seconds: float | None = None, reraise: bool = True) -> Run:
+            lease_seconds: float | None = None, reraise: bool = True,
+            verify_assets: tuple[str, ...] | list[str] = ()) -> Run:
         """A leased run of ``stage``, as a context manager::
 
             with store.run("oliver", "ep001", "downloading") as run:
@@ -1366,6 +1641,12 @@ class Store:
         failure stage: due again after a backoff, held for a person, or
         skipped (see ``plan_failure``). The exception is raised again unless
         ``reraise=False``.
+
+        ``verify_assets``: names of assets hashed when the run starts (before
+        the work) and again before it counts as done; a missing or changed
+        one fails the run with ``CorruptFileError`` (raised on entry even
+        with ``reraise=False``: the body cannot run). ``run.temp_path()``
+        gives paths for intermediate files, all removed when the run ends.
 
         ``NotReadyError`` if a live worker holds the episode, its retry is
         not due, it is held, or the stage is already done. A run whose lease
@@ -1388,7 +1669,12 @@ class Store:
         if (isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float))
                 or not 0 < lease_seconds <= 7 * 86400):
             raise ValidationError(f"lease_seconds must be a number of seconds in (0, 604800], got {lease_seconds!r}")
-        return Run(self, show, ep, stage, owner=owner.strip(), lease_seconds=float(lease_seconds), reraise=reraise)
+        if isinstance(verify_assets, str) or not isinstance(verify_assets, (tuple, list)):
+            raise ValidationError(f"verify_assets must be a list of asset names, got {verify_assets!r}")
+        for name in verify_assets:
+            check_id(name, "asset name")
+        return Run(self, show, ep, stage, owner=owner.strip(), lease_seconds=float(lease_seconds), reraise=reraise,
+                   verify_assets=tuple(verify_assets))
 
     def _start_run(self, run: Run) -> Episode:
         pipeline = self.pipeline
@@ -1689,11 +1975,12 @@ class Store:
 
         return sync(self, progress)
 
-    def verify(self) -> VerifyReport:
-        """Compare the index with the files, and the files with their event logs."""
+    def verify(self, progress: Progress | None = None) -> VerifyReport:
+        """Compare the index with the files, the files with their event logs,
+        and every asset with its hash."""
         from .index.sync import verify
 
-        return verify(self)
+        return verify(self, progress)
 
     def upgrade_index(self) -> str:
         """Bring the index to the current schema revision (Alembic); returns it."""
@@ -1742,28 +2029,33 @@ class Store:
 
     # --- schema migration and import --------------------------------------------------------
 
-    def migrate(self, *, dry_run: bool = False) -> MigrationReport:
+    def migrate(self, *, dry_run: bool = False, progress: Progress | None = None) -> MigrationReport:
         """Rewrite episode files of an older schema at the current one.
 
         A dry run only lists them. Otherwise each file is first copied to
         ``.statekit/backups/migrate-<time>/`` and then rewritten through the
         normal write path (version + 1, one ``migrate`` event).
+        ``progress(done, total)``: called as files are read, then as they are rewritten.
         """
         report = MigrationReport(dry_run=dry_run)
         stale = []
-        for show in self.shows():
-            for ep in self._episode_ids_on_disk(show):
-                path, parsed = self._load(show, ep)
-                found = schema_of(parsed.data, path, current=EPISODE_SCHEMA, legacy_ok=True)
-                if found < EPISODE_SCHEMA:
-                    stale.append((show, ep, path, found))
-                    report.files.append({"path": os.path.relpath(path, self.root), "episode": f"{show}/{ep}",
-                                         "from": found, "to": EPISODE_SCHEMA})
+        found_eps = [(show, ep) for show in self.shows() for ep in self._episode_ids_on_disk(show)]
+        for done, (show, ep) in enumerate(found_eps):
+            if progress is not None:
+                progress(done, len(found_eps))
+            path, parsed = self._load(show, ep)
+            found = schema_of(parsed.data, path, current=EPISODE_SCHEMA, legacy_ok=True)
+            if found < EPISODE_SCHEMA:
+                stale.append((show, ep, path, found))
+                report.files.append({"path": os.path.relpath(path, self.root), "episode": f"{show}/{ep}",
+                                     "from": found, "to": EPISODE_SCHEMA})
         if dry_run or not stale:
             return report
         backup = os.path.join(".statekit", "backups", f"migrate-{_stamp(self.clock())}")
         report.backup_dir = os.path.join(self.root, backup)
-        for show, ep, path, found in stale:
+        for done, (show, ep, path, found) in enumerate(stale):
+            if progress is not None:
+                progress(done, len(stale))
             rel = os.path.relpath(os.path.dirname(path), self.root)
             directory = diskio.ensure_dirs(self._disk, self.root, tuple(os.path.join(backup, rel).split(os.sep)))
 
@@ -1779,11 +2071,13 @@ class Store:
             self._write(show, ep, change, before_commit=copy_first)
         return report
 
-    def import_legacy(self, legacy_dir: str | os.PathLike[str], show: str) -> ImportReport:
+    def import_legacy(self, legacy_dir: str | os.PathLike[str], show: str,
+                      progress: Progress | None = None) -> ImportReport:
         """Bring schema-0 episode YAML files (e.g. ``processed/2004/*.yaml``)
         into ``show``, migrated; unknown keys are kept under ``metadata``.
 
         Episodes already in the store are skipped, so an import can be re-run.
+        ``progress(done, total)`` is called as files are read.
         """
         check_id(show, "show id")
         top = os.fspath(legacy_dir)
@@ -1791,7 +2085,10 @@ class Store:
             raise ValidationError(f"{top} is not a directory", hint="give the folder holding the legacy YAML files")
         report = ImportReport()
         seen: dict[str, str] = {}
-        for path in sorted(str(p) for p in Path(top).rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file()):
+        found = sorted(str(p) for p in Path(top).rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+        for done, path in enumerate(found):
+            if progress is not None:
+                progress(done, len(found))
             rel = os.path.relpath(path, top)
             try:
                 data = YAML_CODEC.load(diskio.read_file(path) or b"", path)

@@ -261,9 +261,9 @@ def test_restore_gc_and_repair(root: Path) -> None:
     assert "too large" in error("gc", "--backups-older-than", "800000d", root=root)
     assert "--json goes with --list" in error("restore", "s/e", "--json", root=root)
     assert "episode s/nope not found" in error("restore", "s/nope", "--list", root=root)
-    assert "Missing option" in error("gc", root=root)
-    assert "0 backup(s) would remove" in run("gc", "--backups-older-than", "7d", "--dry-run", root=root)
-    assert "3 backup(s) removed" in run("gc", "--backups-older-than", "0s", root=root)
+    assert "removed 0 backups (0 B)," in run("gc", root=root)  # default: backups older than 30 days
+    assert "would remove 0 backups (0 B), 0 assets" in run("gc", "--backups-older-than", "7d", "--dry-run", root=root)
+    assert "removed 3 backups (1.4 kB)," in run("gc", "--backups-older-than", "0s", root=root)
     assert "nothing to repair" in run("repair", root=root)
     run("advance", "s/e", "downloading", root=root)
     path = episode_file(Store.open(root), "s", "e")

@@ -24,7 +24,7 @@ from statekit.files import Disk
 from .conftest import episode_file, snapshot
 
 ERRNOS = {"ENOSPC": errno.ENOSPC, "EIO": errno.EIO, "EROFS": errno.EROFS}
-CALLS = ("open", "mkstemp", "write", "fsync", "close", "replace", "rename", "truncate", "unlink", "mkdir", "link")
+CALLS = ("open", "mkstemp", "write", "copy_range", "fsync", "close", "replace", "rename", "truncate", "unlink", "mkdir", "link")
 
 
 class FaultyDisk(Disk):

@@ -145,19 +145,22 @@ def test_import_needs_a_directory(store: Store, tmp_path: Path) -> None:
         store.import_legacy(tmp_path / "missing", "hy")
 
 
-def test_a_schema_1_file_loads_and_migrate_rewrites_it_at_schema_2(store: Store) -> None:
+@pytest.mark.parametrize("old", [1, 2])
+def test_an_older_schema_file_loads_and_migrate_rewrites_it_at_the_current_one(store: Store, old: int) -> None:
     store.create("s", "e", title="Old")
     path = episode_file(store, "s", "e")
-    lines = [line for line in path.read_text().splitlines()
-             if not line.startswith(("lease:", "due_at:", "hold:", "stage_done:"))]
-    v1 = "\n".join(lines).replace(f"schema_version: {EPISODE_SCHEMA}", "schema_version: 1") + "\n"
-    path.write_text("# kept by hand\n" + v1)
+    newer = {1: ("lease:", "due_at:", "hold:", "stage_done:", "assets:", "uploads:"), 2: ("assets:", "uploads:")}
+    lines = [line for line in path.read_text().splitlines() if not line.startswith(newer[old])]
+    text = "\n".join(lines).replace(f"schema_version: {EPISODE_SCHEMA}", f"schema_version: {old}") + "\n"
+    path.write_text("# kept by hand\n" + text)
     ep = store.get("s", "e")
-    assert ep.schema_version == 2 and ep.lease is None and ep.due_at is None and not ep.stage_done
-    assert [(f["from"], f["to"]) for f in store.migrate(dry_run=True).files] == [(1, 2)]
+    assert ep.schema_version == EPISODE_SCHEMA == 3
+    assert ep.lease is None and ep.due_at is None and not ep.stage_done and ep.assets == {} and ep.uploads == {}
+    assert [(f["from"], f["to"]) for f in store.migrate(dry_run=True).files] == [(old, 3)]
     store.migrate()
     text = path.read_text()
-    assert text.startswith("# kept by hand\n") and "schema_version: 2" in text and "stage_done: false" in text
+    assert text.startswith("# kept by hand\n") and "schema_version: 3" in text and "stage_done: false" in text
+    assert "assets: {}" in text and "uploads: {}" in text
     assert store.get("s", "e").title == "Old"
 
 

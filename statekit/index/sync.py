@@ -112,6 +112,8 @@ class VerifyReport:
     checked: int = 0
     checkpoints: int = 0
     backups: int = 0
+    assets: int = 0
+    """Stored objects hashed (each once, however many episodes name it)."""
     problems: list[Problem] = field(default_factory=list)
 
     @property
@@ -654,11 +656,13 @@ def _sync_shows(store: Store, report: SyncReport, on_disk: dict[str, list[str]],
 # --- verify ------------------------------------------------------------------------
 
 
-def verify(store: Store) -> VerifyReport:
-    """Every problem between files, their event logs and the index."""
+def verify(store: Store, progress: Progress | None = None) -> VerifyReport:
+    """Every problem between files, their event logs and the index, and
+    every asset whose content no longer matches its hash."""
     from ..store import validate_events
 
     report = VerifyReport()
+    hashed: dict[str, str | None] = {}  # object sha256 -> its problem, if any
     with store.index.reading() as conn:
         indexed = {(s, e): (version, sha, data) for s, e, version, sha, data in conn.execute(
             select(episodes.c.show_id, episodes.c.episode_id, episodes.c.version, episodes.c.file_sha256,
@@ -670,7 +674,10 @@ def verify(store: Store) -> VerifyReport:
         totals = {(s, st): (n, c) for s, st, n, c in conn.execute(select(stage_totals))}
     expected: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
     seen = set()
-    for show, ep, path, _st in walk(store.root):
+    found = list(walk(store.root))
+    for done, (show, ep, path, _st) in enumerate(found):
+        if progress is not None:
+            progress(done, len(found))
         key = f"{show}/{ep}"
         seen.add((show, ep))
         report.checked += 1
@@ -688,6 +695,8 @@ def verify(store: Store) -> VerifyReport:
             continue
         model: Episode = parsed.model
         totals_delta(expected, show, None, (model.stage, model.costs))
+        if model.assets:
+            _verify_assets(store, report, model, os.path.dirname(path), hashed)
         log_path = os.path.join(os.path.dirname(path), "events.jsonl")
         try:
             lines = diskio.read_events(log_path, model.version)
@@ -740,6 +749,44 @@ def verify(store: Store) -> VerifyReport:
                 f"stage totals for {pair[0]}/{pair[1]} are {n} episodes, {cost:g} cost; the files say "
                 f"{int(want_n)}, {want_cost:g} (run 'statekit rebuild-index')"))
     return report
+
+
+def _verify_assets(store: Store, report: VerifyReport, model: Episode, directory: str,
+                   hashed: dict[str, str | None]) -> None:
+    """Each asset's object must hash to its name; the episode folder's copy
+    (a hard link to the object, for people) must not have been replaced by
+    different content."""
+    from .. import assets
+
+    for name, record in sorted(model.assets.items()):
+        if record.sha256 not in hashed:
+            report.assets += 1
+            try:
+                assets.check_object(store.root, record.sha256, record.size, what="stored object")
+                hashed[record.sha256] = None
+            except StatekitError as exc:
+                hashed[record.sha256] = exc.one_line()
+        problem = hashed[record.sha256]
+        if problem is not None:
+            report.problems.append(Problem(
+                "asset", assets.object_path(store.root, record.sha256),
+                f"asset {name!r} of {model.key}: {problem}", model.key))
+            continue
+        copy = os.path.join(directory, "assets", name)
+        try:
+            st = os.lstat(copy)
+        except FileNotFoundError:
+            continue
+        if os.path.samestat(st, os.stat(assets.object_path(store.root, record.sha256))):
+            continue
+        try:
+            found, _size = assets.hash_file(copy)
+        except OSError as exc:
+            found = f"unreadable ({exc.strerror or exc})"
+        if found != record.sha256:
+            report.problems.append(Problem(
+                "asset", copy, f"{copy}: differs from asset {name!r} of {model.key} as recorded (sha256 "
+                f"{record.sha256[:12]}…); add the edited file with 'statekit asset add' to keep it", model.key))
 
 
 def _verify_kept_files(store: Store, report: VerifyReport, show: str, ep: str, directory: str) -> None:
