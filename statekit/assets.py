@@ -231,16 +231,7 @@ def put_file(disk: diskio.Disk, root: str, source: str) -> StoredObject:
         raise diskio.storage_error(exc, tmp or source, "store asset") from exc
     finally:  # whatever happened: no temp file stays behind
         os.close(src)
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        diskio.discard_temp(fd, tmp)
 
 
 def write_sidecar(disk: diskio.Disk, root: str, stored: StoredObject, *, media_type: str, source: str | None,

@@ -463,6 +463,41 @@ def status(ctx: Context, as_json: bool) -> None:
                   f"cost so far {money(entry['cost'])}\n", markup=False)
 
 
+# --- reports (issue 7): statekit report -------------------------------------------------
+
+REPORT_SUFFIXES = {".html": "html", ".htm": "html", ".json": "json", ".csv": "csv", ".txt": "text"}
+
+
+@main.command("report")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "csv", "html"]), default=None,
+              help="text, json, csv or html (default: from -o's suffix, else text).")
+@click.option("-o", "--output", default=None, metavar="FILE",
+              help="Write the report to FILE (atomically) instead of standard output.")
+@click.option("--show", "show_id", default=None, help="Only this show.")
+@click.option("--days", type=click.IntRange(1, 3660), default=30, show_default=True,
+              help="Days of throughput history (also the basis of the estimated completion date).")
+@click.option("--stuck-after", default="24h", show_default=True, metavar="AGE",
+              help="An episode with no change for this long (outside the first and terminal stages) is stuck.")
+@pass_ctx
+def report_(ctx: Context, fmt: str | None, output: str | None, show_id: str | None, days: int,
+            stuck_after: str) -> None:
+    """Progress report: counts, completion, failures, costs, throughput, estimated completion date."""
+    from .report import build_report, render, write_report
+
+    fmt = fmt or (REPORT_SUFFIXES.get(Path(output).suffix.lower(), "text") if output else "text")
+    stuck = parse_age(stuck_after)
+    with progress_bar("reporting") as progress:
+        if output is None:
+            text = render(build_report(ctx.store, show=show_id, days=days, stuck_after=stuck, progress=progress), fmt)
+        else:
+            path = write_report(ctx.store, output, fmt, show=show_id, days=days, stuck_after=stuck,
+                                progress=progress)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        out.print(f"wrote {fmt} report to {path} ({human_size(os.path.getsize(path))})", markup=False)
+
+
 @main.command("next")
 @click.argument("stage")
 @click.option("--limit", type=click.IntRange(min=1), default=10, show_default=True, help="How many.")
@@ -794,14 +829,56 @@ def upgrade(ctx: Context) -> None:
 
 @main.command()
 @click.argument("directory", required=False, metavar="[DIR]")
-def demo(directory: str | None) -> None:
-    """Walk one episode through the archive pipeline in a new store (default: a temp dir)."""
-    from .demo import walk
+@click.option("--data", type=click.Path(file_okay=False), default=None, metavar="DIR",
+              help="Sample data: catalog.csv and audio/ (default: the repository's data/archive; "
+                   "scripts/make_sample_data.py makes bigger sets).")
+def demo(directory: str | None, data: str | None) -> None:
+    """Migrate about 200 sample episodes through the archive pipeline: real work, injected
+    failures, a worker killed with kill -9, a restart that redoes nothing. DIR: new or empty
+    (default: a new temp dir)."""
+    from .demo import run_demo
 
-    root = directory or os.path.join(tempfile.mkdtemp(prefix="statekit-demo-"), "store")
-    quiet_logs(logging.CRITICAL)  # the walk says what happens; the failure logs would repeat it
-    for line in walk(root):
-        out.print(line, markup=False)
+    root = directory or tempfile.mkdtemp(prefix="statekit-demo-")
+    quiet_logs(logging.CRITICAL)  # the demo says what failed and why; the failure logs would repeat it
+    with demo_progress() as progress:
+        result = run_demo(root, data, say=lambda line: out.print(line, markup=False), progress=progress)
+    table = Table(title="status", title_justify="left", box=None, header_style="bold")
+    store = Store.open(result.root)
+    stages = [s for s in store.pipeline.stages if s in result.counts]
+    for column in ("show", *stages, "complete", "cost"):
+        table.add_column(column, justify="left" if column == "show" else "right")
+    for entry in store.status():
+        table.add_row(entry["show_id"], *(str(entry["stages"].get(s, 0)) for s in stages),
+                      f"{entry['completion']}%", money(entry["cost"]))
+    out.print(table, markup=False)
+    out.print(f"look at it: statekit --root {result.root} status   (or errors, show SHOW/EP, sql ...)", markup=False)
+    out.print(f"report: {result.report}", markup=False)
+
+
+@contextmanager
+def demo_progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A bar per phase on a terminal; when piped, a plain line at each quarter."""
+    if out.is_terminal and err.is_terminal:
+        with Progress(TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(),
+                      TextColumn("episodes"), console=err, transient=True) as bar:
+            tasks: dict[str, Any] = {}
+
+            def update(label: str, done: int, total: int) -> None:
+                if label not in tasks:
+                    tasks[label] = bar.add_task(label, total=total)
+                bar.update(tasks[label], completed=done, total=total)
+
+            yield update
+        return
+    shown: dict[str, int] = {}
+
+    def lines(label: str, done: int, total: int) -> None:
+        quarter = 4 * done // max(1, total)
+        if quarter > shown.get(label, 0):
+            shown[label] = quarter
+            out.print(f"  {label}: {done}/{total} episodes", markup=False)
+
+    yield lines
 
 
 # --- the cache (issue 6): statekit cache stats|clear|gc ---------------------------------

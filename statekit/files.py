@@ -253,16 +253,21 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, alongside: Callable[[], 
                 pass
         if job is not None:  # the temp file failed: still let the append finish under our lock
             futures_wait([job])
-        if fd is not None:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        if tmp is not None:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
+        discard_temp(fd, tmp)
+
+
+def discard_temp(fd: int | None, tmp: str | None) -> None:
+    """Close ``fd`` and remove ``tmp``, what a failed write leaves, ignoring errors."""
+    if fd is not None:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    if tmp is not None:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def _link_old(disk: Disk, path: str, keep: str) -> str | None:
