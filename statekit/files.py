@@ -371,16 +371,19 @@ def remove_temp_files(disk: Disk, directory: str, nested: str | None = None) -> 
     """Delete temp files an interrupted write left in ``directory`` (and in
     its subdirectory ``nested``, if present). Call only while holding the
     lock that guards writes into them."""
-    removed: list[str] = []
-    for path in temp_files(directory, nested):
-        try:
-            disk.unlink(path)
-            removed.append(path)
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise storage_error(exc, path, "remove temp file") from exc
-    return removed
+    return [path for path in temp_files(directory, nested) if remove_file(disk, path, "remove temp file")]
+
+
+def remove_file(disk: Disk, path: str, action: str) -> bool:
+    """Unlink ``path``: True if this call removed it, False if it was gone
+    already; any other failure is a ``StorageError`` saying ``action``."""
+    try:
+        disk.unlink(path)
+    except FileNotFoundError:
+        return False
+    except OSError as exc:
+        raise storage_error(exc, path, action) from exc
+    return True
 
 
 # --- directories ---------------------------------------------------------------

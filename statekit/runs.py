@@ -17,12 +17,14 @@ import logging
 import os
 import shutil
 import socket
+import tempfile
 import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
+from . import files as diskio
 from .errors import (
     CorruptFileError,
     LeaseExpiredError,
@@ -325,10 +327,6 @@ class Run:
         """A fresh path for an intermediate file of this run, under
         ``.statekit/tmp/runs/<run_id>/``. Every such file is removed when the
         run ends, however it ends; after ``kill -9``, ``statekit gc`` does it."""
-        import tempfile
-
-        from . import files as diskio
-
         if not isinstance(suffix, str) or "/" in suffix or len(suffix) > 32:
             raise ValidationError(f"suffix must be a short file name ending such as '.wav', got {suffix!r}")
         if self._temp_dir is None:

@@ -826,12 +826,8 @@ class Store:
                         continue
                     if not dry_run:
                         with self._episode_lock(show, ep):
-                            try:
-                                self._disk.unlink(path)
-                            except FileNotFoundError:
+                            if not diskio.remove_file(self._disk, path, "remove backup"):
                                 continue
-                            except OSError as exc:
-                                raise diskio.storage_error(exc, path, "remove backup") from exc
                     removed.append(assets.Removed(os.path.relpath(path, self.root), st.st_size,
                                                   "old backup"))
         return removed
@@ -1569,13 +1565,8 @@ class Store:
                 elif diskio.TEMP_SUFFIX in path:
                     doomed.append((path, st.st_size, "interrupted write"))
             for path, size, reason in doomed:
-                if not dry_run:
-                    try:
-                        self._disk.unlink(path)
-                    except FileNotFoundError:
-                        continue
-                    except OSError as exc:
-                        raise diskio.storage_error(exc, path, "remove object") from exc
+                if not dry_run and not diskio.remove_file(self._disk, path, "remove object"):
+                    continue
                 report.removed.append(assets.Removed(os.path.relpath(path, self.root), size, reason))
         return report
 
