@@ -14,6 +14,7 @@ import os
 from logging.config import fileConfig
 
 from alembic import context
+from sqlalchemy.engine import URL, make_url
 
 from statekit.index.dialect import make_engine, sqlite_url
 from statekit.index.tables import metadata
@@ -23,7 +24,7 @@ if config.config_file_name is not None and not config.attributes.get("connection
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
-def _url() -> str:
+def _url() -> str | URL:
     options = context.get_x_argument(as_dictionary=True)
     if "url" in options:
         return options["url"]
@@ -45,7 +46,7 @@ def _configure(**kw: object) -> None:
 
 def run_offline() -> None:
     url = _url()
-    _configure(url=url, literal_binds=True, render_as_batch=url.startswith("sqlite"))
+    _configure(url=url, literal_binds=True, render_as_batch=make_url(url).get_backend_name() == "sqlite")
     with context.begin_transaction():
         context.run_migrations()
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 from sqlalchemy import and_, bindparam, delete, func, or_, select
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..errors import IndexUnavailableError
@@ -51,7 +51,7 @@ def _doc(value: Any) -> Any:
     return orjson.loads(value) if isinstance(value, (str, bytes)) else value
 
 
-def engine_for(url: str, *, busy_timeout: float = 5.0, scratch: bool = False, **options: Any) -> Engine:
+def engine_for(url: str | URL, *, busy_timeout: float = 5.0, scratch: bool = False, **options: Any) -> Engine:
     return make_engine(url, busy_timeout=busy_timeout, scratch=scratch, json_serializer=_json,
                        json_deserializer=orjson.loads, **options)
 

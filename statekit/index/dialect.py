@@ -14,9 +14,10 @@ import sqlite3
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
+from urllib.parse import quote
 
 from sqlalchemy import Table, bindparam, create_engine, event, func
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import URL, Connection, Engine, make_url
 from sqlalchemy.pool import NullPool
 
 BUSY_TIMEOUT_S = 30.0
@@ -27,16 +28,25 @@ WRITE = {"statekit_write": True}
 take the write lock up front, so two writers never deadlock upgrading)."""
 
 
-def sqlite_url(path: str) -> str:
-    return f"sqlite+pysqlite:///{path}"
+def sqlite_url(path: str) -> URL:
+    """The address of the SQLite file at ``path``, whatever characters its
+    folders' names hold (``?``, ``#``, ``%``: never parsed as URL syntax)."""
+    return URL.create("sqlite+pysqlite", database=path)
 
 
-def make_engine(url: str, *, busy_timeout: float = 5.0, scratch: bool = False, **options: Any) -> Engine:
+def sqlite_read_only_url(path: str) -> URL:
+    """The address opening ``path`` read-only: an SQLite ``file:`` URI, with
+    the path percent-quoted so that SQLite's URI parser gives it back as it is."""
+    return URL.create("sqlite+pysqlite", database="file:" + quote(os.fsencode(path)),
+                      query={"mode": "ro", "uri": "true"})
+
+
+def make_engine(url: str | URL, *, busy_timeout: float = 5.0, scratch: bool = False, **options: Any) -> Engine:
     """An engine set up for statekit's index. ``busy_timeout``: how long a
     writer waits for another (each index transaction holds the lock well under
     a millisecond). ``scratch``: a database being built, not yet in use
     (SQLite then skips syncing it to disk)."""
-    if url.startswith("sqlite"):
+    if make_url(url).get_backend_name() == "sqlite":
         # no pool: each thread keeps its own writing connection, and opening a
         # reading one costs less than a pool's bookkeeping
         engine = create_engine(url, poolclass=NullPool, **options)
@@ -153,10 +163,7 @@ def read_only(engine: Engine) -> Iterator[Connection]:
     """A connection on which the database itself refuses every write."""
     if engine.dialect.name == "sqlite":
         path = engine.url.database or ""
-        ro = create_engine(
-            "sqlite+pysqlite:///file:" + path + "?mode=ro&uri=true",
-            poolclass=NullPool,
-        )
+        ro = create_engine(sqlite_read_only_url(path), poolclass=NullPool)
 
         @event.listens_for(ro, "connect")
         def _connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
