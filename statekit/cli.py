@@ -793,10 +793,12 @@ def repair(ctx: Context, dry_run: bool) -> None:
 @click.argument("query")
 @click.option("--json", "fmt", flag_value="json", help="Rows as a JSON list of objects.")
 @click.option("--csv", "fmt", flag_value="csv", help="Rows as CSV with a header.")
+@click.option("--timeout", type=float, default=None, metavar="S",
+              help="Stop the query after S seconds (default 30).")
 @pass_ctx
-def sql(ctx: Context, query: str, fmt: str | None) -> None:
+def sql(ctx: Context, query: str, fmt: str | None, timeout: float | None) -> None:
     """Run one read-only SQL statement on the index (tables: episodes, events, shows, stage_counts)."""
-    columns, rows = ctx.store.sql(query)
+    columns, rows = ctx.store.sql(query) if timeout is None else ctx.store.sql(query, timeout=timeout)
     if fmt == "json":
         dump_json([dict(zip(columns, row)) for row in rows])
     elif fmt == "csv":

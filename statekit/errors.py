@@ -242,6 +242,26 @@ class IndexUnavailableError(StatekitError):
     default_hint = "the files are fine; run 'statekit sync' (or 'statekit rebuild-index') to bring the index back"
 
 
+class QueryError(ValidationError):
+    """A SQL query the index refused. ``reason`` says why: "empty", "syntax",
+    "unknown" (a table or column), "write" or "other"; the hint fits it."""
+
+    def __init__(self, message: str, *, reason: str, **kw: Any) -> None:
+        super().__init__(message, field="query", **kw)
+        self.reason = reason
+
+
+class QueryTimeoutError(StatekitError, TimeoutError):
+    """A SQL query still running when its time limit (``timeout`` seconds) ran out; the database stopped it."""
+
+    default_hint = ("raise the limit with 'statekit sql --timeout SECONDS' (Store.sql(query, timeout=SECONDS)), "
+                    "or narrow the query (a WHERE clause, a LIMIT)")
+
+    def __init__(self, message: str, *, timeout: float, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.timeout = timeout
+
+
 class StorageError(StatekitError, OSError):
     """An operating-system I/O failure, naming the path and errno."""
 

@@ -1938,19 +1938,13 @@ class Store:
         """Per show: episodes per stage, how many are done (terminal), completion %, cost."""
         return self.index.status()
 
-    def sql(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    def sql(self, query: str, timeout: float = 30.0) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run one read-only SQL statement on the index: (column names, rows).
-        Writes are refused by the database itself."""
-        from sqlalchemy.exc import DBAPIError
-
-        if not isinstance(query, str) or not query.strip():
-            raise ValidationError("give one SQL statement, e.g. SELECT stage, n FROM stage_counts")
-        try:
-            return self.index.sql(query)
-        except DBAPIError as exc:
-            reason = " ".join(str(exc.orig).split())
-            raise ValidationError(f"the index refused the query: {reason}",
-                                  hint="the index is read-only here; see the README's SQL reference") from None
+        Writes are refused by the database itself; a statement still running
+        after ``timeout`` seconds is stopped (``QueryTimeoutError``). A refused
+        query raises ``QueryError``, whose hint fits the cause. (The default
+        is ``index.SQL_TIMEOUT_S``, not imported here: SQLAlchemy loads with the index.)"""
+        return self.index.sql(query, timeout)
 
     # --- keeping the index true ------------------------------------------------------
 

@@ -8,6 +8,7 @@ events are durable, in one transaction per store write.
 
 from __future__ import annotations
 
+import math
 import os
 import threading
 from collections import defaultdict
@@ -21,7 +22,7 @@ from sqlalchemy import and_, bindparam, delete, func, or_, select
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from ..errors import IndexUnavailableError
+from ..errors import IndexUnavailableError, QueryError, QueryTimeoutError, ValidationError
 from ..models import Episode
 from ..pipeline import Pipeline, ready_for
 from .dialect import (
@@ -31,9 +32,28 @@ from .dialect import (
     joined,
     make_engine,
     read_only,
+    refusal,
+    run_query,
     upsert,
 )
 from .tables import INDEX_REVISION, episodes, events, iso, metadata, shows, stage_totals
+
+SQL_TIMEOUT_S = 30.0
+"""How long a query on the index (``statekit sql``) may run unless told otherwise."""
+
+SQL_NAMES = "episodes, events, shows and the view stage_counts"
+"""The index's names in the SQL contract (README, SQL reference)."""
+
+SQL_HINTS = {
+    "empty": 'give one statement, e.g. statekit sql "SELECT stage, n FROM stage_counts"',
+    "syntax": f"check the statement's syntax, one statement at a time (the README's SQL reference has examples); "
+              f"the tables are {SQL_NAMES}",
+    "unknown": f"the index's tables are {SQL_NAMES}; the README's SQL reference lists their columns",
+    "write": "the index is read-only here: change state through statekit commands (create, advance, update, ...) "
+             "or the Python API",
+    "other": f"the README's SQL reference lists the tables ({SQL_NAMES}), their columns and example queries",
+}
+"""The hint of a refused query, by its ``QueryError.reason``."""
 
 RACY_NS = 2_000_000_000
 """A file checked less than this after its mtime may change again without
@@ -431,13 +451,31 @@ class Index:
         return {show: (set(ids.split("/")), set(stamps.split("/")) if stamps else set())
                 for show, ids, stamps in rows}
 
-    def sql(self, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """Run one read-only statement; the database refuses writes."""
-        with read_only(self.engine) as conn:
-            result = conn.exec_driver_sql(query)
-            if not result.returns_rows:
-                return [], []
-            return list(result.keys()), [tuple(r) for r in result]
+    def sql(self, query: str, timeout: float = SQL_TIMEOUT_S) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run one read-only statement, stopped after ``timeout`` seconds; the
+        database refuses writes. ``QueryError`` (its ``reason`` and hint say
+        why) when the query is refused, ``QueryTimeoutError`` when stopped."""
+        if not isinstance(query, str) or not query.strip():
+            what = "is empty" if isinstance(query, str) else f"must be text, not {type(query).__name__}"
+            raise QueryError(f"the SQL query {what}", reason="empty", hint=SQL_HINTS["empty"])
+        try:
+            query.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate: no database can be sent it
+            raise QueryError(f"the SQL query is not valid text: {exc.reason} at position {exc.start}",
+                             reason="syntax", hint=SQL_HINTS["syntax"]) from exc
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise ValidationError(f"the query time limit must be a positive number of seconds, got {timeout!r}",
+                                  field="timeout", hint="give e.g. --timeout 60 (Store.sql(query, timeout=60))")
+        try:
+            with read_only(self.engine, timeout) as conn:
+                return run_query(conn, query)
+        except (self._dbapi_error, DBAPIError) as exc:
+            cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+            kind = refusal(cause)
+            if kind == "timeout":
+                raise QueryTimeoutError(f"the query was stopped after {timeout:g} seconds", timeout=timeout) from exc
+            reason = " ".join(str(cause).split())
+            raise QueryError(f"the index refused the query: {reason}", reason=kind, hint=SQL_HINTS[kind]) from exc
 
 
 def create_schema(conn: Connection) -> None:

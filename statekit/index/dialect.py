@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -158,19 +159,30 @@ def end_write(dbapi_connection: Any, dialect: str, ok: bool) -> None:
         dbapi_connection.rollback()
 
 
+PROGRESS_STEPS = 10_000
+"""SQLite steps of a query between two looks at its deadline (well under a millisecond)."""
+
+PG_MAX_TIMEOUT_MS = 2_147_483_647
+"""The largest statement_timeout PostgreSQL takes (an int of milliseconds, about 24 days)."""
+
+
 @contextmanager
-def read_only(engine: Engine) -> Iterator[Connection]:
-    """A connection on which the database itself refuses every write."""
+def read_only(engine: Engine, timeout: float) -> Iterator[Connection]:
+    """A connection on which the database itself refuses every write, and
+    stops a statement still running ``timeout`` seconds after it opened."""
     if engine.dialect.name == "sqlite":
-        path = engine.url.database or ""
-        ro = create_engine(sqlite_read_only_url(path), poolclass=NullPool)
+        deadline = time.monotonic() + timeout
+        ro = create_engine(sqlite_read_only_url(engine.url.database or ""), poolclass=NullPool)
 
         @event.listens_for(ro, "connect")
         def _connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
             dbapi_connection.isolation_level = None
-            dbapi_connection.execute(f"PRAGMA busy_timeout = {int(BUSY_TIMEOUT_S * 1000)}")
+            # waiting for a rebuilt index to be swapped in counts against the limit too
+            dbapi_connection.execute(f"PRAGMA busy_timeout = {int(min(timeout, BUSY_TIMEOUT_S) * 1000)}")
             dbapi_connection.execute("PRAGMA query_only = ON")
-            dbapi_connection.set_authorizer(_no_attach)
+            dbapi_connection.set_authorizer(_reading_only)
+            # a true result makes SQLite interrupt the statement (SQLITE_INTERRUPT)
+            dbapi_connection.set_progress_handler(lambda: time.monotonic() > deadline, PROGRESS_STEPS)
 
         try:
             with ro.connect() as conn:
@@ -180,17 +192,79 @@ def read_only(engine: Engine) -> Iterator[Connection]:
         return
     with engine.connect() as conn:
         conn.exec_driver_sql("SET TRANSACTION READ ONLY")
+        milliseconds = min(PG_MAX_TIMEOUT_MS, max(1, round(timeout * 1000)))
+        conn.exec_driver_sql(f"SET LOCAL statement_timeout = {milliseconds}")
         try:
             yield conn
         finally:
             conn.rollback()
 
 
-def _no_attach(action: int, *_args: Any) -> int:
-    # Reading the index must not reach other database files either.
+def run_query(conn: Connection, query: str) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """Run ``query`` as it is written (no parameters: ``%`` and ``?`` mean what
+    SQL says) as exactly one statement: (column names, rows)."""
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    try:
+        if conn.dialect.driver == "psycopg":
+            # a prepared statement holds one command: "SELECT 1; COMMIT; DELETE ..." cannot end the read-only transaction
+            cursor.execute(query, prepare=True)
+        else:
+            cursor.execute(query)  # the sqlite3 module refuses a second statement itself
+        if cursor.description is None:
+            return [], []
+        return [d[0] for d in cursor.description], [tuple(row) for row in cursor.fetchall()]
+    finally:
+        cursor.close()
+
+
+READING_PRAGMAS = frozenset({
+    "table_info", "table_xinfo", "table_list", "index_info", "index_xinfo", "index_list", "foreign_key_list",
+    "foreign_key_check", "integrity_check", "quick_check",
+})
+"""Pragmas that read what their argument names (``PRAGMA table_info(episodes)``)."""
+
+
+def _reading_only(action: int, arg1: str | None, arg2: str | None, *_args: Any) -> int:
+    # Reading the index must not reach other database files, nor change a setting
+    # (PRAGMA journal_mode = DELETE, PRAGMA query_only = OFF).
     if action in (sqlite3.SQLITE_ATTACH, sqlite3.SQLITE_DETACH):
         return sqlite3.SQLITE_DENY
+    if action == sqlite3.SQLITE_PRAGMA and arg2 is not None and (arg1 or "").lower() not in READING_PRAGMAS:
+        return sqlite3.SQLITE_DENY
     return sqlite3.SQLITE_OK
+
+
+_SQLSTATES = {
+    "57014": "timeout",  # query_canceled: statement_timeout
+    "25006": "write",  # read_only_sql_transaction
+    "42P01": "unknown",  # undefined_table
+    "42703": "unknown",  # undefined_column
+    "3F000": "unknown",  # invalid_schema_name
+    "42601": "syntax",  # syntax_error, and several statements in one query
+}
+_SQLITE_CODES = {sqlite3.SQLITE_INTERRUPT: "timeout", sqlite3.SQLITE_READONLY: "write", sqlite3.SQLITE_AUTH: "write"}
+
+
+def refusal(exc: BaseException) -> str:
+    """Why the database refused a query (``exc``, a DB-API error): "timeout",
+    "write", "unknown" (a table or column), "syntax" or "other"."""
+    state = getattr(exc, "sqlstate", None)
+    if isinstance(state, str):
+        return _SQLSTATES.get(state, "other")
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        # raised by the sqlite3 module itself: a second statement, or ? parameters
+        return "syntax" if isinstance(exc, sqlite3.ProgrammingError) else "other"
+    kind = _SQLITE_CODES.get(code & 0xFF)
+    if kind is not None:
+        return kind
+    # SQLite gives every mistake in a statement one code (SQLITE_ERROR): its message tells them apart
+    text = str(exc)
+    if text.startswith(("no such table:", "no such column:")):
+        return "unknown"
+    if text.endswith("syntax error") or text.startswith(("incomplete input", "unrecognized token:")):
+        return "syntax"
+    return "other"
 
 
 def replace_database(target: str, built: str) -> None:
