@@ -163,19 +163,47 @@ def quiet_logs(level: int = logging.WARNING) -> None:
               help="A preset (archive, podcast) or a YAML file with a pipeline.")
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True,
               help="Episode file format.")
-def init(directory: str, pipeline: str, fmt: str) -> None:
+@click.option("--unique", multiple=True, metavar="KEY",
+              help="A metadata key whose values no two episodes may share (repeatable).")
+def init(directory: str, pipeline: str, fmt: str, unique: tuple[str, ...]) -> None:
     """Create a store in DIR (default: here)."""
-    store = Store.init(directory, pipeline=pipeline, format=fmt)
-    out.print(f"created store {store.root} (pipeline {store.pipeline.name}, format {fmt})", markup=False)
+    store = Store.init(directory, pipeline=pipeline, format=fmt, unique=list(unique))
+    keys = f", unique {', '.join(unique)}" if unique else ""
+    out.print(f"created store {store.root} (pipeline {store.pipeline.name}, format {fmt}{keys})", markup=False)
+
+
+def parse_meta(_ctx: click.Context, _param: click.Parameter, values: tuple[str, ...]) -> dict[str, Any]:
+    """``--set-meta KEY=TEXT`` (a text value) or ``KEY:=JSON`` (any JSON value: ``year:=2004``)."""
+    found: dict[str, Any] = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        if not sep or not key or key == ":":
+            raise click.BadParameter(f"expected KEY=TEXT or KEY:=JSON, got {item!r}")
+        if key.endswith(":"):
+            key = key[:-1]
+            try:
+                found[key] = json.loads(value)
+            except ValueError:
+                raise click.BadParameter(f"{key}:= takes a JSON value (e.g. 2004, true, \"text\"), "
+                                         f"got {value!r}") from None
+        else:
+            found[key] = value
+    return found
+
+
+def meta_option(func: Any) -> Any:
+    return click.option("--set-meta", "set_meta", multiple=True, metavar="KEY=TEXT|KEY:=JSON", callback=parse_meta,
+                        help="Set one metadata key (repeatable); KEY:=JSON for a number, list, true...")(func)
 
 
 @main.command()
 @ref_arg
 @click.option("--title", default="", help="Episode title.")
+@meta_option
 @pass_ctx
-def create(ctx: Context, ref: str, title: str) -> None:
+def create(ctx: Context, ref: str, title: str, set_meta: dict[str, Any]) -> None:
     """Create episode SHOW/EP at the pipeline's initial stage."""
-    ep = ctx.store.create(*split_ref(ref), title=title)
+    ep = ctx.store.create(*split_ref(ref), title=title, metadata=set_meta)
     out.print(f"created {ep.key} at {ep.stage} (version {ep.version})", markup=False)
 
 
@@ -186,14 +214,21 @@ def create(ctx: Context, ref: str, title: str) -> None:
 @click.option("--cost", type=float, default=None, help="Cost of the work just done (added to the stage left).")
 @click.option("--expected-version", type=int, default=None,
               help="Refuse unless the episode is at this version (compare-and-set).")
+@meta_option
 @pass_ctx
 def advance(ctx: Context, ref: str, stage: str, message: str | None, cost: float | None,
-            expected_version: int | None) -> None:
-    """Move SHOW/EP to STAGE (checked against the pipeline)."""
+            expected_version: int | None, set_meta: dict[str, Any]) -> None:
+    """Move SHOW/EP to STAGE (checked against the pipeline), setting metadata in the same write."""
     show, ep_id = split_ref(ref)
-    before = ctx.store.get(show, ep_id).stage
-    ep = ctx.store.advance(show, ep_id, stage, message=message, cost=cost, expected_version=expected_version)
-    out.print(f"{ep.key}: {before} -> {ep.stage} (version {ep.version})", markup=False)
+    current = ctx.store.get(show, ep_id)
+    metadata = None
+    if set_meta:  # the other keys as read: the write is refused if someone wrote in between
+        metadata = {**current.metadata, **set_meta}
+        if expected_version is None:
+            expected_version = current.version
+    ep = ctx.store.advance(show, ep_id, stage, message=message, cost=cost, expected_version=expected_version,
+                           metadata=metadata)
+    out.print(f"{ep.key}: {current.stage} -> {ep.stage} (version {ep.version})", markup=False)
 
 
 @main.command()
@@ -277,7 +312,7 @@ def describe(e: Event) -> str:
     if e.kind == "start":
         return f"{move + ' ' if move else ''}run by {extra.get('owner', '')}"
     if move:
-        return move
+        return move + (f", changed {', '.join(e.fields)}" if e.fields else "")
     if e.kind == "checkpoint":
         return f"saved {extra.get('checkpoint', '')}"
     if e.kind == "heartbeat":

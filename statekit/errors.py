@@ -218,6 +218,20 @@ class ValidationError(StatekitError, ValueError):
         self.field = field
 
 
+class DuplicateError(ValidationError):
+    """A value of a unique metadata key (``unique:`` in statekit.yaml) that
+    another episode already has. ``key``, ``value`` and ``other`` (the
+    ``SHOW/EP`` holding it) say which."""
+
+    def __init__(self, message: str, *, key: str, value: Any, other: str, **kw: Any) -> None:
+        kw.setdefault("hint", f"give this episode another {key}, or change {other}'s first; nothing was changed")
+        kw.setdefault("field", f"metadata.{key}")
+        super().__init__(message, **kw)
+        self.key = key
+        self.value = value
+        self.other = other
+
+
 class PipelineError(StatekitError, ValueError):
     """A stage graph that is itself wrong; ``problems`` names each fault."""
 

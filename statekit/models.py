@@ -8,6 +8,7 @@ schema: a hand-edited file either validates or is reported field by field.
 from __future__ import annotations
 
 import math
+import re
 from datetime import datetime, timezone
 from typing import Annotated, Any
 
@@ -30,10 +31,10 @@ EPISODE_SCHEMA = 3
 ``stage_done`` (leased stage runs and failure handling); 3: adds ``assets``
 and ``uploads`` (content-addressed media and where it was uploaded)."""
 SHOW_SCHEMA = 1
-STORE_SCHEMA = 3
+STORE_SCHEMA = 4
 """2: the pipeline gained ``runs``, ``failure_stage``, ``give_up_stage``,
 ``retry`` and ``error_rules``, and the store ``backups``; 3: ``cache`` and
-``gcs`` settings."""
+``gcs`` settings; 4: ``unique`` metadata keys."""
 CHECKPOINT_SCHEMA = 1
 EVENT_SCHEMA = 1
 
@@ -285,6 +286,22 @@ class Show(BaseModel):
     episodes: list[Id] = Field(default_factory=list)
 
 
+UNIQUE_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
+"""A unique metadata key: a top-level key of ``metadata`` (no dots: they are
+kept free to name nested keys one day)."""
+
+
+def _unique_keys(keys: list[str]) -> list[str]:
+    for key in keys:
+        if not UNIQUE_KEY.fullmatch(key):
+            raise ValueError(f"{key!r} is not a metadata key statekit can keep unique: use 1-128 letters, "
+                             "digits, '_' or '-' (a top-level key of metadata)")
+    repeated = sorted({k for k in keys if keys.count(k) > 1})
+    if repeated:
+        raise ValueError(f"{', '.join(repeated)} is listed more than once")
+    return keys
+
+
 class StoreConfig(BaseModel):
     """``statekit.yaml``: how this store works."""
 
@@ -297,6 +314,8 @@ class StoreConfig(BaseModel):
     """How many earlier versions of each episode file to keep (0: none)."""
     cache: CacheConfig = Field(default_factory=CacheConfig)
     gcs: GCSConfig | None = None
+    unique: Annotated[list[str], AfterValidator(_unique_keys)] = Field(default_factory=list)
+    """Metadata keys whose values no two episodes may share (``statekit.unique``)."""
     pipeline: Pipeline
 
     @model_validator(mode="after")

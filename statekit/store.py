@@ -18,7 +18,8 @@ import shutil
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -29,10 +30,12 @@ from pydantic import ValidationError as PydanticValidationError
 
 from . import assets
 from . import files as diskio
+from . import unique as uniq
 from .codecs import CODECS, JSON_CODEC, YAML_CODEC, Parsed, compact_json, line_of, same
 from .errors import (
     AssetNotFoundError,
     CorruptFileError,
+    DuplicateError,
     EpisodeExistsError,
     EpisodeNotFoundError,
     IndexUnavailableError,
@@ -104,6 +107,8 @@ _CONFIG_HEADER = b"""\
 # statekit store configuration.
 # pipeline: the stage graph every move is checked against (edit with care:
 # statekit checks the graph when it opens the store).
+# unique: metadata keys whose values no two episodes may share, e.g.
+# [archive_identifier] (restart running workers after changing it).
 """
 
 
@@ -265,17 +270,21 @@ class Store:
         *,
         lock_timeout: float = 5.0,
         backups: int = 3,
+        unique: Sequence[str] = (),
         disk: Disk = DISK,
         clock: Callable[[], datetime] | None = None,
     ) -> Store:
         """Create a new store at ``root`` (created if missing) and open it.
 
         ``pipeline``: a preset name (``archive``, ``podcast``), a path to a YAML
-        file holding a pipeline, a mapping, or a ``Pipeline``.
+        file holding a pipeline, a mapping, or a ``Pipeline``. ``unique``:
+        metadata keys whose values no two episodes may share (see ``create``).
         """
         graph = _pipeline_from(pipeline)
         try:
-            config = StoreConfig(format=format, lock_timeout=lock_timeout, backups=backups, pipeline=graph)
+            config = StoreConfig(format=format, lock_timeout=lock_timeout, backups=backups,
+                                 unique=unique,  # type: ignore[arg-type]  # pydantic refuses a str, never splits it
+                                 pipeline=graph)
         except PydanticValidationError as exc:
             raise _invalid(exc, None, None, "store") from None
         top = os.path.abspath(os.fspath(root))
@@ -407,6 +416,65 @@ class Store:
     def _show_lock(self, show: str) -> Any:
         return self._lock((".statekit", "locks", "shows"), show + ".lock", f"show {show}")
 
+    @contextmanager
+    def _unique_claims(self, show: str, ep: str, before: Mapping[str, Any] | None, after: Mapping[str, Any],
+                       edited: tuple[str, bytes] | None = None) -> Iterator[None]:
+        """Hold the values of the store's unique keys that ``after`` (the
+        episode's new metadata) takes and ``before`` did not, from the check to
+        the end of the ``with`` block (the commit); ``DuplicateError`` if
+        another episode has one. The caller holds the episode's lock.
+
+        Touches: one lock file per bucket of the values
+        (``.statekit/locks/unique/<hh>.lock``, taken in sorted order, always
+        after the episode lock, so two writers never wait for each other in a
+        circle), the index (who holds a value: ``unique_values``), and the file
+        of each episode the index names (the truth: a stale index row never
+        refuses a write, the other episode must hold the value in its file).
+
+        What is guaranteed: two writes through statekit never commit the same
+        value, whichever processes make them, and a hand edit that brings in
+        a value another episode holds is refused when ``sync`` adopts it. Not
+        caught here: a value that only an unsynced hand edit holds (the index
+        does not know it yet; that edit is then refused by ``sync``), or one
+        whose index write failed (logged; ``sync`` repairs it); ``verify``
+        reports every duplicate on disk. ``edited``: path and bytes of the
+        hand-edited file being adopted (a refusal names its path and line)."""
+        keys = self.config.unique
+        wanted = uniq.new_claims(keys, before, after) if keys else []
+        if not wanted:
+            yield
+            return
+        with ExitStack() as held:
+            for bucket in sorted({c.bucket for c in wanted}):
+                held.enter_context(self._lock((".statekit", "locks", "unique"), bucket + ".lock",
+                                              f"the unique values of bucket {bucket}"))
+            for claim in wanted:
+                other = self._holder(claim, show, ep)
+                if other is not None:
+                    where, path, line = f"{show}/{ep}", None, None
+                    if edited is not None:
+                        path, line = edited[0], line_of(edited[1], ("metadata", claim.key))
+                        where = f"{path}:{line}" if line else path
+                    raise DuplicateError(
+                        f"{where}: metadata {claim.key} = {uniq.shown(claim.value)} is already used by episode "
+                        f"{other} ({claim.key} is unique in statekit.yaml)",
+                        key=claim.key, value=claim.value, other=other, show_id=show, episode_id=ep, path=path,
+                        line=line)
+            yield
+
+    def _holder(self, claim: uniq.Claim, show: str, ep: str) -> str | None:
+        """``SHOW/EP`` of another episode whose file holds ``claim``'s value, or None."""
+        for other_show, other_ep in self.index.holders(claim.key, claim.sha256):
+            if (other_show, other_ep) == (show, ep):
+                continue
+            try:
+                metadata = self._load(other_show, other_ep)[1].model.metadata
+            except StatekitError:
+                continue  # gone, or unreadable: its file holds no value to refuse for
+            if uniq.canonical(metadata.get(claim.key)) == claim.text:
+                return f"{other_show}/{other_ep}"
+        return None
+
     # --- reading ----------------------------------------------------------------
 
     def _cached(self, path: str, raw: bytes) -> Parsed | None:
@@ -491,6 +559,20 @@ class Store:
         parsed.model = model
         return parsed
 
+    def episode_path(self, show: str, ep: str) -> str:
+        """The path of the episode's file (``ROOT/shows/<show>/episodes/<ep>/episode.yaml``,
+        or ``.json``), for a person or a tool to open; reads no file, takes no
+        lock. ``EpisodeNotFoundError`` if the episode has none
+        (``ShowNotFoundError`` if the show does not exist either)."""
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        paths = self._paths(show, ep)
+        if diskio.real_dirs(paths.chain):
+            for path in paths.files:
+                if os.path.lexists(path):
+                    return path
+        raise self._episode_missing(show, ep)
+
     def get(self, show: str, ep: str) -> Episode:
         """The episode as its file holds it now (reads the file; no lock)."""
         check_id(show, "show id")
@@ -535,9 +617,10 @@ class Store:
             if outcome is None:
                 return model
             new, event = outcome
-            if before_commit is not None:
-                before_commit(new)
-            return self._commit(path, current, new, event)
+            with self._unique_claims(show, ep, model.metadata, new.metadata):
+                if before_commit is not None:
+                    before_commit(new)
+                return self._commit(path, current, new, event)
 
     def _commit(self, path: str, current: Parsed | None, new: Episode, event: dict[str, Any],
                 committed: int | None = None, template: Parsed | None = None,
@@ -975,7 +1058,13 @@ class Store:
         files: Mapping[str, str] | None = None,
     ) -> Episode:
         """A new episode at the pipeline's initial stage (version 1, one
-        ``create`` event); its show is created on first use."""
+        ``create`` event); its show is created on first use.
+
+        ``DuplicateError`` if ``metadata`` holds a value of one of the store's
+        unique keys (``unique:`` in statekit.yaml) that another episode has;
+        ``update``, ``advance``, ``import_legacy`` and ``sync`` check the same
+        (see ``statekit.unique`` for how values compare, ``_unique_claims``
+        for the locks and what a stale index can miss)."""
         check_id(show, "show id")
         check_id(ep, "episode id")
         now = self.clock()
@@ -995,14 +1084,15 @@ class Store:
         show, ep = model.show_id, model.episode_id
         with self._show_lock(show):
             self._read_show(show)  # a damaged show.yaml stops the create before anything is written
-            diskio.ensure_dirs(self._disk, self.root, ("shows", show, "episodes"))
+            diskio.check_dirs(self.root, ("shows", show, "episodes"))  # refuses a symlink; folders come later
             with self._episode_lock(show, ep):
                 if any(os.path.lexists(p) for p in self._episode_paths(show, ep)):
                     raise EpisodeExistsError(f"episode {show}/{ep} already exists", show_id=show, episode_id=ep)
-                self._backups_to_trash(show, ep, _stamp(self.clock()))  # left by an episode deleted by hand
-                directory = diskio.ensure_dirs(self._disk, self.root, ("shows", show, "episodes", ep))
-                path = os.path.join(directory, "episode" + self._codec.suffix)
-                created = self._commit(path, None, model, event)
+                with self._unique_claims(show, ep, None, model.metadata):  # before any folder is made
+                    self._backups_to_trash(show, ep, _stamp(self.clock()))  # left by an episode deleted by hand
+                    directory = diskio.ensure_dirs(self._disk, self.root, ("shows", show, "episodes", ep))
+                    path = os.path.join(directory, "episode" + self._codec.suffix)
+                    created = self._commit(path, None, model, event)
             self._list_in_show(show, lambda ids: ids if ep in ids else [*ids, ep])
         return created
 
@@ -1197,6 +1287,8 @@ class Store:
         message: str | None = None,
         cost: float | None = None,
         expected_version: int | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        files: Mapping[str, str] | None = None,
     ) -> Episode:
         """Move the episode to ``stage`` (durable; one ``advance`` event).
 
@@ -1205,11 +1297,17 @@ class Store:
         episode a live stage run holds (``NotReadyError``). ``cost`` is added to the
         stage being left (the work that was just done); entering ``stage``
         counts one attempt for it.
+
+        ``metadata`` and ``files``, if given, replace those fields whole in the
+        same write, checked as ``update`` checks them (and the store's unique
+        keys, as ``create`` says): still one event, version + 1 once, and the
+        event's ``fields`` names those that changed.
         """
         check_id(stage, "stage")
         if message is not None and not isinstance(message, str):
             raise ValidationError(f"message must be text, got {type(message).__name__}")
         cost = _check_cost(cost)
+        given = {k: v for k, v in (("metadata", metadata), ("files", files)) if v is not None}
         pipeline = self.pipeline
 
         def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
@@ -1230,8 +1328,12 @@ class Store:
                 # a move starts the new stage afresh: no lease, backoff, hold or done mark carries over
                 "lease": None, "due_at": None, "hold": None, "stage_done": False,
             })
-            return new, {"kind": "advance", "from_stage": m.stage, "to_stage": stage, "message": message,
-                          "cost": cost}
+            event: dict[str, Any] = {"kind": "advance", "from_stage": m.stage, "to_stage": stage,
+                                     "message": message, "cost": cost}
+            if given:
+                new, changed = _with_fields(new, given)
+                event["fields"] = changed or None
+            return new, event
 
         return self._write(show, ep, change, expected_version)
 
@@ -1249,7 +1351,8 @@ class Store:
         """Replace non-stage fields (each given field is replaced whole).
 
         Nothing is written when nothing changes; otherwise one ``update``
-        event naming the changed fields.
+        event naming the changed fields. A value of a unique key that another
+        episode has is refused (``DuplicateError``, as ``create`` says).
         """
         given = {k: v for k, v in (("title", title), ("metadata", metadata), ("files", files),
                                    ("message", message)) if v is not _UNSET}
@@ -1257,18 +1360,11 @@ class Store:
             raise ValidationError("update needs at least one of title, metadata, files, message")
 
         def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]] | None:
-            before = m.model_dump(mode="json")
-            data = {**before, **{k: dict(v) if isinstance(v, Mapping) else v for k, v in given.items()},
-                    "version": m.version + 1, "updated_at": now}
-            try:
-                new = Episode.model_validate(data)
-            except PydanticValidationError as exc:
-                raise _invalid(exc, None, None, "episode") from None
-            after = new.model_dump(mode="json")
-            changed = [k for k in given if not same(before[k], after[k])]
+            new, changed = _with_fields(m, given)
             if not changed:
                 return None
-            return new, {"kind": "update", "fields": changed}
+            return new.model_copy(update={"version": m.version + 1, "updated_at": now}), {
+                "kind": "update", "fields": changed}
 
         return self._write(show, ep, change, expected_version)
 
@@ -1962,7 +2058,8 @@ class Store:
 
     def verify(self, progress: Progress | None = None) -> VerifyReport:
         """Compare the index with the files, the files with their event logs,
-        and every asset with its hash."""
+        and every asset with its hash; report every value of a unique key
+        that more than one episode file holds (``kind="duplicate"``)."""
         from .index.sync import verify
 
         return verify(self, progress)
@@ -2010,7 +2107,10 @@ class Store:
             if logged == current.model.version + 1 and not (isinstance(seen, int) and seen >= logged):
                 logged = current.model.version
             new, event = change(current.model, self.clock())
-            return self._commit(path, current, new, event, committed=logged), changed
+            indexed = before.get("metadata") if before is not None else None
+            with self._unique_claims(show, ep, indexed if isinstance(indexed, Mapping) else None, new.metadata,
+                                     edited=(path, current.raw)):
+                return self._commit(path, current, new, event, committed=logged), changed
 
     # --- schema migration and import --------------------------------------------------------
 
@@ -2174,6 +2274,19 @@ def _subdirs(path: str) -> list[str]:
             return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def _with_fields(m: Episode, given: Mapping[str, Any]) -> tuple[Episode, list[str]]:
+    """``m`` with the ``given`` fields replaced whole, validated as a file is
+    (``ValidationError`` naming the field), and the names of those that changed."""
+    before = m.model_dump(mode="json")
+    data = {**before, **{k: dict(v) if isinstance(v, Mapping) else v for k, v in given.items()}}
+    try:
+        new = Episode.model_validate(data)
+    except PydanticValidationError as exc:
+        raise _invalid(exc, None, None, "episode") from None
+    after = new.model_dump(mode="json")
+    return new, [k for k in given if not same(before[k], after[k])]
 
 
 def _check_cost(cost: object) -> float | None:

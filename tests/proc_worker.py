@@ -7,6 +7,9 @@
                                                   from an earlier attempt's); prints "resume I", "ckpt I", "done"
     python proc_worker.py stale ROOT SHOW EP STAGE LEASE SLEEP
                                                   starts a run, sleeps past its lease, then tries to write
+    python proc_worker.py claim ROOT SHOW OP N START
+                                                  at time START, for i < N: gives SHOW/e<i> the archive_identifier
+                                                  v<i> by OP (create, update or advance); prints {i: won|duplicate}
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import sys
 import time
 
 from statekit import (
+    DuplicateError,
     LeaseExpiredError,
     LockTimeoutError,
     NotReadyError,
@@ -102,6 +106,24 @@ def stale(store: Store, show: str, ep: str, stage: str, lease: float, sleep: flo
         say("rejected finish")
 
 
+def claim(store: Store, show: str, op: str, n: int, start: float) -> dict[int, str]:
+    time.sleep(max(0.0, start - time.time()))  # every process starts at once
+    done = {}
+    for i in range(n):
+        ep, metadata = f"e{i}", {"archive_identifier": f"v{i}", "by": show}
+        try:
+            if op == "create":
+                store.create(show, ep, metadata=metadata)
+            elif op == "update":
+                store.update(show, ep, metadata=metadata)
+            else:
+                store.advance(show, ep, "downloading", metadata=metadata)
+            done[i] = "won"
+        except DuplicateError:
+            done[i] = "duplicate"
+    return done
+
+
 if __name__ == "__main__":
     mode, root, show, ep = sys.argv[1:5]
     s = Store.open(root)
@@ -109,6 +131,8 @@ if __name__ == "__main__":
         print(json.dumps(cas(s, show, ep, int(sys.argv[5]))))
     elif mode == "run":
         run(s, show, ep, sys.argv[5], int(sys.argv[6]), float(sys.argv[7]), float(sys.argv[8]))
+    elif mode == "claim":
+        print(json.dumps(claim(s, show, ep, int(sys.argv[5]), float(sys.argv[6]))))
     elif mode == "stale":
         stale(s, show, ep, sys.argv[5], float(sys.argv[6]), float(sys.argv[7]))
     else:

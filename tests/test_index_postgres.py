@@ -117,3 +117,28 @@ def test_rebuild_fills_a_server_index_from_the_files(pg: Index, tmp_path: Path) 
     assert pg.counts()["downloading"] == 1 and pg.costs(by="stage") == {"discovered": 2.0}
     assert rebuild(store, index=pg).episodes == 2  # again: replaced, not doubled
     assert pg.counts()["discovered"] == 1
+
+
+def test_unique_values_on_the_server(pg: Index, tmp_path: Path) -> None:
+    store = Store.init(tmp_path / "files", unique=["archive_identifier"])
+    store.create("s", "a", metadata={"archive_identifier": "x"})
+    store.create("s", "b", metadata={"archive_identifier": 1.0})
+    unique = Index(pg.engine, ARCHIVE, unique=["archive_identifier"])
+    assert unique.refresh_unique() is True and unique.refresh_unique() is False  # only while the keys differ
+    report = rebuild(store, index=unique)
+    assert report.problems == [] and unique.unique_current()
+    from statekit.unique import claims
+
+    def holders(value: object) -> list[tuple[str, str]]:
+        (claim,) = claims(["archive_identifier"], {"archive_identifier": value})
+        return unique.holders("archive_identifier", claim.sha256)
+
+    assert holders("x") == [("s", "a")] and holders(1) == [("s", "b")] and holders("y") == []
+    store.update("s", "a", metadata={"archive_identifier": "y"})
+    unique.write(rows=[episode(store, "s", "a")])
+    assert holders("x") == [] and holders("y") == [("s", "a")]
+    unique.write(removed=[("s", "a")])
+    assert holders("y") == []
+    # another key list: the values are derived again from the rows, in one transaction
+    other = Index(pg.engine, ARCHIVE, unique=[])
+    assert other.refresh_unique() is True and holders(1) == [] and unique.unique_current() is False

@@ -12,7 +12,7 @@ import math
 import os
 import threading
 from collections import defaultdict
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from typing import Any
@@ -25,7 +25,9 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from ..errors import IndexUnavailableError, QueryError, QueryTimeoutError, ValidationError
 from ..models import Episode
 from ..pipeline import Pipeline, ready_for
+from ..unique import claims
 from .dialect import (
+    WRITE,
     Compiled,
     begin_write,
     end_write,
@@ -36,7 +38,17 @@ from .dialect import (
     run_query,
     upsert,
 )
-from .tables import INDEX_REVISION, episodes, events, iso, metadata, shows, stage_totals
+from .tables import (
+    INDEX_REVISION,
+    episodes,
+    events,
+    iso,
+    metadata,
+    shows,
+    stage_totals,
+    unique_keys,
+    unique_values,
+)
 
 SQL_TIMEOUT_S = 30.0
 """How long a query on the index (``statekit sql``) may run unless told otherwise."""
@@ -151,6 +163,12 @@ def show_row(data: Mapping[str, Any], *, path: str, size: int, mtime_ns: int, sh
     }
 
 
+def claim_rows(keys: Sequence[str], show: str, ep: str, data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``unique_values`` rows of an episode whose file data is ``data``."""
+    return [{"key": c.key, "value_sha256": c.sha256, "show_id": show, "episode_id": ep}
+            for c in claims(keys, data.get("metadata"))]
+
+
 def totals_delta(
     deltas: dict[tuple[str, str], list[float]], show: str, old: tuple[str, Mapping[str, float]] | None,
     new: tuple[str, Mapping[str, float]] | None,
@@ -169,9 +187,11 @@ def totals_delta(
 class Index:
     """One store's index database. Safe to use from many threads and processes."""
 
-    def __init__(self, engine: Engine, pipeline: Pipeline) -> None:
+    def __init__(self, engine: Engine, pipeline: Pipeline, unique: Sequence[str] = ()) -> None:
         self.engine = engine
         self.pipeline = pipeline
+        self.unique = tuple(unique)
+        """The store's unique metadata keys: ``unique_values`` keeps their values."""
         self.dialect = dialect = engine.dialect.name
         self._put_episode = Compiled(upsert(dialect, episodes, ["show_id", "episode_id"], keep=["position"]), engine)
         self._put_event = Compiled(upsert(dialect, events, ["show_id", "episode_id", "version"]), engine)
@@ -195,6 +215,14 @@ class Index:
             delete(events).where(and_(events.c.show_id == bindparam("s"), events.c.episode_id == bindparam("e"))),
             engine)
         self._delete_show = Compiled(delete(shows).where(shows.c.show_id == bindparam("s")), engine)
+        self._drop_claims = Compiled(delete(unique_values).where(and_(
+            unique_values.c.show_id == bindparam("s"), unique_values.c.episode_id == bindparam("e"))), engine)
+        self._put_claim = Compiled(unique_values.insert(), engine)
+        self._holders = Compiled(
+            select(unique_values.c.show_id, unique_values.c.episode_id)
+            .where(and_(unique_values.c.key == bindparam("k"), unique_values.c.value_sha256 == bindparam("h")))
+            .order_by(unique_values.c.show_id, unique_values.c.episode_id),
+            engine)
         self._stamps_stmt = Compiled(
             select(episodes.c.show_id, joined(dialect, episodes.c.episode_id, "/"),
                    joined(dialect, episodes.c.file_stamp, "/")).group_by(episodes.c.show_id),
@@ -289,6 +317,10 @@ class Index:
 
         deltas: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
         for row in rows:
+            if self.unique:
+                run(self._drop_claims, {"s": row["show_id"], "e": row["episode_id"]})
+                for claim in claim_rows(self.unique, row["show_id"], row["episode_id"], row["data"]):
+                    run(self._put_claim, claim)
             was = row.get("was")
             if was is not None:  # the row holds exactly the file this write replaced: no need to read it
                 values = {"v_" + k: v for k, v in row.items()}
@@ -314,6 +346,7 @@ class Index:
                 totals_delta(deltas, show, (old[0], _doc(old[1])), None)
                 run(self._delete_episode, {"s": show, "e": ep})
                 run(self._delete_events, {"s": show, "e": ep})
+                run(self._drop_claims, {"s": show, "e": ep})
         for event in event_rows:
             run(self._put_event, dict(event, data=_json(event["data"])))
         for show_row_ in show_rows:
@@ -327,6 +360,44 @@ class Index:
             show, ordered = positions
             for i, ep in enumerate(ordered):
                 run(self._set_position, {"s": show, "e": ep, "p": i})
+
+    def unique_current(self) -> bool:
+        """True if ``unique_values`` was derived for the store's unique keys."""
+        with self.reading() as conn:
+            return set(conn.execute(select(unique_keys.c.key)).scalars()) == set(self.unique)
+
+    def refresh_unique(self) -> bool:
+        """Derive ``unique_values`` again, from the episode rows, if the store's
+        unique keys are not the ones the rows were derived for (``unique:`` in
+        statekit.yaml changed). One writing transaction; True if it ran. The
+        caller holds the index lock (two refreshes would collide on a server)."""
+        if self.unique_current():
+            return False
+        try:
+            with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+                conn.execute(delete(unique_values))
+                conn.execute(delete(unique_keys))
+                if self.unique:
+                    conn.execute(unique_keys.insert(), [{"key": k} for k in self.unique])
+                    found = [claim for s, e, data in conn.execute(
+                        select(episodes.c.show_id, episodes.c.episode_id, episodes.c.data))
+                        for claim in claim_rows(self.unique, s, e, data)]
+                    if found:
+                        conn.execute(unique_values.insert(), found)
+        except SQLAlchemyError as exc:
+            raise IndexUnavailableError(f"the index could not record the unique keys: {exc}") from exc
+        return True
+
+    def holders(self, key: str, value_sha256: str) -> list[tuple[str, str]]:
+        """The episodes whose indexed metadata holds this value of ``key``."""
+        stmt = self._holders  # on the raw cursor: this runs inside every write that claims a value
+        try:
+            with self.reading():
+                cursor = self._writer().cursor()
+                cursor.execute(stmt.sql, stmt.params({"k": key, "h": value_sha256}))
+                return [(s, e) for s, e in cursor.fetchall()]
+        except (SQLAlchemyError, self._dbapi_error) as exc:
+            raise IndexUnavailableError(f"the index could not look up a unique value: {exc}") from exc
 
     def remove_show(self, show: str) -> None:
         self.write(removed_shows=[show])

@@ -8,7 +8,8 @@
   hash (a file stat'ed within the file system's timestamp granularity of its
   last change is hashed again: the racy-clean case), adopts valid hand edits
   as normal writes with one ``external_edit`` event, reports invalid ones.
-- ``verify``: index vs files, files vs their event logs.
+- ``verify``: index vs files, files vs their event logs, duplicates of
+  unique metadata values.
 """
 
 from __future__ import annotations
@@ -41,9 +42,12 @@ from ..errors import (
 )
 from ..ids import ID_PATTERN
 from ..models import Episode, Show
+from ..unique import claims as claims_of
+from ..unique import shown
 from . import (
     Index,
     _json,
+    claim_rows,
     create_schema,
     engine_for,
     episode_row,
@@ -60,7 +64,7 @@ from .dialect import (
     replace_database,
     sqlite_url,
 )
-from .tables import INDEX_REVISION, episodes, events, metadata, stage_totals
+from .tables import INDEX_REVISION, episodes, events, metadata, stage_totals, unique_keys, unique_values
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -260,7 +264,8 @@ def open_index(store: Store, url: str | None = None) -> Index:
         for name in (path, path + "-wal", path + "-shm", path + "-journal"):
             if os.path.islink(name):
                 raise UnsafePathError(f"refusing to follow a symlink at {name}", path=name)
-    index = Index(engine_for(url or sqlite_url(path), busy_timeout=store.config.lock_timeout), store.pipeline)
+    index = Index(engine_for(url or sqlite_url(path), busy_timeout=store.config.lock_timeout), store.pipeline,
+                  store.config.unique)
     if url is None and not os.path.exists(path):
         _build_unless_built(store, index)
         return index
@@ -284,7 +289,20 @@ def open_index(store: Store, url: str | None = None) -> Index:
         return index
     if not filled and any(walk(store.root)):
         _build_unless_built(store, index)
+    _refresh_unique(store, index)
     return index
+
+
+def _refresh_unique(store: Store, index: Index) -> None:
+    """Derive the index's unique values again if ``unique:`` changed since."""
+    try:
+        if index.unique_current():
+            return
+        with _index_lock(store):
+            index.refresh_unique()
+    except (SQLAlchemyError, StatekitError) as exc:
+        log.warning("statekit: the index could not record the unique keys (%s); duplicates are caught again "
+                    "once 'statekit rebuild-index' succeeds", exc)
 
 
 def _build_unless_built(store: Store, index: Index, damaged: bool = False) -> None:
@@ -381,6 +399,7 @@ def _fill(store: Store, conn: Connection, report: RebuildReport, progress: Progr
     rows: list[dict[str, Any]] = []
     event_rows: list[dict[str, Any]] = []
     show_rows = []
+    claims: list[dict[str, Any]] = []
     order: dict[str, dict[str, int]] = {}
     on_disk: dict[str, list[str]] = defaultdict(list)
     for show, ep, _path, _st in found:
@@ -410,6 +429,7 @@ def _fill(store: Store, conn: Connection, report: RebuildReport, progress: Progr
         row["position"] = positions.get(ep, len(positions))
         rows.append(row)
         event_rows.extend(lines)
+        claims.extend(claim_rows(store.config.unique, show, ep, row["data"]))
         totals_delta(deltas, show, None, (model.stage, model.costs))
         if len(rows) >= REBUILD_BATCH:
             _flush(conn, rows, event_rows, report)
@@ -422,6 +442,10 @@ def _fill(store: Store, conn: Connection, report: RebuildReport, progress: Progr
     totals = [{"show_id": s, "stage": st, "episodes": int(d[0]), "cost": d[1]} for (s, st), d in deltas.items()]
     if totals:
         conn.execute(stage_totals.insert(), totals)
+    if store.config.unique:
+        conn.execute(unique_keys.insert(), [{"key": k} for k in store.config.unique])
+    if claims:
+        conn.execute(unique_values.insert(), claims)
 
 
 def shows_insert() -> Any:
@@ -657,8 +681,9 @@ def _sync_shows(store: Store, report: SyncReport, on_disk: dict[str, list[str]],
 
 
 def verify(store: Store, progress: Progress | None = None) -> VerifyReport:
-    """Every problem between files, their event logs and the index, and
-    every asset whose content no longer matches its hash."""
+    """Every problem between files, their event logs and the index, every
+    asset whose content no longer matches its hash, and every value of a
+    unique key that more than one episode file holds."""
     from ..store import validate_events
 
     report = VerifyReport()
@@ -672,7 +697,11 @@ def verify(store: Store, progress: Progress | None = None) -> VerifyReport:
                                     .order_by(events.c.version)):
             indexed_events[(s, e)].append(v)
         totals = {(s, st): (n, c) for s, st, n, c in conn.execute(select(stage_totals))}
+        indexed_claims = {tuple(r) for r in conn.execute(select(
+            unique_values.c.key, unique_values.c.value_sha256, unique_values.c.show_id, unique_values.c.episode_id))}
     expected: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
+    keys = store.config.unique
+    holders: dict[tuple[str, str], list[tuple[str, str, Any]]] = defaultdict(list)  # (key, sha) -> (ep, path, value)
     seen = set()
     found = list(walk(store.root))
     for done, (show, ep, path, _st) in enumerate(found):
@@ -695,6 +724,8 @@ def verify(store: Store, progress: Progress | None = None) -> VerifyReport:
             continue
         model: Episode = parsed.model
         totals_delta(expected, show, None, (model.stage, model.costs))
+        for claim in claims_of(keys, model.metadata):
+            holders[(claim.key, claim.sha256)].append((key, path, claim.value))
         if model.assets:
             _verify_assets(store, report, model, os.path.dirname(path), hashed)
         log_path = os.path.join(os.path.dirname(path), "events.jsonl")
@@ -740,6 +771,20 @@ def verify(store: Store, progress: Progress | None = None) -> VerifyReport:
         report.problems.append(Problem(
             "index", os.path.join(store.root, "shows", show, "episodes", ep),
             f"{show}/{ep}: in the index, but its file is gone (run 'statekit sync')", f"{show}/{ep}"))
+    for (claim_key, _sha), held in sorted(holders.items()):
+        if len(held) > 1:
+            names = ", ".join(ep_key for ep_key, _path, _value in held)
+            report.problems.append(Problem(
+                "duplicate", held[1][1], f"metadata {claim_key} = {shown(held[0][2])} is used by {len(held)} "
+                f"episodes: {names} ({claim_key} is unique in statekit.yaml: give all but one another value)",
+                held[1][0], field=f"metadata.{claim_key}"))
+    # the index's unique values must be those of its own rows (the rows are checked against the files above)
+    expected_claims = {(r["key"], r["value_sha256"], s, e) for (s, e), (_v, _sha, data) in indexed.items()
+                       for r in claim_rows(keys, s, e, data)}
+    if indexed_claims != expected_claims:
+        report.problems.append(Problem(
+            "index", index_path(store.root), f"the index's unique values differ from its episode rows for "
+            f"{len(indexed_claims ^ expected_claims)} value(s) (run 'statekit rebuild-index')"))
     for pair in set(totals) | set(expected):
         n, cost = totals.get(pair, (0, 0.0))
         want_n, want_cost = expected.get(pair, [0, 0.0])

@@ -167,11 +167,32 @@ stage_totals = Table(
     Column("cost", Float, nullable=False),
 )
 
+# revision 0004: one row per value of a unique metadata key (``unique:`` in
+# statekit.yaml), so a write finds who else holds a value with one lookup.
+# Not a UNIQUE constraint: the index mirrors the files, duplicates included.
+unique_values = Table(
+    "unique_values",
+    metadata,
+    Column("key", String(128), primary_key=True),
+    Column("value_sha256", String(64), primary_key=True),
+    Column("show_id", Id, primary_key=True),
+    Column("episode_id", Id, primary_key=True),
+    Index("unique_values_by_episode", "show_id", "episode_id"),
+)
+
+# The keys ``unique_values`` holds rows for: the store's ``unique:`` when the
+# rows were derived (opening a store whose list changed derives them again).
+unique_keys = Table(
+    "unique_keys",
+    metadata,
+    Column("key", String(128), primary_key=True),
+)
+
 STAGE_COUNTS_VIEW = (
     "CREATE VIEW stage_counts AS "
     "SELECT show_id, stage, episodes AS n FROM stage_totals WHERE episodes > 0"
 )
 
-INDEX_REVISION = "0002"
+INDEX_REVISION = "0004"
 """The Alembic head revision this code writes; a test keeps it equal to the
 head in migrations/versions (checked on every open without loading Alembic)."""
