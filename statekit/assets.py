@@ -81,7 +81,7 @@ def objects_lock(disk: diskio.Disk, root: str, *, exclusive: bool, timeout: floa
     directory = diskio.ensure_dirs(disk, root, (".statekit", "locks"))
     path = os.path.join(directory, "objects.lock")
     try:
-        fd = disk.open(path, os.O_RDWR | os.O_CREAT | diskio.O_NOFOLLOW | diskio.O_CLOEXEC, 0o644)
+        fd = disk.open(path, os.O_RDWR | os.O_CREAT | diskio.O_NOFOLLOW | diskio.O_CLOEXEC, 0o666)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise diskio._unsafe(path) from None

@@ -1164,7 +1164,7 @@ class Cache:
         lines = b"".join(json.dumps({"at": at, **v.removed().to_json()}).encode() + b"\n" for v in victims)
         try:
             fd = self._disk.open(self._log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | diskio.O_NOFOLLOW
-                                 | diskio.O_CLOEXEC, 0o644)
+                                 | diskio.O_CLOEXEC, 0o666)
             try:
                 diskio.write_all(self._disk, fd, lines)
             finally:

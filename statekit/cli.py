@@ -34,8 +34,8 @@ from rich.progress import (
 from rich.table import Table
 
 from . import __version__
-from .errors import CorruptFileError, StatekitError, StoreNotFoundError
-from .models import Episode, Event
+from .errors import CorruptFileError, StatekitError, StoreNotFoundError, ValidationError
+from .models import Episode, Event, not_utf8
 from .schema import legacy_id
 from .store import CONFIG_FILE, Store
 
@@ -49,11 +49,38 @@ def fail(message: str, code: int = 2) -> NoReturn:
     sys.exit(code)
 
 
+def check_params(ctx: click.Context) -> None:
+    """Refuse an argument or option that is not valid UTF-8 (Python turns such
+    bytes into lone surrogates, which no file can hold), naming it, before the
+    command does anything. Paths are exempt: a file name may be any bytes."""
+    for param in ctx.command.params:
+        if isinstance(param.type, click.Path):
+            continue
+        value = ctx.params.get(param.name or "")
+        for item in value if isinstance(value, (tuple, list)) else (value,):
+            reason = not_utf8(item) if isinstance(item, str) else None
+            if reason is not None:
+                name = max(param.opts, key=len) if isinstance(param, click.Option) else param.human_readable_name
+                raise ValidationError(f"{name} is {reason}", field=param.name,
+                                      hint="give it as UTF-8 text (check the terminal's encoding, LANG and "
+                                           "LC_ALL); nothing was changed")
+
+
+class Command(click.Command):
+    def invoke(self, ctx: click.Context) -> Any:
+        check_params(ctx)
+        return super().invoke(ctx)
+
+
 class Group(click.Group):
     """Turns every statekit error into one line and exit code 2."""
 
+    command_class = Command
+    group_class = type  # subgroups are Groups too
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
+            check_params(ctx)
             return super().invoke(ctx)
         except StatekitError as exc:
             if ctx.meta.get("statekit.debug"):
@@ -123,7 +150,7 @@ def money(value: float | None) -> str:
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--root", envvar="STATEKIT_ROOT", metavar="DIR",
+@click.option("--root", envvar="STATEKIT_ROOT", metavar="DIR", type=click.Path(),
               help="The store (default: $STATEKIT_ROOT, else the nearest parent holding statekit.yaml).")
 @click.option("--debug", is_flag=True, hidden=True, help="Show tracebacks.")
 @click.version_option(__version__, prog_name="statekit")
@@ -132,6 +159,10 @@ def main(ctx: click.Context, root: str | None, debug: bool) -> None:
     """Durable, human-editable state for multi-stage media pipelines."""
     ctx.meta["statekit.debug"] = debug
     ctx.obj = Context(root)
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as escapes, never crashes
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
     quiet_logs()
 
 
@@ -158,15 +189,16 @@ def quiet_logs(level: int = logging.WARNING) -> None:
 
 
 @main.command()
-@click.argument("directory", default=".", metavar="[DIR]")
-@click.option("--pipeline", default="archive", show_default=True, metavar="NAME|FILE",
+@click.argument("directory", default=".", metavar="[DIR]", type=click.Path())
+@click.option("--pipeline", default="archive", show_default=True, metavar="NAME|FILE", type=click.Path(),
               help="A preset (archive, podcast) or a YAML file with a pipeline.")
 @click.option("--format", "fmt", type=click.Choice(["yaml", "json"]), default="yaml", show_default=True,
               help="Episode file format.")
 @click.option("--unique", multiple=True, metavar="KEY",
               help="A metadata key whose values no two episodes may share (repeatable).")
 def init(directory: str, pipeline: str, fmt: str, unique: tuple[str, ...]) -> None:
-    """Create a store in DIR (default: here)."""
+    """Create a store in DIR (default: here). Stores do not nest: DIR may not be
+    inside a store, nor hold one below it."""
     store = Store.init(directory, pipeline=pipeline, format=fmt, unique=list(unique))
     keys = f", unique {', '.join(unique)}" if unique else ""
     out.print(f"created store {store.root} (pipeline {store.pipeline.name}, format {fmt}{keys})", markup=False)
@@ -379,15 +411,22 @@ def migrate(ctx: Context, dry_run: bool) -> None:
 @main.command("import")
 @click.argument("legacy_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--show", "show_id", required=True, help="Show to import into (created if missing).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (every file, and the counts).")
 @pass_ctx
-def import_(ctx: Context, legacy_dir: str, show_id: str) -> None:
-    """Bring schema-0 episode YAML files from LEGACY_DIR into a show."""
+def import_(ctx: Context, legacy_dir: str, show_id: str, as_json: bool) -> None:
+    """Bring schema-0 episode YAML files from LEGACY_DIR into a show. A bad file
+    does not stop it: each is reported with why; exit 1 if any was rejected."""
     with progress_bar("importing") as progress:
         report = ctx.store.import_legacy(legacy_dir, show_id, progress)
-    for r in report.rejected:
-        err.print(f"rejected {r['file']}: {r['reason']}", markup=False)
-    out.print(f"imported {len(report.imported)}, skipped {len(report.skipped)} already present, "
-              f"rejected {len(report.rejected)}", markup=False)
+    if as_json:
+        dump_json({"counts": report.counts, "imported": report.imported, "skipped": report.skipped,
+                   "rejected": report.rejected})
+    else:
+        for r in report.rejected:
+            err.print(f"rejected {r['file']}: {r['reason']}", markup=False)
+        counts = report.counts
+        out.print(f"imported {counts['imported']}, skipped {counts['skipped']} already present, "
+                  f"rejected {counts['rejected']}", markup=False)
     if report.rejected:
         sys.exit(1)
 
@@ -486,16 +525,24 @@ def status(ctx: Context, as_json: bool) -> None:
     if not shows:
         err.print("no episodes yet", markup=False)
         return
+    print_status(out, shows)
+
+
+def print_status(console: Console, shows: list[dict[str, Any]]) -> None:
+    """Each show: a heading, episodes per stage, the totals. The heading
+    stays one line (cut with '…' on a narrow terminal): as the table's
+    title it was wrapped to the narrow table's width, mid-phrase."""
     for entry in shows:
-        table = Table(title=f"{entry['show_id']}  {entry['title']}" if entry["title"] != entry["show_id"]
-                      else entry["show_id"], title_justify="left", box=None, header_style="bold")
-        table.add_column("stage")
-        table.add_column("episodes", justify="right")
+        heading = entry["show_id"] + (f"  {entry['title']}" if entry["title"] != entry["show_id"] else "")
+        console.print(heading, style="italic", no_wrap=True, overflow="ellipsis", markup=False)
+        table = Table(box=None, header_style="bold")
+        table.add_column("stage", no_wrap=True, overflow="ellipsis")
+        table.add_column("episodes", justify="right", no_wrap=True)
         for stage, n in entry["stages"].items():
             table.add_row(stage, str(n))
-        out.print(table, markup=False)
-        out.print(f"  {entry['episodes']} episodes, {entry['done']} done ({entry['completion']}%), "
-                  f"cost so far {money(entry['cost'])}\n", markup=False)
+        console.print(table, markup=False)
+        console.print(f"  {entry['episodes']} episodes, {entry['done']} done ({entry['completion']}%), "
+                      f"cost so far {money(entry['cost'])}\n", markup=False)
 
 
 # --- reports (issue 7): statekit report -------------------------------------------------
@@ -506,7 +553,7 @@ REPORT_SUFFIXES = {".html": "html", ".htm": "html", ".json": "json", ".csv": "cs
 @main.command("report")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "csv", "html"]), default=None,
               help="text, json, csv or html (default: from -o's suffix, else text).")
-@click.option("-o", "--output", default=None, metavar="FILE",
+@click.option("-o", "--output", default=None, metavar="FILE", type=click.Path(dir_okay=False),
               help="Write the report to FILE (atomically) instead of standard output.")
 @click.option("--show", "show_id", default=None, help="Only this show.")
 @click.option("--days", type=click.IntRange(1, 3660), default=30, show_default=True,
@@ -865,7 +912,7 @@ def upgrade(ctx: Context) -> None:
 
 
 @main.command()
-@click.argument("directory", required=False, metavar="[DIR]")
+@click.argument("directory", required=False, metavar="[DIR]", type=click.Path())
 @click.option("--data", type=click.Path(file_okay=False), default=None, metavar="DIR",
               help="Sample data: catalog.csv and audio/ (default: the repository's data/archive; "
                    "scripts/make_sample_data.py makes bigger sets).")

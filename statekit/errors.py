@@ -37,7 +37,15 @@ class StatekitError(Exception):
         self.extras = extras
 
     def __str__(self) -> str:
-        return self.message
+        # the hint is part of the text, so a traceback or a log line shows what to do
+        return self.one_line()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # subclasses take keyword-only arguments, which Exception's own pickling cannot pass back
+        state = dict(self.__dict__)
+        if isinstance(self, OSError):  # OSError keeps these in slots, not in __dict__
+            state.update(errno=self.errno, filename=self.filename)
+        return _rebuild, (type(self), self.args, state)
 
     def own_context(self) -> dict[str, Any]:
         """This error's own context, without what it wraps."""
@@ -76,6 +84,21 @@ class StatekitError(Exception):
         if self.hint:
             text += f" (hint: {' '.join(self.hint.split())})"
         return text
+
+
+def error_text(exc: BaseException) -> str:
+    """What an exception says happened: a statekit error's message without
+    its hint (an error record keeps the fact; the advice depends on what was done)."""
+    return exc.message if isinstance(exc, StatekitError) else str(exc)
+
+
+def _rebuild(cls: type[StatekitError], args: tuple[Any, ...], state: dict[str, Any]) -> StatekitError:
+    """An error back from ``pickle`` or ``copy`` (its ``__init__`` is not run again)."""
+    exc = cls.__new__(cls, *args)
+    exc.args = args
+    for key, value in state.items():
+        setattr(exc, key, value)
+    return exc
 
 
 def context_of(exc: BaseException) -> dict[str, Any]:
@@ -205,13 +228,18 @@ class SchemaVersionError(StatekitError, ValueError):
 
 
 class ValidationError(StatekitError, ValueError):
-    """Content that parses but breaks the schema: a field with a wrong value."""
+    """Content that parses but breaks the schema, or an argument with a wrong
+    value. Without a ``hint``: a file's error says to fix the file; an
+    argument's error says only that nothing changed (its message says what
+    is expected), so a hint never points at a cause that is not there."""
 
-    default_hint = "correct the field named above; nothing was changed"
+    default_hint = "nothing was changed"
 
     def __init__(
         self, message: str, *, path: str | None = None, line: int | None = None, field: str | None = None, **kw: Any
     ) -> None:
+        if kw.get("hint") is None and path is not None:
+            kw["hint"] = f"fix {field or 'it'} in that file by hand; nothing was changed"
         super().__init__(message, **kw)
         self.path = path
         self.line = line
@@ -286,9 +314,6 @@ class StorageError(StatekitError, OSError):
         self.errno = errno
         self.filename = path
         self.path = path
-
-    def __str__(self) -> str:  # OSError would print "[Errno n] None"
-        return self.message
 
 
 # --- errors a pipeline's own code raises (the podcast documents' hierarchy) -------

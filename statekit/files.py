@@ -53,6 +53,35 @@ MAX_FILE_BYTES = 64 * 1024 * 1024
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".tmp"
 
+_file_mode: int | None = None
+_umask_lock = threading.Lock()
+
+
+def file_mode() -> int:
+    """The mode a file made with ``open()`` gets: 0666 minus the umask (read
+    once per process), so a store shared by a team's accounts stays writable
+    by the group when their umask says so."""
+    global _file_mode
+    if _file_mode is None:
+        _file_mode = 0o666 & ~_read_umask()
+    return _file_mode
+
+
+def _read_umask() -> int:
+    # /proc shows it without changing it; os.umask can only read it by setting
+    # it, and a file another thread creates meanwhile would get the wrong mode
+    try:
+        with open("/proc/self/status", "rb") as status:
+            for line in status:
+                if line.startswith(b"Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    with _umask_lock:
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return mask
+
 
 class Disk:
     """The system calls that change the store. Subclass to inject faults.
@@ -65,11 +94,17 @@ class Disk:
 
     overlap_syncs = True
 
-    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
+    def open(self, path: str, flags: int, mode: int = 0o666) -> int:
         return os.open(path, flags, mode)
 
     def mkstemp(self, directory: str, prefix: str, suffix: str) -> tuple[int, str]:
-        return tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
+        fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=directory)
+        try:
+            os.fchmod(fd, file_mode())  # mkstemp's 0600 would survive the rename into place
+        except OSError:
+            discard_temp(fd, path)
+            raise
+        return fd, path
 
     def write(self, fd: int, data: memoryview) -> int:
         return os.write(fd, data)
@@ -98,7 +133,7 @@ class Disk:
         os.unlink(path)
 
     def mkdir(self, path: str) -> None:
-        os.mkdir(path, 0o755)
+        os.mkdir(path, 0o777)  # less the umask, as for any folder
 
     def link(self, src: str, dst: str) -> None:
         os.link(src, dst, follow_symlinks=False)
@@ -459,7 +494,7 @@ def hold_lock(disk: Disk, path: str, timeout: float, what: str) -> Iterator[None
     Raises ``LockTimeoutError`` after ``timeout`` seconds.
     """
     try:
-        fd = disk.open(path, os.O_RDWR | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        fd = disk.open(path, os.O_RDWR | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o666)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _unsafe(path) from None
@@ -631,7 +666,7 @@ def append_event(disk: Disk, path: str, line: bytes, committed: int, known_size:
     means a new log, whose directory entry needs an fsync).
     """
     try:
-        fd = disk.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o644)
+        fd = disk.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o666)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _unsafe(path) from None

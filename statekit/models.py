@@ -19,10 +19,10 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
-    NonNegativeInt,
     model_validator,
 )
 
+from .errors import ValidationError
 from .ids import check_id
 from .pipeline import Pipeline
 
@@ -39,7 +39,67 @@ CHECKPOINT_SCHEMA = 1
 EVENT_SCHEMA = 1
 
 Id = Annotated[str, AfterValidator(check_id)]
-Cost = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+
+# Strict numbers: a hand-edited ``version: true`` is a mistake, not version 1
+# (YAML and JSON booleans are ints to Python, and pydantic's lax mode takes them).
+Int = Annotated[int, Field(strict=True)]
+NonNegativeInt = Annotated[int, Field(strict=True, ge=0)]
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+"""A finite float; an int is taken, a boolean or a string is not."""
+Cost = Annotated[Number, Field(ge=0)]
+
+
+def not_utf8(text: str) -> str | None:
+    """Why ``text`` cannot be stored (a file holds UTF-8), or None if it can.
+    A lone surrogate is what Python makes of bytes that are not UTF-8 (an
+    argument or a file name in another encoding)."""
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        return f"not valid UTF-8 text ({text[exc.start]!r} at character {exc.start + 1})"
+    return None
+
+
+def _utf8(value: str) -> str:
+    reason = not_utf8(value)
+    if reason is not None:
+        raise ValueError(reason)
+    return value
+
+
+Text = Annotated[str, AfterValidator(_utf8)]
+"""Text that a file can hold: ``str`` without lone surrogates."""
+
+NOT_UTF8_HINT = "statekit stores text as UTF-8: decode the bytes with their real encoding first; nothing was changed"
+
+
+def check_text(value: str | None, field: str) -> None:
+    """``ValidationError`` naming ``field`` if ``value`` cannot be stored as UTF-8."""
+    reason = None if value is None else not_utf8(value)
+    if reason is not None:
+        raise ValidationError(f"{field} is {reason}", field=field, hint=NOT_UTF8_HINT)
+
+
+def find_bad_text(value: Any, where: str) -> str | None:
+    """The first place in plain data (keys too) holding text that is not
+    UTF-8, as ``where.key[0]: reason``; None if there is none."""
+    if isinstance(value, str):
+        reason = not_utf8(value)
+        return None if reason is None else f"{where}: {reason}"
+    if isinstance(value, dict):
+        for k, v in value.items():
+            found = (find_bad_text(k, f"{where} key {k!r}") if isinstance(k, str) else None) or find_bad_text(
+                v, f"{where}.{k}")
+            if found:
+                return found
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            found = find_bad_text(v, f"{where}[{i}]")
+            if found:
+                return found
+    return None
 
 
 MAX_METADATA_DEPTH = 64
@@ -51,10 +111,14 @@ def _plain_json(value: Any, where: str = "value", depth: int = 0) -> Any:
         raise ValueError(f"{where} is nested more than {MAX_METADATA_DEPTH} levels deep")
     if isinstance(value, float) and not math.isfinite(value):
         raise ValueError(f"{where} must be a finite number, not {value}")
+    if isinstance(value, str) and not_utf8(value):
+        raise ValueError(f"{where} is {not_utf8(value)}")
     if type(value) is int and not -(1 << 63) <= value < (1 << 63):
         raise ValueError(f"{where} must fit in 64 bits")
     if isinstance(value, dict):
         for k, v in value.items():
+            if not_utf8(k):
+                raise ValueError(f"{where} key {k!r} is {not_utf8(k)}")
             _plain_json(v, f"{where}.{k}", depth + 1)
     elif isinstance(value, list):
         for i, v in enumerate(value):
@@ -70,17 +134,36 @@ def utcnow() -> datetime:
 
 
 def cost_sum(costs: dict[str, float]) -> float:
-    """Total of the per-stage costs, rounded so binary noise never shows in files."""
-    return round(math.fsum(costs.values()), 9)
+    """Total of the per-stage costs, rounded so binary noise never shows in files
+    (``inf`` if they add up past the largest float)."""
+    try:
+        return round(math.fsum(costs.values()), 9)
+    except OverflowError:  # fsum's intermediate sum overflowed
+        return math.inf
+
+
+COST_HINT = "costs are non-negative finite amounts (money spent by a stage); nothing was changed"
+
+
+def add_cost(costs: dict[str, float], stage: str, amount: float, key: str) -> dict[str, float]:
+    """``costs`` with ``amount`` added to ``stage``'s; ``ValidationError`` if
+    that, or the episode's total, would be beyond a finite number (checked
+    before anything is written)."""
+    new = {**costs, stage: round(costs.get(stage, 0.0) + amount, 9)}
+    if not (math.isfinite(new[stage]) and math.isfinite(cost_sum(new))):
+        raise ValidationError(
+            f"cost {amount!r} would take the total cost of {key} past the largest number a file can hold "
+            f"(spent so far: {cost_sum(costs)!r})", field="cost", hint=COST_HINT)
+    return new
 
 
 class Approval(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    by: Annotated[str, Field(min_length=1, max_length=200)]
+    by: Annotated[Text, Field(min_length=1, max_length=200)]
     at: AwareDatetime
     given_at_stage: str
-    note: str | None = None
+    note: Text | None = None
 
 
 class CheckpointRecord(BaseModel):
@@ -101,11 +184,11 @@ class ErrorRecord(BaseModel):
     at: AwareDatetime
     stage: str | None = None
     kind: str = "unknown"
-    message: str = ""
-    traceback: str | None = None
+    message: Text = ""
+    traceback: Text | None = None
     type: str | None = None
     """The exception's class (``module.Name``)."""
-    attempt: int | None = None
+    attempt: Int | None = None
     """Which attempt at ``stage`` failed (``attempts[stage]`` then)."""
     action: str | None = None
     """``retry`` (due again at ``due_at``), ``hold`` (waits for a person) or ``give_up`` (skipped)."""
@@ -125,7 +208,7 @@ class AssetRecord(BaseModel):
     size: NonNegativeInt
     kind: Id = "audio"
     media_type: Annotated[str, Field(min_length=1, max_length=200)] = "application/octet-stream"
-    source: Annotated[str, Field(max_length=4096)] | None = None
+    source: Annotated[Text, Field(max_length=4096)] | None = None
     """Where the content came from (a path or URL), as the caller gave it."""
     added_at: AwareDatetime
 
@@ -135,16 +218,16 @@ class UploadRecord(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: Annotated[str, Field(min_length=1, max_length=4096)]
+    url: Annotated[Text, Field(min_length=1, max_length=4096)]
     """``gs://<bucket>/<object>``."""
-    bucket: Annotated[str, Field(min_length=1, max_length=222)]
-    object: Annotated[str, Field(min_length=1, max_length=1024)]
+    bucket: Annotated[Text, Field(min_length=1, max_length=222)]
+    object: Annotated[Text, Field(min_length=1, max_length=1024)]
     generation: NonNegativeInt | None = None
     sha256: Sha256
     """The asset content that was uploaded."""
-    md5: str | None = None
+    md5: Text | None = None
     """The object's MD5 as the server reported it (base64)."""
-    audio_id: str | None = None
+    audio_id: Text | None = None
     at: AwareDatetime
 
 
@@ -155,10 +238,10 @@ class CacheConfig(BaseModel):
 
     max_size: Annotated[int, Field(gt=0, strict=True)] = 10 * 1024**3
     """Bytes; least recently used entries are evicted past it (pinned ones never)."""
-    expiry_days: dict[Id, Annotated[float, Field(gt=0, allow_inf_nan=False)]] = Field(
+    expiry_days: dict[Id, Annotated[Number, Field(gt=0)]] = Field(
         default_factory=lambda: {"media": 30.0, "tts": 90.0})
     """Per kind of entry; a kind not listed uses ``default_expiry_days``."""
-    default_expiry_days: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 30.0
+    default_expiry_days: Annotated[Number, Field(gt=0)] = 30.0
 
 
 class GCSConfig(BaseModel):
@@ -180,7 +263,7 @@ class Lease(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    owner: Annotated[str, Field(min_length=1, max_length=200)]
+    owner: Annotated[Text, Field(min_length=1, max_length=200)]
     run_id: Annotated[str, Field(pattern=r"^[0-9a-f]{8,64}$")]
     acquired_at: AwareDatetime
     expires_at: AwareDatetime
@@ -191,10 +274,10 @@ class Episode(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: int = EPISODE_SCHEMA
+    schema_version: Int = EPISODE_SCHEMA
     show_id: Id
     episode_id: Id
-    title: str = ""
+    title: Text = ""
     stage: Id
     previous_stage: Id | None = None
     """The stage left on the last move: a retry from ``failed`` goes back there."""
@@ -202,20 +285,20 @@ class Episode(BaseModel):
     created_at: AwareDatetime
     updated_at: AwareDatetime
     stage_entered_at: AwareDatetime
-    message: str | None = None
+    message: Text | None = None
     costs: dict[Id, Cost] = Field(default_factory=dict)
-    cost_total: float = 0.0
+    cost_total: Number = 0.0
     attempts: dict[Id, NonNegativeInt] = Field(default_factory=dict)
     approvals: dict[Id, Approval] = Field(default_factory=dict)
     checkpoints: dict[Id, CheckpointRecord] = Field(default_factory=dict)
     error_history: list[ErrorRecord] = Field(default_factory=list)
     metadata: FreeJson = Field(default_factory=dict)
-    files: dict[str, str] = Field(default_factory=dict)
+    files: dict[Text, Text] = Field(default_factory=dict)
     lease: Lease | None = None
     """Set while a worker runs the current stage (``Store.run``)."""
     due_at: AwareDatetime | None = None
     """Not handed out by ``next()`` before this time (a retry's backoff)."""
-    hold: str | None = None
+    hold: Text | None = None
     """Why the episode waits for a person (``statekit retry`` releases it)."""
     stage_done: bool = False
     """The current stage's work is finished; it waits to move on (e.g. for an approval)."""
@@ -234,6 +317,9 @@ class Episode(BaseModel):
                 total = cost_sum({k: float(v) for k, v in data["costs"].items()})
             except (TypeError, ValueError):
                 return data  # the field validator reports the bad cost
+            if not math.isfinite(total):
+                raise ValueError("the costs add up to more than the largest number a file can hold; "
+                                 "edit the per-stage costs")
             given = data.get("cost_total")
             if given is None:
                 data = {**data, "cost_total": total}
@@ -257,8 +343,8 @@ class Event(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    schema_version: int = EVENT_SCHEMA
-    version: int
+    schema_version: Int = EVENT_SCHEMA
+    version: Int
     at: AwareDatetime
     kind: str
     show_id: str
@@ -266,7 +352,7 @@ class Event(BaseModel):
     from_stage: str | None = None
     to_stage: str | None = None
     message: str | None = None
-    cost: float | None = None
+    cost: Number | None = None
     fields: list[str] | None = None
     sha256: str | None = None
     """Hash of the episode file this event produced (ties the log to the file)."""
@@ -277,9 +363,9 @@ class Show(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: int = SHOW_SCHEMA
+    schema_version: Int = SHOW_SCHEMA
     show_id: Id
-    title: str = ""
+    title: Text = ""
     created_at: AwareDatetime
     updated_at: AwareDatetime
     metadata: FreeJson = Field(default_factory=dict)
@@ -307,9 +393,9 @@ class StoreConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: int = STORE_SCHEMA
+    schema_version: Int = STORE_SCHEMA
     format: str = "yaml"
-    lock_timeout: Annotated[float, Field(gt=0, allow_inf_nan=False)] = 5.0
+    lock_timeout: Annotated[Number, Field(gt=0)] = 5.0
     backups: Annotated[int, Field(ge=0, le=100, strict=True)] = 3
     """How many earlier versions of each episode file to keep (0: none)."""
     cache: CacheConfig = Field(default_factory=CacheConfig)

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic import ValidationError as PydanticValidationError
 
 from .errors import (
@@ -26,6 +26,10 @@ from .errors import (
 from .ids import ID_PATTERN
 from .taxonomy import Rule
 
+# Strict: in statekit.yaml ``max_attempts: true`` is a mistake, not 1 (see models.Int).
+PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+Seconds = Annotated[float, Field(strict=True, ge=0, allow_inf_nan=False)]
+
 
 class RetryPolicy(BaseModel):
     """How failed stage runs come back: exponential backoff with jitter, and
@@ -33,15 +37,15 @@ class RetryPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    initial: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 30.0
+    initial: Seconds = 30.0
     """Seconds before the first retry; each further retry waits twice as long."""
-    maximum: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 3600.0
+    maximum: Seconds = 3600.0
     """The longest wait between retries."""
-    jitter: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 10.0
+    jitter: Seconds = 10.0
     """Up to this many random seconds added, so retries of many episodes spread out."""
     max_attempts: PositiveInt = 5
     """Attempts at a run stage not listed in the pipeline's ``max_attempts``."""
-    lease_seconds: Annotated[float, Field(gt=0, le=7 * 86400, allow_inf_nan=False)] = 600.0
+    lease_seconds: Annotated[Seconds, Field(gt=0, le=7 * 86400)] = 600.0
     """How long a run may go without a heartbeat before another worker may take the episode."""
 
 

@@ -430,15 +430,11 @@ def render(report: Report, fmt: str) -> str:
 
 def write_report(store: Store, path: str | os.PathLike[str], fmt: str = "html", **kw: Any) -> str:
     """Build the report (``kw`` as for ``build_report``) and write it to
-    ``path`` atomically and durably (mode 0644); returns the path."""
+    ``path`` atomically and durably (mode 0666 less the umask); returns the path."""
     fmt = _check_format(fmt)
     target = os.path.abspath(os.fspath(path))
     text = render(build_report(store, **kw), fmt)
     diskio.atomic_write(diskio.DISK, target, text.encode("utf-8"))
-    try:
-        os.chmod(target, 0o644)  # a report is for sharing; the temp file was made private
-    except OSError:
-        pass
     return target
 
 

@@ -32,8 +32,9 @@ from .errors import (
     StatekitError,
     ValidationError,
     context_of,
+    error_text,
 )
-from .models import Episode, ErrorRecord, cost_sum
+from .models import COST_HINT, Episode, ErrorRecord, add_cost, check_text, cost_sum
 from .pipeline import Pipeline, approvals_after_move
 from .taxonomy import ErrorKind, backoff_seconds, classify, explain, log_fields
 
@@ -65,6 +66,12 @@ def short_traceback(exc: BaseException) -> str:
 def _one_line(text: str, limit: int = MAX_MESSAGE) -> str:
     line = " ".join(text.split())
     return line if len(line) <= limit else line[: limit - 3] + "..."
+
+
+def _storable(text: str) -> str:
+    """``text`` as a file can hold it: bytes that were not UTF-8 (lone
+    surrogates, e.g. from a file name) become ``\\udcxx`` escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _type_name(exc: BaseException) -> str:
@@ -100,9 +107,9 @@ def plan_failure(
     kind = kind or classify(exc, p.error_rules)
     used = m.attempts.get(stage, 0)
     allowed = p.attempts_allowed(stage)
-    summary = explain(exc, kind).replace("SHOW/EP", m.key)
     due: datetime | None = None
     hold: str | None = None
+    text = _storable(error_text(exc)) or type(exc).__name__  # an exception's text need not be valid UTF-8
     if kind.policy == "retry" and used < allowed:
         action = "retry"
         delay = 0.0 if kind is ErrorKind.INTERRUPTED else backoff_seconds(
@@ -111,16 +118,22 @@ def plan_failure(
         if isinstance(asked, (int, float)) and not isinstance(asked, bool) and 0 < asked < 86400 * 7:
             delay = max(delay, float(asked))
         due = now + timedelta(seconds=delay)
+        summary = explain(exc, kind, "retry" if delay else "retry_now")
     elif kind.policy == "person":
         action = "hold"
-        hold = summary
+        summary = explain(exc, kind, "hold")
     else:
         action = "give_up"
         why = "a permanent failure" if kind.policy == "give_up" else f"{used} of {allowed} attempts used"
-        hold = f"giving up on {stage} ({why}): {_one_line(str(exc) or type(exc).__name__, 300)}"
+        summary = explain(exc, kind, "give_up" if p.give_up_stage else "give_up_hold", why=why,
+                          stage=p.give_up_stage or p.failure_stage)
+        hold = f"giving up on {stage} ({why}): {_one_line(text, 300)}"
+    summary = _storable(summary).replace("SHOW/EP", m.key)
+    if action == "hold":
+        hold = summary
     record = ErrorRecord(
-        at=now, stage=stage, kind=kind.value, message=_one_line(str(exc)) or type(exc).__name__,
-        traceback=short_traceback(exc) if exc.__traceback__ is not None else None,
+        at=now, stage=stage, kind=kind.value, message=_one_line(text),
+        traceback=_storable(short_traceback(exc)) if exc.__traceback__ is not None else None,
         type=_type_name(exc), attempt=used, action=action, run_id=run_id,
     )
     failure = p.failure_stage
@@ -202,13 +215,27 @@ class Run:
         self.reraise = reraise
         self.run_id = new_run_id()
         self.episode: Episode | None = None
-        self.message: str | None = None
+        self._message: str | None = None
         self.outcome: str | None = None
         self.error: BaseException | None = None
         self.kind: ErrorKind | None = None
         self.verify_assets = verify_assets
         self._started_at: datetime | None = None
         self._temp_dir: str | None = None
+
+    @property
+    def message(self) -> str | None:
+        """What the run did, recorded when it finishes."""
+        return self._message
+
+    @message.setter
+    def message(self, value: str | None) -> None:
+        # refused where it is set (a clear failure of the body), not when the finished run is written
+        if value is not None and not isinstance(value, str):
+            raise ValidationError(f"run.message must be text, got {type(value).__name__}",
+                                  hint="set a str or None")
+        check_text(value, "run.message")
+        self._message = value
 
     def __repr__(self) -> str:
         return f"Run({self.show_id}/{self.episode_id} {self.stage!r}, owner={self.owner!r}, run_id={self.run_id})"
@@ -277,9 +304,11 @@ class Run:
 
         value = _check_cost(amount)
         if value is None:
-            raise ValidationError("cost needs an amount")
+            raise ValidationError("cost needs an amount", field="cost", hint=COST_HINT)
         if note is not None and not isinstance(note, str):
-            raise ValidationError(f"note must be text, got {type(note).__name__}")
+            raise ValidationError(f"note must be text, got {type(note).__name__}",
+                                  hint="pass a str or None; nothing was changed")
+        check_text(note, "note")
 
         def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
             self.check(m, now)
@@ -328,7 +357,8 @@ class Run:
         ``.statekit/tmp/runs/<run_id>/``. Every such file is removed when the
         run ends, however it ends; after ``kill -9``, ``statekit gc`` does it."""
         if not isinstance(suffix, str) or "/" in suffix or len(suffix) > 32:
-            raise ValidationError(f"suffix must be a short file name ending such as '.wav', got {suffix!r}")
+            raise ValidationError(f"suffix must be a short file name ending such as '.wav', got {suffix!r}",
+                                  hint="at most 32 characters, no '/'")
         if self._temp_dir is None:
             self._temp_dir = diskio.ensure_dirs(self.store._disk, self.store.root,
                                                 (".statekit", "tmp", "runs", self.run_id), durable=False)
@@ -353,7 +383,7 @@ class Run:
         assert m.lease is not None
         update: dict[str, Any] = {"lease": m.lease.model_copy(update={"expires_at": self._expires(now)})}
         if cost is not None:
-            costs = {**m.costs, self.stage: round(m.costs.get(self.stage, 0.0) + cost, 9)}
+            costs = add_cost(m.costs, self.stage, cost, m.key)
             update.update(costs=costs, cost_total=cost_sum(costs))
         if fields_only:
             return update

@@ -15,9 +15,10 @@ import logging
 import os
 import re
 import shutil
+import stat
 import threading
 import time
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
@@ -57,8 +58,10 @@ from .files import DISK, Disk
 from .ids import check_id
 from .models import (
     CHECKPOINT_SCHEMA,
+    COST_HINT,
     EPISODE_SCHEMA,
     EVENT_SCHEMA,
+    NOT_UTF8_HINT,
     SHOW_SCHEMA,
     STORE_SCHEMA,
     Approval,
@@ -70,7 +73,10 @@ from .models import (
     Show,
     StoreConfig,
     UploadRecord,
+    add_cost,
+    check_text,
     cost_sum,
+    find_bad_text,
     utcnow,
 )
 from .pipeline import (
@@ -161,9 +167,17 @@ class _LeaseRanOut(Exception):
 
 @dataclass
 class ImportReport:
+    """What ``import_legacy`` did, file by file (``file`` is relative to the
+    folder imported from): ``imported`` and ``skipped`` name the episode,
+    ``skipped`` and ``rejected`` say why."""
+
     imported: list[dict[str, str]] = field(default_factory=list)
     skipped: list[dict[str, str]] = field(default_factory=list)
     rejected: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {"imported": len(self.imported), "skipped": len(self.skipped), "rejected": len(self.rejected)}
 
 
 def _stamp(now: datetime) -> str:
@@ -208,6 +222,55 @@ def _read_config(root: str) -> StoreConfig:
         return StoreConfig.model_validate(data)
     except PydanticValidationError as exc:
         raise _invalid(exc, raw, path, "statekit.yaml") from None
+
+
+NEST_SCAN_DIRS = 2000
+NEST_SCAN_ENTRIES = 50_000
+"""How far ``Store.init`` looks for a store below its folder: breadth first
+(the nearest levels first), not into ``.git``, ``.statekit`` or through
+symlinks, and at most this many folders and directory entries, so init in
+a huge folder stays fast; a store deeper in a bigger tree is not found."""
+
+
+def _refuse_nesting(top: str) -> None:
+    """``StoreExistsError`` if ``top`` is inside a store or holds one below it
+    (a command run inside would find the wrong one, and a rebuild of the
+    outer store would index the inner one's files)."""
+    real = os.path.realpath(top)
+    for folder in Path(real).parents:
+        if os.path.lexists(os.path.join(folder, CONFIG_FILE)):
+            raise StoreExistsError(
+                f"{top} is inside the statekit store at {folder}; stores cannot be nested",
+                hint=f"use that store (statekit --root {folder} ...), or choose a directory outside it")
+    inner = _store_below(real)
+    if inner is not None:
+        raise StoreExistsError(
+            f"{top} holds a statekit store below it, at {inner}; stores cannot be nested",
+            hint=f"use that store (statekit --root {inner} ...), or choose a directory that does not hold one")
+
+
+def _store_below(top: str) -> str | None:
+    """The first folder below ``top`` holding ``statekit.yaml``, within the
+    bounds of ``NEST_SCAN_DIRS`` and ``NEST_SCAN_ENTRIES``; None if none."""
+    queue = deque([top])
+    folders = entries = 0
+    while queue and folders < NEST_SCAN_DIRS and entries < NEST_SCAN_ENTRIES:
+        folder = queue.popleft()
+        folders += 1
+        try:
+            listing = os.scandir(folder)
+        except OSError:  # missing (init makes it) or unreadable: nothing to find there
+            continue
+        with listing:
+            for entry in listing:
+                entries += 1
+                if entry.name == CONFIG_FILE and folder != top:
+                    return entry.path[: -len(CONFIG_FILE) - 1]
+                if entry.name not in (".git", ".statekit") and entry.is_dir(follow_symlinks=False):
+                    queue.append(entry.path)
+                if entries >= NEST_SCAN_ENTRIES:
+                    break
+    return None
 
 
 def _pipeline_from(spec: Pipeline | Mapping[str, Any] | str | os.PathLike[str]) -> Pipeline:
@@ -279,6 +342,8 @@ class Store:
         ``pipeline``: a preset name (``archive``, ``podcast``), a path to a YAML
         file holding a pipeline, a mapping, or a ``Pipeline``. ``unique``:
         metadata keys whose values no two episodes may share (see ``create``).
+        Stores do not nest: ``StoreExistsError`` if ``root`` is inside a store,
+        or holds one below it (see ``NEST_SCAN_DIRS`` for how far down is looked).
         """
         graph = _pipeline_from(pipeline)
         try:
@@ -290,6 +355,7 @@ class Store:
         top = os.path.abspath(os.fspath(root))
         if os.path.lexists(os.path.join(top, CONFIG_FILE)):
             raise StoreExistsError(f"a statekit store already exists at {top}")
+        _refuse_nesting(top)
         try:
             os.makedirs(top, exist_ok=True)
         except OSError as exc:
@@ -635,23 +701,31 @@ class Store:
         directory = os.path.dirname(path)
         codec = CODECS[os.path.splitext(path)[1]]
         data = new.model_dump(mode="json")
-        written = codec.dump(data, template or current)
-        raw = written.raw
-        record = {
-            "schema_version": EVENT_SCHEMA,
-            "version": new.version,
-            "at": data["updated_at"],
-            "show_id": new.show_id,
-            "episode_id": new.episode_id,
-            **{k: v for k, v in event.items() if v is not None},
-            "sha256": _sha256(raw),
-        }
+        try:
+            written = codec.dump(data, template or current)
+            raw = written.raw
+            record = {
+                "schema_version": EVENT_SCHEMA,
+                "version": new.version,
+                "at": data["updated_at"],
+                "show_id": new.show_id,
+                "episode_id": new.episode_id,
+                **{k: v for k, v in event.items() if v is not None},
+                "sha256": _sha256(raw),
+            }
+            line = diskio.event_line(record)
+        except (UnicodeEncodeError, TypeError):  # orjson says TypeError
+            # text that bypassed the models' checks: refused here, before anything is written
+            where = find_bad_text(data, "episode") or find_bad_text(event, "event")
+            if where is None:
+                raise
+            raise ValidationError(f"{new.key}: {where}", show_id=new.show_id, episode_id=new.episode_id,
+                                  hint=NOT_UTF8_HINT) from None
         diskio.remove_temp_files(self._disk, directory, nested="checkpoints")  # an interrupted write's leftovers
         if committed is None:
             committed = current.model.version if current is not None else 0
         known = current.log_size if current is not None and current.model.version == committed else None
         log = directory + "/events.jsonl"
-        line = diskio.event_line(record)
         sizes: list[int] = []
 
         def append() -> None:  # runs alongside the file's own fsync; done before the rename
@@ -1081,20 +1155,48 @@ class Store:
         return self._create(model, {"kind": "create", "to_stage": initial})
 
     def _create(self, model: Episode, event: dict[str, Any]) -> Episode:
+        """Write a new episode (show lock, then episode lock). A create that
+        fails leaves no folder it made behind (an empty episode folder, or a
+        new show's), so a failed create changes nothing."""
         show, ep = model.show_id, model.episode_id
         with self._show_lock(show):
             self._read_show(show)  # a damaged show.yaml stops the create before anything is written
             diskio.check_dirs(self.root, ("shows", show, "episodes"))  # refuses a symlink; folders come later
-            with self._episode_lock(show, ep):
-                if any(os.path.lexists(p) for p in self._episode_paths(show, ep)):
-                    raise EpisodeExistsError(f"episode {show}/{ep} already exists", show_id=show, episode_id=ep)
-                with self._unique_claims(show, ep, None, model.metadata):  # before any folder is made
-                    self._backups_to_trash(show, ep, _stamp(self.clock()))  # left by an episode deleted by hand
-                    directory = diskio.ensure_dirs(self._disk, self.root, ("shows", show, "episodes", ep))
-                    path = os.path.join(directory, "episode" + self._codec.suffix)
-                    created = self._commit(path, None, model, event)
+            made = [d for d in self._paths(show, ep).chain[1:] if not os.path.lexists(d)]
+            try:
+                with self._episode_lock(show, ep):
+                    if any(os.path.lexists(p) for p in self._episode_paths(show, ep)):
+                        raise EpisodeExistsError(f"episode {show}/{ep} already exists", show_id=show,
+                                                 episode_id=ep)
+                    with self._unique_claims(show, ep, None, model.metadata):  # before any folder is made
+                        self._backups_to_trash(show, ep, _stamp(self.clock()))  # left by an episode deleted by hand
+                        directory = diskio.ensure_dirs(self._disk, self.root, ("shows", show, "episodes", ep))
+                        path = os.path.join(directory, "episode" + self._codec.suffix)
+                        created = self._commit(path, None, model, event)
+            except BaseException:
+                self._undo_create_dirs(show, ep, made)
+                raise
             self._list_in_show(show, lambda ids: ids if ep in ids else [*ids, ep])
         return created
+
+    def _undo_create_dirs(self, show: str, ep: str, made: list[str]) -> None:
+        """Remove the folders a failed create made (the caller holds the show
+        lock, so no other create or delete is in them). The episode folder
+        holds at most an event that no episode file committed (its append
+        went through, the file's rename did not): it goes too. Best effort."""
+        if any(os.path.lexists(p) for p in self._episode_paths(show, ep)):
+            return  # the episode was written after all: nothing to undo
+        for directory in reversed(made):
+            try:
+                if directory == self._episode_dir(show, ep):
+                    for name in os.listdir(directory):
+                        if name == "events.jsonl" or (name.startswith(diskio.TEMP_PREFIX)
+                                                      and name.endswith(diskio.TEMP_SUFFIX)):
+                            os.unlink(os.path.join(directory, name))
+                os.rmdir(directory)
+            except OSError as exc:
+                log.warning("statekit: a failed create of %s/%s left the folder %s (%s)", show, ep, directory, exc)
+                return
 
     def delete(self, show: str, ep: str) -> str:
         """Remove an episode from its show. Its directory is moved (durably)
@@ -1305,7 +1407,9 @@ class Store:
         """
         check_id(stage, "stage")
         if message is not None and not isinstance(message, str):
-            raise ValidationError(f"message must be text, got {type(message).__name__}")
+            raise ValidationError(f"message must be text, got {type(message).__name__}",
+                                  hint="pass a str or None; nothing was changed")
+        check_text(message, "message")
         cost = _check_cost(cost)
         given = {k: v for k, v in (("metadata", metadata), ("files", files)) if v is not None}
         pipeline = self.pipeline
@@ -1316,9 +1420,7 @@ class Store:
                 raise refusal.error(refusal.message, show_id=m.show_id, episode_id=m.episode_id, stage=stage,
                                     **refusal.extra)
             self._refuse_if_held(m, "moved", now)
-            costs = m.costs
-            if cost is not None:
-                costs = {**costs, m.stage: round(costs.get(m.stage, 0.0) + cost, 9)}
+            costs = m.costs if cost is None else add_cost(m.costs, m.stage, cost, m.key)
             new = m.model_copy(update={
                 "stage": stage, "previous_stage": m.stage, "version": m.version + 1, "updated_at": now,
                 "stage_entered_at": now,
@@ -1380,9 +1482,13 @@ class Store:
                 hint="gated stages: " + (", ".join(self.pipeline.gates) or "none"),
             )
         if not isinstance(by, str) or not by.strip():
-            raise ValidationError("approve needs the name of the person approving (by=...)")
+            raise ValidationError("approve needs the name of the person approving (by=...)",
+                                  hint="pass by='their name'; nothing was changed")
         if note is not None and not isinstance(note, str):
-            raise ValidationError(f"note must be text, got {type(note).__name__}")
+            raise ValidationError(f"note must be text, got {type(note).__name__}",
+                                  hint="pass a str or None; nothing was changed")
+        check_text(by, "by")
+        check_text(note, "note")
 
         def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
             try:
@@ -1418,11 +1524,15 @@ class Store:
         self._check_stage(stage)
         if not isinstance(data, Mapping):
             raise ValidationError(f"checkpoint data must be a mapping, got {type(data).__name__}")
+        payload = dict(data)
         try:
-            payload = dict(data)
             canonical = _canonical(payload)
         except (TypeError, ValueError, orjson.JSONEncodeError) as exc:
-            raise ValidationError(f"checkpoint data must be JSON (finite numbers, text keys): {exc}") from None
+            where = find_bad_text(payload, "checkpoint data")
+            if where is not None:
+                raise ValidationError(where, field="data", hint=NOT_UTF8_HINT) from None
+            raise ValidationError(f"checkpoint data must be JSON (finite numbers, text keys): {exc}",
+                                  field="data") from None
         digest = _sha256(canonical)
 
         def write_file(new: Episode) -> None:
@@ -1499,10 +1609,12 @@ class Store:
             media_type = assets.guess_media_type(path or name)
         elif not isinstance(media_type, str) or not re.fullmatch(r"[\w.+-]+/[\w.+-]+", media_type):
             raise ValidationError(f"media_type must look like 'audio/wav', got {media_type!r}")
-        if label is None:
-            label = os.path.abspath(path) if path else None
+        if label is None:  # a file name need not be UTF-8; what is recorded must be
+            label = os.path.abspath(path).encode("utf-8", "backslashreplace").decode("utf-8") if path else None
         elif not isinstance(label, str) or len(label) > 4096:
-            raise ValidationError("label must be text of at most 4096 characters")
+            raise ValidationError("label must be text of at most 4096 characters",
+                                  hint="leave it out to record the source path; nothing was changed")
+        check_text(label, "label")
         if not diskio.real_dirs(self._paths(show, ep).chain):
             raise self._episode_missing(show, ep)
         with assets.objects_lock(self._disk, self.root, exclusive=False, timeout=self.config.lock_timeout):
@@ -1750,7 +1862,9 @@ class Store:
         if owner is None:
             owner = default_owner()
         if not isinstance(owner, str) or not owner.strip() or len(owner) > 200:
-            raise ValidationError(f"owner must be 1-200 characters of text, got {owner!r}")
+            raise ValidationError(f"owner must be 1-200 characters of text, got {owner!r}",
+                                  hint="name the worker, e.g. 'host:pid', or leave it out; nothing was changed")
+        check_text(owner, "owner")
         if lease_seconds is None:
             lease_seconds = self.pipeline.retry.lease_seconds
         if (isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float))
@@ -1808,8 +1922,8 @@ class Store:
                 raise NotReadyError(
                     f"{run.show_id}/{run.episode_id}'s last worker stopped and its attempts are used up: "
                     "it was given up", reason="gave_up", show_id=run.show_id, episode_id=run.episode_id,
-                    stage=stage, hint=f"see 'statekit errors'; 'statekit retry {run.show_id}/{run.episode_id}' "
-                                      "tries again") from None
+                    stage=stage, hint=f"see why with 'statekit show {run.show_id}/{run.episode_id}' or "
+                                      "'statekit errors'") from None
         try:
             return self._write(run.show_id, run.episode_id, start)
         except _LeaseRanOut:
@@ -1938,9 +2052,13 @@ class Store:
         person fixed the cause) or a retry's remaining backoff (one ``retry``
         event). ``next()`` hands it out again."""
         if by is not None and (not isinstance(by, str) or not by.strip()):
-            raise ValidationError("by must be the name of the person releasing the episode")
+            raise ValidationError("by must be the name of the person releasing the episode",
+                                  hint="pass by='their name', or leave it out; nothing was changed")
         if note is not None and not isinstance(note, str):
-            raise ValidationError(f"note must be text, got {type(note).__name__}")
+            raise ValidationError(f"note must be text, got {type(note).__name__}",
+                                  hint="pass a str or None; nothing was changed")
+        check_text(by, "by")
+        check_text(note, "note")
 
         def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
             if m.hold is None and (m.due_at is None or m.due_at <= now):
@@ -2158,53 +2276,82 @@ class Store:
 
     def import_legacy(self, legacy_dir: str | os.PathLike[str], show: str,
                       progress: Progress | None = None) -> ImportReport:
-        """Bring schema-0 episode YAML files (e.g. ``processed/2004/*.yaml``)
-        into ``show``, migrated; unknown keys are kept under ``metadata``.
+        """Bring schema-0 episode YAML files (``*.yaml`` and ``*.yml`` anywhere
+        under ``legacy_dir``, e.g. ``processed/2004/*.yaml``) into ``show``,
+        migrated; unknown keys are kept under ``metadata``.
 
-        Episodes already in the store are skipped, so an import can be re-run.
-        ``progress(done, total)`` is called as files are read.
+        A bad entry does not stop the import: each is listed in ``rejected``
+        with its reason (a symlink, which is never followed; a directory or
+        other non-file named like YAML; a file or folder that cannot be read;
+        invalid YAML or an invalid episode; an id another file already
+        took). Episodes already in the store are skipped, so an import can be
+        re-run. ``progress(done, total)`` is called as files are read.
         """
         check_id(show, "show id")
         top = os.fspath(legacy_dir)
         if not os.path.isdir(top):
             raise ValidationError(f"{top} is not a directory", hint="give the folder holding the legacy YAML files")
         report = ImportReport()
-        seen: dict[str, str] = {}
-        found = sorted(str(p) for p in Path(top).rglob("*") if p.suffix in (".yaml", ".yml") and p.is_file())
+        found = _legacy_files(top, report)
+        taken: dict[str, str] = {}  # episode id -> the file that has it
         for done, path in enumerate(found):
             if progress is not None:
                 progress(done, len(found))
-            rel = os.path.relpath(path, top)
+            rel = _printable(os.path.relpath(path, top))
             try:
-                data = YAML_CODEC.load(diskio.read_file(path) or b"", path)
-                if "schema_version" in data:
-                    raise ValidationError(f"{path}: has schema_version, so it is not a schema-0 file")
-                source = data.get("episode_id") or Path(path).stem
-                ep = legacy_id(str(source))
-                if ep in seen:
-                    raise ValidationError(f"{path}: episode id {ep!r} is also used by {seen[ep]}")
-                seen[ep] = rel
-                if any(os.path.lexists(p) for p in self._episode_paths(show, ep)):
-                    report.skipped.append({"file": rel, "episode": f"{show}/{ep}", "reason": "already in the store"})
-                    continue
-                upgraded, _ = upgrade_episode(data, path=path, show_id=show, episode_id=ep, now=self.clock())
-                upgraded["version"] = 1
-                try:
-                    model = Episode.model_validate(upgraded)
-                except PydanticValidationError as exc:
-                    raise _invalid(exc, None, path, "episode") from None
-                if model.stage not in self.pipeline.stages:
-                    raise ValidationError(
-                        f"{path}: stage {model.stage!r} is not a stage of pipeline {self.pipeline.name!r}",
-                        field="stage",
-                    )
-                self._create(model, {"kind": "import", "to_stage": model.stage, "message": f"imported from {rel}"})
-                report.imported.append({"file": rel, "episode": f"{show}/{ep}"})
-            except EpisodeExistsError as exc:
+                ep, created = self._import_one(path, rel, show, taken)
+            except EpisodeExistsError as exc:  # created meanwhile by someone else
                 report.skipped.append({"file": rel, "episode": f"{show}/{exc.episode_id}", "reason": exc.message})
-            except (CorruptFileError, ValidationError, SchemaVersionError, InvalidIdError) as exc:
+            except StatekitError as exc:
                 report.rejected.append({"file": rel, "reason": exc.one_line()})
+            else:
+                taken[ep] = rel
+                entry = {"file": rel, "episode": f"{show}/{ep}"}
+                if created:
+                    report.imported.append(entry)
+                else:
+                    report.skipped.append({**entry, "reason": "already in the store"})
         return report
+
+    def _import_one(self, path: str, rel: str, show: str, taken: dict[str, str]) -> tuple[str, bool]:
+        """Import one legacy file: its episode id, and False if that episode
+        was already in the store (nothing written). Raises why the file is
+        rejected; ``taken``: ids earlier files of this import gave."""
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            raise diskio.storage_error(exc, path, "read") from exc
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafePathError(f"{rel} is a symbolic link", path=path,
+                                  hint="statekit does not follow links: copy the file itself in")
+        if not stat.S_ISREG(st.st_mode):
+            kind = "a directory" if stat.S_ISDIR(st.st_mode) else "not a regular file"
+            raise CorruptFileError(f"{rel} is {kind}, not a YAML file", path=path,
+                                   hint="only files are imported; rename it if it is not one")
+        data = YAML_CODEC.load(diskio.read_file(path) or b"", path)
+        if "schema_version" in data:
+            raise ValidationError(f"{path}: has schema_version, so it is not a schema-0 file",
+                                  hint="import reads the state-management document's files; "
+                                       "copy a statekit episode folder in instead")
+        source = data.get("episode_id") or Path(path).stem
+        ep = legacy_id(str(source))
+        if ep in taken:
+            raise ValidationError(f"{path}: episode id {ep!r} is also used by {taken[ep]}",
+                                  hint="give one of them another episode_id; nothing was imported from this file")
+        if any(os.path.lexists(p) for p in self._episode_paths(show, ep)):
+            return ep, False
+        upgraded, _ = upgrade_episode(data, path=path, show_id=show, episode_id=ep, now=self.clock())
+        upgraded["version"] = 1
+        try:
+            model = Episode.model_validate(upgraded)
+        except PydanticValidationError as exc:
+            raise _invalid(exc, None, path, "episode") from None
+        if model.stage not in self.pipeline.stages:
+            raise ValidationError(
+                f"{path}: stage {model.stage!r} is not a stage of pipeline {self.pipeline.name!r}",
+                field="stage", hint="stages: " + ", ".join(self.pipeline.stages))
+        self._create(model, {"kind": "import", "to_stage": model.stage, "message": f"imported from {rel}"})
+        return ep, True
 
     # Last in the class: a method named ``list`` hides the builtin for the
     # annotations of every method written after it.
@@ -2268,6 +2415,27 @@ def _checkpoint_stages(episode_dir: str) -> list[str]:
     return [n[:-5] for n in names if n.endswith(".json") and not n.startswith(diskio.TEMP_PREFIX)]
 
 
+def _printable(text: str) -> str:
+    """A file name as text that can be stored and printed (bytes that are not
+    UTF-8 shown as ``\\udcxx`` escapes)."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _legacy_files(top: str, report: ImportReport) -> list[str]:
+    """Every entry named ``*.yaml`` or ``*.yml`` under ``top``, sorted, without
+    following symlinks; a folder that cannot be listed is reported as rejected."""
+    found: list[str] = []
+
+    def unlisted(exc: OSError) -> None:
+        where = _printable(os.path.relpath(exc.filename or top, top))
+        report.rejected.append({"file": where + os.sep, "reason": f"could not list the folder: {exc.strerror or exc}"})
+
+    for folder, dirs, names in os.walk(top, onerror=unlisted):
+        dirs.sort()
+        found += [os.path.join(folder, n) for n in (*dirs, *names) if n.endswith((".yaml", ".yml"))]
+    return sorted(found)
+
+
 def _subdirs(path: str) -> list[str]:
     try:
         with os.scandir(path) as entries:
@@ -2290,11 +2458,17 @@ def _with_fields(m: Episode, given: Mapping[str, Any]) -> tuple[Episode, list[st
 
 
 def _check_cost(cost: object) -> float | None:
+    """A cost argument as a float (None stays None); ``ValidationError`` for
+    anything but a finite number >= 0. What it adds up to is checked by
+    ``add_cost`` under the episode's lock."""
     if cost is None:
         return None
     if isinstance(cost, bool) or not isinstance(cost, (int, float)):
-        raise ValidationError(f"cost must be a number, got {cost!r}")
-    value = float(cost)
+        raise ValidationError(f"cost must be a number, got {cost!r}", field="cost", hint=COST_HINT)
+    try:
+        value = float(cost)
+    except OverflowError:  # an int beyond any float
+        value = float("inf")
     if not (value >= 0 and value != float("inf")):
-        raise ValidationError(f"cost must be a finite number >= 0, got {cost!r}")
+        raise ValidationError(f"cost must be a finite number >= 0, got {cost!r}", field="cost", hint=COST_HINT)
     return value

@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from .errors import context_of
+from .errors import context_of, error_text
 
 log = logging.getLogger("statekit")
 
@@ -89,43 +89,57 @@ class Message:
     action: str
 
 
-# What a person reads. {detail} is the exception's own message.
+# What a person reads. {detail} is the exception's own message. What
+# statekit did about it (retry, hold, give up) is not part of a kind's
+# text: a kind that is retried is given up once its attempts are used up,
+# so that sentence comes from OUTCOMES, by what was actually done.
 MESSAGES = {
     ErrorKind.TRANSIENT_NETWORK: Message(
-        "Network connection interrupted",
-        "The network connection was lost ({detail}). statekit will retry automatically after a backoff.",
+        "Network connection interrupted", "The network connection was lost ({detail}).",
         "Check the network connection if it keeps happening",
     ),
     ErrorKind.TRANSIENT_RESOURCE: Message(
-        "Resource busy", "A resource was busy or rate-limited ({detail}). statekit will retry after a backoff.",
-        "Nothing to do unless it keeps happening; then lower the number of workers",
+        "Resource busy", "A resource was busy or rate-limited ({detail}).",
+        "If it keeps happening, lower the number of workers",
     ),
     ErrorKind.INTERRUPTED: Message(
         "Worker stopped", "The worker running this stage stopped before finishing ({detail}).",
-        "statekit retries it; look at the worker's own log if it happens again",
+        "Look at the worker's own log to see why it stopped",
     ),
     ErrorKind.SYSTEM_RESOURCE_EXCEEDED: Message(
         "Insufficient resources",
         "The system ran out of a resource ({detail}). Consider processing in smaller batches.",
-        "Free disk space or memory, or reduce the batch size; statekit retries after a backoff",
+        "Free disk space or memory, or reduce the batch size",
     ),
     ErrorKind.HARDWARE_FAILURE: Message(
         "Hardware or file system failure", "The disk or file system reported an error ({detail}).",
-        "Check the disk (dmesg, SMART) and its free space, then run 'statekit retry SHOW/EP'",
+        "Check the disk (dmesg, SMART) and its free space",
     ),
     ErrorKind.USER_INPUT_INVALID: Message(
         "Invalid input", "The input for this stage is not valid ({detail}).",
-        "Fix the input (file path, episode metadata), then run 'statekit retry SHOW/EP'",
+        "Fix the input (file path, episode metadata)",
     ),
     ErrorKind.PERMANENT_FILE_CORRUPTION: Message(
         "File corrupted", "A file this stage needs is damaged ({detail}).",
-        "Restore the file from its source or a backup; the episode was skipped",
+        "Restore the file from its source or a backup",
     ),
     ErrorKind.UNKNOWN: Message(
         "Unexpected failure", "The stage failed with an unexpected error ({detail}).",
-        "Look at the traceback in the episode's error history; statekit retries it a limited number of times",
+        "Look at the traceback in the episode's error history",
     ),
 }
+
+OUTCOMES = {
+    "retry": "statekit will retry automatically after a backoff.",
+    "retry_now": "statekit will retry automatically.",
+    "hold": "statekit holds the episode until a person runs 'statekit retry SHOW/EP'.",
+    "give_up": "statekit gave up on it{why}: the episode goes to '{stage}'.",
+    "give_up_hold": "statekit gave up on it{why}: the episode waits in '{stage}' until a person runs "
+                    "'statekit retry SHOW/EP'.",
+}
+"""What statekit did about a failure, in words: ``retry`` (after a backoff,
+or ``retry_now``), ``hold``, or ``give_up`` (to the give-up stage, or
+``give_up_hold`` in a pipeline without one)."""
 
 # The starting set the error handling document names, by situation.
 SITUATIONS = {
@@ -155,8 +169,8 @@ class Rule(BaseModel):
     class hierarchy. ``errnos``: names such as ``ECONNRESET``. ``status``:
     HTTP statuses (``"429"``, ``"5xx"``) of an exception that carries one
     (``status``, ``status_code`` or ``response.status_code``). ``message``: a
-    regular expression searched in ``str(exception)``. Every field given must
-    match.
+    regular expression searched in the exception's text (a statekit error's
+    message, without its hint). Every field given must match.
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -210,7 +224,7 @@ class Rule(BaseModel):
             code = http_status(exc)
             if code is None or not any(c in (str(code), f"{code // 100}xx") for c in self.status):
                 return False
-        return self.message is None or re.search(self.message, str(exc)) is not None
+        return self.message is None or re.search(self.message, error_text(exc)) is not None
 
 
 def http_status(exc: BaseException) -> int | None:
@@ -277,11 +291,18 @@ def classify(exc: BaseException, rules: Iterable[Rule] = ()) -> ErrorKind:
     return ErrorKind.UNKNOWN
 
 
-def explain(exc: BaseException, kind: ErrorKind) -> str:
-    """One line for a person: what happened and what to do."""
+def explain(exc: BaseException, kind: ErrorKind, action: str | None = None, *, why: str = "",
+            stage: str | None = None) -> str:
+    """One line for a person: what happened, what statekit did about it
+    (``action``, a key of ``OUTCOMES``; by default the kind's policy; ``why``:
+    the reason for giving up; ``stage``: where the episode went or waits),
+    and what to do."""
     template = MESSAGES[kind]
-    detail = " ".join(str(exc).split()) or type(exc).__name__
-    return f"{template.title}: {template.message.format(detail=detail)} Action: {template.action}."
+    detail = " ".join(error_text(exc).split()) or type(exc).__name__
+    if action is None:
+        action = {"retry": "retry", "person": "hold", "give_up": "give_up"}[kind.policy]
+    outcome = OUTCOMES[action].format(why=f" ({why})" if why else "", stage=stage or "the give-up stage")
+    return f"{template.title}: {template.message.format(detail=detail)} {outcome} Action: {template.action}."
 
 
 # --- structured logs ----------------------------------------------------------------

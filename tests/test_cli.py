@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import ctypes
+import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
 from statekit import Store
 from statekit.cli import main
@@ -289,3 +293,199 @@ def test_parse_age() -> None:
     for bad in ("", "7", "d7", "7 days", "-1d", "7d!"):
         with pytest.raises(Exception, match="expected an age"):
             parse_age(bad)
+
+
+# --- issue 12: bad input and the errors people see --------------------------------------
+
+
+def statekit_command() -> list[str]:
+    exe = Path(sys.executable).with_name("statekit")
+    return [str(exe)] if exe.exists() else [sys.executable, "-m", "statekit.cli"]
+
+
+@pytest.mark.parametrize(("args", "named"), [
+    ((b"create", b"s/new", b"--title", b"bad\xff"), "--title"),
+    ((b"create", b"fresh/new", b"--title", b"bad\xff"), "--title"),
+    ((b"advance", b"s/e", b"downloading", b"--message", b"\xfe"), "--message"),
+    ((b"advance", b"s/e", b"downloading", b"-m", b"\xfe"), "--message"),
+    ((b"create", b"s\xff/e"), "SHOW/EP"),
+    ((b"list", b"--show", b"\xff"), "--show"),
+    ((b"sql", b"SELECT '\xff'"), "QUERY"),
+])
+def test_arguments_that_are_not_utf8_are_one_line_naming_them(root: Path, args: tuple[bytes, ...],
+                                                              named: str) -> None:
+    run("create", "s/e", root=root)
+    before = snapshot(root)
+    shows = sorted(p.name for p in (root / "shows").iterdir())
+    episodes = sorted(p.name for p in (root / "shows" / "s" / "episodes").iterdir())
+    result = subprocess.run([*statekit_command(), "--root", str(root), *args], capture_output=True)
+    assert result.returncode == 2, result.stderr
+    line = result.stderr.decode()
+    assert line.count("\n") == 1 and line.startswith(f"statekit: error: {named} is not valid UTF-8")
+    assert snapshot(root) == before
+    assert sorted(p.name for p in (root / "shows").iterdir()) == shows  # no empty folder left behind
+    assert sorted(p.name for p in (root / "shows" / "s" / "episodes").iterdir()) == episodes
+
+
+def test_a_store_path_that_is_not_utf8_works(tmp_path: Path) -> None:
+    root = os.fsencode(tmp_path) + b"/store\xff"
+    subprocess.run([*statekit_command(), "init", root], check=True, capture_output=True)
+    done = subprocess.run([*statekit_command(), "--root", root, "create", "s/e"], capture_output=True, text=True)
+    assert done.returncode == 0 and "created s/e" in done.stdout
+
+
+def test_a_cost_total_that_overflows_is_one_line(root: Path) -> None:
+    run("create", "s/e", root=root)
+    run("advance", "s/e", "downloading", "--cost", "1e308", root=root)
+    before = snapshot(root)
+    line = error("advance", "s/e", "downloaded", "--cost", "1e308", root=root)
+    assert "largest number" in line and "non-negative finite" in line
+    assert "non-negative finite" in error("advance", "s/e", "downloaded", "--cost", "-5", root=root)
+    assert "field named above" not in line
+    assert snapshot(root) == before
+
+
+def test_an_illegal_move_shows_its_hint_once(root: Path) -> None:
+    run("create", "s/e", root=root)
+    line = error("advance", "s/e", "published", root=root)
+    assert line.count("legal next stages from 'discovered': downloading, skipped") == 1
+
+
+def test_sync_reports_a_boolean_version_with_file_line_and_field(root: Path) -> None:
+    run("create", "s/e", root=root)
+    path = episode_file(Store.open(root), "s", "e")
+    text = path.read_text()
+    path.write_text(text.replace("version: 1\n", "version: true\n"))
+    out = run("sync", root=root, code=1)
+    number = text[: text.index("version: 1\n")].count("\n") + 1
+    assert f"rejected {path}:{number}: version:" in out
+
+
+def legacy_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "legacy"
+    (folder / "2004").mkdir(parents=True)
+    (folder / "2004" / "good.yaml").write_text("episode_id: good-one\nstage: discovered\ntitle: Good\n")
+    (folder / "2004" / "zz-again.yml").write_text("episode_id: good-one\nstage: discovered\n")  # a duplicate id
+    (folder / "a-link.yaml").symlink_to(folder / "2004" / "good.yaml")
+    (folder / "folder.yaml").mkdir()
+    (folder / "folder.yaml" / "inner.yaml").write_text("stage: downloading\n")
+    (folder / "broken.yaml").write_text("stage: [\n")
+    (folder / "reserved.yaml").write_text("episode_id: con\nstage: discovered\n")  # not a usable id
+    (folder / "no-stage.yaml").write_text("title: nothing else\n")
+    (folder / "notes.txt").write_text("not yaml, not looked at\n")
+    os.mkfifo(folder / "pipe.yaml")
+    (folder / os.fsdecode(b"odd\xff.yaml")).write_text("stage: discovered\n")
+    return folder
+
+
+def test_import_goes_on_past_bad_files_and_counts_what_it_did(root: Path, tmp_path: Path) -> None:
+    folder = legacy_folder(tmp_path)
+    report = Store.open(root).import_legacy(folder, "old")
+    assert report.counts == {"imported": 3, "skipped": 0, "rejected": 7}
+    assert sorted(r["episode"] for r in report.imported) == ["old/good-one", "old/inner", "old/odd"]
+    rejected = {r["file"]: r["reason"] for r in report.rejected}
+    assert set(rejected) == {"a-link.yaml", "folder.yaml", "broken.yaml", "reserved.yaml", "no-stage.yaml",
+                             "pipe.yaml", "2004/zz-again.yml"}
+    assert "symbolic link" in rejected["a-link.yaml"] and "directory" in rejected["folder.yaml"]
+    assert "not a regular file" in rejected["pipe.yaml"] and "also used by 2004/good.yaml" in rejected[
+        "2004/zz-again.yml"]
+    assert "reserved" in rejected["reserved.yaml"] and "invalid YAML" in rejected["broken.yaml"]
+    again = Store.open(root).import_legacy(folder, "old")  # a re-run skips what is there
+    assert again.counts == {"imported": 0, "skipped": 3, "rejected": 7}
+
+
+def test_import_command_exit_codes_and_json(root: Path, tmp_path: Path) -> None:
+    folder = legacy_folder(tmp_path)
+    result = CliRunner().invoke(main, ["--root", str(root), "import", str(folder), "--show", "old"])
+    assert result.exit_code == 1
+    assert "imported 3, skipped 0 already present, rejected 7" in result.stdout
+    assert result.stderr.count("rejected ") == 7 and "rejected a-link.yaml: " in result.stderr
+    data = json.loads(run("import", str(folder), "--show", "old", "--json", root=root, code=1))
+    assert data["counts"] == {"imported": 0, "skipped": 3, "rejected": 7}
+    assert {r["file"] for r in data["skipped"]} == {"2004/good.yaml", "folder.yaml/inner.yaml", "odd\\udcff.yaml"}
+    clean = tmp_path / "clean"
+    clean.mkdir()
+    (clean / "x.yaml").write_text("stage: discovered\n")
+    assert json.loads(run("import", str(clean), "--show", "new", "--json", root=root))["counts"]["imported"] == 1
+
+
+def test_status_keeps_a_long_title_on_one_line_at_any_width(root: Path) -> None:
+    from statekit.cli import print_status
+
+    title = "The Complete Hooting Yard Archive: Every Broadcast of Frank Key, Remastered"
+    Store.open(root).create_show("hy", title=title)
+    run("create", "hy/ep1", root=root)
+    shows = Store.open(root).status()
+    for width in (120, 80):
+        console = Console(width=width, file=io.StringIO(), color_system=None)
+        print_status(console, shows)
+        lines = console.file.getvalue().splitlines()  # type: ignore[attr-defined]
+        heading = f"hy  {title}"
+        if len(heading) <= width:
+            assert lines[0].rstrip() == heading
+        else:
+            assert lines[0].rstrip() == heading[: width - 1] + "…"
+        assert lines[1].split() == ["stage", "episodes"]  # the title did not spill onto the next line
+    assert f"hy  {title}\n" in run("status", root=root)  # piped: one line too
+
+
+def test_init_refuses_to_nest_stores(root: Path, tmp_path: Path) -> None:
+    line = error("init", str(root / "shows" / "inner"))
+    assert f"inside the statekit store at {root}" in line
+    assert not (root / "shows" / "inner").exists()
+    outer = tmp_path / "outer"
+    (outer / "a" / "b").mkdir(parents=True)
+    run("init", str(outer / "a" / "b" / "inner"))
+    before = sorted(str(p) for p in outer.rglob("*"))
+    line = error("init", str(outer))
+    assert f"holds a statekit store below it, at {outer / 'a' / 'b' / 'inner'}" in line
+    assert sorted(str(p) for p in outer.rglob("*")) == before and not (outer / "statekit.yaml").exists()
+
+
+def test_init_does_not_look_into_git_statekit_or_symlinks(root: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "project"
+    (folder / ".git" / "modules").mkdir(parents=True)
+    (folder / ".git" / "modules" / "statekit.yaml").write_text("not a store\n")
+    (folder / ".statekit").mkdir()
+    (folder / ".statekit" / "statekit.yaml").write_text("not a store\n")
+    (folder / "elsewhere").symlink_to(root)  # a store, but through a link: not below this folder
+    assert "created store" in run("init", str(folder))
+
+
+UNREADABLE_IMPORT = """
+import json, os, sys
+from statekit import Store
+top = sys.argv[1]
+store = Store.init(os.path.join(top, "store"))
+legacy = os.path.join(top, "legacy")
+os.makedirs(os.path.join(legacy, "locked"))
+for name in ("ok.yaml", "secret.yaml", "locked/hidden.yaml"):
+    with open(os.path.join(legacy, name), "w") as f:
+        f.write("stage: discovered\\n")
+os.chmod(os.path.join(legacy, "secret.yaml"), 0)
+os.chmod(os.path.join(legacy, "locked"), 0)
+report = store.import_legacy(legacy, "old")
+os.chmod(os.path.join(legacy, "locked"), 0o755)
+print(json.dumps({"counts": report.counts, "rejected": report.rejected}))
+"""
+
+
+def without_permission_override() -> None:
+    """In a child run as root: drop the capabilities that let root read any
+    file (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH), so file modes apply to it."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for capability in (1, 2):
+        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
+            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP) failed")
+
+
+def test_import_reports_files_and_folders_it_cannot_read(tmp_path: Path) -> None:
+    drop = without_permission_override if os.geteuid() == 0 else None
+    done = subprocess.run([sys.executable, "-c", UNREADABLE_IMPORT, str(tmp_path)], capture_output=True,
+                          text=True, preexec_fn=drop)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["counts"] == {"imported": 1, "skipped": 0, "rejected": 2}
+    reasons = {r["file"]: r["reason"] for r in result["rejected"]}
+    assert "Permission denied" in reasons["secret.yaml"]
+    assert "could not list the folder" in reasons["locked/"]

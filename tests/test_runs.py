@@ -426,3 +426,50 @@ def test_a_worker_starting_an_episode_whose_last_worker_died_on_its_last_attempt
         store.run("s", "e", "downloading").__enter__()
     assert caught.value.reason == "gave_up"
     assert store.get("s", "e").stage == "skipped"
+
+
+# --- issue 12: what a failure's message says fits what statekit did --------------------------
+
+
+def fail_messages(store: Store) -> list[str]:
+    return [e.message or "" for e in store.events("s", "e") if e.kind == "fail"]
+
+
+def test_failure_messages_say_what_was_done(tmp_path: Path, clock: Clock) -> None:
+    config = pipeline()
+    config["max_attempts"]["downloading"] = 2
+    store = Store.init(tmp_path / "m", pipeline=config, clock=clock)
+    store.create("s", "e")
+    fail_with(store, ConnectionResetError(errno.ECONNRESET, "reset"))  # attempt 1 of 2: retried
+    clock.tick(3600)
+    fail_with(store, ConnectionResetError(errno.ECONNRESET, "reset"))  # attempt 2 of 2: given up
+    retried, gave_up = fail_messages(store)
+    assert "retry automatically after a backoff" in retried and "gave up" not in retried
+    assert "gave up on it (2 of 2 attempts used): the episode goes to 'skipped'" in gave_up
+    assert "retry" not in gave_up.replace("'statekit retry", "")
+    ep = store.get("s", "e")
+    assert ep.stage == "skipped" and "retry" not in (ep.message or "")
+    assert [line["action"] for line in store.error_log()] == ["retry", "give_up"]
+
+
+def test_held_and_permanent_failures_say_so(store: Store) -> None:
+    store.create("s", "e")
+    fail_with(store, ValueError("bad sample rate"))
+    held = store.get("s", "e")
+    assert "holds the episode until a person runs 'statekit retry s/e'" in (held.hold or "")
+    assert "after a backoff" not in fail_messages(store)[-1]
+    store.retry_now("s", "e")
+    fail_with(store, CorruptFileError("input.wav is damaged", path="input.wav"))
+    message = fail_messages(store)[-1]
+    assert "gave up on it (a permanent failure)" in message and "after a backoff" not in message
+
+
+def test_an_interrupted_run_is_retried_at_once_and_says_so() -> None:
+    from statekit.models import Episode
+
+    now = datetime(2026, 11, 21, tzinfo=timezone.utc)
+    m = Episode(show_id="s", episode_id="e", stage="downloading", version=2, created_at=now, updated_at=now,
+                stage_entered_at=now, attempts={"discovered": 1, "downloading": 1})
+    _, event, _ = plan_failure(ARCHIVE, m, "downloading", RuntimeError("gone"), now, kind=ErrorKind.INTERRUPTED)
+    assert event["due_at"] == now.isoformat() and "statekit will retry automatically." in event["message"]
+    assert "after a backoff" not in event["message"]
