@@ -132,7 +132,7 @@ def plan_failure(
     if action == "hold":
         hold = summary
     record = ErrorRecord(
-        at=now, stage=stage, kind=kind.value, message=_one_line(text),
+        at=now, stage=stage, kind=kind.value, message=_one_line(text) or type(exc).__name__,
         traceback=_storable(short_traceback(exc)) if exc.__traceback__ is not None else None,
         type=_type_name(exc), attempt=used, action=action, run_id=run_id,
     )

@@ -426,6 +426,10 @@ def test_a_worker_starting_an_episode_whose_last_worker_died_on_its_last_attempt
         store.run("s", "e", "downloading").__enter__()
     assert caught.value.reason == "gave_up"
     assert store.get("s", "e").stage == "skipped"
+    # its hint sends a person to see why, not to 'statekit retry', which has nothing to release
+    assert "statekit show s/e" in caught.value.hint and "statekit retry" not in caught.value.hint
+    with pytest.raises(ValidationError, match="not waiting for a retry"):
+        store.retry_now("s", "e")
 
 
 # --- issue 12: what a failure's message says fits what statekit did --------------------------
