@@ -1194,6 +1194,8 @@ class Store:
                                                       and name.endswith(diskio.TEMP_SUFFIX)):
                             os.unlink(os.path.join(directory, name))
                 os.rmdir(directory)
+            except FileNotFoundError:
+                continue  # the create failed before it made this folder
             except OSError as exc:
                 log.warning("statekit: a failed create of %s/%s left the folder %s (%s)", show, ep, directory, exc)
                 return
