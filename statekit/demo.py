@@ -347,7 +347,7 @@ class Worker:
         try:
             with run:
                 body(run, entry)
-        except (NotReadyError, InvalidTransitionError):  # another worker has it, or has done it already
+        except NotReadyError:  # another worker has it, or has done it already
             self.note({"t": "busy", "key": ep.key, "stage": stage})
             return False
         except LeaseExpiredError as exc:  # our lease ran out mid-run: recover() gives it back

@@ -191,12 +191,17 @@ class LeaseExpiredError(VersionConflictError):
 class NotReadyError(StatekitError):
     """A stage run cannot start now. ``reason``: ``leased`` (a live worker
     holds the episode), ``due`` (a retry still in its backoff), ``hold``
-    (waiting for a person), ``done`` (the stage's work is finished) or
-    ``gave_up`` (its last worker died with the attempts used up)."""
+    (waiting for a person), ``done`` (the stage's work is finished),
+    ``moved_on`` (the episode went past the stage: another worker ran it, or
+    it was moved on; ``current_stage`` names where it is now) or ``gave_up``
+    (its last worker died with the attempts used up)."""
 
-    def __init__(self, message: str, *, reason: str, **kw: Any) -> None:
+    def __init__(self, message: str, *, reason: str, current_stage: str | None = None, **kw: Any) -> None:
         super().__init__(message, **kw)
         self.reason = reason
+        self.current_stage = current_stage
+        if current_stage is not None:
+            self.extras.setdefault("current_stage", current_stage)
 
 
 class LockTimeoutError(StatekitError, TimeoutError):

@@ -583,7 +583,7 @@ def _poll_lock(fd: int, path: str, timeout: float, what: str) -> None:
 
 
 _EVENT_TEXT = ("at", "kind", "show_id", "episode_id")
-_EVENT_OPTIONAL_TEXT = ("from_stage", "to_stage", "message", "sha256")
+_EVENT_OPTIONAL_TEXT = ("from_stage", "to_stage", "message", "sha256", "stage")
 
 
 def _parse_event_line(line: bytes, strict: bool = True) -> dict[str, Any] | None:

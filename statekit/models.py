@@ -353,6 +353,8 @@ class Event(BaseModel):
     to_stage: str | None = None
     message: str | None = None
     cost: Number | None = None
+    stage: str | None = None
+    """With a ``cost``: the stage the money was spent in (an advance's: the stage it left)."""
     fields: list[str] | None = None
     sha256: str | None = None
     """Hash of the episode file this event produced (ties the log to the file)."""

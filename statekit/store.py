@@ -385,10 +385,6 @@ class Store:
         from .index.sync import open_index
 
         self._index = open_index(self)
-        if self._index.needs_sync:
-            self._index.needs_sync = False
-            log.info("statekit: the index was upgraded; reading the files again to refresh its rows")
-            self.sync()
         return self
 
     @property
@@ -701,6 +697,9 @@ class Store:
         directory = os.path.dirname(path)
         codec = CODECS[os.path.splitext(path)[1]]
         data = new.model_dump(mode="json")
+        if event.get("cost") is not None and not event.get("stage"):
+            # money is spent in the stage the episode is in when it is recorded (an advance: the stage it leaves)
+            event = {**event, "stage": current.model.stage if current is not None else new.stage}
         try:
             written = codec.dump(data, template or current)
             raw = written.raw
@@ -747,7 +746,7 @@ class Store:
         written.model = new
         written.log_size = after
         self._remember(path, written)
-        from .index import episode_row, event_row
+        from .index import episode_row, event_row, event_rows_of
 
         written.sha256 = record["sha256"]
         row = episode_row(
@@ -762,7 +761,7 @@ class Store:
             # a restore over a file that could not be read: a rebuild meanwhile dropped the
             # episode, its earlier events too, from the index; they go back with this one
             try:
-                event_rows = [event_row(e) for e in diskio.read_events(log, new.version, strict=False)]
+                event_rows = event_rows_of(diskio.read_events(log, new.version, strict=False))
             except (StatekitError, ValueError) as exc:
                 logging.getLogger("statekit").warning(
                     "statekit: the index keeps only the newest event of %s (%s); run 'statekit sync'", new.key, exc)
@@ -1849,9 +1848,17 @@ class Store:
         with ``reraise=False``: the body cannot run). ``run.temp_path()``
         gives paths for intermediate files, all removed when the run ends.
 
-        ``NotReadyError`` if a live worker holds the episode, its retry is
-        not due, it is held, or the stage is already done. A run whose lease
-        expired cannot write: ``LeaseExpiredError``.
+        ``NotReadyError`` (its ``reason``) when the episode is not waiting
+        for this run now: a live worker holds it (``leased``), its retry is not
+        due (``due``), it is held for a person (``hold``), the stage is done
+        (``done``), or it is at a stage listed after ``stage`` in the pipeline
+        (``moved_on``: another worker ran the stage, or it was moved on). A
+        worker whose ``next()`` answer went stale gets only these. A request
+        that was never right, for a stage the episode has not reached (an
+        episode at ``discovered`` asked to run ``converting``), raises
+        ``InvalidTransitionError`` (or ``ApprovalRequiredError`` at an
+        unapproved gate). A run whose lease expired cannot write:
+        ``LeaseExpiredError``.
         """
         check_id(show, "show id")
         check_id(ep, "episode id")
@@ -1903,6 +1910,12 @@ class Store:
             moved = m.stage != stage
             if moved:
                 refusal = refuse_move(pipeline, m.stage, stage, m.approvals)
+                if refusal is not None and pipeline.rank(m.stage) > pipeline.rank(stage):
+                    # past the stage: the worker's next() answer went stale, its request was right then
+                    raise NotReadyError(
+                        f"{m.key} is at stage {m.stage!r} now, past {stage!r} (another worker ran it, or it "
+                        "was moved on)", reason="moved_on", current_stage=m.stage,
+                        hint="ask store.next() for episodes that are ready", **ctx)
                 if refusal is not None:
                     raise refusal.error(refusal.message, **ctx, **refusal.extra)
                 update = {"stage": stage, "previous_stage": m.stage, "stage_entered_at": now,

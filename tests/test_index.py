@@ -152,6 +152,81 @@ def test_open_upgrades_an_old_index_by_itself(tmp_path: Path) -> None:
     assert reopened.counts()["discovered"] == 1
 
 
+def test_a_bare_alembic_upgrade_of_an_index_at_0001_is_derived_again_by_the_next_open(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from statekit.index.sync import migrations_dir
+
+    store = Store.init(tmp_path / "s")
+    for i in range(20):  # ready for downloading: ten to enter it, ten in it waiting to be run there
+        store.create("s", f"e{i:02d}")
+        if i % 2:
+            store.advance("s", f"e{i:02d}", "downloading", cost=0.1)
+    store.create("s", "paid")
+    with store.run("s", "paid", "downloading") as run:
+        run.checkpoint({"part": 1}, cost=0.5)
+    expected = index_rows(store)
+    config = Config()
+    config.set_main_option("script_location", migrations_dir())
+    with store.index.engine.connect() as conn, conn.begin():
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0001")
+        # what 0001-era code derived: an episode in a run stage was ready for the stage after it
+        conn.exec_driver_sql("UPDATE episodes SET ready_for = 'downloaded' WHERE stage = 'downloading'")
+    store.close()
+    alembic = Path(sys.executable).with_name("alembic")
+    done = subprocess.run([str(alembic), "-c", str(REPO / "alembic.ini"), "-x", f"root={store.root}", "upgrade",
+                           "head"], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert db(store).execute("SELECT version_num FROM alembic_version").fetchone()[0] == INDEX_REVISION
+    caplog.set_level("INFO", logger="statekit")
+    reopened = Store.open(store.root)
+    assert len(reopened.next("downloading", limit=100)) == 20
+    assert reopened.verify().clean
+    assert index_rows(reopened) == expected
+    assert "rows were derived by a statekit older than revision 0005; rebuilding" in caplog.text
+    assert reopened.sql("SELECT stage, ROUND(SUM(cost), 4) FROM events WHERE cost IS NOT NULL GROUP BY stage "
+                        "ORDER BY stage")[1] == [("discovered", 1.0), ("downloading", 0.5)]
+    assert [e.kind for e in reopened.events("s", "e01")] == ["create", "advance"]  # re-read, not adopted
+    caplog.clear()
+    Store.open(store.root)  # derived once: the next open keeps the index as it is
+    assert "rebuilding" not in caplog.text
+
+
+def test_every_event_with_a_cost_names_its_stage_and_old_lines_get_it_derived(store: Store) -> None:
+    import json
+
+    store.create("s", "e")
+    store.advance("s", "e", "downloading", cost=1.0)  # spent in the stage it leaves
+    with store.run("s", "e", "downloading") as run:  # a worker's costs: the run's stage
+        run.checkpoint({"part": 1}, cost=0.5)
+        run.cost(0.25, note="bandwidth")
+        run.checkpoint({"part": 2})
+    store.advance("s", "e", "converting")
+    log = Path(store.root, "shows/s/episodes/e/events.jsonl")
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    named = [(line["kind"], line.get("cost"), line.get("stage")) for line in lines]
+    assert named == [("create", None, None), ("advance", 1.0, "discovered"), ("start", None, None),
+                     ("checkpoint", 0.5, "downloading"), ("cost", 0.25, "downloading"),
+                     ("checkpoint", None, None), ("finish", None, None), ("advance", None, None)]
+    assert [(e.kind, e.cost, e.stage) for e in store.events("s", "e")] == named
+
+    def by_event() -> list[tuple[object, ...]]:
+        return store.sql("SELECT version, stage FROM events WHERE cost IS NOT NULL OR stage IS NOT NULL "
+                         "ORDER BY version")[1]
+
+    assert by_event() == [(2, "discovered"), (4, "downloading"), (5, "downloading")]
+    per_stage = store.sql("SELECT stage, SUM(cost) FROM events WHERE cost IS NOT NULL GROUP BY stage")[1]
+    assert dict(per_stage) == store.costs(by="stage") == {"discovered": 1.0, "downloading": 0.75}
+    # a log written before events named their stage: the index derives it
+    log.write_text("".join(json.dumps({k: v for k, v in line.items() if k != "stage"}) + "\n" for line in lines))
+    store.rebuild_index()
+    assert by_event() == [(2, "discovered"), (4, "downloading"), (5, "downloading")]
+    assert store.verify().clean
+
+
 @pytest.mark.parametrize("damage", ["garbage", "unknown-revision", "wrong-schema", "missing"])
 def test_an_index_that_cannot_be_upgraded_is_rebuilt(tmp_path: Path, damage: str) -> None:
     store = Store.init(tmp_path / "s")

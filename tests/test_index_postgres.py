@@ -17,7 +17,8 @@ import pytest
 
 from statekit import IndexUnavailableError, Store
 from statekit.index import Index, engine_for, episode_row, event_row, show_row
-from statekit.index.sync import alembic_upgrade, rebuild
+from statekit.index.sync import alembic_upgrade, rebuild, rows_revision
+from statekit.index.tables import ROWS_REVISION
 from statekit.pipeline import ARCHIVE
 
 URL = os.environ.get("STATEKIT_TEST_PG_URL")
@@ -117,6 +118,9 @@ def test_rebuild_fills_a_server_index_from_the_files(pg: Index, tmp_path: Path) 
     assert pg.counts()["downloading"] == 1 and pg.costs(by="stage") == {"discovered": 2.0}
     assert rebuild(store, index=pg).episodes == 2  # again: replaced, not doubled
     assert pg.counts()["discovered"] == 1
+    assert pg.sql("SELECT stage, cost FROM events WHERE cost IS NOT NULL")[1] == [("discovered", 2.0)]
+    with pg.engine.connect() as conn:  # the rows are marked as this code's: no rebuild on the next open
+        assert rows_revision(conn) == ROWS_REVISION
 
 
 def test_unique_values_on_the_server(pg: Index, tmp_path: Path) -> None:

@@ -162,6 +162,26 @@ def test_a_live_lease_keeps_other_workers_out(store: Store) -> None:
         assert snapshot(store.root) == before
 
 
+def test_a_run_of_a_stage_the_episode_went_past_is_not_ready_not_illegal(store: Store) -> None:
+    for ep in ("ran", "moved", "young"):
+        store.create("s", ep)
+    stale = store.next("downloading")  # what a worker saw; then another worker, and a person, acted
+    assert [e.episode_id for e in stale] == ["moved", "ran", "young"]
+    with store.run("s", "ran", "downloading", owner="other"):
+        pass
+    store.advance("s", "moved", "skipped", message="not worth it")
+    before = snapshot(store.root)
+    for ep, now_at in (("ran", "downloaded"), ("moved", "skipped")):
+        with pytest.raises(NotReadyError, match=f"at stage '{now_at}' now, past 'downloading'") as info:
+            store.run("s", ep, "downloading", owner="late").__enter__()
+        assert info.value.reason == "moved_on" and info.value.current_stage == now_at
+        assert info.value.context["current_stage"] == now_at and info.value.episode_id == ep
+    # a stage the episode has not reached was never a right request: still an illegal move
+    with pytest.raises(InvalidTransitionError, match="illegal move 'discovered' -> 'uploading'"):
+        store.run("s", "young", "uploading").__enter__()
+    assert snapshot(store.root) == before
+
+
 def test_bad_run_requests_are_refused_and_change_nothing(store: Store) -> None:
     store.create("s", "e")
     before = snapshot(store.root)

@@ -23,6 +23,7 @@ from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from ..errors import IndexUnavailableError, QueryError, QueryTimeoutError, ValidationError
+from ..ids import ID_PATTERN
 from ..models import Episode
 from ..pipeline import Pipeline, ready_for
 from ..unique import claims
@@ -71,7 +72,7 @@ RACY_NS = 2_000_000_000
 """A file checked less than this after its mtime may change again without
 its mtime moving (coarse file-system timestamps): sync hashes it again."""
 
-__all__ = ["Index", "INDEX_REVISION", "episode_row", "event_row", "show_row", "metadata"]
+__all__ = ["Index", "INDEX_REVISION", "episode_row", "event_row", "event_rows_of", "show_row", "metadata"]
 
 
 def _json(value: Any) -> str:
@@ -130,8 +131,24 @@ def episode_row(
     }
 
 
-def event_row(event: Mapping[str, Any]) -> dict[str, Any]:
-    """The index row of one event line (as read from events.jsonl)."""
+def spent_in(event: Mapping[str, Any], stage_before: str | None) -> str | None:
+    """The stage an event's cost was spent in; None for an event without a cost.
+
+    Its ``stage``; for a line written before events carried one: the stage
+    an advance left, a checkpoint's stage, else ``stage_before``, the stage
+    the episode was at (a run's ``cost`` event: the run's stage)."""
+    if event.get("cost") is None:
+        return None
+    for key in ("stage", "from_stage", "checkpoint"):
+        value = event.get(key)
+        if isinstance(value, str) and ID_PATTERN.fullmatch(value):
+            return value
+    return stage_before
+
+
+def event_row(event: Mapping[str, Any], stage_before: str | None = None) -> dict[str, Any]:
+    """The index row of one event line (as read from events.jsonl).
+    ``stage_before``: where the episode was before it (see ``spent_in``)."""
     at = event["at"]
     if isinstance(at, datetime):
         at = iso(at)
@@ -148,7 +165,21 @@ def event_row(event: Mapping[str, Any]) -> dict[str, Any]:
         "message": event.get("message"),
         "cost": event.get("cost"),
         "data": dict(event),
+        "stage": spent_in(event, stage_before),
     }
+
+
+def event_rows_of(lines: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The index rows of an episode's log lines, oldest first, following the
+    episode's stage through them (for old lines whose cost names no stage)."""
+    rows = []
+    stage: str | None = None
+    for line in lines:
+        rows.append(event_row(line, stage))
+        moved = line.get("to_stage")
+        if isinstance(moved, str) and moved:
+            stage = moved
+    return rows
 
 
 def show_row(data: Mapping[str, Any], *, path: str, size: int, mtime_ns: int, sha256: str,
@@ -233,8 +264,6 @@ class Index:
         self._connections: list[Any] = []
         self._connections_lock = threading.Lock()
         self._generation = 0
-        self.needs_sync = False
-        """Set when an upgrade marked rows to be derived again from the files."""
 
     def close(self) -> None:
         """Close this index's connections (it reconnects when used again)."""

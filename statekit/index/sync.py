@@ -51,7 +51,7 @@ from . import (
     create_schema,
     engine_for,
     episode_row,
-    event_row,
+    event_rows_of,
     revision_of,
     show_row,
     totals_delta,
@@ -64,7 +64,17 @@ from .dialect import (
     replace_database,
     sqlite_url,
 )
-from .tables import INDEX_REVISION, episodes, events, metadata, stage_totals, unique_keys, unique_values
+from .tables import (
+    INDEX_REVISION,
+    ROWS_REVISION,
+    episodes,
+    events,
+    index_meta,
+    metadata,
+    stage_totals,
+    unique_keys,
+    unique_values,
+)
 
 if TYPE_CHECKING:
     from ..store import Store
@@ -223,7 +233,7 @@ def _event_rows(log_path: str, lines: list[dict[str, Any]], show: str, ep: str) 
     """The index rows of a log's events (``verify`` derives them too, so it
     passes only what a rebuild can index)."""
     try:
-        rows = [event_row(e) for e in lines]
+        rows = event_rows_of(lines)
     except ValueError as exc:  # a damaged time: reported like any damaged line
         raise CorruptFileError(f"{log_path}: an event's time is not an ISO timestamp ({exc})", path=log_path) from None
     for e in rows:  # a line that names another episode is this log's line all the same (verify reports it)
@@ -257,6 +267,9 @@ def open_index(store: Store, url: str | None = None) -> Index:
     An index at an older revision is upgraded with Alembic (on its own
     connection); one that cannot be upgraded (damaged, foreign, or from a
     newer statekit) is rebuilt from the files instead of refusing to start.
+    One whose rows were derived by another revision (``ROWS_REVISION``: after
+    an upgrade here, or by ``alembic upgrade head`` alone) is rebuilt too, so
+    every row is what this code derives from the files.
     """
     path = index_path(store.root)
     if url is None:  # SQLite follows symlinks: refuse one in place of .statekit or of the database's files
@@ -279,15 +292,19 @@ def open_index(store: Store, url: str | None = None) -> Index:
                         _stamp(conn)
                     else:
                         alembic_upgrade(conn)
-                        index.needs_sync = True  # a revision may change how rows are derived
             filled = conn.execute(select(episodes.c.show_id).limit(1)).first() is not None
+            derived = rows_revision(conn)
     except (SQLAlchemyError, CommandError, StatekitError, OSError) as exc:  # cannot be upgraded: rebuild
         if url is not None:
             raise
         log.warning("statekit: the index could not be opened or upgraded (%s); rebuilding it from the files", exc)
         _build_unless_built(store, index, damaged=True)
         return index
-    if not filled and any(walk(store.root)):
+    if derived != ROWS_REVISION:
+        log.info("statekit: the index's rows were derived by %s; rebuilding them from the files for revision %s",
+                 f"revision {derived}" if derived else "a statekit older than revision 0005", ROWS_REVISION)
+        _build_unless_built(store, index)
+    elif not filled and any(walk(store.root)):
         _build_unless_built(store, index)
     _refresh_unique(store, index)
     return index
@@ -305,6 +322,12 @@ def _refresh_unique(store: Store, index: Index) -> None:
                     "once 'statekit rebuild-index' succeeds", exc)
 
 
+def rows_revision(conn: Connection) -> str | None:
+    """The ``ROWS_REVISION`` of the code that derived an index's rows (None:
+    made before revision 0005 recorded it)."""
+    return conn.execute(select(index_meta.c.value).where(index_meta.c.key == "rows_revision")).scalar()
+
+
 def _build_unless_built(store: Store, index: Index, damaged: bool = False) -> None:
     """Rebuild, unless another process built the index while we waited for it."""
     with _index_lock(store):
@@ -319,7 +342,7 @@ def _ready(index: Index) -> bool:
         return False
     try:
         with index.engine.connect() as conn:
-            return (revision_of(conn) == INDEX_REVISION
+            return (revision_of(conn) == INDEX_REVISION and rows_revision(conn) == ROWS_REVISION
                     and conn.execute(select(episodes.c.show_id).limit(1)).first() is not None)
     except SQLAlchemyError:
         return False
@@ -341,8 +364,15 @@ def _has_tables(conn: Connection) -> bool:
 
 
 def _stamp(conn: Connection) -> None:
+    """Mark a database made by ``create_schema`` as at the head revision, its rows derived by this code."""
     conn.exec_driver_sql("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
     conn.exec_driver_sql(f"INSERT INTO alembic_version VALUES ('{INDEX_REVISION}')")
+    _mark_rows_derived(conn)
+
+
+def _mark_rows_derived(conn: Connection) -> None:
+    conn.execute(index_meta.delete().where(index_meta.c.key == "rows_revision"))
+    conn.execute(index_meta.insert().values(key="rows_revision", value=ROWS_REVISION))
 
 
 def upgrade(store: Store) -> str:
@@ -372,6 +402,7 @@ def _rebuild_locked(store: Store, index: Index, progress: Progress | None, repor
             for table in metadata.sorted_tables:
                 conn.execute(table.delete())
             _fill(store, conn, report, progress)
+            _mark_rows_derived(conn)
         return
     built = f"{target}.build-{os.getpid()}"
     for leftover in (built, built + "-wal", built + "-shm", built + "-journal"):

@@ -4,7 +4,7 @@ Contract (DESIGN.md, changed only through an Alembic revision): table
 ``episodes`` (show_id, episode_id, title, stage, version, created_at,
 updated_at, cost_total, attempts_total, error_count, path), table ``events``
 (id, show_id, episode_id, version, at, kind, from_stage, to_stage, message,
-cost), table ``shows``, view ``stage_counts`` (show_id, stage, n).
+cost, stage), table ``shows``, view ``stage_counts`` (show_id, stage, n).
 
 Timestamps are UTC. In SQLite they are ISO-8601 text with microseconds and a
 ``Z`` (``2026-11-21T15:52:01.010035Z``), which sorts correctly and works with
@@ -152,6 +152,9 @@ events = Table(
     Column("message", Text),
     Column("cost", Float),
     Column("data", Document, nullable=False),
+    # revision 0005: for an event with a cost, the stage the money was spent in (after data,
+    # where adding the column puts it, so a rebuilt index and an upgraded one have one layout)
+    Column("stage", Id),
     UniqueConstraint("show_id", "episode_id", "version", name="events_one_per_version"),
 )
 
@@ -188,11 +191,27 @@ unique_keys = Table(
     Column("key", String(128), primary_key=True),
 )
 
+# statekit's notes about the index itself (revision 0005): ``rows_revision``
+# names the derivation its rows were made by (``ROWS_REVISION``).
+index_meta = Table(
+    "index_meta",
+    metadata,
+    Column("key", String(64), primary_key=True),
+    Column("value", Text, nullable=False),
+)
+
 STAGE_COUNTS_VIEW = (
     "CREATE VIEW stage_counts AS "
     "SELECT show_id, stage, episodes AS n FROM stage_totals WHERE episodes > 0"
 )
 
-INDEX_REVISION = "0004"
+INDEX_REVISION = "0005"
 """The Alembic head revision this code writes; a test keeps it equal to the
 head in migrations/versions (checked on every open without loading Alembic)."""
+
+ROWS_REVISION = "0005"
+"""The latest revision that changed how rows are derived from the files (a
+column added and filled from them, or computed differently). An index whose
+rows were derived by another one (its ``index_meta`` says so, or says
+nothing: an upgrade by Alembic alone changes the tables, not the rows) is
+rebuilt from the files when a store opens it."""
