@@ -21,6 +21,7 @@ import logging
 import re
 import textwrap
 import threading
+from collections.abc import Iterator
 from typing import Any, NoReturn, Protocol
 
 import orjson
@@ -47,8 +48,9 @@ except ImportError:  # pragma: no cover
     from yaml import SafeLoader as _BaseLoader  # type: ignore[assignment]
 
 MAX_DEPTH = 100
-"""Deepest nesting accepted in a file (PyYAML's C composer recurses and can
-crash the process on ~100,000 levels, so depth is checked before composing)."""
+"""Deepest nesting accepted in a file, YAML or JSON: statekit's own limit,
+checked before the recursive composers run (PyYAML's C composer could crash
+the process on ~100,000 levels; libyaml 0.2.6 stops at 1,000 with its own words)."""
 
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _STR = "tag:yaml.org,2002:str"
@@ -170,23 +172,59 @@ def _depth_bound(text: str) -> int:
     return sum(text.count(c) for c in "[{-?\n") + 1
 
 
+def _too_deep(path: str, line: int) -> CorruptFileError:
+    return CorruptFileError(f"{path}:{line}: nested more than {MAX_DEPTH} levels deep", path=path, line=line)
+
+
+def _check_events_depth(events: Iterator[yaml.Event], path: str) -> None:
+    depth = 0
+    for event in events:
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise _too_deep(path, event.start_mark.line + 1)
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
+
+
 def _check_depth(text: str, path: str) -> None:
     if _depth_bound(text) <= MAX_DEPTH:
         return
-    depth = 0
     try:
-        for event in yaml.parse(text, Loader=_BaseLoader):
-            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
-                depth += 1
-                if depth > MAX_DEPTH:
-                    line = event.start_mark.line + 1
-                    raise CorruptFileError(
-                        f"{path}:{line}: nested more than {MAX_DEPTH} levels deep", path=path, line=line
-                    )
-            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
-                depth -= 1
+        _check_events_depth(yaml.parse(text, Loader=_BaseLoader), path)
     except yaml.YAMLError:
-        return  # the loader reports the syntax error with its position
+        # libyaml 0.2.6 refuses 1,000 levels while it scans ahead, before the
+        # first event: PyYAML's pure parser (a loop, no limit) finds the depth
+        try:
+            _check_events_depth(yaml.parse(text, Loader=yaml.SafeLoader), path)
+        except yaml.YAMLError:
+            return  # a syntax error: the loader reports it with its position
+
+
+def _nested_too_deep(data: Any) -> bool:
+    """True if ``data`` nests more than MAX_DEPTH levels (level by level: no recursion)."""
+    level, depth = [data] if isinstance(data, (dict, list)) else [], 1
+    while level:
+        if depth > MAX_DEPTH:
+            return True
+        level = [v for c in level for v in (c.values() if isinstance(c, dict) else c) if isinstance(v, (dict, list))]
+        depth += 1
+    return False
+
+
+_JSON_NESTING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"|[\[\]{}]')
+"""Strings (skipped whole, brackets and all) and brackets, in valid JSON."""
+_JSON_STEP = {"[": 1, "{": 1, "]": -1, "}": -1}
+
+
+def _json_too_deep(text: str, path: str) -> CorruptFileError:
+    """The error for JSON text nested too deeply, naming the line where it goes past MAX_DEPTH."""
+    depth = 0
+    for match in _JSON_NESTING.finditer(text):
+        depth += _JSON_STEP.get(match.group(), 0)
+        if depth > MAX_DEPTH:
+            return _too_deep(path, text.count("\n", 0, match.start()) + 1)
+    return CorruptFileError(f"{path}: nested too deeply", path=path)  # the stack ran out first
 
 
 def same(a: Any, b: Any) -> bool:
@@ -623,7 +661,9 @@ class JsonCodec:
         except ValueError as exc:
             raise CorruptFileError(f"{path}: invalid JSON: {exc}", path=path) from None
         except RecursionError:
-            raise CorruptFileError(f"{path}: nested too deeply", path=path) from None
+            raise _json_too_deep(text, path) from None
+        if text.count("[") + text.count("{") > MAX_DEPTH and _nested_too_deep(data):  # YAML's limit too
+            raise _json_too_deep(text, path)
         if not isinstance(data, dict):
             raise CorruptFileError(
                 f"{path}: expected an object of fields at the top, found {type(data).__name__}", path=path, line=1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from datetime import datetime, timezone
 
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -32,7 +33,7 @@ from statekit.models import Episode
         ("a: [1, 2\n", "invalid YAML"),
         ("- 1\n- 2\n", "expected a mapping"),
         ("", "empty"),
-        ("a: 1\n---\nb: 2\n", "single document"),
+        ("a: 1\n---\nb: 2\n", "ep.yaml:2: invalid YAML"),
         ("a: \x01\n", "invalid YAML"),
     ],
 )
@@ -50,16 +51,53 @@ def test_yaml_alias_bomb_is_refused_quickly() -> None:
         YAML_CODEC.load("\n".join(lines).encode(), "bomb.yaml")
 
 
-@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 100_000])
-def test_deep_nesting_is_refused_without_crashing(depth: int) -> None:
-    # PyYAML's C composer recurses: 100,000 levels would crash the process.
-    with pytest.raises(CorruptFileError, match="nested"):
-        YAML_CODEC.load(("a: " + "[" * depth + "]" * depth).encode(), "deep.yaml")
-    with pytest.raises(CorruptFileError, match="nested"):
-        YAML_CODEC.load(("a:\n" + "- " * depth + "x\n").encode(), "deep.yaml")
-    if depth > 10_000:  # the JSON parser's own recursion limit; models limit metadata depth
-        with pytest.raises(CorruptFileError, match="nested"):
-            JSON_CODEC.load(('{"a": ' + "[" * depth + "]" * depth + "}").encode(), "deep.json")
+def deep_files(levels: int) -> list[tuple[str, str, int]]:
+    """(file name, text nested ``levels`` deep, line of the level past MAX_DEPTH) in each style."""
+    inner = levels - 1  # the top mapping is the first level
+    files = [
+        ("flow.yaml", "a: " + "[" * inner + "]" * inner + "\n", 1),
+        ("dashes.yaml", "a:\n" + "- " * inner + "x\n", 2),
+        ("one-line.json", '{"a": ' + "[" * inner + "]" * inner + "}", 1),
+        ("pretty.json", '{"a":\n' + "[\n" * inner + "]\n" * inner + "}", MAX_DEPTH + 1),
+    ]
+    if levels <= 1000:  # one line per level, indented one space further each time
+        text = "".join(" " * i + f"k{i}:\n" for i in range(levels)) + " " * levels + "x\n"
+        files.append(("indented.yaml", text, MAX_DEPTH + 1))
+    return files
+
+
+# 999 and 1,000 sit on either side of libyaml 0.2.6's own limit, which refuses
+# with its own words; older builds' C composer could crash on 100,000 levels
+@pytest.mark.parametrize("levels", [MAX_DEPTH + 1, 999, 1000, 100_000])
+def test_deep_nesting_is_refused_with_statekits_own_message(levels: int) -> None:
+    for name, text, line in deep_files(levels):
+        codec = YAML_CODEC if name.endswith(".yaml") else JSON_CODEC
+        with pytest.raises(CorruptFileError) as info:
+            codec.load(text.encode(), name)
+        assert info.value.message == f"{name}:{line}: nested more than {MAX_DEPTH} levels deep"
+        assert (info.value.path, info.value.line) == (name, line)
+
+
+def test_nesting_up_to_the_limit_is_read_the_same_in_both_formats() -> None:
+    for name, text, _ in deep_files(MAX_DEPTH):
+        codec = YAML_CODEC if name.endswith(".yaml") else JSON_CODEC
+        value = codec.load(text.encode(), name)
+        for _ in range(MAX_DEPTH - 1):
+            (value,) = value.values() if isinstance(value, dict) else value
+        assert value in ([], ["x"], {f"k{MAX_DEPTH - 1}": "x"}), name  # the innermost level
+
+
+def test_brackets_in_json_text_are_not_nesting() -> None:
+    text = "[{" * MAX_DEPTH + '\\"\\\\'
+    assert JSON_CODEC.load(orjson.dumps({"a": text, "b": [text]}), "x.json") == {"a": text, "b": [text]}
+
+
+def test_a_syntax_error_in_a_long_file_keeps_its_line() -> None:
+    text = "".join(f"k{i}: [{i}]\n" for i in range(MAX_DEPTH)) + "bad: [1, 2\n"
+    with pytest.raises(CorruptFileError) as info:
+        YAML_CODEC.load(text.encode(), "long.yaml")
+    assert str(info.value).startswith("long.yaml:") and "invalid YAML" in str(info.value)
+    assert info.value.line is not None and info.value.line > MAX_DEPTH
 
 
 def test_invalid_utf8_names_the_line() -> None:
