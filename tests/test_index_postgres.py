@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from statekit import IndexUnavailableError, Store
+from statekit import IndexUnavailableError, QueryError, Store
 from statekit.index import Index, engine_for, episode_row, event_row, show_row
 from statekit.index.sync import alembic_upgrade, rebuild, rows_revision
 from statekit.index.tables import ROWS_REVISION
@@ -89,11 +89,15 @@ def test_writes_queries_and_totals(pg: Index, store: Store) -> None:
     assert ids == {"a", "c"} and stamps == {"a|100|1", "c|100|1"}
 
 
-def test_sql_is_read_only_on_the_server_too(pg: Index) -> None:
+def test_sql_is_read_only_on_the_server_too(pg: Index, store: Store) -> None:
+    store.create("s", "a")
+    pg.write(rows=[episode(store, "s", "a")])
     columns, rows = pg.sql("SELECT COUNT(*) AS n FROM episodes")
-    assert columns == ["n"] and rows == [(0,)]
-    with pytest.raises(Exception, match="read-only"):
+    assert columns == ["n"] and rows == [(1,)]
+    with pytest.raises(QueryError) as caught:  # the server's read-only transaction refuses it
         pg.sql("DELETE FROM episodes")
+    assert caught.value.reason == "write"
+    assert pg.sql("SELECT COUNT(*) AS n FROM episodes")[1] == [(1,)]
 
 
 def test_a_failed_write_is_an_index_error_and_leaves_no_half(pg: Index, store: Store) -> None:
