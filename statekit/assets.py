@@ -76,16 +76,17 @@ def guess_media_type(name: str | None) -> str:
 
 
 @contextmanager
-def objects_lock(disk: diskio.Disk, root: str, *, exclusive: bool, timeout: float) -> Iterator[None]:
-    """Shared (``add_asset``) or exclusive (``gc``) hold on the object folder."""
-    directory = diskio.ensure_dirs(disk, root, (".statekit", "locks"))
-    path = os.path.join(directory, "objects.lock")
-    try:
-        fd = disk.open(path, os.O_RDWR | os.O_CREAT | diskio.O_NOFOLLOW | diskio.O_CLOEXEC, 0o666)
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise diskio._unsafe(path) from None
-        raise diskio.storage_error(exc, path, "open lock file") from exc
+def objects_lock(disk: diskio.Disk, root: str, *, root_fd: int, exclusive: bool, timeout: float) -> Iterator[None]:
+    """Shared (``add_asset``) or exclusive (``gc``) hold on the object folder
+    (``root_fd``: the store's root, held open; see ``files.open_dir``)."""
+    path = f"{root}/.statekit/locks/objects.lock"
+    with diskio.open_dir(disk, root_fd, root, (".statekit", "locks"), create=True) as folder:
+        try:
+            fd = disk.open(path, os.O_RDWR | os.O_CREAT | diskio.O_NOFOLLOW | diskio.O_CLOEXEC, 0o666, dir_fd=folder)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise diskio._unsafe(path) from None
+            raise diskio.storage_error(exc, path, "open lock file") from exc
     try:
         if fcntl is not None:
             mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
@@ -115,11 +116,11 @@ def objects_lock(disk: diskio.Disk, root: str, *, exclusive: bool, timeout: floa
 # --- storing ----------------------------------------------------------------------------
 
 
-def _existing_size(path: str) -> int | None:
-    """The size of the object at ``path``, or None if there is none (or
-    something that is not a regular file is in its place)."""
+def _existing_size(path: str, folder: int) -> int | None:
+    """The size of the object at ``path`` (in ``folder``, held open), or None
+    if there is none (or something that is not a regular file is in its place)."""
     try:
-        st = os.lstat(path)
+        st = os.stat(os.path.basename(path), dir_fd=folder, follow_symlinks=False)
     except FileNotFoundError:
         return None
     if not stat.S_ISREG(st.st_mode):
@@ -128,26 +129,29 @@ def _existing_size(path: str) -> int | None:
     return st.st_size
 
 
-def _place(disk: diskio.Disk, root: str, tmp: str, sha: str, size: int) -> StoredObject:
-    """Rename the fsynced temp file ``tmp`` into place as object ``sha`` (or
-    drop it if that object is already there, whole)."""
-    directory = diskio.ensure_dirs(disk, root, (OBJECTS, sha[:2]))
-    path = f"{directory}/{sha}"
-    if _existing_size(path) == size:
-        return StoredObject(sha, size, path, new=False)
-    # none yet, or a damaged one (wrong size): this copy is known good
-    disk.replace(tmp, path)
-    diskio.fsync_dir(disk, directory)
+def _place(disk: diskio.Disk, root: str, root_fd: int, tmp: str, objects: int, sha: str,
+           size: int) -> StoredObject:
+    """Rename the fsynced temp file ``tmp`` (in the folder ``objects``, held
+    open) into place as object ``sha`` (or drop it if that object is already
+    there, whole)."""
+    path = object_path(root, sha)
+    with diskio.open_dir(disk, root_fd, root, (OBJECTS, sha[:2]), create=True) as folder:
+        if _existing_size(path, folder) == size:
+            return StoredObject(sha, size, path, new=False)
+        # none yet, or a damaged one (wrong size): this copy is known good
+        disk.replace(tmp, path, src_dir_fd=objects, dst_dir_fd=folder)
+        disk.fsync(folder)
     return StoredObject(sha, size, path, new=True)
 
 
-def put_bytes(disk: diskio.Disk, root: str, data: bytes) -> StoredObject:
+def put_bytes(disk: diskio.Disk, root: str, data: bytes, *, root_fd: int) -> StoredObject:
+    """Store ``data`` as an object (``root_fd``: the store's root, held open)."""
     sha = hashlib.sha256(data).hexdigest()
-    directory = diskio.ensure_dirs(disk, root, (OBJECTS, sha[:2]))
-    path = f"{directory}/{sha}"
-    if _existing_size(path) == len(data):
-        return StoredObject(sha, len(data), path, new=False)
-    diskio.atomic_write(disk, path, data)
+    path = object_path(root, sha)
+    with diskio.open_dir(disk, root_fd, root, (OBJECTS, sha[:2]), create=True) as folder:
+        if _existing_size(path, folder) == len(data):
+            return StoredObject(sha, len(data), path, new=False)
+        diskio.atomic_write(disk, path, data, dir_fd=folder)
     return StoredObject(sha, len(data), path, new=True)
 
 
@@ -182,7 +186,7 @@ def _hash_fd(fd: int, buf: memoryview) -> tuple[str, int]:
     return digest.hexdigest(), size
 
 
-def put_file(disk: diskio.Disk, root: str, source: str) -> StoredObject:
+def put_file(disk: diskio.Disk, root: str, source: str, *, root_fd: int) -> StoredObject:
     """Copy ``source`` into the object folder, then hash the copy.
 
     The copy is made in the kernel (``copy_file_range``) and hashed from
@@ -190,7 +194,8 @@ def put_file(disk: diskio.Disk, root: str, source: str) -> StoredObject:
     whole, and the hash is of exactly the bytes stored, even if the source
     changes meanwhile. Two passes, the first without a trip through Python,
     beat one pass that hashes as it writes (measured in bench_assets.py);
-    the fsync runs on a helper thread while the copy is hashed."""
+    the fsync runs on a helper thread while the copy is hashed. ``root_fd``:
+    the store's root, held open."""
     try:
         src = os.open(source, os.O_RDONLY | diskio.O_CLOEXEC)
     except FileNotFoundError:
@@ -200,13 +205,15 @@ def put_file(disk: diskio.Disk, root: str, source: str) -> StoredObject:
         raise diskio.storage_error(exc, source, "read asset source") from exc
     fd: int | None = None
     tmp: str | None = None
+    objects: int | None = None
     try:
         st = os.fstat(src)
         if not stat.S_ISREG(st.st_mode):
             raise ValidationError(f"asset source {source} is not a regular file", path=source,
                                   hint="give the path of a file; nothing was stored")
-        directory = diskio.ensure_dirs(disk, root, (OBJECTS,))
-        fd, tmp = disk.mkstemp(directory, f"{diskio.TEMP_PREFIX}incoming.", diskio.TEMP_SUFFIX)
+        objects = diskio.walk_dir(disk, root_fd, root, (OBJECTS,), create=True)
+        fd, tmp = disk.mkstemp(f"{root}/{OBJECTS}", f"{diskio.TEMP_PREFIX}incoming.", diskio.TEMP_SUFFIX,
+                               dir_fd=objects)
         buf = memoryview(bytearray(CHUNK))
         _copy(disk, src, fd, buf)
         copy = fd
@@ -221,7 +228,7 @@ def put_file(disk: diskio.Disk, root: str, source: str) -> StoredObject:
             disk.fsync(fd)
         closing, fd = fd, None
         disk.close(closing)
-        stored = _place(disk, root, tmp, sha, size)
+        stored = _place(disk, root, root_fd, tmp, objects, sha, size)
         if stored.new:
             tmp = None
         return stored
@@ -231,11 +238,13 @@ def put_file(disk: diskio.Disk, root: str, source: str) -> StoredObject:
         raise diskio.storage_error(exc, tmp or source, "store asset") from exc
     finally:  # whatever happened: no temp file stays behind
         os.close(src)
-        diskio.discard_temp(fd, tmp)
+        diskio.discard_temp(fd, tmp, objects)
+        if objects is not None:
+            os.close(objects)
 
 
-def write_sidecar(disk: diskio.Disk, root: str, stored: StoredObject, *, media_type: str, source: str | None,
-                  now: datetime) -> None:
+def write_sidecar(disk: diskio.Disk, root: str, stored: StoredObject, *, root_fd: int, media_type: str,
+                  source: str | None, now: datetime) -> None:
     """The object's description, written once (the first add describes it)."""
     path = sidecar_path(root, stored.sha256)
     try:
@@ -246,7 +255,8 @@ def write_sidecar(disk: diskio.Disk, root: str, stored: StoredObject, *, media_t
         return
     body = {"schema_version": SIDECAR_SCHEMA, "sha256": stored.sha256, "size": stored.size,
             "media_type": media_type, "source": source, "created_at": now.isoformat()}
-    diskio.atomic_write(disk, path, orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n")
+    with diskio.open_dir(disk, root_fd, root, (OBJECTS, stored.sha256[:2]), create=True) as folder:
+        diskio.atomic_write(disk, path, orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n", dir_fd=folder)
 
 
 def read_sidecar(path: str) -> dict[str, Any] | None:

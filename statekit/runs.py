@@ -17,7 +17,6 @@ import logging
 import os
 import shutil
 import socket
-import tempfile
 import traceback
 import uuid
 from collections.abc import Callable, Mapping
@@ -359,17 +358,26 @@ class Run:
         if not isinstance(suffix, str) or "/" in suffix or len(suffix) > 32:
             raise ValidationError(f"suffix must be a short file name ending such as '.wav', got {suffix!r}",
                                   hint="at most 32 characters, no '/'")
-        if self._temp_dir is None:
-            self._temp_dir = diskio.ensure_dirs(self.store._disk, self.store.root,
-                                                (".statekit", "tmp", "runs", self.run_id), durable=False)
-        fd, path = tempfile.mkstemp(suffix=suffix, dir=self._temp_dir)
+        parts = (".statekit", "tmp", "runs", self.run_id)
+        # made in the folder walked from the root (never through a symlink); the caller writes it by its path
+        with self.store._open(parts, create=True, durable=False) as folder:
+            fd, path = diskio.mkstemp_at(folder, "/".join((self.store.root, *parts)), "tmp", suffix)
         os.close(fd)
+        self._temp_dir = os.path.dirname(path)
         return path
 
     def _remove_temp(self) -> None:
+        """Remove the run's temp folder, reached from the root (never through a symlink)."""
         if self._temp_dir is not None:
-            shutil.rmtree(self._temp_dir, ignore_errors=True)
             self._temp_dir = None
+            try:
+                with self.store._open_existing((".statekit", "tmp", "runs")) as runs:
+                    if runs is not None:
+                        shutil.rmtree(self.run_id, ignore_errors=True, dir_fd=runs)
+            except StatekitError as exc:
+                logging.getLogger("statekit").warning(
+                    "statekit: the temp files of run %s were not removed (%s); 'statekit gc' removes them later",
+                    self.run_id, exc.one_line())
 
     def _verify(self, when: str) -> None:
         for name in self.verify_assets:

@@ -18,9 +18,10 @@ import shutil
 import stat
 import threading
 import time
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -314,7 +315,8 @@ class Store:
         self._codec = CODECS["." + config.format]
         self._cache: OrderedDict[str, Parsed] = OrderedDict()
         self._cache_lock = threading.Lock()
-        self._made_dirs: set[str] = set()  # machine-owned folders this process made or saw
+        self._root_fd = diskio.open_root(root)  # every folder below is reached from it, never through a symlink
+        weakref.finalize(self, os.close, self._root_fd)
         self._path_cache: dict[tuple[str, str], _EpisodePaths] = {}
         self._index: Index | None = None
         self._result_cache: ResultCache | None = None
@@ -361,15 +363,17 @@ class Store:
         except OSError as exc:
             raise diskio.storage_error(exc, top, "create directory") from exc
         top = os.path.realpath(top)
-        diskio.ensure_dirs(disk, top, ("shows",))
-        diskio.ensure_dirs(disk, top, (".statekit",))
-        ignore = os.path.join(top, ".statekit", ".gitignore")
-        if not os.path.lexists(ignore):
-            diskio.atomic_write(disk, ignore, b"# machine-owned: index, locks, backups, trash\n*\n")
+        store = cls(top, config, disk=disk, clock=clock)
+        store._make_dir(("shows",))
+        with store._open((".statekit",), create=True) as machine:
+            ignore = os.path.join(top, ".statekit", ".gitignore")
+            if not diskio.lexists(ignore, dir_fd=machine):
+                diskio.atomic_write(disk, ignore, b"# machine-owned: index, locks, backups, trash\n*\n", dir_fd=machine)
         body = config.model_dump(mode="json")
         body["pipeline"] = graph.to_config()
-        diskio.atomic_write(disk, os.path.join(top, CONFIG_FILE), _CONFIG_HEADER + YAML_CODEC.dump_plain(body, flow_leaves=True))
-        return cls(top, config, disk=disk, clock=clock)._with_index()
+        diskio.atomic_write(disk, os.path.join(top, CONFIG_FILE), _CONFIG_HEADER + YAML_CODEC.dump_plain(body, flow_leaves=True),
+                            dir_fd=store._root_fd)
+        return store._with_index()
 
     @classmethod
     def open(cls, root: str | os.PathLike[str], *, lock_timeout: float | None = None, disk: Disk = DISK,
@@ -455,22 +459,33 @@ class Store:
             )
         return stage
 
+    def _open(self, parts: tuple[str, ...], *, create: bool = False,
+              durable: bool = True) -> AbstractContextManager[int]:
+        """The folder ``<root>/<parts...>``, held open while the block runs:
+        walked from the root's descriptor on every call, never through a
+        symlink, whenever one was planted (``files.open_dir``). Write in it
+        with ``dir_fd=``; ``FileNotFoundError`` if it is missing and not ``create``."""
+        return diskio.open_dir(self._disk, self._root_fd, self.root, parts, create=create, durable=durable)
+
+    def _make_dir(self, parts: tuple[str, ...]) -> None:
+        """Make ``<root>/<parts...>`` (durably) if it is missing, as ``_open`` does."""
+        os.close(diskio.walk_dir(self._disk, self._root_fd, self.root, parts, create=True))
+
+    def _open_existing(self, parts: tuple[str, ...]) -> AbstractContextManager[int | None]:
+        """``_open`` for a folder that may be missing: None while it is."""
+        return diskio.open_existing_dir(self._root_fd, self.root, parts)
+
     # --- locks ----------------------------------------------------------------
 
-    def _lock(self, parts: tuple[str, ...], name: str, what: str, timeout: float | None = None) -> Any:
-        """The lock file ``<root>/<parts...>/<name>`` (its folder made once per process)."""
-        directory = self._machine_dir(parts)
+    @contextmanager
+    def _lock(self, parts: tuple[str, ...], name: str, what: str, timeout: float | None = None) -> Iterator[None]:
+        """The lock file ``<root>/<parts...>/<name>``, its folder made if missing
+        (not fsynced: a lock needs no durable folder entry)."""
         wait = self.config.lock_timeout if timeout is None else timeout
-        return diskio.hold_lock(self._disk, f"{directory}/{name}", wait, what)
-
-    def _machine_dir(self, parts: tuple[str, ...]) -> str:
-        """``<root>/<parts...>`` under ``.statekit``, made once per process
-        (not fsynced: locks and backups need no durable folder entry)."""
-        directory = "/".join((self.root, *parts))
-        if directory not in self._made_dirs:
-            diskio.ensure_dirs(self._disk, self.root, parts, durable=False)
-            self._made_dirs.add(directory)
-        return directory
+        path = "/".join((self.root, *parts, name))
+        with self._open(parts, create=True, durable=False) as folder, \
+                diskio.hold_lock(self._disk, path, wait, what, dir_fd=folder):
+            yield
 
     def _episode_lock(self, show: str, ep: str) -> Any:
         return self._lock((".statekit", "locks", "episodes", show), ep + ".lock", f"episode {show}/{ep}")
@@ -564,13 +579,27 @@ class Store:
             return ShowNotFoundError(f"show {show!r} not found", show_id=show)
         return EpisodeNotFoundError(f"episode {show}/{ep} not found", show_id=show, episode_id=ep)
 
-    def _load(self, show: str, ep: str) -> tuple[str, Parsed]:
-        """Path and parsed content of an episode file (cached by its bytes)."""
+    @contextmanager
+    def _episode_folder(self, show: str, ep: str) -> Iterator[int]:
+        """The episode's folder, held open (``_open``); the episode is missing if it is."""
+        try:
+            folder = diskio.walk_dir(self._disk, self._root_fd, self.root, ("shows", show, "episodes", ep))
+        except FileNotFoundError:
+            raise self._episode_missing(show, ep) from None
+        try:
+            yield folder
+        finally:
+            os.close(folder)
+
+    def _load(self, show: str, ep: str, folder: int | None = None) -> tuple[str, Parsed]:
+        """Path and parsed content of an episode file (cached by its bytes),
+        read in its ``folder`` (held open by the caller, or opened here)."""
+        if folder is None:
+            with self._episode_folder(show, ep) as opened:
+                return self._load(show, ep, opened)
         paths = self._paths(show, ep)
-        if not diskio.real_dirs(paths.chain):
-            raise self._episode_missing(show, ep)
         for path in paths.files:
-            raw = diskio.read_file(path)
+            raw = diskio.read_file(path, dir_fd=folder)
             if raw is not None:
                 break
         else:
@@ -667,8 +696,8 @@ class Store:
         check_id(ep, "episode id")
         if expected_version is not None and (type(expected_version) is not int or expected_version < 0):
             raise ValidationError(f"expected_version must be a non-negative integer, got {expected_version!r}")
-        with self._episode_lock(show, ep):
-            path, current = self._load(show, ep)
+        with self._episode_lock(show, ep), self._episode_folder(show, ep) as folder:
+            path, current = self._load(show, ep, folder)
             model: Episode = current.model
             if expected_version is not None and model.version != expected_version:
                 raise VersionConflictError(
@@ -682,13 +711,14 @@ class Store:
             with self._unique_claims(show, ep, model.metadata, new.metadata):
                 if before_commit is not None:
                     before_commit(new)
-                return self._commit(path, current, new, event)
+                return self._commit(path, current, new, event, folder=folder)
 
     def _commit(self, path: str, current: Parsed | None, new: Episode, event: dict[str, Any],
                 committed: int | None = None, template: Parsed | None = None,
-                replaced: bytes | None = None) -> Episode:
+                replaced: bytes | None = None, *, folder: int) -> Episode:
         """Event (durable) then file (atomic, durable), then the cache and the index.
 
+        ``folder``: the episode's folder, held open (every write acts in it).
         ``committed``: the version the log is at, when it is not the file's
         (adopting a hand edit that changed ``version``). ``template``: the
         text whose comments and layout to keep, if not ``current``'s.
@@ -720,7 +750,8 @@ class Store:
                 raise
             raise ValidationError(f"{new.key}: {where}", show_id=new.show_id, episode_id=new.episode_id,
                                   hint=NOT_UTF8_HINT) from None
-        diskio.remove_temp_files(self._disk, directory, nested="checkpoints")  # an interrupted write's leftovers
+        # an interrupted write's leftovers
+        diskio.remove_temp_files(self._disk, directory, nested="checkpoints", dir_fd=folder)
         if committed is None:
             committed = current.model.version if current is not None else 0
         known = current.log_size if current is not None and current.model.version == committed else None
@@ -728,20 +759,24 @@ class Store:
         sizes: list[int] = []
 
         def append() -> None:  # runs alongside the file's own fsync; done before the rename
-            before, after = diskio.append_event(self._disk, log, line, committed, known)
+            before, after = diskio.append_event(self._disk, log, line, committed, known, dir_fd=folder)
             if before == 0:  # a new events.jsonl: its name must be durable before the file's
                 try:
-                    diskio.fsync_dir(self._disk, directory)
+                    self._disk.fsync(folder)
                 except OSError as exc:
                     raise diskio.storage_error(exc, directory, "sync directory") from exc
             sizes.append(after)
 
-        keep = self._keep_path(path, current)
+        keep, backups = self._keep_path(path, current)
         previous = current.raw if current is not None else replaced
-        st = diskio.atomic_write(self._disk, path, raw, alongside=append, keep=keep,
-                                 previous=previous, created=previous is None)
-        if keep is not None:
-            self._rotate_backups(keep, current.model.version)  # type: ignore[union-attr]
+        try:
+            st = diskio.atomic_write(self._disk, path, raw, dir_fd=folder, alongside=append, keep=keep,
+                                     keep_dir_fd=backups, previous=previous, created=previous is None)
+            if keep is not None and backups is not None:
+                self._rotate_backups(keep, current.model.version, backups)  # type: ignore[union-attr]
+        finally:
+            if backups is not None:
+                os.close(backups)
         after = sizes[0]
         written.model = new
         written.log_size = after
@@ -761,7 +796,7 @@ class Store:
             # a restore over a file that could not be read: a rebuild meanwhile dropped the
             # episode, its earlier events too, from the index; they go back with this one
             try:
-                event_rows = event_rows_of(diskio.read_events(log, new.version, strict=False))
+                event_rows = event_rows_of(diskio.read_events(log, new.version, strict=False, dir_fd=folder))
             except (StatekitError, ValueError) as exc:
                 logging.getLogger("statekit").warning(
                     "statekit: the index keeps only the newest event of %s (%s); run 'statekit sync'", new.key, exc)
@@ -773,24 +808,21 @@ class Store:
     def _backup_parts(self, show: str, ep: str) -> tuple[str, ...]:
         return (".statekit", "backups", "episodes", show, ep)
 
-    def _keep_path(self, path: str, current: Parsed | None) -> str | None:
+    def _keep_path(self, path: str, current: Parsed | None) -> tuple[str, int] | tuple[None, None]:
         """Where the file about to be replaced is kept: its rotating backup
-        (``.statekit/backups/episodes/<show>/<ep>/episode.v<version>.<ext>``);
-        None with ``backups: 0``."""
+        (``.statekit/backups/episodes/<show>/<ep>/episode.v<version>.<ext>``),
+        and that folder, made if missing and held open (the caller closes
+        it); None with ``backups: 0``."""
         if current is None or current.model is None or self.config.backups == 0:
-            return None
+            return None, None
         model = current.model
         parts = self._backup_parts(model.show_id, model.episode_id)
-        directory = self._machine_dir(parts)
-        try:
-            os.lstat(directory)
-        except FileNotFoundError:  # another process moved it to the trash (a delete, then a create)
-            self._made_dirs.discard(directory)
-            directory = self._machine_dir(parts)
+        # not fsynced: a backup folder needs no durable entry (the backup is a spare)
+        folder = diskio.walk_dir(self._disk, self._root_fd, self.root, parts, create=True, durable=False)
         stem, ext = os.path.splitext(os.path.basename(path))
-        return f"{directory}/{stem}.v{model.version}{ext}"
+        return "/".join((self.root, *parts, f"{stem}.v{model.version}{ext}")), folder
 
-    def _rotate_backups(self, kept: str, version: int) -> None:
+    def _rotate_backups(self, kept: str, version: int, folder: int) -> None:
         """Keep the newest ``backups`` versions (a failure here only logs: the write is done).
 
         Versions go up one per write, so the backup that falls out is the one
@@ -803,14 +835,14 @@ class Store:
                 if version > keep_n:
                     suffix = kept[kept.rindex("."):]
                     try:
-                        self._disk.unlink(f"{kept[:kept.rindex('.v')]}.v{version - keep_n}{suffix}")
+                        self._disk.unlink(f"{kept[:kept.rindex('.v')]}.v{version - keep_n}{suffix}", dir_fd=folder)
                     except FileNotFoundError:
                         pass
                 return
             directory = os.path.dirname(kept)
-            found = sorted(_backup_versions(os.listdir(directory)), reverse=True)
+            found = sorted(_backup_versions(os.listdir(folder)), reverse=True)
             for _version, name in found[keep_n:]:
-                self._disk.unlink(os.path.join(directory, name))
+                self._disk.unlink(os.path.join(directory, name), dir_fd=folder)
         except OSError as exc:
             log.warning("statekit: could not rotate the backups next to %s (%s)", kept, exc)
 
@@ -819,11 +851,16 @@ class Store:
         each checked: ``problem`` says why one cannot be restored."""
         check_id(show, "show id")
         check_id(ep, "episode id")
-        directory = os.path.join(self.root, *self._backup_parts(show, ep))
-        if not diskio.check_dirs(self.root, self._backup_parts(show, ep)):
-            if not diskio.real_dirs(self._paths(show, ep).chain):
-                raise self._episode_missing(show, ep)
-            return []
+        with self._open_existing(self._backup_parts(show, ep)) as folder:
+            if folder is None:
+                if not diskio.real_dirs(self._paths(show, ep).chain):
+                    raise self._episode_missing(show, ep)
+                return []
+            return self._list_backups(show, ep, folder)
+
+    def _list_backups(self, show: str, ep: str, folder: int) -> list[Backup]:
+        """``backups``, read in the backup ``folder`` held open."""
+        directory = "/".join((self.root, *self._backup_parts(show, ep)))
         live = set()  # a write killed between linking the old file and its rename leaves a "backup"
         for p in self._paths(show, ep).files:  # that is the live file itself: no copy of anything
             try:
@@ -832,17 +869,17 @@ class Store:
             except FileNotFoundError:
                 pass
         out: list[Backup] = []
-        for version, name in sorted(_backup_versions(os.listdir(directory)), reverse=True):
+        for version, name in sorted(_backup_versions(os.listdir(folder)), reverse=True):
             path = os.path.join(directory, name)
             try:
-                st = os.lstat(path)
+                st = os.stat(name, dir_fd=folder, follow_symlinks=False)
             except FileNotFoundError:
                 continue
             if (st.st_dev, st.st_ino) in live:
                 continue
             problem = None
             try:
-                raw = diskio.read_file(path)
+                raw = diskio.read_file(path, dir_fd=folder)
                 if raw is None:
                     continue
                 self._parse_episode(path, raw, show, ep)
@@ -870,8 +907,9 @@ class Store:
         paths = self._paths(show, ep)
         if not diskio.real_dirs(paths.chain):
             raise self._episode_missing(show, ep)
-        with self._episode_lock(show, ep):
-            found = self.backups(show, ep)
+        with self._episode_lock(show, ep), self._episode_folder(show, ep) as folder, \
+                self._open_existing(self._backup_parts(show, ep)) as kept:
+            found = self._list_backups(show, ep, kept) if kept is not None else []
             if not found:
                 raise ValidationError(f"episode {show}/{ep} has no backups",
                                       hint="backups are made when statekit overwrites an episode file")
@@ -882,12 +920,13 @@ class Store:
             if chosen.problem is not None:
                 raise CorruptFileError(f"backup {backup} of {show}/{ep} cannot be restored: {chosen.problem}",
                                        path=chosen.path, hint="choose another with --backup N")
-            source = self._parse_episode(chosen.path, diskio.read_file(chosen.path) or b"", show, ep)
-            path = next((p for p in paths.files if os.path.lexists(p)), paths.files[0])
+            assert kept is not None  # it has backups
+            source = self._parse_episode(chosen.path, diskio.read_file(chosen.path, dir_fd=kept) or b"", show, ep)
+            path = next((p for p in paths.files if diskio.lexists(p, dir_fd=folder)), paths.files[0])
             if os.path.splitext(path)[1] != os.path.splitext(chosen.path)[1]:
                 path = os.path.splitext(path)[0] + os.path.splitext(chosen.path)[1]
             current: Parsed | None = None
-            raw = diskio.read_file(path)
+            raw = diskio.read_file(path, dir_fd=folder)
             if raw is not None:
                 try:
                     current = self._parse_episode(path, raw, show, ep)
@@ -896,60 +935,72 @@ class Store:
                 if current is not None:
                     self._refuse_if_held(current.model, "restored")
                 else:
-                    self._copy_to_trash(path, show, f"{ep}.{_stamp(self.clock())}.unreadable{os.path.splitext(path)[1]}")
-                    self._drop_live_links(show, ep, path)
+                    self._copy_to_trash(path, show, f"{ep}.{_stamp(self.clock())}.unreadable{os.path.splitext(path)[1]}",
+                                        folder)
+                    self._drop_live_links(show, ep, path, folder, kept)
             # the version the log is committed at: the file's, or if it cannot be read, the log's last
             committed = current.model.version if current is not None else max(
-                diskio.last_logged_version(paths.events), 0)
+                diskio.last_logged_version(paths.events, dir_fd=folder), 0)
             new = source.model.model_copy(update={"version": committed + 1, "updated_at": self.clock(),
                                                   "lease": None})
             event = {"kind": "restore", "message": f"restored backup {backup} (version {chosen.version})",
                      "from_stage": current.model.stage if current is not None else None, "to_stage": new.stage}
             return self._commit(path, current, new, event, committed=committed, template=source,
-                                replaced=raw)
+                                replaced=raw, folder=folder)
 
-    def _drop_live_links(self, show: str, ep: str, path: str) -> None:
+    def _drop_live_links(self, show: str, ep: str, path: str, folder: int, kept: int) -> None:
         """Remove "backups" that are the live file itself: a write killed between
         linking the old file and renaming the new one in leaves one, and once the
         file is replaced it would pass for a backup (of damage, if the file was
-        damaged in place). The caller holds the episode lock."""
-        directory = os.path.join(self.root, *self._backup_parts(show, ep))
+        damaged in place). The caller holds the episode lock, the episode's
+        ``folder`` and its backup folder ``kept``."""
+        directory = "/".join((self.root, *self._backup_parts(show, ep)))
         try:
-            st = os.lstat(path)
-            names = os.listdir(directory) if diskio.check_dirs(self.root, self._backup_parts(show, ep)) else []
+            st = os.stat(os.path.basename(path), dir_fd=folder, follow_symlinks=False)
         except FileNotFoundError:
             return
-        for _version, name in _backup_versions(names):
+        for _version, name in _backup_versions(os.listdir(kept)):
             link = os.path.join(directory, name)
             try:
-                other = os.lstat(link)
+                other = os.stat(name, dir_fd=kept, follow_symlinks=False)
                 if (other.st_dev, other.st_ino) == (st.st_dev, st.st_ino):
-                    self._disk.unlink(link)
+                    self._disk.unlink(link, dir_fd=kept)
             except FileNotFoundError:
                 continue
             except OSError as exc:
                 raise diskio.storage_error(exc, link, "remove a leftover backup link") from exc
 
-    def _copy_to_trash(self, path: str, show: str, name: str) -> str:
-        """Keep a file's current bytes in ``.statekit/trash/<show>/`` (a hard
-        link, durable) before it is replaced."""
-        trash = diskio.ensure_dirs(self._disk, self.root, (".statekit", "trash", show))
-        target = os.path.join(trash, name)
-        try:
-            self._disk.link(path, target)
-            diskio.fsync_dir(self._disk, trash)
-        except OSError as exc:
-            raise diskio.storage_error(exc, path, "keep a copy in the trash") from exc
+    def _copy_to_trash(self, path: str, show: str, name: str, folder: int) -> str:
+        """Keep a file's current bytes (``path``, in ``folder`` held open) in
+        ``.statekit/trash/<show>/`` (a hard link, durable) before it is replaced."""
+        target = f"{self.root}/.statekit/trash/{show}/{name}"
+        with self._open((".statekit", "trash", show), create=True) as trash:
+            try:
+                self._disk.link(path, target, src_dir_fd=folder, dst_dir_fd=trash)
+                self._disk.fsync(trash)
+            except OSError as exc:
+                raise diskio.storage_error(exc, path, "keep a copy in the trash") from exc
         return target
 
     def _backups_to_trash(self, show: str, ep: str, stamp: str) -> None:
         """Move an episode's backup folder into the trash (it was deleted, or
         a new episode takes its id: old backups must not be restored into it)."""
         parts = self._backup_parts(show, ep)
-        if diskio.check_dirs(self.root, parts):
-            trash = diskio.ensure_dirs(self._disk, self.root, (".statekit", "trash", show))
-            diskio.move(self._disk, os.path.join(self.root, *parts), os.path.join(trash, f"{ep}.{stamp}.backups"))
-            self._made_dirs.discard("/".join((self.root, *parts)))
+        with self._open_existing(parts[:-1]) as parent:
+            if parent is None:
+                return
+            try:
+                st = os.stat(ep, dir_fd=parent, follow_symlinks=False)
+            except FileNotFoundError:
+                return
+            source = "/".join((self.root, *parts))
+            if stat.S_ISLNK(st.st_mode):
+                raise UnsafePathError(f"refusing to follow a symlink at {source}", path=source)
+            if not stat.S_ISDIR(st.st_mode):
+                return
+            with self._open((".statekit", "trash", show), create=True) as trash:
+                diskio.move(self._disk, source, f"{self.root}/.statekit/trash/{show}/{ep}.{stamp}.backups",
+                            src_dir_fd=parent, dst_dir_fd=trash)
 
     def gc(self, *, backups_older_than: timedelta, dry_run: bool = False) -> list[str]:
         """Remove backups saved more than ``backups_older_than`` ago (by
@@ -966,23 +1017,29 @@ class Store:
         except OverflowError:
             raise ValidationError(f"backups_older_than is too large: {backups_older_than}",
                                   hint="give an age in days, e.g. 7d") from None
-        top = os.path.join(self.root, ".statekit", "backups", "episodes")
-        if not diskio.check_dirs(self.root, (".statekit", "backups", "episodes")):  # UnsafePathError on a symlink
-            return []
+        base = (".statekit", "backups", "episodes")
+        with self._open_existing(base) as top:  # UnsafePathError on a symlink
+            shows = _subdirs(top) if top is not None else []
         removed = []
-        for show in _subdirs(top):
-            for ep in _subdirs(os.path.join(top, show)):
-                directory = os.path.join(top, show, ep)
+        for show in shows:
+            with self._open_existing((*base, show)) as show_folder:
+                eps = _subdirs(show_folder) if show_folder is not None else []
+            for ep in eps:
+                parts = (*base, show, ep)
+                directory = "/".join((self.root, *parts))
                 keep_one = not self._readable(show, ep)
-                for index, (_version, name) in enumerate(sorted(_backup_versions(os.listdir(directory)),
-                                                                reverse=True)):
+                with self._open_existing(parts) as folder:
+                    found = [] if folder is None else [
+                        (name, os.stat(name, dir_fd=folder, follow_symlinks=False))
+                        for _version, name in sorted(_backup_versions(os.listdir(folder)), reverse=True)]
+                for index, (name, st) in enumerate(found):
                     path = os.path.join(directory, name)
-                    st = os.lstat(path)
                     if (keep_one and index == 0) or st.st_mtime >= cutoff:
                         continue
                     if not dry_run:
-                        with self._episode_lock(show, ep):
-                            if not diskio.remove_file(self._disk, path, "remove backup"):
+                        with self._episode_lock(show, ep), self._open_existing(parts) as folder:
+                            if folder is None or not diskio.remove_file(self._disk, path, "remove backup",
+                                                                        dir_fd=folder):
                                 continue
                     removed.append(assets.Removed(os.path.relpath(path, self.root), st.st_size,
                                                   "old backup"))
@@ -999,17 +1056,17 @@ class Store:
         are not touched. ``dry_run`` lists the actions without doing them."""
         report = RepairReport(dry_run=dry_run)
         act = report.actions.append
-        for stale in diskio.temp_files(self.root):  # statekit.yaml's own
+        for stale in diskio.temp_files(self.root, dir_fd=self._root_fd):  # statekit.yaml's own
             act(f"remove temp file {os.path.relpath(stale, self.root)}")
             if not dry_run:
-                self._disk.unlink(stale)
+                self._disk.unlink(stale, dir_fd=self._root_fd)
         work = []
         for show in self.shows():
-            with self._show_lock(show):
-                for stale in diskio.temp_files(os.path.join(self.root, "shows", show)):
+            with self._show_lock(show), self._open_existing(("shows", show)) as folder:
+                for stale in diskio.temp_files(os.path.join(self.root, "shows", show), dir_fd=folder) if folder else []:
                     act(f"remove temp file {os.path.relpath(stale, self.root)}")
                     if not dry_run:
-                        self._disk.unlink(stale)
+                        self._disk.unlink(stale, dir_fd=folder)
             work += [(show, ep) for ep in _subdirs(os.path.join(self.root, "shows", show, "episodes"))]
         for done, (show, ep) in enumerate(work, 1):
             try:
@@ -1055,15 +1112,19 @@ class Store:
         paths = self._paths(show, ep)
         with self._episode_lock(show, ep):
             # its own folder, and its copies in migrate's backup folders (written under the same lock)
-            migrated = [os.path.join(self.root, *parts) for parts in (
-                (".statekit", "backups", name, "shows", show, "episodes", ep)
-                for name in _subdirs(os.path.join(self.root, ".statekit", "backups")) if name.startswith("migrate-"))
-                if diskio.check_dirs(self.root, parts)]  # no symlinked folder on the way
-            for stale in diskio.temp_files(paths.dir, nested="checkpoints") + [
-                    t for folder in migrated for t in diskio.temp_files(folder)]:
-                act(f"remove temp file {os.path.relpath(stale, self.root)}")
-                if not dry_run:
-                    self._disk.unlink(stale)
+            with self._open_existing((".statekit", "backups")) as backups:
+                migrates = [n for n in _subdirs(backups) if n.startswith("migrate-")] if backups is not None else []
+            places: list[tuple[tuple[str, ...], str | None]] = [(("shows", show, "episodes", ep), "checkpoints")]
+            places += [((".statekit", "backups", name, "shows", show, "episodes", ep), None) for name in migrates]
+            for parts, nested in places:
+                directory = "/".join((self.root, *parts))
+                with self._open_existing(parts) as folder:  # no symlinked folder on the way
+                    if folder is None:
+                        continue
+                    for stale in diskio.temp_files(directory, nested, dir_fd=folder):
+                        act(f"remove temp file {os.path.relpath(stale, self.root)}")
+                    if not dry_run:
+                        diskio.remove_temp_files(self._disk, directory, nested, dir_fd=folder)
         path = next((p for p in paths.files if os.path.lexists(p)), None)
         readable = False
         if path is not None:
@@ -1089,14 +1150,14 @@ class Store:
                 self.restore(show, ep, newest.number)
             else:
                 return
-        with self._episode_lock(show, ep):
-            _, parsed = self._load(show, ep)
-            tail = diskio.uncommitted_tail(paths.events, parsed.model.version)
+        with self._episode_lock(show, ep), self._episode_folder(show, ep) as folder:
+            _, parsed = self._load(show, ep, folder)
+            tail = diskio.uncommitted_tail(paths.events, parsed.model.version, dir_fd=folder)
             if tail:
                 act(f"drop the uncommitted event tail of {key} ({tail} bytes of events.jsonl)")
                 if not dry_run:
-                    size = os.lstat(paths.events).st_size
-                    diskio.drop_tail(self._disk, paths.events, size - tail)
+                    size = os.stat("events.jsonl", dir_fd=folder, follow_symlinks=False).st_size
+                    diskio.drop_tail(self._disk, paths.events, size - tail, dir_fd=folder)
                     parsed.log_size = None
             for stage in sorted(parsed.model.checkpoints.keys() | set(_checkpoint_stages(paths.dir))):
                 cp = os.path.join(paths.dir, "checkpoints", stage + ".json")
@@ -1106,9 +1167,10 @@ class Store:
                     act(f"move the damaged checkpoint {os.path.relpath(cp, self.root)} to the trash: "
                         f"{exc.one_line()}")
                     if not dry_run:
-                        trash = diskio.ensure_dirs(self._disk, self.root, (".statekit", "trash", show))
-                        target = os.path.join(trash, f"{ep}.{_stamp(self.clock())}.checkpoint.{stage}.json")
-                        diskio.move(self._disk, cp, target)
+                        target = f"{self.root}/.statekit/trash/{show}/{ep}.{_stamp(self.clock())}.checkpoint.{stage}.json"
+                        with self._open(("shows", show, "episodes", ep, "checkpoints")) as checkpoints, \
+                                self._open((".statekit", "trash", show), create=True) as trash:
+                            diskio.move(self._disk, cp, target, src_dir_fd=checkpoints, dst_dir_fd=trash)
 
     def _readable(self, show: str, ep: str) -> bool:
         try:
@@ -1169,9 +1231,9 @@ class Store:
                                                  episode_id=ep)
                     with self._unique_claims(show, ep, None, model.metadata):  # before any folder is made
                         self._backups_to_trash(show, ep, _stamp(self.clock()))  # left by an episode deleted by hand
-                        directory = diskio.ensure_dirs(self._disk, self.root, ("shows", show, "episodes", ep))
-                        path = os.path.join(directory, "episode" + self._codec.suffix)
-                        created = self._commit(path, None, model, event)
+                        with self._open(("shows", show, "episodes", ep), create=True) as folder:
+                            path = self._episode_paths(show, ep)[0]
+                            created = self._commit(path, None, model, event, folder=folder)
             except BaseException:
                 self._undo_create_dirs(show, ep, made)
                 raise
@@ -1186,16 +1248,19 @@ class Store:
         if any(os.path.lexists(p) for p in self._episode_paths(show, ep)):
             return  # the episode was written after all: nothing to undo
         for directory in reversed(made):
-            try:
-                if directory == self._episode_dir(show, ep):
-                    for name in os.listdir(directory):
-                        if name == "events.jsonl" or (name.startswith(diskio.TEMP_PREFIX)
-                                                      and name.endswith(diskio.TEMP_SUFFIX)):
-                            os.unlink(os.path.join(directory, name))
-                os.rmdir(directory)
+            parts = tuple(directory[len(self.root) + 1:].split("/"))
+            try:  # in folders walked from the root: a symlink swapped in meanwhile is refused, not followed
+                with self._open(parts[:-1]) as parent:
+                    if directory == self._episode_dir(show, ep):
+                        with self._open(parts) as folder:
+                            for name in os.listdir(folder):
+                                if name == "events.jsonl" or (name.startswith(diskio.TEMP_PREFIX)
+                                                              and name.endswith(diskio.TEMP_SUFFIX)):
+                                    os.unlink(name, dir_fd=folder)
+                    os.rmdir(parts[-1], dir_fd=parent)
             except FileNotFoundError:
                 continue  # the create failed before it made this folder
-            except OSError as exc:
+            except (OSError, StatekitError) as exc:
                 log.warning("statekit: a failed create of %s/%s left the folder %s (%s)", show, ep, directory, exc)
                 return
 
@@ -1210,10 +1275,11 @@ class Store:
                 if not any(os.path.lexists(p) for p in self._episode_paths(show, ep)):
                     raise self._episode_missing(show, ep)
                 self._refuse_if_leased(show, ep, "deleted")
-                trash = diskio.ensure_dirs(self._disk, self.root, (".statekit", "trash", show))
-                target = os.path.join(trash, f"{ep}.{_stamp(self.clock())}")
+                target = f"{self.root}/.statekit/trash/{show}/{ep}.{_stamp(self.clock())}"
                 source = self._episode_dir(show, ep)
-                diskio.move(self._disk, source, target)
+                with self._open(("shows", show, "episodes")) as episodes, \
+                        self._open((".statekit", "trash", show), create=True) as trash:
+                    diskio.move(self._disk, source, target, src_dir_fd=episodes, dst_dir_fd=trash)
                 self._forget(source + os.sep)
                 self._index_quietly(f"the deletion of {show}/{ep}", removed=[(show, ep)])
                 try:  # the episode is gone (durably): its backups follow, or stay for gc
@@ -1306,7 +1372,11 @@ class Store:
         new = current.model_copy(update={"episodes": ids, "updated_at": now})
         stored = YAML_CODEC.dump(new.model_dump(mode="json"), parsed)
         path = self._show_file(show)
-        st = diskio.atomic_write(self._disk, path, stored.raw)
+        try:
+            with self._open(("shows", show)) as folder:
+                st = diskio.atomic_write(self._disk, path, stored.raw, dir_fd=folder)
+        except FileNotFoundError as exc:  # the show's folder is gone
+            raise diskio.storage_error(exc, path, "write") from exc
         stored.model = new
         self._remember(path, stored)
         self._index_show(new, stored.raw, st)
@@ -1346,9 +1416,10 @@ class Store:
                                              "metadata": {} if metadata is None else metadata})
             except PydanticValidationError as exc:
                 raise _invalid(exc, None, None, "show") from None
-            diskio.ensure_dirs(self._disk, self.root, ("shows", show, "episodes"))
+            self._make_dir(("shows", show, "episodes"))
             raw = YAML_CODEC.dump_plain(model.model_dump(mode="json"))
-            self._index_show(model, raw, diskio.atomic_write(self._disk, self._show_file(show), raw))
+            with self._open(("shows", show)) as folder:
+                self._index_show(model, raw, diskio.atomic_write(self._disk, self._show_file(show), raw, dir_fd=folder))
         return model
 
     def get_show(self, show: str) -> Show:
@@ -1537,11 +1608,12 @@ class Store:
         digest = _sha256(canonical)
 
         def write_file(new: Episode) -> None:
-            directory = diskio.ensure_dirs(self._disk, self.root, ("shows", show, "episodes", ep, "checkpoints"))
             body = {"schema_version": CHECKPOINT_SCHEMA, "stage": stage,
                     "saved_at": new.updated_at.isoformat(), "sha256": digest, "size": len(canonical),
                     "data": payload}
-            diskio.atomic_write(self._disk, os.path.join(directory, stage + ".json"), JSON_CODEC.dump_plain(body))
+            with self._open(("shows", show, "episodes", ep, "checkpoints"), create=True) as folder:
+                diskio.atomic_write(self._disk, self._checkpoint_path(show, ep, stage), JSON_CODEC.dump_plain(body),
+                                    dir_fd=folder)
 
         def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
             more = extra(m, now) if extra is not None else {}
@@ -1618,11 +1690,13 @@ class Store:
         check_text(label, "label")
         if not diskio.real_dirs(self._paths(show, ep).chain):
             raise self._episode_missing(show, ep)
-        with assets.objects_lock(self._disk, self.root, exclusive=False, timeout=self.config.lock_timeout):
-            stored = (assets.put_bytes(self._disk, self.root, data) if data is not None
-                      else assets.put_file(self._disk, self.root, path))  # type: ignore[arg-type]
-            assets.write_sidecar(self._disk, self.root, stored, media_type=media_type, source=label,
-                                 now=self.clock())
+        root_fd = self._root_fd
+        with assets.objects_lock(self._disk, self.root, root_fd=root_fd, exclusive=False,
+                                 timeout=self.config.lock_timeout):
+            stored = (assets.put_bytes(self._disk, self.root, data, root_fd=root_fd) if data is not None
+                      else assets.put_file(self._disk, self.root, path, root_fd=root_fd))  # type: ignore[arg-type]
+            assets.write_sidecar(self._disk, self.root, stored, root_fd=root_fd, media_type=media_type,
+                                 source=label, now=self.clock())
 
             def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]] | None:
                 more = _extra(m, now) if _extra is not None else {}
@@ -1641,28 +1715,32 @@ class Store:
                              **(_event_extra or {})}
 
             episode = self._write(show, ep, change)
-        self._link_asset(show, ep, name, stored.path)
+        self._link_asset(show, ep, name, stored.sha256)
         return episode
 
-    def _link_asset(self, show: str, ep: str, name: str, target: str) -> None:
-        """``episodes/<ep>/assets/<name>``: a hard link to the object (no copy),
+    def _link_asset(self, show: str, ep: str, name: str, sha: str) -> None:
+        """``episodes/<ep>/assets/<name>``: a hard link to the object ``sha`` (no copy),
         for people; best effort (the episode file is what counts)."""
+        target = assets.object_path(self.root, sha)
         try:
-            directory = diskio.ensure_dirs(self._disk, self.root, ("shows", show, "episodes", ep, "assets"))
-            link = os.path.join(directory, name)
-            try:
-                if os.path.samestat(os.lstat(link), os.stat(target)):
-                    return
-            except FileNotFoundError:
-                pass
-            tmp = os.path.join(directory, f"{diskio.TEMP_PREFIX}{name}.{os.getpid()}{diskio.TEMP_SUFFIX}")
-            try:
-                self._disk.link(target, tmp)
-                self._disk.replace(tmp, link)
-            finally:
-                if os.path.lexists(tmp):
-                    os.unlink(tmp)
-            diskio.fsync_dir(self._disk, directory)
+            with self._open(("shows", show, "episodes", ep, "assets"), create=True) as folder, \
+                    self._open((assets.OBJECTS, sha[:2])) as objects:
+                directory = f"{self._episode_dir(show, ep)}/assets"
+                link = os.path.join(directory, name)
+                try:
+                    if os.path.samestat(os.stat(name, dir_fd=folder, follow_symlinks=False),
+                                        os.stat(sha, dir_fd=objects, follow_symlinks=False)):
+                        return
+                except FileNotFoundError:
+                    pass
+                tmp = os.path.join(directory, f"{diskio.TEMP_PREFIX}{name}.{os.getpid()}{diskio.TEMP_SUFFIX}")
+                try:
+                    self._disk.link(target, tmp, src_dir_fd=objects, dst_dir_fd=folder)
+                    self._disk.replace(tmp, link, src_dir_fd=folder, dst_dir_fd=folder)
+                finally:
+                    if diskio.lexists(tmp, dir_fd=folder):
+                        os.unlink(os.path.basename(tmp), dir_fd=folder)
+                self._disk.fsync(folder)
         except (StatekitError, OSError) as exc:
             log.info("statekit: no link to asset %s in %s/%s (%s); the asset is in %s", name, show, ep, exc,
                      os.path.relpath(target, self.root))
@@ -1703,9 +1781,10 @@ class Store:
         episode = self._write(show, ep, change)
         link = os.path.join(self._episode_dir(show, ep), "assets", name)
         try:
-            if os.path.lexists(link):
-                self._disk.unlink(link)
-        except OSError as exc:
+            with self._open_existing(("shows", show, "episodes", ep, "assets")) as folder:
+                if folder is not None and diskio.lexists(link, dir_fd=folder):
+                    self._disk.unlink(link, dir_fd=folder)
+        except (StatekitError, OSError) as exc:
             log.info("statekit: could not remove %s (%s)", link, exc)
         return episode
 
@@ -1756,11 +1835,14 @@ class Store:
         report = assets.ObjectsReport()
         if not diskio.check_dirs(self.root, (assets.OBJECTS,)):
             return report
-        with assets.objects_lock(self._disk, self.root, exclusive=True, timeout=max(self.config.lock_timeout, 30.0)):
+        with assets.objects_lock(self._disk, self.root, root_fd=self._root_fd, exclusive=True,
+                                 timeout=max(self.config.lock_timeout, 30.0)):
             referenced = self._referenced_objects(ignoring)
             top = os.path.join(self.root, assets.OBJECTS)
-            doomed: list[tuple[str, int, str]] = [(p, os.lstat(p).st_size, "interrupted write")
-                                                  for p in diskio.temp_files(top)]
+            with self._open((assets.OBJECTS,)) as objects:
+                doomed: list[tuple[str, int, str]] = [
+                    (p, os.stat(os.path.basename(p), dir_fd=objects, follow_symlinks=False).st_size,
+                     "interrupted write") for p in diskio.temp_files(top, dir_fd=objects)]
             for sha, path, st in assets.stored_objects(self.root):
                 if sha and not path.endswith(".json"):
                     report.objects += 1
@@ -1774,8 +1856,12 @@ class Store:
                 elif diskio.TEMP_SUFFIX in path:
                     doomed.append((path, st.st_size, "interrupted write"))
             for path, size, reason in doomed:
-                if not dry_run and not diskio.remove_file(self._disk, path, "remove object"):
-                    continue
+                if not dry_run:
+                    # the folder is walked again from the root: it may have been swapped for a symlink meanwhile
+                    with self._open_existing(tuple(os.path.relpath(os.path.dirname(path), self.root).split(os.sep))
+                                             ) as folder:
+                        if folder is None or not diskio.remove_file(self._disk, path, "remove object", dir_fd=folder):
+                            continue
                 report.removed.append(assets.Removed(os.path.relpath(path, self.root), size, reason))
         return report
 
@@ -1788,16 +1874,17 @@ class Store:
         now = self.clock()
         live = {e.lease.run_id for e in self.list() if e.lease is not None and e.lease.expires_at > now}
         removed = []
-        for run_id in _subdirs(top):
-            if run_id in live:
-                continue
-            path = os.path.join(top, run_id)
-            size = 0
-            for directory, _dirs, names in os.walk(path):
-                size += sum(os.lstat(os.path.join(directory, n)).st_size for n in names)
-            if not dry_run:
-                shutil.rmtree(path, ignore_errors=True)
-            removed.append(assets.Removed(os.path.relpath(path, self.root), size, "temp files of a stopped run"))
+        with self._open_existing((".statekit", "tmp", "runs")) as runs:
+            for run_id in _subdirs(runs) if runs is not None else []:
+                if run_id in live:
+                    continue
+                path = os.path.join(top, run_id)
+                size = 0
+                for _directory, _dirs, names, fd in os.fwalk(run_id, dir_fd=runs):  # never follows a symlink
+                    size += sum(os.stat(n, dir_fd=fd, follow_symlinks=False).st_size for n in names)
+                if not dry_run:
+                    shutil.rmtree(run_id, ignore_errors=True, dir_fd=runs)
+                removed.append(assets.Removed(os.path.relpath(path, self.root), size, "temp files of a stopped run"))
         return removed
 
     def _referenced_objects(self, ignoring: set[str] | frozenset[str] = frozenset()) -> set[str]:
@@ -2095,12 +2182,14 @@ class Store:
         log_failure(log, line, exc)
         path = os.path.join(self.root, ".statekit", "errors.jsonl")
         try:
-            fd = self._disk.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | diskio.O_NOFOLLOW | diskio.O_CLOEXEC)
+            with self._open((".statekit",)) as folder:
+                fd = self._disk.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | diskio.O_NOFOLLOW
+                                     | diskio.O_CLOEXEC, dir_fd=folder)
             try:
                 diskio.write_all(self._disk, fd, diskio.event_line(line))
             finally:
                 self._disk.close(fd)
-        except OSError as exc_:
+        except (OSError, StatekitError) as exc_:
             log.warning("statekit: could not append to %s (%s)", path, exc_)
 
     def error_log(self) -> list[dict[str, Any]]:
@@ -2229,13 +2318,13 @@ class Store:
 
         check_id(show, "show id")
         check_id(ep, "episode id")
-        with self._episode_lock(show, ep):
-            path, current = self._load(show, ep)
+        with self._episode_lock(show, ep), self._episode_folder(show, ep) as folder:
+            path, current = self._load(show, ep, folder)
             # the version the log is committed at. One event past the file's version that
             # the index never saw is the tail of a write that crashed before its rename (it
             # is dropped, as every write drops it); one the index saw was committed, and the
             # person lowered ``version`` by hand.
-            logged = max(diskio.last_logged_version(log_path), 0)
+            logged = max(diskio.last_logged_version(log_path, dir_fd=folder), 0)
             seen = before.get("version") if before is not None else None
             if logged == current.model.version + 1 and not (isinstance(seen, int) and seen >= logged):
                 logged = current.model.version
@@ -2243,7 +2332,7 @@ class Store:
             indexed = before.get("metadata") if before is not None else None
             with self._unique_claims(show, ep, indexed if isinstance(indexed, Mapping) else None, new.metadata,
                                      edited=(path, current.raw)):
-                return self._commit(path, current, new, event, committed=logged), changed
+                return self._commit(path, current, new, event, committed=logged, folder=folder), changed
 
     # --- schema migration and import --------------------------------------------------------
 
@@ -2275,12 +2364,15 @@ class Store:
             if progress is not None:
                 progress(done, len(stale))
             rel = os.path.relpath(os.path.dirname(path), self.root)
-            directory = diskio.ensure_dirs(self._disk, self.root, tuple(os.path.join(backup, rel).split(os.sep)))
+            parts = tuple(os.path.join(backup, rel).split(os.sep))
+            self._make_dir(parts)
 
-            def copy_first(new: Episode, path: str = path, directory: str = directory) -> None:
+            def copy_first(new: Episode, path: str = path, parts: tuple[str, ...] = parts) -> None:
                 raw = diskio.read_file(path)  # under the episode lock: the bytes about to be replaced
                 if raw is not None:
-                    diskio.atomic_write(self._disk, os.path.join(directory, os.path.basename(path)), raw)
+                    with self._open(parts) as folder:
+                        diskio.atomic_write(self._disk, "/".join((self.root, *parts, os.path.basename(path))), raw,
+                                            dir_fd=folder)
 
             def change(m: Episode, now: datetime, found: int = found) -> tuple[Episode, dict[str, Any]]:
                 new = m.model_copy(update={"version": m.version + 1, "updated_at": now})
@@ -2451,7 +2543,8 @@ def _legacy_files(top: str, report: ImportReport) -> list[str]:
     return sorted(found)
 
 
-def _subdirs(path: str) -> list[str]:
+def _subdirs(path: str | int) -> list[str]:
+    """The real folders (no symlinks) in ``path``, or in the folder held open as ``path``."""
     try:
         with os.scandir(path) as entries:
             return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))

@@ -133,9 +133,10 @@ def count_steps(template: Path, tmp_path: Path, op: Callable[[Store], Any]) -> l
 def test_the_write_paths_make_the_calls_expected(template: dict[str, Path], tmp_path: Path) -> None:
     steps = count_steps(template["yaml"], tmp_path, op_advance)
     # the lock file, the event (open, write, fsync), the file (temp, write, fsync, close), the backup
-    # link, the rename and the directory fsync; then the oldest backup rotates out
+    # link, the rename and the fsync of the directory (held open since the lock); then the oldest
+    # backup rotates out
     assert steps == ["open", "open", "write", "fsync", "mkstemp", "write", "fsync", "close", "link", "replace",
-                     "open", "fsync", "close", "unlink"]
+                     "fsync", "unlink"]
 
 
 @pytest.mark.parametrize("fmt", ["yaml", "json"])
@@ -187,7 +188,7 @@ def test_a_fault_at_every_step_leaves_the_episode_as_it_was(
 
 def test_a_failed_directory_sync_after_the_rename_is_undone(template: dict[str, Path], tmp_path: Path) -> None:
     steps = count_steps(template["yaml"], tmp_path, op_advance)
-    dir_fsync = len(steps) - 3  # open(dir), fsync(dir), close(dir) end the write, then the rotation
+    dir_fsync = len(steps) - 2  # fsync(dir) ends the write, then the rotation
     assert steps[dir_fsync] == "fsync"
     for backups in (3, 0):
         disk = FaultyDisk()

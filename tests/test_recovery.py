@@ -334,24 +334,10 @@ class FailingDirSync(Disk):
     """Fails the fsync of one folder (after ``armed`` is set)."""
 
     def __init__(self, folder: str) -> None:
-        self.folder, self.armed, self._fds = folder, False, {}
-
-    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
-        fd = super().open(path, flags, mode)
-        self._fds[fd] = path
-        return fd
-
-    def mkstemp(self, directory: str, prefix: str, suffix: str) -> tuple[int, str]:
-        fd, path = super().mkstemp(directory, prefix, suffix)
-        self._fds[fd] = path
-        return fd, path
-
-    def close(self, fd: int) -> None:
-        self._fds.pop(fd, None)
-        super().close(fd)
+        self.folder, self.armed = folder, False
 
     def fsync(self, fd: int) -> None:
-        if self.armed and self._fds.get(fd) == self.folder:
+        if self.armed and os.path.samestat(os.fstat(fd), os.stat(self.folder)):
             raise OSError(errno.EIO, "injected")
         super().fsync(fd)
 
@@ -386,10 +372,10 @@ def test_a_backup_folder_another_process_moved_away_is_made_again(tmp_path: Path
 
 
 class FailingBackupMove(Disk):
-    def rename(self, src: str, dst: str) -> None:
+    def rename(self, src: str, dst: str, **dir_fds: int | None) -> None:
         if os.sep + "backups" + os.sep in src:
             raise OSError(errno.EIO, "injected")
-        super().rename(src, dst)
+        super().rename(src, dst, **dir_fds)
 
 
 def test_a_delete_whose_backups_cannot_follow_is_still_a_whole_delete(
@@ -422,7 +408,7 @@ def test_gc_refuses_an_age_beyond_the_calendar(store: Store) -> None:
 
 
 class NoHardLinks(Disk):
-    def link(self, src: str, dst: str) -> None:
+    def link(self, src: str, dst: str, **dir_fds: int | None) -> None:
         raise OSError(errno.EPERM, "Operation not permitted")
 
 

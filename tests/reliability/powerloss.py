@@ -34,7 +34,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from statekit.files import TEMP_PREFIX, TEMP_SUFFIX, Disk
+from statekit.files import TEMP_PREFIX, TEMP_SUFFIX, Disk, lexists
 
 # --- recording -----------------------------------------------------------------------
 
@@ -77,30 +77,41 @@ class RecordingDisk(Disk):
         self.skipped = 0
         self._fds: dict[int, tuple[int, bool, str, bool]] = {}  # fd -> (ino, append, path, is_dir)
 
-    def _parent(self, path: str) -> tuple[int, str]:
+    def _parent(self, path: str, dir_fd: int | None = None) -> tuple[int, str]:
         directory, name = os.path.split(path)
-        return os.lstat(directory).st_ino, name
+        return (os.lstat(directory) if dir_fd is None else os.fstat(dir_fd)).st_ino, name
 
-    def open(self, path: str, flags: int, mode: int = 0o644) -> int:
-        existed = os.path.lexists(path)
-        fd = super().open(path, flags, mode)
+    def open(self, path: str, flags: int, mode: int = 0o644, *, dir_fd: int | None = None) -> int:
+        existed = lexists(path, dir_fd=dir_fd)
+        fd = super().open(path, flags, mode, dir_fd=dir_fd)
         st = os.fstat(fd)
         is_dir = stat.S_ISDIR(st.st_mode)
         if not existed and flags & os.O_CREAT:
-            parent, name = self._parent(path)
+            parent, name = self._parent(path, dir_fd)
             self.ops.append(Op("create", ino=st.st_ino, parent=parent, name=name, path=path))
         if flags & os.O_TRUNC and existed and not is_dir:
             self.ops.append(Op("truncate", ino=st.st_ino, size=0, path=path))
         self._fds[fd] = (st.st_ino, bool(flags & os.O_APPEND), path, is_dir)
         return fd
 
-    def mkstemp(self, directory: str, prefix: str, suffix: str) -> tuple[int, str]:
-        fd, path = super().mkstemp(directory, prefix, suffix)
+    def mkstemp(self, directory: str, prefix: str, suffix: str, *, dir_fd: int | None = None) -> tuple[int, str]:
+        fd, path = super().mkstemp(directory, prefix, suffix, dir_fd=dir_fd)
         ino = os.fstat(fd).st_ino
-        self.ops.append(Op("create", ino=ino, parent=os.lstat(directory).st_ino, name=os.path.basename(path),
+        self.ops.append(Op("create", ino=ino, parent=self._parent(path, dir_fd)[0], name=os.path.basename(path),
                            path=path))
         self._fds[fd] = (ino, False, path, False)
         return fd, path
+
+    def _described(self, fd: int) -> tuple[int, bool, str, bool]:
+        """What ``fd`` is: one this disk opened, or a folder statekit holds open (``files.open_dir``)."""
+        if fd in self._fds:
+            return self._fds[fd]
+        st = os.fstat(fd)
+        try:
+            path = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            path = f"<fd {fd}>"
+        return st.st_ino, False, path, stat.S_ISDIR(st.st_mode)
 
     def write(self, fd: int, data: memoryview) -> int:
         ino, append, path, _ = self._fds[fd]
@@ -115,7 +126,7 @@ class RecordingDisk(Disk):
         self.ops.append(Op("truncate", ino=ino, size=size, path=path))
 
     def fsync(self, fd: int) -> None:
-        ino, _, path, is_dir = self._fds[fd]
+        ino, _, path, is_dir = self._described(fd)
         name = os.path.basename(path)
         if ("dir_fsync" in self.skip and is_dir) or (
                 "file_fsync" in self.skip and not is_dir and name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX)):
@@ -128,38 +139,43 @@ class RecordingDisk(Disk):
         self._fds.pop(fd, None)
         super().close(fd)
 
-    def _rename(self, src: str, dst: str) -> Op:
-        parent, name = self._parent(src)
-        to_parent, to_name = self._parent(dst)
-        return Op("rename", ino=os.lstat(src).st_ino, parent=parent, name=name, to_parent=to_parent,
+    def _rename(self, src: str, dst: str, src_dir_fd: int | None, dst_dir_fd: int | None) -> Op:
+        parent, name = self._parent(src, src_dir_fd)
+        to_parent, to_name = self._parent(dst, dst_dir_fd)
+        return Op("rename", ino=_lstat(src, src_dir_fd).st_ino, parent=parent, name=name, to_parent=to_parent,
                   to_name=to_name, path=f"{src} -> {dst}")
 
-    def replace(self, src: str, dst: str) -> None:
-        op = self._rename(src, dst)
-        super().replace(src, dst)
+    def replace(self, src: str, dst: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
+        op = self._rename(src, dst, src_dir_fd, dst_dir_fd)
+        super().replace(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
         self.ops.append(op)
 
-    def rename(self, src: str, dst: str) -> None:
-        op = self._rename(src, dst)
-        super().rename(src, dst)
+    def rename(self, src: str, dst: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
+        op = self._rename(src, dst, src_dir_fd, dst_dir_fd)
+        super().rename(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
         self.ops.append(op)
 
-    def unlink(self, path: str) -> None:
-        parent, name = self._parent(path)
-        ino = os.lstat(path).st_ino
-        super().unlink(path)
+    def unlink(self, path: str, *, dir_fd: int | None = None) -> None:
+        parent, name = self._parent(path, dir_fd)
+        ino = _lstat(path, dir_fd).st_ino
+        super().unlink(path, dir_fd=dir_fd)
         self.ops.append(Op("unlink", ino=ino, parent=parent, name=name, path=path))
 
-    def mkdir(self, path: str) -> None:
-        super().mkdir(path)
-        parent, name = self._parent(path)
-        self.ops.append(Op("mkdir", ino=os.lstat(path).st_ino, parent=parent, name=name, path=path))
+    def mkdir(self, path: str, *, dir_fd: int | None = None) -> None:
+        super().mkdir(path, dir_fd=dir_fd)
+        parent, name = self._parent(path, dir_fd)
+        self.ops.append(Op("mkdir", ino=_lstat(path, dir_fd).st_ino, parent=parent, name=name, path=path))
 
-    def link(self, src: str, dst: str) -> None:
-        ino = os.lstat(src).st_ino
-        super().link(src, dst)
-        to_parent, to_name = self._parent(dst)
+    def link(self, src: str, dst: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
+        ino = _lstat(src, src_dir_fd).st_ino
+        super().link(src, dst, src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+        to_parent, to_name = self._parent(dst, dst_dir_fd)
         self.ops.append(Op("link", ino=ino, parent=to_parent, name=to_name, path=f"{src} -> {dst}"))
+
+
+def _lstat(path: str, dir_fd: int | None) -> os.stat_result:
+    """``os.lstat`` of ``path``, or of its last component in the folder ``dir_fd``."""
+    return os.lstat(path) if dir_fd is None else os.stat(os.path.basename(path), dir_fd=dir_fd, follow_symlinks=False)
 
 
 # --- the store before: a durable image -----------------------------------------------

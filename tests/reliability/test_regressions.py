@@ -63,10 +63,10 @@ def test_rebuild_orders_an_episode_show_yaml_does_not_list_yet_as_sync_does(tmp_
     before = show.read_bytes()
 
     class NoShowUpdate(Disk):  # the create's show.yaml update fails (it is only logged): as if it stopped there
-        def mkstemp(self, directory: str, prefix: str, suffix: str) -> tuple[int, str]:
+        def mkstemp(self, directory: str, prefix: str, suffix: str, *, dir_fd: int | None = None) -> tuple[int, str]:
             if directory == str(show.parent):
                 raise OSError(errno.EIO, "injected")
-            return super().mkstemp(directory, prefix, suffix)
+            return super().mkstemp(directory, prefix, suffix, dir_fd=dir_fd)
 
     Store.open(store.root, disk=NoShowUpdate()).create("s", "c")
     assert show.read_bytes() == before
