@@ -276,15 +276,15 @@ class FailingDisk(Disk):
     def __init__(self, step: str, name: str) -> None:
         self.step, self.name = step, name
 
-    def open(self, path: str, flags: int, mode: int = 0o666) -> int:
+    def open(self, path: str, flags: int, mode: int = 0o666, *, dir_fd: int | None = None) -> int:
         if self.step == "open" and path.endswith(self.name):
             raise OSError(errno.ENOSPC, "No space left on device")
-        return super().open(path, flags, mode)
+        return super().open(path, flags, mode, dir_fd=dir_fd)
 
-    def replace(self, src: str, dst: str) -> None:
+    def replace(self, src: str, dst: str, **dir_fds: int | None) -> None:
         if self.step == "replace" and dst.endswith(self.name):
             raise OSError(errno.EIO, "Input/output error")
-        super().replace(src, dst)
+        super().replace(src, dst, **dir_fds)
 
 
 @pytest.mark.parametrize(("step", "name"), [("open", "events.jsonl"), ("replace", "episode.yaml")])

@@ -81,7 +81,7 @@ class RecordingDisk(Disk):
         directory, name = os.path.split(path)
         return (os.lstat(directory) if dir_fd is None else os.fstat(dir_fd)).st_ino, name
 
-    def open(self, path: str, flags: int, mode: int = 0o644, *, dir_fd: int | None = None) -> int:
+    def open(self, path: str, flags: int, mode: int = 0o666, *, dir_fd: int | None = None) -> int:
         existed = lexists(path, dir_fd=dir_fd)
         fd = super().open(path, flags, mode, dir_fd=dir_fd)
         st = os.fstat(fd)
