@@ -33,6 +33,7 @@ from typing import Any
 import orjson
 
 from . import files as diskio
+from . import folders
 from .errors import CorruptFileError, LockTimeoutError, StatekitError, StorageError, ValidationError
 
 try:
@@ -80,7 +81,7 @@ def objects_lock(disk: diskio.Disk, root: str, *, root_fd: int, exclusive: bool,
     """Shared (``add_asset``) or exclusive (``gc``) hold on the object folder
     (``root_fd``: the store's root, held open; see ``files.open_dir``)."""
     path = f"{root}/.statekit/locks/objects.lock"
-    with diskio.open_dir(disk, root_fd, root, (".statekit", "locks"), create=True) as folder:
+    with folders.open_dir(disk, root_fd, root, (".statekit", "locks"), create=True) as folder:
         try:
             fd = disk.open(path, os.O_RDWR | os.O_CREAT | diskio.O_NOFOLLOW | diskio.O_CLOEXEC, 0o666, dir_fd=folder)
         except OSError as exc:
@@ -135,7 +136,7 @@ def _place(disk: diskio.Disk, root: str, root_fd: int, tmp: str, objects: int, s
     open) into place as object ``sha`` (or drop it if that object is already
     there, whole)."""
     path = object_path(root, sha)
-    with diskio.open_dir(disk, root_fd, root, (OBJECTS, sha[:2]), create=True) as folder:
+    with folders.open_dir(disk, root_fd, root, (OBJECTS, sha[:2]), create=True) as folder:
         if _existing_size(path, folder) == size:
             return StoredObject(sha, size, path, new=False)
         # none yet, or a damaged one (wrong size): this copy is known good
@@ -148,7 +149,7 @@ def put_bytes(disk: diskio.Disk, root: str, data: bytes, *, root_fd: int) -> Sto
     """Store ``data`` as an object (``root_fd``: the store's root, held open)."""
     sha = hashlib.sha256(data).hexdigest()
     path = object_path(root, sha)
-    with diskio.open_dir(disk, root_fd, root, (OBJECTS, sha[:2]), create=True) as folder:
+    with folders.open_dir(disk, root_fd, root, (OBJECTS, sha[:2]), create=True) as folder:
         if _existing_size(path, folder) == len(data):
             return StoredObject(sha, len(data), path, new=False)
         diskio.atomic_write(disk, path, data, dir_fd=folder)
@@ -211,7 +212,7 @@ def put_file(disk: diskio.Disk, root: str, source: str, *, root_fd: int) -> Stor
         if not stat.S_ISREG(st.st_mode):
             raise ValidationError(f"asset source {source} is not a regular file", path=source,
                                   hint="give the path of a file; nothing was stored")
-        objects = diskio.walk_dir(disk, root_fd, root, (OBJECTS,), create=True)
+        objects = folders.walk_dir(disk, root_fd, root, (OBJECTS,), create=True)
         fd, tmp = disk.mkstemp(f"{root}/{OBJECTS}", f"{diskio.TEMP_PREFIX}incoming.", diskio.TEMP_SUFFIX,
                                dir_fd=objects)
         buf = memoryview(bytearray(CHUNK))
@@ -255,7 +256,7 @@ def write_sidecar(disk: diskio.Disk, root: str, stored: StoredObject, *, root_fd
         return
     body = {"schema_version": SIDECAR_SCHEMA, "sha256": stored.sha256, "size": stored.size,
             "media_type": media_type, "source": source, "created_at": now.isoformat()}
-    with diskio.open_dir(disk, root_fd, root, (OBJECTS, stored.sha256[:2]), create=True) as folder:
+    with folders.open_dir(disk, root_fd, root, (OBJECTS, stored.sha256[:2]), create=True) as folder:
         diskio.atomic_write(disk, path, orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n", dir_fd=folder)
 
 

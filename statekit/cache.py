@@ -77,6 +77,7 @@ from pathlib import PurePath
 from typing import TYPE_CHECKING, Any, Literal
 
 from . import files as diskio
+from . import folders
 from .errors import (
     CorruptFileError,
     InvalidIdError,
@@ -405,7 +406,7 @@ class Cache:
             os.makedirs(self.root, exist_ok=True)
         except OSError as exc:
             raise diskio.storage_error(exc, self.root, "create directory") from exc
-        self.directory = diskio.ensure_dirs(disk, self.root, (".statekit", "cache"), durable=False)
+        self.directory = folders.ensure_dirs(disk, self.root, (".statekit", "cache"), durable=False)
         self.db_path = self.directory + "/cache.db"
         self._blobs = self.directory + "/blobs"
         self._log_path = self.directory + "/evictions.jsonl"
@@ -551,7 +552,7 @@ class Cache:
     def _blob_dir(self, key: str) -> str:
         directory = f"{self._blobs}/{key[:2]}"
         if directory not in self._made:
-            diskio.ensure_dirs(self._disk, self.directory, ("blobs", key[:2]), durable=False)
+            folders.ensure_dirs(self._disk, self.directory, ("blobs", key[:2]), durable=False)
             self._made.add(directory)
         return directory
 

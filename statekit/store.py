@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from pydantic import ValidationError as PydanticValidationError
 
-from . import assets
+from . import assets, eventlog, folders, locks
 from . import files as diskio
 from . import unique as uniq
 from .codecs import CODECS, JSON_CODEC, YAML_CODEC, Parsed, compact_json, line_of, same
@@ -315,7 +315,7 @@ class Store:
         self._codec = CODECS["." + config.format]
         self._cache: OrderedDict[str, Parsed] = OrderedDict()
         self._cache_lock = threading.Lock()
-        self._root_fd = diskio.open_root(root)  # every folder below is reached from it, never through a symlink
+        self._root_fd = folders.open_root(root)  # every folder below is reached from it, never through a symlink
         weakref.finalize(self, os.close, self._root_fd)
         self._path_cache: dict[tuple[str, str], _EpisodePaths] = {}
         self._index: Index | None = None
@@ -465,15 +465,15 @@ class Store:
         walked from the root's descriptor on every call, never through a
         symlink, whenever one was planted (``files.open_dir``). Write in it
         with ``dir_fd=``; ``FileNotFoundError`` if it is missing and not ``create``."""
-        return diskio.open_dir(self._disk, self._root_fd, self.root, parts, create=create, durable=durable)
+        return folders.open_dir(self._disk, self._root_fd, self.root, parts, create=create, durable=durable)
 
     def _make_dir(self, parts: tuple[str, ...]) -> None:
         """Make ``<root>/<parts...>`` (durably) if it is missing, as ``_open`` does."""
-        os.close(diskio.walk_dir(self._disk, self._root_fd, self.root, parts, create=True))
+        os.close(folders.walk_dir(self._disk, self._root_fd, self.root, parts, create=True))
 
     def _open_existing(self, parts: tuple[str, ...]) -> AbstractContextManager[int | None]:
         """``_open`` for a folder that may be missing: None while it is."""
-        return diskio.open_existing_dir(self._root_fd, self.root, parts)
+        return folders.open_existing_dir(self._root_fd, self.root, parts)
 
     # --- locks ----------------------------------------------------------------
 
@@ -484,7 +484,7 @@ class Store:
         wait = self.config.lock_timeout if timeout is None else timeout
         path = "/".join((self.root, *parts, name))
         with self._open(parts, create=True, durable=False) as folder, \
-                diskio.hold_lock(self._disk, path, wait, what, dir_fd=folder):
+                locks.hold_lock(self._disk, path, wait, what, dir_fd=folder):
             yield
 
     def _episode_lock(self, show: str, ep: str) -> Any:
@@ -575,7 +575,7 @@ class Store:
                 del self._cache[path]
 
     def _episode_missing(self, show: str, ep: str) -> StatekitError:
-        if not diskio.check_dirs(self.root, ("shows", show)):
+        if not folders.check_dirs(self.root, ("shows", show)):
             return ShowNotFoundError(f"show {show!r} not found", show_id=show)
         return EpisodeNotFoundError(f"episode {show}/{ep} not found", show_id=show, episode_id=ep)
 
@@ -583,7 +583,7 @@ class Store:
     def _episode_folder(self, show: str, ep: str) -> Iterator[int]:
         """The episode's folder, held open (``_open``); the episode is missing if it is."""
         try:
-            folder = diskio.walk_dir(self._disk, self._root_fd, self.root, ("shows", show, "episodes", ep))
+            folder = folders.walk_dir(self._disk, self._root_fd, self.root, ("shows", show, "episodes", ep))
         except FileNotFoundError:
             raise self._episode_missing(show, ep) from None
         try:
@@ -658,7 +658,7 @@ class Store:
         check_id(show, "show id")
         check_id(ep, "episode id")
         paths = self._paths(show, ep)
-        if diskio.real_dirs(paths.chain):
+        if folders.real_dirs(paths.chain):
             for path in paths.files:
                 if os.path.lexists(path):
                     return path
@@ -674,7 +674,7 @@ class Store:
         """The episode's committed events, oldest first."""
         episode = self.get(show, ep)
         path = self._paths(show, ep).events
-        return validate_events(path, diskio.read_events(path, episode.version))
+        return validate_events(path, eventlog.read_events(path, episode.version))
 
     # --- the write path ------------------------------------------------------------
 
@@ -742,7 +742,7 @@ class Store:
                 **{k: v for k, v in event.items() if v is not None},
                 "sha256": _sha256(raw),
             }
-            line = diskio.event_line(record)
+            line = eventlog.event_line(record)
         except (UnicodeEncodeError, TypeError):  # orjson says TypeError
             # text that bypassed the models' checks: refused here, before anything is written
             where = find_bad_text(data, "episode") or find_bad_text(event, "event")
@@ -759,7 +759,7 @@ class Store:
         sizes: list[int] = []
 
         def append() -> None:  # runs alongside the file's own fsync; done before the rename
-            before, after = diskio.append_event(self._disk, log, line, committed, known, dir_fd=folder)
+            before, after = eventlog.append_event(self._disk, log, line, committed, known, dir_fd=folder)
             if before == 0:  # a new events.jsonl: its name must be durable before the file's
                 try:
                     self._disk.fsync(folder)
@@ -796,7 +796,7 @@ class Store:
             # a restore over a file that could not be read: a rebuild meanwhile dropped the
             # episode, its earlier events too, from the index; they go back with this one
             try:
-                event_rows = event_rows_of(diskio.read_events(log, new.version, strict=False, dir_fd=folder))
+                event_rows = event_rows_of(eventlog.read_events(log, new.version, strict=False, dir_fd=folder))
             except (StatekitError, ValueError) as exc:
                 logging.getLogger("statekit").warning(
                     "statekit: the index keeps only the newest event of %s (%s); run 'statekit sync'", new.key, exc)
@@ -818,7 +818,7 @@ class Store:
         model = current.model
         parts = self._backup_parts(model.show_id, model.episode_id)
         # not fsynced: a backup folder needs no durable entry (the backup is a spare)
-        folder = diskio.walk_dir(self._disk, self._root_fd, self.root, parts, create=True, durable=False)
+        folder = folders.walk_dir(self._disk, self._root_fd, self.root, parts, create=True, durable=False)
         stem, ext = os.path.splitext(os.path.basename(path))
         return "/".join((self.root, *parts, f"{stem}.v{model.version}{ext}")), folder
 
@@ -853,7 +853,7 @@ class Store:
         check_id(ep, "episode id")
         with self._open_existing(self._backup_parts(show, ep)) as folder:
             if folder is None:
-                if not diskio.real_dirs(self._paths(show, ep).chain):
+                if not folders.real_dirs(self._paths(show, ep).chain):
                     raise self._episode_missing(show, ep)
                 return []
             return self._list_backups(show, ep, folder)
@@ -905,7 +905,7 @@ class Store:
         if type(backup) is not int or backup < 1:
             raise ValidationError(f"backup must be a positive integer (1 = the newest), got {backup!r}")
         paths = self._paths(show, ep)
-        if not diskio.real_dirs(paths.chain):
+        if not folders.real_dirs(paths.chain):
             raise self._episode_missing(show, ep)
         with self._episode_lock(show, ep), self._episode_folder(show, ep) as folder, \
                 self._open_existing(self._backup_parts(show, ep)) as kept:
@@ -940,7 +940,7 @@ class Store:
                     self._drop_live_links(show, ep, path, folder, kept)
             # the version the log is committed at: the file's, or if it cannot be read, the log's last
             committed = current.model.version if current is not None else max(
-                diskio.last_logged_version(paths.events, dir_fd=folder), 0)
+                eventlog.last_logged_version(paths.events, dir_fd=folder), 0)
             new = source.model.model_copy(update={"version": committed + 1, "updated_at": self.clock(),
                                                   "lease": None})
             event = {"kind": "restore", "message": f"restored backup {backup} (version {chosen.version})",
@@ -1152,12 +1152,12 @@ class Store:
                 return
         with self._episode_lock(show, ep), self._episode_folder(show, ep) as folder:
             _, parsed = self._load(show, ep, folder)
-            tail = diskio.uncommitted_tail(paths.events, parsed.model.version, dir_fd=folder)
+            tail = eventlog.uncommitted_tail(paths.events, parsed.model.version, dir_fd=folder)
             if tail:
                 act(f"drop the uncommitted event tail of {key} ({tail} bytes of events.jsonl)")
                 if not dry_run:
                     size = os.stat("events.jsonl", dir_fd=folder, follow_symlinks=False).st_size
-                    diskio.drop_tail(self._disk, paths.events, size - tail, dir_fd=folder)
+                    eventlog.drop_tail(self._disk, paths.events, size - tail, dir_fd=folder)
                     parsed.log_size = None
             for stage in sorted(parsed.model.checkpoints.keys() | set(_checkpoint_stages(paths.dir))):
                 cp = os.path.join(paths.dir, "checkpoints", stage + ".json")
@@ -1222,7 +1222,7 @@ class Store:
         show, ep = model.show_id, model.episode_id
         with self._show_lock(show):
             self._read_show(show)  # a damaged show.yaml stops the create before anything is written
-            diskio.check_dirs(self.root, ("shows", show, "episodes"))  # refuses a symlink; folders come later
+            folders.check_dirs(self.root, ("shows", show, "episodes"))  # refuses a symlink; folders come later
             made = [d for d in self._paths(show, ep).chain[1:] if not os.path.lexists(d)]
             try:
                 with self._episode_lock(show, ep):
@@ -1425,7 +1425,7 @@ class Store:
     def get_show(self, show: str) -> Show:
         """The show, its episode list reconciled with the episodes on disk."""
         check_id(show, "show id")
-        if not diskio.check_dirs(self.root, ("shows", show)):
+        if not folders.check_dirs(self.root, ("shows", show)):
             raise ShowNotFoundError(f"show {show!r} not found", show_id=show)
         _, model = self._read_show(show)
         on_disk = self._episode_ids_on_disk(show)
@@ -1632,7 +1632,7 @@ class Store:
         check_id(show, "show id")
         check_id(ep, "episode id")
         self._check_stage(stage)
-        if not diskio.real_dirs(self._paths(show, ep).chain):
+        if not folders.real_dirs(self._paths(show, ep).chain):
             raise self._episode_missing(show, ep)
         return read_checkpoint(self._checkpoint_path(show, ep, stage))
 
@@ -1688,7 +1688,7 @@ class Store:
             raise ValidationError("label must be text of at most 4096 characters",
                                   hint="leave it out to record the source path; nothing was changed")
         check_text(label, "label")
-        if not diskio.real_dirs(self._paths(show, ep).chain):
+        if not folders.real_dirs(self._paths(show, ep).chain):
             raise self._episode_missing(show, ep)
         root_fd = self._root_fd
         with assets.objects_lock(self._disk, self.root, root_fd=root_fd, exclusive=False,
@@ -1833,7 +1833,7 @@ class Store:
         exclusively, so no ``add_asset`` is half way meanwhile.
         ``ignoring``: files to count as gone (a dry run of a backup gc)."""
         report = assets.ObjectsReport()
-        if not diskio.check_dirs(self.root, (assets.OBJECTS,)):
+        if not folders.check_dirs(self.root, (assets.OBJECTS,)):
             return report
         with assets.objects_lock(self._disk, self.root, root_fd=self._root_fd, exclusive=True,
                                  timeout=max(self.config.lock_timeout, 30.0)):
@@ -1869,7 +1869,7 @@ class Store:
         """Remove the temp folders (``run.temp_path()``) of runs that are no
         longer live: a worker killed before its ``finally`` could run."""
         top = os.path.join(self.root, ".statekit", "tmp", "runs")
-        if not diskio.check_dirs(self.root, (".statekit", "tmp", "runs")):
+        if not folders.check_dirs(self.root, (".statekit", "tmp", "runs")):
             return []
         now = self.clock()
         live = {e.lease.run_id for e in self.list() if e.lease is not None and e.lease.expires_at > now}
@@ -2186,7 +2186,7 @@ class Store:
                 fd = self._disk.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | diskio.O_NOFOLLOW
                                      | diskio.O_CLOEXEC, dir_fd=folder)
             try:
-                diskio.write_all(self._disk, fd, diskio.event_line(line))
+                diskio.write_all(self._disk, fd, eventlog.event_line(line))
             finally:
                 self._disk.close(fd)
         except (OSError, StatekitError) as exc_:
@@ -2213,7 +2213,7 @@ class Store:
     def _known_show(self, show: str | None) -> None:
         if show is not None:
             check_id(show, "show id")
-            if not diskio.check_dirs(self.root, ("shows", show)):
+            if not folders.check_dirs(self.root, ("shows", show)):
                 raise ShowNotFoundError(f"show {show!r} not found", show_id=show)
 
     def counts(self, show: str | None = None) -> dict[str, int]:
@@ -2324,7 +2324,7 @@ class Store:
             # the index never saw is the tail of a write that crashed before its rename (it
             # is dropped, as every write drops it); one the index saw was committed, and the
             # person lowered ``version`` by hand.
-            logged = max(diskio.last_logged_version(log_path, dir_fd=folder), 0)
+            logged = max(eventlog.last_logged_version(log_path, dir_fd=folder), 0)
             seen = before.get("version") if before is not None else None
             if logged == current.model.version + 1 and not (isinstance(seen, int) and seen >= logged):
                 logged = current.model.version

@@ -26,7 +26,8 @@ from statekit import (
     ValidationError,
     VersionConflictError,
 )
-from statekit.files import DISK, hold_lock
+from statekit.files import DISK
+from statekit.locks import hold_lock
 
 from .conftest import episode_file, snapshot
 

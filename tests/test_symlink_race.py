@@ -32,7 +32,7 @@ from typing import Any
 
 import pytest
 
-from statekit import StatekitError, StorageError, Store, UnsafePathError, files
+from statekit import StatekitError, StorageError, Store, UnsafePathError, folders
 
 SHOW, EP = "s", "e"
 ASSET = b"asset bytes, added before the link is planted\n"
@@ -43,17 +43,17 @@ BAIT = b"outside the root: must never change\n"
 @pytest.fixture(params=["openat2", "walk"])
 def reach(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
     """How folders are reached in this test: the kernel's way, or the walk alone."""
-    kernel = files._probe_beneath()
-    if request.param == "openat2" and kernel is None:
+    if request.param == "openat2" and not folders.openat2_available():
         pytest.skip("this system has no openat2")
-    monkeypatch.setattr(files, "_beneath", kernel if request.param == "openat2" else None)
+    was = folders.use_openat2(request.param == "openat2")
+    request.addfinalizer(lambda: folders.use_openat2(was))
     return str(request.param)
 
 
 def use_walk(walk: bool) -> None:
     """In a child process: reach folders by the walk alone (as where the kernel has no openat2)."""
     if walk:
-        files._beneath = None
+        folders.use_openat2(False)
 
 
 def outside_state(folder: Path) -> dict[str, Any]:

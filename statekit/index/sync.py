@@ -30,6 +30,7 @@ from sqlalchemy import func, select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
+from .. import eventlog, folders
 from .. import files as diskio
 from ..codecs import YAML_CODEC, same
 from ..errors import (
@@ -217,7 +218,7 @@ def _rows_for(store: Store, show: str, ep: str, path: str, raw: bytes, st: os.st
         position=position,  # type: ignore[arg-type]
     )
     log_path = os.path.join(os.path.dirname(path), "events.jsonl")
-    lines = diskio.read_events(log_path, model.version, strict=False)
+    lines = eventlog.read_events(log_path, model.version, strict=False)
     rows = _event_rows(log_path, lines, show, ep)
     if _unadopted(rows, row["file_sha256"]):  # a hand edit sync has not adopted: never trust its stat
         row["file_stamp"] = None
@@ -273,7 +274,7 @@ def open_index(store: Store, url: str | None = None) -> Index:
     """
     path = index_path(store.root)
     if url is None:  # SQLite follows symlinks: refuse one in place of .statekit or of the database's files
-        diskio.check_dirs(store.root, (".statekit",))
+        folders.check_dirs(store.root, (".statekit",))
         for name in (path, path + "-wal", path + "-shm", path + "-journal"):
             if os.path.islink(name):
                 raise UnsafePathError(f"refusing to follow a symlink at {name}", path=name)
@@ -761,7 +762,7 @@ def verify(store: Store, progress: Progress | None = None) -> VerifyReport:
             _verify_assets(store, report, model, os.path.dirname(path), hashed)
         log_path = os.path.join(os.path.dirname(path), "events.jsonl")
         try:
-            lines = diskio.read_events(log_path, model.version)
+            lines = eventlog.read_events(log_path, model.version)
             validate_events(log_path, lines)  # what events() would refuse
             _event_rows(log_path, lines, show, ep)  # what a rebuild could not index
         except StatekitError as exc:

@@ -49,8 +49,8 @@ from statekit import (
     Store,
     ValidationError,
     VersionConflictError,
+    eventlog,
 )
-from statekit import files as diskio
 from statekit.models import Episode, cost_sum
 
 from .conftest import size
@@ -759,7 +759,7 @@ class StoreMachine(RuleBasedStateMachine):
             assert len(matches) == 1, f"{key}: the disk holds {seen}, the model allows {outcomes}"
             chosen = matches[0]
             FIGURES[f"killed writes resolved to outcome {outcomes.index(chosen)} of {len(outcomes)}"] += 1
-            logged = diskio.last_logged_version(self.log_path(key)) if os.path.exists(self.log_path(key)) else 0
+            logged = eventlog.last_logged_version(self.log_path(key)) if os.path.exists(self.log_path(key)) else 0
             if chosen is None:
                 self.eps.pop(key, None)
                 self.index.pop(key, None)
@@ -810,10 +810,10 @@ class StoreMachine(RuleBasedStateMachine):
             # the log: versions 1..committed, of the kinds recorded; at most the known tail after it
             assert e.committed is not None
             committed = e.committed["version"]
-            lines = diskio.read_events(self.log_path(key), committed)
+            lines = eventlog.read_events(self.log_path(key), committed)
             assert [line["version"] for line in lines] == list(range(1, committed + 1)), (key, lines)
             assert [(line["kind"], line.get("to_stage")) for line in lines] == e.kinds, (key, lines, e.kinds)
-            logged = diskio.last_logged_version(self.log_path(key))
+            logged = eventlog.last_logged_version(self.log_path(key))
             assert logged == committed + (1 if e.tail is not None else 0), (key, logged, committed, e.tail)
             if e.file is not None and not e.edited:
                 events = self.s.events(*key)

@@ -10,7 +10,8 @@ import shutil
 from pathlib import Path
 
 from statekit import Store
-from statekit.files import Disk, event_line
+from statekit.eventlog import event_line
+from statekit.files import Disk
 
 from ..conftest import episode_file, index_rows
 
