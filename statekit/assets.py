@@ -1,367 +1,284 @@
-"""Content-addressed media: each distinct content is stored once.
+"""Episode assets and uploads: media stored once by content, named by episodes.
 
-``ROOT/objects/<sha256[:2]>/<sha256>`` holds the bytes, and
-``<sha256>.json`` beside it a sidecar (size, hash, media type, source,
-created time). An episode's ``assets`` map names to hashes; the same bytes
-added to two episodes are one object. An object is written like every other
-file: to a temp file, fsynced, renamed into place, its folder fsynced, so a
-crash leaves the old state or the whole object, never part of one; a
-temp file an interrupted write leaves is removed by the write itself
-(``finally``) or, after ``kill -9``, by ``statekit gc``.
-
-Objects nothing refers to are removed by ``gc``. ``add_asset`` holds a
-shared lock on ``.statekit/locks/objects.lock`` from storing the object
-until the episode records it, and ``gc`` holds it exclusively, so ``gc``
-never removes an object a concurrent ``add_asset`` is about to record.
+``add`` stores the content (``objects``) and records it in the episode
+through the write path (one ``asset`` event); ``record_uploads`` records
+where assets went; ``gc_objects`` removes content nothing names any more,
+``gc_run_temp`` the temp folders of stopped runs.
 """
 
 from __future__ import annotations
 
-import errno
-import hashlib
-import mimetypes
+import logging
 import os
 import re
-import stat
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
+import shutil
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 
-import orjson
+from pydantic import ValidationError as PydanticValidationError
 
 from . import files as diskio
-from . import folders
-from .errors import CorruptFileError, LockTimeoutError, StatekitError, StorageError, ValidationError
+from . import objects
+from .errors import AssetNotFoundError, StatekitError, ValidationError
+from .ids import check_id
+from .layout import RUN_TEMP, subdirs
+from .models import AssetRecord, Episode, UploadRecord, check_text
+from .objects import ObjectsReport, Removed
+from .schema import legacy_id
+from .writes import Writer
 
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - not on Windows
-    fcntl = None  # type: ignore[assignment]
+log = logging.getLogger("statekit")
 
-OBJECTS = "objects"
-SIDECAR_SCHEMA = 1
-CHUNK = 1 << 20
-HEX64 = re.compile(rb"[0-9a-f]{64}")
-_SHA = re.compile(r"[0-9a-f]{64}")
-
-
-@dataclass
-class StoredObject:
-    sha256: str
-    size: int
-    path: str
-    new: bool
-    """False when the content was already stored (by this or another episode)."""
+Extra = Callable[[Episode, datetime], dict[str, Any]]
 
 
-def object_path(root: str, sha256: str) -> str:
-    return f"{root}/{OBJECTS}/{sha256[:2]}/{sha256}"
+class Assets:
+    """The assets of one store's episodes, recorded through its ``writer``."""
 
+    def __init__(self, writer: Writer) -> None:
+        self.writer = writer
+        self.root = writer.root
 
-def sidecar_path(root: str, sha256: str) -> str:
-    return object_path(root, sha256) + ".json"
-
-
-def guess_media_type(name: str | None) -> str:
-    if name:
-        guessed, _ = mimetypes.guess_type(name, strict=False)
-        if guessed:
-            return guessed
-    return "application/octet-stream"
-
-
-# --- the objects lock -----------------------------------------------------------------
-
-
-@contextmanager
-def objects_lock(disk: diskio.Disk, root: str, *, root_fd: int, exclusive: bool, timeout: float) -> Iterator[None]:
-    """Shared (``add_asset``) or exclusive (``gc``) hold on the object folder
-    (``root_fd``: the store's root, held open; see ``files.open_dir``)."""
-    path = f"{root}/.statekit/locks/objects.lock"
-    with folders.open_dir(disk, root_fd, root, (".statekit", "locks"), create=True) as folder:
-        try:
-            fd = disk.open(path, os.O_RDWR | os.O_CREAT | diskio.O_NOFOLLOW | diskio.O_CLOEXEC, 0o666, dir_fd=folder)
-        except OSError as exc:
-            if exc.errno == errno.ELOOP:
-                raise diskio._unsafe(path) from None
-            raise diskio.storage_error(exc, path, "open lock file") from exc
-    try:
-        if fcntl is not None:
-            mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-            deadline = time.monotonic() + timeout
-            delay = 0.001
-            while True:
-                try:
-                    fcntl.flock(fd, mode | fcntl.LOCK_NB)
-                    break
-                except BlockingIOError:
-                    if time.monotonic() >= deadline:
-                        raise LockTimeoutError(
-                            f"could not lock the object folder within {timeout:g} s "
-                            f"({'a gc is running' if not exclusive else 'assets are being added'})",
-                            path=path, timeout=timeout) from None
-                    time.sleep(delay)
-                    delay = min(delay * 2, 0.05)
-        try:
-            yield
-        finally:
-            if fcntl is not None:
-                fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
-
-
-# --- storing ----------------------------------------------------------------------------
-
-
-def _existing_size(path: str, folder: int) -> int | None:
-    """The size of the object at ``path`` (in ``folder``, held open), or None
-    if there is none (or something that is not a regular file is in its place)."""
-    try:
-        st = os.stat(os.path.basename(path), dir_fd=folder, follow_symlinks=False)
-    except FileNotFoundError:
-        return None
-    if not stat.S_ISREG(st.st_mode):
-        raise diskio._unsafe(path) if stat.S_ISLNK(st.st_mode) else CorruptFileError(
-            f"{path}: expected a stored object, found something else", path=path)
-    return st.st_size
-
-
-def _place(disk: diskio.Disk, root: str, root_fd: int, tmp: str, objects: int, sha: str,
-           size: int) -> StoredObject:
-    """Rename the fsynced temp file ``tmp`` (in the folder ``objects``, held
-    open) into place as object ``sha`` (or drop it if that object is already
-    there, whole)."""
-    path = object_path(root, sha)
-    with folders.open_dir(disk, root_fd, root, (OBJECTS, sha[:2]), create=True) as folder:
-        if _existing_size(path, folder) == size:
-            return StoredObject(sha, size, path, new=False)
-        # none yet, or a damaged one (wrong size): this copy is known good
-        disk.replace(tmp, path, src_dir_fd=objects, dst_dir_fd=folder)
-        disk.fsync(folder)
-    return StoredObject(sha, size, path, new=True)
-
-
-def put_bytes(disk: diskio.Disk, root: str, data: bytes, *, root_fd: int) -> StoredObject:
-    """Store ``data`` as an object (``root_fd``: the store's root, held open)."""
-    sha = hashlib.sha256(data).hexdigest()
-    path = object_path(root, sha)
-    with folders.open_dir(disk, root_fd, root, (OBJECTS, sha[:2]), create=True) as folder:
-        if _existing_size(path, folder) == len(data):
-            return StoredObject(sha, len(data), path, new=False)
-        diskio.atomic_write(disk, path, data, dir_fd=folder)
-    return StoredObject(sha, len(data), path, new=True)
-
-
-COPY_CHUNK = 8 << 20
-_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EBADF}
-
-
-def _copy(disk: diskio.Disk, src: int, dst: int, buf: memoryview) -> None:
-    """Copy all of ``src`` to ``dst``: in the kernel where it can, else
-    through ``buf`` (never the whole file in memory)."""
-    first = True
-    while True:
-        try:
-            if not disk.copy_range(src, dst, COPY_CHUNK):
-                return
-        except OSError as exc:
-            if not (first and exc.errno in _NO_KERNEL_COPY):
-                raise
-            break  # this file system (or source) cannot: copy by hand from the start
-        first = False
-    with open(src, "rb", buffering=0, closefd=False) as reader:
-        while n := reader.readinto(buf):  # type: ignore[attr-defined]
-            diskio.write_all(disk, dst, buf[:n])  # type: ignore[arg-type]
-
-
-def _hash_fd(fd: int, buf: memoryview) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = 0
-    while n := os.preadv(fd, [buf], size):
-        digest.update(buf[:n])
-        size += n
-    return digest.hexdigest(), size
-
-
-def put_file(disk: diskio.Disk, root: str, source: str, *, root_fd: int) -> StoredObject:
-    """Copy ``source`` into the object folder, then hash the copy.
-
-    The copy is made in the kernel (``copy_file_range``) and hashed from
-    the page cache, ``CHUNK`` bytes at a time: a large file is never loaded
-    whole, and the hash is of exactly the bytes stored, even if the source
-    changes meanwhile. Two passes, the first without a trip through Python,
-    beat one pass that hashes as it writes (measured in bench_assets.py);
-    the fsync runs on a helper thread while the copy is hashed. ``root_fd``:
-    the store's root, held open."""
-    try:
-        src = os.open(source, os.O_RDONLY | diskio.O_CLOEXEC)
-    except FileNotFoundError:
-        raise ValidationError(f"asset source {source} does not exist", path=source,
-                              hint="check the path; nothing was stored") from None
-    except OSError as exc:
-        raise diskio.storage_error(exc, source, "read asset source") from exc
-    fd: int | None = None
-    tmp: str | None = None
-    objects: int | None = None
-    try:
-        st = os.fstat(src)
-        if not stat.S_ISREG(st.st_mode):
-            raise ValidationError(f"asset source {source} is not a regular file", path=source,
-                                  hint="give the path of a file; nothing was stored")
-        objects = folders.walk_dir(disk, root_fd, root, (OBJECTS,), create=True)
-        fd, tmp = disk.mkstemp(f"{root}/{OBJECTS}", f"{diskio.TEMP_PREFIX}incoming.", diskio.TEMP_SUFFIX,
-                               dir_fd=objects)
-        buf = memoryview(bytearray(CHUNK))
-        _copy(disk, src, fd, buf)
-        copy = fd
-        if disk.overlap_syncs:  # the data goes to disk while it is hashed from the page cache
-            sync = diskio.in_background(lambda: disk.fsync(copy))
-            try:
-                sha, size = _hash_fd(fd, buf)
-            finally:
-                sync.result()
+    def add(self, show: str, ep: str, source: bytes | str | os.PathLike[str], kind: str = "audio",
+            name: str | None = None, *, media_type: str | None = None, label: str | None = None,
+            extra: Extra | None = None, event_extra: Mapping[str, Any] | None = None) -> Episode:
+        """Store ``source`` once by its sha256 and record it as ``assets[name]``
+        (see ``Store.add_asset``); ``extra``/``event_extra``: a run's lease fields."""
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        check_id(kind, "asset kind")
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            data: bytes | None = bytes(source)
+            path = None
+        elif isinstance(source, (str, os.PathLike)):
+            data = None
+            path = os.fspath(source)
+            if not isinstance(path, str) or not path:
+                raise ValidationError(f"asset source must be a file path or bytes, got {source!r}")
         else:
-            sha, size = _hash_fd(fd, buf)
-            disk.fsync(fd)
-        closing, fd = fd, None
-        disk.close(closing)
-        stored = _place(disk, root, root_fd, tmp, objects, sha, size)
-        if stored.new:
-            tmp = None
-        return stored
-    except StatekitError:
-        raise
-    except OSError as exc:
-        raise diskio.storage_error(exc, tmp or source, "store asset") from exc
-    finally:  # whatever happened: no temp file stays behind
-        os.close(src)
-        diskio.discard_temp(fd, tmp, objects)
-        if objects is not None:
-            os.close(objects)
+            raise ValidationError(f"asset source must be a file path or bytes, got {type(source).__name__}")
+        if name is None:
+            name = legacy_id(os.path.basename(path)) if path else kind
+        check_id(name, "asset name")
+        if media_type is None:
+            media_type = objects.guess_media_type(path or name)
+        elif not isinstance(media_type, str) or not re.fullmatch(r"[\w.+-]+/[\w.+-]+", media_type):
+            raise ValidationError(f"media_type must look like 'audio/wav', got {media_type!r}")
+        if label is None:  # a file name need not be UTF-8; what is recorded must be
+            label = os.path.abspath(path).encode("utf-8", "backslashreplace").decode("utf-8") if path else None
+        elif not isinstance(label, str) or len(label) > 4096:
+            raise ValidationError("label must be text of at most 4096 characters",
+                                  hint="leave it out to record the source path; nothing was changed")
+        check_text(label, "label")
+        writer = self.writer
+        writer.require_folders(show, ep)
+        disk, root_fd = writer.disk, writer.folders.root_fd
+        with objects.objects_lock(disk, self.root, root_fd=root_fd, exclusive=False,
+                                  timeout=writer.config.lock_timeout):
+            stored = (objects.put_bytes(disk, self.root, data, root_fd=root_fd) if data is not None
+                      else objects.put_file(disk, self.root, path, root_fd=root_fd))  # type: ignore[arg-type]
+            objects.write_sidecar(disk, self.root, stored, root_fd=root_fd, media_type=media_type,
+                                  source=label, now=writer.clock())
 
+            def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]] | None:
+                more = extra(m, now) if extra is not None else {}
+                old = m.assets.get(name)
+                if old is not None and old.sha256 == stored.sha256 and old.kind == kind and not more:
+                    return None  # already recorded: nothing to write
+                record = AssetRecord(sha256=stored.sha256, size=stored.size, kind=kind, media_type=media_type,
+                                     source=label, added_at=now)
+                uploads = m.uploads
+                if name in uploads and uploads[name].sha256 != stored.sha256:
+                    uploads = {k: v for k, v in uploads.items() if k != name}
+                new = m.model_copy(update={**more, "version": m.version + 1, "updated_at": now,
+                                           "assets": {**m.assets, name: record}, "uploads": uploads})
+                return new, {"kind": "asset", "asset": name, "content_sha256": stored.sha256, "size": stored.size,
+                             "replaced": old.sha256 if old is not None and old.sha256 != stored.sha256 else None,
+                             **(event_extra or {})}
 
-def write_sidecar(disk: diskio.Disk, root: str, stored: StoredObject, *, root_fd: int, media_type: str,
-                  source: str | None, now: datetime) -> None:
-    """The object's description, written once (the first add describes it)."""
-    path = sidecar_path(root, stored.sha256)
-    try:
-        current = read_sidecar(path)
-    except CorruptFileError:
-        current = None  # damaged: written again below
-    if current is not None and current.get("sha256") == stored.sha256 and current.get("size") == stored.size:
-        return
-    body = {"schema_version": SIDECAR_SCHEMA, "sha256": stored.sha256, "size": stored.size,
-            "media_type": media_type, "source": source, "created_at": now.isoformat()}
-    with folders.open_dir(disk, root_fd, root, (OBJECTS, stored.sha256[:2]), create=True) as folder:
-        diskio.atomic_write(disk, path, orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n", dir_fd=folder)
+            episode = writer.write(show, ep, change)
+        self._link(show, ep, name, stored.sha256)
+        return episode
 
+    def _link(self, show: str, ep: str, name: str, sha: str) -> None:
+        """``episodes/<ep>/assets/<name>``: a hard link to the object ``sha`` (no copy),
+        for people; best effort (the episode file is what counts)."""
+        target = objects.object_path(self.root, sha)
+        writer = self.writer
+        try:
+            with writer.folders.open(("shows", show, "episodes", ep, "assets"), create=True) as folder, \
+                    writer.folders.open((objects.OBJECTS, sha[:2])) as store_folder:
+                directory = f"{writer.paths(show, ep).dir}/assets"
+                link = os.path.join(directory, name)
+                try:
+                    if os.path.samestat(os.stat(name, dir_fd=folder, follow_symlinks=False),
+                                        os.stat(sha, dir_fd=store_folder, follow_symlinks=False)):
+                        return
+                except FileNotFoundError:
+                    pass
+                tmp = os.path.join(directory, f"{diskio.TEMP_PREFIX}{name}.{os.getpid()}{diskio.TEMP_SUFFIX}")
+                try:
+                    writer.disk.link(target, tmp, src_dir_fd=store_folder, dst_dir_fd=folder)
+                    writer.disk.replace(tmp, link, src_dir_fd=folder, dst_dir_fd=folder)
+                finally:
+                    if diskio.lexists(tmp, dir_fd=folder):
+                        os.unlink(os.path.basename(tmp), dir_fd=folder)
+                writer.disk.fsync(folder)
+        except (StatekitError, OSError) as exc:
+            log.info("statekit: no link to asset %s in %s/%s (%s); the asset is in %s", name, show, ep, exc,
+                     os.path.relpath(target, self.root))
 
-def read_sidecar(path: str) -> dict[str, Any] | None:
-    raw = diskio.read_file(path)
-    if raw is None:
-        return None
-    try:
-        data = orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
-        raise CorruptFileError(f"{path}: not valid JSON ({exc})", path=path) from None
-    if not isinstance(data, dict):
-        raise CorruptFileError(f"{path}: not a JSON object", path=path)
-    return data
+    def record(self, show: str, ep: str, name: str) -> AssetRecord:
+        """The episode's record of asset ``name`` (``AssetNotFoundError`` if none)."""
+        check_id(name, "asset name")
+        record = self.writer.get(show, ep).assets.get(name)
+        if record is None:
+            raise AssetNotFoundError(f"{show}/{ep} has no asset {name!r}", show_id=show, episode_id=ep,
+                                     hint=f"see its assets with 'statekit asset list {show}/{ep}'")
+        return record
 
+    def path(self, show: str, ep: str, name: str) -> str:
+        """Where asset ``name``'s content is (read it, never write it)."""
+        return objects.object_path(self.root, self.record(show, ep, name).sha256)
 
-# --- checking ---------------------------------------------------------------------------
+    def verify(self, show: str, ep: str, name: str) -> str:
+        """Hash asset ``name`` and return its path; ``CorruptFileError`` if it changed."""
+        record = self.record(show, ep, name)
+        return objects.check_object(self.root, record.sha256, record.size, what=f"asset {name!r} of {show}/{ep}",
+                                    show_id=show, episode_id=ep)
 
+    def remove(self, show: str, ep: str, name: str) -> Episode:
+        """Forget asset ``name`` (one ``asset_removed`` event)."""
+        check_id(name, "asset name")
 
-def hash_file(path: str) -> tuple[str, int]:
-    """sha256 and size of the file at ``path``, read ``CHUNK`` bytes at a time."""
-    fd = os.open(path, os.O_RDONLY | diskio.O_NOFOLLOW | diskio.O_CLOEXEC)
-    try:
-        digest = hashlib.sha256()
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
-        size = 0
-        with open(fd, "rb", buffering=0, closefd=False) as reader:
-            while n := reader.readinto(view):  # type: ignore[attr-defined]
-                digest.update(view[:n])
-                size += n
-        return digest.hexdigest(), size
-    finally:
-        os.close(fd)
+        def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
+            if name not in m.assets:
+                raise AssetNotFoundError(f"{m.key} has no asset {name!r}", show_id=show, episode_id=ep)
+            new = m.model_copy(update={
+                "version": m.version + 1, "updated_at": now,
+                "assets": {k: v for k, v in m.assets.items() if k != name},
+                "uploads": {k: v for k, v in m.uploads.items() if k != name}})
+            return new, {"kind": "asset_removed", "asset": name}
 
+        writer = self.writer
+        episode = writer.write(show, ep, change)
+        link = os.path.join(writer.paths(show, ep).dir, "assets", name)
+        try:
+            with writer.folders.open_existing(("shows", show, "episodes", ep, "assets")) as folder:
+                if folder is not None and diskio.lexists(link, dir_fd=folder):
+                    writer.disk.unlink(link, dir_fd=folder)
+        except (StatekitError, OSError) as exc:
+            log.info("statekit: could not remove %s (%s)", link, exc)
+        return episode
 
-def check_object(root: str, sha256: str, size: int, *, what: str, **context: Any) -> str:
-    """Hash the object ``sha256`` and return its path; ``CorruptFileError``
-    naming the path if it is missing, or its size or hash differ."""
-    path = object_path(root, sha256)
-    hint = "add the asset again from its source (store.add_asset / 'statekit asset add'), or re-run the stage"
-    try:
-        found, found_size = hash_file(path)
-    except FileNotFoundError:
-        raise CorruptFileError(f"{path}: {what} is missing", path=path, hint=hint, **context) from None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise diskio._unsafe(path) from None
-        raise StorageError(f"cannot read {path} ({exc.strerror or exc})", path=path, errno=exc.errno,
-                           **context) from exc
-    if found_size != size:
-        raise CorruptFileError(f"{path}: {what} is damaged: {found_size} bytes, expected {size}", path=path,
-                               hint=hint, **context)
-    if found != sha256:
-        raise CorruptFileError(f"{path}: {what} is damaged: its content no longer matches sha256 {sha256[:12]}…",
-                               path=path, hint=hint, **context)
-    return path
+    def record_uploads(self, show: str, ep: str, uploads: Mapping[str, UploadRecord | Mapping[str, Any]], *,
+                       extra: Extra | None = None, event_extra: Mapping[str, Any] | None = None) -> Episode:
+        """Record where assets were uploaded (see ``Store.record_uploads``)."""
+        if not isinstance(uploads, Mapping) or not uploads:
+            raise ValidationError("uploads must be a non-empty mapping of asset name to upload record")
+        records: dict[str, UploadRecord] = {}
+        for name, value in uploads.items():
+            check_id(name, "asset name")
+            try:
+                records[name] = value if isinstance(value, UploadRecord) else UploadRecord.model_validate(value)
+            except PydanticValidationError as exc:
+                raise ValidationError(f"upload record for {name!r}: {exc.errors()[0]['msg']}") from None
 
+        def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]] | None:
+            more = extra(m, now) if extra is not None else {}
+            for name, record in records.items():
+                asset = m.assets.get(name)
+                if asset is None:
+                    raise AssetNotFoundError(f"{m.key} has no asset {name!r}", show_id=show, episode_id=ep)
+                if asset.sha256 != record.sha256:
+                    raise ValidationError(
+                        f"asset {name!r} of {m.key} is not the content that was uploaded (sha256 "
+                        f"{record.sha256[:12]}…, the asset is now {asset.sha256[:12]}…); the upload record was refused",
+                        show_id=show, episode_id=ep, hint="upload the asset's current content again")
+            if all(m.uploads.get(n) == r for n, r in records.items()) and not more:
+                return None
+            new = m.model_copy(update={**more, "version": m.version + 1, "updated_at": now,
+                                       "uploads": {**m.uploads, **records}})
+            return new, {"kind": "upload", "assets": sorted(records),
+                         "urls": [records[n].url for n in sorted(records)], **(event_extra or {})}
 
-# --- garbage ----------------------------------------------------------------------------
+        return self.writer.write(show, ep, change)
 
+    def gc_objects(self, *, dry_run: bool = False, ignoring: set[str] | frozenset[str] = frozenset()
+                   ) -> ObjectsReport:
+        """Remove stored objects no file refers to (see ``Store.gc_objects``)."""
+        report = ObjectsReport()
+        writer = self.writer
+        if not writer.folders.exists((objects.OBJECTS,)):
+            return report
+        with objects.objects_lock(writer.disk, self.root, root_fd=writer.folders.root_fd, exclusive=True,
+                                  timeout=max(writer.config.lock_timeout, 30.0)):
+            referenced = self._referenced(ignoring)
+            top = os.path.join(self.root, objects.OBJECTS)
+            with writer.folders.open((objects.OBJECTS,)) as store_folder:
+                doomed: list[tuple[str, int, str]] = [
+                    (p, os.stat(os.path.basename(p), dir_fd=store_folder, follow_symlinks=False).st_size,
+                     "interrupted write") for p in diskio.temp_files(top, dir_fd=store_folder)]
+            for sha, path, st in objects.stored_objects(self.root):
+                if sha and not path.endswith(".json"):
+                    report.objects += 1
+                if sha and sha in referenced:
+                    if not path.endswith(".json"):
+                        report.referenced += 1
+                    continue
+                if sha:
+                    doomed.append((path, st.st_size, "unreferenced" if not path.endswith(".json")
+                                   else "sidecar of an unreferenced object"))
+                elif diskio.TEMP_SUFFIX in path:
+                    doomed.append((path, st.st_size, "interrupted write"))
+            for path, size, reason in doomed:
+                if not dry_run:
+                    # the folder is walked again from the root: it may have been swapped for a symlink meanwhile
+                    parts = tuple(os.path.relpath(os.path.dirname(path), self.root).split(os.sep))
+                    with writer.folders.open_existing(parts) as folder:
+                        if folder is None or not diskio.remove_file(writer.disk, path, "remove object",
+                                                                    dir_fd=folder):
+                            continue
+                report.removed.append(Removed(os.path.relpath(path, self.root), size, reason))
+        return report
 
-@dataclass
-class Removed:
-    path: str
-    """Relative to the store root."""
-    size: int
-    reason: str
+    def gc_run_temp(self, live: Iterable[str], *, dry_run: bool = False) -> list[Removed]:
+        """Remove the temp folders of runs not in ``live`` (run ids whose lease has not expired)."""
+        top = os.path.join(self.root, *RUN_TEMP)
+        writer = self.writer
+        if not writer.folders.exists(RUN_TEMP):
+            return []
+        keep = set(live)
+        removed = []
+        with writer.folders.open_existing(RUN_TEMP) as runs:
+            for run_id in subdirs(runs) if runs is not None else []:
+                if run_id in keep:
+                    continue
+                path = os.path.join(top, run_id)
+                size = 0
+                for _directory, _dirs, names, fd in os.fwalk(run_id, dir_fd=runs):  # never follows a symlink
+                    size += sum(os.stat(n, dir_fd=fd, follow_symlinks=False).st_size for n in names)
+                if not dry_run:
+                    shutil.rmtree(run_id, ignore_errors=True, dir_fd=runs)
+                removed.append(Removed(os.path.relpath(path, self.root), size, "temp files of a stopped run"))
+        return removed
 
-
-@dataclass
-class ObjectsReport:
-    objects: int = 0
-    referenced: int = 0
-    removed: list[Removed] = field(default_factory=list)
-
-    @property
-    def freed(self) -> int:
-        return sum(r.size for r in self.removed)
-
-
-def referenced_hashes(raw: bytes) -> set[str]:
-    """Every sha256 a file's text mentions. Deliberately generous: a damaged
-    file, a backup, a file in the trash all keep what they name."""
-    return {m.decode() for m in HEX64.findall(raw)}
-
-
-def stored_objects(root: str) -> Iterator[tuple[str, str, os.stat_result]]:
-    """(sha256, path, stat) of every object, and ("", path, stat) of every
-    other regular file in the object folders (sidecars are yielded with the
-    sha they describe and a ``.json`` path)."""
-    top = os.path.join(root, OBJECTS)
-    try:
-        prefixes = sorted(os.listdir(top))
-    except FileNotFoundError:
-        return
-    for prefix in prefixes:
-        directory = os.path.join(top, prefix)
-        st = os.lstat(directory)
-        if not stat.S_ISDIR(st.st_mode):
-            continue
-        for name in sorted(os.listdir(directory)):
-            path = os.path.join(directory, name)
-            st = os.lstat(path)
-            if not stat.S_ISREG(st.st_mode):
-                continue
-            base = name[:-5] if name.endswith(".json") else name
-            yield (base if _SHA.fullmatch(base) else ""), path, st
+    def _referenced(self, ignoring: set[str] | frozenset[str] = frozenset()) -> set[str]:
+        """Every sha256 named by an episode file, a backup or anything in the
+        trash (read as text: a damaged file still keeps its objects)."""
+        found: set[str] = set()
+        places = [os.path.join(self.root, "shows"), os.path.join(self.root, ".statekit", "backups"),
+                  os.path.join(self.root, ".statekit", "trash")]
+        for top in places:
+            for directory, dirs, names in os.walk(top):
+                dirs[:] = [d for d in dirs if d not in ("assets", "checkpoints")]
+                for name in names:
+                    path = os.path.join(directory, name)
+                    if path in ignoring:
+                        continue
+                    if name.startswith("episode") and (name.endswith((".yaml", ".json")) or ".v" in name):
+                        raw = diskio.read_file(path, limit=None)
+                        if raw is not None:
+                            found |= objects.referenced_hashes(raw)
+        return found

@@ -440,7 +440,7 @@ class Cache:
         options.setdefault("config", store.config.cache)
         options.setdefault("clock", store.clock)
         options.setdefault("timeout", store.config.lock_timeout)
-        options.setdefault("disk", store._disk)  # the store's I/O seam (fault-injection tests)
+        options.setdefault("disk", store.disk)  # the store's I/O seam (fault-injection tests)
         return cls(store.root, in_progress=in_progress, **options)
 
     def __repr__(self) -> str:

@@ -748,8 +748,8 @@ def gc(ctx: Context, age: str, dry_run: bool, as_json: bool) -> None:
 def gc_cache(store: Store, dry_run: bool) -> list[Any]:
     """The cache's expired and damaged entries (and LRU ones past its cap),
     and files of interrupted cache writes, as gc lines."""
-    from .assets import Removed
     from .cache import Cache
+    from .objects import Removed
 
     if not os.path.exists(os.path.join(store.root, ".statekit", "cache", "cache.db")):
         return []  # no cache yet: nothing to collect, and none made

@@ -59,7 +59,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import assets
+from . import objects as object_store
 from .errors import (
     AudioProcessingError,
     InvalidTransitionError,
@@ -662,7 +662,7 @@ def run_demo(directory: str | os.PathLike[str], data: str | os.PathLike[str] | N
             store.advance(show, ep, "published")
         except InvalidTransitionError as exc:
             say(f"refused: {exc.one_line()}")
-    objects = [(sha, st) for sha, path, st in assets.stored_objects(str(root)) if sha and not path.endswith(".json")]
+    objects = [(sha, st) for sha, path, st in object_store.stored_objects(str(root)) if sha and not path.endswith(".json")]
     recorded = sum(len(m.assets) for m in store.list())
     size = sum(st.st_size for _, st in objects)
     say(f"assets: {recorded} recorded by episodes, {len(objects)} objects stored ({size / 1e6:.1f} MB): "

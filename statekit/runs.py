@@ -1,14 +1,12 @@
-"""Leased stage runs and what happens when one fails.
+"""Leased stage runs: ``Store.run`` returns a ``Run``.
 
-``Store.run`` returns a ``Run``: entering it moves the episode into the
-stage under a lease (owner, run id, expiry), the body saves checkpoints and
-costs through it, and leaving it moves the episode on (success) or records
-the failure and applies the failure policy. Every write of a run checks
-that its lease is still its own and unexpired, so a worker that lost its
-lease can never write again.
-
-The decisions (what a failure does to an episode) are pure functions here;
-the ``Store`` does the I/O.
+Entering a run moves the episode into the stage under a lease (owner, run
+id, expiry), the body saves checkpoints and costs through it, and leaving it
+moves the episode on (success) or records the failure and applies the
+failure policy (``failures``). Every write of a run checks that its lease is
+still its own and unexpired, so a worker that lost its lease can never write
+again. ``Runs`` holds the writes a run makes (start, finish, fail); ``Run``
+is the handle the worker's code holds.
 """
 
 from __future__ import annotations
@@ -16,178 +14,179 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import socket
-import traceback
-import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import files as diskio
+from .assets import Assets
+from .checkpoints import Checkpoints
+from .episodes import check_cost
 from .errors import (
     CorruptFileError,
     LeaseExpiredError,
+    NotReadyError,
     SchemaVersionError,
     StatekitError,
     ValidationError,
-    context_of,
-    error_text,
 )
-from .models import COST_HINT, Episode, ErrorRecord, add_cost, check_text, cost_sum
-from .pipeline import Pipeline, approvals_after_move
-from .taxonomy import ErrorKind, backoff_seconds, classify, explain, log_fields
+from .failures import default_owner, new_run_id, plan_failure
+from .ids import check_id
+from .layout import RUN_TEMP
+from .models import COST_HINT, Episode, Lease, add_cost, check_text, cost_sum
+from .pipeline import approvals_after_move, refuse_move
+from .recovery import LeaseRanOut, Recovery
+from .taxonomy import ErrorKind, log_fields
+from .writes import Change, Writer
 
-if TYPE_CHECKING:
-    from .store import Store
-
-Change = Callable[[Episode, datetime], "tuple[Episode, dict[str, Any]] | None"]
-
-MAX_MESSAGE = 2000
-MAX_TRACEBACK = 4000
-TRACEBACK_FRAMES = 8
+log = logging.getLogger("statekit")
 
 
-def default_owner() -> str:
-    """``host:pid``, so a person can find the worker that holds a lease."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+class Runs:
+    """The writes of leased runs, over the store's ``writer``; ``recovery``
+    records a stopped worker's run before a new one starts."""
 
+    def __init__(self, writer: Writer, checkpoints: Checkpoints, assets: Assets, recovery: Recovery) -> None:
+        self.writer = writer
+        self.checkpoints = checkpoints
+        self.assets = assets
+        self.recovery = recovery
 
-def new_run_id() -> str:
-    return uuid.uuid4().hex[:16]
+    def run(self, show: str, ep: str, stage: str, *, owner: str | None = None, lease_seconds: float | None = None,
+            reraise: bool = True, verify_assets: tuple[str, ...] | list[str] = ()) -> Run:
+        """A leased run of ``stage`` (see ``Store.run``): arguments checked, nothing written yet."""
+        writer = self.writer
+        pipeline = writer.pipeline
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        writer.check_stage(stage)
+        if stage not in pipeline.runs:
+            raise ValidationError(
+                f"stage {stage!r} is not run by workers in pipeline {pipeline.name!r}",
+                hint="run stages: " + (", ".join(pipeline.runs) or "none (the pipeline declares no runs)"),
+            )
+        if owner is None:
+            owner = default_owner()
+        if not isinstance(owner, str) or not owner.strip() or len(owner) > 200:
+            raise ValidationError(f"owner must be 1-200 characters of text, got {owner!r}",
+                                  hint="name the worker, e.g. 'host:pid', or leave it out; nothing was changed")
+        check_text(owner, "owner")
+        if lease_seconds is None:
+            lease_seconds = pipeline.retry.lease_seconds
+        if (isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float))
+                or not 0 < lease_seconds <= 7 * 86400):
+            raise ValidationError(f"lease_seconds must be a number of seconds in (0, 604800], got {lease_seconds!r}")
+        if isinstance(verify_assets, str) or not isinstance(verify_assets, (tuple, list)):
+            raise ValidationError(f"verify_assets must be a list of asset names, got {verify_assets!r}")
+        for name in verify_assets:
+            check_id(name, "asset name")
+        return Run(self, show, ep, stage, owner=owner.strip(), lease_seconds=float(lease_seconds), reraise=reraise,
+                   verify_assets=tuple(verify_assets))
 
+    def start(self, run: Run) -> Episode:
+        """Enter the run's stage under its lease (one ``start`` event)."""
+        pipeline = self.writer.pipeline
+        stage = run.stage
 
-def short_traceback(exc: BaseException) -> str:
-    """The last frames of the traceback, at most ``MAX_TRACEBACK`` characters."""
-    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__, limit=-TRACEBACK_FRAMES))
-    return text if len(text) <= MAX_TRACEBACK else "...\n" + text[-MAX_TRACEBACK:]
+        def start(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
+            ctx = {"show_id": m.show_id, "episode_id": m.episode_id, "stage": stage}
+            if m.lease is not None:
+                if now >= m.lease.expires_at:
+                    raise LeaseRanOut()
+                raise NotReadyError(
+                    f"{m.key} is being run ({m.stage}) by {m.lease.owner} until {m.lease.expires_at.isoformat()}",
+                    reason="leased", hint="ask store.next() for episodes that are ready", **ctx)
+            if m.hold is not None:
+                raise NotReadyError(f"{m.key} is held for a person: {m.hold}", reason="hold",
+                                    hint=f"fix the cause, then run 'statekit retry {m.key}'", **ctx)
+            if m.due_at is not None and now < m.due_at:
+                raise NotReadyError(f"{m.key}'s retry is not due until {m.due_at.isoformat()}", reason="due",
+                                    hint=f"wait, or run 'statekit retry {m.key}' to retry now", **ctx)
+            if m.stage == stage and m.stage_done:
+                raise NotReadyError(f"{m.key} has already done stage {stage!r}", reason="done", **ctx)
+            update: dict[str, Any] = {}
+            moved = m.stage != stage
+            if moved:
+                refusal = refuse_move(pipeline, m.stage, stage, m.approvals)
+                if refusal is not None and pipeline.rank(m.stage) > pipeline.rank(stage):
+                    # past the stage: the worker's next() answer went stale, its request was right then
+                    raise NotReadyError(
+                        f"{m.key} is at stage {m.stage!r} now, past {stage!r} (another worker ran it, or it "
+                        "was moved on)", reason="moved_on", current_stage=m.stage,
+                        hint="ask store.next() for episodes that are ready", **ctx)
+                if refusal is not None:
+                    raise refusal.error(refusal.message, **ctx, **refusal.extra)
+                update = {"stage": stage, "previous_stage": m.stage, "stage_entered_at": now,
+                          "attempts": {**m.attempts, stage: m.attempts.get(stage, 0) + 1},
+                          "approvals": approvals_after_move(pipeline, stage, m.approvals)}
+            lease = Lease(owner=run.owner, run_id=run.run_id, acquired_at=now,
+                          expires_at=now + timedelta(seconds=run.lease_seconds))
+            new = m.model_copy(update={**update, "version": m.version + 1, "updated_at": now, "lease": lease,
+                                       "due_at": None, "hold": None, "stage_done": False, "message": None})
+            return new, {"kind": "start", "from_stage": m.stage if moved else None, "to_stage": stage if moved
+                         else None, "owner": run.owner, "run_id": run.run_id,
+                         "attempt": new.attempts.get(stage, 0), "lease_expires_at": lease.expires_at.isoformat()}
 
+        try:
+            return self.writer.write(run.show_id, run.episode_id, start)
+        except LeaseRanOut:  # its last worker stopped: record that first, then start
+            line = self.recovery.recover_one(run.show_id, run.episode_id)
+            if line is not None and line.get("action") == "give_up":
+                raise NotReadyError(
+                    f"{run.show_id}/{run.episode_id}'s last worker stopped and its attempts are used up: "
+                    "it was given up", reason="gave_up", show_id=run.show_id, episode_id=run.episode_id,
+                    stage=stage, hint=f"see why with 'statekit show {run.show_id}/{run.episode_id}' or "
+                                      "'statekit errors'") from None
+        try:
+            return self.writer.write(run.show_id, run.episode_id, start)
+        except LeaseRanOut:
+            raise NotReadyError(f"{run.show_id}/{run.episode_id} changed hands while starting; ask next() again",
+                                reason="leased") from None
 
-def _one_line(text: str, limit: int = MAX_MESSAGE) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 3] + "..."
+    def finish(self, run: Run) -> Episode:
+        """Move on to the stage's success target, or mark the stage done (one ``finish`` event)."""
+        pipeline = self.writer.pipeline
+        stage = run.stage
 
+        def finish(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
+            run.check(m, now)
+            target = pipeline.run_target(stage)
+            update: dict[str, Any] = {"version": m.version + 1, "updated_at": now, "lease": None,
+                                      "message": run.message}
+            if target is not None and refuse_move(pipeline, stage, target, m.approvals) is None:
+                update.update(stage=target, previous_stage=stage, stage_entered_at=now, stage_done=False,
+                              attempts={**m.attempts, target: m.attempts.get(target, 0) + 1},
+                              approvals=approvals_after_move(pipeline, target, m.approvals))
+            else:
+                target = None
+                update["stage_done"] = True
+            return m.model_copy(update=update), {
+                "kind": "finish", "from_stage": stage if target else None, "to_stage": target,
+                "message": run.message, "run_id": run.run_id, "seconds": round(run.elapsed(), 3)}
 
-def _storable(text: str) -> str:
-    """``text`` as a file can hold it: bytes that were not UTF-8 (lone
-    surrogates, e.g. from a file name) become ``\\udcxx`` escapes."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return self.writer.write(run.show_id, run.episode_id, finish)
 
+    def fail(self, run: Run, exc: BaseException, kind: ErrorKind | None) -> tuple[Episode, ErrorKind]:
+        """Record the run's failure and apply the failure policy (``failures.plan_failure``)."""
+        pipeline = self.writer.pipeline
+        line: dict[str, Any] = {}
 
-def _type_name(exc: BaseException) -> str:
-    cls = type(exc)
-    return cls.__qualname__ if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+        def fail(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
+            run.check(m, now)
+            new, event, record = plan_failure(pipeline, m, run.stage, exc, now, kind=kind, run_id=run.run_id)
+            line.update(record, owner=run.owner)
+            return new, event
 
-
-# --- the failure policy (pure) ----------------------------------------------------
-
-
-def plan_failure(
-    p: Pipeline,
-    m: Episode,
-    stage: str,
-    exc: BaseException,
-    now: datetime,
-    *,
-    kind: ErrorKind | None = None,
-    run_id: str | None = None,
-    event_kind: str = "fail",
-) -> tuple[Episode, dict[str, Any], dict[str, Any]]:
-    """The episode after a run of ``stage`` failed with ``exc``, its event,
-    and the error record (also what goes into ``errors.jsonl``).
-
-    The episode moves to the failure stage with the error in its history.
-    Then by the kind's policy: ``retry`` while attempts are left (due again
-    after an exponential backoff with jitter; a dead worker's run at once),
-    ``hold`` for a person (bad input, hardware), or ``give_up`` (permanent,
-    or attempts used up), which the caller completes by moving the episode
-    to the give-up stage (``plan_give_up``).
-    """
-    assert p.failure_stage is not None
-    kind = kind or classify(exc, p.error_rules)
-    used = m.attempts.get(stage, 0)
-    allowed = p.attempts_allowed(stage)
-    due: datetime | None = None
-    hold: str | None = None
-    text = _storable(error_text(exc)) or type(exc).__name__  # an exception's text need not be valid UTF-8
-    if kind.policy == "retry" and used < allowed:
-        action = "retry"
-        delay = 0.0 if kind is ErrorKind.INTERRUPTED else backoff_seconds(
-            used, p.retry.initial, p.retry.maximum, p.retry.jitter)
-        asked = getattr(exc, "retry_after", None)  # a service that says when to come back
-        if isinstance(asked, (int, float)) and not isinstance(asked, bool) and 0 < asked < 86400 * 7:
-            delay = max(delay, float(asked))
-        due = now + timedelta(seconds=delay)
-        summary = explain(exc, kind, "retry" if delay else "retry_now")
-    elif kind.policy == "person":
-        action = "hold"
-        summary = explain(exc, kind, "hold")
-    else:
-        action = "give_up"
-        why = "a permanent failure" if kind.policy == "give_up" else f"{used} of {allowed} attempts used"
-        summary = explain(exc, kind, "give_up" if p.give_up_stage else "give_up_hold", why=why,
-                          stage=p.give_up_stage or p.failure_stage)
-        hold = f"giving up on {stage} ({why}): {_one_line(text, 300)}"
-    summary = _storable(summary).replace("SHOW/EP", m.key)
-    if action == "hold":
-        hold = summary
-    record = ErrorRecord(
-        at=now, stage=stage, kind=kind.value, message=_one_line(text) or type(exc).__name__,
-        traceback=_storable(short_traceback(exc)) if exc.__traceback__ is not None else None,
-        type=_type_name(exc), attempt=used, action=action, run_id=run_id,
-    )
-    failure = p.failure_stage
-    new = m.model_copy(update={
-        "stage": failure, "previous_stage": stage, "version": m.version + 1, "updated_at": now,
-        "stage_entered_at": now, "message": summary,
-        "attempts": {**m.attempts, failure: m.attempts.get(failure, 0) + 1},
-        "approvals": approvals_after_move(p, failure, m.approvals),
-        "error_history": [*m.error_history, record], "lease": None, "due_at": due, "hold": hold,
-        "stage_done": False,
-    })
-    event = {"kind": event_kind, "from_stage": stage, "to_stage": failure, "message": summary,
-             "error_kind": kind.value, "action": action, "attempt": used, "run_id": run_id,
-             "due_at": due.isoformat() if due is not None else None}
-    line = {**record.model_dump(mode="json", exclude_none=True), "show_id": m.show_id,
-            "episode_id": m.episode_id, "due_at": event["due_at"]}
-    line.pop("traceback", None)
-    return new, event, {k: v for k, v in line.items() if v is not None}
-
-
-def giving_up(p: Pipeline, m: Episode) -> bool:
-    """True for an episode a failure sent to give up that has not gone there yet
-    (its second write did not happen: the process stopped in between)."""
-    return (m.stage == p.failure_stage and m.hold is not None and bool(m.error_history)
-            and m.error_history[-1].action == "give_up" and p.give_up_stage is not None)
-
-
-def plan_give_up(p: Pipeline, m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
-    """The second half of giving up: failure stage -> give-up stage, with the reason."""
-    assert p.give_up_stage is not None
-    target = p.give_up_stage
-    reason = m.hold or "gave up"
-    new = m.model_copy(update={
-        "stage": target, "previous_stage": m.stage, "version": m.version + 1, "updated_at": now,
-        "stage_entered_at": now, "message": reason,
-        "attempts": {**m.attempts, target: m.attempts.get(target, 0) + 1},
-        "approvals": approvals_after_move(p, target, m.approvals),
-        "lease": None, "due_at": None, "hold": None, "stage_done": False,
-    })
-    return new, {"kind": "give_up", "from_stage": m.stage, "to_stage": target, "message": reason}
-
-
-def interrupted(m: Episode) -> InterruptedRun:
-    assert m.lease is not None
-    lease = m.lease
-    return InterruptedRun(
-        f"the lease of {lease.owner} (run {lease.run_id}) expired at {lease.expires_at.isoformat()} "
-        "without a heartbeat: the worker stopped or lost contact")
-
-
-class InterruptedRun(Exception):
-    """Stands for a run whose worker went away (what ``recover`` records)."""
-
-
-# --- the run handle ----------------------------------------------------------------
+        try:
+            episode = self.writer.write(run.show_id, run.episode_id, fail)
+        except StatekitError as write_error:
+            log.error("statekit: the failure of %s/%s %s could not be recorded (%s); the episode is recovered "
+                      "when its lease expires", run.show_id, run.episode_id, run.stage, write_error.one_line())
+            raise write_error from exc
+        self.recovery.record_error(line, exc)
+        if line["action"] == "give_up":
+            episode = self.recovery.give_up(run.show_id, run.episode_id) or episode
+        return episode, ErrorKind(line["kind"])
 
 
 class Run:
@@ -203,9 +202,9 @@ class Run:
     exception is recorded and not raised again.
     """
 
-    def __init__(self, store: Store, show: str, ep: str, stage: str, *, owner: str, lease_seconds: float,
+    def __init__(self, runs: Runs, show: str, ep: str, stage: str, *, owner: str, lease_seconds: float,
                  reraise: bool, verify_assets: tuple[str, ...] = ()) -> None:
-        self.store = store
+        self.runs = runs
         self.show_id = show
         self.episode_id = ep
         self.stage = stage
@@ -268,7 +267,7 @@ class Run:
         """Seconds until the lease expires (by the store's clock)."""
         if self.episode is None or self.episode.lease is None:
             return 0.0
-        return (self.episode.lease.expires_at - self.store.clock()).total_seconds()
+        return (self.episode.lease.expires_at - self.runs.writer.clock()).total_seconds()
 
     # --- what the body can do ----------------------------------------------------------
 
@@ -278,7 +277,7 @@ class Run:
         A damaged checkpoint counts as none (the stage starts afresh; it is
         logged, ``verify`` reports it and ``repair`` moves it aside)."""
         try:
-            return self.store.load_checkpoint(self.show_id, self.episode_id, self.stage)
+            return self.runs.checkpoints.load(self.show_id, self.episode_id, self.stage)
         except (CorruptFileError, SchemaVersionError) as exc:
             logging.getLogger("statekit").warning(
                 "statekit: ignoring the damaged checkpoint of %s/%s %s: %s", self.show_id, self.episode_id,
@@ -299,9 +298,7 @@ class Run:
 
     def cost(self, amount: float, *, note: str | None = None) -> Episode:
         """Record money spent by this stage now (durable at once, one ``cost`` event)."""
-        from .store import _check_cost
-
-        value = _check_cost(amount)
+        value = check_cost(amount)
         if value is None:
             raise ValidationError("cost needs an amount", field="cost", hint=COST_HINT)
         if note is not None and not isinstance(note, str):
@@ -319,16 +316,14 @@ class Run:
     def checkpoint(self, data: Mapping[str, Any], *, cost: float | None = None) -> Episode:
         """Save this stage's intermediate results (``checkpoints/<stage>.json``),
         and optionally what they cost, in one write; renews the lease."""
-        from .store import _check_cost
-
-        value = _check_cost(cost)
+        value = check_cost(cost)
 
         def extra(m: Episode, now: datetime) -> dict[str, Any]:
             self.check(m, now)
             return self._renewed(m, now, cost=value, fields_only=True)
 
-        episode = self.store._save_checkpoint(self.show_id, self.episode_id, self.stage, data, extra=extra,
-                                              event_extra={"run_id": self.run_id, "cost": value})
+        episode = self.runs.checkpoints.save(self.show_id, self.episode_id, self.stage, data, extra=extra,
+                                             event_extra={"run_id": self.run_id, "cost": value})
         self.episode = episode
         return episode
 
@@ -339,8 +334,8 @@ class Run:
             self.check(m, now)
             return self._renewed(m, now, fields_only=True)
 
-        episode = self.store.add_asset(self.show_id, self.episode_id, source, kind, name, media_type=media_type,
-                                       label=label, _extra=extra, _event_extra={"run_id": self.run_id})
+        episode = self.runs.assets.add(self.show_id, self.episode_id, source, kind, name, media_type=media_type,
+                                       label=label, extra=extra, event_extra={"run_id": self.run_id})
         self.episode = episode
         return episode
 
@@ -348,8 +343,8 @@ class Run:
         """The path of asset ``name``, hashed first unless ``verify=False``
         (``CorruptFileError`` naming the path if its content changed)."""
         if verify:
-            return self.store.verify_asset(self.show_id, self.episode_id, name)
-        return self.store.asset_path(self.show_id, self.episode_id, name)
+            return self.runs.assets.verify(self.show_id, self.episode_id, name)
+        return self.runs.assets.path(self.show_id, self.episode_id, name)
 
     def temp_path(self, suffix: str = "") -> str:
         """A fresh path for an intermediate file of this run, under
@@ -358,10 +353,10 @@ class Run:
         if not isinstance(suffix, str) or "/" in suffix or len(suffix) > 32:
             raise ValidationError(f"suffix must be a short file name ending such as '.wav', got {suffix!r}",
                                   hint="at most 32 characters, no '/'")
-        parts = (".statekit", "tmp", "runs", self.run_id)
+        parts = (*RUN_TEMP, self.run_id)
         # made in the folder walked from the root (never through a symlink); the caller writes it by its path
-        with self.store._open(parts, create=True, durable=False) as folder:
-            fd, path = diskio.mkstemp_at(folder, "/".join((self.store.root, *parts)), "tmp", suffix)
+        with self.runs.writer.folders.open(parts, create=True, durable=False) as folder:
+            fd, path = diskio.mkstemp_at(folder, "/".join((self.runs.writer.root, *parts)), "tmp", suffix)
         os.close(fd)
         self._temp_dir = os.path.dirname(path)
         return path
@@ -371,7 +366,7 @@ class Run:
         if self._temp_dir is not None:
             self._temp_dir = None
             try:
-                with self.store._open_existing((".statekit", "tmp", "runs")) as runs:
+                with self.runs.writer.folders.open_existing(RUN_TEMP) as runs:
                     if runs is not None:
                         shutil.rmtree(self.run_id, ignore_errors=True, dir_fd=runs)
             except StatekitError as exc:
@@ -382,7 +377,7 @@ class Run:
     def _verify(self, when: str) -> None:
         for name in self.verify_assets:
             try:
-                self.store.verify_asset(self.show_id, self.episode_id, name)
+                self.runs.assets.verify(self.show_id, self.episode_id, name)
             except StatekitError as exc:
                 exc.message = f"{exc.message} ({when} stage {self.stage!r})"
                 raise
@@ -398,15 +393,15 @@ class Run:
         return m.model_copy(update={**update, "version": m.version + 1, "updated_at": now})
 
     def _write(self, change: Change) -> Episode:
-        episode = self.store._write(self.show_id, self.episode_id, change)
+        episode = self.runs.writer.write(self.show_id, self.episode_id, change)
         self.episode = episode
         return episode
 
     # --- start and finish --------------------------------------------------------------
 
     def __enter__(self) -> Run:
-        self.episode = self.store._start_run(self)
-        self._started_at = self.store.clock()
+        self.episode = self.runs.start(self)
+        self._started_at = self.runs.writer.clock()
         if self.verify_assets:
             try:  # the input is checked before any work is done on it
                 self._verify("before")
@@ -428,7 +423,7 @@ class Run:
                         return False
                     raise
             if exc is None:
-                self.episode = self.store._finish_run(self)
+                self.episode = self.runs.finish(self)
                 self.outcome = "succeeded"
                 return False
             return self._fail(exc)
@@ -442,17 +437,10 @@ class Run:
         if isinstance(exc, LeaseExpiredError):
             return False  # the episode is not ours any more: nothing to record, the error says why
         kind = ErrorKind.INTERRUPTED if not isinstance(exc, Exception) else None
-        self.episode, self.kind = self.store._fail_run(self, exc, kind)
+        self.episode, self.kind = self.runs.fail(self, exc, kind)
         return not self.reraise and isinstance(exc, Exception)
 
     def elapsed(self) -> float:
-        return 0.0 if self._started_at is None else (self.store.clock() - self._started_at).total_seconds()
+        return 0.0 if self._started_at is None else (self.runs.writer.clock() - self._started_at).total_seconds()
 
 
-def log_failure(logger: Any, line: Mapping[str, Any], exc: BaseException) -> None:
-    """The failure as one structured log record (context as fields)."""
-    fields = {**context_of(exc), **line}
-    level = 40 if line.get("action") != "retry" else 30  # ERROR, WARNING
-    logger.log(level, "%s/%s %s failed (%s, %s): %s", line.get("show_id"), line.get("episode_id"),
-               line.get("stage"), line.get("kind"), line.get("action"), line.get("message"),
-               extra=log_fields(fields))

@@ -18,7 +18,7 @@ import pytest
 from click.testing import CliRunner
 
 from statekit import AssetNotFoundError, CorruptFileError, Store, ValidationError
-from statekit.assets import object_path
+from statekit.objects import object_path
 from statekit.cli import main
 from statekit.errors import InvalidIdError, StorageError, UnsafePathError
 from statekit.files import Disk, temp_files

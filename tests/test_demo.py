@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from statekit import Store, assets
+from statekit import Store
+from statekit import objects as object_store
 from statekit.cli import main
 from statekit.demo import SAMPLE_DATA, DemoResult, Plan, read_catalog, run_demo
 
@@ -132,7 +133,7 @@ def test_the_restart_redoes_no_finished_stage(demo: tuple[DemoResult, list[str]]
 def test_assets_are_stored_once_and_uploads_match_them(demo: tuple[DemoResult, list[str]], plan: Plan) -> None:
     result, _ = demo
     store = Store.open(result.root)
-    objects = {sha for sha, path, _ in assets.stored_objects(str(result.root)) if sha and not path.endswith(".json")}
+    objects = {sha for sha, path, _ in object_store.stored_objects(str(result.root)) if sha and not path.endswith(".json")}
     clips = {e.audio for e in plan.entries.values()}
     assert result.objects == len(objects) == 2 * len(clips) - 1  # each clip once, each converted clip once
     uploaded = sorted(result.uploads.rglob("audio.wav"))

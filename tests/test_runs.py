@@ -23,7 +23,7 @@ from statekit import (
     VersionConflictError,
 )
 from statekit.pipeline import ARCHIVE, PODCAST
-from statekit.runs import plan_failure
+from statekit.failures import plan_failure
 from statekit.taxonomy import ErrorKind
 
 from .conftest import snapshot
@@ -428,7 +428,7 @@ def test_recover_completes_a_give_up_a_stopped_process_left_half_done(store: Sto
         new, event, _ = plan_failure(store.pipeline, m, "downloading", CorruptFileError("bad", path="x"), now)
         return new, event
 
-    store._write("s", "e", first_half_only)  # the process stopped before the second write
+    store.writer.write("s", "e", first_half_only)  # the process stopped before the second write
     ep = store.get("s", "e")
     assert ep.stage == "failed" and ep.hold is not None and ep.hold.startswith("giving up")
     assert store.next("downloading") == []  # never retried meanwhile

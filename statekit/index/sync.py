@@ -32,7 +32,8 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import eventlog, folders
 from .. import files as diskio
-from ..codecs import YAML_CODEC, same
+from .. import objects as assets
+from ..codecs import YAML_CODEC, line_of, same
 from ..errors import (
     CorruptFileError,
     SchemaVersionError,
@@ -43,20 +44,12 @@ from ..errors import (
 )
 from ..ids import ID_PATTERN
 from ..models import Episode, Show
+from ..parsing import read_checkpoint
+from ..repair import checkpoint_stages
+from ..shows import reconcile
 from ..unique import claims as claims_of
 from ..unique import shown
-from . import (
-    Index,
-    _json,
-    claim_rows,
-    create_schema,
-    engine_for,
-    episode_row,
-    event_rows_of,
-    revision_of,
-    show_row,
-    totals_delta,
-)
+from .db import Index, create_schema, engine_for, revision_of
 from .dialect import (
     WRITE,
     Compiled,
@@ -65,6 +58,7 @@ from .dialect import (
     replace_database,
     sqlite_url,
 )
+from .rows import claim_rows, episode_row, event_rows_of, json_text, show_row, totals_delta
 from .tables import (
     INDEX_REVISION,
     ROWS_REVISION,
@@ -78,7 +72,8 @@ from .tables import (
 )
 
 if TYPE_CHECKING:
-    from ..store import Store
+    from ..shows import Shows
+    from ..writes import Writer
 
 log = logging.getLogger("statekit")
 
@@ -177,9 +172,9 @@ def walk(root: str) -> Iterator[tuple[str, str, str, os.stat_result]]:
                 break
 
 
-def _show_order(store: Store, show: str) -> tuple[dict[str, int], dict[str, Any] | None, bytes | None]:
+def _show_order(writer: Writer, show: str) -> tuple[dict[str, int], dict[str, Any] | None, bytes | None]:
     """Positions of the show's episodes (from show.yaml), and the show file's data."""
-    path = os.path.join(store.root, "shows", show, "show.yaml")
+    path = os.path.join(writer.root, "shows", show, "show.yaml")
     raw = diskio.read_file(path)
     if raw is None:
         return {}, None, None
@@ -190,30 +185,30 @@ def _show_order(store: Store, show: str) -> tuple[dict[str, int], dict[str, Any]
     return {ep: i for i, ep in enumerate(dict.fromkeys(str(e) for e in listed))}, data, raw
 
 
-def _show_record(store: Store, show: str, data: dict[str, Any] | None, raw: bytes | None) -> dict[str, Any]:
+def _show_record(writer: Writer, show: str, data: dict[str, Any] | None, raw: bytes | None) -> dict[str, Any]:
     path = os.path.join("shows", show, "show.yaml")
     if data is None or raw is None:  # no show.yaml (yet): the show exists through its episodes
         now = datetime.now().astimezone()
         data = Show(show_id=show, title=show, created_at=now, updated_at=now).model_dump(mode="json")
         return show_row(data, path=path, size=0, mtime_ns=0, sha256="", checked_at_ns=0)
-    st = os.stat(os.path.join(store.root, path))
+    st = os.stat(os.path.join(writer.root, path))
     Show.model_validate(data)
     return show_row(data, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=_sha256(raw),
                     checked_at_ns=time.time_ns())
 
 
-def _rows_for(store: Store, show: str, ep: str, path: str, raw: bytes, st: os.stat_result,
+def _rows_for(writer: Writer, show: str, ep: str, path: str, raw: bytes, st: os.stat_result,
               position: int | None, *, cache: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]], Episode]:
     """Index rows of one episode file. ``cache``: keep the parse in the store's
     cache (sync, whose adoption of an edit reads the file again; not a rebuild)."""
-    parsed = store._cached(path, raw) if cache else None
+    parsed = writer.cached(path, raw) if cache else None
     if parsed is None:
-        parsed = store._parse_episode(path, raw, show, ep)
+        parsed = writer.parse_episode(path, raw, show, ep)
         if cache:
-            store._remember(path, parsed)
+            writer.remember(path, parsed)
     model: Episode = parsed.model
     row = episode_row(
-        model, model.model_dump(mode="json"), store.pipeline, path=os.path.relpath(path, store.root),
+        model, model.model_dump(mode="json"), writer.pipeline, path=os.path.relpath(path, writer.root),
         size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=_sha256(raw), checked_at_ns=time.time_ns(),
         position=position,  # type: ignore[arg-type]
     )
@@ -262,7 +257,7 @@ def alembic_upgrade(conn: Connection, revision: str = "head") -> None:
     command.upgrade(config, revision)
 
 
-def open_index(store: Store, url: str | None = None) -> Index:
+def open_index(writer: Writer, url: str | None = None) -> Index:
     """The store's index, at the current revision and filled from the files.
 
     An index at an older revision is upgraded with Alembic (on its own
@@ -272,16 +267,16 @@ def open_index(store: Store, url: str | None = None) -> Index:
     an upgrade here, or by ``alembic upgrade head`` alone) is rebuilt too, so
     every row is what this code derives from the files.
     """
-    path = index_path(store.root)
+    path = index_path(writer.root)
     if url is None:  # SQLite follows symlinks: refuse one in place of .statekit or of the database's files
-        folders.check_dirs(store.root, (".statekit",))
+        folders.check_dirs(writer.root, (".statekit",))
         for name in (path, path + "-wal", path + "-shm", path + "-journal"):
             if os.path.islink(name):
                 raise UnsafePathError(f"refusing to follow a symlink at {name}", path=name)
-    index = Index(engine_for(url or sqlite_url(path), busy_timeout=store.config.lock_timeout), store.pipeline,
-                  store.config.unique)
+    index = Index(engine_for(url or sqlite_url(path), busy_timeout=writer.config.lock_timeout), writer.pipeline,
+                  writer.config.unique)
     if url is None and not os.path.exists(path):
-        _build_unless_built(store, index)
+        _build_unless_built(writer, index)
         return index
     try:
         with index.engine.connect() as conn:
@@ -299,24 +294,24 @@ def open_index(store: Store, url: str | None = None) -> Index:
         if url is not None:
             raise
         log.warning("statekit: the index could not be opened or upgraded (%s); rebuilding it from the files", exc)
-        _build_unless_built(store, index, damaged=True)
+        _build_unless_built(writer, index, damaged=True)
         return index
     if derived != ROWS_REVISION:
         log.info("statekit: the index's rows were derived by %s; rebuilding them from the files for revision %s",
                  f"revision {derived}" if derived else "a statekit older than revision 0005", ROWS_REVISION)
-        _build_unless_built(store, index)
-    elif not filled and any(walk(store.root)):
-        _build_unless_built(store, index)
-    _refresh_unique(store, index)
+        _build_unless_built(writer, index)
+    elif not filled and any(walk(writer.root)):
+        _build_unless_built(writer, index)
+    _refresh_unique(writer, index)
     return index
 
 
-def _refresh_unique(store: Store, index: Index) -> None:
+def _refresh_unique(writer: Writer, index: Index) -> None:
     """Derive the index's unique values again if ``unique:`` changed since."""
     try:
         if index.unique_current():
             return
-        with _index_lock(store):
+        with _index_lock(writer):
             index.refresh_unique()
     except (SQLAlchemyError, StatekitError) as exc:
         log.warning("statekit: the index could not record the unique keys (%s); duplicates are caught again "
@@ -329,12 +324,12 @@ def rows_revision(conn: Connection) -> str | None:
     return conn.execute(select(index_meta.c.value).where(index_meta.c.key == "rows_revision")).scalar()
 
 
-def _build_unless_built(store: Store, index: Index, damaged: bool = False) -> None:
+def _build_unless_built(writer: Writer, index: Index, damaged: bool = False) -> None:
     """Rebuild, unless another process built the index while we waited for it."""
-    with _index_lock(store):
+    with _index_lock(writer):
         if not damaged and _ready(index):
             return
-        _rebuild_locked(store, index, None, RebuildReport())
+        _rebuild_locked(writer, index, None, RebuildReport())
 
 
 def _ready(index: Index) -> bool:
@@ -353,9 +348,8 @@ REBUILD_WAIT_S = 600.0
 """How long a rebuild waits for another process's rebuild of the same index."""
 
 
-def _index_lock(store: Store) -> Any:
-    return store._lock((".statekit", "locks"), "index.lock", "the index (another rebuild is running)",
-                       timeout=max(REBUILD_WAIT_S, store.config.lock_timeout))
+def _index_lock(writer: Writer) -> Any:
+    return writer.locks.index(max(REBUILD_WAIT_S, writer.config.lock_timeout))
 
 
 def _has_tables(conn: Connection) -> bool:
@@ -376,9 +370,9 @@ def _mark_rows_derived(conn: Connection) -> None:
     conn.execute(index_meta.insert().values(key="rows_revision", value=ROWS_REVISION))
 
 
-def upgrade(store: Store) -> str:
+def upgrade(writer: Writer) -> str:
     """Bring the index to the current revision (``statekit db upgrade``); the revision."""
-    index = store.index
+    index = writer.index
     with index.engine.connect() as conn, conn.begin():
         alembic_upgrade(conn)
         return revision_of(conn) or ""
@@ -387,22 +381,22 @@ def upgrade(store: Store) -> str:
 # --- rebuild ----------------------------------------------------------------------
 
 
-def rebuild(store: Store, progress: Progress | None = None, *, index: Index | None = None) -> RebuildReport:
+def rebuild(writer: Writer, progress: Progress | None = None, *, index: Index | None = None) -> RebuildReport:
     """Build a fresh index from the files alone, then swap it in at once."""
-    index = index or store.index
+    index = index or writer.index
     report = RebuildReport()
-    with _index_lock(store):
-        _rebuild_locked(store, index, progress, report)
+    with _index_lock(writer):
+        _rebuild_locked(writer, index, progress, report)
     return report
 
 
-def _rebuild_locked(store: Store, index: Index, progress: Progress | None, report: RebuildReport) -> None:
+def _rebuild_locked(writer: Writer, index: Index, progress: Progress | None, report: RebuildReport) -> None:
     target = database_path(index.engine)
     if target is None:  # a server database: rebuild in one transaction
         with index.engine.connect().execution_options(**WRITE) as conn, conn.begin():
             for table in metadata.sorted_tables:
                 conn.execute(table.delete())
-            _fill(store, conn, report, progress)
+            _fill(writer, conn, report, progress)
             _mark_rows_derived(conn)
         return
     built = f"{target}.build-{os.getpid()}"
@@ -416,7 +410,7 @@ def _rebuild_locked(store: Store, index: Index, progress: Progress | None, repor
                 create_schema(conn)
                 _stamp(conn)
             with conn.begin():
-                _fill(store, conn, report, progress)
+                _fill(writer, conn, report, progress)
         finish_build(engine)
     finally:
         engine.dispose()
@@ -424,8 +418,8 @@ def _rebuild_locked(store: Store, index: Index, progress: Progress | None, repor
     replace_database(target, built)
 
 
-def _fill(store: Store, conn: Connection, report: RebuildReport, progress: Progress | None) -> None:
-    found = list(walk(store.root))
+def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Progress | None) -> None:
+    found = list(walk(writer.root))
     total = len(found)
     deltas: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
     rows: list[dict[str, Any]] = []
@@ -436,24 +430,24 @@ def _fill(store: Store, conn: Connection, report: RebuildReport, progress: Progr
     on_disk: dict[str, list[str]] = defaultdict(list)
     for show, ep, _path, _st in found:
         on_disk[show].append(ep)
-    for show in _dirs(os.path.join(store.root, "shows")):  # every show, with or without episodes
+    for show in _dirs(os.path.join(writer.root, "shows")):  # every show, with or without episodes
         try:
-            listed, data, raw = _show_order(store, show)
-            show_rows.append(_show_record(store, show, data, raw))
+            listed, data, raw = _show_order(writer, show)
+            show_rows.append(_show_record(writer, show, data, raw))
         except (StatekitError, ValueError) as exc:
             listed = {}
             error = exc if isinstance(exc, StatekitError) else ValidationError(str(exc))
-            report.problems.append(_problem(error, os.path.join(store.root, "shows", show, "show.yaml"), None))
-            show_rows.append(_show_record(store, show, None, None))
+            report.problems.append(_problem(error, os.path.join(writer.root, "shows", show, "show.yaml"), None))
+            show_rows.append(_show_record(writer, show, None, None))
         # the order sync would give: listed episodes first, then the others by id
-        ids = store._reconcile(list(listed), sorted(on_disk.get(show, [])))
+        ids = reconcile(list(listed), sorted(on_disk.get(show, [])))
         order[show] = {ep: i for i, ep in enumerate(ids)}
     for done, (show, ep, path, st) in enumerate(found, 1):
         try:  # one damaged episode (or a fifo, a symlink where its file should be) is reported, not fatal
             raw = diskio.read_file(path)
             if raw is None:
                 continue
-            row, lines, model = _rows_for(store, show, ep, path, raw, st, None)
+            row, lines, model = _rows_for(writer, show, ep, path, raw, st, None)
         except (CorruptFileError, ValidationError, SchemaVersionError, UnsafePathError, StorageError) as exc:
             report.problems.append(_problem(exc, path, f"{show}/{ep}"))
             continue
@@ -461,7 +455,7 @@ def _fill(store: Store, conn: Connection, report: RebuildReport, progress: Progr
         row["position"] = positions.get(ep, len(positions))
         rows.append(row)
         event_rows.extend(lines)
-        claims.extend(claim_rows(store.config.unique, show, ep, row["data"]))
+        claims.extend(claim_rows(writer.config.unique, show, ep, row["data"]))
         totals_delta(deltas, show, None, (model.stage, model.costs))
         if len(rows) >= REBUILD_BATCH:
             _flush(conn, rows, event_rows, report)
@@ -474,16 +468,16 @@ def _fill(store: Store, conn: Connection, report: RebuildReport, progress: Progr
     totals = [{"show_id": s, "stage": st, "episodes": int(d[0]), "cost": d[1]} for (s, st), d in deltas.items()]
     if totals:
         conn.execute(stage_totals.insert(), totals)
-    if store.config.unique:
-        conn.execute(unique_keys.insert(), [{"key": k} for k in store.config.unique])
+    if writer.config.unique:
+        conn.execute(unique_keys.insert(), [{"key": k} for k in writer.config.unique])
     if claims:
         conn.execute(unique_values.insert(), claims)
 
 
 def shows_insert() -> Any:
-    from .tables import shows
+    from .tables import shows as show_table
 
-    return shows.insert()
+    return show_table.insert()
 
 
 def _flush(conn: Connection, rows: list[dict[str, Any]], event_rows: list[dict[str, Any]],
@@ -493,12 +487,12 @@ def _flush(conn: Connection, rows: list[dict[str, Any]], event_rows: list[dict[s
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     if rows:
         insert = _bulk(conn, "episodes")
-        cursor.executemany(insert.sql, [insert.params(dict(r, data=_json(r["data"]), costs=_json(r["costs"])))
+        cursor.executemany(insert.sql, [insert.params(dict(r, data=json_text(r["data"]), costs=json_text(r["costs"])))
                                         for r in rows])
         report.episodes += len(rows)
     if event_rows:
         insert = _bulk(conn, "events")
-        cursor.executemany(insert.sql, [insert.params(dict(e, data=_json(e["data"]))) for e in event_rows])
+        cursor.executemany(insert.sql, [insert.params(dict(e, data=json_text(e["data"]))) for e in event_rows])
         report.events += len(event_rows)
     rows.clear()
     event_rows.clear()
@@ -524,14 +518,14 @@ def _stage_by_log(lines: list[dict[str, Any]]) -> str | None:
     return None
 
 
-def sync(store: Store, progress: Progress | None = None) -> SyncReport:
+def sync(writer: Writer, shows: Shows, progress: Progress | None = None) -> SyncReport:
     """Bring the index up to date with the files, adopting valid hand edits.
 
     Show by show: the index's (size, mtime, checked) of each episode file
     against one ``lstat``; only files whose stat moved, or that were checked
     within the timestamp granularity of their last change, are read.
     """
-    index = store.index
+    index = writer.index
     report = SyncReport()
     known = index.file_stamps()
     candidates = []
@@ -540,9 +534,9 @@ def sync(store: Store, progress: Progress | None = None) -> SyncReport:
     on_disk: dict[str, list[str]] = {}
     lstat = os.lstat
     nothing: tuple[set[str], set[str]] = (set(), set())
-    for show in _dirs(store.root + "/shows"):
+    for show in _dirs(writer.root + "/shows"):
         indexed, trusted = known.pop(show, nothing)
-        folder = f"{store.root}/shows/{show}/episodes/"
+        folder = f"{writer.root}/shows/{show}/episodes/"
         present = on_disk[show] = []
         try:
             entries = os.scandir(folder) if statmod.S_ISDIR(lstat(folder).st_mode) else ()
@@ -577,9 +571,9 @@ def sync(store: Store, progress: Progress | None = None) -> SyncReport:
     report.unchanged = sum(len(eps) for eps in on_disk.values()) - len(candidates)
     total = len(candidates)
     touched: list[dict[str, Any]] = []
-    indexed_rows = _indexed_states(store, [(show, ep) for show, ep, _p, _s, indexed in candidates if indexed])
+    indexed_rows = _indexed_states(writer, [(show, ep) for show, ep, _p, _s, indexed in candidates if indexed])
     for done, (show, ep, path, st, _indexed) in enumerate(candidates, 1):
-        _sync_one(store, report, touched, show, ep, path, st, indexed_rows.get((show, ep)))
+        _sync_one(writer, report, touched, show, ep, path, st, indexed_rows.get((show, ep)))
         if progress is not None:
             progress(done, total)
     report.unchanged += len(touched)
@@ -589,11 +583,11 @@ def sync(store: Store, progress: Progress | None = None) -> SyncReport:
         gone.sort()
         index.write(removed=gone)
         report.removed = [f"{s}/{e}" for s, e in gone]
-    _sync_shows(store, report, on_disk, membership_changed)
+    _sync_shows(writer, shows, report, on_disk, membership_changed)
     return report
 
 
-def _sync_one(store: Store, report: SyncReport, touched: list[dict[str, Any]], show: str, ep: str, path: str,
+def _sync_one(writer: Writer, report: SyncReport, touched: list[dict[str, Any]], show: str, ep: str, path: str,
               st: os.stat_result, before: tuple[Any, ...] | None) -> None:
     """One file whose stat moved. ``before``: its row's (file hash, data, (indexed events, highest
     version)), or None if not indexed."""
@@ -608,7 +602,7 @@ def _sync_one(store: Store, report: SyncReport, touched: list[dict[str, Any]], s
     report.read += 1
     sha = _sha256(raw)
     try:
-        row, lines, model = _rows_for(store, show, ep, path, raw, st, None, cache=True)
+        row, lines, model = _rows_for(writer, show, ep, path, raw, st, None, cache=True)
     except (CorruptFileError, ValidationError, SchemaVersionError, UnsafePathError, StorageError) as exc:
         if before is not None and sha == before[0]:
             return
@@ -620,22 +614,21 @@ def _sync_one(store: Store, report: SyncReport, touched: list[dict[str, Any]], s
         if before[2] != (model.version, model.version) and lines and lines[-1]["version"] == model.version:
             # the row is current but events are missing: a writer stopped between its file and its
             # index write, and a later write moved the row on past it; put the log's events back
-            store.index.write(rows=[row], event_rows=lines)
+            writer.index.write(rows=[row], event_rows=lines)
             report.reindexed.append(key)
             return
         touched.append(row)
         return
     if lines and lines[-1]["data"].get("sha256") == sha and lines[-1]["version"] == model.version:
         # statekit wrote this file; only the index missed it
-        store.index.write(rows=[row], event_rows=lines)
+        writer.index.write(rows=[row], event_rows=lines)
         (report.reindexed if before is not None else report.added).append(key)
         return
     # a person's edit: check the move, then adopt it as a normal write
     stage_before = _stage_by_log(lines)
-    if stage_before is not None and model.stage != stage_before and model.stage not in store.pipeline.next_stages(
+    if stage_before is not None and model.stage != stage_before and model.stage not in writer.pipeline.next_stages(
             stage_before):
-        legal = ", ".join(store.pipeline.next_stages(stage_before)) or "none"
-        from ..codecs import line_of
+        legal = ", ".join(writer.pipeline.next_stages(stage_before)) or "none"
 
         line = line_of(raw, ("stage",))
         report.rejected.append(Problem(
@@ -645,28 +638,28 @@ def _sync_one(store: Store, report: SyncReport, touched: list[dict[str, Any]], s
         ))
         return
     try:
-        adopted, fields = store._adopt_edit(show, ep, before[1] if before is not None else None, stage_before)
+        adopted, fields = writer.adopt(show, ep, before[1] if before is not None else None, stage_before)
     except StatekitError as exc:
         report.rejected.append(_problem(exc, path, key))
         return
     if lines and (before is None or before[2] != (len(lines), lines[-1]["version"])):
         # the index missed earlier events of the log (a writer stopped between its file and
         # its index write): they go in with the adopted edit's own
-        store.index.write(event_rows=lines)
+        writer.index.write(event_rows=lines)
     if before is not None:
         report.changed.append({"episode": key, "fields": fields, "version": adopted.version})
     else:
         report.added.append(key)
 
 
-def _indexed_states(store: Store, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, ...]]:
+def _indexed_states(writer: Writer, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, ...]]:
     """(file hash, data, (number of indexed events, highest event version)) of
     the indexed rows of ``keys``, in two queries per show."""
     by_show: dict[str, list[str]] = defaultdict(list)
     for show, ep in keys:
         by_show[show].append(ep)
     found = {}
-    with store.index.reading() as conn:
+    with writer.index.reading() as conn:
         for show, eps in by_show.items():
             stmt = select(episodes.c.episode_id, episodes.c.file_sha256, episodes.c.data).where(
                 episodes.c.show_id == show).where(episodes.c.episode_id.in_(eps))
@@ -679,19 +672,19 @@ def _indexed_states(store: Store, keys: list[tuple[str, str]]) -> dict[tuple[str
     return found
 
 
-def _sync_shows(store: Store, report: SyncReport, on_disk: dict[str, list[str]],
+def _sync_shows(writer: Writer, shows: Shows, report: SyncReport, on_disk: dict[str, list[str]],
                 membership_changed: set[str]) -> None:
     """Shows whose show.yaml changed, or whose episodes came or went: the
     episode list in show.yaml is reconciled with the folders, and the index
     takes the show's title and episode order."""
-    from .tables import shows
+    from .tables import shows as show_table
 
-    folders = set(_dirs(os.path.join(store.root, "shows")))
-    with store.index.reading() as conn:
+    folders = set(_dirs(os.path.join(writer.root, "shows")))
+    with writer.index.reading() as conn:
         known = {s: (size, mtime) for s, size, mtime in conn.execute(
-            select(shows.c.show_id, shows.c.file_size, shows.c.file_mtime_ns))}
+            select(show_table.c.show_id, show_table.c.file_size, show_table.c.file_mtime_ns))}
     for show in sorted(folders):
-        path = os.path.join(store.root, "shows", show, "show.yaml")
+        path = os.path.join(writer.root, "shows", show, "show.yaml")
         try:
             st = os.stat(path, follow_symlinks=False)
             state = (st.st_size, st.st_mtime_ns)
@@ -700,27 +693,26 @@ def _sync_shows(store: Store, report: SyncReport, on_disk: dict[str, list[str]],
         if show not in membership_changed and show in known and known[show] == state:
             continue
         try:
-            reconciled = store._reconcile_show(show, on_disk.get(show, []))
+            reconciled = shows.reconcile_file(show, on_disk.get(show, []))
         except StatekitError as exc:
             report.rejected.append(_problem(exc, path, None))
             continue
-        store.index.set_positions(show, reconciled)
+        writer.index.set_positions(show, reconciled)
     for show in sorted(known.keys() - folders):
-        store.index.remove_show(show)
+        writer.index.remove_show(show)
 
 
 # --- verify ------------------------------------------------------------------------
 
 
-def verify(store: Store, progress: Progress | None = None) -> VerifyReport:
+def verify(writer: Writer, progress: Progress | None = None) -> VerifyReport:
     """Every problem between files, their event logs and the index, every
     asset whose content no longer matches its hash, and every value of a
     unique key that more than one episode file holds."""
-    from ..store import validate_events
 
     report = VerifyReport()
     hashed: dict[str, str | None] = {}  # object sha256 -> its problem, if any
-    with store.index.reading() as conn:
+    with writer.index.reading() as conn:
         indexed = {(s, e): (version, sha, data) for s, e, version, sha, data in conn.execute(
             select(episodes.c.show_id, episodes.c.episode_id, episodes.c.version, episodes.c.file_sha256,
                    episodes.c.data))}
@@ -732,22 +724,22 @@ def verify(store: Store, progress: Progress | None = None) -> VerifyReport:
         indexed_claims = {tuple(r) for r in conn.execute(select(
             unique_values.c.key, unique_values.c.value_sha256, unique_values.c.show_id, unique_values.c.episode_id))}
     expected: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
-    keys = store.config.unique
+    keys = writer.config.unique
     holders: dict[tuple[str, str], list[tuple[str, str, Any]]] = defaultdict(list)  # (key, sha) -> (ep, path, value)
     seen = set()
-    found = list(walk(store.root))
+    found = list(walk(writer.root))
     for done, (show, ep, path, _st) in enumerate(found):
         if progress is not None:
             progress(done, len(found))
         key = f"{show}/{ep}"
         seen.add((show, ep))
         report.checked += 1
-        _verify_kept_files(store, report, show, ep, os.path.dirname(path))
+        _verify_kept_files(writer, report, show, ep, os.path.dirname(path))
         try:
             raw = diskio.read_file(path)
             if raw is None:
                 continue
-            parsed = store._parse_episode(path, raw, show, ep)
+            parsed = writer.parse_episode(path, raw, show, ep)
         except StatekitError as exc:
             report.problems.append(_problem(exc, path, key))
             kept = indexed.get((show, ep))
@@ -759,11 +751,11 @@ def verify(store: Store, progress: Progress | None = None) -> VerifyReport:
         for claim in claims_of(keys, model.metadata):
             holders[(claim.key, claim.sha256)].append((key, path, claim.value))
         if model.assets:
-            _verify_assets(store, report, model, os.path.dirname(path), hashed)
+            _verify_assets(writer, report, model, os.path.dirname(path), hashed)
         log_path = os.path.join(os.path.dirname(path), "events.jsonl")
         try:
             lines = eventlog.read_events(log_path, model.version)
-            validate_events(log_path, lines)  # what events() would refuse
+            eventlog.validate_events(log_path, lines)  # what events() would refuse
             _event_rows(log_path, lines, show, ep)  # what a rebuild could not index
         except StatekitError as exc:
             report.problems.append(_problem(exc, log_path, key, "events"))
@@ -801,7 +793,7 @@ def verify(store: Store, progress: Progress | None = None) -> VerifyReport:
                 "index", log_path, f"{key}: the index's events differ from events.jsonl (run 'statekit sync')", key))
     for show, ep in sorted(indexed.keys() - seen):
         report.problems.append(Problem(
-            "index", os.path.join(store.root, "shows", show, "episodes", ep),
+            "index", os.path.join(writer.root, "shows", show, "episodes", ep),
             f"{show}/{ep}: in the index, but its file is gone (run 'statekit sync')", f"{show}/{ep}"))
     for (claim_key, _sha), held in sorted(holders.items()):
         if len(held) > 1:
@@ -815,38 +807,37 @@ def verify(store: Store, progress: Progress | None = None) -> VerifyReport:
                        for r in claim_rows(keys, s, e, data)}
     if indexed_claims != expected_claims:
         report.problems.append(Problem(
-            "index", index_path(store.root), f"the index's unique values differ from its episode rows for "
+            "index", index_path(writer.root), f"the index's unique values differ from its episode rows for "
             f"{len(indexed_claims ^ expected_claims)} value(s) (run 'statekit rebuild-index')"))
     for pair in set(totals) | set(expected):
         n, cost = totals.get(pair, (0, 0.0))
         want_n, want_cost = expected.get(pair, [0, 0.0])
         if n != want_n or abs(cost - want_cost) > 1e-6:
             report.problems.append(Problem(
-                "index", index_path(store.root),
+                "index", index_path(writer.root),
                 f"stage totals for {pair[0]}/{pair[1]} are {n} episodes, {cost:g} cost; the files say "
                 f"{int(want_n)}, {want_cost:g} (run 'statekit rebuild-index')"))
     return report
 
 
-def _verify_assets(store: Store, report: VerifyReport, model: Episode, directory: str,
+def _verify_assets(writer: Writer, report: VerifyReport, model: Episode, directory: str,
                    hashed: dict[str, str | None]) -> None:
     """Each asset's object must hash to its name; the episode folder's copy
     (a hard link to the object, for people) must not have been replaced by
     different content."""
-    from .. import assets
 
     for name, record in sorted(model.assets.items()):
         if record.sha256 not in hashed:
             report.assets += 1
             try:
-                assets.check_object(store.root, record.sha256, record.size, what="stored object")
+                assets.check_object(writer.root, record.sha256, record.size, what="stored object")
                 hashed[record.sha256] = None
             except StatekitError as exc:
                 hashed[record.sha256] = exc.one_line()
         problem = hashed[record.sha256]
         if problem is not None:
             report.problems.append(Problem(
-                "asset", assets.object_path(store.root, record.sha256),
+                "asset", assets.object_path(writer.root, record.sha256),
                 f"asset {name!r} of {model.key}: {problem}", model.key))
             continue
         copy = os.path.join(directory, "assets", name)
@@ -854,7 +845,7 @@ def _verify_assets(store: Store, report: VerifyReport, model: Episode, directory
             st = os.lstat(copy)
         except FileNotFoundError:
             continue
-        if os.path.samestat(st, os.stat(assets.object_path(store.root, record.sha256))):
+        if os.path.samestat(st, os.stat(assets.object_path(writer.root, record.sha256))):
             continue
         try:
             found, _size = assets.hash_file(copy)
@@ -866,12 +857,11 @@ def _verify_assets(store: Store, report: VerifyReport, model: Episode, directory
                 f"{record.sha256[:12]}…); add the edited file with 'statekit asset add' to keep it", model.key))
 
 
-def _verify_kept_files(store: Store, report: VerifyReport, show: str, ep: str, directory: str) -> None:
+def _verify_kept_files(writer: Writer, report: VerifyReport, show: str, ep: str, directory: str) -> None:
     """Checkpoints must match their own sha256; backups must be restorable."""
-    from ..store import _checkpoint_stages, read_checkpoint
 
     key = f"{show}/{ep}"
-    for stage in _checkpoint_stages(directory):
+    for stage in checkpoint_stages(directory):
         path = os.path.join(directory, "checkpoints", stage + ".json")
         report.checkpoints += 1
         try:
@@ -879,7 +869,7 @@ def _verify_kept_files(store: Store, report: VerifyReport, show: str, ep: str, d
         except StatekitError as exc:
             report.problems.append(_problem(exc, path, key, "checkpoint"))
     try:
-        backups = store.backups(show, ep)
+        backups = writer.backups_of(show, ep)
     except StatekitError as exc:  # e.g. a symlink in place of the backup folder
         report.problems.append(_problem(exc, getattr(exc, "path", None) or directory, key, "backup"))
         return

@@ -33,12 +33,7 @@ from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-ISO = "%Y-%m-%dT%H:%M:%S.%fZ"
-
-
-def iso(moment: datetime) -> str:
-    """The index's fixed-width UTC text form of a timestamp (sorts as time)."""
-    return moment.astimezone(timezone.utc).strftime(ISO)
+from .rows import ISO, iso
 
 
 class UTCTime(TypeDecorator[datetime]):

@@ -1,0 +1,452 @@
+"""The index's database: the ``Index`` class (reads, the write after each commit, SQL).
+
+It is never the truth: every row comes from a file and can be rebuilt from
+the files alone (``rebuild``), brought up to date incrementally (``sync``) and
+checked against them (``verify``). Writes here happen after the files and
+events are durable, in one transaction per store write.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import defaultdict
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from sqlalchemy import and_, bindparam, delete, func, or_, select
+from sqlalchemy.engine import URL, Connection, Engine
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+
+from ..errors import IndexUnavailableError, QueryError, QueryTimeoutError, ValidationError
+from ..pipeline import Pipeline
+from .dialect import (
+    WRITE,
+    Compiled,
+    begin_write,
+    end_write,
+    joined,
+    make_engine,
+    read_only,
+    refusal,
+    run_query,
+    upsert,
+)
+from .rows import claim_rows, json_doc, json_text, totals_delta
+from .tables import (
+    episodes,
+    events,
+    iso,
+    metadata,
+    shows,
+    stage_totals,
+    unique_keys,
+    unique_values,
+)
+
+SQL_TIMEOUT_S = 30.0
+"""How long a query on the index (``statekit sql``) may run unless told otherwise."""
+
+SQL_NAMES = "episodes, events, shows and the view stage_counts"
+"""The index's names in the SQL contract (README, SQL reference)."""
+
+SQL_HINTS = {
+    "empty": 'give one statement, e.g. statekit sql "SELECT stage, n FROM stage_counts"',
+    "syntax": f"check the statement's syntax, one statement at a time (the README's SQL reference has examples); "
+              f"the tables are {SQL_NAMES}",
+    "unknown": f"the index's tables are {SQL_NAMES}; the README's SQL reference lists their columns",
+    "write": "the index is read-only here: change state through statekit commands (create, advance, update, ...) "
+             "or the Python API",
+    "other": f"the README's SQL reference lists the tables ({SQL_NAMES}), their columns and example queries",
+}
+"""The hint of a refused query, by its ``QueryError.reason``."""
+
+
+
+def engine_for(url: str | URL, *, busy_timeout: float = 5.0, scratch: bool = False, **options: Any) -> Engine:
+    return make_engine(url, busy_timeout=busy_timeout, scratch=scratch, json_serializer=json_text,
+                       json_deserializer=orjson.loads, **options)
+
+
+class Index:
+    """One store's index database. Safe to use from many threads and processes."""
+
+    def __init__(self, engine: Engine, pipeline: Pipeline, unique: Sequence[str] = ()) -> None:
+        self.engine = engine
+        self.pipeline = pipeline
+        self.unique = tuple(unique)
+        """The store's unique metadata keys: ``unique_values`` keeps their values."""
+        self.dialect = dialect = engine.dialect.name
+        self._put_episode = Compiled(upsert(dialect, episodes, ["show_id", "episode_id"], keep=["position"]), engine)
+        self._put_event = Compiled(upsert(dialect, events, ["show_id", "episode_id", "version"]), engine)
+        self._put_show = Compiled(upsert(dialect, shows, ["show_id"]), engine)
+        self._add_totals = Compiled(upsert(dialect, stage_totals, ["show_id", "stage"], add=["episodes", "cost"]),
+                                    engine)
+        by_key = and_(episodes.c.show_id == bindparam("s"), episodes.c.episode_id == bindparam("e"))
+        self._old_state = Compiled(select(episodes.c.stage, episodes.c.costs).where(by_key), engine)
+        replaced = [c for c in episodes.columns if c.name not in ("show_id", "episode_id", "position")]
+        self._replace_if_was = Compiled(
+            episodes.update()
+            .where(and_(by_key, episodes.c.file_sha256 == bindparam("was")))
+            .values({c.name: bindparam("v_" + c.name) for c in replaced}),
+            engine,
+        )
+        self._last_position = Compiled(
+            select(func.max(episodes.c.position)).where(episodes.c.show_id == bindparam("s")), engine)
+        self._set_position = Compiled(episodes.update().where(by_key).values(position=bindparam("p")), engine)
+        self._delete_episode = Compiled(delete(episodes).where(by_key), engine)
+        self._delete_events = Compiled(
+            delete(events).where(and_(events.c.show_id == bindparam("s"), events.c.episode_id == bindparam("e"))),
+            engine)
+        self._delete_show = Compiled(delete(shows).where(shows.c.show_id == bindparam("s")), engine)
+        self._drop_claims = Compiled(delete(unique_values).where(and_(
+            unique_values.c.show_id == bindparam("s"), unique_values.c.episode_id == bindparam("e"))), engine)
+        self._put_claim = Compiled(unique_values.insert(), engine)
+        self._holders = Compiled(
+            select(unique_values.c.show_id, unique_values.c.episode_id)
+            .where(and_(unique_values.c.key == bindparam("k"), unique_values.c.value_sha256 == bindparam("h")))
+            .order_by(unique_values.c.show_id, unique_values.c.episode_id),
+            engine)
+        self._stamps_stmt = Compiled(
+            select(episodes.c.show_id, joined(dialect, episodes.c.episode_id, "/"),
+                   joined(dialect, episodes.c.file_stamp, "/")).group_by(episodes.c.show_id),
+            engine,
+        )
+        self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        self._local = threading.local()
+        self._connections: list[Any] = []
+        self._connections_lock = threading.Lock()
+        self._generation = 0
+
+    def close(self) -> None:
+        """Close this index's connections (it reconnects when used again)."""
+        with self._connections_lock:
+            conns, self._connections = self._connections, []
+            self._generation += 1
+        for conn in conns:
+            try:
+                conn.close()
+            except (self._dbapi_error, SQLAlchemyError):
+                pass  # another thread's connection, or one already gone
+        self.engine.dispose()
+
+    def _conn(self) -> Connection:
+        """This thread's connection, kept open: opening an SQLite connection
+        costs more than most of the queries on it. A forked child, or an index
+        swapped under it, opens a new one."""
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid() or local.generation != self._generation:
+            conn = self.engine.connect()
+            local.conn, local.pid, local.generation = conn, os.getpid(), self._generation
+            with self._connections_lock:
+                self._connections.append(conn)
+        return conn
+
+    @contextmanager
+    def reading(self) -> Iterator[Connection]:
+        """This thread's connection for reads; the read snapshot ends after."""
+        conn = self._conn()
+        try:
+            yield conn
+        finally:
+            conn.rollback()
+
+    def _writer(self) -> Any:
+        """This thread's writing connection, raw (see ``Compiled``)."""
+        return self._conn().connection.driver_connection
+
+    # --- writing ------------------------------------------------------------------
+
+    def write(
+        self,
+        *,
+        rows: Iterable[Mapping[str, Any]] = (),
+        event_rows: Iterable[Mapping[str, Any]] = (),
+        show_rows: Iterable[Mapping[str, Any]] = (),
+        removed: Iterable[tuple[str, str]] = (),
+        removed_shows: Iterable[str] = (),
+        positions: tuple[str, list[str]] | None = None,
+    ) -> None:
+        """Apply changes in one writing transaction, keeping ``stage_totals`` in
+        step. ``positions``: (show, episode ids in show order).
+
+        Raises ``IndexUnavailableError`` if the database fails the write."""
+        try:
+            conn = self._writer()
+            begin_write(conn, self.dialect)
+        except self._dbapi_error as exc:
+            raise IndexUnavailableError(f"the index could not start a write: {exc}") from exc
+        ok = False
+        try:
+            self._apply(conn.cursor(), list(rows), list(event_rows), list(show_rows), list(removed),
+                        list(removed_shows), positions)
+            ok = True
+        except self._dbapi_error as exc:
+            raise IndexUnavailableError(f"the index refused a write: {exc}") from exc
+        finally:
+            try:
+                end_write(conn, self.dialect, ok)
+            except self._dbapi_error as exc:
+                if ok:
+                    raise IndexUnavailableError(f"the index could not commit: {exc}") from exc
+
+    def _apply(self, cur: Any, rows: list[Mapping[str, Any]], event_rows: list[Mapping[str, Any]],
+               show_rows: list[Mapping[str, Any]], removed: list[tuple[str, str]], removed_shows: list[str],
+               positions: tuple[str, list[str]] | None) -> None:
+        def run(stmt: Compiled, values: Mapping[str, Any]) -> Any:
+            return cur.execute(stmt.sql, stmt.params(values))
+
+        deltas: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
+        for row in rows:
+            if self.unique:
+                run(self._drop_claims, {"s": row["show_id"], "e": row["episode_id"]})
+                for claim in claim_rows(self.unique, row["show_id"], row["episode_id"], row["data"]):
+                    run(self._put_claim, claim)
+            was = row.get("was")
+            if was is not None:  # the row holds exactly the file this write replaced: no need to read it
+                values = {"v_" + k: v for k, v in row.items()}
+                values.update(v_data=json_text(row["data"]), v_costs=json_text(row["costs"]), s=row["show_id"],
+                              e=row["episode_id"], was=was[0])
+                if run(self._replace_if_was, values).rowcount == 1:
+                    totals_delta(deltas, row["show_id"], (was[1], was[2]), (row["stage"], row["costs"]))
+                    continue
+            old = run(self._old_state, {"s": row["show_id"], "e": row["episode_id"]}).fetchone()
+            totals_delta(deltas, row["show_id"], (old[0], json_doc(old[1])) if old else None,
+                         (row["stage"], row["costs"]))
+            values = dict(row, data=json_text(row["data"]), costs=json_text(row["costs"]))
+            if row["position"] is None:
+                if old is None:  # a new episode goes last in its show
+                    last = run(self._last_position, {"s": row["show_id"]}).fetchone()[0]
+                    values["position"] = 0 if last is None else last + 1
+                else:  # kept as it is by the upsert; SQLite checks NOT NULL before the conflict
+                    values["position"] = 0
+            run(self._put_episode, values)
+        for show, ep in removed:
+            old = run(self._old_state, {"s": show, "e": ep}).fetchone()
+            if old is not None:
+                totals_delta(deltas, show, (old[0], json_doc(old[1])), None)
+                run(self._delete_episode, {"s": show, "e": ep})
+                run(self._delete_events, {"s": show, "e": ep})
+                run(self._drop_claims, {"s": show, "e": ep})
+        for event in event_rows:
+            run(self._put_event, dict(event, data=json_text(event["data"])))
+        for show_row_ in show_rows:
+            run(self._put_show, dict(show_row_, data=json_text(show_row_["data"])))
+        for show in removed_shows:
+            run(self._delete_show, {"s": show})
+        for (show, stage), (n, cost) in deltas.items():
+            if n or cost:
+                run(self._add_totals, {"show_id": show, "stage": stage, "episodes": int(n), "cost": cost})
+        if positions is not None:
+            show, ordered = positions
+            for i, ep in enumerate(ordered):
+                run(self._set_position, {"s": show, "e": ep, "p": i})
+
+    def unique_current(self) -> bool:
+        """True if ``unique_values`` was derived for the store's unique keys."""
+        with self.reading() as conn:
+            return set(conn.execute(select(unique_keys.c.key)).scalars()) == set(self.unique)
+
+    def refresh_unique(self) -> bool:
+        """Derive ``unique_values`` again, from the episode rows, if the store's
+        unique keys are not the ones the rows were derived for (``unique:`` in
+        statekit.yaml changed). One writing transaction; True if it ran. The
+        caller holds the index lock (two refreshes would collide on a server)."""
+        if self.unique_current():
+            return False
+        try:
+            with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+                conn.execute(delete(unique_values))
+                conn.execute(delete(unique_keys))
+                if self.unique:
+                    conn.execute(unique_keys.insert(), [{"key": k} for k in self.unique])
+                    found = [claim for s, e, data in conn.execute(
+                        select(episodes.c.show_id, episodes.c.episode_id, episodes.c.data))
+                        for claim in claim_rows(self.unique, s, e, data)]
+                    if found:
+                        conn.execute(unique_values.insert(), found)
+        except SQLAlchemyError as exc:
+            raise IndexUnavailableError(f"the index could not record the unique keys: {exc}") from exc
+        return True
+
+    def holders(self, key: str, value_sha256: str) -> list[tuple[str, str]]:
+        """The episodes whose indexed metadata holds this value of ``key``."""
+        stmt = self._holders  # on the raw cursor: this runs inside every write that claims a value
+        try:
+            with self.reading():
+                cursor = self._writer().cursor()
+                cursor.execute(stmt.sql, stmt.params({"k": key, "h": value_sha256}))
+                return [(s, e) for s, e in cursor.fetchall()]
+        except (SQLAlchemyError, self._dbapi_error) as exc:
+            raise IndexUnavailableError(f"the index could not look up a unique value: {exc}") from exc
+
+    def remove_show(self, show: str) -> None:
+        self.write(removed_shows=[show])
+
+    def set_positions(self, show: str, ordered: list[str]) -> None:
+        """Put a show's episodes in ``ordered`` order (show.yaml's)."""
+        self.write(positions=(show, ordered))
+
+    # --- reading --------------------------------------------------------------------
+
+    def _docs(self, stmt: Any) -> list[dict[str, Any]]:
+        with self.reading() as conn:
+            return [row[0] for row in conn.execute(stmt)]
+
+    def episode_data(self, show: str | None = None, stage: str | None = None) -> list[dict[str, Any]]:
+        """File data of episodes, in show order."""
+        stmt = select(episodes.c.data).order_by(episodes.c.show_id, episodes.c.position, episodes.c.episode_id)
+        if show is not None:
+            stmt = stmt.where(episodes.c.show_id == show)
+        if stage is not None:
+            stmt = stmt.where(episodes.c.stage == stage)
+        return self._docs(stmt)
+
+    def counts(self, show: str | None = None) -> dict[str, int]:
+        stmt = select(stage_totals.c.stage, func.sum(stage_totals.c.episodes)).group_by(stage_totals.c.stage)
+        if show is not None:
+            stmt = stmt.where(stage_totals.c.show_id == show)
+        out = dict.fromkeys(self.pipeline.stages, 0)
+        with self.reading() as conn:
+            for stage, n in conn.execute(stmt):
+                if n:
+                    out[stage] = int(n)
+        return out
+
+    def next(self, stage: str, limit: int, now: datetime) -> list[dict[str, Any]]:
+        """File data of the episodes ready for ``stage`` at ``now`` (not leased
+        by a live worker, not waiting for a retry's backoff), longest-waiting first."""
+        at = now.astimezone(timezone.utc)
+        stmt = (
+            select(episodes.c.data)
+            .where(episodes.c.ready_for == stage)
+            .where(or_(episodes.c.lease_expires_at.is_(None), episodes.c.lease_expires_at <= at))
+            .where(or_(episodes.c.due_at.is_(None), episodes.c.due_at <= at))
+            .order_by(episodes.c.stage_entered_at, episodes.c.show_id, episodes.c.episode_id)
+            .limit(limit)
+        )
+        return self._docs(stmt)
+
+    def expired_leases(self, now: datetime) -> list[tuple[str, str]]:
+        """Episodes whose run's lease ran out by ``now``: their worker stopped."""
+        at = now.astimezone(timezone.utc)
+        stmt = (select(episodes.c.show_id, episodes.c.episode_id)
+                .where(episodes.c.lease_expires_at <= at)
+                .order_by(episodes.c.lease_expires_at, episodes.c.show_id, episodes.c.episode_id))
+        with self.reading() as conn:
+            return [(s, e) for s, e in conn.execute(stmt)]
+
+    def costs(self, by: str, show: str | None = None) -> dict[str, float]:
+        """Total cost per stage or per show (from the maintained totals)."""
+        key = stage_totals.c.stage if by == "stage" else stage_totals.c.show_id
+        stmt = select(key, func.sum(stage_totals.c.cost)).group_by(key).order_by(key)
+        if show is not None:
+            stmt = stmt.where(stage_totals.c.show_id == show)
+        with self.reading() as conn:
+            return {k: round(v or 0.0, 9) for k, v in conn.execute(stmt) if v}
+
+    def with_errors(self, show: str | None = None) -> list[dict[str, Any]]:
+        stmt = select(episodes.c.data).where(episodes.c.error_count > 0).order_by(
+            episodes.c.updated_at.desc(), episodes.c.show_id, episodes.c.episode_id)
+        if show is not None:
+            stmt = stmt.where(episodes.c.show_id == show)
+        return self._docs(stmt)
+
+    def stuck(self, since: datetime, show: str | None = None) -> list[dict[str, Any]]:
+        """Episodes in a non-terminal stage they entered before ``since``, oldest first."""
+        stmt = (
+            select(episodes.c.data)
+            .where(episodes.c.stage.not_in(self.pipeline.terminal))
+            .where(episodes.c.stage_entered_at < iso(since.astimezone(timezone.utc)))
+            .order_by(episodes.c.stage_entered_at)
+        )
+        if show is not None:
+            stmt = stmt.where(episodes.c.show_id == show)
+        return self._docs(stmt)
+
+    def status(self) -> list[dict[str, Any]]:
+        """Per show: episodes per stage, cost so far, titles."""
+        with self.reading() as conn:
+            titles = dict(conn.execute(select(shows.c.show_id, shows.c.title)).all())
+            rows = conn.execute(select(stage_totals.c.show_id, stage_totals.c.stage, stage_totals.c.episodes,
+                                       stage_totals.c.cost)).all()
+        per: dict[str, dict[str, Any]] = {}
+        for show, stage, n, cost in rows:
+            entry = per.setdefault(show, {"show_id": show, "title": titles.get(show, show), "stages": {},
+                                          "episodes": 0, "cost": 0.0})
+            if n:
+                entry["stages"][stage] = int(n)
+                entry["episodes"] += int(n)
+            entry["cost"] += cost or 0.0
+        out = []
+        for show in sorted(per):
+            entry = per[show]
+            done = sum(n for s, n in entry["stages"].items() if s in self.pipeline.terminal)
+            entry["cost"] = round(entry["cost"], 9)
+            entry["done"] = done
+            entry["completion"] = round(100.0 * done / entry["episodes"], 1) if entry["episodes"] else 0.0
+            entry["stages"] = {s: entry["stages"][s] for s in self.pipeline.stages if s in entry["stages"]}
+            out.append(entry)
+        return out
+
+    def file_stamps(self) -> dict[str, tuple[set[str], set[str]]]:
+        """For sync, per show: the ids of its indexed episodes, and
+        ``"ep|size|mtime_ns"`` of those whose file stat can be trusted (a file
+        checked too soon after it changed has no stamp: its stat could hide a
+        later edit, the racy-clean case). The database joins each show's values
+        into one string: far cheaper than a hundred thousand rows."""
+        stmt = self._stamps_stmt
+        with self.reading():
+            cursor = self._writer().cursor()
+            cursor.execute(stmt.sql, stmt.params({}))
+            rows = cursor.fetchall()
+        return {show: (set(ids.split("/")), set(stamps.split("/")) if stamps else set())
+                for show, ids, stamps in rows}
+
+    def sql(self, query: str, timeout: float = SQL_TIMEOUT_S) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Run one read-only statement, stopped after ``timeout`` seconds; the
+        database refuses writes. ``QueryError`` (its ``reason`` and hint say
+        why) when the query is refused, ``QueryTimeoutError`` when stopped."""
+        if not isinstance(query, str) or not query.strip():
+            what = "is empty" if isinstance(query, str) else f"must be text, not {type(query).__name__}"
+            raise QueryError(f"the SQL query {what}", reason="empty", hint=SQL_HINTS["empty"])
+        try:
+            query.encode()
+        except UnicodeEncodeError as exc:  # a lone surrogate: no database can be sent it
+            raise QueryError(f"the SQL query is not valid text: {exc.reason} at position {exc.start}",
+                             reason="syntax", hint=SQL_HINTS["syntax"]) from exc
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout < math.inf:
+            raise ValidationError(f"the query time limit must be a positive number of seconds, got {timeout!r}",
+                                  field="timeout", hint="give e.g. --timeout 60 (Store.sql(query, timeout=60))")
+        try:
+            with read_only(self.engine, timeout) as conn:
+                return run_query(conn, query)
+        except (self._dbapi_error, DBAPIError) as exc:
+            cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+            kind = refusal(cause)
+            if kind == "timeout":
+                raise QueryTimeoutError(f"the query was stopped after {timeout:g} seconds", timeout=timeout) from exc
+            reason = " ".join(str(cause).split())
+            raise QueryError(f"the index refused the query: {reason}", reason=kind, hint=SQL_HINTS[kind]) from exc
+
+
+def create_schema(conn: Connection) -> None:
+    """Tables, indexes and the view, as the initial Alembic revision makes them."""
+    metadata.create_all(conn)
+    from .tables import STAGE_COUNTS_VIEW
+
+    conn.exec_driver_sql(STAGE_COUNTS_VIEW)
+
+
+def revision_of(conn: Connection) -> str | None:
+    """The Alembic revision an index database is at (None if unversioned)."""
+    try:
+        with conn.begin_nested() if conn.in_transaction() else conn.begin():
+            return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+    except DBAPIError:  # no such table: an empty or foreign database
+        return None

@@ -1,0 +1,166 @@
+"""The index's rows, derived from the files: pure functions, no database.
+
+What the write path hands the index after a commit, and what a rebuild or a
+sync derives from the same files: one function per table (``episode_row``,
+``event_row``, ``show_row``, ``claim_rows``) and the per-stage totals'
+deltas. Nothing here imports SQLAlchemy (the write path's import stays light).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+
+from ..ids import ID_PATTERN
+from ..models import Episode
+from ..pipeline import Pipeline, ready_for
+from ..unique import claims
+
+ISO = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def iso(moment: datetime) -> str:
+    """The index's fixed-width UTC text form of a timestamp (sorts as time)."""
+    return moment.astimezone(timezone.utc).strftime(ISO)
+
+
+RACY_NS = 2_000_000_000
+"""A file checked less than this after its mtime may change again without
+its mtime moving (coarse file-system timestamps): sync hashes it again."""
+
+def json_text(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def json_doc(value: Any) -> Any:
+    """A JSON column as read through a raw cursor (text in SQLite)."""
+    return orjson.loads(value) if isinstance(value, (str, bytes)) else value
+
+
+def time_text(text: Any, moment: datetime) -> str:
+    # pydantic already wrote UTC times as text; only odd ones need formatting
+    return text if isinstance(text, str) and len(text) == 27 and text[-1] == "Z" else iso(moment)
+
+
+def episode_row(
+    ep: Episode, data: Mapping[str, Any], pipeline: Pipeline, *, path: str, size: int, mtime_ns: int,
+    sha256: str, checked_at_ns: int, position: int,
+) -> dict[str, Any]:
+    """The index row of an episode, from its model and ``data``, its
+    ``model_dump(mode="json")`` (not copied: the caller hands it over)."""
+    return {
+        "show_id": ep.show_id,
+        "episode_id": ep.episode_id,
+        "title": ep.title,
+        "stage": ep.stage,
+        "version": ep.version,
+        "created_at": time_text(data.get("created_at"), ep.created_at),
+        "updated_at": time_text(data.get("updated_at"), ep.updated_at),
+        "cost_total": ep.cost_total,
+        "attempts_total": ep.attempts_total,
+        "error_count": len(ep.error_history),
+        "path": path,
+        "position": position,
+        "stage_entered_at": time_text(data.get("stage_entered_at"), ep.stage_entered_at),
+        "previous_stage": ep.previous_stage,
+        "ready_for": ready_for(pipeline, ep.stage, ep.previous_stage, ep.approvals, done=ep.stage_done,
+                               hold=ep.hold),
+        "message": ep.message,
+        "costs": ep.costs,
+        "data": data,
+        "file_size": size,
+        "file_mtime_ns": mtime_ns,
+        "file_sha256": sha256,
+        "checked_at_ns": checked_at_ns,
+        "file_stamp": f"{ep.episode_id}|{size}|{mtime_ns}" if checked_at_ns - mtime_ns >= RACY_NS else None,
+        "lease_owner": ep.lease.owner if ep.lease is not None else None,
+        "lease_expires_at": iso(ep.lease.expires_at) if ep.lease is not None else None,
+        "due_at": iso(ep.due_at) if ep.due_at is not None else None,
+    }
+
+
+def spent_in(event: Mapping[str, Any], stage_before: str | None) -> str | None:
+    """The stage an event's cost was spent in; None for an event without a cost.
+
+    Its ``stage``; for a line written before events carried one: the stage
+    an advance left, a checkpoint's stage, else ``stage_before``, the stage
+    the episode was at (a run's ``cost`` event: the run's stage)."""
+    if event.get("cost") is None:
+        return None
+    for key in ("stage", "from_stage", "checkpoint"):
+        value = event.get(key)
+        if isinstance(value, str) and ID_PATTERN.fullmatch(value):
+            return value
+    return stage_before
+
+
+def event_row(event: Mapping[str, Any], stage_before: str | None = None) -> dict[str, Any]:
+    """The index row of one event line (as read from events.jsonl).
+    ``stage_before``: where the episode was before it (see ``spent_in``)."""
+    at = event["at"]
+    if isinstance(at, datetime):
+        at = iso(at)
+    elif not (isinstance(at, str) and len(at) == 27 and at[-1] == "Z"):
+        at = iso(datetime.fromisoformat(str(at).replace("Z", "+00:00")))
+    return {
+        "show_id": event["show_id"],
+        "episode_id": event["episode_id"],
+        "version": event["version"],
+        "at": at,
+        "kind": event["kind"],
+        "from_stage": event.get("from_stage"),
+        "to_stage": event.get("to_stage"),
+        "message": event.get("message"),
+        "cost": event.get("cost"),
+        "data": dict(event),
+        "stage": spent_in(event, stage_before),
+    }
+
+
+def event_rows_of(lines: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """The index rows of an episode's log lines, oldest first, following the
+    episode's stage through them (for old lines whose cost names no stage)."""
+    rows = []
+    stage: str | None = None
+    for line in lines:
+        rows.append(event_row(line, stage))
+        moved = line.get("to_stage")
+        if isinstance(moved, str) and moved:
+            stage = moved
+    return rows
+
+
+def show_row(data: Mapping[str, Any], *, path: str, size: int, mtime_ns: int, sha256: str,
+             checked_at_ns: int) -> dict[str, Any]:
+    def moment(value: Any) -> str | None:
+        return iso(datetime.fromisoformat(str(value).replace("Z", "+00:00"))) if value else None
+
+    return {
+        "show_id": data["show_id"], "title": data.get("title", ""), "created_at": moment(data.get("created_at")),
+        "updated_at": moment(data.get("updated_at")), "path": path, "data": dict(data), "file_size": size,
+        "file_mtime_ns": mtime_ns, "file_sha256": sha256, "checked_at_ns": checked_at_ns,
+    }
+
+
+def claim_rows(keys: Sequence[str], show: str, ep: str, data: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """The ``unique_values`` rows of an episode whose file data is ``data``."""
+    return [{"key": c.key, "value_sha256": c.sha256, "show_id": show, "episode_id": ep}
+            for c in claims(keys, data.get("metadata"))]
+
+
+def totals_delta(
+    deltas: dict[tuple[str, str], list[float]], show: str, old: tuple[str, Mapping[str, float]] | None,
+    new: tuple[str, Mapping[str, float]] | None,
+) -> None:
+    """Add to ``deltas`` what replacing an episode's (stage, costs) does to
+    the per-stage totals of its show."""
+    for sign, state in ((-1, old), (1, new)):
+        if state is None:
+            continue
+        stage, costs = state
+        deltas[(show, stage)][0] += sign
+        for cost_stage, amount in costs.items():
+            deltas[(show, cost_stage)][1] += sign * amount

@@ -1,0 +1,60 @@
+"""Questions about many episodes, answered by the index (one query each)."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from .errors import ValidationError
+from .models import Episode
+from .shows import Shows
+from .writes import Writer
+
+
+def models(docs: list[dict[str, Any]]) -> list[Episode]:
+    return [Episode.model_validate(d) for d in docs]
+
+
+class Queries:
+    """The store's read-only questions: arguments checked here, answers from ``writer.index``."""
+
+    def __init__(self, writer: Writer, shows: Shows) -> None:
+        self.writer = writer
+        self.shows = shows
+
+    def counts(self, show: str | None = None) -> dict[str, int]:
+        self.shows.known(show)
+        return self.writer.index.counts(show)
+
+    def next(self, stage: str, limit: int = 10) -> list[Episode]:
+        self.writer.check_stage(stage)
+        if type(limit) is not int or limit < 1:
+            raise ValidationError(f"limit must be a positive integer, got {limit!r}")
+        return models(self.writer.index.next(stage, limit, self.writer.clock()))
+
+    def costs(self, by: str = "stage", show: str | None = None) -> dict[str, float]:
+        if by not in ("stage", "show"):
+            raise ValidationError(f"costs by {by!r}: choose 'stage' or 'show'")
+        self.shows.known(show)
+        return self.writer.index.costs(by, show)
+
+    def with_errors(self, show: str | None = None) -> list[Episode]:
+        self.shows.known(show)
+        return models(self.writer.index.with_errors(show))
+
+    def stuck(self, older_than: timedelta, show: str | None = None) -> list[Episode]:
+        if not isinstance(older_than, timedelta) or older_than.total_seconds() < 0:
+            raise ValidationError(f"older_than must be a non-negative timedelta, got {older_than!r}")
+        self.shows.known(show)
+        return models(self.writer.index.stuck(self.writer.clock() - older_than, show))
+
+    def episodes(self, show: str | None = None, stage: str | None = None) -> list[Episode]:
+        if stage is not None:
+            self.writer.check_stage(stage)
+        self.shows.known(show)
+        return models(self.writer.index.episode_data(show, stage))
+
+    def live_runs(self) -> set[str]:
+        """Run ids whose lease has not expired (by the store's clock)."""
+        now = self.writer.clock()
+        return {e.lease.run_id for e in self.episodes() if e.lease is not None and e.lease.expires_at > now}

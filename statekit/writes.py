@@ -1,0 +1,537 @@
+"""The write path: the one place an episode file is written.
+
+Every writer (advance, update, approve, checkpoints, assets, runs, recovery,
+adoption of hand edits, restore, migrate, import, create) calls ``Writer``:
+
+1. ``write``: lock the episode (``locks.Locks.episode``), hold its folder
+   open (walked from the root, never through a symlink), read the committed
+   file (``load``, cached by its bytes);
+2. check the expected version, then let the caller's pure ``change`` decide
+   (the stage check is the pipeline's ``refuse_move``, called there);
+3. hold the store's unique values the change takes (``unique_claims``);
+4. ``commit``: append the event (fsynced), then replace the file atomically
+   and durably (its old bytes kept as a backup), then the parse cache and
+   the index (``index_quietly``: a failure there is logged, ``sync`` mends).
+
+The event goes first, so a crash leaves at most an event newer than the file
+(an uncommitted tail, dropped by the next write) and never a file change
+without its event.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from . import eventlog
+from . import files as diskio
+from . import unique as uniq
+from .backups import Backup, Backups
+from .codecs import CODECS, Parsed, line_of, same
+from .errors import (
+    CorruptFileError,
+    DuplicateError,
+    EpisodeExistsError,
+    EpisodeNotFoundError,
+    IndexUnavailableError,
+    NotReadyError,
+    SchemaVersionError,
+    ShowNotFoundError,
+    StatekitError,
+    UnknownStageError,
+    ValidationError,
+    VersionConflictError,
+)
+from .folders import Folders, real_dirs
+from .ids import check_id
+from .index.rows import episode_row, event_row, event_rows_of
+from .layout import EpisodePaths, episode_parts
+from .locks import Locks
+from .models import EVENT_SCHEMA, NOT_UTF8_HINT, Episode, StoreConfig, find_bad_text
+from .parsing import parse_episode, sha256, stamp
+from .pipeline import Pipeline
+
+if TYPE_CHECKING:
+    from .index import Index
+
+log = logging.getLogger("statekit")
+
+CACHE_SIZE = 4096
+"""Parsed files (and path sets) kept in memory, newest used last."""
+
+Change = Callable[[Episode, datetime], "tuple[Episode, dict[str, Any]] | None"]
+"""``change(current, now)``: the new episode and its event's fields, or None for "nothing to do"."""
+
+
+class Writer:
+    """The write path of one store (see the module's text for the steps).
+
+    ``open_index(writer)`` opens the index on first use (the store passes
+    ``index.maintenance.open_index``, which may rebuild it from the files
+    through this writer's reading methods)."""
+
+    def __init__(self, config: StoreConfig, folders: Folders, locks: Locks, backups: Backups,
+                 clock: Callable[[], datetime], open_index: Callable[[Writer], Index]) -> None:
+        self.root = folders.root
+        self.config = config
+        self.folders = folders
+        self.locks = locks
+        self.backups = backups
+        self.clock = clock
+        self.disk = folders.disk
+        self.codec = CODECS["." + config.format]
+        self._open_index = open_index
+        self._index: Index | None = None
+        self._cache: OrderedDict[str, Parsed] = OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._path_cache: dict[tuple[str, str], EpisodePaths] = {}
+
+    @property
+    def pipeline(self) -> Pipeline:
+        return self.config.pipeline
+
+    # --- the index -------------------------------------------------------------
+
+    @property
+    def index(self) -> Index:
+        """The SQL index, opened (and brought up to date) on first use."""
+        if self._index is None:
+            self._index = self._open_index(self)
+        return self._index
+
+    def close_index(self) -> None:
+        if self._index is not None:
+            self._index.close()
+
+    def index_quietly(self, what: str, **changes: Any) -> None:
+        """Update the index after the files are durable. A failure here never
+        touches the files and is not the caller's failure: it is logged, and
+        the next ``sync`` repairs the index."""
+        from sqlalchemy.exc import SQLAlchemyError
+
+        try:
+            self.index.write(**changes)
+        except (IndexUnavailableError, SQLAlchemyError, OSError, TypeError, ValueError, OverflowError) as exc:
+            log.warning("statekit: the index missed %s (%s); run 'statekit sync' to repair it", what, exc)
+
+    # --- paths and checks --------------------------------------------------------------
+
+    def paths(self, show: str, ep: str) -> EpisodePaths:
+        """Every path of one episode, computed once (ids are already checked)."""
+        key = (show, ep)
+        paths = self._path_cache.get(key)
+        if paths is None:
+            if len(self._path_cache) >= CACHE_SIZE:
+                self._path_cache.clear()
+            paths = self._path_cache[key] = EpisodePaths(self.root, show, ep, self.codec.suffix)
+        return paths
+
+    def exists(self, show: str, ep: str) -> bool:
+        """True if the episode has a file (in either format)."""
+        return any(os.path.lexists(p) for p in self.paths(show, ep).files)
+
+    def check_stage(self, stage: str) -> str:
+        check_id(stage, "stage")
+        if stage not in self.pipeline.stages:
+            raise UnknownStageError(
+                f"unknown stage {stage!r} in pipeline {self.pipeline.name!r}", stages=list(self.pipeline.stages),
+                stage=stage,
+            )
+        return stage
+
+    def missing(self, show: str, ep: str) -> StatekitError:
+        """The error for an episode that is not there (or whose show is not)."""
+        if not self.folders.exists(("shows", show)):
+            return ShowNotFoundError(f"show {show!r} not found", show_id=show)
+        return EpisodeNotFoundError(f"episode {show}/{ep} not found", show_id=show, episode_id=ep)
+
+    def require_folders(self, show: str, ep: str) -> EpisodePaths:
+        """The episode's paths; its error if its folders are not there."""
+        paths = self.paths(show, ep)
+        if not real_dirs(paths.chain):
+            raise self.missing(show, ep)
+        return paths
+
+    def refuse_if_held(self, model: Episode, what: str, now: datetime | None = None) -> None:
+        """``NotReadyError`` if a live stage run holds the episode."""
+        lease = model.lease
+        if lease is not None and (now or self.clock()) < lease.expires_at:
+            raise NotReadyError(
+                f"{model.key} is being run ({model.stage}) by {lease.owner} until {lease.expires_at.isoformat()}; "
+                f"it cannot be {what} meanwhile", reason="leased", show_id=model.show_id,
+                episode_id=model.episode_id, stage=model.stage,
+                hint="wait for the run to finish, or for its lease to expire")
+
+    def refuse_if_leased(self, show: str, ep: str, what: str) -> None:
+        """``refuse_if_held`` for the episode's file (a damaged file holds no
+        lease anyone could honour: it does not refuse)."""
+        try:
+            model = self.load(show, ep)[1].model
+        except (CorruptFileError, ValidationError, SchemaVersionError):
+            return
+        self.refuse_if_held(model, what)
+
+    # --- reading ----------------------------------------------------------------
+
+    def cached(self, path: str, raw: bytes) -> Parsed | None:
+        """The parse of ``path`` if its bytes are still ``raw``."""
+        with self._cache_lock:
+            hit = self._cache.get(path)
+            if hit is not None and hit.raw == raw:
+                self._cache.move_to_end(path)
+                return hit
+        return None
+
+    def remember(self, path: str, parsed: Parsed) -> None:
+        with self._cache_lock:
+            self._cache[path] = parsed
+            self._cache.move_to_end(path)
+            while len(self._cache) > CACHE_SIZE:
+                self._cache.popitem(last=False)
+
+    def forget(self, prefix: str) -> None:
+        with self._cache_lock:
+            for path in [p for p in self._cache if p.startswith(prefix)]:
+                del self._cache[path]
+
+    def parse_episode(self, path: str, raw: bytes, show: str, ep: str) -> Parsed:
+        """``parsing.parse_episode`` with this store's pipeline and clock."""
+        return parse_episode(path, raw, show, ep, self.pipeline, self.clock())
+
+    @contextmanager
+    def episode_folder(self, show: str, ep: str) -> Iterator[int]:
+        """The episode's folder, held open; the episode is missing if it is."""
+        try:
+            folder = self.folders.walk(episode_parts(show, ep))
+        except FileNotFoundError:
+            raise self.missing(show, ep) from None
+        try:
+            yield folder
+        finally:
+            os.close(folder)
+
+    def load(self, show: str, ep: str, folder: int | None = None) -> tuple[str, Parsed]:
+        """Path and parsed content of an episode file (cached by its bytes),
+        read in its ``folder`` (held open by the caller, or opened here)."""
+        if folder is None:
+            with self.episode_folder(show, ep) as opened:
+                return self.load(show, ep, opened)
+        paths = self.paths(show, ep)
+        for path in paths.files:
+            raw = diskio.read_file(path, dir_fd=folder)
+            if raw is not None:
+                break
+        else:
+            raise self.missing(show, ep)
+        parsed = self.cached(path, raw)
+        if parsed is None:
+            try:
+                parsed = self.parse_episode(path, raw, show, ep)
+            except (CorruptFileError, ValidationError) as exc:
+                raise self._with_backup_hint(exc, show, ep) from None
+            self.remember(path, parsed)
+        return path, parsed
+
+    def get(self, show: str, ep: str) -> Episode:
+        """The episode as its file holds it now (ids checked; no lock)."""
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        return self.load(show, ep)[1].model  # type: ignore[no-any-return]
+
+    def backups_of(self, show: str, ep: str) -> list[Backup]:
+        """The episode's backups, newest first, each checked (see ``Backups.listing``)."""
+        found = self.backups.listing(self.paths(show, ep), show, ep, self.parse_episode)
+        if found is None:
+            self.require_folders(show, ep)
+            return []
+        return found
+
+    def newest_valid_backup(self, show: str, ep: str) -> Backup | None:
+        return self.backups.newest_valid(self.paths(show, ep), show, ep, self.parse_episode)
+
+    def _with_backup_hint(self, exc: CorruptFileError | ValidationError, show: str, ep: str) -> StatekitError:
+        """The read error, naming the newest backup that can be restored."""
+        newest = self.newest_valid_backup(show, ep)
+        exc.add_context(show_id=show, episode_id=ep)
+        if newest is None:
+            exc.extras.setdefault("backup", None)
+            return exc
+        rel = os.path.relpath(newest.path, self.root)
+        exc.message += f"; newest valid backup: {rel} (version {newest.version})"
+        exc.extras["backup"] = rel
+        exc.hint = (f"fix the file by hand, or run 'statekit restore {show}/{ep}' to put that backup back "
+                    "('statekit repair' does it for every damaged episode); nothing was changed")
+        return exc
+
+    # --- writing --------------------------------------------------------------------
+
+    def write(self, show: str, ep: str, change: Change, expected_version: int | None = None,
+              before_commit: Callable[[Episode], None] | None = None) -> Episode:
+        """Apply ``change`` under the episode's lock and commit it.
+
+        ``change(current, now)`` returns the new episode and its event fields,
+        or None for "nothing to do". Raises before anything is written if the
+        version or the move is refused. ``before_commit(new)`` runs under the
+        lock right before the commit (a checkpoint file, a migration's copy).
+        """
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        if expected_version is not None and (type(expected_version) is not int or expected_version < 0):
+            raise ValidationError(f"expected_version must be a non-negative integer, got {expected_version!r}")
+        with self.locks.episode(show, ep), self.episode_folder(show, ep) as folder:
+            path, current = self.load(show, ep, folder)
+            model: Episode = current.model
+            if expected_version is not None and model.version != expected_version:
+                raise VersionConflictError(
+                    f"episode {show}/{ep} is at version {model.version}, not {expected_version}",
+                    expected=expected_version, actual=model.version, show_id=show, episode_id=ep,
+                )
+            outcome = change(model, self.clock())
+            if outcome is None:
+                return model
+            new, event = outcome
+            with self.unique_claims(show, ep, model.metadata, new.metadata):
+                if before_commit is not None:
+                    before_commit(new)
+                return self.commit(path, current, new, event, folder=folder)
+
+    def create(self, model: Episode, event: dict[str, Any]) -> Episode:
+        """Write a new episode (the caller holds its show's lock). A create
+        that fails leaves no folder it made behind (an empty episode folder,
+        or a new show's), so a failed create changes nothing."""
+        show, ep = model.show_id, model.episode_id
+        self.folders.exists(("shows", show, "episodes"))  # refuses a symlink; folders come later
+        made = [d for d in self.paths(show, ep).chain[1:] if not os.path.lexists(d)]
+        try:
+            with self.locks.episode(show, ep):
+                if self.exists(show, ep):
+                    raise EpisodeExistsError(f"episode {show}/{ep} already exists", show_id=show, episode_id=ep)
+                with self.unique_claims(show, ep, None, model.metadata):  # before any folder is made
+                    self.backups.to_trash(show, ep, stamp(self.clock()))  # left by an episode deleted by hand
+                    with self.folders.open(episode_parts(show, ep), create=True) as folder:
+                        return self.commit(self.paths(show, ep).files[0], None, model, event, folder=folder)
+        except BaseException:
+            self._undo_create_dirs(show, ep, made)
+            raise
+
+    def _undo_create_dirs(self, show: str, ep: str, made: list[str]) -> None:
+        """Remove the folders a failed create made (the caller holds the show
+        lock, so no other create or delete is in them). The episode folder
+        holds at most an event that no episode file committed (its append
+        went through, the file's rename did not): it goes too. Best effort."""
+        if self.exists(show, ep):
+            return  # the episode was written after all: nothing to undo
+        episode_dir = self.paths(show, ep).dir
+        for directory in reversed(made):
+            parts = tuple(directory[len(self.root) + 1:].split("/"))
+            try:  # in folders walked from the root: a symlink swapped in meanwhile is refused, not followed
+                with self.folders.open(parts[:-1]) as parent:
+                    if directory == episode_dir:
+                        with self.folders.open(parts) as folder:
+                            for name in os.listdir(folder):
+                                if name == "events.jsonl" or (name.startswith(diskio.TEMP_PREFIX)
+                                                              and name.endswith(diskio.TEMP_SUFFIX)):
+                                    os.unlink(name, dir_fd=folder)
+                    os.rmdir(parts[-1], dir_fd=parent)
+            except FileNotFoundError:
+                continue  # the create failed before it made this folder
+            except (OSError, StatekitError) as exc:
+                log.warning("statekit: a failed create of %s/%s left the folder %s (%s)", show, ep, directory, exc)
+                return
+
+    def adopt(self, show: str, ep: str, before: dict[str, Any] | None,
+              stage_before: str | None = None) -> tuple[Episode, list[str]]:
+        """Adopt a person's valid edit of an episode file as a normal write:
+        version + 1 over the log, one ``external_edit`` event naming the
+        changed fields, comments kept. ``before``: the last indexed data.
+        ``stage_before``: the stage the log last recorded; an edit that moved
+        the stage records the move (``from_stage``/``to_stage``), so the
+        next edit's move is checked from the stage the file now has."""
+        changed: list[str] = []
+        log_path = self.paths(show, ep).events
+        logged = 0
+
+        def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
+            after = m.model_dump(mode="json")
+            ignore = {"version", "updated_at"}
+            if before is None:
+                changed.extend(k for k in after if k not in ignore)
+            else:
+                changed.extend(k for k in after if k not in ignore and not same(before.get(k), after[k]))
+            new = m.model_copy(update={"version": logged + 1, "updated_at": now})
+            moved = stage_before is not None and m.stage != stage_before
+            return new, {"kind": "external_edit", "fields": list(changed),
+                         "from_stage": stage_before if moved else None, "to_stage": m.stage if moved else None}
+
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        with self.locks.episode(show, ep), self.episode_folder(show, ep) as folder:
+            path, current = self.load(show, ep, folder)
+            # the version the log is committed at. One event past the file's version that
+            # the index never saw is the tail of a write that crashed before its rename (it
+            # is dropped, as every write drops it); one the index saw was committed, and the
+            # person lowered ``version`` by hand.
+            logged = max(eventlog.last_logged_version(log_path, dir_fd=folder), 0)
+            seen = before.get("version") if before is not None else None
+            if logged == current.model.version + 1 and not (isinstance(seen, int) and seen >= logged):
+                logged = current.model.version
+            new, event = change(current.model, self.clock())
+            indexed = before.get("metadata") if before is not None else None
+            with self.unique_claims(show, ep, indexed if isinstance(indexed, Mapping) else None, new.metadata,
+                                    edited=(path, current.raw)):
+                return self.commit(path, current, new, event, committed=logged, folder=folder), changed
+
+    def commit(self, path: str, current: Parsed | None, new: Episode, event: dict[str, Any],
+               committed: int | None = None, template: Parsed | None = None,
+               replaced: bytes | None = None, *, folder: int) -> Episode:
+        """Event (durable) then file (atomic, durable), then the cache and the index.
+        The caller holds the episode's lock.
+
+        ``folder``: the episode's folder, held open (every write acts in it).
+        ``committed``: the version the log is at, when it is not the file's
+        (adopting a hand edit that changed ``version``). ``template``: the
+        text whose comments and layout to keep, if not ``current``'s.
+        ``replaced``: the bytes of a file there that could not be read (no
+        ``current``): a write that fails puts them back."""
+        directory = os.path.dirname(path)
+        codec = CODECS[os.path.splitext(path)[1]]
+        data = new.model_dump(mode="json")
+        if event.get("cost") is not None and not event.get("stage"):
+            # money is spent in the stage the episode is in when it is recorded (an advance: the stage it leaves)
+            event = {**event, "stage": current.model.stage if current is not None else new.stage}
+        try:
+            written = codec.dump(data, template or current)
+            raw = written.raw
+            record = {
+                "schema_version": EVENT_SCHEMA,
+                "version": new.version,
+                "at": data["updated_at"],
+                "show_id": new.show_id,
+                "episode_id": new.episode_id,
+                **{k: v for k, v in event.items() if v is not None},
+                "sha256": sha256(raw),
+            }
+            line = eventlog.event_line(record)
+        except (UnicodeEncodeError, TypeError):  # orjson says TypeError
+            # text that bypassed the models' checks: refused here, before anything is written
+            where = find_bad_text(data, "episode") or find_bad_text(event, "event")
+            if where is None:
+                raise
+            raise ValidationError(f"{new.key}: {where}", show_id=new.show_id, episode_id=new.episode_id,
+                                  hint=NOT_UTF8_HINT) from None
+        # an interrupted write's leftovers
+        diskio.remove_temp_files(self.disk, directory, nested="checkpoints", dir_fd=folder)
+        if committed is None:
+            committed = current.model.version if current is not None else 0
+        known = current.log_size if current is not None and current.model.version == committed else None
+        log_path = directory + "/events.jsonl"
+        sizes: list[int] = []
+
+        def append() -> None:  # runs alongside the file's own fsync; done before the rename
+            before, after = eventlog.append_event(self.disk, log_path, line, committed, known, dir_fd=folder)
+            if before == 0:  # a new events.jsonl: its name must be durable before the file's
+                try:
+                    self.disk.fsync(folder)
+                except OSError as exc:
+                    raise diskio.storage_error(exc, directory, "sync directory") from exc
+            sizes.append(after)
+
+        keep, backups = self.backups.keep_path(path, current)
+        previous = current.raw if current is not None else replaced
+        try:
+            st = diskio.atomic_write(self.disk, path, raw, dir_fd=folder, alongside=append, keep=keep,
+                                     keep_dir_fd=backups, previous=previous, created=previous is None)
+            if keep is not None and backups is not None:
+                self.backups.rotate(keep, current.model.version, backups)  # type: ignore[union-attr]
+        finally:
+            if backups is not None:
+                os.close(backups)
+        written.model = new
+        written.log_size = sizes[0]
+        self.remember(path, written)
+        written.sha256 = record["sha256"]
+        row = episode_row(
+            new, data, self.pipeline, path=path[len(self.root) + 1:], size=st.st_size,
+            mtime_ns=st.st_mtime_ns, sha256=record["sha256"], checked_at_ns=time.time_ns(),
+            position=None,  # type: ignore[arg-type]
+        )
+        if current is not None:  # what the index row holds if it is up to date
+            row["was"] = (current.sha256 or sha256(current.raw), current.model.stage, current.model.costs)
+        event_rows = [event_row(record)]
+        if current is None and committed:
+            # a restore over a file that could not be read: a rebuild meanwhile dropped the
+            # episode, its earlier events too, from the index; they go back with this one
+            try:
+                event_rows = event_rows_of(eventlog.read_events(log_path, new.version, strict=False, dir_fd=folder))
+            except (StatekitError, ValueError) as exc:
+                log.warning("statekit: the index keeps only the newest event of %s (%s); run 'statekit sync'",
+                            new.key, exc)
+        self.index_quietly(f"{new.key} version {new.version}", rows=[row], event_rows=event_rows)
+        return new
+
+    # --- unique values ------------------------------------------------------------------
+
+    @contextmanager
+    def unique_claims(self, show: str, ep: str, before: Mapping[str, Any] | None, after: Mapping[str, Any],
+                      edited: tuple[str, bytes] | None = None) -> Iterator[None]:
+        """Hold the values of the store's unique keys that ``after`` (the
+        episode's new metadata) takes and ``before`` did not, from the check to
+        the end of the ``with`` block (the commit); ``DuplicateError`` if
+        another episode has one. The caller holds the episode's lock.
+
+        Touches: one lock file per bucket of the values
+        (``.statekit/locks/unique/<hh>.lock``, taken in sorted order, always
+        after the episode lock, so two writers never wait for each other in a
+        circle), the index (who holds a value: ``unique_values``), and the file
+        of each episode the index names (the truth: a stale index row never
+        refuses a write, the other episode must hold the value in its file).
+
+        What is guaranteed: two writes through statekit never commit the same
+        value, whichever processes make them, and a hand edit that brings in
+        a value another episode holds is refused when ``sync`` adopts it. Not
+        caught here: a value that only an unsynced hand edit holds (the index
+        does not know it yet; that edit is then refused by ``sync``), or one
+        whose index write failed (logged; ``sync`` repairs it); ``verify``
+        reports every duplicate on disk. ``edited``: path and bytes of the
+        hand-edited file being adopted (a refusal names its path and line)."""
+        keys = self.config.unique
+        wanted = uniq.new_claims(keys, before, after) if keys else []
+        if not wanted:
+            yield
+            return
+        with ExitStack() as held:
+            for bucket in sorted({c.bucket for c in wanted}):
+                held.enter_context(self.locks.unique(bucket))
+            for claim in wanted:
+                other = self._holder(claim, show, ep)
+                if other is not None:
+                    where, path, line = f"{show}/{ep}", None, None
+                    if edited is not None:
+                        path, line = edited[0], line_of(edited[1], ("metadata", claim.key))
+                        where = f"{path}:{line}" if line else path
+                    raise DuplicateError(
+                        f"{where}: metadata {claim.key} = {uniq.shown(claim.value)} is already used by episode "
+                        f"{other} ({claim.key} is unique in statekit.yaml)",
+                        key=claim.key, value=claim.value, other=other, show_id=show, episode_id=ep, path=path,
+                        line=line)
+            yield
+
+    def _holder(self, claim: uniq.Claim, show: str, ep: str) -> str | None:
+        """``SHOW/EP`` of another episode whose file holds ``claim``'s value, or None."""
+        for other_show, other_ep in self.index.holders(claim.key, claim.sha256):
+            if (other_show, other_ep) == (show, ep):
+                continue
+            try:
+                metadata = self.load(other_show, other_ep)[1].model.metadata
+            except StatekitError:
+                continue  # gone, or unreadable: its file holds no value to refuse for
+            if uniq.canonical(metadata.get(claim.key)) == claim.text:
+                return f"{other_show}/{other_ep}"
+        return None
