@@ -34,6 +34,7 @@ def _tick_label(value: float) -> str:
 
 
 def stage_colour(p: PipelineInfo, stage: str) -> str:
+    """A stage's colour: failure red, give-up grey, other terminal stages green, the rest blue."""
     if stage == p.failure_stage:
         return "#cf222e"
     if stage == p.give_up_stage:
@@ -96,6 +97,7 @@ def _hbar_chart(chart_id: str, title: str, desc: str, rows: list[tuple[str, floa
 
 
 def funnel_svg(report: Report) -> str:
+    """Episodes per stage now, as horizontal bars in pipeline order."""
     s, p = report.totals, report.pipeline
     rows = [(stage, float(n), stage_colour(p, stage),
              f"{stage}: {n} episode(s), {pct(n, s.episodes)}% of {s.episodes}") for stage, n in s.stages.items()]
@@ -104,6 +106,7 @@ def funnel_svg(report: Report) -> str:
 
 
 def cost_svg(report: Report) -> str:
+    """Cost per stage so far, as horizontal bars."""
     s = report.totals
     rows = [(stage, c, "#8250df", f"{stage}: cost {amount(c)} ({pct(c, s.cost_total)}% of {amount(s.cost_total)})")
             for stage, c in s.cost_by_stage.items()]
@@ -113,6 +116,7 @@ def cost_svg(report: Report) -> str:
 
 
 def throughput_svg(report: Report) -> str:
+    """Finished episodes per day, stacked by terminal stage, with the recent rate and a legend."""
     s, p = report.totals, report.pipeline
     colours = _terminal_colours(p)
     days = s.throughput
