@@ -1,0 +1,51 @@
+"""The ``statekit`` command line: parse, call one API function, render.
+
+Tables for people, ``--json`` for programs. The group ``main`` (the console
+script) is here; ``app`` holds what the commands share, and each command
+group lives in its own module:
+
+- ``episodes``: create, advance, approve, show, list, next, delete
+- ``assets``: asset add|list|upload|verify
+- ``runs``: recover, retry, errors
+- ``backups``: restore, repair, gc
+- ``index``: rebuild-index, sync, verify, sql, db upgrade
+- ``maintenance``: init, migrate, import
+- ``report``: status, report
+- ``cache``: cache stats|clear|gc
+- ``demo``: demo
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from .. import __version__
+from . import assets, backups, cache, demo, episodes, index, maintenance, report, runs
+from .app import Context, Group, parse_age, quiet_logs
+from .report import print_status
+
+__all__ = ["main", "parse_age", "print_status"]
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--root", envvar="STATEKIT_ROOT", metavar="DIR", type=click.Path(),
+              help="The store (default: $STATEKIT_ROOT, else the nearest parent holding statekit.yaml).")
+@click.option("--debug", is_flag=True, hidden=True, help="Show tracebacks.")
+@click.version_option(__version__, prog_name="statekit")
+@click.pass_context
+def main(ctx: click.Context, root: str | None, debug: bool) -> None:
+    """Durable, human-editable state for multi-stage media pipelines."""
+    ctx.meta["statekit.debug"] = debug
+    ctx.obj = Context(root)
+    for stream in (sys.stdout, sys.stderr):  # a file name that is not UTF-8 prints as escapes, never crashes
+        reconfigure = getattr(stream, "reconfigure", None)
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+    quiet_logs()
+
+
+for module in (maintenance, episodes, index, report, runs, backups, assets, demo, cache):
+    for command in module.COMMANDS:
+        main.add_command(command)
