@@ -46,6 +46,7 @@ def main(ctx: click.Context, root: str | None, debug: bool) -> None:
     quiet_logs()
 
 
-for module in (maintenance, episodes, index, report, runs, backups, assets, demo, cache):
-    for command in module.COMMANDS:
-        main.add_command(command)
+for command in (*maintenance.COMMANDS, *episodes.COMMANDS, *index.COMMANDS, *report.COMMANDS, *runs.COMMANDS,
+                *backups.COMMANDS, *assets.COMMANDS, *demo.COMMANDS, *cache.COMMANDS):
+    main.add_command(command)
+del command
