@@ -218,7 +218,7 @@ def main() -> int:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     args = parser.parse_args()
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(["statekit.store", "statekit.index.sync"])
+    ctx.set_forkserver_preload(["statekit.store", "statekit.index.connect", "statekit.index.sync"])
     work = tempfile.mkdtemp(prefix="statekit-bench-", dir=args.dir)
     try:
         modes = (True,) if args.no_counterfactual else (True, False)

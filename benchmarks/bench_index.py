@@ -132,7 +132,8 @@ def query_store(root: str, n: int) -> Store:
     from datetime import datetime, timedelta, timezone
 
     from statekit.index import episode_row
-    from statekit.index.sync import REBUILD_BATCH, RebuildReport, _flush  # noqa: F401
+    from statekit.index.rebuild import flush  # noqa: F401
+    from statekit.index.scan import REBUILD_BATCH, RebuildReport  # noqa: F401
     from statekit.index.tables import stage_totals
     from statekit.models import Episode
 
@@ -166,8 +167,8 @@ def query_store(root: str, n: int) -> Store:
             for s, c in costs.items():
                 totals.setdefault((show, s), [0, 0.0])[1] += c
             if len(rows) >= 5000:
-                _flush(conn, rows, [], report)
-        _flush(conn, rows, [], report)
+                flush(conn, rows, [], report)
+        flush(conn, rows, [], report)
         conn.execute(stage_totals.insert(), [{"show_id": s, "stage": st, "episodes": int(v[0]), "cost": v[1]}
                                              for (s, st), v in totals.items()])
     from statekit.index.dialect import finish_build

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
-from .objects import Removed
 from .errors import CorruptFileError
 from .models import Episode, Event
+from .objects import Removed
 from .schema import legacy_id
 
 if TYPE_CHECKING:

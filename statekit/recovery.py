@@ -27,7 +27,7 @@ from .taxonomy import ErrorKind
 from .writes import Writer
 
 if TYPE_CHECKING:
-    from .index.sync import SyncReport
+    from .index.scan import SyncReport
 
 log = logging.getLogger("statekit")
 

@@ -30,8 +30,7 @@ from .shows import Shows
 from .writes import Writer
 
 if TYPE_CHECKING:
-    from .index.sync import SyncReport
-    from .index.verify import VerifyReport
+    from .index.scan import SyncReport, VerifyReport
 
 Progress = Callable[[int, int], None]
 

@@ -4,7 +4,7 @@ Each public method checks nothing itself and delegates to the module whose
 one job it is (see docs/ARCHITECTURE.md): ``writes`` (the one write path),
 ``episodes``, ``shows``, ``checkpoints``, ``assets``, ``runs``,
 ``recovery``, ``repair``, ``migrate``, ``queries`` and the index's
-maintenance (``index.connect``, ``index.sync``, ``index.verify``).
+maintenance (``index.connect``, ``index.rebuild``, ``index.sync``, ``index.verify``).
 """
 
 from __future__ import annotations
@@ -42,14 +42,14 @@ from .writes import Writer
 if TYPE_CHECKING:
     from .cache import Cache as ResultCache
     from .index import Index
-    from .index.sync import Progress, RebuildReport, SyncReport, VerifyReport
+    from .index.scan import Progress, RebuildReport, SyncReport, VerifyReport
 
 __all__ = ["CONFIG_FILE", "Backup", "ImportReport", "MigrationReport", "RecoverReport", "RepairReport", "Run",
            "Store"]
 
 
 def _open_index(writer: Writer) -> Index:
-    from .index.sync import open_index
+    from .index.connect import open_index
 
     return open_index(writer)
 
@@ -510,7 +510,7 @@ class Store:
 
     def upgrade_index(self) -> str:
         """Bring the index to the current schema revision (Alembic); returns it."""
-        from .index.sync import upgrade
+        from .index.connect import upgrade
 
         return upgrade(self.writer)
 
@@ -549,7 +549,7 @@ class Store:
 
 
 def _rebuild(writer: Writer, progress: Progress | None = None) -> RebuildReport:
-    from .index.sync import rebuild
+    from .index.rebuild import rebuild
 
     return rebuild(writer, progress)
 
@@ -561,6 +561,6 @@ def _sync(writer: Writer, shows: Shows, progress: Progress | None = None) -> Syn
 
 
 def _verify(writer: Writer, progress: Progress | None = None) -> VerifyReport:
-    from .index.sync import verify
+    from .index.verify import verify
 
     return verify(writer, progress)

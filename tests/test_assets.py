@@ -18,10 +18,10 @@ import pytest
 from click.testing import CliRunner
 
 from statekit import AssetNotFoundError, CorruptFileError, Store, ValidationError
-from statekit.objects import object_path
 from statekit.cli import main
 from statekit.errors import InvalidIdError, StorageError, UnsafePathError
 from statekit.files import Disk, temp_files
+from statekit.objects import object_path
 from tests.conftest import episode_file, snapshot
 from tests.test_faults import FaultyDisk
 

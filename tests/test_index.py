@@ -62,7 +62,7 @@ def test_alembic_head_matches_the_code() -> None:
     from alembic.config import Config
     from alembic.script import ScriptDirectory
 
-    from statekit.index.sync import migrations_dir
+    from statekit.index.connect import migrations_dir
 
     config = Config()
     config.set_main_option("script_location", migrations_dir())
@@ -74,7 +74,7 @@ def test_alembic_migrations_build_exactly_the_tables_of_the_code(tmp_path: Path)
     from alembic.migration import MigrationContext
 
     from statekit.index import engine_for
-    from statekit.index.sync import alembic_upgrade
+    from statekit.index.connect import alembic_upgrade
     from statekit.index.tables import metadata
 
     engine = engine_for(f"sqlite+pysqlite:///{tmp_path / 'i.db'}")
@@ -108,7 +108,7 @@ def test_an_index_at_revision_0001_is_upgraded_and_its_rows_derived_again(tmp_pa
     from alembic import command
     from alembic.config import Config
 
-    from statekit.index.sync import migrations_dir
+    from statekit.index.connect import migrations_dir
 
     store = Store.init(tmp_path / "s")
     for ep in ("a", "b", "c"):
@@ -136,7 +136,7 @@ def test_open_upgrades_an_old_index_by_itself(tmp_path: Path) -> None:
     from alembic import command
     from alembic.config import Config
 
-    from statekit.index.sync import migrations_dir
+    from statekit.index.connect import migrations_dir
 
     store = Store.init(tmp_path / "s")
     store.create("s", "e")
@@ -157,7 +157,7 @@ def test_a_bare_alembic_upgrade_of_an_index_at_0001_is_derived_again_by_the_next
     from alembic import command
     from alembic.config import Config
 
-    from statekit.index.sync import migrations_dir
+    from statekit.index.connect import migrations_dir
 
     store = Store.init(tmp_path / "s")
     for i in range(20):  # ready for downloading: ten to enter it, ten in it waiting to be run there

@@ -17,7 +17,8 @@ import pytest
 
 from statekit import IndexUnavailableError, QueryError, Store
 from statekit.index import Index, engine_for, episode_row, event_row, show_row
-from statekit.index.sync import alembic_upgrade, rebuild, rows_revision
+from statekit.index.connect import alembic_upgrade, rows_revision
+from statekit.index.rebuild import rebuild
 from statekit.index.tables import ROWS_REVISION
 from statekit.pipeline import ARCHIVE
 
@@ -117,10 +118,10 @@ def test_rebuild_fills_a_server_index_from_the_files(pg: Index, tmp_path: Path) 
     for ep in ("x", "y"):
         store.create("show", ep)
     store.advance("show", "y", "downloading", cost=2.0)
-    report = rebuild(store, index=pg)
+    report = rebuild(store.writer, index=pg)
     assert (report.episodes, report.events, report.problems) == (2, 3, [])
     assert pg.counts()["downloading"] == 1 and pg.costs(by="stage") == {"discovered": 2.0}
-    assert rebuild(store, index=pg).episodes == 2  # again: replaced, not doubled
+    assert rebuild(store.writer, index=pg).episodes == 2  # again: replaced, not doubled
     assert pg.counts()["discovered"] == 1
     assert pg.sql("SELECT stage, cost FROM events WHERE cost IS NOT NULL")[1] == [("discovered", 2.0)]
     with pg.engine.connect() as conn:  # the rows are marked as this code's: no rebuild on the next open
@@ -133,7 +134,7 @@ def test_unique_values_on_the_server(pg: Index, tmp_path: Path) -> None:
     store.create("s", "b", metadata={"archive_identifier": 1.0})
     unique = Index(pg.engine, ARCHIVE, unique=["archive_identifier"])
     assert unique.refresh_unique() is True and unique.refresh_unique() is False  # only while the keys differ
-    report = rebuild(store, index=unique)
+    report = rebuild(store.writer, index=unique)
     assert report.problems == [] and unique.unique_current()
     from statekit.unique import claims
 

@@ -22,8 +22,8 @@ from statekit import (
     ValidationError,
     VersionConflictError,
 )
-from statekit.pipeline import ARCHIVE, PODCAST
 from statekit.failures import plan_failure
+from statekit.pipeline import ARCHIVE, PODCAST
 from statekit.taxonomy import ErrorKind
 
 from .conftest import snapshot

@@ -21,7 +21,7 @@ from click.testing import CliRunner
 from statekit import QueryError, QueryTimeoutError, Store, ValidationError
 from statekit.cli import main
 from statekit.index import SQL_TIMEOUT_S, Index, engine_for
-from statekit.index.sync import alembic_upgrade
+from statekit.index.connect import alembic_upgrade
 from statekit.pipeline import ARCHIVE
 
 README = Path(__file__).resolve().parent.parent / "README.md"
@@ -174,7 +174,7 @@ def test_the_command_line_prints_the_hint_of_the_cause_on_one_line(filled: Store
 @pytest.fixture
 def pg(store: Store) -> Iterator[Index]:
     """An index in a schema of its own, filled from ``store``'s files."""
-    from statekit.index.sync import rebuild
+    from statekit.index.rebuild import rebuild
 
     assert PG_URL is not None
     schema = "statekit_sql_" + uuid.uuid4().hex[:10]
@@ -187,7 +187,7 @@ def pg(store: Store) -> Iterator[Index]:
     index = Index(engine, ARCHIVE)
     store.create("s", "e1")
     store.create("s", "e2")
-    rebuild(store, index=index)
+    rebuild(store.writer, index=index)
     try:
         yield index
     finally:

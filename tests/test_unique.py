@@ -320,7 +320,7 @@ def test_an_index_from_before_unique_keys_is_upgraded_and_filled(store: Store) -
     from alembic import command
     from alembic.config import Config
 
-    from statekit.index.sync import migrations_dir
+    from statekit.index.connect import migrations_dir
 
     store.create("s", "a", metadata=ident("x"))
     expected = index_rows(store)

@@ -332,7 +332,7 @@ def spawn(argv: list[str], stderr_path: str | os.PathLike[str]) -> tuple[Any, Co
     global _CONTEXT
     if _CONTEXT is None:
         _CONTEXT = multiprocessing.get_context("forkserver")
-        _CONTEXT.set_forkserver_preload([__name__, "statekit.store", "statekit.index.sync"])
+        _CONTEXT.set_forkserver_preload([__name__, "statekit.store", "statekit.index.connect", "statekit.index.sync"])
     reader, writer = _CONTEXT.Pipe(duplex=False)
     proc = _CONTEXT.Process(target=child, args=(argv, writer, os.fspath(stderr_path)), daemon=True)
     proc.start()

@@ -1,0 +1,209 @@
+"""``rebuild``: a fresh database built from the files alone, swapped in at once
+(readers see the old index or the new one, never a half-built one).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy.engine import Connection
+
+from .. import files as diskio
+from ..errors import (
+    CorruptFileError,
+    SchemaVersionError,
+    StatekitError,
+    StorageError,
+    UnsafePathError,
+    ValidationError,
+)
+from ..shows import reconcile
+from .db import Index, create_schema, engine_for
+from .dialect import (
+    WRITE,
+    Compiled,
+    database_path,
+    finish_build,
+    replace_database,
+    sqlite_url,
+)
+from .rows import claim_rows, json_text, totals_delta
+from .scan import REBUILD_BATCH, RebuildReport, dirs, problem, rows_for, show_order, show_record, walk
+from .tables import (
+    INDEX_REVISION,
+    ROWS_REVISION,
+    index_meta,
+    metadata,
+    stage_totals,
+    unique_keys,
+    unique_values,
+)
+
+if TYPE_CHECKING:
+    from ..writes import Writer
+
+log = logging.getLogger("statekit")
+
+Progress = Callable[[int, int], None]
+"""progress(done, total): called as a long operation goes."""
+
+REBUILD_WAIT_S = 600.0
+"""How long a rebuild waits for another process's rebuild of the same index."""
+
+
+def index_lock(writer: Writer) -> Any:
+    return writer.locks.index(max(REBUILD_WAIT_S, writer.config.lock_timeout))
+
+
+def has_tables(conn: Connection) -> bool:
+    from sqlalchemy import inspect
+
+    return bool(inspect(conn).get_table_names())
+
+
+def stamp_revision(conn: Connection) -> None:
+    """Mark a database made by ``create_schema`` as at the head revision, its rows derived by this code."""
+    conn.exec_driver_sql("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL PRIMARY KEY)")
+    conn.exec_driver_sql(f"INSERT INTO alembic_version VALUES ('{INDEX_REVISION}')")
+    mark_rows_derived(conn)
+
+
+def mark_rows_derived(conn: Connection) -> None:
+    conn.execute(index_meta.delete().where(index_meta.c.key == "rows_revision"))
+    conn.execute(index_meta.insert().values(key="rows_revision", value=ROWS_REVISION))
+
+
+# --- rebuild ----------------------------------------------------------------------
+
+
+def rebuild(writer: Writer, progress: Progress | None = None, *, index: Index | None = None) -> RebuildReport:
+    """Build a fresh index from the files alone, then swap it in at once."""
+    index = index or writer.index
+    report = RebuildReport()
+    with index_lock(writer):
+        rebuild_locked(writer, index, progress, report)
+    return report
+
+
+def rebuild_locked(writer: Writer, index: Index, progress: Progress | None, report: RebuildReport) -> None:
+    target = database_path(index.engine)
+    if target is None:  # a server database: rebuild in one transaction
+        with index.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            for table in metadata.sorted_tables:
+                conn.execute(table.delete())
+            _fill(writer, conn, report, progress)
+            mark_rows_derived(conn)
+        return
+    built = f"{target}.build-{os.getpid()}"
+    for leftover in (built, built + "-wal", built + "-shm", built + "-journal"):
+        if os.path.lexists(leftover):  # a dangling symlink too: SQLite would create its target
+            os.unlink(leftover)
+    engine = engine_for(sqlite_url(built), scratch=True)
+    try:
+        with engine.connect() as conn:
+            with conn.begin():
+                create_schema(conn)
+                stamp_revision(conn)
+            with conn.begin():
+                _fill(writer, conn, report, progress)
+        finish_build(engine)
+    finally:
+        engine.dispose()
+    index.close()  # its connections reopen on the new content
+    replace_database(target, built)
+
+
+def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Progress | None) -> None:
+    found = list(walk(writer.root))
+    total = len(found)
+    deltas: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
+    rows: list[dict[str, Any]] = []
+    event_rows: list[dict[str, Any]] = []
+    show_rows = []
+    claims: list[dict[str, Any]] = []
+    order: dict[str, dict[str, int]] = {}
+    on_disk: dict[str, list[str]] = defaultdict(list)
+    for show, ep, _path, _st in found:
+        on_disk[show].append(ep)
+    for show in dirs(os.path.join(writer.root, "shows")):  # every show, with or without episodes
+        try:
+            listed, data, raw = show_order(writer, show)
+            show_rows.append(show_record(writer, show, data, raw))
+        except (StatekitError, ValueError) as exc:
+            listed = {}
+            error = exc if isinstance(exc, StatekitError) else ValidationError(str(exc))
+            report.problems.append(problem(error, os.path.join(writer.root, "shows", show, "show.yaml"), None))
+            show_rows.append(show_record(writer, show, None, None))
+        # the order sync would give: listed episodes first, then the others by id
+        ids = reconcile(list(listed), sorted(on_disk.get(show, [])))
+        order[show] = {ep: i for i, ep in enumerate(ids)}
+    for done, (show, ep, path, st) in enumerate(found, 1):
+        try:  # one damaged episode (or a fifo, a symlink where its file should be) is reported, not fatal
+            raw = diskio.read_file(path)
+            if raw is None:
+                continue
+            row, lines, model = rows_for(writer, show, ep, path, raw, st, None)
+        except (CorruptFileError, ValidationError, SchemaVersionError, UnsafePathError, StorageError) as exc:
+            report.problems.append(problem(exc, path, f"{show}/{ep}"))
+            continue
+        positions = order.get(show, {})
+        row["position"] = positions.get(ep, len(positions))
+        rows.append(row)
+        event_rows.extend(lines)
+        claims.extend(claim_rows(writer.config.unique, show, ep, row["data"]))
+        totals_delta(deltas, show, None, (model.stage, model.costs))
+        if len(rows) >= REBUILD_BATCH:
+            flush(conn, rows, event_rows, report)
+        if progress is not None:
+            progress(done, total)
+    flush(conn, rows, event_rows, report)
+    if show_rows:
+        conn.execute(shows_insert(), show_rows)
+    report.shows = len(show_rows)
+    totals = [{"show_id": s, "stage": st, "episodes": int(d[0]), "cost": d[1]} for (s, st), d in deltas.items()]
+    if totals:
+        conn.execute(stage_totals.insert(), totals)
+    if writer.config.unique:
+        conn.execute(unique_keys.insert(), [{"key": k} for k in writer.config.unique])
+    if claims:
+        conn.execute(unique_values.insert(), claims)
+
+
+def shows_insert() -> Any:
+    from .tables import shows as show_table
+
+    return show_table.insert()
+
+
+def flush(conn: Connection, rows: list[dict[str, Any]], event_rows: list[dict[str, Any]],
+           report: RebuildReport) -> None:
+    """Insert a batch (through the raw cursor: SQLAlchemy's per-row work would
+    cost more than SQLite's)."""
+    cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    if rows:
+        insert = bulk(conn, "episodes")
+        cursor.executemany(insert.sql, [insert.params(dict(r, data=json_text(r["data"]), costs=json_text(r["costs"])))
+                                        for r in rows])
+        report.episodes += len(rows)
+    if event_rows:
+        insert = bulk(conn, "events")
+        cursor.executemany(insert.sql, [insert.params(dict(e, data=json_text(e["data"]))) for e in event_rows])
+        report.events += len(event_rows)
+    rows.clear()
+    event_rows.clear()
+
+
+def bulk(conn: Connection, table: str) -> Compiled:
+    from sqlalchemy import bindparam
+
+    from .tables import metadata
+
+    target = metadata.tables[table]
+    stmt = target.insert().values({c.name: bindparam(c.name) for c in target.columns if c.name != "id"})
+    return Compiled(stmt, conn.engine)
+
+

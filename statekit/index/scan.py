@@ -1,0 +1,194 @@
+"""Reading the files for the index: walking the store, the rows of one file, the reports.
+
+Shared by ``rebuild``, ``sync`` and ``verify``: what a file says, as rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from .. import eventlog
+from .. import files as diskio
+from ..codecs import YAML_CODEC
+from ..errors import (
+    CorruptFileError,
+    StatekitError,
+)
+from ..ids import ID_PATTERN
+from ..models import Episode, Show
+from .rows import episode_row, event_rows_of, show_row
+
+if TYPE_CHECKING:
+    from ..writes import Writer
+
+log = logging.getLogger("statekit")
+
+Progress = Callable[[int, int], None]
+"""progress(done, total): called as a long operation goes."""
+
+
+
+REBUILD_BATCH = 500
+
+
+@dataclass
+class Problem:
+    kind: str
+    path: str
+    message: str
+    episode: str | None = None
+    line: int | None = None
+    field: str | None = None
+
+
+@dataclass
+class RebuildReport:
+    shows: int = 0
+    episodes: int = 0
+    events: int = 0
+    problems: list[Problem] = field(default_factory=list)
+
+
+@dataclass
+class SyncReport:
+    added: list[str] = field(default_factory=list)
+    changed: list[dict[str, Any]] = field(default_factory=list)
+    removed: list[str] = field(default_factory=list)
+    rejected: list[Problem] = field(default_factory=list)
+    reindexed: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    read: int = 0
+    """Files read because their stat moved (or could have hidden a change)."""
+
+    @property
+    def clean(self) -> bool:
+        return not self.rejected
+
+
+@dataclass
+class VerifyReport:
+    checked: int = 0
+    checkpoints: int = 0
+    backups: int = 0
+    assets: int = 0
+    """Stored objects hashed (each once, however many episodes name it)."""
+    problems: list[Problem] = field(default_factory=list)
+
+    @property
+    def clean(self) -> bool:
+        return not self.problems
+
+
+def index_path(root: str) -> str:
+    return os.path.join(root, ".statekit", "index.db")
+
+
+def sha256_of(raw: bytes) -> str:
+    return hashlib.sha256(raw).hexdigest()
+
+
+def problem(exc: StatekitError, path: str, episode: str | None, kind: str = "invalid") -> Problem:
+    return Problem(kind=kind, path=path, message=exc.one_line(), episode=episode,
+                   line=getattr(exc, "line", None), field=getattr(exc, "field", None))
+
+
+# --- walking the files -----------------------------------------------------------
+
+
+def dirs(path: str) -> list[str]:
+    try:
+        with os.scandir(path) as entries:
+            return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False) and ID_PATTERN.fullmatch(e.name))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+
+
+def walk(root: str) -> Iterator[tuple[str, str, str, os.stat_result]]:
+    """(show, episode, path, stat) of every episode file, show by show.
+    (Plain string paths: on 100,000 episodes ``os.path.join`` is a cost.)"""
+    shows = root + "/shows"
+    for show in dirs(shows):
+        folder = f"{shows}/{show}/episodes"
+        for ep in dirs(folder):
+            base = f"{folder}/{ep}/episode."
+            for path in (base + "yaml", base + "json"):
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    continue
+                yield show, ep, path, st
+                break
+
+
+def show_order(writer: Writer, show: str) -> tuple[dict[str, int], dict[str, Any] | None, bytes | None]:
+    """Positions of the show's episodes (from show.yaml), and the show file's data."""
+    path = os.path.join(writer.root, "shows", show, "show.yaml")
+    raw = diskio.read_file(path)
+    if raw is None:
+        return {}, None, None
+    data = YAML_CODEC.load(raw, path)
+    listed = data.get("episodes")
+    if not isinstance(listed, list):
+        listed = []
+    return {ep: i for i, ep in enumerate(dict.fromkeys(str(e) for e in listed))}, data, raw
+
+
+def show_record(writer: Writer, show: str, data: dict[str, Any] | None, raw: bytes | None) -> dict[str, Any]:
+    path = os.path.join("shows", show, "show.yaml")
+    if data is None or raw is None:  # no show.yaml (yet): the show exists through its episodes
+        now = datetime.now().astimezone()
+        data = Show(show_id=show, title=show, created_at=now, updated_at=now).model_dump(mode="json")
+        return show_row(data, path=path, size=0, mtime_ns=0, sha256="", checked_at_ns=0)
+    st = os.stat(os.path.join(writer.root, path))
+    Show.model_validate(data)
+    return show_row(data, path=path, size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha256_of(raw),
+                    checked_at_ns=time.time_ns())
+
+
+def rows_for(writer: Writer, show: str, ep: str, path: str, raw: bytes, st: os.stat_result,
+              position: int | None, *, cache: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]], Episode]:
+    """Index rows of one episode file. ``cache``: keep the parse in the store's
+    cache (sync, whose adoption of an edit reads the file again; not a rebuild)."""
+    parsed = writer.cached(path, raw) if cache else None
+    if parsed is None:
+        parsed = writer.parse_episode(path, raw, show, ep)
+        if cache:
+            writer.remember(path, parsed)
+    model: Episode = parsed.model
+    row = episode_row(
+        model, model.model_dump(mode="json"), writer.pipeline, path=os.path.relpath(path, writer.root),
+        size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha256_of(raw), checked_at_ns=time.time_ns(),
+        position=position,  # type: ignore[arg-type]
+    )
+    log_path = os.path.join(os.path.dirname(path), "events.jsonl")
+    lines = eventlog.read_events(log_path, model.version, strict=False)
+    rows = event_rows(log_path, lines, show, ep)
+    if unadopted(rows, row["file_sha256"]):  # a hand edit sync has not adopted: never trust its stat
+        row["file_stamp"] = None
+    return row, rows, model
+
+
+def unadopted(lines: list[dict[str, Any]], sha: str) -> bool:
+    """The file is not the one its last event says statekit wrote (a hand edit)."""
+    return bool(lines) and lines[-1]["data"].get("sha256") not in (None, sha)
+
+
+def event_rows(log_path: str, lines: list[dict[str, Any]], show: str, ep: str) -> list[dict[str, Any]]:
+    """The index rows of a log's events (``verify`` derives them too, so it
+    passes only what a rebuild can index)."""
+    try:
+        rows = event_rows_of(lines)
+    except ValueError as exc:  # a damaged time: reported like any damaged line
+        raise CorruptFileError(f"{log_path}: an event's time is not an ISO timestamp ({exc})", path=log_path) from None
+    for e in rows:  # a line that names another episode is this log's line all the same (verify reports it)
+        e["show_id"], e["episode_id"] = show, ep
+    return rows
+
+

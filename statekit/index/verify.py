@@ -1,0 +1,233 @@
+"""``verify``: the index against the files, the files against their event logs,
+checkpoints, backups and assets, and duplicates of unique metadata values.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import defaultdict
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from .. import eventlog
+from .. import files as diskio
+from .. import objects as assets
+from ..codecs import same
+from ..errors import (
+    StatekitError,
+)
+from ..models import Episode
+from ..parsing import read_checkpoint
+from ..repair import checkpoint_stages
+from ..unique import claims as claims_of
+from ..unique import shown
+from .rows import claim_rows, totals_delta
+from .scan import Problem, Progress, VerifyReport, event_rows, index_path, problem, sha256_of, walk
+from .tables import (
+    episodes,
+    events,
+    stage_totals,
+    unique_values,
+)
+
+if TYPE_CHECKING:
+    from ..writes import Writer
+
+log = logging.getLogger("statekit")
+
+
+# --- verify ------------------------------------------------------------------------
+
+
+def verify(writer: Writer, progress: Progress | None = None) -> VerifyReport:
+    """Every problem between files, their event logs and the index, every
+    asset whose content no longer matches its hash, and every value of a
+    unique key that more than one episode file holds."""
+
+    report = VerifyReport()
+    hashed: dict[str, str | None] = {}  # object sha256 -> its problem, if any
+    with writer.index.reading() as conn:
+        indexed = {(s, e): (version, sha, data) for s, e, version, sha, data in conn.execute(
+            select(episodes.c.show_id, episodes.c.episode_id, episodes.c.version, episodes.c.file_sha256,
+                   episodes.c.data))}
+        indexed_events: dict[tuple[str, str], list[int]] = defaultdict(list)
+        for s, e, v in conn.execute(select(events.c.show_id, events.c.episode_id, events.c.version)
+                                    .order_by(events.c.version)):
+            indexed_events[(s, e)].append(v)
+        totals = {(s, st): (n, c) for s, st, n, c in conn.execute(select(stage_totals))}
+        indexed_claims = {tuple(r) for r in conn.execute(select(
+            unique_values.c.key, unique_values.c.value_sha256, unique_values.c.show_id, unique_values.c.episode_id))}
+    expected: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
+    keys = writer.config.unique
+    holders: dict[tuple[str, str], list[tuple[str, str, Any]]] = defaultdict(list)  # (key, sha) -> (ep, path, value)
+    seen = set()
+    found = list(walk(writer.root))
+    for done, (show, ep, path, _st) in enumerate(found):
+        if progress is not None:
+            progress(done, len(found))
+        key = f"{show}/{ep}"
+        seen.add((show, ep))
+        report.checked += 1
+        _verify_kept_files(writer, report, show, ep, os.path.dirname(path))
+        try:
+            raw = diskio.read_file(path)
+            if raw is None:
+                continue
+            parsed = writer.parse_episode(path, raw, show, ep)
+        except StatekitError as exc:
+            report.problems.append(problem(exc, path, key))
+            kept = indexed.get((show, ep))
+            if kept is not None:  # the index rightly keeps the last good state: count that
+                totals_delta(expected, show, None, (kept[2].get("stage"), kept[2].get("costs") or {}))
+            continue
+        model: Episode = parsed.model
+        totals_delta(expected, show, None, (model.stage, model.costs))
+        for claim in claims_of(keys, model.metadata):
+            holders[(claim.key, claim.sha256)].append((key, path, claim.value))
+        if model.assets:
+            _verify_assets(writer, report, model, os.path.dirname(path), hashed)
+        log_path = os.path.join(os.path.dirname(path), "events.jsonl")
+        try:
+            lines = eventlog.read_events(log_path, model.version)
+            eventlog.validate_events(log_path, lines)  # what events() would refuse
+            event_rows(log_path, lines, show, ep)  # what a rebuild could not index
+        except StatekitError as exc:
+            report.problems.append(problem(exc, log_path, key, "events"))
+            lines = []
+        versions = [line["version"] for line in lines]
+        # (never range(1, version + 1): a hand-edited version can be huge)
+        if len(versions) != model.version or any(v != i for i, v in enumerate(versions, 1)):
+            missing = _missing(versions, model.version)
+            report.problems.append(Problem(
+                "events", log_path, f"{log_path}: the log does not hold versions 1..{model.version} exactly"
+                + (f" (missing {missing})" if missing else " (out of order or repeated)"), key))
+        foreign = next((line for line in lines if (line["show_id"], line["episode_id"]) != (show, ep)), None)
+        if foreign is not None:
+            report.problems.append(Problem(
+                "events", log_path, f"{log_path}: event version {foreign['version']} names "
+                f"{foreign['show_id']}/{foreign['episode_id']}, not {key}", key))
+        elif lines and lines[-1].get("sha256") != sha256_of(raw):
+            report.problems.append(Problem(
+                "edited", path, f"{path}: changed outside statekit since version {model.version} "
+                "(run 'statekit sync' to adopt the edit)", key))
+        row = indexed.get((show, ep))
+        if row is None:
+            report.problems.append(Problem("index", path, f"{key}: not in the index (run 'statekit sync')", key))
+            continue
+        if row[0] != model.version:
+            report.problems.append(Problem(
+                "index", path, f"{key}: the index holds version {row[0]}, the file version {model.version} "
+                "(run 'statekit sync')", key))
+        elif not same(row[2], model.model_dump(mode="json")):
+            report.problems.append(Problem(
+                "index", path, f"{key}: the index's copy of version {row[0]} differs from the file "
+                "(run 'statekit sync')", key))
+        if indexed_events.get((show, ep), []) != versions:
+            report.problems.append(Problem(
+                "index", log_path, f"{key}: the index's events differ from events.jsonl (run 'statekit sync')", key))
+    for show, ep in sorted(indexed.keys() - seen):
+        report.problems.append(Problem(
+            "index", os.path.join(writer.root, "shows", show, "episodes", ep),
+            f"{show}/{ep}: in the index, but its file is gone (run 'statekit sync')", f"{show}/{ep}"))
+    for (claim_key, _sha), held in sorted(holders.items()):
+        if len(held) > 1:
+            names = ", ".join(ep_key for ep_key, _path, _value in held)
+            report.problems.append(Problem(
+                "duplicate", held[1][1], f"metadata {claim_key} = {shown(held[0][2])} is used by {len(held)} "
+                f"episodes: {names} ({claim_key} is unique in statekit.yaml: give all but one another value)",
+                held[1][0], field=f"metadata.{claim_key}"))
+    # the index's unique values must be those of its own rows (the rows are checked against the files above)
+    expected_claims = {(r["key"], r["value_sha256"], s, e) for (s, e), (_v, _sha, data) in indexed.items()
+                       for r in claim_rows(keys, s, e, data)}
+    if indexed_claims != expected_claims:
+        report.problems.append(Problem(
+            "index", index_path(writer.root), f"the index's unique values differ from its episode rows for "
+            f"{len(indexed_claims ^ expected_claims)} value(s) (run 'statekit rebuild-index')"))
+    for pair in set(totals) | set(expected):
+        n, cost = totals.get(pair, (0, 0.0))
+        want_n, want_cost = expected.get(pair, [0, 0.0])
+        if n != want_n or abs(cost - want_cost) > 1e-6:
+            report.problems.append(Problem(
+                "index", index_path(writer.root),
+                f"stage totals for {pair[0]}/{pair[1]} are {n} episodes, {cost:g} cost; the files say "
+                f"{int(want_n)}, {want_cost:g} (run 'statekit rebuild-index')"))
+    return report
+
+
+def _verify_assets(writer: Writer, report: VerifyReport, model: Episode, directory: str,
+                   hashed: dict[str, str | None]) -> None:
+    """Each asset's object must hash to its name; the episode folder's copy
+    (a hard link to the object, for people) must not have been replaced by
+    different content."""
+
+    for name, record in sorted(model.assets.items()):
+        if record.sha256 not in hashed:
+            report.assets += 1
+            try:
+                assets.check_object(writer.root, record.sha256, record.size, what="stored object")
+                hashed[record.sha256] = None
+            except StatekitError as exc:
+                hashed[record.sha256] = exc.one_line()
+        problem = hashed[record.sha256]
+        if problem is not None:
+            report.problems.append(Problem(
+                "asset", assets.object_path(writer.root, record.sha256),
+                f"asset {name!r} of {model.key}: {problem}", model.key))
+            continue
+        copy = os.path.join(directory, "assets", name)
+        try:
+            st = os.lstat(copy)
+        except FileNotFoundError:
+            continue
+        if os.path.samestat(st, os.stat(assets.object_path(writer.root, record.sha256))):
+            continue
+        try:
+            found, _size = assets.hash_file(copy)
+        except OSError as exc:
+            found = f"unreadable ({exc.strerror or exc})"
+        if found != record.sha256:
+            report.problems.append(Problem(
+                "asset", copy, f"{copy}: differs from asset {name!r} of {model.key} as recorded (sha256 "
+                f"{record.sha256[:12]}…); add the edited file with 'statekit asset add' to keep it", model.key))
+
+
+def _verify_kept_files(writer: Writer, report: VerifyReport, show: str, ep: str, directory: str) -> None:
+    """Checkpoints must match their own sha256; backups must be restorable."""
+
+    key = f"{show}/{ep}"
+    for stage in checkpoint_stages(directory):
+        path = os.path.join(directory, "checkpoints", stage + ".json")
+        report.checkpoints += 1
+        try:
+            read_checkpoint(path)
+        except StatekitError as exc:
+            report.problems.append(problem(exc, path, key, "checkpoint"))
+    try:
+        backups = writer.backups_of(show, ep)
+    except StatekitError as exc:  # e.g. a symlink in place of the backup folder
+        report.problems.append(problem(exc, getattr(exc, "path", None) or directory, key, "backup"))
+        return
+    for backup in backups:
+        report.backups += 1
+        if backup.problem is not None:
+            report.problems.append(Problem(
+                "backup", backup.path, f"{backup.path}: backup {backup.number} (version {backup.version}) "
+                f"cannot be restored: {backup.problem}", key))
+
+
+def _missing(versions: list[int], n: int) -> str:
+    """The versions 1..n that ``versions`` lacks, as ranges (without listing 1..n)."""
+    gaps = []
+    last = 0
+    for v in sorted({v for v in versions if 1 <= v <= n}):
+        if v > last + 1:
+            gaps.append((last + 1, v - 1))
+        last = v
+    if last < n:
+        gaps.append((last + 1, n))
+    return ", ".join(str(a) if a == b else f"{a}-{b}" for a, b in gaps)
+
+
+
