@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import re
 
+from .files import TEMP_PREFIX
+
 TRASH = (".statekit", "trash")
 BACKUPS = (".statekit", "backups")
 EPISODE_BACKUPS = (*BACKUPS, "episodes")
@@ -66,3 +68,12 @@ def subdirs(path: str | int) -> list[str]:
             return sorted(e.name for e in entries if e.is_dir(follow_symlinks=False))
     except (FileNotFoundError, NotADirectoryError):
         return []
+
+
+def checkpoint_stages(episode_dir: str) -> list[str]:
+    """The stages with a checkpoint file in an episode folder."""
+    try:
+        names = os.listdir(os.path.join(episode_dir, "checkpoints"))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return [n[:-5] for n in names if n.endswith(".json") and not n.startswith(TEMP_PREFIX)]

@@ -86,7 +86,7 @@ def objects_lock(disk: diskio.Disk, root: str, *, root_fd: int, exclusive: bool,
             fd = disk.open(path, os.O_RDWR | os.O_CREAT | diskio.O_NOFOLLOW | diskio.O_CLOEXEC, 0o666, dir_fd=folder)
         except OSError as exc:
             if exc.errno == errno.ELOOP:
-                raise diskio._unsafe(path) from None
+                raise diskio.unsafe_path(path) from None
             raise diskio.storage_error(exc, path, "open lock file") from exc
     try:
         if fcntl is not None:
@@ -125,7 +125,7 @@ def _existing_size(path: str, folder: int) -> int | None:
     except FileNotFoundError:
         return None
     if not stat.S_ISREG(st.st_mode):
-        raise diskio._unsafe(path) if stat.S_ISLNK(st.st_mode) else CorruptFileError(
+        raise diskio.unsafe_path(path) if stat.S_ISLNK(st.st_mode) else CorruptFileError(
             f"{path}: expected a stored object, found something else", path=path)
     return st.st_size
 
@@ -304,7 +304,7 @@ def check_object(root: str, sha256: str, size: int, *, what: str, **context: Any
         raise CorruptFileError(f"{path}: {what} is missing", path=path, hint=hint, **context) from None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
-            raise diskio._unsafe(path) from None
+            raise diskio.unsafe_path(path) from None
         raise StorageError(f"cannot read {path} ({exc.strerror or exc})", path=path, errno=exc.errno,
                            **context) from exc
     if found_size != size:

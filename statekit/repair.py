@@ -22,7 +22,7 @@ from .backups import Backup
 from .codecs import Parsed
 from .errors import CorruptFileError, IndexUnavailableError, SchemaVersionError, StatekitError, ValidationError
 from .ids import check_id
-from .layout import EPISODE_BACKUPS, backup_parts, backup_versions, subdirs, trash_parts
+from .layout import EPISODE_BACKUPS, backup_parts, backup_versions, checkpoint_stages, subdirs, trash_parts
 from .models import Episode
 from .objects import Removed
 from .parsing import read_checkpoint, stamp
@@ -43,15 +43,6 @@ class RepairReport:
     actions: list[str] = field(default_factory=list)
     problems: list[str] = field(default_factory=list)
     synced: SyncReport | None = None
-
-
-def checkpoint_stages(episode_dir: str) -> list[str]:
-    """The stages with a checkpoint file in an episode folder."""
-    try:
-        names = os.listdir(os.path.join(episode_dir, "checkpoints"))
-    except (FileNotFoundError, NotADirectoryError):
-        return []
-    return [n[:-5] for n in names if n.endswith(".json") and not n.startswith(diskio.TEMP_PREFIX)]
 
 
 class Repair:

@@ -18,9 +18,9 @@ from ..codecs import same
 from ..errors import (
     StatekitError,
 )
+from ..layout import checkpoint_stages
 from ..models import Episode
 from ..parsing import read_checkpoint
-from ..repair import checkpoint_stages
 from ..unique import claims as claims_of
 from ..unique import shown
 from .rows import claim_rows, totals_delta
