@@ -27,6 +27,7 @@ from .models import (
     Episode,
     Event,
     add_cost,
+    check_optional_text,
     check_text,
     cost_sum,
 )
@@ -153,10 +154,7 @@ class Episodes:
                 files: Mapping[str, str] | None = None) -> Episode:
         """Move the episode to ``stage`` (see ``Store.advance``)."""
         check_id(stage, "stage")
-        if message is not None and not isinstance(message, str):
-            raise ValidationError(f"message must be text, got {type(message).__name__}",
-                                  hint="pass a str or None; nothing was changed")
-        check_text(message, "message")
+        check_optional_text(message, "message")
         cost = check_cost(cost)
         given = {k: v for k, v in (("metadata", metadata), ("files", files)) if v is not None}
         writer = self.writer
@@ -214,11 +212,8 @@ class Episodes:
         if not isinstance(by, str) or not by.strip():
             raise ValidationError("approve needs the name of the person approving (by=...)",
                                   hint="pass by='their name'; nothing was changed")
-        if note is not None and not isinstance(note, str):
-            raise ValidationError(f"note must be text, got {type(note).__name__}",
-                                  hint="pass a str or None; nothing was changed")
         check_text(by, "by")
-        check_text(note, "note")
+        check_optional_text(note, "note")
 
         def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
             try:

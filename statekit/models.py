@@ -82,6 +82,13 @@ def check_text(value: str | None, field: str) -> None:
         raise ValidationError(f"{field} is {reason}", field=field, hint=NOT_UTF8_HINT)
 
 
+def check_optional_text(value: object, field: str, hint: str = "pass a str or None; nothing was changed") -> None:
+    """``ValidationError`` unless ``value`` is None or text that can be stored (``check_text``)."""
+    if value is not None and not isinstance(value, str):
+        raise ValidationError(f"{field} must be text, got {type(value).__name__}", hint=hint)
+    check_text(value, field)
+
+
 def find_bad_text(value: Any, where: str) -> str | None:
     """The first place in plain data (keys too) holding text that is not
     UTF-8, as ``where.key[0]: reason``; None if there is none."""

@@ -22,7 +22,7 @@ from . import eventlog
 from . import files as diskio
 from .errors import StatekitError, ValidationError
 from .failures import giving_up, interrupted, log_failure, plan_failure, plan_give_up
-from .models import Episode, check_text
+from .models import Episode, check_optional_text, check_text
 from .taxonomy import ErrorKind
 from .writes import Writer
 
@@ -124,11 +124,8 @@ class Recovery:
         if by is not None and (not isinstance(by, str) or not by.strip()):
             raise ValidationError("by must be the name of the person releasing the episode",
                                   hint="pass by='their name', or leave it out; nothing was changed")
-        if note is not None and not isinstance(note, str):
-            raise ValidationError(f"note must be text, got {type(note).__name__}",
-                                  hint="pass a str or None; nothing was changed")
         check_text(by, "by")
-        check_text(note, "note")
+        check_optional_text(note, "note")
 
         def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
             if m.hold is None and (m.due_at is None or m.due_at <= now):

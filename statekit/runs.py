@@ -33,7 +33,7 @@ from .errors import (
 from .failures import default_owner, new_run_id, plan_failure
 from .ids import check_id
 from .layout import RUN_TEMP
-from .models import COST_HINT, Episode, Lease, add_cost, check_text, cost_sum
+from .models import COST_HINT, Episode, Lease, add_cost, check_optional_text, check_text, cost_sum
 from .pipeline import approvals_after_move, refuse_move
 from .recovery import LeaseRanOut, Recovery
 from .taxonomy import ErrorKind, log_fields
@@ -301,10 +301,7 @@ class Run:
         value = check_cost(amount)
         if value is None:
             raise ValidationError("cost needs an amount", field="cost", hint=COST_HINT)
-        if note is not None and not isinstance(note, str):
-            raise ValidationError(f"note must be text, got {type(note).__name__}",
-                                  hint="pass a str or None; nothing was changed")
-        check_text(note, "note")
+        check_optional_text(note, "note")
 
         def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
             self.check(m, now)
