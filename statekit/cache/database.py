@@ -10,7 +10,14 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from ..errors import CorruptFileError, LockTimeoutError, SchemaVersionError, StatekitError, StorageError, UnsafePathError
+from ..errors import (
+    CorruptFileError,
+    LockTimeoutError,
+    SchemaVersionError,
+    StatekitError,
+    StorageError,
+    UnsafePathError,
+)
 from .records import REASONS
 
 SCHEMA = 1
