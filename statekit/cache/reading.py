@@ -69,9 +69,11 @@ class Reader:
                     if status == "changed":
                         continue  # the entry changed under us: look it up again
                     found = status
-            self._uses.hit(key, now, new_link)
+            with db.lock:
+                self._uses.hit(key, now, new_link)
             return found
-        self._uses.miss()
+        with db.lock:
+            self._uses.miss()
         return None
 
     def _read_file(self, key: str, size: int, crc: int | None, boot: str | None, want_path: bool,

@@ -29,30 +29,30 @@ class Uses:
         self._since = 0.0
 
     def hit(self, key: str, now: float, link: tuple[str, str] | None) -> None:
-        """A get served ``key`` (for ``link``, an episode not yet linked to it)."""
-        with self._db.lock:
-            if link is not None:
-                self.link(key, link)
-            if not (self._uses or self._hits or self._misses):
-                self._since = time.monotonic()
-            use = self._uses.get(key)
-            if use is None:
-                self._uses[key] = [1, now]
-            else:
-                use[0] += 1
-                if now > use[1]:
-                    use[1] = now
-            self._hits += 1
-            if len(self._uses) >= FLUSH_KEYS or time.monotonic() - self._since >= FLUSH_SECONDS:
-                self.flush(quiet=True)
+        """A get served ``key`` (for ``link``, an episode not yet linked to
+        it). The caller holds the database's lock."""
+        if link is not None:
+            self.link(key, link)
+        if not (self._uses or self._hits or self._misses):
+            self._since = time.monotonic()
+        use = self._uses.get(key)
+        if use is None:
+            self._uses[key] = [1, now]
+        else:
+            use[0] += 1
+            if now > use[1]:
+                use[1] = now
+        self._hits += 1
+        if len(self._uses) >= FLUSH_KEYS or time.monotonic() - self._since >= FLUSH_SECONDS:
+            self.flush(quiet=True)
 
     def miss(self) -> None:
-        with self._db.lock:
-            if not (self._uses or self._hits or self._misses):
-                self._since = time.monotonic()
-            self._misses += 1
-            if time.monotonic() - self._since >= FLUSH_SECONDS:
-                self.flush(quiet=True)
+        """A get found nothing. The caller holds the database's lock."""
+        if not (self._uses or self._hits or self._misses):
+            self._since = time.monotonic()
+        self._misses += 1
+        if time.monotonic() - self._since >= FLUSH_SECONDS:
+            self.flush(quiet=True)
 
     def link(self, key: str, link: tuple[str, str]) -> None:
         """Record that an episode used ``key`` (the caller holds the database's lock)."""
