@@ -15,13 +15,14 @@ import weakref
 from collections.abc import Callable, Iterable
 from datetime import datetime, timedelta
 from pathlib import PurePath
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from .. import files as diskio
 from .. import folders
 from ..errors import StatekitError, ValidationError
 from ..files import DISK, Disk
-from ..models import CacheConfig, utcnow
+from ..models import CacheConfig, StoreConfig, utcnow
+from ..pipeline import Pipeline
 from .database import CacheDatabase, current_boot_id
 from .eviction import Eviction, EvictionLog
 from .pins import Pins
@@ -31,9 +32,6 @@ from .stats import count
 from .uses import Uses
 from .values import ValueFiles
 from .writing import Writer
-
-if TYPE_CHECKING:
-    from ..store import Store
 
 log = logging.getLogger("statekit")
 
@@ -74,6 +72,24 @@ def _registrar(cache: Cache) -> Callable[[], None]:
 
 
 # --- the cache ----------------------------------------------------------------------
+
+
+class OwningStore(Protocol):
+    """What ``Cache.for_store`` reads of a ``statekit.Store`` (the cache
+    does not import the store: the store is the layer above)."""
+
+    @property
+    def root(self) -> str: ...
+    @property
+    def config(self) -> StoreConfig: ...
+    @property
+    def pipeline(self) -> Pipeline: ...
+    @property
+    def clock(self) -> Callable[[], datetime]: ...
+    @property
+    def disk(self) -> Disk: ...
+    def sql(self, query: str, timeout: float = 30.0) -> tuple[list[str], list[tuple[Any, ...]]]: ...
+
 
 
 class Cache:
@@ -117,7 +133,7 @@ class Cache:
         _LIVE.add(self)
 
     @classmethod
-    def for_store(cls, store: Store, **options: Any) -> Cache:
+    def for_store(cls, store: OwningStore, **options: Any) -> Cache:
         """The store's cache: its ``cache:`` settings, its clock, and its
         index to tell which episodes are still in progress."""
         terminal = frozenset(store.pipeline.terminal)
