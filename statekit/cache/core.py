@@ -91,7 +91,6 @@ class OwningStore(Protocol):
     def sql(self, query: str, timeout: float = 30.0) -> tuple[list[str], list[tuple[Any, ...]]]: ...
 
 
-
 class Cache:
     """The cache of one store (``Cache.for_store``), or of any folder.
 
@@ -124,8 +123,7 @@ class Cache:
         files = ValueFiles(self.root, self.directory, disk, fsync=self.boot is None)
         self._db = db = CacheDatabase(self.db_path, timeout, reopened=_registrar(self))
         self._uses = uses = Uses(db)
-        pins = Pins(db, in_progress)
-        self._pins = pins
+        self._pins = pins = Pins(db, in_progress)
         self._eviction = eviction = Eviction(self.config, db, files, pins,
                                              EvictionLog(self.directory + "/evictions.jsonl", disk, now))
         self._reader = Reader(db, files, uses, pins, eviction, now, self.boot)
