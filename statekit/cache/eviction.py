@@ -86,9 +86,9 @@ class Eviction:
     caller's write transaction; the others take the database's lock."""
 
     def __init__(self, config: CacheConfig, db: CacheDatabase, files: ValueFiles, pins: Pins,
-                 log: EvictionLog) -> None:
+                 journal: EvictionLog) -> None:
         self.config = config
-        self.log = log
+        self.journal = journal
         self._db = db
         self._files = files
         self._pins = pins
@@ -142,7 +142,7 @@ class Eviction:
                 if victim is not None:
                     self.remove(conn, [victim])
             if victim is not None:
-                self.log.append([victim])
+                self.journal.append([victim])
         return victim is not None
 
     def remove(self, conn: sqlite3.Connection, victims: list[Victim]) -> None:
@@ -189,7 +189,7 @@ class Eviction:
                     self.remove(conn, victims)
                     self._files.remove_strays(stray)
             if not dry_run and (victims or stray):
-                self.log.append(victims)
+                self.journal.append(victims)
                 if strays:
                     self._db.vacuum()
         report.removed = [v.removed() for v in victims]
@@ -211,7 +211,7 @@ class Eviction:
                     self.remove(conn, victims)
                     self._files.remove_strays(stray)
             if not dry_run:
-                self.log.append(victims)
+                self.journal.append(victims)
                 self._db.vacuum()
         report.removed = [v.removed() for v in victims]
         report.strays = stray

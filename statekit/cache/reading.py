@@ -113,7 +113,7 @@ class Reader:
                 if victim is None:
                     return "gone"
                 self._eviction.remove(conn, [victim])
-            self._eviction.log.append([victim])
+            self._eviction.journal.append([victim])
         log.warning("statekit: cache entry %s had a damaged value file; removed", key)
         return "gone"
 
