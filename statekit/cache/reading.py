@@ -47,7 +47,8 @@ class Reader:
             with db.lock:
                 row = db.connection().execute(query, args).fetchone()
                 if row is None:
-                    break
+                    self._uses.miss()  # counted under the lock already held
+                    return None
                 new_link = None if link is None or row[6] else link  # written once, not on every get
                 if not row[1] and not want_path and row[5] > now:  # inline: done here
                     self._uses.hit(key, now, new_link)
