@@ -286,7 +286,7 @@ def _compose(text: str, path: str) -> tuple[yaml.Node, dict[str, Any]]:
 class Parsed:
     """A file's bytes and what they parse to (cached by the store)."""
 
-    __slots__ = ("raw", "data", "rt", "node", "model", "canonical", "log_size", "sha256")
+    __slots__ = ("raw", "data", "rt", "node", "model", "canonical", "log_size", "sha256", "log_hash", "dumped")
 
     def __init__(self, raw: bytes, data: dict[str, Any], rt: Any = None, canonical: bool = False,
                  node: Any = None) -> None:
@@ -298,6 +298,8 @@ class Parsed:
         self.canonical = canonical  # keys in the models' own order: no reordering needed
         self.log_size: int | None = None  # events.jsonl size right after we committed these bytes
         self.sha256: str | None = None  # hash of ``raw``, once someone needed it
+        self.log_hash: str | None = None  # hash of the event line that committed these bytes (the next one's prev)
+        self.dumped: dict[str, Any] | None = None  # the model's JSON data, as the committing event's patch ends at
 
 
 def _keep_order(data: dict[str, Any], previous: Parsed | None) -> dict[str, Any]:

@@ -130,3 +130,16 @@ def pipeline_from(spec: Pipeline | Mapping[str, Any] | str | os.PathLike[str]) -
         data = YAML_CODEC.load(raw, path)
         return load_pipeline(data.get("pipeline", data))
     return load_pipeline(spec)
+
+
+def upgrade_store_format(folders: Folders, version: int) -> None:
+    """Set ``schema_version`` in ``statekit.yaml`` (comments and layout kept), atomically."""
+    path = os.path.join(folders.root, CONFIG_FILE)
+    raw = diskio.read_file(path)
+    if raw is None:
+        raise StoreNotFoundError(f"no statekit store at {folders.root} ({CONFIG_FILE} not found)")
+    parsed = YAML_CODEC.parse(raw, path)
+    data = dict(parsed.data)
+    data["schema_version"] = version
+    written = YAML_CODEC.dump(data, parsed)
+    diskio.atomic_write(folders.disk, path, written.raw, dir_fd=folders.root_fd)

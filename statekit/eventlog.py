@@ -7,19 +7,24 @@ its file was replaced), so the log and the file never disagree for long.
 
 from __future__ import annotations
 
+import copy
 import errno
+import hashlib
 import json
 import os
 import stat
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 from pydantic import ValidationError as PydanticValidationError
 
+from . import patches
 from .codecs import compact_json, int64, no_duplicates
-from .errors import CorruptFileError
+from .errors import CorruptFileError, UnsafePathError
 from .files import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK, Disk, name_at, read_file, storage_error, unsafe_path, write_all
-from .models import EVENT_SCHEMA, Event
+from .models import EVENT_SCHEMA, UNCHAINED_EVENT_SCHEMA, Event
 from .schema import schema_of
 
 _EVENT_TEXT = ("at", "kind", "show_id", "episode_id")
@@ -96,14 +101,15 @@ def _committed_end(fd: int, size: int, committed: int, path: str) -> int:
 
 
 def append_event(disk: Disk, path: str, line: bytes, committed: int, known_size: int | None = None, *,
-                 dir_fd: int | None = None) -> tuple[int, int]:
+                 dir_fd: int | None = None, committed_end: int | None = None) -> tuple[int, int]:
     """Append one event line durably, first dropping any uncommitted tail.
 
     ``committed`` is the version the episode file holds now; the new event
     carries ``committed + 1`` and becomes committed once the file is renamed.
     ``known_size``: the log's size right after this process committed the
     file's current version; if the log still has that size it has no tail
-    to look for. Returns the log's size before and after (a size of 0 before
+    to look for; ``committed_end``: where the committed events end, when the
+    caller found it (``read_tail``): the rest is cut. Returns the log's size before and after (a size of 0 before
     means a new log, whose directory entry needs an fsync). ``dir_fd``: its
     folder, held open.
     """
@@ -115,8 +121,16 @@ def append_event(disk: Disk, path: str, line: bytes, committed: int, known_size:
         raise storage_error(exc, path, "open") from exc
     keep = None
     try:
-        size = os.fstat(fd).st_size
-        keep = size if size == known_size else _committed_end(fd, size, committed, path) if size else 0
+        st = os.fstat(fd)
+        if st.st_nlink > 1:  # another name would change with it: never written through
+            raise UnsafePathError(
+                f"{path}: has {st.st_nlink} names (hard links); statekit does not append through one",
+                path=path, hint="replace the other names with copies (cp), then write again; nothing was written")
+        size = st.st_size
+        if committed_end is not None and committed_end <= size:  # the caller read the tail already
+            keep = committed_end
+        else:
+            keep = size if size == known_size else _committed_end(fd, size, committed, path) if size else 0
         if keep < size:
             disk.truncate(fd, keep)
         write_all(disk, fd, line)
@@ -177,12 +191,18 @@ def read_events(path: str, committed: int, *, strict: bool = True, dir_fd: int |
     never shown). A damaged line before the tail raises ``CorruptFileError``.
     ``strict=False`` reads with the fastest parser, which does not look for
     duplicate keys (rebuilding the index; ``verify`` reads strictly)."""
+    return [event for event, _raw in read_lines(path, committed, strict=strict, dir_fd=dir_fd)]
+
+
+def read_lines(path: str, committed: int, *, strict: bool = True, dir_fd: int | None = None
+               ) -> list[tuple[dict[str, Any], bytes]]:
+    """``read_events``, each event with its line's bytes (newline included: what the chain hashes)."""
     raw = read_file(path, limit=None, dir_fd=dir_fd)  # a log grows with the episode's history
     if not raw:
         return []
     lines = raw.split(b"\n")
     lines.pop()  # after the last newline: empty, or a torn append
-    events: list[dict[str, Any]] = []
+    events: list[tuple[dict[str, Any], bytes]] = []
     bad: int | None = None
     for number, line in enumerate(lines, 1):
         event = _parse_event_line(line, strict)
@@ -193,11 +213,11 @@ def read_events(path: str, committed: int, *, strict: bool = True, dir_fd: int |
             continue
         if bad is not None:
             raise CorruptFileError(f"{path}:{bad}: unreadable event line", path=path, line=bad)
-        if events and event["version"] <= events[-1]["version"]:
+        if events and event["version"] <= events[-1][0]["version"]:
             raise CorruptFileError(f"{path}:{number}: event version {event['version']} comes after version "
-                                   f"{events[-1]['version']} (a repeated or misplaced line)", path=path, line=number)
-        events.append(event)
-    if bad is not None and committed and (not events or events[-1]["version"] < committed):
+                                   f"{events[-1][0]['version']} (a repeated or misplaced line)", path=path, line=number)
+        events.append((event, line + b"\n"))
+    if bad is not None and committed and (not events or events[-1][0]["version"] < committed):
         raise CorruptFileError(f"{path}:{bad}: unreadable event line", path=path, line=bad)
     return events
 
@@ -217,7 +237,7 @@ def validate_events(path: str, lines: list[dict[str, Any]]) -> list[Event]:
     for one that is not a valid event."""
     events = []
     for number, raw in enumerate(lines, 1):
-        if raw.get("schema_version", EVENT_SCHEMA) != EVENT_SCHEMA:
+        if raw.get("schema_version", EVENT_SCHEMA) not in (UNCHAINED_EVENT_SCHEMA, EVENT_SCHEMA):
             schema_of(raw, f"{path} (event {number})", current=EVENT_SCHEMA, legacy_ok=False)
         try:
             events.append(Event.model_validate(raw))
@@ -225,3 +245,141 @@ def validate_events(path: str, lines: list[dict[str, Any]]) -> list[Event]:
             raise CorruptFileError(f"{path}: event {number} is not a valid event: {exc.errors()[0]['msg']}",
                                    path=path) from None
     return events
+
+
+# --- the ledger: a hash chain, and patches that rebuild every version ------------------
+
+
+CHAIN_KEYS = ("prev", "doc")
+"""A line carrying one of these belongs to a chained log (schema 2, ``docs/ARCHITECTURE.md``)."""
+
+
+def line_hash(line: bytes) -> str:
+    """The hash the next line's ``prev`` names: sha256 of the line's bytes, without its newline."""
+    return hashlib.sha256(line[:-1] if line.endswith(b"\n") else line).hexdigest()
+
+
+def is_chained(event: dict[str, Any]) -> bool:
+    return any(k in event for k in CHAIN_KEYS)
+
+
+@dataclass
+class TailLine:
+    """One of the last lines of a log: the event, its hash, and the offset just past it."""
+
+    event: dict[str, Any]
+    hash: str
+    end: int
+
+
+def read_tail(path: str, *, dir_fd: int | None = None, block: int = 8192) -> tuple[TailLine | None, TailLine | None]:
+    """The last two complete, readable event lines of a log (last, the one before), reading
+    only the log's end; a torn last line (no newline) or damaged lines at the end are skipped."""
+    try:
+        fd = os.open(name_at(path, dir_fd), os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, dir_fd=dir_fd)
+    except FileNotFoundError:
+        return None, None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise unsafe_path(path) from None
+        raise storage_error(exc, path, "read") from exc
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise CorruptFileError(f"{path}: is not a regular file, expected an event log", path=path)
+        size = st.st_size
+        while True:
+            start = max(0, size - block)
+            data = os.pread(fd, size - start, start)
+            found: list[TailLine] = []
+            end = start + data.rfind(b"\n") + 1 if b"\n" in data else start
+            cursor = end - start
+            while cursor > 0 and len(found) < 2:
+                begin = data.rfind(b"\n", 0, cursor - 1) + 1
+                if begin == 0 and start > 0:
+                    break  # this line starts before the block: read more
+                raw = data[begin:cursor]
+                event = _parse_event_line(raw[:-1], strict=False)
+                if event is not None:
+                    found.append(TailLine(event, line_hash(raw), start + cursor))
+                cursor = begin
+            if len(found) == 2 or start == 0:
+                return (found[0] if found else None), (found[1] if len(found) > 1 else None)
+            block *= 4
+    finally:
+        os.close(fd)
+
+
+def committing(last: dict[str, Any], before: dict[str, Any] | None, sha: str, file_version: int,
+               seen: Callable[[], int | None]) -> tuple[int, bool]:
+    """The one rule for committed vs pending, given a chained log's last two events and
+    the episode file's hash and ``version``: (0 if the last line commits, 1 if the one
+    before does; whether the file is a pending hand edit). A last line whose write
+    stopped before its rename (the file is still the one before, or a hand edit of it)
+    is not committed, unless the index saw its version (``seen()``: then a person
+    lowered ``version`` by hand, and the line stands)."""
+    if last.get("sha256") == sha:
+        return 0, False
+    if before is not None and last["version"] == before["version"] + 1:
+        if before.get("sha256") == sha:
+            return 1, False
+        if file_version == before["version"]:
+            indexed = seen()
+            if indexed is None or indexed < last["version"]:
+                return 1, True
+    return 0, True
+
+
+def replay(lines: list[dict[str, Any]], upto: int | None = None) -> list[tuple[int, dict[str, Any]]]:
+    """Every version's data a chained log rebuilds, oldest first: (version, data),
+    from its last ``doc`` on (a seal starts the chain over). ``upto``: stop after that
+    version. ``CorruptFileError`` if a patch does not apply."""
+    start = max((i for i, e in enumerate(lines) if "doc" in e), default=None)
+    if start is None:
+        return []
+    out: list[tuple[int, dict[str, Any]]] = []
+    data: dict[str, Any] | None = None
+    for event in lines[start:]:
+        if upto is not None and event["version"] > upto:
+            break
+        if "doc" in event:
+            if not isinstance(event["doc"], dict):
+                raise CorruptFileError(f"version {event['version']}: doc is not an object")
+            data = copy.deepcopy(event["doc"])
+        else:
+            try:
+                data = patches.apply(data or {}, event.get("patch", []))
+            except patches.PatchError as exc:
+                raise CorruptFileError(f"version {event['version']}: the patch does not apply ({exc})") from None
+        out.append((event["version"], data))
+    return out
+
+
+def chain_problems(path: str, lines: list[dict[str, Any]], raws: list[bytes]) -> list[str]:
+    """What is wrong with a log's chain: a ``prev`` that is not the hash of the line
+    before, versions that do not go up by one, a move that does not start where the
+    last one ended. Checked from the first chained line on (older lines predate it)."""
+    problems: list[str] = []
+    first = next((i for i, e in enumerate(lines) if is_chained(e)), None)
+    if first is None:
+        return problems
+    stage: str | None = None
+    for i, event in enumerate(lines):
+        moved_to = event.get("to_stage")
+        if i >= first:
+            if i > first or "prev" in event:
+                expected = line_hash(raws[i - 1]) if i > 0 else None
+                if event.get("prev") != expected:
+                    problems.append(f"{path}:{i + 1}: the hash chain is broken (prev does not match line {i}): "
+                                    "an earlier line was changed, removed or inserted")
+            if i > first and event["version"] != lines[i - 1]["version"] + 1:
+                problems.append(f"{path}:{i + 1}: version {event['version']} follows version "
+                                f"{lines[i - 1]['version']} (versions must go up by one)")
+            frm = event.get("from_stage")
+            if frm is not None and stage is not None and frm != stage:
+                problems.append(f"{path}:{i + 1}: a move from {frm!r}, but the episode was at {stage!r}")
+        if isinstance(moved_to, str) and moved_to:
+            stage = moved_to
+        elif "doc" in event and isinstance(event["doc"], dict) and isinstance(event["doc"].get("stage"), str):
+            stage = event["doc"]["stage"]
+    return problems

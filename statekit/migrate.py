@@ -20,10 +20,11 @@ from pydantic import ValidationError as PydanticValidationError
 
 from . import files as diskio
 from .codecs import YAML_CODEC
+from .config import upgrade_store_format
 from .episodes import Episodes
 from .errors import CorruptFileError, EpisodeExistsError, StatekitError, UnsafePathError, ValidationError
 from .ids import check_id
-from .models import EPISODE_SCHEMA, Episode
+from .models import EPISODE_SCHEMA, STORE_SCHEMA, Episode
 from .parsing import invalid, stamp
 from .schema import legacy_id, schema_of, upgrade_episode
 from .shows import Shows
@@ -39,6 +40,10 @@ class MigrationReport:
     dry_run: bool
     files: list[dict[str, Any]] = field(default_factory=list)
     backup_dir: str | None = None
+    sealed: list[str] = field(default_factory=list)
+    """Episodes whose log is (or, in a dry run, would be) sealed: the store moves to the ledger."""
+    store_format: tuple[int, int] | None = None
+    """``statekit.yaml``'s format before and after, when it changes."""
 
 
 @dataclass
@@ -85,7 +90,8 @@ class Migration:
         self.shows = shows
         self.episodes = episodes
 
-    def migrate(self, *, dry_run: bool = False, progress: Progress | None = None) -> MigrationReport:
+    def migrate(self, *, dry_run: bool = False, progress: Progress | None = None, ledger: bool = False
+                ) -> MigrationReport:
         """Rewrite episode files of an older schema at the current one (see ``Store.migrate``)."""
         writer = self.writer
         report = MigrationReport(dry_run=dry_run)
@@ -100,7 +106,16 @@ class Migration:
                 stale.append((show, ep, path, found))
                 report.files.append({"path": os.path.relpath(path, writer.root), "episode": f"{show}/{ep}",
                                      "from": found, "to": EPISODE_SCHEMA})
-        if dry_run or not stale:
+        if ledger and not writer.chained:  # the store's logs are sealed, then the store moves to the ledger's format
+            report.store_format = (writer.config.schema_version, STORE_SCHEMA)
+            stale_keys = {(show, ep) for show, ep, _path, _found in stale}
+            report.sealed = [f"{show}/{ep}" for show, ep in found_eps if (show, ep) not in stale_keys]
+            report.sealed += [f"{show}/{ep}" for show, ep, _path, _found in stale]
+        if dry_run:
+            return report
+        if ledger and not writer.chained:
+            self._seal(found_eps, {(show, ep) for show, ep, _path, _found in stale}, progress)
+        if not stale:
             return report
         backup = os.path.join(".statekit", "backups", f"migrate-{stamp(writer.clock())}")
         report.backup_dir = os.path.join(writer.root, backup)
@@ -124,6 +139,28 @@ class Migration:
 
             writer.write(show, ep, change, before_commit=copy_first)
         return report
+
+    def _seal(self, found_eps: list[tuple[str, str]], also_migrated: set[tuple[str, str]],
+              progress: Progress | None) -> None:
+        """Seal every episode's log (one ``seal`` event carrying the whole current data, the
+        hash of the log's last line and of the whole log so far: everything after is chained),
+        then move ``statekit.yaml`` to the ledger's format, after which statekit releases that
+        know no ledger refuse the store. An episode whose file is migrated too is sealed by
+        that write (the store is chained by then)."""
+        writer = self.writer
+        for done, (show, ep) in enumerate(found_eps):
+            if progress is not None:
+                progress(done, len(found_eps))
+            if (show, ep) in also_migrated:
+                continue
+
+            def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
+                new = m.model_copy(update={"version": m.version + 1, "updated_at": now})
+                return new, {"kind": "seal", "message": "the log before this line is sealed (statekit migrate)"}
+
+            writer.write(show, ep, change, seal=True)
+        upgrade_store_format(writer.folders, STORE_SCHEMA)
+        writer.config = writer.config.model_copy(update={"schema_version": STORE_SCHEMA})
 
     def import_legacy(self, legacy_dir: str | os.PathLike[str], show: str,
                       progress: Progress | None = None) -> ImportReport:

@@ -19,6 +19,7 @@ from pydantic import (
     ConfigDict,
     Field,
     JsonValue,
+    PrivateAttr,
     model_validator,
 )
 
@@ -31,12 +32,23 @@ EPISODE_SCHEMA = 3
 ``stage_done`` (leased stage runs and failure handling); 3: adds ``assets``
 and ``uploads`` (content-addressed media and where it was uploaded)."""
 SHOW_SCHEMA = 1
-STORE_SCHEMA = 4
+STORE_SCHEMA = 5
 """2: the pipeline gained ``runs``, ``failure_stage``, ``give_up_stage``,
 ``retry`` and ``error_rules``, and the store ``backups``; 3: ``cache`` and
-``gcs`` settings; 4: ``unique`` metadata keys."""
+``gcs`` settings; 4: ``unique`` metadata keys; 5: the ledger (every event
+chained and carrying its patch: ``statekit migrate`` seals a store's older
+logs and moves it to 5; statekit releases before 5 refuse to open it)."""
+LEDGER_SCHEMA = 5
+"""The first store schema whose events are chained (``writes`` writes them so from here on)."""
+DEFAULT_STORE_SCHEMA = 4
+"""What ``Store.init`` writes unless asked for the ledger (``ledger=True``, ``init --ledger``):
+the ledger is opt-in until the reliability harness runs against chained stores (issue 14)."""
 CHECKPOINT_SCHEMA = 1
-EVENT_SCHEMA = 1
+EVENT_SCHEMA = 2
+"""2: ``prev`` (the hash of the line before), and ``patch`` (from the previous
+version's data) or ``doc`` (the whole data: the first event, a seal). Written
+only in chained stores; the events of other stores stay at 1."""
+UNCHAINED_EVENT_SCHEMA = 1
 
 Id = Annotated[str, AfterValidator(check_id)]
 
@@ -280,6 +292,21 @@ class Episode(BaseModel):
     """The state of one episode, exactly as its file holds it."""
 
     model_config = ConfigDict(extra="forbid")
+    _pending: dict[str, Any] | None = PrivateAttr(default=None)
+
+    @property
+    def pending(self) -> dict[str, Any] | None:
+        """A hand edit of the file that is not committed yet: ``{"path": ..., "fields": [...]}``
+        (``fields`` is None when the file cannot be read); None when the file is committed.
+        The model itself is the committed version."""
+        return self._pending
+
+    def with_pending(self, path: str, fields: list[str] | None, error: str | None = None) -> Episode:
+        """This committed version, noting the pending edit of its file at ``path``
+        (``error``: why the file cannot be read, if it cannot)."""
+        marked = self.model_copy()
+        marked._pending = {"path": path, "fields": fields, "error": error}
+        return marked
 
     schema_version: Int = EPISODE_SCHEMA
     show_id: Id
@@ -402,7 +429,7 @@ class StoreConfig(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    schema_version: Int = STORE_SCHEMA
+    schema_version: Int = DEFAULT_STORE_SCHEMA
     format: str = "yaml"
     lock_timeout: Annotated[Number, Field(gt=0)] = 5.0
     backups: Annotated[int, Field(ge=0, le=100, strict=True)] = 3

@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
 from .errors import CorruptFileError
+from .history import Change
 from .models import Episode, Event
 from .objects import Removed
 from .schema import legacy_id
@@ -46,13 +47,22 @@ class EpisodeOverview:
     episode: Episode
     events: list[Event]
     resume_stage: str | None
+    pending_changes: list[Change] | None = None
+    """What a pending hand edit of the file changes, field by field (None: no readable pending edit)."""
 
 
-def episode_overview(store: Store, show: str, ep: str) -> EpisodeOverview:
-    """The episode file, its event log and its checkpoints, read in that order."""
+def episode_overview(store: Store, show: str, ep: str, at: int | None = None) -> EpisodeOverview:
+    """The episode (committed; ``at``: that committed version), its event log up to it,
+    its checkpoints, and what a pending hand edit changes."""
+    if at is not None:
+        episode = store.version(show, ep, at)
+        return EpisodeOverview(episode, [e for e in store.events(show, ep) if e.version <= at], None)
     episode = store.get(show, ep)
     events = store.events(show, ep)
-    return EpisodeOverview(episode, events, store.resume_stage(show, ep))
+    changes = None
+    if episode.pending is not None and episode.pending.get("fields") is not None:
+        changes = store.diff(show, ep)
+    return EpisodeOverview(episode, events, store.resume_stage(show, ep), changes)
 
 
 def add_asset_file(store: Store, show: str, ep: str, file: str, kind: str, name: str | None = None, *,

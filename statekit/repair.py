@@ -26,6 +26,7 @@ from .layout import EPISODE_BACKUPS, backup_parts, backup_versions, checkpoint_s
 from .models import Episode
 from .objects import Removed
 from .parsing import read_checkpoint, stamp
+from .pipeline import refuse_move
 from .shows import Shows
 from .writes import Writer
 
@@ -213,6 +214,23 @@ class Repair:
                 report.problems.append(p.message)
         return report
 
+    def _refused_edit(self, show: str, ep: str, path: str) -> str | None:
+        """Why a readable pending edit cannot be adopted (an illegal move), or None."""
+        writer = self.writer
+        try:
+            with writer.episode_folder(show, ep) as folder:
+                _path, parsed = writer.load(show, ep, folder)
+                ledger = writer.ledger_of(path, parsed, folder)
+                if ledger is None or not ledger.pending:
+                    return None
+                committed = Episode.model_validate(writer.committed_data(show, ep, ledger.version, folder))
+        except (StatekitError, ValueError):
+            return None
+        refusal = refuse_move(writer.pipeline, committed.stage, parsed.model.stage, committed.approvals) \
+            if parsed.model.stage != committed.stage else None
+        return None if refusal is None else (f"the hand edit moves {committed.stage!r} -> {parsed.model.stage!r}: "
+                                             f"{refusal.message}")
+
     def _repair_episode(self, show: str, ep: str, report: RepairReport) -> None:
         writer = self.writer
         act = report.actions.append
@@ -249,6 +267,26 @@ class Repair:
                 reason = ""
         else:
             reason = "the episode file is missing"
+        if readable and writer.chained and path is not None:
+            refusal = self._refused_edit(show, ep, path)
+            if refusal is not None:
+                readable, reason = False, refusal
+        if not readable and writer.chained:  # the log holds the committed version: put it back from there
+            try:
+                with writer.episode_folder(show, ep) as folder:
+                    chained = writer.log_ledger(show, ep, folder) is not None
+            except StatekitError:
+                chained = False
+            if chained:
+                act(f"put back the committed version of {key} from its log: {reason}")
+                if dry_run:
+                    return
+                try:
+                    revert_episode(writer, show, ep, kind="repair", only_pending=False)
+                    readable = True
+                except (CorruptFileError, ValidationError) as exc:  # the log itself is damaged: backups next
+                    report.problems.append(f"{key}: the log could not rebuild the committed version "
+                                           f"({exc.one_line()}); trying the backups")
         if not readable:
             newest = writer.newest_valid_backup(show, ep)
             if newest is None:
@@ -281,3 +319,52 @@ class Repair:
                         with writer.folders.open(("shows", show, "episodes", ep, "checkpoints")) as checkpoints, \
                                 writer.folders.open(trash_parts(show), create=True) as trash:
                             diskio.move(writer.disk, cp, target, src_dir_fd=checkpoints, dst_dir_fd=trash)
+
+
+def revert_episode(writer: Writer, show: str, ep: str, *, kind: str = "revert", only_pending: bool = True) -> Episode:
+    """Put the last committed version back as the episode's file, rebuilt from its
+    chained log (``writes.Writer.committed_data``), as a new version with one event
+    (``kind``); the person's file goes to the trash. Comments and layout come from
+    the newest valid backup when there is one. ``only_pending``: refuse when the
+    file is committed already (``statekit revert``)."""
+    check_id(show, "show id")
+    check_id(ep, "episode id")
+    paths = writer.require_folders(show, ep)
+    with writer.locks.episode(show, ep), writer.episode_folder(show, ep) as folder:
+        ledger = writer.log_ledger(show, ep, folder)
+        if ledger is None:
+            raise ValidationError(f"{show}/{ep}: its log has no chain (it was written before the ledger), so the "
+                                  "committed version cannot be rebuilt from it", show_id=show, episode_id=ep,
+                                  hint=f"'statekit restore {show}/{ep}' puts a backup back; 'statekit migrate' "
+                                       "seals older logs")
+        path = next((p for p in paths.files if diskio.lexists(p, dir_fd=folder)), paths.files[0])
+        raw = diskio.read_file(path, dir_fd=folder)
+        if raw is not None and only_pending:
+            try:
+                parsed = writer.parse_episode(path, raw, show, ep)
+            except (CorruptFileError, ValidationError, SchemaVersionError):
+                parsed = None
+            if parsed is not None:
+                state = writer.ledger_of(path, parsed, folder)
+                if state is not None and not state.pending:
+                    raise ValidationError(f"{show}/{ep} has no pending edit to revert: its file is the committed "
+                                          f"version {state.version}", show_id=show, episode_id=ep,
+                                          hint=f"'statekit restore {show}/{ep}' puts an older version back")
+        data = writer.committed_data(show, ep, ledger.version, folder)
+        ledger.data = data
+        committed = Episode.model_validate(data)
+        if raw is not None:  # the person's file is kept, never erased
+            writer.backups.copy_to_trash(path, show, f"{ep}.{stamp(writer.clock())}.edit{os.path.splitext(path)[1]}",
+                                         folder)
+            with writer.folders.open_existing(backup_parts(show, ep)) as kept:
+                if kept is not None:
+                    writer.backups.drop_live_links(show, ep, path, folder, kept)
+        newest = writer.newest_valid_backup(show, ep)
+        template = None
+        if newest is not None and os.path.splitext(newest.path)[1] == os.path.splitext(path)[1]:
+            template = writer.parse_episode(newest.path, diskio.read_file(newest.path) or b"", show, ep)
+        new = committed.model_copy(update={"version": ledger.version + 1, "updated_at": writer.clock()})
+        event = {"kind": kind, "message": f"put back committed version {ledger.version}"
+                 + (" (the file was edited by hand)" if raw is not None else " (the file was missing)")}
+        return writer.commit(path, None, new, event, committed=ledger.version, template=template, replaced=raw,
+                             folder=folder, ledger=ledger, base=data)

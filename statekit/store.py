@@ -26,15 +26,16 @@ from .episodes import UNSET, Episodes
 from .errors import StoreExistsError
 from .files import DISK, Disk, storage_error
 from .folders import Folders
+from .history import Change, History
 from .locks import Locks
 from .migrate import ImportReport, Migration, MigrationReport
-from .models import Episode, Event, Show, StoreConfig, UploadRecord, utcnow
+from .models import DEFAULT_STORE_SCHEMA, LEDGER_SCHEMA, Episode, Event, Show, StoreConfig, UploadRecord, utcnow
 from .objects import ObjectsReport, Removed
 from .parsing import invalid
 from .pipeline import Pipeline
 from .queries import Queries
 from .recovery import RecoverReport, Recovery
-from .repair import Repair, RepairReport
+from .repair import Repair, RepairReport, revert_episode
 from .runs import Run, Runs
 from .shows import Shows
 from .writes import Writer
@@ -74,6 +75,7 @@ class Store:
                                   rebuild=partial(_rebuild, self.writer), verify=partial(_verify, self.writer))
         self.migration = Migration(self.writer, self.show_files, self.episodes)
         self.queries = Queries(self.writer, self.show_files)
+        self.versions = History(self.writer)
         self._result_cache: ResultCache | None = None
         self._cache_lock = threading.Lock()
 
@@ -122,6 +124,7 @@ class Store:
         lock_timeout: float = 5.0,
         backups: int = 3,
         unique: Sequence[str] = (),
+        ledger: bool = False,
         disk: Disk = DISK,
         clock: Callable[[], datetime] | None = None,
     ) -> Store:
@@ -132,10 +135,13 @@ class Store:
         metadata keys whose values no two episodes may share (see ``create``).
         Stores do not nest: ``StoreExistsError`` if ``root`` is inside a store,
         or holds one below it (see ``config.NEST_SCAN_DIRS`` for how far down is looked).
+        ``ledger``: a store at the ledger's format (every event hash-chained and carrying
+        its patch; see the README); ``statekit migrate`` moves an existing store there.
         """
         graph = pipeline_from(pipeline)
         try:
             config = StoreConfig(format=format, lock_timeout=lock_timeout, backups=backups,
+                                 schema_version=LEDGER_SCHEMA if ledger else DEFAULT_STORE_SCHEMA,
                                  unique=unique,  # type: ignore[arg-type]  # pydantic refuses a str, never splits it
                                  pipeline=graph)
         except PydanticValidationError as exc:
@@ -199,12 +205,36 @@ class Store:
         return self.episodes.episode_path(show, ep)
 
     def get(self, show: str, ep: str) -> Episode:
-        """The episode as its file holds it now (reads the file; no lock)."""
+        """The episode's committed version (reads the file, and the end of its log; no lock).
+        While a person's edit of the file is pending (not adopted by ``sync`` or a write
+        yet), this is the version the log rebuilds and ``Episode.pending`` names the file
+        and the fields the edit changes."""
         return self.writer.get(show, ep)
 
     def events(self, show: str, ep: str) -> list[Event]:
         """The episode's committed events, oldest first."""
         return self.episodes.events(show, ep)
+
+    def history(self, show: str, ep: str) -> list[Episode]:
+        """Every committed version of the episode, oldest first, rebuilt from its log
+        (from the log's first full copy: a log sealed by ``migrate`` starts at the seal)."""
+        return self.versions.history(show, ep)
+
+    def version(self, show: str, ep: str, version: int) -> Episode:
+        """Committed ``version`` of the episode, rebuilt from its log."""
+        return self.versions.at(show, ep, version)
+
+    def diff(self, show: str, ep: str, first: int | None = None, second: int | None = None) -> list[Change]:
+        """What changed, field by field: between two committed versions; with none given,
+        between the committed version and a pending hand edit of the file (or, with no
+        pending edit, the version before and the committed one)."""
+        return self.versions.diff(show, ep, first, second)
+
+    def revert(self, show: str, ep: str) -> Episode:
+        """Throw a pending hand edit away: the committed version, rebuilt from the log,
+        goes back as a new version (one ``revert`` event); the edited file goes to
+        ``.statekit/trash``. ``ValidationError`` when there is no pending edit."""
+        return revert_episode(self.writer, show, ep)
 
     def create(self, show: str, ep: str, *, title: str = "", metadata: Mapping[str, Any] | None = None,
                files: Mapping[str, str] | None = None) -> Episode:
@@ -516,15 +546,18 @@ class Store:
 
     # --- schema migration and import --------------------------------------------------------
 
-    def migrate(self, *, dry_run: bool = False, progress: Progress | None = None) -> MigrationReport:
+    def migrate(self, *, dry_run: bool = False, progress: Progress | None = None, ledger: bool = False
+                ) -> MigrationReport:
         """Rewrite episode files of an older schema at the current one.
 
         A dry run only lists them. Otherwise each file is first copied to
         ``.statekit/backups/migrate-<time>/`` and then rewritten through the
         normal write path (version + 1, one ``migrate`` event).
         ``progress(done, total)``: called as files are read, then as they are rewritten.
+        ``ledger``: also move a store made before the ledger to it: every episode's log
+        is sealed (one ``seal`` event), then ``statekit.yaml`` moves to format 5.
         """
-        return self.migration.migrate(dry_run=dry_run, progress=progress)
+        return self.migration.migrate(dry_run=dry_run, progress=progress, ledger=ledger)
 
     def import_legacy(self, legacy_dir: str | os.PathLike[str], show: str,
                       progress: Progress | None = None) -> ImportReport:

@@ -27,10 +27,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from . import eventlog
+from . import eventlog, patches
 from . import files as diskio
 from . import unique as uniq
 from .backups import Backup, Backups
@@ -54,9 +55,17 @@ from .ids import check_id
 from .index.rows import episode_row, event_row, event_rows_of
 from .layout import EpisodePaths, episode_parts
 from .locks import Locks
-from .models import EVENT_SCHEMA, NOT_UTF8_HINT, Episode, StoreConfig, find_bad_text
+from .models import (
+    EVENT_SCHEMA,
+    LEDGER_SCHEMA,
+    NOT_UTF8_HINT,
+    UNCHAINED_EVENT_SCHEMA,
+    Episode,
+    StoreConfig,
+    find_bad_text,
+)
 from .parsing import parse_episode, sha256, stamp
-from .pipeline import Pipeline
+from .pipeline import Pipeline, refuse_move
 
 if TYPE_CHECKING:
     from .index import Index
@@ -68,6 +77,22 @@ CACHE_SIZE = 4096
 
 Change = Callable[[Episode, datetime], "tuple[Episode, dict[str, Any]] | None"]
 """``change(current, now)``: the new episode and its event's fields, or None for "nothing to do"."""
+
+
+@dataclass
+class Ledger:
+    """What an episode's chained log says is committed (``Writer.ledger_of``)."""
+
+    version: int
+    """The committed version (0: no event yet)."""
+    line_hash: str | None
+    """The hash of the committing line: the next line's ``prev``."""
+    end: int
+    """The log's offset just past the committing line (an uncommitted tail lies beyond)."""
+    pending: bool
+    """The file's bytes are not what the committing line says: a person's edit, not adopted yet."""
+    data: dict[str, Any] | None = None
+    """The committed version's data, when known without replaying the log."""
 
 
 class Writer:
@@ -240,9 +265,13 @@ class Writer:
         return path, parsed
 
     def get(self, show: str, ep: str) -> Episode:
-        """The episode as its file holds it now (ids checked; no lock)."""
+        """The episode's committed version (ids checked; no lock): as its file holds
+        it, or, while a person's edit of the file is pending, as the log rebuilds it
+        (``Episode.pending`` says so)."""
         check_id(show, "show id")
         check_id(ep, "episode id")
+        if self.chained:
+            return self.committed_view(show, ep)
         return self.load(show, ep)[1].model  # type: ignore[no-any-return]
 
     def backups_of(self, show: str, ep: str) -> list[Backup]:
@@ -262,24 +291,164 @@ class Writer:
         exc.add_context(show_id=show, episode_id=ep)
         if newest is None:
             exc.extras.setdefault("backup", None)
+            if self.chained:
+                exc.hint = (f"{exc.hint + '; or ' if exc.hint else ''}run 'statekit revert {show}/{ep}' to put the "
+                            "last committed version back; nothing was changed")
             return exc
         rel = os.path.relpath(newest.path, self.root)
         exc.message += f"; newest valid backup: {rel} (version {newest.version})"
         exc.extras["backup"] = rel
         exc.hint = (f"fix the file by hand, or run 'statekit restore {show}/{ep}' to put that backup back "
                     "('statekit repair' does it for every damaged episode); nothing was changed")
+        if self.chained:
+            exc.hint = (f"fix the file by hand, or run 'statekit revert {show}/{ep}' to put the last committed "
+                        "version back ('statekit repair' does it for every damaged episode); nothing was changed")
         return exc
+
+    # --- the ledger: which version is committed --------------------------------------
+
+    @property
+    def chained(self) -> bool:
+        """Events are chained and carry patches (a store at ``LEDGER_SCHEMA`` or later)."""
+        return self.config.schema_version >= LEDGER_SCHEMA
+
+    def ledger_of(self, path: str, parsed: Parsed, folder: int) -> Ledger | None:
+        """What the log says of the file ``parsed`` (read in ``folder``): committed, or a
+        pending hand edit. None for a log without a chain (written before the ledger):
+        those keep the rules they were written under (the file is taken as committed).
+        Costs nothing for a file this process committed; else one read of the log's end."""
+        if parsed.log_hash is not None and parsed.log_size is not None:
+            return Ledger(parsed.model.version, parsed.log_hash, parsed.log_size, False, parsed.dumped)
+        last, before = eventlog.read_tail(os.path.dirname(path) + "/events.jsonl", dir_fd=folder)
+        if last is None or not eventlog.is_chained(last.event):
+            return None
+        sha = parsed.sha256 or sha256(parsed.raw)
+        parsed.sha256 = sha
+        which, pending = eventlog.committing(last.event, before.event if before is not None else None, sha,
+                                             parsed.model.version, lambda: self._index_version(parsed.model))
+        line = last if which == 0 else before
+        assert line is not None
+        return Ledger(line.event["version"], line.hash, line.end, pending)
+
+    def _index_version(self, model: Episode) -> int | None:
+        return self._index_version_of(model.show_id, model.episode_id)
+
+    def _index_version_of(self, show: str, ep: str) -> int | None:
+        try:
+            return self.index.version_of(show, ep)
+        except IndexUnavailableError:
+            return 1 << 62  # when in doubt, keep the line: it may be committed
+
+    def log_ledger(self, show: str, ep: str, folder: int) -> Ledger | None:
+        """The committed end of the episode's chained log whatever its file holds (the
+        file is taken as pending); None for a log without a chain."""
+        last, before = eventlog.read_tail(self.paths(show, ep).events, dir_fd=folder)
+        if last is None or not eventlog.is_chained(last.event):
+            return None
+        line = last
+        if before is not None and last.event["version"] == before.event["version"] + 1:
+            # the file cannot tell whether the last write got to its rename: the index can
+            indexed = self._index_version_of(show, ep)
+            if indexed is None or indexed < last.event["version"]:
+                line = before
+        return Ledger(line.event["version"], line.hash, line.end, True)
+
+    def committed_data(self, show: str, ep: str, version: int, folder: int | None = None) -> dict[str, Any]:
+        """The data of committed ``version``, replayed from the log (``CorruptFileError``
+        if the log cannot give it: damaged, or written before the ledger)."""
+        log_path = self.paths(show, ep).events
+        versions = eventlog.replay(eventlog.read_events(log_path, version, strict=False, dir_fd=folder), version)
+        if not versions or versions[-1][0] != version:
+            raise CorruptFileError(f"{log_path}: the log cannot rebuild version {version} (it was written before "
+                                   "the ledger, or is damaged)", path=log_path,
+                                   hint="'statekit migrate' seals older logs; 'statekit repair' restores from backups")
+        return versions[-1][1]
+
+    def pending_fields(self, committed: dict[str, Any], edited: Episode) -> list[str]:
+        """The fields a person's edit changed (``version`` and ``updated_at`` aside)."""
+        after = edited.model_dump(mode="json")
+        keys = list(dict.fromkeys([*committed, *after]))
+        return [k for k in keys if k not in ("version", "updated_at") and not same(committed.get(k), after.get(k))]
+
+    def _adopt_pending(self, path: str, current: Parsed, ledger: Ledger, folder: int,
+                       stage_before: str | None = None, absorb_layout: bool = True) -> tuple[Parsed, Ledger, list[str]]:
+        """Adopt a valid pending edit (one ``external_edit`` event; the move judged from
+        the committed stage). Refuses an illegal one, naming file, line and field."""
+        model: Episode = current.model
+        show, ep = model.show_id, model.episode_id
+        base = ledger.data if ledger.data is not None else self.committed_data(show, ep, ledger.version, folder)
+        committed = Episode.model_validate(base)
+        was = stage_before or committed.stage
+        if model.stage != was:
+            refusal = refuse_move(self.pipeline, was, model.stage, committed.approvals)
+            if refusal is not None:
+                line = line_of(current.raw, ("stage",))
+                raise ValidationError(
+                    f"{path}:{line}: stage: the hand edit moves {was!r} -> {model.stage!r}, which the pipeline "
+                    f"does not allow ({refusal.message}); nothing was written",
+                    path=path, line=line, field="stage", show_id=show, episode_id=ep,
+                    hint=f"fix the file, or run 'statekit revert {show}/{ep}' to throw the edit away")
+        fields = self.pending_fields(base, model)
+        moved = model.stage != was
+        if absorb_layout and not fields and not moved:  # only comments or layout changed: the next event commits it
+            current.model = model.model_copy(update={"version": ledger.version, "updated_at": committed.updated_at})
+            return current, Ledger(ledger.version, ledger.line_hash, ledger.end, False, base), fields
+        new = model.model_copy(update={"version": ledger.version + 1, "updated_at": self.clock()})
+        event = {"kind": "external_edit", "fields": fields, "from_stage": was if moved else None,
+                 "to_stage": model.stage if moved else None}
+        mine = (committed.show_id, committed.episode_id) == (show, ep)  # a log copied in from another folder is not
+        with self.unique_claims(show, ep, committed.metadata if mine else None, new.metadata,
+                                edited=(path, current.raw)):
+            written = self._commit(path, current, new, event, committed=ledger.version, folder=folder,
+                                   ledger=ledger, base=base)
+        return written, self._ledger_after(written), fields
+
+    @staticmethod
+    def _ledger_after(written: Parsed) -> Ledger:
+        return Ledger(written.model.version, written.log_hash, written.log_size or 0, False, written.dumped)
+
+    def committed_view(self, show: str, ep: str) -> Episode:
+        """The committed version of the episode, saying if a pending edit exists
+        (``Episode.pending``); what every read returns."""
+        with self.episode_folder(show, ep) as folder:
+            try:
+                path, parsed = self.load(show, ep, folder)
+            except (CorruptFileError, ValidationError) as exc:
+                shown = self._committed_of_unreadable(show, ep, folder)
+                if shown is None:
+                    raise
+                return shown.with_pending(exc.path or self.paths(show, ep).files[0], None, exc.one_line())
+            if not self.chained:
+                return parsed.model  # type: ignore[no-any-return]
+            ledger = self.ledger_of(path, parsed, folder)
+            if ledger is None or not ledger.pending:
+                return parsed.model  # type: ignore[no-any-return]
+            base = self.committed_data(show, ep, ledger.version, folder)
+            return Episode.model_validate(base).with_pending(path, self.pending_fields(base, parsed.model))
+
+    def _committed_of_unreadable(self, show: str, ep: str, folder: int) -> Episode | None:
+        """The committed version of an episode whose file cannot be read, if its chained log gives it."""
+        if not self.chained:
+            return None
+        ledger = self.log_ledger(show, ep, folder)
+        if ledger is None:
+            return None
+        try:
+            return Episode.model_validate(self.committed_data(show, ep, ledger.version, folder))
+        except (StatekitError, ValueError):
+            return None
 
     # --- writing --------------------------------------------------------------------
 
     def write(self, show: str, ep: str, change: Change, expected_version: int | None = None,
-              before_commit: Callable[[Episode], None] | None = None) -> Episode:
+              before_commit: Callable[[Episode], None] | None = None, *, seal: bool = False) -> Episode:
         """Apply ``change`` under the episode's lock and commit it.
 
         ``change(current, now)`` returns the new episode and its event fields,
         or None for "nothing to do". Raises before anything is written if the
         version or the move is refused. ``before_commit(new)`` runs under the
         lock right before the commit (a checkpoint file, a migration's copy).
+        ``seal``: the event starts a chain (``migrate``, moving a store to the ledger).
         """
         check_id(show, "show id")
         check_id(ep, "episode id")
@@ -287,12 +456,16 @@ class Writer:
             raise ValidationError(f"expected_version must be a non-negative integer, got {expected_version!r}")
         with self.locks.episode(show, ep), self.episode_folder(show, ep) as folder:
             path, current = self.load(show, ep, folder)
-            model: Episode = current.model
-            if expected_version is not None and model.version != expected_version:
+            ledger = self.ledger_of(path, current, folder) if self.chained else None
+            version = ledger.version if ledger is not None else current.model.version
+            if expected_version is not None and version != expected_version:
                 raise VersionConflictError(
-                    f"episode {show}/{ep} is at version {model.version}, not {expected_version}",
-                    expected=expected_version, actual=model.version, show_id=show, episode_id=ep,
+                    f"episode {show}/{ep} is at version {version}, not {expected_version}",
+                    expected=expected_version, actual=version, show_id=show, episode_id=ep,
                 )
+            if ledger is not None and ledger.pending:  # a person's edit: adopted first, or the write refused
+                current, ledger, _fields = self._adopt_pending(path, current, ledger, folder)
+            model: Episode = current.model
             outcome = change(model, self.clock())
             if outcome is None:
                 return model
@@ -300,7 +473,8 @@ class Writer:
             with self.unique_claims(show, ep, model.metadata, new.metadata):
                 if before_commit is not None:
                     before_commit(new)
-                return self.commit(path, current, new, event, folder=folder)
+                return self._commit(path, current, new, event, folder=folder, ledger=ledger,  # type: ignore[no-any-return]
+                                    seal=seal).model
 
     def create(self, model: Episode, event: dict[str, Any]) -> Episode:
         """Write a new episode (the caller holds its show's lock). A create
@@ -374,6 +548,13 @@ class Writer:
         check_id(ep, "episode id")
         with self.locks.episode(show, ep), self.episode_folder(show, ep) as folder:
             path, current = self.load(show, ep, folder)
+            ledger = self.ledger_of(path, current, folder) if self.chained else None
+            if ledger is not None:
+                if not ledger.pending:
+                    return current.model, []
+                written, _ledger, fields = self._adopt_pending(path, current, ledger, folder, stage_before,
+                                                               absorb_layout=False)
+                return written.model, fields
             # the version the log is committed at. One event past the file's version that
             # the index never saw is the tail of a write that crashed before its rename (it
             # is dropped, as every write drops it); one the index saw was committed, and the
@@ -390,7 +571,16 @@ class Writer:
 
     def commit(self, path: str, current: Parsed | None, new: Episode, event: dict[str, Any],
                committed: int | None = None, template: Parsed | None = None,
-               replaced: bytes | None = None, *, folder: int) -> Episode:
+               replaced: bytes | None = None, *, folder: int, ledger: Ledger | None = None,
+               base: dict[str, Any] | None = None) -> Episode:
+        """``_commit``, returning the new episode (see there)."""
+        return self._commit(path, current, new, event, committed, template, replaced, folder=folder,  # type: ignore[no-any-return]
+                            ledger=ledger, base=base).model
+
+    def _commit(self, path: str, current: Parsed | None, new: Episode, event: dict[str, Any],
+                committed: int | None = None, template: Parsed | None = None,
+                replaced: bytes | None = None, *, folder: int, ledger: Ledger | None = None,
+                base: dict[str, Any] | None = None, seal: bool = False) -> Parsed:
         """Event (durable) then file (atomic, durable), then the cache and the index.
         The caller holds the episode's lock.
 
@@ -399,7 +589,10 @@ class Writer:
         (adopting a hand edit that changed ``version``). ``template``: the
         text whose comments and layout to keep, if not ``current``'s.
         ``replaced``: the bytes of a file there that could not be read (no
-        ``current``): a write that fails puts them back."""
+        ``current``): a write that fails puts them back. In a chained store
+        the event carries ``prev`` (``ledger.line_hash``) and the patch from
+        ``base`` (the committed data; by default ``ledger``'s or ``current``'s),
+        or the whole data (``doc``) when the log has no chain yet."""
         directory = os.path.dirname(path)
         codec = CODECS[os.path.splitext(path)[1]]
         data = new.model_dump(mode="json")
@@ -410,7 +603,7 @@ class Writer:
             written = codec.dump(data, template or current)
             raw = written.raw
             record = {
-                "schema_version": EVENT_SCHEMA,
+                "schema_version": EVENT_SCHEMA if self.chained or seal else UNCHAINED_EVENT_SCHEMA,
                 "version": new.version,
                 "at": data["updated_at"],
                 "show_id": new.show_id,
@@ -418,6 +611,8 @@ class Writer:
                 **{k: v for k, v in event.items() if v is not None},
                 "sha256": sha256(raw),
             }
+            if self.chained or seal:
+                record.update(self._chain_fields(path, current, data, ledger, base, folder))
             line = eventlog.event_line(record)
         except (UnicodeEncodeError, TypeError):  # orjson says TypeError
             # text that bypassed the models' checks: refused here, before anything is written
@@ -435,7 +630,8 @@ class Writer:
         sizes: list[int] = []
 
         def append() -> None:  # runs alongside the file's own fsync; done before the rename
-            before, after = eventlog.append_event(self.disk, log_path, line, committed, known, dir_fd=folder)
+            before, after = eventlog.append_event(self.disk, log_path, line, committed, known, dir_fd=folder,
+                                                  committed_end=ledger.end if ledger is not None else None)
             if before == 0:  # a new events.jsonl: its name must be durable before the file's
                 try:
                     self.disk.fsync(folder)
@@ -455,8 +651,11 @@ class Writer:
                 os.close(backups)
         written.model = new
         written.log_size = sizes[0]
-        self.remember(path, written)
         written.sha256 = record["sha256"]
+        if self.chained or seal:
+            written.log_hash = eventlog.line_hash(line)
+            written.dumped = data
+        self.remember(path, written)
         row = episode_row(
             new, data, self.pipeline, path=path[len(self.root) + 1:], size=st.st_size,
             mtime_ns=st.st_mtime_ns, sha256=record["sha256"], checked_at_ns=time.time_ns(),
@@ -474,7 +673,26 @@ class Writer:
                 log.warning("statekit: the index keeps only the newest event of %s (%s); run 'statekit sync'",
                             new.key, exc)
         self.index_quietly(f"{new.key} version {new.version}", rows=[row], event_rows=event_rows)
-        return new
+        return written
+
+    def _chain_fields(self, path: str, current: Parsed | None, data: dict[str, Any], ledger: Ledger | None,
+                      base: dict[str, Any] | None, folder: int) -> dict[str, Any]:
+        """``prev`` and ``patch`` for a chained log; ``doc`` (and, sealing an older log,
+        ``prev`` and ``log_sha256``) when the log has no chain yet."""
+        if ledger is not None:
+            if base is None:
+                base = ledger.data
+            if base is None and current is not None and not ledger.pending:
+                base = current.dumped if current.dumped is not None else current.model.model_dump(mode="json")
+            if base is None:
+                base = self.committed_data(data["show_id"], data["episode_id"], ledger.version, folder)
+            return {"prev": ledger.line_hash, "patch": patches.diff(base, data)}
+        log_path = os.path.dirname(path) + "/events.jsonl"
+        old = eventlog.read_lines(log_path, 1 << 62, strict=False, dir_fd=folder)
+        if not old:
+            return {"doc": data}
+        return {"doc": data, "prev": eventlog.line_hash(old[-1][1]),
+                "log_sha256": sha256(b"".join(raw for _event, raw in old))}
 
     # --- unique values ------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -134,8 +135,7 @@ def test_missing_schema_version_on_a_current_file_is_reported(store: Store) -> N
 def test_newer_store_config_is_refused(tmp_path: Path) -> None:
     store = Store.init(tmp_path / "s")
     config = Path(store.root, "statekit.yaml")
-    config.write_text(config.read_text().replace(f"schema_version: {STORE_SCHEMA}",
-                                                 f"schema_version: {STORE_SCHEMA + 1}"))
+    config.write_text(re.sub(r"schema_version: \d+", f"schema_version: {STORE_SCHEMA + 1}", config.read_text()))
     with pytest.raises(SchemaVersionError, match="newer"):
         Store.open(tmp_path / "s")
 

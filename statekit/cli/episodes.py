@@ -1,4 +1,4 @@
-"""Episode commands: create, advance, approve, show, list, next, delete."""
+"""Episode commands: create, advance, approve, show, diff, revert, list, next, delete."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from ..history import Change
 from ..models import Episode, Event
 from ..operations import advance_setting_metadata, episode_overview
 from .app import Context, command, dump_json, err, human_size, money, out, pass_ctx, ref_arg, split_ref, when
@@ -79,23 +80,80 @@ def approve(ctx: Context, ref: str, stage: str, by: str, note: str | None) -> No
 
 @command()
 @ref_arg
+@click.option("--at", "at", type=click.IntRange(min=1), default=None, metavar="VERSION",
+              help="Show committed VERSION, rebuilt from the event log.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
-def show(ctx: Context, ref: str, as_json: bool) -> None:
-    """State and event history of SHOW/EP."""
-    overview = episode_overview(ctx.store, *split_ref(ref))
+def show(ctx: Context, ref: str, at: int | None, as_json: bool) -> None:
+    """State and event history of SHOW/EP (the committed version; a pending hand edit is shown as a diff)."""
+    show_id, ep_id = split_ref(ref)
+    overview = episode_overview(ctx.store, show_id, ep_id, at)
     ep, events, resume = overview.episode, overview.events, overview.resume_stage
+    changes = overview.pending_changes
     if as_json:
-        dump_json({"episode": ep.model_dump(mode="json"), "resume_stage": resume,
+        dump_json({"episode": ep.model_dump(mode="json"), "resume_stage": resume, "pending": ep.pending,
+                   "pending_changes": [vars(c) for c in changes] if changes is not None else None,
                    "events": [e.model_dump(mode="json", exclude_none=True) for e in events]})
         return
     out.print(episode_facts(ep, resume), markup=False)
+    if ep.pending is not None:
+        what = ("it cannot be read: " + str(ep.pending.get("error"))) if ep.pending.get("fields") is None \
+            else "it changes " + (", ".join(ep.pending["fields"]) or "nothing but its layout")
+        out.print(f"pending hand edit of {ep.pending['path']}: {what}; 'statekit sync' adopts a valid edit, "
+                  f"'statekit revert {ep.key}' throws it away", markup=False)
+        if changes:
+            out.print(change_rows(changes, "committed", "edited"), markup=False)
     table = Table(title="events", title_justify="left", box=None, header_style="bold")
     for column in ("v", "at (UTC)", "kind", "move", "cost", "message"):
         table.add_column(column, justify="right" if column in ("v", "cost") else "left")
     for e in events:
         table.add_row(str(e.version), when(e.at), e.kind, describe(e), money(e.cost), e.message or "")
     out.print(table, markup=False)
+
+
+def change_rows(changes: list[Change], before: str, after: str) -> Table:
+    """A field-level diff as a table."""
+    table = Table(box=None, header_style="bold")
+    for column in ("field", before, after):
+        table.add_column(column)
+    for c in changes:
+        table.add_row(c.field, shown_value(c.before), shown_value(c.after))
+    return table
+
+
+def shown_value(value: Any) -> str:
+    return "-" if value is None else value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+@command()
+@ref_arg
+@click.argument("first", type=click.IntRange(min=1), required=False)
+@click.argument("second", type=click.IntRange(min=1), required=False)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def diff(ctx: Context, ref: str, first: int | None, second: int | None, as_json: bool) -> None:
+    """What changed in SHOW/EP, field by field: between versions FIRST and SECOND
+    (SECOND defaults to the committed version); with no version, between the
+    committed version and a pending hand edit (or, with none, the last change)."""
+    changes = ctx.store.diff(*split_ref(ref), first, second)
+    if as_json:
+        dump_json([vars(c) for c in changes])
+        return
+    if not changes:
+        out.print("no changes", markup=False)
+        return
+    out.print(change_rows(changes, f"v{first}" if first else "before", f"v{second}" if second else "after"),
+              markup=False)
+
+
+@command()
+@ref_arg
+@pass_ctx
+def revert(ctx: Context, ref: str) -> None:
+    """Throw away a pending hand edit of SHOW/EP: the committed version goes back
+    (a new version, one event); the edited file is kept in .statekit/trash."""
+    ep = ctx.store.revert(*split_ref(ref))
+    out.print(f"{ep.key}: back to the committed state, now version {ep.version}", markup=False)
 
 
 def episode_facts(ep: Episode, resume: str | None) -> Table:
@@ -221,4 +279,4 @@ def delete(ctx: Context, ref: str) -> None:
     out.print(f"deleted {ref}; its files are kept in {where}", markup=False)
 
 
-COMMANDS = [create, advance, approve, show, list_, next_, delete]
+COMMANDS = [create, advance, approve, show, diff, revert, list_, next_, delete]

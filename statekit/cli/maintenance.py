@@ -18,21 +18,25 @@ from .app import Context, command, dump_json, err, out, pass_ctx, progress_bar
               help="Episode file format.")
 @click.option("--unique", multiple=True, metavar="KEY",
               help="A metadata key whose values no two episodes may share (repeatable).")
-def init(directory: str, pipeline: str, fmt: str, unique: tuple[str, ...]) -> None:
+@click.option("--ledger", is_flag=True,
+              help="Chain every event and record its patch (history, diff, revert; see the README).")
+def init(directory: str, pipeline: str, fmt: str, unique: tuple[str, ...], ledger: bool) -> None:
     """Create a store in DIR (default: here). Stores do not nest: DIR may not be
     inside a store, nor hold one below it."""
-    store = Store.init(directory, pipeline=pipeline, format=fmt, unique=list(unique))
+    store = Store.init(directory, pipeline=pipeline, format=fmt, unique=list(unique), ledger=ledger)
     keys = f", unique {', '.join(unique)}" if unique else ""
     out.print(f"created store {store.root} (pipeline {store.pipeline.name}, format {fmt}{keys})", markup=False)
 
 
 @command()
 @click.option("--dry-run", is_flag=True, help="Only list the files that would be rewritten.")
+@click.option("--ledger", is_flag=True, help="Also seal every event log and move the store to the ledger.")
 @pass_ctx
-def migrate(ctx: Context, dry_run: bool) -> None:
-    """Rewrite episode files of an older schema (each backed up first)."""
+def migrate(ctx: Context, dry_run: bool, ledger: bool) -> None:
+    """Rewrite episode files of an older schema (each backed up first); with --ledger,
+    seal the event logs of a store made before the ledger and move it there."""
     with progress_bar("migrating") as progress:
-        report = ctx.store.migrate(dry_run=dry_run, progress=progress)
+        report = ctx.store.migrate(dry_run=dry_run, progress=progress, ledger=ledger)
     verb = "would migrate" if dry_run else "migrated"
     for f in report.files:
         out.print(f"{verb} {f['path']} (schema {f['from']} -> {f['to']})", markup=False)
@@ -40,6 +44,12 @@ def migrate(ctx: Context, dry_run: bool) -> None:
         out.print("every file is at the current schema", markup=False)
     elif report.backup_dir:
         out.print(f"{len(report.files)} file(s) migrated; originals in {report.backup_dir}", markup=False)
+    if report.store_format is not None:
+        old, new = report.store_format
+        sealed = "would seal" if dry_run else "sealed"
+        out.print(f"{sealed} the event logs of {len(report.sealed)} episode(s); statekit.yaml "
+                  f"{'would move' if dry_run else 'moved'} from format {old} to {new} (the ledger: every event "
+                  "chained; statekit releases without it refuse the store)", markup=False)
 
 
 @command("import")

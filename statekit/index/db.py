@@ -285,6 +285,15 @@ class Index:
         except (SQLAlchemyError, self._dbapi_error) as exc:
             raise IndexUnavailableError(f"the index could not look up a unique value: {exc}") from exc
 
+    def version_of(self, show: str, ep: str) -> int | None:
+        """The version the index holds for an episode (None: not indexed)."""
+        try:
+            with self.reading() as conn:
+                return conn.execute(select(episodes.c.version).where(
+                    and_(episodes.c.show_id == show, episodes.c.episode_id == ep))).scalar()
+        except (SQLAlchemyError, self._dbapi_error) as exc:
+            raise IndexUnavailableError(f"the index could not be read: {exc}") from exc
+
     def remove_show(self, show: str) -> None:
         self.write(removed_shows=[show])
 

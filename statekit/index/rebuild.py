@@ -32,7 +32,7 @@ from .dialect import (
     sqlite_url,
 )
 from .rows import claim_rows, json_text, totals_delta
-from .scan import REBUILD_BATCH, RebuildReport, dirs, problem, rows_for, show_order, show_record, walk
+from .scan import REBUILD_BATCH, RebuildReport, committed_rows, dirs, problem, rows_for, show_order, show_record, walk
 from .tables import (
     INDEX_REVISION,
     ROWS_REVISION,
@@ -146,10 +146,14 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
             raw = diskio.read_file(path)
             if raw is None:
                 continue
-            row, lines, model = rows_for(writer, show, ep, path, raw, st, None)
+            row, lines, model = rows_for(writer, show, ep, path, raw, st, None, pending=report.pending)
         except (CorruptFileError, ValidationError, SchemaVersionError, UnsafePathError, StorageError) as exc:
             report.problems.append(problem(exc, path, f"{show}/{ep}"))
-            continue
+            found_committed = committed_rows(writer, show, ep, path, st)  # a chained log still knows it
+            if found_committed is None:
+                continue
+            row, lines, model = found_committed
+            report.pending.append(f"{show}/{ep}")
         positions = order.get(show, {})
         row["position"] = positions.get(ep, len(positions))
         rows.append(row)

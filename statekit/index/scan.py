@@ -54,6 +54,8 @@ class RebuildReport:
     episodes: int = 0
     events: int = 0
     problems: list[Problem] = field(default_factory=list)
+    pending: list[str] = field(default_factory=list)
+    """Episodes whose file holds a pending hand edit: indexed as their committed version."""
 
 
 @dataclass
@@ -153,26 +155,75 @@ def show_record(writer: Writer, show: str, data: dict[str, Any] | None, raw: byt
 
 
 def rows_for(writer: Writer, show: str, ep: str, path: str, raw: bytes, st: os.stat_result,
-              position: int | None, *, cache: bool = False) -> tuple[dict[str, Any], list[dict[str, Any]], Episode]:
+              position: int | None, *, cache: bool = False, pending: list[str] | None = None
+              ) -> tuple[dict[str, Any], list[dict[str, Any]], Episode]:
     """Index rows of one episode file. ``cache``: keep the parse in the store's
-    cache (sync, whose adoption of an edit reads the file again; not a rebuild)."""
+    cache (sync, whose adoption of an edit reads the file again; not a rebuild).
+    ``pending`` (a rebuild): a file holding a pending hand edit is indexed as the
+    committed version its chained log rebuilds, and its episode is added to ``pending``."""
     parsed = writer.cached(path, raw) if cache else None
     if parsed is None:
         parsed = writer.parse_episode(path, raw, show, ep)
         if cache:
             writer.remember(path, parsed)
     model: Episode = parsed.model
-    row = episode_row(
-        model, model.model_dump(mode="json"), writer.pipeline, path=os.path.relpath(path, writer.root),
-        size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha256_of(raw), checked_at_ns=time.time_ns(),
-        position=position,  # type: ignore[arg-type]
-    )
+    sha = sha256_of(raw)
     log_path = os.path.join(os.path.dirname(path), "events.jsonl")
     lines = eventlog.read_events(log_path, model.version, strict=False)
+    data = None
+    if pending is not None and lines and eventlog.is_chained(lines[-1]) and lines[-1].get("sha256") != sha:
+        lines, data = committed_lines(log_path, sha, model.version)
+        if data is not None:
+            model = Episode.model_validate(data)
+            pending.append(f"{show}/{ep}")
+    row = episode_row(
+        model, data if data is not None else model.model_dump(mode="json"), writer.pipeline,
+        path=os.path.relpath(path, writer.root), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
+        checked_at_ns=time.time_ns(), position=position,  # type: ignore[arg-type]
+    )
     rows = event_rows(log_path, lines, show, ep)
     if unadopted(rows, row["file_sha256"]):  # a hand edit sync has not adopted: never trust its stat
         row["file_stamp"] = None
     return row, rows, model
+
+
+def committed_lines(log_path: str, sha: str, file_version: int) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    """A chained log's committed lines when the file (whose hash is ``sha``) is not what
+    its last line says, and the committed data if the file is a pending hand edit (None
+    if the last line is only the uncommitted tail of a write that stopped before its rename)."""
+    lines = eventlog.read_events(log_path, 1 << 62, strict=False)
+    which, pending = eventlog.committing(lines[-1], lines[-2] if len(lines) > 1 else None, sha, file_version,
+                                         lambda: None)
+    if which:
+        lines = lines[:-1]
+    if not pending:
+        return lines, None
+    replayed = eventlog.replay(lines)
+    if not replayed:
+        raise CorruptFileError(f"{log_path}: the log cannot rebuild the committed version", path=log_path)
+    return lines, replayed[-1][1]
+
+
+def committed_rows(writer: Writer, show: str, ep: str, path: str, st: os.stat_result
+                   ) -> tuple[dict[str, Any], list[dict[str, Any]], Episode] | None:
+    """The rows of the committed version of an episode whose file cannot be read, from
+    its chained log; None if the log cannot give it (none, unchained, or damaged)."""
+    log_path = os.path.join(os.path.dirname(path), "events.jsonl")
+    try:
+        lines = eventlog.read_events(log_path, 1 << 62, strict=False)
+        if not lines or not eventlog.is_chained(lines[-1]):
+            return None
+        replayed = eventlog.replay(lines)
+        if not replayed:
+            return None
+        model = Episode.model_validate(replayed[-1][1])
+        row = episode_row(model, replayed[-1][1], writer.pipeline, path=os.path.relpath(path, writer.root),
+                          size=st.st_size, mtime_ns=st.st_mtime_ns, sha256="", checked_at_ns=time.time_ns(),
+                          position=None)  # type: ignore[arg-type]
+        row["file_stamp"] = None
+        return row, event_rows(log_path, lines, show, ep), model
+    except (StatekitError, ValueError):
+        return None
 
 
 def unadopted(lines: list[dict[str, Any]], sha: str) -> bool:

@@ -7,9 +7,10 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import String, select, type_coerce
 
 from .. import eventlog
 from .. import files as diskio
@@ -23,7 +24,7 @@ from ..models import Episode
 from ..parsing import read_checkpoint
 from ..unique import claims as claims_of
 from ..unique import shown
-from .rows import claim_rows, totals_delta
+from .rows import claim_rows, iso, totals_delta
 from .scan import Problem, Progress, VerifyReport, event_rows, index_path, problem, sha256_of, walk
 from .tables import (
     episodes,
@@ -52,10 +53,10 @@ def verify(writer: Writer, progress: Progress | None = None) -> VerifyReport:
         indexed = {(s, e): (version, sha, data) for s, e, version, sha, data in conn.execute(
             select(episodes.c.show_id, episodes.c.episode_id, episodes.c.version, episodes.c.file_sha256,
                    episodes.c.data))}
-        indexed_events: dict[tuple[str, str], list[int]] = defaultdict(list)
-        for s, e, v in conn.execute(select(events.c.show_id, events.c.episode_id, events.c.version)
-                                    .order_by(events.c.version)):
-            indexed_events[(s, e)].append(v)
+        indexed_events: dict[tuple[str, str], list[tuple[Any, ...]]] = defaultdict(list)
+        for s, e, *columns in conn.execute(select(events.c.show_id, events.c.episode_id, *event_columns(events))
+                                           .order_by(events.c.version)):
+            indexed_events[(s, e)].append(event_key(columns))
         totals = {(s, st): (n, c) for s, st, n, c in conn.execute(select(stage_totals))}
         indexed_claims = {tuple(r) for r in conn.execute(select(
             unique_values.c.key, unique_values.c.value_sha256, unique_values.c.show_id, unique_values.c.episode_id))}
@@ -83,16 +84,33 @@ def verify(writer: Writer, progress: Progress | None = None) -> VerifyReport:
                 totals_delta(expected, show, None, (kept[2].get("stage"), kept[2].get("costs") or {}))
             continue
         model: Episode = parsed.model
-        totals_delta(expected, show, None, (model.stage, model.costs))
-        for claim in claims_of(keys, model.metadata):
+        log_path = os.path.join(os.path.dirname(path), "events.jsonl")
+        _verify_links(report, key, path, log_path)
+        kept_row = indexed.get((show, ep))
+        committed_model = _committed_by_log(writer, report, key, path, log_path, model, raw,
+                                            kept_row[0] if kept_row is not None else None)
+        for claim in claims_of(keys, model.metadata):  # what the file holds on disk, pending or not
             holders[(claim.key, claim.sha256)].append((key, path, claim.value))
+        if committed_model is not None:  # a pending hand edit: the index must hold the committed version
+            model = committed_model
+        totals_delta(expected, show, None, (model.stage, model.costs))
         if model.assets:
             _verify_assets(writer, report, model, os.path.dirname(path), hashed)
-        log_path = os.path.join(os.path.dirname(path), "events.jsonl")
+        derived: list[tuple[Any, ...]] = []
         try:
-            lines = eventlog.read_events(log_path, model.version)
+            read = eventlog.read_lines(log_path, model.version)
+            lines = [event for event, _raw in read]
             eventlog.validate_events(log_path, lines)  # what events() would refuse
-            event_rows(log_path, lines, show, ep)  # what a rebuild could not index
+            derived = [event_key([r[c] for c in EVENT_FIELDS]) for r in event_rows(log_path, lines, show, ep)]
+            for message in eventlog.chain_problems(log_path, lines, [raw_line for _event, raw_line in read]):
+                report.problems.append(Problem("chain", log_path, message, key))
+            if committed_model is None and any(eventlog.is_chained(e) for e in lines):
+                replayed = eventlog.replay(lines)
+                if not replayed or replayed[-1][0] != model.version or not same(replayed[-1][1],
+                                                                                 model.model_dump(mode="json")):
+                    report.problems.append(Problem(
+                        "chain", log_path, f"{log_path}: replaying the log does not give the data of {path} "
+                        f"(version {model.version}): an event's patch was changed, or the file", key))
         except StatekitError as exc:
             report.problems.append(problem(exc, log_path, key, "events"))
             lines = []
@@ -111,7 +129,7 @@ def verify(writer: Writer, progress: Progress | None = None) -> VerifyReport:
         elif lines and lines[-1].get("sha256") != sha256_of(raw):
             report.problems.append(Problem(
                 "edited", path, f"{path}: changed outside statekit since version {model.version} "
-                "(run 'statekit sync' to adopt the edit)", key))
+                f"(run 'statekit sync' to adopt the edit, or 'statekit revert {key}' to throw it away)", key))
         row = indexed.get((show, ep))
         if row is None:
             report.problems.append(Problem("index", path, f"{key}: not in the index (run 'statekit sync')", key))
@@ -124,7 +142,7 @@ def verify(writer: Writer, progress: Progress | None = None) -> VerifyReport:
             report.problems.append(Problem(
                 "index", path, f"{key}: the index's copy of version {row[0]} differs from the file "
                 "(run 'statekit sync')", key))
-        if indexed_events.get((show, ep), []) != versions:
+        if lines and indexed_events.get((show, ep), []) != derived:
             report.problems.append(Problem(
                 "index", log_path, f"{key}: the index's events differ from events.jsonl (run 'statekit sync')", key))
     for show, ep in sorted(indexed.keys() - seen):
@@ -154,6 +172,77 @@ def verify(writer: Writer, progress: Progress | None = None) -> VerifyReport:
                 f"stage totals for {pair[0]}/{pair[1]} are {n} episodes, {cost:g} cost; the files say "
                 f"{int(want_n)}, {want_cost:g} (run 'statekit rebuild-index')"))
     return report
+
+
+EVENT_FIELDS = ("version", "at", "kind", "from_stage", "to_stage", "message", "cost", "stage")
+"""The events columns verify compares with what the log says (``data`` is the line itself)."""
+
+
+def event_columns(table: Any) -> list[Any]:
+    """The compared columns; times as the stored text (a damaged time must not stop verify)."""
+    return [type_coerce(table.c[name], String) if name == "at" else table.c[name] for name in EVENT_FIELDS]
+
+
+def event_key(values: Any) -> tuple[Any, ...]:
+    """An event row's compared columns, with times as text (SQLite and PostgreSQL alike)."""
+    out = list(values)
+    at = out[1]
+    out[1] = iso(at) if isinstance(at, datetime) else at
+    return tuple(out)
+
+
+def _verify_links(report: VerifyReport, key: str, *paths: str) -> None:
+    """An episode file or log with more than one name: a write through one name would
+    change the other too (statekit never writes through one: see ``writes``)."""
+    for path in paths:
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            continue
+        if st.st_nlink > 1 and not _own_backup_link(path, st):
+            report.problems.append(Problem(
+                "hardlink", path, f"{path}: has {st.st_nlink} names (hard links); statekit will not write through "
+                "it: replace the other names with copies", key))
+
+
+def _own_backup_link(path: str, st: os.stat_result) -> bool:
+    """The other name is statekit's own backup of the file (a write stopped between
+    linking the old file and renaming the new one in: ``repair`` clears it)."""
+    parts = path.split("/")
+    try:
+        show, ep = parts[-4], parts[-2]
+        root = "/".join(parts[:-5])
+        folder = os.path.join(root, ".statekit", "backups", "episodes", show, ep)
+        return any(os.path.samestat(st, os.stat(os.path.join(folder, name), follow_symlinks=False))
+                   for name in os.listdir(folder))
+    except (OSError, IndexError):
+        return False
+
+
+def _committed_by_log(writer: Writer, report: VerifyReport, key: str, path: str, log_path: str, model: Episode,
+                      raw: bytes, indexed_version: int | None) -> Episode | None:
+    """The committed version, when the file holds a pending edit and the chained log rebuilds it."""
+    if not writer.chained:
+        return None
+    try:
+        last, before = eventlog.read_tail(log_path)
+    except (StatekitError, OSError):
+        return None  # reported when the log is read below
+    if last is None or not eventlog.is_chained(last.event):
+        return None
+    which, pending = eventlog.committing(last.event, before.event if before is not None else None, sha256_of(raw),
+                                         model.version, lambda: indexed_version)
+    if not pending:
+        return None
+    line = last if which == 0 else before
+    assert line is not None
+    try:
+        data = writer.committed_data(model.show_id, model.episode_id, line.event["version"])
+        return Episode.model_validate(data)
+    except (StatekitError, ValueError) as exc:
+        report.problems.append(Problem("chain", log_path, f"{log_path}: cannot rebuild the committed version "
+                                       f"({exc})", key))
+        return None
 
 
 def _verify_assets(writer: Writer, report: VerifyReport, model: Episode, directory: str,

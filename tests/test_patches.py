@@ -1,0 +1,58 @@
+"""statekit.patches makes standard JSON Patches (RFC 6902): checked against the jsonpatch library."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jsonpatch
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from statekit.patches import PatchError, apply, diff
+
+scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False),
+                    st.text(max_size=8))
+keys = st.text(alphabet="ab~/_.0", min_size=0, max_size=4)
+json_values = st.recursive(scalars, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                             st.dictionaries(keys, inner, max_size=4)), max_leaves=20)
+documents = st.dictionaries(keys, json_values, max_size=6)
+
+
+@settings(max_examples=300, deadline=None)
+@given(documents, documents)
+def test_a_patch_turns_one_document_into_the_other(before: dict[str, Any], after: dict[str, Any]) -> None:
+    patch = diff(before, after)
+    assert apply(before, patch) == after
+    assert jsonpatch.apply_patch(before, patch) == after  # the standard's reference reading agrees
+
+
+@settings(max_examples=100, deadline=None)
+@given(documents, st.lists(json_values, max_size=3))
+def test_a_list_that_grew_gets_adds_for_the_new_items_only(doc: dict[str, Any], more: list[Any]) -> None:
+    before = {**doc, "error_history": [1, {"kind": "x"}]}
+    after = {**before, "error_history": [1, {"kind": "x"}, *more]}
+    patch = diff(before, after)
+    assert all(op["op"] == "add" for op in patch) and len(patch) == len(more)
+    assert jsonpatch.apply_patch(before, patch) == after
+
+
+def test_json_types_are_kept_apart() -> None:
+    assert diff({"a": 1}, {"a": 1.0}) == [{"op": "replace", "path": "/a", "value": 1.0}]
+    assert diff({"a": 1}, {"a": True}) == [{"op": "replace", "path": "/a", "value": True}]
+
+
+def test_apply_leaves_its_input_alone() -> None:
+    doc = {"a": {"b": [1]}}
+    apply(doc, [{"op": "add", "path": "/a/b/1", "value": 2}])
+    assert doc == {"a": {"b": [1]}}
+
+
+@pytest.mark.parametrize("patch", [
+    {"op": "add"}, [{"op": "move", "path": "/a", "from": "/b"}], [{"op": "remove", "path": "/missing"}],
+    [{"op": "replace", "path": "/a/b/9", "value": 1}], [{"op": "add", "path": "a"}], [{"op": "add", "path": "/a"}],
+    [{"op": "add", "path": "/a/b/01", "value": 1}], [{"op": "replace", "path": "/a/b/0/x", "value": 1}],
+])
+def test_a_patch_that_does_not_fit_is_refused(patch: Any) -> None:
+    with pytest.raises(PatchError):
+        apply({"a": {"b": [1]}}, patch)
