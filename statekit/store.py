@@ -586,5 +586,8 @@ def _sync(writer: Writer, shows: Shows, progress: Progress | None = None) -> Syn
 
 def _verify(writer: Writer, progress: Progress | None = None) -> VerifyReport:
     from .index.verify import verify
+    from .signals.metrics import record_verify
 
-    return verify(writer, progress)
+    report = verify(writer, progress)
+    record_verify(writer.root, len(report.problems), writer.clock())  # statekit_index_drift
+    return report

@@ -108,7 +108,7 @@ def _failing(stage: str, key: str, count: int, kinds: Sequence[str], episodes: S
     title = f"statekit: {stage} failed {count} times in a row"
     body = (f"Stage {stage} failed {count} times in a row (since {started}).\n"
             f"Last error kinds: {', '.join(kinds)}\nEpisodes: {', '.join(episodes)}\n"
-            f"See 'statekit errors --stage {stage}'.\nidempotency key: {key}")
+            f"See 'statekit errors'.\nidempotency key: {key}")
     return title, body, {"type": "failing", "stage": stage, "count": count, "kinds": list(kinds),
                          "episodes": list(episodes), "since": started, "idempotency_key": key}
 
@@ -126,7 +126,7 @@ def _give_up(stage: str, key: str, ref: str, error_kind: str, event: Mapping[str
     message = str(event.get("message") or "")
     title = f"statekit: gave up on {ref} at {stage}"
     body = (f"{ref}: gave up on stage {stage} ({error_kind}): {message}\n"
-            f"See 'statekit errors {ref}'; 'statekit retry {ref}' tries again.\nidempotency key: {key}")
+            f"See 'statekit show {ref}'; 'statekit retry {ref}' tries again.\nidempotency key: {key}")
     return title, body, {"type": "give_up", "stage": stage, "episode": ref, "kind": error_kind,
                          "message": message, "idempotency_key": key}
 
