@@ -589,5 +589,5 @@ def _verify(writer: Writer, progress: Progress | None = None) -> VerifyReport:
     from .signals.metrics import record_verify
 
     report = verify(writer, progress)
-    record_verify(writer.root, len(report.problems), writer.clock())  # statekit_index_drift
+    record_verify(writer, len(report.problems), writer.clock())  # statekit_index_drift
     return report

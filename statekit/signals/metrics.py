@@ -11,7 +11,7 @@ state, and a scrape after a restart sees the same values. Names:
 - ``statekit_leases{state="live|expired"}``;
 - ``statekit_runs_total{stage,outcome="succeeded|failed"}`` and
   ``statekit_failures_total{stage,kind}`` (the index's events);
-- ``statekit_index_drift`` (0/1 from the last ``verify``, with
+- ``statekit_index_drift`` (0/1 from the last ``verify``, kept in the index, with
   ``statekit_index_verified_timestamp_seconds``);
 - ``statekit_alerts_pending``; ``statekit_build_info{version,python,index}``.
 """
@@ -21,14 +21,15 @@ from __future__ import annotations
 import json
 import os
 import platform
-import sqlite3
+import logging
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import and_, func, select
+from sqlalchemy.exc import SQLAlchemyError
 
-from ..index.tables import episodes, events, stage_totals
+from ..index.tables import episodes, events, index_meta, stage_totals
 from .alerts import needs
 from .state import State, db_path
 
@@ -42,19 +43,21 @@ NAMES = (
 )
 """The sample names the exporter serves (docs/grafana-dashboard.json uses only these)."""
 
+log = logging.getLogger("statekit")
+
 VERIFY_KEY = "last_verify"
 FAILED_KINDS = ("fail", "recovered")
 
 
-def record_verify(root: str, problems: int, at: datetime) -> None:
-    """Keep the last ``verify``'s outcome for ``statekit_index_drift``."""
-    state = State(root)
+def record_verify(writer: Writer, problems: int, at: datetime) -> None:
+    """Keep the last ``verify``'s outcome in the index (``index_meta``) for ``statekit_index_drift``."""
+    value = json.dumps({"problems": problems, "at": at.timestamp()})
     try:
-        state.set_meta(VERIFY_KEY, json.dumps({"problems": problems, "at": at.timestamp()}))
-    except (OSError, sqlite3.Error):
-        pass  # a store read-only to this user: verify still reports, the metric keeps its last value
-    finally:
-        state.close()
+        with writer.index.engine.begin() as conn:
+            conn.execute(index_meta.delete().where(index_meta.c.key == VERIFY_KEY))
+            conn.execute(index_meta.insert().values(key=VERIFY_KEY, value=value))
+    except (SQLAlchemyError, OSError) as exc:  # a store read-only to this user: verify still reports
+        log.info("statekit: the index did not keep the verify's outcome (%s)", exc)
 
 
 class Collector:
@@ -106,25 +109,29 @@ class Collector:
                     select(stage_of_run, error_kind, func.count()).where(and_(v.kind.in_(FAILED_KINDS)))
                     .group_by(stage_of_run, error_kind)):
                 failures.add_metric([stage, kind], n)
-        yield from (count, cost, waiting, leases, runs, failures)
+            drift = list(self._drift(conn, gauge))
+        yield from (count, cost, waiting, leases, runs, failures, *drift)
         yield from self._signals(gauge)
         info = core.InfoMetricFamily("statekit_build", "statekit's version.")
         info.add_metric([], {"version": self.version, "python": platform.python_version(),
                              "index": self.writer.index.engine.dialect.name})
         yield info
 
+    def _drift(self, conn: Any, gauge: Any) -> Iterator[Any]:
+        last = conn.execute(select(index_meta.c.value).where(index_meta.c.key == VERIFY_KEY)).scalar()
+        if last is not None:
+            verified = json.loads(last)
+            yield gauge("statekit_index_drift", "1 if the last verify found problems, else 0.",
+                        value=1 if verified["problems"] else 0)
+            yield gauge("statekit_index_verified_timestamp_seconds", "When the last verify ran.",
+                        value=verified["at"])
+
     def _signals(self, gauge: Any) -> Iterator[Any]:
-        if not os.path.exists(db_path(self.writer.root)):
+        if not os.path.exists(db_path(self.writer.root)):  # no signals yet: nothing pending (and no file made)
+            yield gauge("statekit_alerts_pending", "Alerts recorded and not yet delivered.", value=0)
             return
         state = State(self.writer.root)
         try:
-            last = state.get_meta(VERIFY_KEY)
-            if last is not None:
-                verified = json.loads(last)
-                yield gauge("statekit_index_drift", "1 if the last verify found problems, else 0.",
-                            value=1 if verified["problems"] else 0)
-                yield gauge("statekit_index_verified_timestamp_seconds", "When the last verify ran.",
-                            value=verified["at"])
             yield gauge("statekit_alerts_pending", "Alerts recorded and not yet delivered.",
                         value=state.pending_count())
         finally:
