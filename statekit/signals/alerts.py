@@ -53,8 +53,8 @@ def needs(module: str, extra: str) -> Any:
 
 def stage_of(event: Mapping[str, Any], stage_before: str | None) -> str | None:
     """The stage a run event is about: a failure's ``from_stage``, a finish's
-    ``stage`` (or ``from_stage``), else the stage the episode was at."""
-    for key in ("from_stage", "stage"):
+    ``run_stage`` (or ``from_stage``), else the stage the episode was at."""
+    for key in ("from_stage", "run_stage"):
         value = event.get(key)
         if isinstance(value, str) and value:
             return value

@@ -82,7 +82,7 @@ class Collector:
         runs = counter("statekit_runs", "Stage runs that ended, by outcome.", labels=["stage", "outcome"])
         failures = counter("statekit_failures", "Failed stage runs, by error kind.", labels=["stage", "kind"])
         e, v = episodes.c, events.c
-        stage_of_run = func.coalesce(v.from_stage, v.data["stage"].as_string(), "unknown")
+        stage_of_run = func.coalesce(v.from_stage, v.data["run_stage"].as_string(), "unknown")
         with self.writer.index.reading() as conn:
             for show, stage, n, spent in conn.execute(select(stage_totals)):
                 count.add_metric([show, stage], n)
