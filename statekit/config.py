@@ -71,7 +71,7 @@ def write_new_store(folders: Folders, config: StoreConfig, graph: Pipeline) -> N
         ignore = os.path.join(top, ".statekit", ".gitignore")
         if not diskio.lexists(ignore, dir_fd=machine):
             diskio.atomic_write(disk, ignore, b"# machine-owned: index, locks, backups, trash\n*\n", dir_fd=machine)
-    body = config.model_dump(mode="json")
+    body = config.model_dump(mode="json", exclude={k for k in ("alerts", "events") if getattr(config, k) is None})
     body["pipeline"] = graph.to_config()
     diskio.atomic_write(disk, os.path.join(top, CONFIG_FILE), CONFIG_HEADER + YAML_CODEC.dump_plain(body, flow_leaves=True),
                         dir_fd=folders.root_fd)

@@ -381,6 +381,28 @@ class Show(BaseModel):
     episodes: list[Id] = Field(default_factory=list)
 
 
+class AlertsConfig(BaseModel):
+    """``alerts:`` in statekit.yaml: failure alerts (``statekit.signals.alerts``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: Annotated[int, Field(ge=1, le=1_000_000, strict=True)] = 5
+    """Consecutive failures of one stage, across episodes, before an alert."""
+    notify: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    """Apprise URLs (``json://host/path``, ``slack://...``, ``mailto://...``)."""
+
+
+class EventsConfig(BaseModel):
+    """``events:`` in statekit.yaml: committed events published to NATS JetStream."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    publish: Annotated[str, Field(pattern=r"^(nats|tls)://.+")]
+    subject: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")] = "statekit.events"
+    stream: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "STATEKIT"
+    """The JetStream stream holding ``<subject>.>`` (created if missing)."""
+
+
 UNIQUE_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
 """A unique metadata key: a top-level key of ``metadata`` (no dots: they are
 kept free to name nested keys one day)."""
@@ -409,6 +431,8 @@ class StoreConfig(BaseModel):
     """How many earlier versions of each episode file to keep (0: none)."""
     cache: CacheConfig = Field(default_factory=CacheConfig)
     gcs: GCSConfig | None = None
+    alerts: AlertsConfig | None = None
+    events: EventsConfig | None = None
     unique: Annotated[list[str], AfterValidator(_unique_keys)] = Field(default_factory=list)
     """Metadata keys whose values no two episodes may share (``statekit.unique``)."""
     pipeline: Pipeline

@@ -161,7 +161,7 @@ class Runs:
                 target = None
                 update["stage_done"] = True
             return m.model_copy(update=update), {
-                "kind": "finish", "from_stage": stage if target else None, "to_stage": target,
+                "kind": "finish", "run_stage": stage, "from_stage": stage if target else None, "to_stage": target,
                 "message": run.message, "run_id": run.run_id, "seconds": round(run.elapsed(), 3)}
 
         return self.writer.write(run.show_id, run.episode_id, finish)

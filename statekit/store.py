@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from .cache import Cache as ResultCache
     from .index import Index
     from .index.scan import Progress, RebuildReport, SyncReport, VerifyReport
+    from .signals.worker import Signals
 
 __all__ = ["CONFIG_FILE", "Backup", "ImportReport", "MigrationReport", "RecoverReport", "RepairReport", "Run",
            "Store"]
@@ -76,6 +77,8 @@ class Store:
         self.queries = Queries(self.writer, self.show_files)
         self._result_cache: ResultCache | None = None
         self._cache_lock = threading.Lock()
+        self._signals: Signals | None = None
+        self._wire_signals()
 
     def __repr__(self) -> str:
         return f"Store({self.root!r}, pipeline={self.pipeline.name!r}, format={self.config.format!r})"
@@ -91,6 +94,25 @@ class Store:
         self.writer.config = value
         self.writer.backups.keep = value.backups
         self.writer.locks.timeout = value.lock_timeout
+        self._wire_signals()
+
+    @property
+    def signals(self) -> Signals:
+        """The store's alerts and event stream (``statekit.signals``), made on first use."""
+        if self._signals is None:
+            from .signals.worker import Signals
+
+            self._signals = Signals(self.writer)
+        return self._signals
+
+    def _wire_signals(self) -> None:
+        """The post-commit hook, there only when alerts or events are configured (no cost otherwise)."""
+        hooks = self.writer.after_commit
+        on = self.config.alerts is not None or self.config.events is not None
+        if on and self.signals.committed not in hooks:
+            hooks.append(self.signals.committed)
+        elif not on and self._signals is not None and self._signals.committed in hooks:
+            hooks.remove(self._signals.committed)
 
     @property
     def pipeline(self) -> Pipeline:
@@ -184,6 +206,8 @@ class Store:
 
     def close(self) -> None:
         """Release the index's and the cache's database connections (the store stays usable)."""
+        if self._signals is not None:
+            self._signals.close()
         self.writer.close_index()
         if self._result_cache is not None:
             self._result_cache.close()
@@ -562,5 +586,8 @@ def _sync(writer: Writer, shows: Shows, progress: Progress | None = None) -> Syn
 
 def _verify(writer: Writer, progress: Progress | None = None) -> VerifyReport:
     from .index.verify import verify
+    from .signals.metrics import record_verify
 
-    return verify(writer, progress)
+    report = verify(writer, progress)
+    record_verify(writer, len(report.problems), writer.clock())  # statekit_index_drift
+    return report

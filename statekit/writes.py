@@ -92,6 +92,9 @@ class Writer:
         self._cache: OrderedDict[str, Parsed] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._path_cache: dict[tuple[str, str], EpisodePaths] = {}
+        self.after_commit: list[Callable[[dict[str, Any], Episode], None]] = []
+        """Called with each committed event's record and the new episode, after
+        the index write (alerts, the event stream); one that raises is logged."""
 
     @property
     def pipeline(self) -> Pipeline:
@@ -474,6 +477,11 @@ class Writer:
                 log.warning("statekit: the index keeps only the newest event of %s (%s); run 'statekit sync'",
                             new.key, exc)
         self.index_quietly(f"{new.key} version {new.version}", rows=[row], event_rows=event_rows)
+        for hook in self.after_commit:  # never fails the write: it is durable already
+            try:
+                hook(record, new)
+            except Exception as exc:
+                log.warning("statekit: a signal of %s version %s failed (%s)", new.key, new.version, exc)
         return new
 
     # --- unique values ------------------------------------------------------------------
