@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,10 +25,15 @@ from .assets import Assets
 from .checkpoints import Checkpoints
 from .episodes import check_cost
 from .errors import (
+    ApprovalRequiredError,
     CorruptFileError,
+    EpisodeNotFoundError,
+    IndexUnavailableError,
+    InvalidTransitionError,
     LeaseExpiredError,
     NotReadyError,
     SchemaVersionError,
+    ShowNotFoundError,
     StatekitError,
     ValidationError,
 )
@@ -41,6 +48,14 @@ from .writes import Change, Writer
 
 log = logging.getLogger("statekit")
 
+CLAIM_LEASE_S = 20.0
+"""A claimed run's lease unless told otherwise (or the pipeline's, if shorter):
+renewed in the background every third of it, so a worker killed mid-run
+frees its episode within this many seconds."""
+
+RENEW_MIN_S = 0.05
+"""The shortest time between two renewals of a lease."""
+
 
 class Runs:
     """The writes of leased runs, over the store's ``writer``; ``recovery``
@@ -52,13 +67,11 @@ class Runs:
         self.assets = assets
         self.recovery = recovery
 
-    def run(self, show: str, ep: str, stage: str, *, owner: str | None = None, lease_seconds: float | None = None,
-            reraise: bool = True, verify_assets: tuple[str, ...] | list[str] = ()) -> Run:
-        """A leased run of ``stage`` (see ``Store.run``): arguments checked, nothing written yet."""
+    def checked(self, stage: str, owner: str | None, lease_seconds: float | None,
+                default_lease: float | None = None) -> tuple[str, float]:
+        """The stage checked; the owner and lease length to use."""
         writer = self.writer
         pipeline = writer.pipeline
-        check_id(show, "show id")
-        check_id(ep, "episode id")
         writer.check_stage(stage)
         if stage not in pipeline.runs:
             raise ValidationError(
@@ -73,15 +86,53 @@ class Runs:
         check_text(owner, "owner")
         if lease_seconds is None:
             lease_seconds = pipeline.retry.lease_seconds
+            if default_lease is not None:
+                lease_seconds = min(lease_seconds, default_lease)
         if (isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float))
                 or not 0 < lease_seconds <= 7 * 86400):
             raise ValidationError(f"lease_seconds must be a number of seconds in (0, 604800], got {lease_seconds!r}")
+        return owner.strip(), float(lease_seconds)
+
+    def run(self, show: str, ep: str, stage: str, *, owner: str | None = None, lease_seconds: float | None = None,
+            reraise: bool = True, verify_assets: tuple[str, ...] | list[str] = ()) -> Run:
+        """A leased run of ``stage`` (see ``Store.run``): arguments checked, nothing written yet."""
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        owner, seconds = self.checked(stage, owner, lease_seconds)
         if isinstance(verify_assets, str) or not isinstance(verify_assets, (tuple, list)):
             raise ValidationError(f"verify_assets must be a list of asset names, got {verify_assets!r}")
         for name in verify_assets:
             check_id(name, "asset name")
-        return Run(self, show, ep, stage, owner=owner.strip(), lease_seconds=float(lease_seconds), reraise=reraise,
+        return Run(self, show, ep, stage, owner=owner, lease_seconds=seconds, reraise=reraise,
                    verify_assets=tuple(verify_assets))
+
+    def claim(self, stage: str, *, owner: str | None = None, lease_seconds: float | None = None,
+              show: str | None = None, reraise: bool = True) -> Run | None:
+        """Lease the longest-waiting episode ready for ``stage`` and start its
+        run (see ``Store.claim``); None when nothing is ready."""
+        if show is not None:
+            check_id(show, "show id")
+        owner, seconds = self.checked(stage, owner, lease_seconds, default_lease=CLAIM_LEASE_S)
+        leases = self.writer.index.leases
+        skipped: list[tuple[str, str]] = []
+        while True:
+            run_id = new_run_id()
+            picked = leases.claim(stage, run_id=run_id, owner=owner, seconds=seconds, local=self.writer.clock(),
+                                  show=show, exclude=skipped)
+            if picked is None:
+                return None
+            run = Run(self, picked[0], picked[1], stage, owner=owner, lease_seconds=seconds, reraise=reraise,
+                      run_id=run_id)
+            try:
+                run.begin(claimed=True)
+            except (NotReadyError, InvalidTransitionError, ApprovalRequiredError, CorruptFileError,
+                    SchemaVersionError, ValidationError, EpisodeNotFoundError, ShowNotFoundError) as exc:
+                # the index's answer was stale, or the file cannot be run: the next one
+                log.info("statekit: claimed %s/%s for %s but could not start it (%s); trying the next",
+                         picked[0], picked[1], stage, exc.one_line())
+                skipped.append(picked)
+                continue
+            return run
 
     def start(self, run: Run) -> Episode:
         """Enter the run's stage under its lease (one ``start`` event)."""
@@ -91,7 +142,7 @@ class Runs:
         def start(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
             ctx = {"show_id": m.show_id, "episode_id": m.episode_id, "stage": stage}
             if m.lease is not None:
-                if now >= m.lease.expires_at:
+                if not self.writer.lease_live(m, now):
                     raise LeaseRanOut()
                 raise NotReadyError(
                     f"{m.key} is being run ({m.stage}) by {m.lease.owner} until {m.lease.expires_at.isoformat()}",
@@ -203,7 +254,7 @@ class Run:
     """
 
     def __init__(self, runs: Runs, show: str, ep: str, stage: str, *, owner: str, lease_seconds: float,
-                 reraise: bool, verify_assets: tuple[str, ...] = ()) -> None:
+                 reraise: bool, verify_assets: tuple[str, ...] = (), run_id: str | None = None) -> None:
         self.runs = runs
         self.show_id = show
         self.episode_id = ep
@@ -211,7 +262,7 @@ class Run:
         self.owner = owner
         self.lease_seconds = lease_seconds
         self.reraise = reraise
-        self.run_id = new_run_id()
+        self.run_id = run_id or new_run_id()
         self.episode: Episode | None = None
         self._message: str | None = None
         self.outcome: str | None = None
@@ -220,6 +271,8 @@ class Run:
         self.verify_assets = verify_assets
         self._started_at: datetime | None = None
         self._temp_dir: str | None = None
+        self._renewer: Renewer | None = None
+        self._begun = False
 
     @property
     def message(self) -> str | None:
@@ -254,10 +307,10 @@ class Run:
             raise LeaseExpiredError(
                 f"run {self.run_id} of {m.key} {self.stage!r} lost its lease ({holder}); the write was refused",
                 **common)
-        if now >= lease.expires_at:
+        if not self.runs.writer.lease_live(m, now):
             raise LeaseExpiredError(
-                f"run {self.run_id} of {m.key} {self.stage!r}: the lease expired at {lease.expires_at.isoformat()}; "
-                "the write was refused", **common)
+                f"run {self.run_id} of {m.key} {self.stage!r}: the lease expired (recorded until "
+                f"{lease.expires_at.isoformat()}); the write was refused", **common)
         if m.stage != self.stage:
             raise LeaseExpiredError(
                 f"{m.key} is at stage {m.stage!r}, no longer {self.stage!r}; the run's write was refused", **common)
@@ -322,8 +375,9 @@ class Run:
             self.check(m, now)
             return self._renewed(m, now, cost=value, fields_only=True)
 
-        episode = self.runs.checkpoints.save(self.show_id, self.episode_id, self.stage, data, extra=extra,
-                                             event_extra={"run_id": self.run_id, "cost": value})
+        with self.fenced():
+            episode = self.runs.checkpoints.save(self.show_id, self.episode_id, self.stage, data, extra=extra,
+                                                 event_extra={"run_id": self.run_id, "cost": value})
         self.episode = episode
         return episode
 
@@ -334,8 +388,10 @@ class Run:
             self.check(m, now)
             return self._renewed(m, now, fields_only=True)
 
-        episode = self.runs.assets.add(self.show_id, self.episode_id, source, kind, name, media_type=media_type,
-                                       label=label, extra=extra, event_extra={"run_id": self.run_id})
+        with self.fenced():
+            episode = self.runs.assets.add(self.show_id, self.episode_id, source, kind, name,
+                                           media_type=media_type, label=label, extra=extra,
+                                           event_extra={"run_id": self.run_id})
         self.episode = episode
         return episode
 
@@ -393,15 +449,80 @@ class Run:
         return m.model_copy(update={**update, "version": m.version + 1, "updated_at": now})
 
     def _write(self, change: Change) -> Episode:
-        episode = self.runs.writer.write(self.show_id, self.episode_id, change)
+        with self.fenced():
+            episode = self.runs.writer.write(self.show_id, self.episode_id, change)
         self.episode = episode
         return episode
 
+    # --- the lease row (index.leases) ---------------------------------------------------
+
+    def renew(self) -> bool:
+        """Extend this run's live lease in the index (no file write, no
+        event); False if it is not this run's any more."""
+        writer = self.runs.writer
+        return writer.index.leases.renew(self.show_id, self.episode_id, self.run_id, self.lease_seconds,
+                                         writer.clock(), owner=self.owner, stage=self.stage)
+
+    def _fence(self) -> None:
+        """Right before a write of this run commits: its lease is still live (and renewed)."""
+        if self._begun and not self.renew():
+            version = self.episode.version if self.episode is not None else 0
+            raise LeaseExpiredError(
+                f"run {self.run_id} of {self.show_id}/{self.episode_id} {self.stage!r} lost its lease before its "
+                "write committed; the write was refused", expected=version, actual=version, show_id=self.show_id,
+                episode_id=self.episode_id, stage=self.stage, owner=self.owner)
+
+    @contextmanager
+    def fenced(self) -> Iterator[None]:
+        """The writes in the block commit only while this run holds its lease."""
+        with self.runs.writer.fenced(self._fence):
+            yield
+
     # --- start and finish --------------------------------------------------------------
 
+    def begin(self, *, claimed: bool = False) -> None:
+        """Take the lease (its row in the index, unless ``claimed`` took it),
+        then write the run's start to the episode; renewals start."""
+        if self._begun:
+            return
+        writer = self.runs.writer
+        if not claimed:
+            try:
+                holder = writer.index.leases.take(self.show_id, self.episode_id, run_id=self.run_id,
+                                                  owner=self.owner, stage=self.stage, seconds=self.lease_seconds,
+                                                  local=writer.clock())
+            except IndexUnavailableError as exc:  # the file's lease still fences the run
+                log.warning("statekit: run %s of %s/%s holds no lease row (%s)", self.run_id, self.show_id,
+                            self.episode_id, exc.one_line())
+                holder = None
+            if holder is not None:
+                raise NotReadyError(
+                    f"{self.show_id}/{self.episode_id} is being run ({holder.stage}) by {holder.owner} until "
+                    f"{holder.expires_at.isoformat()}", reason="leased", show_id=self.show_id,
+                    episode_id=self.episode_id, stage=self.stage,
+                    hint="ask store.next() for episodes that are ready")
+        try:
+            self.episode = self.runs.start(self)
+        except BaseException:
+            self._release()
+            raise
+        self._begun = True
+        self._started_at = writer.clock()
+        self._renewer = Renewer(self)
+
+    def _release(self) -> None:
+        """Stop renewing and give the lease row back (best effort: it expires anyway)."""
+        if self._renewer is not None:
+            self._renewer.stop()
+            self._renewer = None
+        try:
+            self.runs.writer.index.leases.release(self.show_id, self.episode_id, self.run_id)
+        except StatekitError as exc:
+            log.warning("statekit: the lease row of run %s was not released (%s); it expires", self.run_id,
+                        exc.one_line())
+
     def __enter__(self) -> Run:
-        self.episode = self.runs.start(self)
-        self._started_at = self.runs.writer.clock()
+        self.begin()
         if self.verify_assets:
             try:  # the input is checked before any work is done on it
                 self._verify("before")
@@ -410,6 +531,7 @@ class Run:
                     self._fail(exc)
                 finally:
                     self._remove_temp()
+                    self._release()
                 raise
         return self
 
@@ -423,12 +545,14 @@ class Run:
                         return False
                     raise
             if exc is None:
-                self.episode = self.runs.finish(self)
+                with self.fenced():
+                    self.episode = self.runs.finish(self)
                 self.outcome = "succeeded"
                 return False
             return self._fail(exc)
         finally:
             self._remove_temp()
+            self._release()
 
     def _fail(self, exc: BaseException) -> bool:
         """Record ``exc`` as this run's failure; True if it is not to be raised."""
@@ -437,10 +561,42 @@ class Run:
         if isinstance(exc, LeaseExpiredError):
             return False  # the episode is not ours any more: nothing to record, the error says why
         kind = ErrorKind.INTERRUPTED if not isinstance(exc, Exception) else None
-        self.episode, self.kind = self.runs.fail(self, exc, kind)
+        kind = getattr(exc, "statekit_kind", None) or kind  # a worker's command: its exit code's kind
+        with self.fenced():
+            self.episode, self.kind = self.runs.fail(self, exc, kind)
         return not self.reraise and isinstance(exc, Exception)
 
     def elapsed(self) -> float:
         return 0.0 if self._started_at is None else (self.runs.writer.clock() - self._started_at).total_seconds()
 
 
+
+
+class Renewer:
+    """Renews a run's lease row in the background, every third of its
+    length, until stopped or the lease is lost (then the run's next write is
+    refused: ``Run.check`` and the commit's fence)."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.interval = max(RENEW_MIN_S, run.lease_seconds / 3)
+        self._stop = threading.Event()
+        self.lost = False
+        self._thread = threading.Thread(target=self._loop, name=f"statekit-lease-{run.run_id}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if not self.run.renew():
+                    self.lost = True
+                    log.warning("statekit: run %s of %s/%s lost its lease; its writes will be refused",
+                                self.run.run_id, self.run.show_id, self.run.episode_id)
+                    return
+            except StatekitError as exc:  # the database is away: try again, the lease may still hold
+                log.warning("statekit: could not renew the lease of run %s (%s)", self.run.run_id, exc.one_line())
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)

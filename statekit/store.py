@@ -21,12 +21,14 @@ from pydantic import ValidationError as PydanticValidationError
 from .assets import Assets
 from .backups import Backup, Backups
 from .checkpoints import Checkpoints
-from .config import CONFIG_FILE, pipeline_from, read_config, refuse_nesting, write_new_store
+from .config import CONFIG_FILE, check_index_url, index_url, pipeline_from, read_config, refuse_nesting, write_new_store
 from .episodes import UNSET, Episodes
-from .errors import StoreExistsError
+from .errors import StoreExistsError, ValidationError
 from .files import DISK, Disk, storage_error
 from .folders import Folders
 from .locks import Locks
+from .models import IndexConfig
+from .serverlocks import ServerLocks
 from .migrate import ImportReport, Migration, MigrationReport
 from .models import Episode, Event, Show, StoreConfig, UploadRecord, utcnow
 from .objects import ObjectsReport, Removed
@@ -48,10 +50,10 @@ __all__ = ["CONFIG_FILE", "Backup", "ImportReport", "MigrationReport", "RecoverR
            "Store"]
 
 
-def _open_index(writer: Writer) -> Index:
+def _open_index(url: str | None, writer: Writer) -> Index:
     from .index.connect import open_index
 
-    return open_index(writer)
+    return open_index(writer, url)
 
 
 class Store:
@@ -62,8 +64,12 @@ class Store:
                  clock: Callable[[], datetime] | None = None) -> None:
         self.root = root
         folders = Folders(root, disk)  # every folder below is reached from the root's fd, never through a symlink
-        self.writer = Writer(config, folders, Locks(folders, config.lock_timeout), Backups(folders, config.backups),
-                             clock or utcnow, _open_index)
+        self.index_url = index_url(config)
+        """The server index's URL (``index: {url}``, ``STATEKIT_INDEX_URL``); None: SQLite."""
+        locks = Locks(folders, config.lock_timeout) if self.index_url is None else \
+            ServerLocks(self.index_url, config.lock_timeout)
+        self.writer = Writer(config, folders, locks, Backups(folders, config.backups),
+                             clock or utcnow, partial(_open_index, self.index_url))
         self.show_files = Shows(self.writer)
         self.episodes = Episodes(self.writer, self.show_files)
         self.checkpoints = Checkpoints(self.writer)
@@ -122,6 +128,7 @@ class Store:
         lock_timeout: float = 5.0,
         backups: int = 3,
         unique: Sequence[str] = (),
+        index_url: str | None = None,
         disk: Disk = DISK,
         clock: Callable[[], datetime] | None = None,
     ) -> Store:
@@ -132,11 +139,19 @@ class Store:
         metadata keys whose values no two episodes may share (see ``create``).
         Stores do not nest: ``StoreExistsError`` if ``root`` is inside a store,
         or holds one below it (see ``config.NEST_SCAN_DIRS`` for how far down is looked).
+        ``index_url``: keep the index on a PostgreSQL server
+        (``postgresql+psycopg://user@host/db``; ``${VAR}`` is expanded from the
+        environment when the store opens, so a password need not be written).
         """
         graph = pipeline_from(pipeline)
+        if index_url is not None:
+            if not isinstance(index_url, str):
+                raise ValidationError(f"index_url must be text, got {type(index_url).__name__}")
+            check_index_url(index_url)
         try:
             config = StoreConfig(format=format, lock_timeout=lock_timeout, backups=backups,
                                  unique=unique,  # type: ignore[arg-type]  # pydantic refuses a str, never splits it
+                                 index=IndexConfig(url=index_url) if index_url is not None else None,
                                  pipeline=graph)
         except PydanticValidationError as exc:
             raise invalid(exc, None, None, "store") from None
@@ -426,6 +441,23 @@ class Store:
         """
         return self.runs.run(show, ep, stage, owner=owner, lease_seconds=lease_seconds, reraise=reraise,
                              verify_assets=verify_assets)
+
+    def claim(self, stage: str, *, owner: str | None = None, lease_seconds: float | None = None,
+              show: str | None = None, reraise: bool = True) -> Run | None:
+        """Pick the longest-waiting episode ready for ``stage`` and lease it in
+        one step, then write the run's start to it (one ``start`` event); the
+        ``Run`` (use it as ``with run: ...``, as ``store.run`` returns it),
+        or None when nothing is ready.
+
+        Two live claimers, in any processes on any machines sharing the
+        index, never get the same episode, and none is lost to a race:
+        ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, one write transaction on
+        SQLite. The lease lives in the index and is renewed in the
+        background (no file write per renewal), judged by the database's
+        clock; ``lease_seconds`` defaults to the pipeline's, at most
+        ``runs.CLAIM_LEASE_S`` (20 s), so a killed worker's episode is
+        claimable again within that. ``show``: claim only in this show."""
+        return self.runs.claim(stage, owner=owner, lease_seconds=lease_seconds, show=show, reraise=reraise)
 
     def recover(self, *, sync: bool = True) -> RecoverReport:
         """Bring back episodes whose worker died: each one whose lease has
