@@ -21,7 +21,8 @@ from pydantic import ValidationError as PydanticValidationError
 from .assets import Assets
 from .backups import Backup, Backups
 from .checkpoints import Checkpoints
-from .config import CONFIG_FILE, check_index_url, index_url, pipeline_from, read_config, refuse_nesting, write_new_store
+from .config import CONFIG_FILE, pipeline_from, read_config, refuse_nesting, write_new_store
+from .config import index_url as find_index_url
 from .episodes import UNSET, Episodes
 from .errors import StoreExistsError, ValidationError
 from .files import DISK, Disk, storage_error
@@ -64,7 +65,7 @@ class Store:
                  clock: Callable[[], datetime] | None = None) -> None:
         self.root = root
         folders = Folders(root, disk)  # every folder below is reached from the root's fd, never through a symlink
-        self.index_url = index_url(config)
+        self.index_url = find_index_url(config)
         """The server index's URL (``index: {url}``, ``STATEKIT_INDEX_URL``); None: SQLite."""
         locks = Locks(folders, config.lock_timeout) if self.index_url is None else \
             ServerLocks(self.index_url, config.lock_timeout)
@@ -144,10 +145,8 @@ class Store:
         environment when the store opens, so a password need not be written).
         """
         graph = pipeline_from(pipeline)
-        if index_url is not None:
-            if not isinstance(index_url, str):
-                raise ValidationError(f"index_url must be text, got {type(index_url).__name__}")
-            check_index_url(index_url)
+        if index_url is not None and not isinstance(index_url, str):
+            raise ValidationError(f"index_url must be text, got {type(index_url).__name__}")
         try:
             config = StoreConfig(format=format, lock_timeout=lock_timeout, backups=backups,
                                  unique=unique,  # type: ignore[arg-type]  # pydantic refuses a str, never splits it
@@ -155,6 +154,7 @@ class Store:
                                  pipeline=graph)
         except PydanticValidationError as exc:
             raise invalid(exc, None, None, "store") from None
+        find_index_url(config)  # refused now (a bad url, an unset ${VAR}), before anything is made
         top = os.path.abspath(os.fspath(root))
         if os.path.lexists(os.path.join(top, CONFIG_FILE)):
             raise StoreExistsError(f"a statekit store already exists at {top}")
