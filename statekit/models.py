@@ -257,7 +257,8 @@ class IndexConfig(BaseModel):
 
 class WorkerConfig(BaseModel):
     """``worker:`` in ``statekit.yaml``: how ``statekit worker`` classifies a
-    command's exit code (``exit_codes: {75: transient, 3: invalid_input}``)."""
+    command's exit code (``exit_codes: {"75": transient_network, "3": user_input_invalid}``;
+    YAML keys are quoted)."""
 
     model_config = ConfigDict(extra="forbid")
 

@@ -134,6 +134,26 @@ class Runs:
                 continue
             return run
 
+    def attach(self, show: str, ep: str, stage: str, run_id: str) -> Run:
+        """The handle of a run another process started and still holds (a
+        worker's command: ``STATEKIT_RUN_ID``), to checkpoint, record costs or
+        add assets under its lease. ``LeaseExpiredError`` unless the episode's
+        file names that run and its lease is live."""
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        self.writer.check_stage(stage)
+        if not isinstance(run_id, str) or not run_id.strip():
+            raise ValidationError("the run id is empty", hint="set STATEKIT_RUN_ID (statekit worker does)")
+        m = self.writer.get(show, ep)
+        lease = m.lease
+        if lease is None or lease.run_id != run_id or m.stage != stage or not self.writer.lease_live(m):
+            raise LeaseExpiredError(f"run {run_id} of {show}/{ep} {stage!r} does not hold the episode's lease",
+                                    expected=m.version, actual=m.version, show_id=show, episode_id=ep, stage=stage)
+        seconds = max(RENEW_MIN_S, (lease.expires_at - lease.acquired_at).total_seconds())
+        run = Run(self, show, ep, stage, owner=lease.owner, lease_seconds=seconds, reraise=True, run_id=run_id)
+        run.attached(m)
+        return run
+
     def start(self, run: Run) -> Episode:
         """Enter the run's stage under its lease (one ``start`` event)."""
         pipeline = self.writer.pipeline
@@ -509,6 +529,12 @@ class Run:
         self._begun = True
         self._started_at = writer.clock()
         self._renewer = Renewer(self)
+
+    def attached(self, episode: Episode) -> None:
+        """This handle acts for a run already begun elsewhere (``Runs.attach``):
+        its writes are fenced; it neither renews nor ends the run."""
+        self.episode = episode
+        self._begun = True
 
     def _release(self) -> None:
         """Stop renewing and give the lease row back (best effort: it expires anyway)."""

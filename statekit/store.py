@@ -459,6 +459,13 @@ class Store:
         claimable again within that. ``show``: claim only in this show."""
         return self.runs.claim(stage, owner=owner, lease_seconds=lease_seconds, show=show, reraise=reraise)
 
+    def attach_run(self, show: str, ep: str, stage: str, run_id: str) -> Run:
+        """The ``Run`` another process holds on the episode (``statekit
+        worker``'s command finds its id in ``STATEKIT_RUN_ID``), to call
+        ``checkpoint``, ``cost`` and ``add_asset`` under its lease; do not
+        enter it (the worker ends the run)."""
+        return self.runs.attach(show, ep, stage, run_id)
+
     def recover(self, *, sync: bool = True) -> RecoverReport:
         """Bring back episodes whose worker died: each one whose lease has
         expired goes to the failure stage with an ``interrupted`` error and

@@ -220,3 +220,87 @@ def test_a_lost_lock_connection_refuses_the_commit(tmp_path: Path, pg_url: str) 
         store.writer.write("s", "e000", kill_own_connection)
     assert store.get("s", "e000") == before
     assert locks is store.writer.locks
+
+
+# --- 5. the worker command ------------------------------------------------------------------
+
+STAGE_SCRIPT = r"""
+import json, os, subprocess, sys
+ep = os.environ["STATEKIT_EPISODE"]
+assert os.path.isdir(os.environ["STATEKIT_RUN_DIR"])
+open(os.path.join(os.environ["STATEKIT_RUN_DIR"], "scratch.tmp"), "w").write("x")
+with open(sys.argv[1], "a") as f:
+    f.write(f"{os.environ['STATEKIT_SHOW']}/{ep} {os.environ['STATEKIT_STAGE']} {os.environ['STATEKIT_RUN_DIR']}\n")
+sk = [sys.executable, "-m", "statekit.cli"]
+subprocess.run([*sk, "checkpoint", json.dumps({"ep": ep})], check=True)
+subprocess.run([*sk, "cost", "0.5", "--note", "api"], check=True)
+if ep.endswith("1"):
+    print("bad input: no audio track", file=sys.stderr)
+    sys.exit(3)
+"""
+
+
+def test_worker_command_runs_a_stage_in_any_language(shared: Store, tmp_path: Path) -> None:
+    fill(shared, 3)
+    Path(shared.root, "statekit.yaml").write_text(Path(shared.root, "statekit.yaml").read_text()
+                                                  + "worker:\n  exit_codes: {'3': user_input_invalid}\n")
+    script = tmp_path / "stage.py"
+    script.write_text(STAGE_SCRIPT)
+    log = tmp_path / "ran.txt"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    if shared.index_url:
+        env["STATEKIT_INDEX_URL"] = shared.index_url
+    proc = subprocess.run([sys.executable, "-m", "statekit.cli", "--root", shared.root, "worker", "downloading",
+                           "--idle-exit", "--", sys.executable, str(script), str(log)],
+                          capture_output=True, text=True, cwd=REPO, env=env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    ran = log.read_text().splitlines()
+    assert sorted(line.split()[0] for line in ran) == ["s/e000", "s/e001", "s/e002"]
+    assert all(not os.path.exists(line.split()[2]) for line in ran)  # the scratch folders are gone
+    fresh = Store.open(shared.root)
+    good, bad = fresh.get("s", "e000"), fresh.get("s", "e001")
+    assert good.stage == "downloaded" and good.costs == {"downloading": 0.5}
+    assert fresh.load_checkpoint("s", "e000", "downloading") == {"ep": "e000"}
+    assert bad.stage == "failed" and bad.error_history[-1].kind == "user_input_invalid"
+    assert "no audio track" in bad.error_history[-1].message
+    # outside a run, the run commands say so in one line
+    outside = subprocess.run([sys.executable, "-m", "statekit.cli", "--root", shared.root, "cost", "1"],
+                             capture_output=True, text=True, cwd=REPO, env=env)
+    assert outside.returncode == 2 and "not inside a statekit worker's run" in outside.stderr
+    assert "Traceback" not in outside.stderr
+
+
+def test_worker_sigterm_finishes_the_run_and_a_second_stops_it(shared: Store, tmp_path: Path) -> None:
+    import signal
+
+    fill(shared, 3)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    if shared.index_url:
+        env["STATEKIT_INDEX_URL"] = shared.index_url
+    marker = tmp_path / "started"
+    cmd = [sys.executable, "-c", f"import time, pathlib; pathlib.Path({str(marker)!r}).touch(); time.sleep(1.0)"]
+    worker = subprocess.Popen([sys.executable, "-m", "statekit.cli", "--root", shared.root, "worker", "downloading",
+                               "--", *cmd], cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    stages = sorted(e.stage for e in Store.open(shared.root).list())
+    assert stages == ["discovered", "discovered", "downloaded"]  # the current run finished, no other began
+
+    marker.unlink()
+    sleeper = [sys.executable, "-c", f"import time, pathlib; pathlib.Path({str(marker)!r}).touch(); time.sleep(60)"]
+    worker = subprocess.Popen([sys.executable, "-m", "statekit.cli", "--root", shared.root, "worker", "downloading",
+                               "--grace", "1", "--", *sleeper], cwd=REPO, env=env, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+    while not marker.exists() and time.monotonic() < deadline + 30:
+        time.sleep(0.02)
+    worker.send_signal(signal.SIGTERM)
+    time.sleep(0.2)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    fresh = Store.open(shared.root)
+    stopped = [e for e in fresh.list() if e.stage == "failed"]
+    assert len(stopped) == 1 and stopped[0].error_history[-1].kind == "interrupted"
+    assert stopped[0].lease is None and fresh.index.leases.count() == 0  # the lease was given back
