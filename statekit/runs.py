@@ -94,7 +94,7 @@ class Runs:
         return owner.strip(), float(lease_seconds)
 
     def run(self, show: str, ep: str, stage: str, *, owner: str | None = None, lease_seconds: float | None = None,
-            reraise: bool = True, verify_assets: tuple[str, ...] | list[str] = ()) -> Run:
+            reraise: bool = True, verify_assets: tuple[str, ...] | list[str] = (), renew: bool = False) -> Run:
         """A leased run of ``stage`` (see ``Store.run``): arguments checked, nothing written yet."""
         check_id(show, "show id")
         check_id(ep, "episode id")
@@ -104,7 +104,7 @@ class Runs:
         for name in verify_assets:
             check_id(name, "asset name")
         return Run(self, show, ep, stage, owner=owner, lease_seconds=seconds, reraise=reraise,
-                   verify_assets=tuple(verify_assets))
+                   verify_assets=tuple(verify_assets), renew=renew)
 
     def claim(self, stage: str, *, owner: str | None = None, lease_seconds: float | None = None,
               show: str | None = None, reraise: bool = True) -> Run | None:
@@ -122,7 +122,7 @@ class Runs:
             if picked is None:
                 return None
             run = Run(self, picked[0], picked[1], stage, owner=owner, lease_seconds=seconds, reraise=reraise,
-                      run_id=run_id)
+                      run_id=run_id, renew=True)
             try:
                 run.begin(claimed=True)
             except (NotReadyError, InvalidTransitionError, ApprovalRequiredError, CorruptFileError,
@@ -274,8 +274,10 @@ class Run:
     """
 
     def __init__(self, runs: Runs, show: str, ep: str, stage: str, *, owner: str, lease_seconds: float,
-                 reraise: bool, verify_assets: tuple[str, ...] = (), run_id: str | None = None) -> None:
+                 reraise: bool, verify_assets: tuple[str, ...] = (), run_id: str | None = None,
+                 renew: bool = False) -> None:
         self.runs = runs
+        self.renew_in_background = renew
         self.show_id = show
         self.episode_id = ep
         self.stage = stage
@@ -398,8 +400,7 @@ class Run:
         with self.fenced():
             episode = self.runs.checkpoints.save(self.show_id, self.episode_id, self.stage, data, extra=extra,
                                                  event_extra={"run_id": self.run_id, "cost": value})
-        self.episode = episode
-        return episode
+        return self._written(episode)
 
     def add_asset(self, source: Any, kind: str = "audio", name: str | None = None, *,
                   media_type: str | None = None, label: str | None = None) -> Episode:
@@ -412,8 +413,7 @@ class Run:
             episode = self.runs.assets.add(self.show_id, self.episode_id, source, kind, name,
                                            media_type=media_type, label=label, extra=extra,
                                            event_extra={"run_id": self.run_id})
-        self.episode = episode
-        return episode
+        return self._written(episode)
 
     def asset(self, name: str, *, verify: bool = True) -> str:
         """The path of asset ``name``, hashed first unless ``verify=False``
@@ -471,21 +471,37 @@ class Run:
     def _write(self, change: Change) -> Episode:
         with self.fenced():
             episode = self.runs.writer.write(self.show_id, self.episode_id, change)
-        self.episode = episode
-        return episode
+        return self._written(episode)
 
     # --- the lease row (index.leases) ---------------------------------------------------
 
-    def renew(self) -> bool:
+    def renew(self, at: datetime | None = None) -> bool:
         """Extend this run's live lease in the index (no file write, no
-        event); False if it is not this run's any more."""
+        event) to ``lease_seconds`` after ``at`` (now; the database's time on
+        a server); False if it is not this run's any more."""
         writer = self.runs.writer
         return writer.index.leases.renew(self.show_id, self.episode_id, self.run_id, self.lease_seconds,
-                                         writer.clock(), owner=self.owner, stage=self.stage)
+                                         at or writer.clock(), owner=self.owner, stage=self.stage)
+
+    def _written(self, episode: Episode) -> Episode:
+        """After a write of this run: the lease row renewed from the time the
+        write renewed the file's lease (on SQLite they then expire together;
+        renewed only after the commit, so the row never outlives the file's
+        lease of a worker killed mid-write)."""
+        self.episode = episode
+        lease = episode.lease
+        if lease is not None and lease.run_id == self.run_id:
+            try:
+                self.renew(lease.expires_at - timedelta(seconds=self.lease_seconds))
+            except StatekitError as exc:
+                log.warning("statekit: could not renew the lease row of run %s (%s)", self.run_id, exc.one_line())
+        return episode
 
     def _fence(self) -> None:
-        """Right before a write of this run commits: its lease is still live (and renewed)."""
-        if self._begun and not self.renew():
+        """Right before a write of this run commits: its lease is still live."""
+        writer = self.runs.writer
+        if self._begun and not writer.index.leases.holds(self.show_id, self.episode_id, self.run_id,
+                                                         writer.clock()):
             version = self.episode.version if self.episode is not None else 0
             raise LeaseExpiredError(
                 f"run {self.run_id} of {self.show_id}/{self.episode_id} {self.stage!r} lost its lease before its "
@@ -528,7 +544,8 @@ class Run:
             raise
         self._begun = True
         self._started_at = writer.clock()
-        self._renewer = Renewer(self)
+        if self.renew_in_background:
+            self._renewer = Renewer(self)
 
     def attached(self, episode: Episode) -> None:
         """This handle acts for a run already begun elsewhere (``Runs.attach``):

@@ -402,7 +402,7 @@ class Store:
 
     def run(self, show: str, ep: str, stage: str, *, owner: str | None = None,
             lease_seconds: float | None = None, reraise: bool = True,
-            verify_assets: tuple[str, ...] | list[str] = ()) -> Run:
+            verify_assets: tuple[str, ...] | list[str] = (), renew: bool = False) -> Run:
         """A leased run of ``stage``, as a context manager::
 
             with store.run("oliver", "ep001", "downloading") as run:
@@ -438,9 +438,13 @@ class Store:
         ``InvalidTransitionError`` (or ``ApprovalRequiredError`` at an
         unapproved gate). A run whose lease expired cannot write:
         ``LeaseExpiredError``.
+
+        ``renew``: renew the lease in the background (in the index, every
+        third of its length; no file write), as a claimed run does (see
+        ``claim``); by default each of the run's writes renews it.
         """
         return self.runs.run(show, ep, stage, owner=owner, lease_seconds=lease_seconds, reraise=reraise,
-                             verify_assets=verify_assets)
+                             verify_assets=verify_assets, renew=renew)
 
     def claim(self, stage: str, *, owner: str | None = None, lease_seconds: float | None = None,
               show: str | None = None, reraise: bool = True) -> Run | None:

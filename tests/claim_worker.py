@@ -3,6 +3,7 @@ none is ready, appending "SHOW/EP PID RUN_ID" to OUT for each run it finishes.
 
     python -m tests.claim_worker ROOT STAGE OUT [SLEEP_S [LEASE_S [STARTED]]]
 
+CLAIM_WORKER_IDLE: how many looks (0.05 s apart) find nothing before it stops (3).
 STARTED, if given, gets "SHOW/EP HOST PID" as each run starts (before its work).
 
 The index comes from statekit.yaml or STATEKIT_INDEX_URL, as for any worker.
@@ -28,7 +29,7 @@ def main() -> None:
         run = store.claim(stage, owner=f"{os.uname().nodename}:{os.getpid()}", lease_seconds=lease)
         if run is None:
             idle += 1
-            if idle > 3:  # nothing ready, several times running: done
+            if idle > int(os.environ.get("CLAIM_WORKER_IDLE", "3")):  # nothing ready, several looks running: done
                 return
             time.sleep(0.05)
             continue

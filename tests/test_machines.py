@@ -56,7 +56,7 @@ def machine(name: str, skew: str, store: Store, url: str, out: Path, *, pause: f
     argv = ["unshare", "--uts", "--mount", "--fork", "--kill-child", "sh", "-c", script, "sh",
             sys.executable, "-m", "tests.claim_worker", store.root, "downloading", str(out), str(pause), str(lease),
             str(started)]
-    env = dict(os.environ, PYTHONPATH=str(REPO), STATEKIT_INDEX_URL=url)
+    env = dict(os.environ, PYTHONPATH=str(REPO), STATEKIT_INDEX_URL=url, CLAIM_WORKER_IDLE="200")  # 10 s
     return subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True)
 
 

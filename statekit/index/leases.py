@@ -153,6 +153,12 @@ class LeaseTable:
         except SQLAlchemyError as exc:
             raise self._failed("renew a lease", exc) from exc
 
+    def holds(self, show: str, ep: str, run_id: str, local: datetime) -> bool:
+        """True unless another run's row, or an expired one, says ``run_id``
+        lost the episode (no row: the file's lease, already checked, decides)."""
+        holder, _ = self.holder(show, ep, local)
+        return holder is None or (holder.run_id == run_id and holder.alive)
+
     def release(self, show: str, ep: str, run_id: str) -> None:
         """Delete ``run_id``'s row of the episode (another run's is left alone)."""
         try:
