@@ -251,6 +251,27 @@ class CacheConfig(BaseModel):
     default_expiry_days: Annotated[Number, Field(gt=0)] = 30.0
 
 
+class IndexConfig(BaseModel):
+    """``index:`` in ``statekit.yaml``: the index on a database server (SQLite
+    under ``.statekit/`` when absent). ``url`` may name environment variables
+    as ``${VAR}`` (so no password sits in the file); ``STATEKIT_INDEX_URL``
+    overrides it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class WorkerConfig(BaseModel):
+    """``worker:`` in ``statekit.yaml``: how ``statekit worker`` classifies a
+    command's exit code (``exit_codes: {"75": transient_network, "3": user_input_invalid}``;
+    YAML keys are quoted)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exit_codes: dict[int, str] = Field(default_factory=dict)
+
+
 class GCSConfig(BaseModel):
     """``gcs:`` in ``statekit.yaml``: where uploads go."""
 
@@ -433,6 +454,9 @@ class StoreConfig(BaseModel):
     gcs: GCSConfig | None = None
     alerts: AlertsConfig | None = None
     events: EventsConfig | None = None
+    index: IndexConfig | None = None
+    """A server index (PostgreSQL); the embedded SQLite index when None."""
+    worker: WorkerConfig | None = None
     unique: Annotated[list[str], AfterValidator(_unique_keys)] = Field(default_factory=list)
     """Metadata keys whose values no two episodes may share (``statekit.unique``)."""
     pipeline: Pipeline

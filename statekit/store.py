@@ -22,11 +22,14 @@ from .assets import Assets
 from .backups import Backup, Backups
 from .checkpoints import Checkpoints
 from .config import CONFIG_FILE, pipeline_from, read_config, refuse_nesting, write_new_store
+from .config import index_url as find_index_url
 from .episodes import UNSET, Episodes
-from .errors import StoreExistsError
+from .errors import StoreExistsError, ValidationError
 from .files import DISK, Disk, storage_error
 from .folders import Folders
 from .locks import Locks
+from .models import IndexConfig
+from .serverlocks import ServerLocks
 from .migrate import ImportReport, Migration, MigrationReport
 from .models import Episode, Event, Show, StoreConfig, UploadRecord, utcnow
 from .objects import ObjectsReport, Removed
@@ -49,10 +52,10 @@ __all__ = ["CONFIG_FILE", "Backup", "ImportReport", "MigrationReport", "RecoverR
            "Store"]
 
 
-def _open_index(writer: Writer) -> Index:
+def _open_index(url: str | None, writer: Writer) -> Index:
     from .index.connect import open_index
 
-    return open_index(writer)
+    return open_index(writer, url)
 
 
 class Store:
@@ -63,8 +66,12 @@ class Store:
                  clock: Callable[[], datetime] | None = None) -> None:
         self.root = root
         folders = Folders(root, disk)  # every folder below is reached from the root's fd, never through a symlink
-        self.writer = Writer(config, folders, Locks(folders, config.lock_timeout), Backups(folders, config.backups),
-                             clock or utcnow, _open_index)
+        self.index_url = find_index_url(config)
+        """The server index's URL (``index: {url}``, ``STATEKIT_INDEX_URL``); None: SQLite."""
+        locks = Locks(folders, config.lock_timeout) if self.index_url is None else \
+            ServerLocks(self.index_url, config.lock_timeout)
+        self.writer = Writer(config, folders, locks, Backups(folders, config.backups),
+                             clock or utcnow, partial(_open_index, self.index_url))
         self.show_files = Shows(self.writer)
         self.episodes = Episodes(self.writer, self.show_files)
         self.checkpoints = Checkpoints(self.writer)
@@ -144,6 +151,7 @@ class Store:
         lock_timeout: float = 5.0,
         backups: int = 3,
         unique: Sequence[str] = (),
+        index_url: str | None = None,
         disk: Disk = DISK,
         clock: Callable[[], datetime] | None = None,
     ) -> Store:
@@ -154,14 +162,21 @@ class Store:
         metadata keys whose values no two episodes may share (see ``create``).
         Stores do not nest: ``StoreExistsError`` if ``root`` is inside a store,
         or holds one below it (see ``config.NEST_SCAN_DIRS`` for how far down is looked).
+        ``index_url``: keep the index on a PostgreSQL server
+        (``postgresql+psycopg://user@host/db``; ``${VAR}`` is expanded from the
+        environment when the store opens, so a password need not be written).
         """
         graph = pipeline_from(pipeline)
+        if index_url is not None and not isinstance(index_url, str):
+            raise ValidationError(f"index_url must be text, got {type(index_url).__name__}")
         try:
             config = StoreConfig(format=format, lock_timeout=lock_timeout, backups=backups,
                                  unique=unique,  # type: ignore[arg-type]  # pydantic refuses a str, never splits it
+                                 index=IndexConfig(url=index_url) if index_url is not None else None,
                                  pipeline=graph)
         except PydanticValidationError as exc:
             raise invalid(exc, None, None, "store") from None
+        find_index_url(config)  # refused now (a bad url, an unset ${VAR}), before anything is made
         top = os.path.abspath(os.fspath(root))
         if os.path.lexists(os.path.join(top, CONFIG_FILE)):
             raise StoreExistsError(f"a statekit store already exists at {top}")
@@ -411,7 +426,7 @@ class Store:
 
     def run(self, show: str, ep: str, stage: str, *, owner: str | None = None,
             lease_seconds: float | None = None, reraise: bool = True,
-            verify_assets: tuple[str, ...] | list[str] = ()) -> Run:
+            verify_assets: tuple[str, ...] | list[str] = (), renew: bool = False) -> Run:
         """A leased run of ``stage``, as a context manager::
 
             with store.run("oliver", "ep001", "downloading") as run:
@@ -447,9 +462,37 @@ class Store:
         ``InvalidTransitionError`` (or ``ApprovalRequiredError`` at an
         unapproved gate). A run whose lease expired cannot write:
         ``LeaseExpiredError``.
+
+        ``renew``: renew the lease in the background (in the index, every
+        third of its length; no file write), as a claimed run does (see
+        ``claim``); by default each of the run's writes renews it.
         """
         return self.runs.run(show, ep, stage, owner=owner, lease_seconds=lease_seconds, reraise=reraise,
-                             verify_assets=verify_assets)
+                             verify_assets=verify_assets, renew=renew)
+
+    def claim(self, stage: str, *, owner: str | None = None, lease_seconds: float | None = None,
+              show: str | None = None, reraise: bool = True) -> Run | None:
+        """Pick the longest-waiting episode ready for ``stage`` and lease it in
+        one step, then write the run's start to it (one ``start`` event); the
+        ``Run`` (use it as ``with run: ...``, as ``store.run`` returns it),
+        or None when nothing is ready.
+
+        Two live claimers, in any processes on any machines sharing the
+        index, never get the same episode, and none is lost to a race:
+        ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, one write transaction on
+        SQLite. The lease lives in the index and is renewed in the
+        background (no file write per renewal), judged by the database's
+        clock; ``lease_seconds`` defaults to the pipeline's, at most
+        ``runs.CLAIM_LEASE_S`` (20 s), so a killed worker's episode is
+        claimable again within that. ``show``: claim only in this show."""
+        return self.runs.claim(stage, owner=owner, lease_seconds=lease_seconds, show=show, reraise=reraise)
+
+    def attach_run(self, show: str, ep: str, stage: str, run_id: str) -> Run:
+        """The ``Run`` another process holds on the episode (``statekit
+        worker``'s command finds its id in ``STATEKIT_RUN_ID``), to call
+        ``checkpoint``, ``cost`` and ``add_asset`` under its lease; do not
+        enter it (the worker ends the run)."""
+        return self.runs.attach(show, ep, stage, run_id)
 
     def recover(self, *, sync: bool = True) -> RecoverReport:
         """Bring back episodes whose worker died: each one whose lease has

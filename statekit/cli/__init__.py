@@ -7,6 +7,7 @@ group lives in its own module:
 - ``episodes``: create, advance, approve, show, list, next, delete
 - ``assets``: asset add|list|upload|verify
 - ``runs``: recover, retry, errors
+- ``worker``: worker, and checkpoint, cost (inside a worker's command)
 - ``backups``: restore, repair, gc
 - ``index``: rebuild-index, sync, verify, sql, db upgrade
 - ``maintenance``: init, migrate, import
@@ -23,7 +24,7 @@ import sys
 import click
 
 from .. import __version__
-from . import assets, backups, cache, demo, episodes, index, maintenance, report, runs
+from . import assets, backups, cache, demo, episodes, index, maintenance, report, runs, worker
 from ..signals.logs import chosen, json_formatter
 from . import signals
 from .app import Context, Group, parse_age, quiet_logs
@@ -53,6 +54,7 @@ def main(ctx: click.Context, root: str | None, debug: bool, log_format: str | No
 
 
 for command in (*maintenance.COMMANDS, *episodes.COMMANDS, *index.COMMANDS, *report.COMMANDS, *runs.COMMANDS,
-                *backups.COMMANDS, *assets.COMMANDS, *demo.COMMANDS, *cache.COMMANDS, *signals.COMMANDS):
+                *backups.COMMANDS, *assets.COMMANDS, *demo.COMMANDS, *cache.COMMANDS, *signals.COMMANDS,
+                *worker.COMMANDS):
     main.add_command(command)
 del command

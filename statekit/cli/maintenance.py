@@ -18,10 +18,13 @@ from .app import Context, command, dump_json, err, out, pass_ctx, progress_bar
               help="Episode file format.")
 @click.option("--unique", multiple=True, metavar="KEY",
               help="A metadata key whose values no two episodes may share (repeatable).")
-def init(directory: str, pipeline: str, fmt: str, unique: tuple[str, ...]) -> None:
+@click.option("--index-url", metavar="URL",
+              help="Keep the index on PostgreSQL (postgresql+psycopg://user@host/db; ${VAR} is expanded "
+                   "from the environment when the store opens).")
+def init(directory: str, pipeline: str, fmt: str, unique: tuple[str, ...], index_url: str | None) -> None:
     """Create a store in DIR (default: here). Stores do not nest: DIR may not be
     inside a store, nor hold one below it."""
-    store = Store.init(directory, pipeline=pipeline, format=fmt, unique=list(unique))
+    store = Store.init(directory, pipeline=pipeline, format=fmt, unique=list(unique), index_url=index_url)
     keys = f", unique {', '.join(unique)}" if unique else ""
     out.print(f"created store {store.root} (pipeline {store.pipeline.name}, format {fmt}{keys})", markup=False)
 

@@ -36,6 +36,7 @@ from .dialect import (
     run_query,
     upsert,
 )
+from .leases import LeaseTable
 from .rows import claim_rows, json_doc, json_text, totals_delta
 from .tables import (
     episodes,
@@ -117,6 +118,8 @@ class Index:
             engine,
         )
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        self.leases = LeaseTable(engine)
+        """The live leases of stage runs (coordination state, ``index.leases``)."""
         self._local = threading.local()
         self._connections: list[Any] = []
         self._connections_lock = threading.Lock()
@@ -333,13 +336,16 @@ class Index:
         return self._docs(stmt)
 
     def expired_leases(self, now: datetime) -> list[tuple[str, str]]:
-        """Episodes whose run's lease ran out by ``now``: their worker stopped."""
+        """Episodes whose run's lease ran out by ``now``: their worker stopped
+        (candidates: ``Recovery.recover_one`` judges each under its lock)."""
         at = now.astimezone(timezone.utc)
         stmt = (select(episodes.c.show_id, episodes.c.episode_id)
                 .where(episodes.c.lease_expires_at <= at)
                 .order_by(episodes.c.lease_expires_at, episodes.c.show_id, episodes.c.episode_id))
         with self.reading() as conn:
-            return [(s, e) for s, e in conn.execute(stmt)]
+            found = [(s, e) for s, e in conn.execute(stmt)]
+        seen = set(found)  # and those whose lease row ran out (their file may say later, by another clock)
+        return found + [key for key in self.leases.expired(now) if key not in seen]
 
     def costs(self, by: str, show: str | None = None) -> dict[str, float]:
         """Total cost per stage or per show (from the maintained totals)."""

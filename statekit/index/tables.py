@@ -195,12 +195,29 @@ index_meta = Table(
     Column("value", Text, nullable=False),
 )
 
+# revision 0006: live leases of stage runs, coordination state rather than a
+# mirror of the files. A run takes its row before it writes its start to the
+# episode file, renews it in the background (no file write), and deletes it
+# when it ends; ``expires_at`` is judged by the database's clock. A rebuild
+# starts it empty: a run then counts from the lease its file records.
+leases = Table(
+    "leases",
+    metadata,
+    Column("show_id", Id, primary_key=True),
+    Column("episode_id", Id, primary_key=True),
+    Column("run_id", String(64), nullable=False),
+    Column("owner", Text, nullable=False),
+    Column("stage", Id, nullable=False),
+    Column("lease_seconds", Float, nullable=False),
+    Column("expires_at", UTCTime, nullable=False),
+)
+
 STAGE_COUNTS_VIEW = (
     "CREATE VIEW stage_counts AS "
     "SELECT show_id, stage, episodes AS n FROM stage_totals WHERE episodes > 0"
 )
 
-INDEX_REVISION = "0005"
+INDEX_REVISION = "0006"
 """The Alembic head revision this code writes; a test keeps it equal to the
 head in migrations/versions (checked on every open without loading Alembic)."""
 
