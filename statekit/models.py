@@ -30,7 +30,10 @@ EPISODE_SCHEMA = 3
 """1: the first statekit schema; 2: adds ``lease``, ``due_at``, ``hold`` and
 ``stage_done`` (leased stage runs and failure handling); 3: adds ``assets``
 and ``uploads`` (content-addressed media and where it was uploaded)."""
-SHOW_SCHEMA = 1
+SHOW_SCHEMA = 2
+"""1: ``episodes`` lists every episode, in order (each create rewrote it);
+2: ``order`` lists only the episodes a person ordered by hand, the rest
+follow them in creation order (``created_at``, then id)."""
 STORE_SCHEMA = 4
 """2: the pipeline gained ``runs``, ``failure_stage``, ``give_up_stage``,
 ``retry`` and ``error_rules``, and the store ``backups``; 3: ``cache`` and
@@ -361,7 +364,12 @@ class Event(BaseModel):
 
 
 class Show(BaseModel):
-    """A show's blueprint: title, metadata and its ordered episode ids."""
+    """A show's blueprint: title, metadata and its ordered episode ids.
+
+    ``order``: the episodes a person put in order by hand (show.yaml's
+    ``order``; a schema-1 file's ``episodes``); they come first. ``episodes``:
+    every episode of the show in order (the hand-set ones, then the rest by
+    ``created_at``, then id), as ``Store.get_show`` answers; not in the file."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -371,7 +379,14 @@ class Show(BaseModel):
     created_at: AwareDatetime
     updated_at: AwareDatetime
     metadata: FreeJson = Field(default_factory=dict)
+    order: list[Id] = Field(default_factory=list)
     episodes: list[Id] = Field(default_factory=list)
+
+    def file_data(self) -> dict[str, Any]:
+        """What show.yaml holds, in the form of its ``schema_version``."""
+        data = self.model_dump(mode="json", exclude={"episodes", "order"})
+        data["episodes" if self.schema_version < 2 else "order"] = list(dict.fromkeys(self.order))
+        return data
 
 
 UNIQUE_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")

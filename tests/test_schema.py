@@ -47,7 +47,10 @@ def test_import_brings_schema_0_files_in_and_loses_nothing(store: Store) -> None
     assert "legacy_episode_id" not in published.metadata  # the id was valid as it was
     assert published.attempts == {"downloading": 1, "converting": 1, "uploading": 1}
     assert [e.kind for e in store.events("hooting-yard", "hy0_hooting_yard_2004-04-28")] == ["import"]
-    assert store.get_show("hooting-yard").episodes == [r["episode"].split("/")[1] for r in report.imported]
+    # the show's order is creation order: the files' own created_at, then id
+    imported = [store.get("hooting-yard", r["episode"].split("/")[1]) for r in report.imported]
+    assert store.get_show("hooting-yard").episodes == [
+        e.episode_id for e in sorted(imported, key=lambda e: (e.created_at, e.episode_id))]
 
 
 def test_legacy_ids_that_are_not_valid_ids_are_normalised(store: Store, tmp_path: Path) -> None:

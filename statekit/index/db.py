@@ -36,7 +36,7 @@ from .dialect import (
     run_query,
     upsert,
 )
-from .rows import claim_rows, json_doc, json_text, totals_delta
+from .rows import UNLISTED, claim_rows, json_doc, json_text, positions_of, totals_delta
 from .tables import (
     episodes,
     events,
@@ -67,6 +67,10 @@ SQL_HINTS = {
 
 
 
+SHOW_ORDER = (episodes.c.show_id, episodes.c.position, episodes.c.created_at, episodes.c.episode_id)
+"""Episodes in show order: the hand-set ones, then the rest by creation."""
+
+
 def engine_for(url: str | URL, *, busy_timeout: float = 5.0, scratch: bool = False, **options: Any) -> Engine:
     return make_engine(url, busy_timeout=busy_timeout, scratch=scratch, json_serializer=json_text,
                        json_deserializer=orjson.loads, **options)
@@ -95,8 +99,9 @@ class Index:
             .values({c.name: bindparam("v_" + c.name) for c in replaced}),
             engine,
         )
-        self._last_position = Compiled(
-            select(func.max(episodes.c.position)).where(episodes.c.show_id == bindparam("s")), engine)
+        self._unlist_all = Compiled(
+            episodes.update().where(and_(episodes.c.show_id == bindparam("s"), episodes.c.position != UNLISTED))
+            .values(position=UNLISTED), engine)
         self._set_position = Compiled(episodes.update().where(by_key).values(position=bindparam("p")), engine)
         self._delete_episode = Compiled(delete(episodes).where(by_key), engine)
         self._delete_events = Compiled(
@@ -220,11 +225,10 @@ class Index:
                          (row["stage"], row["costs"]))
             values = dict(row, data=json_text(row["data"]), costs=json_text(row["costs"]))
             if row["position"] is None:
-                if old is None:  # a new episode goes last in its show
-                    last = run(self._last_position, {"s": row["show_id"]}).fetchone()[0]
-                    values["position"] = 0 if last is None else last + 1
-                else:  # kept as it is by the upsert; SQLite checks NOT NULL before the conflict
-                    values["position"] = 0
+                # a new episode follows the hand-set ones by creation (its show's order puts it in
+                # place with ``positions`` if it is listed); an existing one keeps its position
+                # through the upsert (SQLite checks NOT NULL before the conflict)
+                values["position"] = UNLISTED if old is None else 0
             run(self._put_episode, values)
         for show, ep in removed:
             old = run(self._old_state, {"s": show, "e": ep}).fetchone()
@@ -244,7 +248,8 @@ class Index:
                 run(self._add_totals, {"show_id": show, "stage": stage, "episodes": int(n), "cost": cost})
         if positions is not None:
             show, ordered = positions
-            for i, ep in enumerate(ordered):
+            run(self._unlist_all, {"s": show})
+            for ep, i in positions_of(ordered).items():
                 run(self._set_position, {"s": show, "e": ep, "p": i})
 
     def unique_current(self) -> bool:
@@ -289,7 +294,8 @@ class Index:
         self.write(removed_shows=[show])
 
     def set_positions(self, show: str, ordered: list[str]) -> None:
-        """Put a show's episodes in ``ordered`` order (show.yaml's)."""
+        """Put the episodes a show orders by hand (show.yaml's ``order``) first,
+        in that order; the rest follow by creation."""
         self.write(positions=(show, ordered))
 
     # --- reading --------------------------------------------------------------------
@@ -300,12 +306,18 @@ class Index:
 
     def episode_data(self, show: str | None = None, stage: str | None = None) -> list[dict[str, Any]]:
         """File data of episodes, in show order."""
-        stmt = select(episodes.c.data).order_by(episodes.c.show_id, episodes.c.position, episodes.c.episode_id)
+        stmt = select(episodes.c.data).order_by(*SHOW_ORDER)
         if show is not None:
             stmt = stmt.where(episodes.c.show_id == show)
         if stage is not None:
             stmt = stmt.where(episodes.c.stage == stage)
         return self._docs(stmt)
+
+    def created(self, show: str) -> dict[str, str]:
+        """``created_at`` of each indexed episode of ``show`` (UTC text that sorts as time)."""
+        stmt = select(episodes.c.episode_id, episodes.c.created_at).where(episodes.c.show_id == show)
+        with self.reading() as conn:
+            return {ep: iso(at) for ep, at in conn.execute(stmt)}
 
     def counts(self, show: str | None = None) -> dict[str, int]:
         stmt = select(stage_totals.c.stage, func.sum(stage_totals.c.episodes)).group_by(stage_totals.c.stage)

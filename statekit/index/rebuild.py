@@ -21,7 +21,6 @@ from ..errors import (
     UnsafePathError,
     ValidationError,
 )
-from ..shows import reconcile
 from .db import Index, create_schema, engine_for
 from .dialect import (
     WRITE,
@@ -31,7 +30,7 @@ from .dialect import (
     replace_database,
     sqlite_url,
 )
-from .rows import claim_rows, json_text, totals_delta
+from .rows import UNLISTED, claim_rows, json_text, totals_delta
 from .scan import REBUILD_BATCH, RebuildReport, dirs, problem, rows_for, show_order, show_record, walk
 from .tables import (
     INDEX_REVISION,
@@ -126,9 +125,6 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
     show_rows = []
     claims: list[dict[str, Any]] = []
     order: dict[str, dict[str, int]] = {}
-    on_disk: dict[str, list[str]] = defaultdict(list)
-    for show, ep, _path, _st in found:
-        on_disk[show].append(ep)
     for show in dirs(os.path.join(writer.root, "shows")):  # every show, with or without episodes
         try:
             listed, data, raw = show_order(writer, show)
@@ -138,9 +134,7 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
             error = exc if isinstance(exc, StatekitError) else ValidationError(str(exc))
             report.problems.append(problem(error, os.path.join(writer.root, "shows", show, "show.yaml"), None))
             show_rows.append(show_record(writer, show, None, None))
-        # the order sync would give: listed episodes first, then the others by id
-        ids = reconcile(list(listed), sorted(on_disk.get(show, [])))
-        order[show] = {ep: i for i, ep in enumerate(ids)}
+        order[show] = listed  # the hand-set order's positions (the rest are UNLISTED)
     for done, (show, ep, path, st) in enumerate(found, 1):
         try:  # one damaged episode (or a fifo, a symlink where its file should be) is reported, not fatal
             raw = diskio.read_file(path)
@@ -150,8 +144,7 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
         except (CorruptFileError, ValidationError, SchemaVersionError, UnsafePathError, StorageError) as exc:
             report.problems.append(problem(exc, path, f"{show}/{ep}"))
             continue
-        positions = order.get(show, {})
-        row["position"] = positions.get(ep, len(positions))
+        row["position"] = order.get(show, {}).get(ep, UNLISTED)
         rows.append(row)
         event_rows.extend(lines)
         claims.extend(claim_rows(writer.config.unique, show, ep, row["data"]))
