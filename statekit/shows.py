@@ -26,7 +26,7 @@ from .errors import InvalidIdError, ShowNotFoundError, StatekitError, StorageErr
 from .ids import check_id
 from .index.rows import iso, show_row
 from .layout import show_file
-from .models import Show
+from .models import SHOW_SCHEMA, Show
 from .parsing import invalid, parse_show, sha256
 from .writes import Writer
 
@@ -46,6 +46,23 @@ def reconcile(listed: list[str], on_disk: list[str], created: Mapping[str, str] 
     else:
         rest.sort()
     return ids + rest
+
+
+def hand_order(listed: list[str], on_disk: list[str], created: Mapping[str, str]) -> list[str]:
+    """What a schema-1 show.yaml's full list (``listed``) keeps as its hand-set
+    order in schema 2: the shortest head of it after which the order (the
+    rest of the list, then the unlisted episodes by id, as schema 1 read
+    it) is creation order, so that the show's order does not change. A show
+    whose episodes were all created by statekit one after another keeps none."""
+    present = set(on_disk)
+    listed = [i for i in dict.fromkeys(listed) if i in present]
+    known = set(listed)
+    was = listed + sorted(i for i in on_disk if i not in known)
+    start = len(was)
+    while start > 0 and (start == len(was) or (created.get(was[start - 1], "~"), was[start - 1])
+                         < (created.get(was[start], "~"), was[start])):
+        start -= 1
+    return listed[:start]
 
 
 class Shows:
@@ -176,6 +193,48 @@ class Shows:
                                                                 dir_fd=folder))
         return model
 
+    def schema(self, show: str) -> int | None:
+        """The ``schema_version`` of the show's show.yaml (None without one)."""
+        _, model = self.read(show)
+        return None if model is None else model.schema_version
+
+    def upgrade(self, show: str, backup: Callable[[str, bytes], None]) -> bool:
+        """Rewrite a schema-1 show.yaml at the current schema, its full list
+        cut to the hand-set head (``hand_order``: the show's order stays the
+        same); ``backup(path, raw)`` keeps the old bytes first. Comments stay."""
+        writer = self.writer
+        with writer.locks.show(show):
+            parsed, current = self.read(show)
+            if parsed is None or current is None or current.schema_version >= SHOW_SCHEMA:
+                return False
+            on_disk = self.episode_ids_on_disk(show)
+            created = self.created(show, on_disk)
+            order = hand_order(current.order, on_disk, created)
+            path = show_file(self.root, show)
+            backup(path, parsed.raw)
+            new = current.model_copy(update={"schema_version": SHOW_SCHEMA, "order": order,
+                                             "updated_at": writer.clock()})
+            stored = YAML_CODEC.dump(new.file_data(), parsed)
+            with writer.folders.open(("shows", show)) as folder:
+                st = diskio.atomic_write(writer.disk, path, stored.raw, dir_fd=folder)
+            stored.model = new
+            writer.remember(path, stored)
+            self.index_show(new, stored.raw, st)
+            writer.index_quietly(f"the order of show {show}", positions=(show, order))
+            return True
+
+    def created(self, show: str, on_disk: list[str]) -> dict[str, str]:
+        """``created_at`` (UTC text) of the show's episodes: as the index holds
+        it, or the file says for one the index does not know yet."""
+        created = self.writer.index.created(show)
+        for ep in on_disk:
+            if ep not in created:
+                try:
+                    created[ep] = iso(self.writer.load(show, ep)[1].model.created_at)
+                except StatekitError:
+                    continue  # a damaged file: last, by id
+        return created
+
     def get(self, show: str) -> Show:
         """The show, its ``episodes`` every episode on disk in order: the
         hand-set ones, then the rest by creation (``created_at`` as the index
@@ -188,14 +247,7 @@ class Shows:
         if model is None:
             now = self.writer.clock()
             model = Show(show_id=show, title=show, created_at=now, updated_at=now)
-        created = self.writer.index.created(show)
-        for ep in on_disk:
-            if ep not in created:
-                try:
-                    created[ep] = iso(self.writer.load(show, ep)[1].model.created_at)
-                except StatekitError:
-                    continue  # a damaged file: last, by id
-        return model.model_copy(update={"episodes": reconcile(model.order, on_disk, created)})
+        return model.model_copy(update={"episodes": reconcile(model.order, on_disk, self.created(show, on_disk))})
 
     def known(self, show: str | None) -> None:
         """``ShowNotFoundError`` unless ``show`` is None or a show of the store."""
