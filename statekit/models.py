@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
+    ValidationInfo,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -41,7 +42,19 @@ STORE_SCHEMA = 4
 CHECKPOINT_SCHEMA = 1
 EVENT_SCHEMA = 1
 
-Id = Annotated[str, AfterValidator(check_id)]
+TRUSTED: dict[str, Any] = {"trusted": True}
+"""Validation context for data statekit derived itself from a checked model
+(the index's copy of a file, ``Episode.model_validate(data, context=TRUSTED)``):
+the checks in Python that such data always passes (the id rule, UTF-8 text,
+plain JSON, ``cost_total`` against ``costs``) are skipped; types, strict
+numbers, times and nested models are still checked by pydantic's core."""
+
+
+def _id(value: str, info: ValidationInfo) -> str:
+    return value if info.context is TRUSTED else check_id(value)
+
+
+Id = Annotated[str, AfterValidator(_id)]
 
 # Strict numbers: a hand-edited ``version: true`` is a mistake, not version 1
 # (YAML and JSON booleans are ints to Python, and pydantic's lax mode takes them).
@@ -65,7 +78,9 @@ def not_utf8(text: str) -> str | None:
     return None
 
 
-def _utf8(value: str) -> str:
+def _utf8(value: str, info: ValidationInfo) -> str:
+    if info.context is TRUSTED:
+        return value
     reason = not_utf8(value)
     if reason is not None:
         raise ValueError(reason)
@@ -129,7 +144,11 @@ def _plain_json(value: Any, where: str = "value", depth: int = 0) -> Any:
     return value
 
 
-FreeJson = Annotated[dict[str, JsonValue], AfterValidator(lambda v: _plain_json(v, "metadata"))]
+def _metadata(value: Any, info: ValidationInfo) -> Any:
+    return value if info.context is TRUSTED else _plain_json(value, "metadata")
+
+
+FreeJson = Annotated[dict[str, JsonValue], AfterValidator(_metadata)]
 
 
 def utcnow() -> datetime:
@@ -305,16 +324,18 @@ class Episode(BaseModel):
     """Why the episode waits for a person (``statekit retry`` releases it)."""
     stage_done: bool = False
     """The current stage's work is finished; it waits to move on (e.g. for an approval)."""
-    assets: dict[Annotated[str, AfterValidator(check_id)], AssetRecord] = Field(default_factory=dict)
+    assets: dict[Annotated[str, AfterValidator(_id)], AssetRecord] = Field(default_factory=dict)
     """Name -> the media file (``Store.add_asset``); names follow the id rule."""
-    uploads: dict[Annotated[str, AfterValidator(check_id)], UploadRecord] = Field(default_factory=dict)
+    uploads: dict[Annotated[str, AfterValidator(_id)], UploadRecord] = Field(default_factory=dict)
     """Asset name -> the object it was uploaded to."""
 
     @model_validator(mode="before")
     @classmethod
-    def _derive_cost_total(cls, data: Any) -> Any:
+    def _derive_cost_total(cls, data: Any, info: ValidationInfo) -> Any:
         # cost_total is derived from costs; a file whose total disagrees was
         # edited inconsistently, and we say so rather than guess which is right.
+        if info.context is TRUSTED:
+            return data
         if isinstance(data, dict) and isinstance(data.get("costs"), dict):
             try:
                 total = cost_sum({k: float(v) for k, v in data["costs"].items()})
