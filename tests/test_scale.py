@@ -82,3 +82,30 @@ def test_queries_of_a_few_rows_read_them_through_an_index_not_the_table(store: S
     for name, text in plans.items():  # a range of an index (all of the partial one: only rows with errors)
         assert text.startswith(("SEARCH episodes USING INDEX", "SCAN episodes USING INDEX episodes_with_errors")), \
             (name, text)
+
+
+def busy_store(store: Store, n: int = 700) -> None:
+    """Enough episodes for several chunks of a pool's work, a damaged one and a hand-set order."""
+    rich(store)
+    for i in range(n):
+        store.create(f"show{i % 3}", f"ep{i:04d}", metadata={"i": i})
+        if i % 5 == 0:
+            store.advance(f"show{i % 3}", f"ep{i:04d}", "downloading", cost=0.01 * i)
+    show_file = Path(store.root, "shows/show1/show.yaml")
+    show_file.write_text(show_file.read_text().replace("order: []", "order: [ep0100, ep0004]"))
+    Path(store.root, "shows/show2/episodes/ep0002/episode.yaml").write_text("version: [broken\n")
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+def test_a_rebuild_in_a_process_pool_gives_the_same_rows_as_one_process(tmp_path: Path, fmt: str) -> None:
+    from statekit.index.rebuild import rebuild
+
+    store = Store.init(tmp_path / "store", format=fmt)
+    busy_store(store)
+    one = rebuild(store.writer, workers=1)
+    alone = index_rows(store)
+    pooled = rebuild(store.writer, workers=2)
+    assert index_rows(store) == alone
+    assert (pooled.episodes, pooled.events, pooled.shows) == (one.episodes, one.events, one.shows)
+    assert pooled.problems == one.problems and [p.episode for p in one.problems] == ["show2/ep0002"]
+    assert [e.episode_id for e in store.list(show="show1")][:2] == ["ep0100", "ep0004"]
