@@ -109,3 +109,17 @@ def test_a_rebuild_in_a_process_pool_gives_the_same_rows_as_one_process(tmp_path
     assert (pooled.episodes, pooled.events, pooled.shows) == (one.episodes, one.events, one.shows)
     assert pooled.problems == one.problems and [p.episode for p in one.problems] == ["show2/ep0002"]
     assert [e.episode_id for e in store.list(show="show1")][:2] == ["ep0100", "ep0004"]
+
+
+def test_verify_in_a_process_pool_reports_what_one_process_reports(store: Store) -> None:
+    from statekit.index.verify import verify
+
+    busy_store(store, 400)
+    Path(store.root, "shows/show0/episodes/ep0003/events.jsonl").write_text("")  # a lost log
+    episode = Path(store.root, "shows/show1/episodes/ep0004/episode.yaml")
+    episode.write_text(episode.read_text().replace("title: ''", "title: edited by hand"))
+    one = verify(store.writer, workers=1)
+    pooled = verify(store.writer, workers=2)
+    assert pooled == one
+    assert {p.episode for p in one.problems} >= {"show2/ep0002", "show0/ep0003", "show1/ep0004"}
+    assert one.checked == 404 and one.assets == 1
