@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     AfterValidator,
+    ValidationInfo,
     AwareDatetime,
     BaseModel,
     ConfigDict,
@@ -30,7 +31,10 @@ EPISODE_SCHEMA = 3
 """1: the first statekit schema; 2: adds ``lease``, ``due_at``, ``hold`` and
 ``stage_done`` (leased stage runs and failure handling); 3: adds ``assets``
 and ``uploads`` (content-addressed media and where it was uploaded)."""
-SHOW_SCHEMA = 1
+SHOW_SCHEMA = 2
+"""1: ``episodes`` lists every episode, in order (each create rewrote it);
+2: ``order`` lists only the episodes a person ordered by hand, the rest
+follow them in creation order (``created_at``, then id)."""
 STORE_SCHEMA = 4
 """2: the pipeline gained ``runs``, ``failure_stage``, ``give_up_stage``,
 ``retry`` and ``error_rules``, and the store ``backups``; 3: ``cache`` and
@@ -38,7 +42,19 @@ STORE_SCHEMA = 4
 CHECKPOINT_SCHEMA = 1
 EVENT_SCHEMA = 1
 
-Id = Annotated[str, AfterValidator(check_id)]
+TRUSTED: dict[str, Any] = {"trusted": True}
+"""Validation context for data statekit derived itself from a checked model
+(the index's copy of a file, ``Episode.model_validate(data, context=TRUSTED)``):
+the checks in Python that such data always passes (the id rule, UTF-8 text,
+plain JSON, ``cost_total`` against ``costs``) are skipped; types, strict
+numbers, times and nested models are still checked by pydantic's core."""
+
+
+def _id(value: str, info: ValidationInfo) -> str:
+    return value if info.context is TRUSTED else check_id(value)
+
+
+Id = Annotated[str, AfterValidator(_id)]
 
 # Strict numbers: a hand-edited ``version: true`` is a mistake, not version 1
 # (YAML and JSON booleans are ints to Python, and pydantic's lax mode takes them).
@@ -62,7 +78,9 @@ def not_utf8(text: str) -> str | None:
     return None
 
 
-def _utf8(value: str) -> str:
+def _utf8(value: str, info: ValidationInfo) -> str:
+    if info.context is TRUSTED:
+        return value
     reason = not_utf8(value)
     if reason is not None:
         raise ValueError(reason)
@@ -133,7 +151,11 @@ def _plain_json(value: Any, where: str = "value", depth: int = 0) -> Any:
     return value
 
 
-FreeJson = Annotated[dict[str, JsonValue], AfterValidator(lambda v: _plain_json(v, "metadata"))]
+def _metadata(value: Any, info: ValidationInfo) -> Any:
+    return value if info.context is TRUSTED else _plain_json(value, "metadata")
+
+
+FreeJson = Annotated[dict[str, JsonValue], AfterValidator(_metadata)]
 
 
 def utcnow() -> datetime:
@@ -330,16 +352,18 @@ class Episode(BaseModel):
     """Why the episode waits for a person (``statekit retry`` releases it)."""
     stage_done: bool = False
     """The current stage's work is finished; it waits to move on (e.g. for an approval)."""
-    assets: dict[Annotated[str, AfterValidator(check_id)], AssetRecord] = Field(default_factory=dict)
+    assets: dict[Annotated[str, AfterValidator(_id)], AssetRecord] = Field(default_factory=dict)
     """Name -> the media file (``Store.add_asset``); names follow the id rule."""
-    uploads: dict[Annotated[str, AfterValidator(check_id)], UploadRecord] = Field(default_factory=dict)
+    uploads: dict[Annotated[str, AfterValidator(_id)], UploadRecord] = Field(default_factory=dict)
     """Asset name -> the object it was uploaded to."""
 
     @model_validator(mode="before")
     @classmethod
-    def _derive_cost_total(cls, data: Any) -> Any:
+    def _derive_cost_total(cls, data: Any, info: ValidationInfo) -> Any:
         # cost_total is derived from costs; a file whose total disagrees was
         # edited inconsistently, and we say so rather than guess which is right.
+        if info.context is TRUSTED:
+            return data
         if isinstance(data, dict) and isinstance(data.get("costs"), dict):
             try:
                 total = cost_sum({k: float(v) for k, v in data["costs"].items()})
@@ -389,7 +413,12 @@ class Event(BaseModel):
 
 
 class Show(BaseModel):
-    """A show's blueprint: title, metadata and its ordered episode ids."""
+    """A show's blueprint: title, metadata and its ordered episode ids.
+
+    ``order``: the episodes a person put in order by hand (show.yaml's
+    ``order``; a schema-1 file's ``episodes``); they come first. ``episodes``:
+    every episode of the show in order (the hand-set ones, then the rest by
+    ``created_at``, then id), as ``Store.get_show`` answers; not in the file."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -399,7 +428,14 @@ class Show(BaseModel):
     created_at: AwareDatetime
     updated_at: AwareDatetime
     metadata: FreeJson = Field(default_factory=dict)
+    order: list[Id] = Field(default_factory=list)
     episodes: list[Id] = Field(default_factory=list)
+
+    def file_data(self) -> dict[str, Any]:
+        """What show.yaml holds, in the form of its ``schema_version``."""
+        data = self.model_dump(mode="json", exclude={"episodes", "order"})
+        data["episodes" if self.schema_version < 2 else "order"] = list(dict.fromkeys(self.order))
+        return data
 
 
 class AlertsConfig(BaseModel):

@@ -584,11 +584,13 @@ class Store:
     # --- schema migration and import --------------------------------------------------------
 
     def migrate(self, *, dry_run: bool = False, progress: Progress | None = None) -> MigrationReport:
-        """Rewrite episode files of an older schema at the current one.
+        """Rewrite episode files (and show.yaml files) of an older schema at the current one.
 
         A dry run only lists them. Otherwise each file is first copied to
         ``.statekit/backups/migrate-<time>/`` and then rewritten through the
-        normal write path (version + 1, one ``migrate`` event).
+        normal write path (version + 1, one ``migrate`` event). A schema-1
+        show.yaml keeps only the head of its episode list that is not in
+        creation order (the show's order does not change).
         ``progress(done, total)``: called as files are read, then as they are rewritten.
         """
         return self.migration.migrate(dry_run=dry_run, progress=progress)

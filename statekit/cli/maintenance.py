@@ -33,7 +33,7 @@ def init(directory: str, pipeline: str, fmt: str, unique: tuple[str, ...], index
 @click.option("--dry-run", is_flag=True, help="Only list the files that would be rewritten.")
 @pass_ctx
 def migrate(ctx: Context, dry_run: bool) -> None:
-    """Rewrite episode files of an older schema (each backed up first)."""
+    """Rewrite episode and show files of an older schema (each backed up first)."""
     with progress_bar("migrating") as progress:
         report = ctx.store.migrate(dry_run=dry_run, progress=progress)
     verb = "would migrate" if dry_run else "migrated"
