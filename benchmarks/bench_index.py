@@ -133,6 +133,7 @@ def query_store(root: str, n: int) -> Store:
 
     from statekit.index import episode_row
     from statekit.index.rebuild import flush  # noqa: F401
+    from statekit.index.rows import json_text
     from statekit.index.scan import REBUILD_BATCH, RebuildReport  # noqa: F401
     from statekit.index.tables import stage_totals
     from statekit.models import Episode
@@ -160,8 +161,9 @@ def query_store(root: str, n: int) -> Store:
                 error_history=[], metadata={"archive_identifier": f"hy0_{ep}", "tags": ["radio"]},
                 files={"source_url": f"https://archive.org/download/{ep}.mp3"},
             )
-            rows.append(episode_row(model, model.model_dump(mode="json"), store.pipeline, path=f"shows/{show}/{ep}",
-                                    size=900, mtime_ns=0, sha256="0" * 64, checked_at_ns=0, position=i))
+            row = episode_row(model, model.model_dump(mode="json"), store.pipeline, path=f"shows/{show}/{ep}",
+                              size=900, mtime_ns=0, sha256="0" * 64, checked_at_ns=0, position=i)
+            rows.append(dict(row, data=json_text(row["data"]), costs=json_text(row["costs"])))  # flush takes text
             t = totals.setdefault((show, stage), [0, 0.0])
             t[0] += 1
             for s, c in costs.items():

@@ -80,8 +80,9 @@ def make_store(root: str, episodes: int, shows: int = 100, events: int = 5, seed
             (folder / "episode.yaml").write_bytes(raw)
             (folder / "events.jsonl").write_bytes(log)
             made += 1
-        blueprint = Show(show_id=show, title=f"Show {show_index}", created_at=start, updated_at=start, episodes=ids)
-        (base / "show.yaml").write_bytes(YAML_CODEC.dump_plain(blueprint.model_dump(mode="json")))
+        # show.yaml orders nothing by hand: the episodes follow creation (their created_at rises with i)
+        blueprint = Show(show_id=show, title=f"Show {show_index}", created_at=start, updated_at=start)
+        (base / "show.yaml").write_bytes(YAML_CODEC.dump_plain(blueprint.file_data()))
     return store
 
 

@@ -9,6 +9,7 @@ may give it (preset name, path, mapping, ``Pipeline``).
 from __future__ import annotations
 
 import os
+import re
 from collections import deque
 from collections.abc import Mapping
 from pathlib import Path
@@ -18,7 +19,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from . import files as diskio
 from .codecs import YAML_CODEC
-from .errors import PipelineError, StoreExistsError, StoreNotFoundError
+from .errors import PipelineError, StoreExistsError, StoreNotFoundError, ValidationError
 from .folders import Folders
 from .models import STORE_SCHEMA, StoreConfig
 from .parsing import invalid
@@ -62,6 +63,48 @@ def read_config(root: str) -> StoreConfig:
         raise invalid(exc, raw, path, "statekit.yaml") from None
 
 
+INDEX_URL_ENV = "STATEKIT_INDEX_URL"
+"""The environment variable naming the index's database; overrides ``index: {url}``."""
+
+_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def index_url(config: StoreConfig, environ: Mapping[str, str] | None = None) -> str | None:
+    """The URL of the store's server index (``STATEKIT_INDEX_URL``, else
+    ``index: {url}`` with ``${VAR}`` expanded), or None for the SQLite index."""
+    env = os.environ if environ is None else environ
+    url = env.get(INDEX_URL_ENV) or (config.index.url if config.index is not None else None)
+    if not url:
+        return None
+
+    def expand(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in env:
+            raise ValidationError(f"the index url names ${{{name}}}, which is not set in the environment",
+                                  field="index.url", hint=f"export {name}=... before running statekit")
+        return env[name]
+
+    return server_url(check_index_url(_VAR.sub(expand, url)))
+
+
+def check_index_url(url: str) -> str:
+    """``url`` if it names a database statekit can keep its index in."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if scheme not in ("postgresql", "postgresql+psycopg", "postgres"):
+        raise ValidationError(
+            f"the index url must be a PostgreSQL url (postgresql+psycopg://user@host/db), got {scheme or url!r}",
+            field="index.url", hint="e.g. postgresql+psycopg://statekit:${PGPASSWORD}@db.example/statekit")
+    return url
+
+
+def server_url(url: str) -> str:
+    """``url`` as SQLAlchemy takes it (``postgresql://`` means psycopg 3 here)."""
+    for plain in ("postgresql://", "postgres://"):
+        if url.startswith(plain):
+            return "postgresql+psycopg://" + url[len(plain):]
+    return url
+
+
 def write_new_store(folders: Folders, config: StoreConfig, graph: Pipeline) -> None:
     """Lay down a new store's files in its (existing, empty of a store) root:
     ``shows/``, ``.statekit/.gitignore`` and ``statekit.yaml``."""
@@ -72,6 +115,9 @@ def write_new_store(folders: Folders, config: StoreConfig, graph: Pipeline) -> N
         if not diskio.lexists(ignore, dir_fd=machine):
             diskio.atomic_write(disk, ignore, b"# machine-owned: index, locks, backups, trash\n*\n", dir_fd=machine)
     body = config.model_dump(mode="json")
+    for optional in ("index", "worker", "alerts", "events"):  # written only when set: a plain store's file stays as it was
+        if body.get(optional) is None:
+            body.pop(optional, None)
     body["pipeline"] = graph.to_config()
     diskio.atomic_write(disk, os.path.join(top, CONFIG_FILE), CONFIG_HEADER + YAML_CODEC.dump_plain(body, flow_leaves=True),
                         dir_fd=folders.root_fd)

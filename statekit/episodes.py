@@ -118,9 +118,13 @@ class Episodes:
         then list it in its show."""
         show, ep = model.show_id, model.episode_id
         with self.writer.locks.show(show):
-            self.shows.read(show)  # a damaged show.yaml stops the create before anything is written
+            current = self.shows.read(show)[1]  # a damaged show.yaml stops the create before anything is written
             created = self.writer.create(model, event)
-            self.shows.list_in(show, lambda ids: ids if ep in ids else [*ids, ep])
+            # show.yaml lists only a hand-set order: a new episode follows by creation, nothing to rewrite
+            if current is None:  # a new show: its show.yaml
+                self.shows.list_in(show, lambda ids: ids)
+            elif ep in current.order:  # a person listed it before it existed: the index puts it in place
+                self.writer.index_quietly(f"the order of show {show}", positions=(show, current.order))
         return created
 
     def delete(self, show: str, ep: str) -> str:

@@ -244,7 +244,7 @@ def _sync_folder(disk: Disk, directory: str, dir_fd: int | None) -> None:
 def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = None,
                  alongside: Callable[[], None] | None = None, keep: str | None = None,
                  keep_dir_fd: int | None = None, previous: bytes | None = None,
-                 created: bool = False) -> os.stat_result:
+                 created: bool = False, fence: Callable[[], None] | None = None) -> os.stat_result:
     """Replace ``path`` with ``data``: readers and crashes see old or new, never a mix.
 
     Temp file in the same directory, write, fsync, close (checked), rename,
@@ -261,6 +261,10 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
     and synced, so the two fsyncs overlap; its error aborts the write, and it
     has always finished when this returns or raises.
 
+    ``fence``: called (on the caller's thread) right before the rename, once
+    everything else is durable; its error aborts the write (a lock or lease
+    that was lost meanwhile).
+
     ``keep``: where to hard-link the file being replaced (a backup: the old
     bytes, durable already, cost no copy), in the folder ``keep_dir_fd``. If
     the directory fsync after the rename fails, the write is undone, so a
@@ -276,7 +280,7 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
             raise storage_error(exc, path, "write") from exc
         try:
             return atomic_write(disk, path, data, dir_fd=folder, alongside=alongside, keep=keep,
-                                keep_dir_fd=keep_dir_fd, previous=previous, created=created)
+                                keep_dir_fd=keep_dir_fd, previous=previous, created=created, fence=fence)
         finally:
             os.close(folder)
     fd: int | None = None
@@ -298,6 +302,8 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
         if job is not None:
             done, job = job, None
             done.result()  # the event is durable, or its error stops the rename
+        if fence is not None:
+            fence()
         if keep is not None:
             kept = _link_old(disk, path, keep, dir_fd, keep_dir_fd)
         disk.replace(tmp, path, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)

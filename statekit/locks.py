@@ -47,6 +47,9 @@ class Locks:
                 hold_lock(self.folders.disk, path, wait, what, dir_fd=folder):
             yield
 
+    def fence(self) -> None:
+        """Right before a commit's rename: a file lock cannot be lost while held."""
+
     def episode(self, show: str, ep: str) -> Any:
         return self.hold((*LOCKS, "episodes", show), ep + ".lock", f"episode {show}/{ep}")
 

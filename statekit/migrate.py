@@ -24,7 +24,8 @@ from .config import upgrade_store_format
 from .episodes import Episodes
 from .errors import CorruptFileError, EpisodeExistsError, StatekitError, UnsafePathError, ValidationError
 from .ids import check_id
-from .models import EPISODE_SCHEMA, STORE_SCHEMA, Episode
+from .layout import show_file
+from .models import EPISODE_SCHEMA, SHOW_SCHEMA, STORE_SCHEMA, Episode
 from .parsing import invalid, stamp
 from .schema import legacy_id, schema_of, upgrade_episode
 from .shows import Shows
@@ -106,6 +107,16 @@ class Migration:
                 stale.append((show, ep, path, found))
                 report.files.append({"path": os.path.relpath(path, writer.root), "episode": f"{show}/{ep}",
                                      "from": found, "to": EPISODE_SCHEMA})
+        old_shows = []
+        for show in self.shows.ids():
+            try:
+                found = self.shows.schema(show)
+            except StatekitError:
+                continue  # a damaged show.yaml: verify and rebuild report it; migrate leaves it
+            if found is not None and found < SHOW_SCHEMA:
+                old_shows.append(show)
+                report.files.append({"path": os.path.relpath(show_file(writer.root, show), writer.root),
+                                     "show": show, "from": found, "to": SHOW_SCHEMA})
         if ledger and not writer.chained:  # the store's logs are sealed, then the store moves to the ledger's format
             report.store_format = (writer.config.schema_version, STORE_SCHEMA)
             stale_keys = {(show, ep) for show, ep, _path, _found in stale}
@@ -115,10 +126,20 @@ class Migration:
             return report
         if ledger and not writer.chained:
             self._seal(found_eps, {(show, ep) for show, ep, _path, _found in stale}, progress)
-        if not stale:
+        if not (stale or old_shows):
             return report
         backup = os.path.join(".statekit", "backups", f"migrate-{stamp(writer.clock())}")
         report.backup_dir = os.path.join(writer.root, backup)
+
+        def keep(path: str, raw: bytes) -> None:
+            parts = tuple(os.path.join(backup, os.path.relpath(os.path.dirname(path), writer.root)).split(os.sep))
+            writer.folders.make(parts)
+            with writer.folders.open(parts) as folder:
+                diskio.atomic_write(writer.disk, "/".join((writer.root, *parts, os.path.basename(path))), raw,
+                                    dir_fd=folder)
+
+        for show in old_shows:
+            self.shows.upgrade(show, keep)
         for done, (show, ep, path, found) in enumerate(stale):
             if progress is not None:
                 progress(done, len(stale))

@@ -20,6 +20,7 @@ from pydantic import (
     Field,
     JsonValue,
     PrivateAttr,
+    ValidationInfo,
     model_validator,
 )
 
@@ -31,7 +32,10 @@ EPISODE_SCHEMA = 3
 """1: the first statekit schema; 2: adds ``lease``, ``due_at``, ``hold`` and
 ``stage_done`` (leased stage runs and failure handling); 3: adds ``assets``
 and ``uploads`` (content-addressed media and where it was uploaded)."""
-SHOW_SCHEMA = 1
+SHOW_SCHEMA = 2
+"""1: ``episodes`` lists every episode, in order (each create rewrote it);
+2: ``order`` lists only the episodes a person ordered by hand, the rest
+follow them in creation order (``created_at``, then id)."""
 STORE_SCHEMA = 5
 """2: the pipeline gained ``runs``, ``failure_stage``, ``give_up_stage``,
 ``retry`` and ``error_rules``, and the store ``backups``; 3: ``cache`` and
@@ -50,7 +54,19 @@ version's data) or ``doc`` (the whole data: the first event, a seal). Written
 only in chained stores; the events of other stores stay at 1."""
 UNCHAINED_EVENT_SCHEMA = 1
 
-Id = Annotated[str, AfterValidator(check_id)]
+TRUSTED: dict[str, Any] = {"trusted": True}
+"""Validation context for data statekit derived itself from a checked model
+(the index's copy of a file, ``Episode.model_validate(data, context=TRUSTED)``):
+the checks in Python that such data always passes (the id rule, UTF-8 text,
+plain JSON, ``cost_total`` against ``costs``) are skipped; types, strict
+numbers, times and nested models are still checked by pydantic's core."""
+
+
+def _id(value: str, info: ValidationInfo) -> str:
+    return value if info.context is TRUSTED else check_id(value)
+
+
+Id = Annotated[str, AfterValidator(_id)]
 
 # Strict numbers: a hand-edited ``version: true`` is a mistake, not version 1
 # (YAML and JSON booleans are ints to Python, and pydantic's lax mode takes them).
@@ -74,7 +90,9 @@ def not_utf8(text: str) -> str | None:
     return None
 
 
-def _utf8(value: str) -> str:
+def _utf8(value: str, info: ValidationInfo) -> str:
+    if info.context is TRUSTED:
+        return value
     reason = not_utf8(value)
     if reason is not None:
         raise ValueError(reason)
@@ -145,7 +163,11 @@ def _plain_json(value: Any, where: str = "value", depth: int = 0) -> Any:
     return value
 
 
-FreeJson = Annotated[dict[str, JsonValue], AfterValidator(lambda v: _plain_json(v, "metadata"))]
+def _metadata(value: Any, info: ValidationInfo) -> Any:
+    return value if info.context is TRUSTED else _plain_json(value, "metadata")
+
+
+FreeJson = Annotated[dict[str, JsonValue], AfterValidator(_metadata)]
 
 
 def utcnow() -> datetime:
@@ -263,6 +285,27 @@ class CacheConfig(BaseModel):
     default_expiry_days: Annotated[Number, Field(gt=0)] = 30.0
 
 
+class IndexConfig(BaseModel):
+    """``index:`` in ``statekit.yaml``: the index on a database server (SQLite
+    under ``.statekit/`` when absent). ``url`` may name environment variables
+    as ``${VAR}`` (so no password sits in the file); ``STATEKIT_INDEX_URL``
+    overrides it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: Annotated[str, Field(min_length=1, max_length=2000)]
+
+
+class WorkerConfig(BaseModel):
+    """``worker:`` in ``statekit.yaml``: how ``statekit worker`` classifies a
+    command's exit code (``exit_codes: {"75": transient_network, "3": user_input_invalid}``;
+    YAML keys are quoted)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    exit_codes: dict[int, str] = Field(default_factory=dict)
+
+
 class GCSConfig(BaseModel):
     """``gcs:`` in ``statekit.yaml``: where uploads go."""
 
@@ -336,16 +379,18 @@ class Episode(BaseModel):
     """Why the episode waits for a person (``statekit retry`` releases it)."""
     stage_done: bool = False
     """The current stage's work is finished; it waits to move on (e.g. for an approval)."""
-    assets: dict[Annotated[str, AfterValidator(check_id)], AssetRecord] = Field(default_factory=dict)
+    assets: dict[Annotated[str, AfterValidator(_id)], AssetRecord] = Field(default_factory=dict)
     """Name -> the media file (``Store.add_asset``); names follow the id rule."""
-    uploads: dict[Annotated[str, AfterValidator(check_id)], UploadRecord] = Field(default_factory=dict)
+    uploads: dict[Annotated[str, AfterValidator(_id)], UploadRecord] = Field(default_factory=dict)
     """Asset name -> the object it was uploaded to."""
 
     @model_validator(mode="before")
     @classmethod
-    def _derive_cost_total(cls, data: Any) -> Any:
+    def _derive_cost_total(cls, data: Any, info: ValidationInfo) -> Any:
         # cost_total is derived from costs; a file whose total disagrees was
         # edited inconsistently, and we say so rather than guess which is right.
+        if info.context is TRUSTED:
+            return data
         if isinstance(data, dict) and isinstance(data.get("costs"), dict):
             try:
                 total = cost_sum({k: float(v) for k, v in data["costs"].items()})
@@ -395,7 +440,12 @@ class Event(BaseModel):
 
 
 class Show(BaseModel):
-    """A show's blueprint: title, metadata and its ordered episode ids."""
+    """A show's blueprint: title, metadata and its ordered episode ids.
+
+    ``order``: the episodes a person put in order by hand (show.yaml's
+    ``order``; a schema-1 file's ``episodes``); they come first. ``episodes``:
+    every episode of the show in order (the hand-set ones, then the rest by
+    ``created_at``, then id), as ``Store.get_show`` answers; not in the file."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -405,7 +455,36 @@ class Show(BaseModel):
     created_at: AwareDatetime
     updated_at: AwareDatetime
     metadata: FreeJson = Field(default_factory=dict)
+    order: list[Id] = Field(default_factory=list)
     episodes: list[Id] = Field(default_factory=list)
+
+    def file_data(self) -> dict[str, Any]:
+        """What show.yaml holds, in the form of its ``schema_version``."""
+        data = self.model_dump(mode="json", exclude={"episodes", "order"})
+        data["episodes" if self.schema_version < 2 else "order"] = list(dict.fromkeys(self.order))
+        return data
+
+
+class AlertsConfig(BaseModel):
+    """``alerts:`` in statekit.yaml: failure alerts (``statekit.signals.alerts``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    threshold: Annotated[int, Field(ge=1, le=1_000_000, strict=True)] = 5
+    """Consecutive failures of one stage, across episodes, before an alert."""
+    notify: Annotated[list[Annotated[str, Field(min_length=1)]], Field(min_length=1)]
+    """Apprise URLs (``json://host/path``, ``slack://...``, ``mailto://...``)."""
+
+
+class EventsConfig(BaseModel):
+    """``events:`` in statekit.yaml: committed events published to NATS JetStream."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    publish: Annotated[str, Field(pattern=r"^(nats|tls)://.+")]
+    subject: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*$")] = "statekit.events"
+    stream: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] = "STATEKIT"
+    """The JetStream stream holding ``<subject>.>`` (created if missing)."""
 
 
 UNIQUE_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
@@ -436,6 +515,11 @@ class StoreConfig(BaseModel):
     """How many earlier versions of each episode file to keep (0: none)."""
     cache: CacheConfig = Field(default_factory=CacheConfig)
     gcs: GCSConfig | None = None
+    alerts: AlertsConfig | None = None
+    events: EventsConfig | None = None
+    index: IndexConfig | None = None
+    """A server index (PostgreSQL); the embedded SQLite index when None."""
+    worker: WorkerConfig | None = None
     unique: Annotated[list[str], AfterValidator(_unique_keys)] = Field(default_factory=list)
     """Metadata keys whose values no two episodes may share (``statekit.unique``)."""
     pipeline: Pipeline

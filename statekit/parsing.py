@@ -75,9 +75,19 @@ def parse_episode(path: str, raw: bytes, show: str, ep: str, pipeline: Pipeline,
 def parse_show(path: str, raw: bytes) -> Parsed:
     """A show.yaml's bytes as a ``Parsed`` whose ``model`` is the checked ``Show``."""
     parsed = YAML_CODEC.parse(raw, path)
-    schema_of(parsed.data, path, current=SHOW_SCHEMA, legacy_ok=False)
+    found = schema_of(parsed.data, path, current=SHOW_SCHEMA, legacy_ok=False)
+    data = parsed.data
+    if isinstance(data, dict):
+        if found < 2:  # schema 1: every episode listed, in order; read as the hand-set order
+            data = {k: v for k, v in data.items() if k not in ("episodes", "order")}
+            data["order"] = parsed.data.get("episodes", [])
+        elif "episodes" in data:
+            raise ValidationError(
+                f"{path}: show.yaml schema {found} has no 'episodes' list", path=path, field="episodes",
+                line=line_of(raw, ("episodes",)),
+                hint="list the episodes you order by hand under 'order:'; the rest follow in creation order")
     try:
-        parsed.model = Show.model_validate(parsed.data)
+        parsed.model = Show.model_validate(data)
     except PydanticValidationError as exc:
         raise invalid(exc, raw, path, "show") from None
     return parsed

@@ -74,7 +74,7 @@ class Recovery:
         cause: list[BaseException] = []
 
         def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]] | None:
-            if m.lease is None or now < m.lease.expires_at:
+            if m.lease is None or self.writer.lease_live(m, now):
                 return None
             why = interrupted(m)
             cause.append(why)

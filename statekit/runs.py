@@ -14,7 +14,9 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-from collections.abc import Mapping
+import threading
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,10 +25,15 @@ from .assets import Assets
 from .checkpoints import Checkpoints
 from .episodes import check_cost
 from .errors import (
+    ApprovalRequiredError,
     CorruptFileError,
+    EpisodeNotFoundError,
+    IndexUnavailableError,
+    InvalidTransitionError,
     LeaseExpiredError,
     NotReadyError,
     SchemaVersionError,
+    ShowNotFoundError,
     StatekitError,
     ValidationError,
 )
@@ -41,6 +48,14 @@ from .writes import Change, Writer
 
 log = logging.getLogger("statekit")
 
+CLAIM_LEASE_S = 20.0
+"""A claimed run's lease unless told otherwise (or the pipeline's, if shorter):
+renewed in the background every third of it, so a worker killed mid-run
+frees its episode within this many seconds."""
+
+RENEW_MIN_S = 0.05
+"""The shortest time between two renewals of a lease."""
+
 
 class Runs:
     """The writes of leased runs, over the store's ``writer``; ``recovery``
@@ -52,13 +67,11 @@ class Runs:
         self.assets = assets
         self.recovery = recovery
 
-    def run(self, show: str, ep: str, stage: str, *, owner: str | None = None, lease_seconds: float | None = None,
-            reraise: bool = True, verify_assets: tuple[str, ...] | list[str] = ()) -> Run:
-        """A leased run of ``stage`` (see ``Store.run``): arguments checked, nothing written yet."""
+    def checked(self, stage: str, owner: str | None, lease_seconds: float | None,
+                default_lease: float | None = None) -> tuple[str, float]:
+        """The stage checked; the owner and lease length to use."""
         writer = self.writer
         pipeline = writer.pipeline
-        check_id(show, "show id")
-        check_id(ep, "episode id")
         writer.check_stage(stage)
         if stage not in pipeline.runs:
             raise ValidationError(
@@ -73,15 +86,73 @@ class Runs:
         check_text(owner, "owner")
         if lease_seconds is None:
             lease_seconds = pipeline.retry.lease_seconds
+            if default_lease is not None:
+                lease_seconds = min(lease_seconds, default_lease)
         if (isinstance(lease_seconds, bool) or not isinstance(lease_seconds, (int, float))
                 or not 0 < lease_seconds <= 7 * 86400):
             raise ValidationError(f"lease_seconds must be a number of seconds in (0, 604800], got {lease_seconds!r}")
+        return owner.strip(), float(lease_seconds)
+
+    def run(self, show: str, ep: str, stage: str, *, owner: str | None = None, lease_seconds: float | None = None,
+            reraise: bool = True, verify_assets: tuple[str, ...] | list[str] = (), renew: bool = False) -> Run:
+        """A leased run of ``stage`` (see ``Store.run``): arguments checked, nothing written yet."""
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        owner, seconds = self.checked(stage, owner, lease_seconds)
         if isinstance(verify_assets, str) or not isinstance(verify_assets, (tuple, list)):
             raise ValidationError(f"verify_assets must be a list of asset names, got {verify_assets!r}")
         for name in verify_assets:
             check_id(name, "asset name")
-        return Run(self, show, ep, stage, owner=owner.strip(), lease_seconds=float(lease_seconds), reraise=reraise,
-                   verify_assets=tuple(verify_assets))
+        return Run(self, show, ep, stage, owner=owner, lease_seconds=seconds, reraise=reraise,
+                   verify_assets=tuple(verify_assets), renew=renew)
+
+    def claim(self, stage: str, *, owner: str | None = None, lease_seconds: float | None = None,
+              show: str | None = None, reraise: bool = True) -> Run | None:
+        """Lease the longest-waiting episode ready for ``stage`` and start its
+        run (see ``Store.claim``); None when nothing is ready."""
+        if show is not None:
+            check_id(show, "show id")
+        owner, seconds = self.checked(stage, owner, lease_seconds, default_lease=CLAIM_LEASE_S)
+        leases = self.writer.index.leases
+        skipped: list[tuple[str, str]] = []
+        while True:
+            run_id = new_run_id()
+            picked = leases.claim(stage, run_id=run_id, owner=owner, seconds=seconds, local=self.writer.clock(),
+                                  show=show, exclude=skipped)
+            if picked is None:
+                return None
+            run = Run(self, picked[0], picked[1], stage, owner=owner, lease_seconds=seconds, reraise=reraise,
+                      run_id=run_id, renew=True)
+            try:
+                run.begin(claimed=True)
+            except (NotReadyError, InvalidTransitionError, ApprovalRequiredError, CorruptFileError,
+                    SchemaVersionError, ValidationError, EpisodeNotFoundError, ShowNotFoundError) as exc:
+                # the index's answer was stale, or the file cannot be run: the next one
+                log.info("statekit: claimed %s/%s for %s but could not start it (%s); trying the next",
+                         picked[0], picked[1], stage, exc.one_line())
+                skipped.append(picked)
+                continue
+            return run
+
+    def attach(self, show: str, ep: str, stage: str, run_id: str) -> Run:
+        """The handle of a run another process started and still holds (a
+        worker's command: ``STATEKIT_RUN_ID``), to checkpoint, record costs or
+        add assets under its lease. ``LeaseExpiredError`` unless the episode's
+        file names that run and its lease is live."""
+        check_id(show, "show id")
+        check_id(ep, "episode id")
+        self.writer.check_stage(stage)
+        if not isinstance(run_id, str) or not run_id.strip():
+            raise ValidationError("the run id is empty", hint="set STATEKIT_RUN_ID (statekit worker does)")
+        m = self.writer.get(show, ep)
+        lease = m.lease
+        if lease is None or lease.run_id != run_id or m.stage != stage or not self.writer.lease_live(m):
+            raise LeaseExpiredError(f"run {run_id} of {show}/{ep} {stage!r} does not hold the episode's lease",
+                                    expected=m.version, actual=m.version, show_id=show, episode_id=ep, stage=stage)
+        seconds = max(RENEW_MIN_S, (lease.expires_at - lease.acquired_at).total_seconds())
+        run = Run(self, show, ep, stage, owner=lease.owner, lease_seconds=seconds, reraise=True, run_id=run_id)
+        run.attached(m)
+        return run
 
     def start(self, run: Run) -> Episode:
         """Enter the run's stage under its lease (one ``start`` event)."""
@@ -91,7 +162,7 @@ class Runs:
         def start(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
             ctx = {"show_id": m.show_id, "episode_id": m.episode_id, "stage": stage}
             if m.lease is not None:
-                if now >= m.lease.expires_at:
+                if not self.writer.lease_live(m, now):
                     raise LeaseRanOut()
                 raise NotReadyError(
                     f"{m.key} is being run ({m.stage}) by {m.lease.owner} until {m.lease.expires_at.isoformat()}",
@@ -161,7 +232,7 @@ class Runs:
                 target = None
                 update["stage_done"] = True
             return m.model_copy(update=update), {
-                "kind": "finish", "from_stage": stage if target else None, "to_stage": target,
+                "kind": "finish", "run_stage": stage, "from_stage": stage if target else None, "to_stage": target,
                 "message": run.message, "run_id": run.run_id, "seconds": round(run.elapsed(), 3)}
 
         return self.writer.write(run.show_id, run.episode_id, finish)
@@ -203,15 +274,17 @@ class Run:
     """
 
     def __init__(self, runs: Runs, show: str, ep: str, stage: str, *, owner: str, lease_seconds: float,
-                 reraise: bool, verify_assets: tuple[str, ...] = ()) -> None:
+                 reraise: bool, verify_assets: tuple[str, ...] = (), run_id: str | None = None,
+                 renew: bool = False) -> None:
         self.runs = runs
+        self.renew_in_background = renew
         self.show_id = show
         self.episode_id = ep
         self.stage = stage
         self.owner = owner
         self.lease_seconds = lease_seconds
         self.reraise = reraise
-        self.run_id = new_run_id()
+        self.run_id = run_id or new_run_id()
         self.episode: Episode | None = None
         self._message: str | None = None
         self.outcome: str | None = None
@@ -220,6 +293,8 @@ class Run:
         self.verify_assets = verify_assets
         self._started_at: datetime | None = None
         self._temp_dir: str | None = None
+        self._renewer: Renewer | None = None
+        self._begun = False
 
     @property
     def message(self) -> str | None:
@@ -254,10 +329,10 @@ class Run:
             raise LeaseExpiredError(
                 f"run {self.run_id} of {m.key} {self.stage!r} lost its lease ({holder}); the write was refused",
                 **common)
-        if now >= lease.expires_at:
+        if not self.runs.writer.lease_live(m, now):
             raise LeaseExpiredError(
-                f"run {self.run_id} of {m.key} {self.stage!r}: the lease expired at {lease.expires_at.isoformat()}; "
-                "the write was refused", **common)
+                f"run {self.run_id} of {m.key} {self.stage!r}: the lease expired (recorded until "
+                f"{lease.expires_at.isoformat()}); the write was refused", **common)
         if m.stage != self.stage:
             raise LeaseExpiredError(
                 f"{m.key} is at stage {m.stage!r}, no longer {self.stage!r}; the run's write was refused", **common)
@@ -319,10 +394,10 @@ class Run:
             self.check(m, now)
             return self._renewed(m, now, cost=value, fields_only=True)
 
-        episode = self.runs.checkpoints.save(self.show_id, self.episode_id, self.stage, data, extra=extra,
-                                             event_extra={"run_id": self.run_id, "cost": value})
-        self.episode = episode
-        return episode
+        with self.fenced():
+            episode = self.runs.checkpoints.save(self.show_id, self.episode_id, self.stage, data, extra=extra,
+                                                 event_extra={"run_id": self.run_id, "cost": value})
+        return self._written(episode)
 
     def add_asset(self, source: Any, kind: str = "audio", name: str | None = None, *,
                   media_type: str | None = None, label: str | None = None) -> Episode:
@@ -331,10 +406,11 @@ class Run:
             self.check(m, now)
             return self._renewed(m, now, fields_only=True)
 
-        episode = self.runs.assets.add(self.show_id, self.episode_id, source, kind, name, media_type=media_type,
-                                       label=label, extra=extra, event_extra={"run_id": self.run_id})
-        self.episode = episode
-        return episode
+        with self.fenced():
+            episode = self.runs.assets.add(self.show_id, self.episode_id, source, kind, name,
+                                           media_type=media_type, label=label, extra=extra,
+                                           event_extra={"run_id": self.run_id})
+        return self._written(episode)
 
     def asset(self, name: str, *, verify: bool = True) -> str:
         """The path of asset ``name``, hashed first unless ``verify=False``
@@ -390,15 +466,103 @@ class Run:
         return m.model_copy(update={**update, "version": m.version + 1, "updated_at": now})
 
     def _write(self, change: Change) -> Episode:
-        episode = self.runs.writer.write(self.show_id, self.episode_id, change)
+        with self.fenced():
+            episode = self.runs.writer.write(self.show_id, self.episode_id, change)
+        return self._written(episode)
+
+    # --- the lease row (index.leases) ---------------------------------------------------
+
+    def renew(self, at: datetime | None = None) -> bool:
+        """Extend this run's live lease in the index (no file write, no
+        event) to ``lease_seconds`` after ``at`` (now; the database's time on
+        a server); False if it is not this run's any more."""
+        writer = self.runs.writer
+        return writer.index.leases.renew(self.show_id, self.episode_id, self.run_id, self.lease_seconds,
+                                         at or writer.clock(), owner=self.owner, stage=self.stage)
+
+    def _written(self, episode: Episode) -> Episode:
+        """After a write of this run: the lease row renewed from the time the
+        write renewed the file's lease (on SQLite they then expire together;
+        renewed only after the commit, so the row never outlives the file's
+        lease of a worker killed mid-write)."""
         self.episode = episode
+        lease = episode.lease
+        if lease is not None and lease.run_id == self.run_id:
+            try:
+                self.renew(lease.expires_at - timedelta(seconds=self.lease_seconds))
+            except StatekitError as exc:
+                log.warning("statekit: could not renew the lease row of run %s (%s)", self.run_id, exc.one_line())
         return episode
+
+    def _fence(self) -> None:
+        """Right before a write of this run commits: its lease is still live."""
+        writer = self.runs.writer
+        if self._begun and not writer.index.leases.holds(self.show_id, self.episode_id, self.run_id,
+                                                         writer.clock()):
+            version = self.episode.version if self.episode is not None else 0
+            raise LeaseExpiredError(
+                f"run {self.run_id} of {self.show_id}/{self.episode_id} {self.stage!r} lost its lease before its "
+                "write committed; the write was refused", expected=version, actual=version, show_id=self.show_id,
+                episode_id=self.episode_id, stage=self.stage, owner=self.owner)
+
+    @contextmanager
+    def fenced(self) -> Iterator[None]:
+        """The writes in the block commit only while this run holds its lease."""
+        with self.runs.writer.fenced(self._fence):
+            yield
 
     # --- start and finish --------------------------------------------------------------
 
+    def begin(self, *, claimed: bool = False) -> None:
+        """Take the lease (its row in the index, unless ``claimed`` took it),
+        then write the run's start to the episode; renewals start."""
+        if self._begun:
+            return
+        writer = self.runs.writer
+        if not claimed:
+            try:
+                holder = writer.index.leases.take(self.show_id, self.episode_id, run_id=self.run_id,
+                                                  owner=self.owner, stage=self.stage, seconds=self.lease_seconds,
+                                                  local=writer.clock())
+            except IndexUnavailableError as exc:  # the file's lease still fences the run
+                log.warning("statekit: run %s of %s/%s holds no lease row (%s)", self.run_id, self.show_id,
+                            self.episode_id, exc.one_line())
+                holder = None
+            if holder is not None:
+                raise NotReadyError(
+                    f"{self.show_id}/{self.episode_id} is being run ({holder.stage}) by {holder.owner} until "
+                    f"{holder.expires_at.isoformat()}", reason="leased", show_id=self.show_id,
+                    episode_id=self.episode_id, stage=self.stage,
+                    hint="ask store.next() for episodes that are ready")
+        try:
+            self.episode = self.runs.start(self)
+        except BaseException:
+            self._release()
+            raise
+        self._begun = True
+        self._started_at = writer.clock()
+        if self.renew_in_background:
+            self._renewer = Renewer(self)
+
+    def attached(self, episode: Episode) -> None:
+        """This handle acts for a run already begun elsewhere (``Runs.attach``):
+        its writes are fenced; it neither renews nor ends the run."""
+        self.episode = episode
+        self._begun = True
+
+    def _release(self) -> None:
+        """Stop renewing and give the lease row back (best effort: it expires anyway)."""
+        if self._renewer is not None:
+            self._renewer.stop()
+            self._renewer = None
+        try:
+            self.runs.writer.index.leases.release(self.show_id, self.episode_id, self.run_id)
+        except StatekitError as exc:
+            log.warning("statekit: the lease row of run %s was not released (%s); it expires", self.run_id,
+                        exc.one_line())
+
     def __enter__(self) -> Run:
-        self.episode = self.runs.start(self)
-        self._started_at = self.runs.writer.clock()
+        self.begin()
         if self.verify_assets:
             try:  # the input is checked before any work is done on it
                 self._verify("before")
@@ -407,6 +571,7 @@ class Run:
                     self._fail(exc)
                 finally:
                     self._remove_temp()
+                    self._release()
                 raise
         return self
 
@@ -420,12 +585,14 @@ class Run:
                         return False
                     raise
             if exc is None:
-                self.episode = self.runs.finish(self)
+                with self.fenced():
+                    self.episode = self.runs.finish(self)
                 self.outcome = "succeeded"
                 return False
             return self._fail(exc)
         finally:
             self._remove_temp()
+            self._release()
 
     def _fail(self, exc: BaseException) -> bool:
         """Record ``exc`` as this run's failure; True if it is not to be raised."""
@@ -434,10 +601,42 @@ class Run:
         if isinstance(exc, LeaseExpiredError):
             return False  # the episode is not ours any more: nothing to record, the error says why
         kind = ErrorKind.INTERRUPTED if not isinstance(exc, Exception) else None
-        self.episode, self.kind = self.runs.fail(self, exc, kind)
+        kind = getattr(exc, "statekit_kind", None) or kind  # a worker's command: its exit code's kind
+        with self.fenced():
+            self.episode, self.kind = self.runs.fail(self, exc, kind)
         return not self.reraise and isinstance(exc, Exception)
 
     def elapsed(self) -> float:
         return 0.0 if self._started_at is None else (self.runs.writer.clock() - self._started_at).total_seconds()
 
 
+
+
+class Renewer:
+    """Renews a run's lease row in the background, every third of its
+    length, until stopped or the lease is lost (then the run's next write is
+    refused: ``Run.check`` and the commit's fence)."""
+
+    def __init__(self, run: Run) -> None:
+        self.run = run
+        self.interval = max(RENEW_MIN_S, run.lease_seconds / 3)
+        self._stop = threading.Event()
+        self.lost = False
+        self._thread = threading.Thread(target=self._loop, name=f"statekit-lease-{run.run_id}", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if not self.run.renew():
+                    self.lost = True
+                    log.warning("statekit: run %s of %s/%s lost its lease; its writes will be refused",
+                                self.run.run_id, self.run.show_id, self.run.episode_id)
+                    return
+            except StatekitError as exc:  # the database is away: try again, the lease may still hold
+                log.warning("statekit: could not renew the lease of run %s (%s)", self.run.run_id, exc.one_line())
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)

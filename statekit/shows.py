@@ -1,8 +1,13 @@
 """Shows: ``show.yaml`` (title, metadata, the order of its episodes) and the list of shows.
 
-An episode's folder is the truth of what a show holds; ``show.yaml`` only
-orders it, and is reconciled with the folders whenever it is read
-(``reconcile``) or an episode comes or goes (``list_in``).
+An episode's folder is the truth of what a show holds. ``show.yaml``'s
+``order`` lists only the episodes a person put in order by hand; every other
+episode follows them in creation order (``created_at``, then id). So a
+create never rewrites ``show.yaml`` (its cost does not grow with the show),
+two processes creating and deleting at once cannot lose each other's
+episodes from the order, and a delete rewrites it only if the episode was
+listed. Ids listed there whose folder is gone are skipped when read, and
+dropped by ``sync``.
 """
 
 from __future__ import annotations
@@ -19,22 +24,45 @@ from . import files as diskio
 from .codecs import YAML_CODEC, Parsed
 from .errors import InvalidIdError, ShowNotFoundError, StatekitError, StorageError
 from .ids import check_id
-from .index.rows import show_row
+from .index.rows import iso, show_row
 from .layout import show_file
-from .models import Show
+from .models import SHOW_SCHEMA, Show
 from .parsing import invalid, parse_show, sha256
 from .writes import Writer
 
 log = logging.getLogger("statekit")
 
 
-def reconcile(listed: list[str], on_disk: list[str]) -> list[str]:
-    """The show's order: listed ids that exist, then unlisted ones by name
-    (an episode directory is the truth; show.yaml only orders them)."""
+def reconcile(listed: list[str], on_disk: list[str], created: Mapping[str, str] | None = None) -> list[str]:
+    """The show's order: the hand-listed ids that exist, then the others by
+    ``created`` (an episode's ``created_at`` as UTC text; unknown ones last),
+    then id."""
     present = set(on_disk)
     ids = [i for i in dict.fromkeys(listed) if i in present]
     known = set(ids)
-    return ids + [i for i in on_disk if i not in known]
+    rest = [i for i in on_disk if i not in known]
+    if created is not None:
+        rest.sort(key=lambda i: (created.get(i, "~"), i))
+    else:
+        rest.sort()
+    return ids + rest
+
+
+def hand_order(listed: list[str], on_disk: list[str], created: Mapping[str, str]) -> list[str]:
+    """What a schema-1 show.yaml's full list (``listed``) keeps as its hand-set
+    order in schema 2: the shortest head of it after which the order (the
+    rest of the list, then the unlisted episodes by id, as schema 1 read
+    it) is creation order, so that the show's order does not change. A show
+    whose episodes were all created by statekit one after another keeps none."""
+    present = set(on_disk)
+    listed = [i for i in dict.fromkeys(listed) if i in present]
+    known = set(listed)
+    was = listed + sorted(i for i in on_disk if i not in known)
+    start = len(was)
+    while start > 0 and (start == len(was) or (created.get(was[start - 1], "~"), was[start - 1])
+                         < (created.get(was[start], "~"), was[start])):
+        start -= 1
+    return listed[:start]
 
 
 class Shows:
@@ -88,10 +116,10 @@ class Shows:
         return parsed, parsed.model
 
     def list_in(self, show: str, edit: Callable[[list[str]], list[str]]) -> None:
-        """Update show.yaml's order after an episode came or went. The episode's
-        own write is done and durable by then, and show.yaml only orders what
-        the folders hold (it is reconciled on every read), so a failure here is
-        logged, not raised: the caller's change stands."""
+        """Update show.yaml's hand-set order after an episode came or went. The
+        episode's own write is done and durable by then, and show.yaml only
+        orders what the folders hold, so a failure here is logged, not raised:
+        the caller's change stands."""
         try:
             self.edit(show, edit)
         except StorageError as exc:
@@ -99,17 +127,19 @@ class Shows:
                         "next change to the show", show, exc.one_line())
 
     def edit(self, show: str, edit: Callable[[list[str]], list[str]]) -> Show:
-        """Rewrite show.yaml's episode list (caller holds the show lock)."""
+        """Rewrite show.yaml's hand-set order (caller holds the show lock); a
+        show without show.yaml gets one. Writes nothing if nothing changed."""
         writer = self.writer
         parsed, current = self.read(show)
         now = writer.clock()
         if current is None:
             current = Show(show_id=show, title=show, created_at=now, updated_at=now)
-        ids = reconcile(edit(list(current.episodes)), self.episode_ids_on_disk(show))
-        if ids == current.episodes and parsed is not None:
+        order = list(dict.fromkeys(edit(list(current.order))))
+        if order == current.order and parsed is not None:
             return current
-        new = current.model_copy(update={"episodes": ids, "updated_at": now})
-        stored = YAML_CODEC.dump(new.model_dump(mode="json"), parsed)
+        new = current.model_copy(update={"order": order, "updated_at": now})
+        data = new.file_data()
+        stored = YAML_CODEC.dump(data, parsed)
         path = show_file(self.root, show)
         try:
             with writer.folders.open(("shows", show)) as folder:
@@ -119,26 +149,28 @@ class Shows:
         stored.model = new
         writer.remember(path, stored)
         self.index_show(new, stored.raw, st)
-        if ids[: len(current.episodes)] != current.episodes:  # not a plain append: renumber the order
-            writer.index_quietly(f"the order of show {show}", positions=(show, ids))
+        if order != current.order:
+            writer.index_quietly(f"the order of show {show}", positions=(show, order))
         return new
 
     def index_show(self, show: Show, raw: bytes, st: os.stat_result) -> None:
-        row = show_row(show.model_dump(mode="json"), path=os.path.relpath(show_file(self.root, show.show_id), self.root),
+        row = show_row(show.file_data(), path=os.path.relpath(show_file(self.root, show.show_id), self.root),
                        size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha256(raw), checked_at_ns=time.time_ns())
         self.writer.index_quietly(f"show {show.show_id}", show_rows=[row])
 
     def reconcile_file(self, show: str, on_disk: list[str]) -> list[str]:
-        """Make show.yaml list exactly the episodes in its folder (listed ones
-        first, in their order); its index row follows. Returns the order."""
+        """Drop from show.yaml's hand-set order the ids whose folder is gone
+        (a show without show.yaml gets one); its index row follows. Returns
+        the hand-set order."""
+        present = set(on_disk)
         with self.writer.locks.show(show):
             parsed, current = self.read(show)
-            ids = reconcile(list(current.episodes) if current else [], sorted(on_disk))
-            if current is None or ids != current.episodes:
-                return self.edit(show, lambda _listed: ids).episodes
+            order = [i for i in dict.fromkeys(current.order if current else []) if i in present]
+            if current is None or order != current.order:
+                return self.edit(show, lambda _listed: order).order
             st = os.stat(show_file(self.root, show))
             self.index_show(current, parsed.raw if parsed else b"", st)
-            return ids
+            return order
 
     def create(self, show: str, *, title: str | None = None, metadata: Mapping[str, Any] | None = None) -> Show:
         """Create a show with a title and metadata (creating an episode also creates its show)."""
@@ -155,14 +187,58 @@ class Shows:
             except PydanticValidationError as exc:
                 raise invalid(exc, None, None, "show") from None
             writer.folders.make(("shows", show, "episodes"))
-            raw = YAML_CODEC.dump_plain(model.model_dump(mode="json"))
+            raw = YAML_CODEC.dump_plain(model.file_data())
             with writer.folders.open(("shows", show)) as folder:
                 self.index_show(model, raw, diskio.atomic_write(writer.disk, show_file(self.root, show), raw,
                                                                 dir_fd=folder))
         return model
 
+    def schema(self, show: str) -> int | None:
+        """The ``schema_version`` of the show's show.yaml (None without one)."""
+        _, model = self.read(show)
+        return None if model is None else model.schema_version
+
+    def upgrade(self, show: str, backup: Callable[[str, bytes], None]) -> bool:
+        """Rewrite a schema-1 show.yaml at the current schema, its full list
+        cut to the hand-set head (``hand_order``: the show's order stays the
+        same); ``backup(path, raw)`` keeps the old bytes first. Comments stay."""
+        writer = self.writer
+        with writer.locks.show(show):
+            parsed, current = self.read(show)
+            if parsed is None or current is None or current.schema_version >= SHOW_SCHEMA:
+                return False
+            on_disk = self.episode_ids_on_disk(show)
+            created = self.created(show, on_disk)
+            order = hand_order(current.order, on_disk, created)
+            path = show_file(self.root, show)
+            backup(path, parsed.raw)
+            new = current.model_copy(update={"schema_version": SHOW_SCHEMA, "order": order,
+                                             "updated_at": writer.clock()})
+            stored = YAML_CODEC.dump(new.file_data(), parsed)
+            with writer.folders.open(("shows", show)) as folder:
+                st = diskio.atomic_write(writer.disk, path, stored.raw, dir_fd=folder)
+            stored.model = new
+            writer.remember(path, stored)
+            self.index_show(new, stored.raw, st)
+            writer.index_quietly(f"the order of show {show}", positions=(show, order))
+            return True
+
+    def created(self, show: str, on_disk: list[str]) -> dict[str, str]:
+        """``created_at`` (UTC text) of the show's episodes: as the index holds
+        it, or the file says for one the index does not know yet."""
+        created = self.writer.index.created(show)
+        for ep in on_disk:
+            if ep not in created:
+                try:
+                    created[ep] = iso(self.writer.load(show, ep)[1].model.created_at)
+                except StatekitError:
+                    continue  # a damaged file: last, by id
+        return created
+
     def get(self, show: str) -> Show:
-        """The show, its episode list reconciled with the episodes on disk."""
+        """The show, its ``episodes`` every episode on disk in order: the
+        hand-set ones, then the rest by creation (``created_at`` as the index
+        holds it, or the file says for one the index does not know yet)."""
         check_id(show, "show id")
         if not self.writer.folders.exists(("shows", show)):
             raise ShowNotFoundError(f"show {show!r} not found", show_id=show)
@@ -171,7 +247,7 @@ class Shows:
         if model is None:
             now = self.writer.clock()
             model = Show(show_id=show, title=show, created_at=now, updated_at=now)
-        return model.model_copy(update={"episodes": reconcile(model.episodes, on_disk)})
+        return model.model_copy(update={"episodes": reconcile(model.order, on_disk, self.created(show, on_disk))})
 
     def known(self, show: str | None) -> None:
         """``ShowNotFoundError`` unless ``show`` is None or a show of the store."""

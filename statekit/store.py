@@ -22,14 +22,25 @@ from .assets import Assets
 from .backups import Backup, Backups
 from .checkpoints import Checkpoints
 from .config import CONFIG_FILE, pipeline_from, read_config, refuse_nesting, write_new_store
+from .config import index_url as find_index_url
 from .episodes import UNSET, Episodes
-from .errors import StoreExistsError
+from .errors import StoreExistsError, ValidationError
 from .files import DISK, Disk, storage_error
 from .folders import Folders
 from .history import Change, History
 from .locks import Locks
 from .migrate import ImportReport, Migration, MigrationReport
-from .models import DEFAULT_STORE_SCHEMA, LEDGER_SCHEMA, Episode, Event, Show, StoreConfig, UploadRecord, utcnow
+from .models import (
+    DEFAULT_STORE_SCHEMA,
+    LEDGER_SCHEMA,
+    Episode,
+    Event,
+    IndexConfig,
+    Show,
+    StoreConfig,
+    UploadRecord,
+    utcnow,
+)
 from .objects import ObjectsReport, Removed
 from .parsing import invalid
 from .pipeline import Pipeline
@@ -37,6 +48,7 @@ from .queries import Queries
 from .recovery import RecoverReport, Recovery
 from .repair import Repair, RepairReport, revert_episode
 from .runs import Run, Runs
+from .serverlocks import ServerLocks
 from .shows import Shows
 from .writes import Writer
 
@@ -44,15 +56,16 @@ if TYPE_CHECKING:
     from .cache import Cache as ResultCache
     from .index import Index
     from .index.scan import Progress, RebuildReport, SyncReport, VerifyReport
+    from .signals.worker import Signals
 
 __all__ = ["CONFIG_FILE", "Backup", "ImportReport", "MigrationReport", "RecoverReport", "RepairReport", "Run",
            "Store"]
 
 
-def _open_index(writer: Writer) -> Index:
+def _open_index(url: str | None, writer: Writer) -> Index:
     from .index.connect import open_index
 
-    return open_index(writer)
+    return open_index(writer, url)
 
 
 class Store:
@@ -63,8 +76,12 @@ class Store:
                  clock: Callable[[], datetime] | None = None) -> None:
         self.root = root
         folders = Folders(root, disk)  # every folder below is reached from the root's fd, never through a symlink
-        self.writer = Writer(config, folders, Locks(folders, config.lock_timeout), Backups(folders, config.backups),
-                             clock or utcnow, _open_index)
+        self.index_url = find_index_url(config)
+        """The server index's URL (``index: {url}``, ``STATEKIT_INDEX_URL``); None: SQLite."""
+        locks = Locks(folders, config.lock_timeout) if self.index_url is None else \
+            ServerLocks(self.index_url, config.lock_timeout)
+        self.writer = Writer(config, folders, locks, Backups(folders, config.backups),
+                             clock or utcnow, partial(_open_index, self.index_url))
         self.show_files = Shows(self.writer)
         self.episodes = Episodes(self.writer, self.show_files)
         self.checkpoints = Checkpoints(self.writer)
@@ -78,6 +95,8 @@ class Store:
         self.versions = History(self.writer)
         self._result_cache: ResultCache | None = None
         self._cache_lock = threading.Lock()
+        self._signals: Signals | None = None
+        self._wire_signals()
 
     def __repr__(self) -> str:
         return f"Store({self.root!r}, pipeline={self.pipeline.name!r}, format={self.config.format!r})"
@@ -93,6 +112,25 @@ class Store:
         self.writer.config = value
         self.writer.backups.keep = value.backups
         self.writer.locks.timeout = value.lock_timeout
+        self._wire_signals()
+
+    @property
+    def signals(self) -> Signals:
+        """The store's alerts and event stream (``statekit.signals``), made on first use."""
+        if self._signals is None:
+            from .signals.worker import Signals
+
+            self._signals = Signals(self.writer)
+        return self._signals
+
+    def _wire_signals(self) -> None:
+        """The post-commit hook, there only when alerts or events are configured (no cost otherwise)."""
+        hooks = self.writer.after_commit
+        on = self.config.alerts is not None or self.config.events is not None
+        if on and self.signals.committed not in hooks:
+            hooks.append(self.signals.committed)
+        elif not on and self._signals is not None and self._signals.committed in hooks:
+            hooks.remove(self._signals.committed)
 
     @property
     def pipeline(self) -> Pipeline:
@@ -125,6 +163,7 @@ class Store:
         backups: int = 3,
         unique: Sequence[str] = (),
         ledger: bool = False,
+        index_url: str | None = None,
         disk: Disk = DISK,
         clock: Callable[[], datetime] | None = None,
     ) -> Store:
@@ -137,15 +176,22 @@ class Store:
         or holds one below it (see ``config.NEST_SCAN_DIRS`` for how far down is looked).
         ``ledger``: a store at the ledger's format (every event hash-chained and carrying
         its patch; see the README); ``statekit migrate`` moves an existing store there.
+        ``index_url``: keep the index on a PostgreSQL server
+        (``postgresql+psycopg://user@host/db``; ``${VAR}`` is expanded from the
+        environment when the store opens, so a password need not be written).
         """
         graph = pipeline_from(pipeline)
+        if index_url is not None and not isinstance(index_url, str):
+            raise ValidationError(f"index_url must be text, got {type(index_url).__name__}")
         try:
             config = StoreConfig(format=format, lock_timeout=lock_timeout, backups=backups,
                                  schema_version=LEDGER_SCHEMA if ledger else DEFAULT_STORE_SCHEMA,
                                  unique=unique,  # type: ignore[arg-type]  # pydantic refuses a str, never splits it
+                                 index=IndexConfig(url=index_url) if index_url is not None else None,
                                  pipeline=graph)
         except PydanticValidationError as exc:
             raise invalid(exc, None, None, "store") from None
+        find_index_url(config)  # refused now (a bad url, an unset ${VAR}), before anything is made
         top = os.path.abspath(os.fspath(root))
         if os.path.lexists(os.path.join(top, CONFIG_FILE)):
             raise StoreExistsError(f"a statekit store already exists at {top}")
@@ -190,6 +236,8 @@ class Store:
 
     def close(self) -> None:
         """Release the index's and the cache's database connections (the store stays usable)."""
+        if self._signals is not None:
+            self._signals.close()
         self.writer.close_index()
         if self._result_cache is not None:
             self._result_cache.close()
@@ -417,7 +465,7 @@ class Store:
 
     def run(self, show: str, ep: str, stage: str, *, owner: str | None = None,
             lease_seconds: float | None = None, reraise: bool = True,
-            verify_assets: tuple[str, ...] | list[str] = ()) -> Run:
+            verify_assets: tuple[str, ...] | list[str] = (), renew: bool = False) -> Run:
         """A leased run of ``stage``, as a context manager::
 
             with store.run("oliver", "ep001", "downloading") as run:
@@ -453,9 +501,37 @@ class Store:
         ``InvalidTransitionError`` (or ``ApprovalRequiredError`` at an
         unapproved gate). A run whose lease expired cannot write:
         ``LeaseExpiredError``.
+
+        ``renew``: renew the lease in the background (in the index, every
+        third of its length; no file write), as a claimed run does (see
+        ``claim``); by default each of the run's writes renews it.
         """
         return self.runs.run(show, ep, stage, owner=owner, lease_seconds=lease_seconds, reraise=reraise,
-                             verify_assets=verify_assets)
+                             verify_assets=verify_assets, renew=renew)
+
+    def claim(self, stage: str, *, owner: str | None = None, lease_seconds: float | None = None,
+              show: str | None = None, reraise: bool = True) -> Run | None:
+        """Pick the longest-waiting episode ready for ``stage`` and lease it in
+        one step, then write the run's start to it (one ``start`` event); the
+        ``Run`` (use it as ``with run: ...``, as ``store.run`` returns it),
+        or None when nothing is ready.
+
+        Two live claimers, in any processes on any machines sharing the
+        index, never get the same episode, and none is lost to a race:
+        ``FOR UPDATE SKIP LOCKED`` on PostgreSQL, one write transaction on
+        SQLite. The lease lives in the index and is renewed in the
+        background (no file write per renewal), judged by the database's
+        clock; ``lease_seconds`` defaults to the pipeline's, at most
+        ``runs.CLAIM_LEASE_S`` (20 s), so a killed worker's episode is
+        claimable again within that. ``show``: claim only in this show."""
+        return self.runs.claim(stage, owner=owner, lease_seconds=lease_seconds, show=show, reraise=reraise)
+
+    def attach_run(self, show: str, ep: str, stage: str, run_id: str) -> Run:
+        """The ``Run`` another process holds on the episode (``statekit
+        worker``'s command finds its id in ``STATEKIT_RUN_ID``), to call
+        ``checkpoint``, ``cost`` and ``add_asset`` under its lease; do not
+        enter it (the worker ends the run)."""
+        return self.runs.attach(show, ep, stage, run_id)
 
     def recover(self, *, sync: bool = True) -> RecoverReport:
         """Bring back episodes whose worker died: each one whose lease has
@@ -548,11 +624,13 @@ class Store:
 
     def migrate(self, *, dry_run: bool = False, progress: Progress | None = None, ledger: bool = False
                 ) -> MigrationReport:
-        """Rewrite episode files of an older schema at the current one.
+        """Rewrite episode files (and show.yaml files) of an older schema at the current one.
 
         A dry run only lists them. Otherwise each file is first copied to
         ``.statekit/backups/migrate-<time>/`` and then rewritten through the
-        normal write path (version + 1, one ``migrate`` event).
+        normal write path (version + 1, one ``migrate`` event). A schema-1
+        show.yaml keeps only the head of its episode list that is not in
+        creation order (the show's order does not change).
         ``progress(done, total)``: called as files are read, then as they are rewritten.
         ``ledger``: also move a store made before the ledger to it: every episode's log
         is sealed (one ``seal`` event), then ``statekit.yaml`` moves to format 5.
@@ -595,5 +673,8 @@ def _sync(writer: Writer, shows: Shows, progress: Progress | None = None) -> Syn
 
 def _verify(writer: Writer, progress: Progress | None = None) -> VerifyReport:
     from .index.verify import verify
+    from .signals.metrics import record_verify
 
-    return verify(writer, progress)
+    report = verify(writer, progress)
+    record_verify(writer, len(report.problems), writer.clock())  # statekit_index_drift
+    return report

@@ -20,6 +20,7 @@ without its event.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import threading
@@ -117,6 +118,11 @@ class Writer:
         self._cache: OrderedDict[str, Parsed] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._path_cache: dict[tuple[str, str], EpisodePaths] = {}
+        self.after_commit: list[Callable[[dict[str, Any], Episode], None]] = []
+        """Called with each committed event's record and the new episode, after
+        the index write (alerts, the event stream); one that raises is logged."""
+        self._fences: contextvars.ContextVar[tuple[Callable[[], None], ...]] = contextvars.ContextVar(
+            "statekit_fences", default=())
 
     @property
     def pipeline(self) -> Pipeline:
@@ -145,6 +151,23 @@ class Writer:
             self.index.write(**changes)
         except (IndexUnavailableError, SQLAlchemyError, OSError, TypeError, ValueError, OverflowError) as exc:
             log.warning("statekit: the index missed %s (%s); run 'statekit sync' to repair it", what, exc)
+
+    @contextmanager
+    def fenced(self, check: Callable[[], None]) -> Iterator[None]:
+        """Within the block, every commit calls ``check()`` right before its
+        rename (a run's lease still held); its error aborts the commit."""
+        token = self._fences.set((*self._fences.get(), check))
+        try:
+            yield
+        finally:
+            self._fences.reset(token)
+
+    def fence(self) -> None:
+        """Right before a commit's rename: the locks held are still held (a
+        server's lock dies with its connection), and the block's fences pass."""
+        self.locks.fence()
+        for check in self._fences.get():
+            check()
 
     # --- paths and checks --------------------------------------------------------------
 
@@ -184,10 +207,29 @@ class Writer:
             raise self.missing(show, ep)
         return paths
 
+    def lease_live(self, model: Episode, now: datetime | None = None) -> bool:
+        """True if the run the episode file names still holds its lease.
+
+        The index's lease row decides while there is one (renewed in the
+        background, judged by the database's clock; a row of another run means
+        this one was taken over); without one, the expiry the file records."""
+        lease = model.lease
+        if lease is None:
+            return False
+        now = now or self.clock()
+        try:
+            holder, db_now = self.index.leases.holder(model.show_id, model.episode_id, now)
+        except IndexUnavailableError as exc:
+            log.warning("statekit: judging %s's lease by its file (%s)", model.key, exc.one_line())
+            return now < lease.expires_at
+        if holder is None:
+            return db_now < lease.expires_at
+        return holder.run_id == lease.run_id and holder.alive
+
     def refuse_if_held(self, model: Episode, what: str, now: datetime | None = None) -> None:
         """``NotReadyError`` if a live stage run holds the episode."""
         lease = model.lease
-        if lease is not None and (now or self.clock()) < lease.expires_at:
+        if lease is not None and self.lease_live(model, now):
             raise NotReadyError(
                 f"{model.key} is being run ({model.stage}) by {lease.owner} until {lease.expires_at.isoformat()}; "
                 f"it cannot be {what} meanwhile", reason="leased", show_id=model.show_id,
@@ -643,7 +685,8 @@ class Writer:
         previous = current.raw if current is not None else replaced
         try:
             st = diskio.atomic_write(self.disk, path, raw, dir_fd=folder, alongside=append, keep=keep,
-                                     keep_dir_fd=backups, previous=previous, created=previous is None)
+                                     keep_dir_fd=backups, previous=previous, created=previous is None,
+                                     fence=self.fence)
             if keep is not None and backups is not None:
                 self.backups.rotate(keep, current.model.version, backups)  # type: ignore[union-attr]
         finally:
@@ -673,6 +716,11 @@ class Writer:
                 log.warning("statekit: the index keeps only the newest event of %s (%s); run 'statekit sync'",
                             new.key, exc)
         self.index_quietly(f"{new.key} version {new.version}", rows=[row], event_rows=event_rows)
+        for hook in self.after_commit:  # never fails the write: it is durable already
+            try:
+                hook(record, new)
+            except Exception as exc:
+                log.warning("statekit: a signal of %s version %s failed (%s)", new.key, new.version, exc)
         return written
 
     def _chain_fields(self, path: str, current: Parsed | None, data: dict[str, Any], ledger: Ledger | None,

@@ -7,6 +7,9 @@
                                                   from an earlier attempt's); prints "resume I", "ckpt I", "done"
     python proc_worker.py stale ROOT SHOW EP STAGE LEASE SLEEP
                                                   starts a run, sleeps past its lease, then tries to write
+    python proc_worker.py churn ROOT SHOW PREFIX N
+                                                  creates SHOW/PREFIX<i> for i < N, deleting every third one it
+                                                  made; prints {"kept": [...], "deleted": [...]}
     python proc_worker.py claim ROOT SHOW OP N START
                                                   at time START, for i < N: gives SHOW/e<i> the archive_identifier
                                                   v<i> by OP (create, update or advance); prints {i: won|duplicate}
@@ -124,6 +127,20 @@ def claim(store: Store, show: str, op: str, n: int, start: float) -> dict[int, s
     return done
 
 
+def churn(store: Store, show: str, prefix: str, n: int) -> dict[str, list[str]]:
+    kept: list[str] = []
+    deleted: list[str] = []
+    for i in range(n):
+        ep = f"{prefix}{i:03d}"
+        store.create(show, ep)
+        kept.append(ep)
+        if i % 3 == 2:
+            gone = kept.pop(len(kept) // 2)
+            store.delete(show, gone)
+            deleted.append(gone)
+    return {"kept": kept, "deleted": deleted}
+
+
 if __name__ == "__main__":
     mode, root, show, ep = sys.argv[1:5]
     s = Store.open(root)
@@ -131,6 +148,8 @@ if __name__ == "__main__":
         print(json.dumps(cas(s, show, ep, int(sys.argv[5]))))
     elif mode == "run":
         run(s, show, ep, sys.argv[5], int(sys.argv[6]), float(sys.argv[7]), float(sys.argv[8]))
+    elif mode == "churn":
+        print(json.dumps(churn(s, show, ep, int(sys.argv[5]))))
     elif mode == "claim":
         print(json.dumps(claim(s, show, ep, int(sys.argv[5]), float(sys.argv[6]))))
     elif mode == "stale":

@@ -221,3 +221,32 @@ def test_a_stale_worker_is_rejected_after_another_took_over(tmp_path: Path) -> N
     assert ep.stage == "downloaded" and ep.cost_total == 0.03  # nothing of the stale worker's got in
     kinds = [e.kind for e in Store.open(store.root).events("s", "e")]
     assert kinds == ["create", "start", "recovered", "start", "checkpoint", "checkpoint", "checkpoint", "finish"]
+
+
+def test_the_show_order_is_right_under_concurrent_creates_and_deletes(tmp_path: Path) -> None:
+    store = Store.init(tmp_path / "s")
+    store.create("s", "first")
+    show_file = Path(store.root, "shows/s/show.yaml")
+    show_file.write_text(show_file.read_text().replace("order: []", "order: [c029, first]"))  # a hand-set head
+    before = show_file.read_bytes()
+    procs = [spawn("churn", store.root, "s", prefix, "30") for prefix in ("a", "b", "c", "d")]
+    kept: list[str] = ["first"]
+    deleted: list[str] = []
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        result = json.loads(out)
+        kept += result["kept"]
+        deleted += result["deleted"]
+    assert show_file.read_bytes() == before  # nobody rewrote it: no create or delete of one can be lost
+    episodes = {e.episode_id: e for e in store.list(show="s")}
+    assert set(episodes) == set(kept) and not set(deleted) & set(episodes)
+    head = ["c029", "first"]  # c029 was listed before it existed; never deleted (the last one made)
+    rest = sorted((e for e in episodes.values() if e.episode_id not in head),
+                  key=lambda e: (e.created_at, e.episode_id))
+    want = head + [e.episode_id for e in rest]
+    assert store.get_show("s").episodes == want
+    assert [e.episode_id for e in store.list(show="s")] == want  # the index agrees
+    assert store.verify().clean
+    store.rebuild_index()
+    assert [e.episode_id for e in store.list(show="s")] == want  # and a rebuild from the files alone

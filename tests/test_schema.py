@@ -48,7 +48,10 @@ def test_import_brings_schema_0_files_in_and_loses_nothing(store: Store) -> None
     assert "legacy_episode_id" not in published.metadata  # the id was valid as it was
     assert published.attempts == {"downloading": 1, "converting": 1, "uploading": 1}
     assert [e.kind for e in store.events("hooting-yard", "hy0_hooting_yard_2004-04-28")] == ["import"]
-    assert store.get_show("hooting-yard").episodes == [r["episode"].split("/")[1] for r in report.imported]
+    # the show's order is creation order: the files' own created_at, then id
+    imported = [store.get("hooting-yard", r["episode"].split("/")[1]) for r in report.imported]
+    assert store.get_show("hooting-yard").episodes == [
+        e.episode_id for e in sorted(imported, key=lambda e: (e.created_at, e.episode_id))]
 
 
 def test_legacy_ids_that_are_not_valid_ids_are_normalised(store: Store, tmp_path: Path) -> None:
@@ -175,3 +178,43 @@ def test_a_store_config_of_schema_1_still_opens(tmp_path: Path) -> None:
     config.write_bytes(YAML_CODEC.dump_plain(data))
     reopened = Store.open(store.root)
     assert reopened.pipeline.runs == store.pipeline.runs and reopened.config.backups == 3
+
+
+def test_migrate_rewrites_a_schema_1_show_yaml_keeping_the_order(store: Store) -> None:
+    for ep in ("e1", "e2", "e3", "e4", "e5"):
+        store.create("s", ep)
+    show_file = Path(store.root, "shows/s/show.yaml")
+    text = show_file.read_text()
+    assert "schema_version: 2" in text and "order: []" in text
+    # the schema-1 form: every episode listed; a person moved e4 to the front and commented
+    old = (text.replace("schema_version: 2", "schema_version: 1")
+           .replace("order: []\n", "# by hand\nepisodes:\n- e4\n- e1\n- e2\n- e3\n- e5\n"))
+    show_file.write_text(old)
+    want = ["e4", "e1", "e2", "e3", "e5"]
+    assert store.get_show("s").episodes == want  # read as it is: the list comes first
+    store.create("s", "e6")  # a create does not rewrite a schema-1 file either
+    assert show_file.read_text() == old
+    want.append("e6")
+    assert store.get_show("s").episodes == want
+    dry = store.migrate(dry_run=True)
+    assert [(f["path"], f["from"], f["to"]) for f in dry.files] == [("shows/s/show.yaml", 1, 2)]
+    done = store.migrate()
+    assert Path(done.backup_dir, "shows/s/show.yaml").read_text() == old  # the original, kept
+    text = show_file.read_text()
+    # only the head out of creation order stays listed (e4 before e1); the rest follow creation
+    assert "schema_version: 2" in text and "# by hand" in text and "order:\n- e4\n" in text and "e1" not in text
+    assert store.get_show("s").episodes == want
+    assert [e.episode_id for e in store.list(show="s")] == want
+    assert store.migrate(dry_run=True).files == []
+    assert store.verify().clean
+    store.rebuild_index()
+    assert [e.episode_id for e in store.list(show="s")] == want
+
+
+def test_a_schema_2_show_yaml_with_an_episodes_list_is_refused_with_a_hint(store: Store) -> None:
+    store.create("s", "e1")
+    show_file = Path(store.root, "shows/s/show.yaml")
+    show_file.write_text(show_file.read_text().replace("order: []", "episodes: [e1]"))
+    with pytest.raises(ValidationError, match="no 'episodes' list") as caught:
+        store.create("s", "e2")
+    assert "order:" in (caught.value.hint or "")

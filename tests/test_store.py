@@ -159,34 +159,48 @@ def test_not_found_errors(store: Store) -> None:
         store.list(stage="nope")
 
 
-def test_show_yaml_keeps_the_ordered_episode_list(store: Store) -> None:
+def test_show_order_follows_creation_and_show_yaml_lists_only_a_hand_set_order(store: Store) -> None:
     for ep in ("ep3", "ep1", "ep2"):
         store.create("show", ep)
-    assert store.get_show("show").episodes == ["ep3", "ep1", "ep2"]
+    assert store.get_show("show").episodes == ["ep3", "ep1", "ep2"]  # creation order
     show_file = Path(store.root, "shows/show/show.yaml")
-    assert "- ep3\n- ep1\n- ep2\n" in show_file.read_text()
+    before = show_file.read_bytes()
+    assert "schema_version: 2\n" in before.decode() and "order: []\n" in before.decode()
     where = store.delete("show", "ep1")
+    assert show_file.read_bytes() == before  # neither a create nor a delete of an unlisted episode rewrites it
     assert store.get_show("show").episodes == ["ep3", "ep2"]
-    assert "ep1" not in show_file.read_text()
     assert Path(where, "episode.yaml").is_file()  # kept in the trash, not erased
     assert [e.episode_id for e in store.list(show="show")] == ["ep3", "ep2"]
     with pytest.raises(EpisodeNotFoundError):
         store.delete("show", "ep1")
-    store.create("show", "ep1")  # the id can be used again
+    store.create("show", "ep1")  # the id can be used again, and is the newest
     assert store.get_show("show").episodes == ["ep3", "ep2", "ep1"]
+    assert [e.episode_id for e in store.list(show="show")] == ["ep3", "ep2", "ep1"]
 
 
-def test_show_list_reconciles_with_the_disk(store: Store) -> None:
+def test_a_hand_set_order_comes_first_and_the_rest_follow_creation(store: Store) -> None:
     store.create("show", "a")
     store.create("show", "b")
     show_file = Path(store.root, "shows/show/show.yaml")
-    # a person reorders the list, adds a comment and a stray id
-    text = show_file.read_text().replace("- a\n- b\n", "# my order\n- b\n- ghost\n- a\n")
+    # a person orders two episodes by hand (one not there yet), with a comment
+    text = show_file.read_text().replace("order: []\n", "# my order\norder:\n- b\n- ghost\n- later\n")
     show_file.write_text(text)
     assert store.get_show("show").episodes == ["b", "a"]
+    store.sync()
+    assert [e.episode_id for e in store.list(show="show")] == ["b", "a"]
+    assert "ghost" not in show_file.read_text() and "# my order" in show_file.read_text()  # sync drops ids gone
+    show_file.write_text(show_file.read_text().replace("- b\n", "- b\n- later\n"))
     store.create("show", "c")
+    store.create("show", "later")  # listed by hand before it existed: it takes its place
+    assert store.get_show("show").episodes == ["b", "later", "a", "c"]
+    assert [e.episode_id for e in store.list(show="show")] == ["b", "later", "a", "c"]
+    store.delete("show", "b")  # a listed one leaves the list
     text = show_file.read_text()
-    assert "# my order" in text and "- b\n- a\n- c\n" in text
+    assert "# my order" in text and "order:\n- later\n" in text
+    assert [e.episode_id for e in store.list(show="show")] == ["later", "a", "c"]
+    assert store.verify().clean
+    rebuilt = store.rebuild_index()
+    assert rebuilt.problems == [] and [e.episode_id for e in store.list(show="show")] == ["later", "a", "c"]
 
 
 def test_create_show_with_title(store: Store) -> None:

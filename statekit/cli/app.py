@@ -136,6 +136,9 @@ class StderrLines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
+            if self.formatter is not None:  # --log-format json: the formatter's one line
+                sys.stderr.write(self.format(record).replace("\n", " ") + "\n")
+                return
             text = " ".join(record.getMessage().split())
             line = text if text.startswith("statekit:") else f"statekit: {record.levelname.lower()}: {text}"
             sys.stderr.write(line + "\n")
@@ -143,11 +146,16 @@ class StderrLines(logging.Handler):
             self.handleError(record)
 
 
-def quiet_logs(level: int = logging.WARNING) -> None:
-    """statekit's log records on stderr, one line each (once per process)."""
+def quiet_logs(level: int = logging.WARNING, formatter: logging.Formatter | None = None) -> None:
+    """statekit's log records on stderr, one line each (once per process);
+    ``formatter``: how to write them (``--log-format json``), else readable text."""
     logger = logging.getLogger("statekit")
-    if not any(getattr(h, "statekit_cli", False) for h in logger.handlers):
-        logger.addHandler(StderrLines())
+    handler = next((h for h in logger.handlers if getattr(h, "statekit_cli", False)), None)
+    if handler is None:
+        handler = StderrLines()
+        logger.addHandler(handler)
+    if formatter is not None:
+        handler.setFormatter(formatter)
     logger.setLevel(level)
 
 

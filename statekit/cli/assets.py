@@ -9,6 +9,7 @@ import click
 from rich.table import Table
 
 from ..operations import add_asset_file, upload_asset_once, verify_assets
+from ..schema import legacy_id
 from .app import Context, dump_json, err, fail, group, human_size, out, pass_ctx, ref_arg, split_ref
 
 
@@ -25,8 +26,16 @@ def asset() -> None:
 @click.option("--media-type", default=None, help="e.g. audio/wav (default: guessed from the name).")
 @pass_ctx
 def asset_add(ctx: Context, ref: str, file: str, kind: str, name: str | None, media_type: str | None) -> None:
-    """Store FILE as an asset of SHOW/EP."""
-    added, ep = add_asset_file(ctx.store, *split_ref(ref), file, kind, name, media_type=media_type)
+    """Store FILE as an asset of SHOW/EP (inside a worker's command, for its
+    own episode: under the run's lease)."""
+    show, episode = split_ref(ref)
+    if os.environ.get("STATEKIT_RUN_ID") and (os.environ.get("STATEKIT_SHOW"), os.environ.get("STATEKIT_EPISODE")) \
+            == (show, episode):
+        run = ctx.store.attach_run(show, episode, os.environ.get("STATEKIT_STAGE", ""), os.environ["STATEKIT_RUN_ID"])
+        added = name or legacy_id(os.path.basename(file))
+        ep = run.add_asset(file, kind, added, media_type=media_type)
+    else:
+        added, ep = add_asset_file(ctx.store, show, episode, file, kind, name, media_type=media_type)
     record = ep.assets[added]
     out.print(f"{ep.key}: asset {added} = sha256 {record.sha256[:12]}… ({human_size(record.size)}, "
               f"{record.media_type}); version {ep.version}", markup=False)

@@ -20,10 +20,15 @@ from .app import Context, command, dump_json, err, out, pass_ctx, progress_bar
               help="A metadata key whose values no two episodes may share (repeatable).")
 @click.option("--ledger", is_flag=True,
               help="Chain every event and record its patch (history, diff, revert; see the README).")
-def init(directory: str, pipeline: str, fmt: str, unique: tuple[str, ...], ledger: bool) -> None:
+@click.option("--index-url", metavar="URL",
+              help="Keep the index on PostgreSQL (postgresql+psycopg://user@host/db; ${VAR} is expanded "
+                   "from the environment when the store opens).")
+def init(directory: str, pipeline: str, fmt: str, unique: tuple[str, ...], index_url: str | None,
+         ledger: bool) -> None:
     """Create a store in DIR (default: here). Stores do not nest: DIR may not be
     inside a store, nor hold one below it."""
-    store = Store.init(directory, pipeline=pipeline, format=fmt, unique=list(unique), ledger=ledger)
+    store = Store.init(directory, pipeline=pipeline, format=fmt, unique=list(unique), index_url=index_url,
+                        ledger=ledger)
     keys = f", unique {', '.join(unique)}" if unique else ""
     out.print(f"created store {store.root} (pipeline {store.pipeline.name}, format {fmt}{keys})", markup=False)
 
@@ -33,8 +38,8 @@ def init(directory: str, pipeline: str, fmt: str, unique: tuple[str, ...], ledge
 @click.option("--ledger", is_flag=True, help="Also seal every event log and move the store to the ledger.")
 @pass_ctx
 def migrate(ctx: Context, dry_run: bool, ledger: bool) -> None:
-    """Rewrite episode files of an older schema (each backed up first); with --ledger,
-    seal the event logs of a store made before the ledger and move it there."""
+    """Rewrite episode and show files of an older schema (each backed up first); with
+    --ledger, seal the event logs of a store made before the ledger and move it there."""
     with progress_bar("migrating") as progress:
         report = ctx.store.migrate(dry_run=dry_run, progress=progress, ledger=ledger)
     verb = "would migrate" if dry_run else "migrated"

@@ -36,7 +36,8 @@ from .dialect import (
     run_query,
     upsert,
 )
-from .rows import claim_rows, json_doc, json_text, totals_delta
+from .leases import LeaseTable
+from .rows import UNLISTED, claim_rows, json_doc, json_text, positions_of, totals_delta
 from .tables import (
     episodes,
     events,
@@ -67,6 +68,16 @@ SQL_HINTS = {
 
 
 
+SHOW_ORDER = (episodes.c.show_id, episodes.c.position, episodes.c.created_at, episodes.c.episode_id)
+"""Episodes in show order: the hand-set ones, then the rest by creation."""
+
+
+BY_STAGE = "INDEXED BY episodes_by_stage"
+"""SQLite plans from the statistics of the last ANALYZE: taken when most rows
+sat in one stage, they make a scan of every row look cheaper than the index
+for any stage. The questions about one stage's rows use the index all the same."""
+
+
 def engine_for(url: str | URL, *, busy_timeout: float = 5.0, scratch: bool = False, **options: Any) -> Engine:
     return make_engine(url, busy_timeout=busy_timeout, scratch=scratch, json_serializer=json_text,
                        json_deserializer=orjson.loads, **options)
@@ -95,8 +106,9 @@ class Index:
             .values({c.name: bindparam("v_" + c.name) for c in replaced}),
             engine,
         )
-        self._last_position = Compiled(
-            select(func.max(episodes.c.position)).where(episodes.c.show_id == bindparam("s")), engine)
+        self._unlist_all = Compiled(
+            episodes.update().where(and_(episodes.c.show_id == bindparam("s"), episodes.c.position != UNLISTED))
+            .values(position=UNLISTED), engine)
         self._set_position = Compiled(episodes.update().where(by_key).values(position=bindparam("p")), engine)
         self._delete_episode = Compiled(delete(episodes).where(by_key), engine)
         self._delete_events = Compiled(
@@ -116,7 +128,11 @@ class Index:
                    joined(dialect, episodes.c.file_stamp, "/")).group_by(episodes.c.show_id),
             engine,
         )
+        self.queries: dict[str, Compiled] = {}
+        """The questions about many episodes, compiled on first use, by name."""
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
+        self.leases = LeaseTable(engine)
+        """The live leases of stage runs (coordination state, ``index.leases``)."""
         self._local = threading.local()
         self._connections: list[Any] = []
         self._connections_lock = threading.Lock()
@@ -220,11 +236,10 @@ class Index:
                          (row["stage"], row["costs"]))
             values = dict(row, data=json_text(row["data"]), costs=json_text(row["costs"]))
             if row["position"] is None:
-                if old is None:  # a new episode goes last in its show
-                    last = run(self._last_position, {"s": row["show_id"]}).fetchone()[0]
-                    values["position"] = 0 if last is None else last + 1
-                else:  # kept as it is by the upsert; SQLite checks NOT NULL before the conflict
-                    values["position"] = 0
+                # a new episode follows the hand-set ones by creation (its show's order puts it in
+                # place with ``positions`` if it is listed); an existing one keeps its position
+                # through the upsert (SQLite checks NOT NULL before the conflict)
+                values["position"] = UNLISTED if old is None else 0
             run(self._put_episode, values)
         for show, ep in removed:
             old = run(self._old_state, {"s": show, "e": ep}).fetchone()
@@ -244,7 +259,8 @@ class Index:
                 run(self._add_totals, {"show_id": show, "stage": stage, "episodes": int(n), "cost": cost})
         if positions is not None:
             show, ordered = positions
-            for i, ep in enumerate(ordered):
+            run(self._unlist_all, {"s": show})
+            for ep, i in positions_of(ordered).items():
                 run(self._set_position, {"s": show, "e": ep, "p": i})
 
     def unique_current(self) -> bool:
@@ -298,23 +314,51 @@ class Index:
         self.write(removed_shows=[show])
 
     def set_positions(self, show: str, ordered: list[str]) -> None:
-        """Put a show's episodes in ``ordered`` order (show.yaml's)."""
+        """Put the episodes a show orders by hand (show.yaml's ``order``) first,
+        in that order; the rest follow by creation."""
         self.write(positions=(show, ordered))
 
     # --- reading --------------------------------------------------------------------
 
-    def _docs(self, stmt: Any) -> list[dict[str, Any]]:
-        with self.reading() as conn:
-            return [row[0] for row in conn.execute(stmt)]
+    def _raw_docs(self, name: str, build: Any, values: Mapping[str, Any], by_stage: bool = False) -> list[Any]:
+        """The ``data`` documents a query of episodes returns, run on the raw
+        cursor (compiled once per ``name``: SQLAlchemy's per-row work costs more
+        than the query); decoded from JSON text in SQLite, as is in PostgreSQL.
+        ``by_stage``: SQLite reads the rows through the stage index (``BY_STAGE``)."""
+        stmt = self.queries.get(name)
+        if stmt is None:
+            stmt = Compiled(build(), self.engine)
+            if by_stage and self.dialect == "sqlite":
+                stmt.sql = stmt.sql.replace("\nFROM episodes \n", f"\nFROM episodes {BY_STAGE} \n", 1)
+            self.queries[name] = stmt
+        with self.reading():
+            cursor = self._writer().cursor()
+            cursor.execute(stmt.sql, stmt.params(values))
+            return [json_doc(row[0]) for row in cursor.fetchall()]
+
+    def _at(self, moment: datetime) -> Any:
+        """A time as a raw-cursor parameter (ISO text in SQLite)."""
+        at = moment.astimezone(timezone.utc)
+        return at if self.dialect == "postgresql" else iso(at)
 
     def episode_data(self, show: str | None = None, stage: str | None = None) -> list[dict[str, Any]]:
         """File data of episodes, in show order."""
-        stmt = select(episodes.c.data).order_by(episodes.c.show_id, episodes.c.position, episodes.c.episode_id)
-        if show is not None:
-            stmt = stmt.where(episodes.c.show_id == show)
-        if stage is not None:
-            stmt = stmt.where(episodes.c.stage == stage)
-        return self._docs(stmt)
+        def build() -> Any:
+            stmt = select(episodes.c.data).order_by(*SHOW_ORDER)
+            if show is not None:
+                stmt = stmt.where(episodes.c.show_id == bindparam("show"))
+            if stage is not None:
+                stmt = stmt.where(episodes.c.stage == bindparam("stage"))
+            return stmt
+
+        return self._raw_docs(f"episodes:{show is None}:{stage is None}", build, {"show": show, "stage": stage},
+                              by_stage=stage is not None)
+
+    def created(self, show: str) -> dict[str, str]:
+        """``created_at`` of each indexed episode of ``show`` (UTC text that sorts as time)."""
+        stmt = select(episodes.c.episode_id, episodes.c.created_at).where(episodes.c.show_id == show)
+        with self.reading() as conn:
+            return {ep: iso(at) for ep, at in conn.execute(stmt)}
 
     def counts(self, show: str | None = None) -> dict[str, int]:
         stmt = select(stage_totals.c.stage, func.sum(stage_totals.c.episodes)).group_by(stage_totals.c.stage)
@@ -330,25 +374,30 @@ class Index:
     def next(self, stage: str, limit: int, now: datetime) -> list[dict[str, Any]]:
         """File data of the episodes ready for ``stage`` at ``now`` (not leased
         by a live worker, not waiting for a retry's backoff), longest-waiting first."""
-        at = now.astimezone(timezone.utc)
-        stmt = (
-            select(episodes.c.data)
-            .where(episodes.c.ready_for == stage)
-            .where(or_(episodes.c.lease_expires_at.is_(None), episodes.c.lease_expires_at <= at))
-            .where(or_(episodes.c.due_at.is_(None), episodes.c.due_at <= at))
-            .order_by(episodes.c.stage_entered_at, episodes.c.show_id, episodes.c.episode_id)
-            .limit(limit)
-        )
-        return self._docs(stmt)
+        def build() -> Any:
+            at = bindparam("at")
+            return (
+                select(episodes.c.data)
+                .where(episodes.c.ready_for == bindparam("stage"))
+                .where(or_(episodes.c.lease_expires_at.is_(None), episodes.c.lease_expires_at <= at))
+                .where(or_(episodes.c.due_at.is_(None), episodes.c.due_at <= at))
+                .order_by(episodes.c.stage_entered_at, episodes.c.show_id, episodes.c.episode_id)
+                .limit(bindparam("limit"))
+            )
+
+        return self._raw_docs("next", build, {"stage": stage, "at": self._at(now), "limit": limit})
 
     def expired_leases(self, now: datetime) -> list[tuple[str, str]]:
-        """Episodes whose run's lease ran out by ``now``: their worker stopped."""
+        """Episodes whose run's lease ran out by ``now``: their worker stopped
+        (candidates: ``Recovery.recover_one`` judges each under its lock)."""
         at = now.astimezone(timezone.utc)
         stmt = (select(episodes.c.show_id, episodes.c.episode_id)
                 .where(episodes.c.lease_expires_at <= at)
                 .order_by(episodes.c.lease_expires_at, episodes.c.show_id, episodes.c.episode_id))
         with self.reading() as conn:
-            return [(s, e) for s, e in conn.execute(stmt)]
+            found = [(s, e) for s, e in conn.execute(stmt)]
+        seen = set(found)  # and those whose lease row ran out (their file may say later, by another clock)
+        return found + [key for key in self.leases.expired(now) if key not in seen]
 
     def costs(self, by: str, show: str | None = None) -> dict[str, float]:
         """Total cost per stage or per show (from the maintained totals)."""
@@ -360,23 +409,30 @@ class Index:
             return {k: round(v or 0.0, 9) for k, v in conn.execute(stmt) if v}
 
     def with_errors(self, show: str | None = None) -> list[dict[str, Any]]:
-        stmt = select(episodes.c.data).where(episodes.c.error_count > 0).order_by(
-            episodes.c.updated_at.desc(), episodes.c.show_id, episodes.c.episode_id)
-        if show is not None:
-            stmt = stmt.where(episodes.c.show_id == show)
-        return self._docs(stmt)
+        def build() -> Any:
+            stmt = select(episodes.c.data).where(episodes.c.error_count > 0).order_by(
+                episodes.c.updated_at.desc(), episodes.c.show_id, episodes.c.episode_id)
+            return stmt if show is None else stmt.where(episodes.c.show_id == bindparam("show"))
+
+        return self._raw_docs(f"errors:{show is None}", build, {"show": show})
 
     def stuck(self, since: datetime, show: str | None = None) -> list[dict[str, Any]]:
         """Episodes in a non-terminal stage they entered before ``since``, oldest first."""
-        stmt = (
-            select(episodes.c.data)
-            .where(episodes.c.stage.not_in(self.pipeline.terminal))
-            .where(episodes.c.stage_entered_at < iso(since.astimezone(timezone.utc)))
-            .order_by(episodes.c.stage_entered_at)
-        )
-        if show is not None:
-            stmt = stmt.where(episodes.c.show_id == show)
-        return self._docs(stmt)
+        stages = [s for s in self.pipeline.stages if s not in self.pipeline.terminal]
+
+        def build() -> Any:
+            stmt = (
+                select(episodes.c.data)
+                # the stages asked about by name: each one a range of the stage index
+                .where(episodes.c.stage.in_([bindparam(f"stage{i}") for i in range(len(stages))]))
+                .where(episodes.c.stage_entered_at < bindparam("since"))
+                .order_by(episodes.c.stage_entered_at)
+            )
+            return stmt if show is None else stmt.where(episodes.c.show_id == bindparam("show"))
+
+        values = {f"stage{i}": stage for i, stage in enumerate(stages)}
+        return self._raw_docs(f"stuck:{show is None}", build, {**values, "since": self._at(since), "show": show},
+                              by_stage=True)
 
     def status(self) -> list[dict[str, Any]]:
         """Per show: episodes per stage, cost so far, titles."""

@@ -21,7 +21,6 @@ from ..errors import (
     UnsafePathError,
     ValidationError,
 )
-from ..shows import reconcile
 from .db import Index, create_schema, engine_for
 from .dialect import (
     WRITE,
@@ -31,8 +30,20 @@ from .dialect import (
     replace_database,
     sqlite_url,
 )
-from .rows import claim_rows, json_text, totals_delta
-from .scan import REBUILD_BATCH, RebuildReport, committed_rows, dirs, problem, rows_for, show_order, show_record, walk
+from .pool import ordered_map, workers_for
+from .rows import UNLISTED, claim_rows, json_text, totals_delta
+from .scan import (
+    REBUILD_BATCH,
+    Problem,
+    RebuildReport,
+    committed_rows,
+    dirs,
+    problem,
+    rows_for,
+    show_order,
+    show_record,
+    walk,
+)
 from .tables import (
     INDEX_REVISION,
     ROWS_REVISION,
@@ -80,22 +91,25 @@ def mark_rows_derived(conn: Connection) -> None:
 # --- rebuild ----------------------------------------------------------------------
 
 
-def rebuild(writer: Writer, progress: Progress | None = None, *, index: Index | None = None) -> RebuildReport:
-    """Build a fresh index from the files alone, then swap it in at once."""
+def rebuild(writer: Writer, progress: Progress | None = None, *, index: Index | None = None,
+            workers: int | None = None) -> RebuildReport:
+    """Build a fresh index from the files alone, then swap it in at once.
+    ``workers``: processes parsing the files (None: the cores, for a large store)."""
     index = index or writer.index
     report = RebuildReport()
     with index_lock(writer):
-        rebuild_locked(writer, index, progress, report)
+        rebuild_locked(writer, index, progress, report, workers)
     return report
 
 
-def rebuild_locked(writer: Writer, index: Index, progress: Progress | None, report: RebuildReport) -> None:
+def rebuild_locked(writer: Writer, index: Index, progress: Progress | None, report: RebuildReport,
+                   workers: int | None = None) -> None:
     target = database_path(index.engine)
     if target is None:  # a server database: rebuild in one transaction
         with index.engine.connect().execution_options(**WRITE) as conn, conn.begin():
             for table in metadata.sorted_tables:
                 conn.execute(table.delete())
-            _fill(writer, conn, report, progress)
+            _fill(writer, conn, report, progress, workers)
             mark_rows_derived(conn)
         return
     built = f"{target}.build-{os.getpid()}"
@@ -109,7 +123,7 @@ def rebuild_locked(writer: Writer, index: Index, progress: Progress | None, repo
                 create_schema(conn)
                 stamp_revision(conn)
             with conn.begin():
-                _fill(writer, conn, report, progress)
+                _fill(writer, conn, report, progress, workers)
         finish_build(engine)
     finally:
         engine.dispose()
@@ -117,7 +131,8 @@ def rebuild_locked(writer: Writer, index: Index, progress: Progress | None, repo
     replace_database(target, built)
 
 
-def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Progress | None) -> None:
+def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Progress | None,
+          workers: int | None = None) -> None:
     found = list(walk(writer.root))
     total = len(found)
     deltas: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
@@ -126,9 +141,6 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
     show_rows = []
     claims: list[dict[str, Any]] = []
     order: dict[str, dict[str, int]] = {}
-    on_disk: dict[str, list[str]] = defaultdict(list)
-    for show, ep, _path, _st in found:
-        on_disk[show].append(ep)
     for show in dirs(os.path.join(writer.root, "shows")):  # every show, with or without episodes
         try:
             listed, data, raw = show_order(writer, show)
@@ -138,28 +150,49 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
             error = exc if isinstance(exc, StatekitError) else ValidationError(str(exc))
             report.problems.append(problem(error, os.path.join(writer.root, "shows", show, "show.yaml"), None))
             show_rows.append(show_record(writer, show, None, None))
-        # the order sync would give: listed episodes first, then the others by id
-        ids = reconcile(list(listed), sorted(on_disk.get(show, [])))
-        order[show] = {ep: i for i, ep in enumerate(ids)}
-    for done, (show, ep, path, st) in enumerate(found, 1):
+        order[show] = listed  # the hand-set order's positions (the rest are UNLISTED)
+    keys = writer.config.unique
+
+    def rows_of(item: tuple[str, str, str, os.stat_result]) -> Any:
+        """One file's rows, ready to insert (JSON as text), or its problem."""
+        show, ep, path, st = item
+        pending: list[str] = []
+        failure = None
         try:  # one damaged episode (or a fifo, a symlink where its file should be) is reported, not fatal
             raw = diskio.read_file(path)
             if raw is None:
-                continue
-            row, lines, model = rows_for(writer, show, ep, path, raw, st, None, pending=report.pending)
+                return None
+            row, lines, model = rows_for(writer, show, ep, path, raw, st, None, pending=pending)
         except (CorruptFileError, ValidationError, SchemaVersionError, UnsafePathError, StorageError) as exc:
-            report.problems.append(problem(exc, path, f"{show}/{ep}"))
+            failure = problem(exc, path, f"{show}/{ep}")
             found_committed = committed_rows(writer, show, ep, path, st)  # a chained log still knows it
             if found_committed is None:
-                continue
+                return failure
             row, lines, model = found_committed
+            pending.append(f"{show}/{ep}")
+        claimed = claim_rows(keys, show, ep, row["data"])
+        row["data"], row["costs"] = json_text(row["data"]), json_text(row["costs"])
+        for line in lines:
+            line["data"] = json_text(line["data"])
+        return row, lines, claimed, model.stage, model.costs, bool(pending), failure
+
+    for done, ((show, ep, _path, _st), result) in enumerate(
+            zip(found, ordered_map(rows_of, found, workers_for(total, workers))), 1):
+        if result is None:
+            continue
+        if isinstance(result, Problem):
+            report.problems.append(result)
+            continue
+        row, lines, claimed, stage, costs, is_pending, failure = result
+        if failure is not None:  # reported, and indexed as the committed version its log rebuilds
+            report.problems.append(failure)
+        if is_pending:
             report.pending.append(f"{show}/{ep}")
-        positions = order.get(show, {})
-        row["position"] = positions.get(ep, len(positions))
+        row["position"] = order.get(show, {}).get(ep, UNLISTED)
         rows.append(row)
         event_rows.extend(lines)
-        claims.extend(claim_rows(writer.config.unique, show, ep, row["data"]))
-        totals_delta(deltas, show, None, (model.stage, model.costs))
+        claims.extend(claimed)
+        totals_delta(deltas, show, None, (stage, costs))
         if len(rows) >= REBUILD_BATCH:
             flush(conn, rows, event_rows, report)
         if progress is not None:
@@ -185,17 +218,16 @@ def shows_insert() -> Any:
 
 def flush(conn: Connection, rows: list[dict[str, Any]], event_rows: list[dict[str, Any]],
            report: RebuildReport) -> None:
-    """Insert a batch (through the raw cursor: SQLAlchemy's per-row work would
-    cost more than SQLite's)."""
+    """Insert a batch whose JSON columns are text already (through the raw
+    cursor: SQLAlchemy's per-row work would cost more than SQLite's)."""
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     if rows:
         insert = bulk(conn, "episodes")
-        cursor.executemany(insert.sql, [insert.params(dict(r, data=json_text(r["data"]), costs=json_text(r["costs"])))
-                                        for r in rows])
+        cursor.executemany(insert.sql, [insert.params(r) for r in rows])
         report.episodes += len(rows)
     if event_rows:
         insert = bulk(conn, "events")
-        cursor.executemany(insert.sql, [insert.params(dict(e, data=json_text(e["data"]))) for e in event_rows])
+        cursor.executemany(insert.sql, [insert.params(e) for e in event_rows])
         report.events += len(event_rows)
     rows.clear()
     event_rows.clear()

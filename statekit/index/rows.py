@@ -27,6 +27,17 @@ def iso(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime(ISO)
 
 
+UNLISTED = 2_147_483_647
+"""The ``position`` of an episode its show.yaml does not order by hand: after
+the hand-set ones (0, 1, ...), the unlisted follow by ``created_at``, then id.
+(One value for all of them, so a create or a delete renumbers nothing.)"""
+
+
+def positions_of(order: Iterable[str]) -> dict[str, int]:
+    """The ``position`` of each episode a show orders by hand (its first mention counts)."""
+    return {ep: i for i, ep in enumerate(dict.fromkeys(order))}
+
+
 RACY_NS = 2_000_000_000
 """A file checked less than this after its mtime may change again without
 its mtime moving (coarse file-system timestamps): sync hashes it again."""

@@ -16,14 +16,14 @@ from typing import TYPE_CHECKING, Any
 
 from .. import eventlog
 from .. import files as diskio
-from ..codecs import YAML_CODEC
 from ..errors import (
     CorruptFileError,
     StatekitError,
 )
 from ..ids import ID_PATTERN
 from ..models import Episode, Show
-from .rows import episode_row, event_rows_of, show_row
+from ..parsing import parse_show
+from .rows import episode_row, event_rows_of, positions_of, show_row
 
 if TYPE_CHECKING:
     from ..writes import Writer
@@ -130,16 +130,13 @@ def walk(root: str) -> Iterator[tuple[str, str, str, os.stat_result]]:
 
 
 def show_order(writer: Writer, show: str) -> tuple[dict[str, int], dict[str, Any] | None, bytes | None]:
-    """Positions of the show's episodes (from show.yaml), and the show file's data."""
+    """Positions of the episodes show.yaml orders by hand, and the show file's data."""
     path = os.path.join(writer.root, "shows", show, "show.yaml")
     raw = diskio.read_file(path)
     if raw is None:
         return {}, None, None
-    data = YAML_CODEC.load(raw, path)
-    listed = data.get("episodes")
-    if not isinstance(listed, list):
-        listed = []
-    return {ep: i for i, ep in enumerate(dict.fromkeys(str(e) for e in listed))}, data, raw
+    parsed = parse_show(path, raw)
+    return positions_of(parsed.model.order), parsed.data, raw
 
 
 def show_record(writer: Writer, show: str, data: dict[str, Any] | None, raw: bytes | None) -> dict[str, Any]:

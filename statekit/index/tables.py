@@ -28,6 +28,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 from sqlalchemy.engine import Dialect
@@ -131,6 +132,12 @@ episodes = Table(
     Index("episodes_by_ready_for", "ready_for", "stage_entered_at"),
     # what sync reads for every episode, without touching the rows' JSON
     Index("episodes_files", "show_id", "episode_id", "file_stamp"),
+    # revision 0007: list(stage=) and stuck() read the rows of a stage, not the store
+    # (an advance moves the row between stages: one entry out, one in)
+    Index("episodes_by_stage", "stage", "stage_entered_at"),
+    # revision 0007: with_errors() reads only the rows with errors (no entry for the others)
+    Index("episodes_with_errors", "updated_at", sqlite_where=text("error_count > 0"),
+          postgresql_where=text("error_count > 0")),
 )
 
 events = Table(
@@ -195,18 +202,36 @@ index_meta = Table(
     Column("value", Text, nullable=False),
 )
 
+# revision 0006: live leases of stage runs, coordination state rather than a
+# mirror of the files. A run takes its row before it writes its start to the
+# episode file, renews it in the background (no file write), and deletes it
+# when it ends; ``expires_at`` is judged by the database's clock. A rebuild
+# starts it empty: a run then counts from the lease its file records.
+leases = Table(
+    "leases",
+    metadata,
+    Column("show_id", Id, primary_key=True),
+    Column("episode_id", Id, primary_key=True),
+    Column("run_id", String(64), nullable=False),
+    Column("owner", Text, nullable=False),
+    Column("stage", Id, nullable=False),
+    Column("lease_seconds", Float, nullable=False),
+    Column("expires_at", UTCTime, nullable=False),
+)
+
 STAGE_COUNTS_VIEW = (
     "CREATE VIEW stage_counts AS "
     "SELECT show_id, stage, episodes AS n FROM stage_totals WHERE episodes > 0"
 )
 
-INDEX_REVISION = "0005"
+INDEX_REVISION = "0007"
 """The Alembic head revision this code writes; a test keeps it equal to the
 head in migrations/versions (checked on every open without loading Alembic)."""
 
-ROWS_REVISION = "0005"
+ROWS_REVISION = "0007"
 """The latest revision that changed how rows are derived from the files (a
 column added and filled from them, or computed differently). An index whose
 rows were derived by another one (its ``index_meta`` says so, or says
 nothing: an upgrade by Alembic alone changes the tables, not the rows) is
-rebuilt from the files when a store opens it."""
+rebuilt from the files when a store opens it. (0007: ``position`` holds only
+show.yaml's hand-set order; the other episodes are ``UNLISTED``.)"""

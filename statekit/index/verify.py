@@ -20,10 +20,11 @@ from ..errors import (
     StatekitError,
 )
 from ..layout import checkpoint_stages
-from ..models import Episode
+from ..models import AssetRecord, Episode
 from ..parsing import read_checkpoint
 from ..unique import claims as claims_of
 from ..unique import shown
+from .pool import ordered_map, workers_for
 from .rows import claim_rows, iso, totals_delta
 from .scan import Problem, Progress, VerifyReport, event_rows, index_path, problem, sha256_of, walk
 from .tables import (
@@ -42,10 +43,12 @@ log = logging.getLogger("statekit")
 # --- verify ------------------------------------------------------------------------
 
 
-def verify(writer: Writer, progress: Progress | None = None) -> VerifyReport:
+def verify(writer: Writer, progress: Progress | None = None, *, workers: int | None = None) -> VerifyReport:
     """Every problem between files, their event logs and the index, every
     asset whose content no longer matches its hash, and every value of a
-    unique key that more than one episode file holds."""
+    unique key that more than one episode file holds. ``workers``: processes
+    reading the files (None: the cores, for a large store); the report is the
+    same, problem for problem."""
 
     report = VerifyReport()
     hashed: dict[str, str | None] = {}  # object sha256 -> its problem, if any
@@ -65,37 +68,37 @@ def verify(writer: Writer, progress: Progress | None = None) -> VerifyReport:
     holders: dict[tuple[str, str], list[tuple[str, str, Any]]] = defaultdict(list)  # (key, sha) -> (ep, path, value)
     seen = set()
     found = list(walk(writer.root))
-    for done, (show, ep, path, _st) in enumerate(found):
-        if progress is not None:
-            progress(done, len(found))
+
+    def check(item: tuple[str, str, str, os.stat_result]) -> Any:
+        """What one episode's files say: (problems found before its assets are
+        hashed, after), its (stage, costs), its unique values, its assets, and
+        the checkpoints and backups checked. Runs in a pool's worker: the
+        assets are hashed by the caller, each stored object once."""
+        show, ep, path, _st = item
         key = f"{show}/{ep}"
-        seen.add((show, ep))
-        report.checked += 1
-        _verify_kept_files(writer, report, show, ep, os.path.dirname(path))
+        before = VerifyReport()
+        after: list[Problem] = []
+        _verify_kept_files(writer, before, show, ep, os.path.dirname(path))
+        counts = (before.checkpoints, before.backups)
         try:
             raw = diskio.read_file(path)
             if raw is None:
-                continue
+                return before.problems, after, None, [], None, counts
             parsed = writer.parse_episode(path, raw, show, ep)
         except StatekitError as exc:
-            report.problems.append(problem(exc, path, key))
-            kept = indexed.get((show, ep))
-            if kept is not None:  # the index rightly keeps the last good state: count that
-                totals_delta(expected, show, None, (kept[2].get("stage"), kept[2].get("costs") or {}))
-            continue
+            before.problems.append(problem(exc, path, key))
+            kept = indexed.get((show, ep))  # the index rightly keeps the last good state: count that
+            state = (kept[2].get("stage"), kept[2].get("costs") or {}) if kept is not None else None
+            return before.problems, after, state, [], None, counts
         model: Episode = parsed.model
+        held = [(claim.key, claim.sha256, claim.value) for claim in claims_of(keys, model.metadata)]
         log_path = os.path.join(os.path.dirname(path), "events.jsonl")
-        _verify_links(report, key, path, log_path)
+        _verify_links(before, key, path, log_path)
         kept_row = indexed.get((show, ep))
-        committed_model = _committed_by_log(writer, report, key, path, log_path, model, raw,
+        committed_model = _committed_by_log(writer, before, key, path, log_path, model, raw,
                                             kept_row[0] if kept_row is not None else None)
-        for claim in claims_of(keys, model.metadata):  # what the file holds on disk, pending or not
-            holders[(claim.key, claim.sha256)].append((key, path, claim.value))
         if committed_model is not None:  # a pending hand edit: the index must hold the committed version
             model = committed_model
-        totals_delta(expected, show, None, (model.stage, model.costs))
-        if model.assets:
-            _verify_assets(writer, report, model, os.path.dirname(path), hashed)
         derived: list[tuple[Any, ...]] = []
         try:
             read = eventlog.read_lines(log_path, model.version)
@@ -103,48 +106,70 @@ def verify(writer: Writer, progress: Progress | None = None) -> VerifyReport:
             eventlog.validate_events(log_path, lines)  # what events() would refuse
             derived = [event_key([r[c] for c in EVENT_FIELDS]) for r in event_rows(log_path, lines, show, ep)]
             for message in eventlog.chain_problems(log_path, lines, [raw_line for _event, raw_line in read]):
-                report.problems.append(Problem("chain", log_path, message, key))
+                after.append(Problem("chain", log_path, message, key))
             if committed_model is None and any(eventlog.is_chained(e) for e in lines):
                 replayed = eventlog.replay(lines)
                 if not replayed or replayed[-1][0] != model.version or not same(replayed[-1][1],
                                                                                  model.model_dump(mode="json")):
-                    report.problems.append(Problem(
+                    after.append(Problem(
                         "chain", log_path, f"{log_path}: replaying the log does not give the data of {path} "
                         f"(version {model.version}): an event's patch was changed, or the file", key))
         except StatekitError as exc:
-            report.problems.append(problem(exc, log_path, key, "events"))
+            after.append(problem(exc, log_path, key, "events"))
             lines = []
         versions = [line["version"] for line in lines]
         # (never range(1, version + 1): a hand-edited version can be huge)
         if len(versions) != model.version or any(v != i for i, v in enumerate(versions, 1)):
             missing = _missing(versions, model.version)
-            report.problems.append(Problem(
+            after.append(Problem(
                 "events", log_path, f"{log_path}: the log does not hold versions 1..{model.version} exactly"
                 + (f" (missing {missing})" if missing else " (out of order or repeated)"), key))
         foreign = next((line for line in lines if (line["show_id"], line["episode_id"]) != (show, ep)), None)
         if foreign is not None:
-            report.problems.append(Problem(
+            after.append(Problem(
                 "events", log_path, f"{log_path}: event version {foreign['version']} names "
                 f"{foreign['show_id']}/{foreign['episode_id']}, not {key}", key))
         elif lines and lines[-1].get("sha256") != sha256_of(raw):
-            report.problems.append(Problem(
+            after.append(Problem(
                 "edited", path, f"{path}: changed outside statekit since version {model.version} "
                 f"(run 'statekit sync' to adopt the edit, or 'statekit revert {key}' to throw it away)", key))
         row = indexed.get((show, ep))
         if row is None:
-            report.problems.append(Problem("index", path, f"{key}: not in the index (run 'statekit sync')", key))
-            continue
-        if row[0] != model.version:
-            report.problems.append(Problem(
-                "index", path, f"{key}: the index holds version {row[0]}, the file version {model.version} "
-                "(run 'statekit sync')", key))
-        elif not same(row[2], model.model_dump(mode="json")):
-            report.problems.append(Problem(
-                "index", path, f"{key}: the index's copy of version {row[0]} differs from the file "
-                "(run 'statekit sync')", key))
-        if lines and indexed_events.get((show, ep), []) != derived:
-            report.problems.append(Problem(
-                "index", log_path, f"{key}: the index's events differ from events.jsonl (run 'statekit sync')", key))
+            after.append(Problem("index", path, f"{key}: not in the index (run 'statekit sync')", key))
+        else:
+            if row[0] != model.version:
+                after.append(Problem(
+                    "index", path, f"{key}: the index holds version {row[0]}, the file version {model.version} "
+                    "(run 'statekit sync')", key))
+            elif not same(row[2], model.model_dump(mode="json")):
+                after.append(Problem(
+                    "index", path, f"{key}: the index's copy of version {row[0]} differs from the file "
+                    "(run 'statekit sync')", key))
+            if lines and indexed_events.get((show, ep), []) != derived:
+                after.append(Problem(
+                    "index", log_path, f"{key}: the index's events differ from events.jsonl (run 'statekit sync')",
+                    key))
+        assets = (model.key, model.assets) if model.assets else None
+        return before.problems, after, (model.stage, model.costs), held, assets, counts
+
+    results = ordered_map(check, found, workers_for(len(found), workers))
+    for done, ((show, ep, path, _st), result) in enumerate(zip(found, results)):
+        if progress is not None:
+            progress(done, len(found))
+        key = f"{show}/{ep}"
+        seen.add((show, ep))
+        report.checked += 1
+        first, then, state, held, assets, (checkpoints, backups) = result
+        report.checkpoints += checkpoints
+        report.backups += backups
+        report.problems.extend(first)
+        if state is not None:
+            totals_delta(expected, show, None, state)
+        for claim_key, sha, value in held:
+            holders[(claim_key, sha)].append((key, path, value))
+        if assets is not None:
+            _verify_assets(writer, report, assets[0], assets[1], os.path.dirname(path), hashed)
+        report.problems.extend(then)
     for show, ep in sorted(indexed.keys() - seen):
         report.problems.append(Problem(
             "index", os.path.join(writer.root, "shows", show, "episodes", ep),
@@ -245,13 +270,13 @@ def _committed_by_log(writer: Writer, report: VerifyReport, key: str, path: str,
         return None
 
 
-def _verify_assets(writer: Writer, report: VerifyReport, model: Episode, directory: str,
-                   hashed: dict[str, str | None]) -> None:
+def _verify_assets(writer: Writer, report: VerifyReport, episode: str, records: dict[str, AssetRecord],
+                   directory: str, hashed: dict[str, str | None]) -> None:
     """Each asset's object must hash to its name; the episode folder's copy
     (a hard link to the object, for people) must not have been replaced by
     different content."""
 
-    for name, record in sorted(model.assets.items()):
+    for name, record in sorted(records.items()):
         if record.sha256 not in hashed:
             report.assets += 1
             try:
@@ -263,7 +288,7 @@ def _verify_assets(writer: Writer, report: VerifyReport, model: Episode, directo
         if problem is not None:
             report.problems.append(Problem(
                 "asset", assets.object_path(writer.root, record.sha256),
-                f"asset {name!r} of {model.key}: {problem}", model.key))
+                f"asset {name!r} of {episode}: {problem}", episode))
             continue
         copy = os.path.join(directory, "assets", name)
         try:
@@ -278,8 +303,8 @@ def _verify_assets(writer: Writer, report: VerifyReport, model: Episode, directo
             found = f"unreadable ({exc.strerror or exc})"
         if found != record.sha256:
             report.problems.append(Problem(
-                "asset", copy, f"{copy}: differs from asset {name!r} of {model.key} as recorded (sha256 "
-                f"{record.sha256[:12]}…); add the edited file with 'statekit asset add' to keep it", model.key))
+                "asset", copy, f"{copy}: differs from asset {name!r} of {episode} as recorded (sha256 "
+                f"{record.sha256[:12]}…); add the edited file with 'statekit asset add' to keep it", episode))
 
 
 def _verify_kept_files(writer: Writer, report: VerifyReport, show: str, ep: str, directory: str) -> None:

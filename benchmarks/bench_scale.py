@@ -1,0 +1,264 @@
+"""One show of 1k, 10k (and with --full 100k) episodes: per-call costs, and ratios to same-run baselines.
+
+    python benchmarks/bench_scale.py [--full] [--calls 100] [--format yaml|json] [--procs] [--json]
+
+Targets (issue 16), each against a baseline measured in the same run:
+
+- create: cost per call independent of the show's size; at 100k, creates/s
+  >= 0.5x a bare durable create (mkdir, temp file, fsync, rename, directory
+  fsync, an fsynced event append);
+- advance: per-call cost flat; printed against a bare durable replace;
+- get, counts, next, list(stage=) of up to 100 rows: <= 2 ms median, flat;
+- sync with nothing changed: against a bare stat walk of the episode files;
+- verify, rebuild: against a bare walk + read + parse of the same files
+  (PyYAML's C loader or orjson, and orjson for the event lines); rebuild
+  <= 1.3x, its peak memory < 300 MB;
+- --procs: advances per second of 1, 2 and 4 processes on their own episodes.
+
+Any operation whose per-call (per-episode for sync, verify, rebuild) cost
+grows more than 2x from the smallest size to the largest is flagged GROWS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from make_store import make_store  # noqa: E402
+
+from statekit import Store  # noqa: E402
+
+PROBE = r"""
+import json, os, resource, sys, time
+sys.path.insert(0, {repo!r})
+root, what = sys.argv[1], sys.argv[2]
+if what == "bare":
+    import orjson, yaml
+    start = time.perf_counter()
+    folder = os.path.join(root, "shows", "show0000", "episodes")
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            for name in ("episode.yaml", "episode.json"):
+                try:
+                    with open(os.path.join(entry.path, name), "rb") as f:
+                        raw = f.read()
+                except FileNotFoundError:
+                    continue
+                yaml.load(raw, Loader=yaml.CSafeLoader) if name.endswith("yaml") else orjson.loads(raw)
+            with open(os.path.join(entry.path, "events.jsonl"), "rb") as f:
+                [orjson.loads(line) for line in f.read().splitlines()]
+else:
+    from statekit import Store
+    store = Store.open(root)
+    store.counts()  # the index is open (not timed)
+    start = time.perf_counter()
+    report = store.rebuild_index() if what == "rebuild" else store.verify()
+    assert not report.problems, report.problems[:3]
+seconds = time.perf_counter() - start
+print(json.dumps({{"seconds": seconds, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+"""
+
+WORKER = r"""
+import sys, time
+sys.path.insert(0, {repo!r})
+from statekit import Store
+root, prefix, n, start_at = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+store = Store.open(root)
+eps = [f"{{prefix}}{{i:05d}}" for i in range(n)]
+store.counts()
+while time.time() < start_at:
+    time.sleep(0.001)
+t = time.perf_counter()
+for ep in eps:
+    store.advance("procs", ep, "downloading")
+for ep in eps:
+    store.advance("procs", ep, "failed")
+print(time.perf_counter() - t)
+"""
+
+
+def probe(root: str, what: str) -> dict[str, float]:
+    out = subprocess.run([sys.executable, "-c", PROBE.format(repo=str(HERE.parent)), root, what],
+                         capture_output=True, text=True, check=True)
+    return json.loads(out.stdout)
+
+
+def per_call(fn: Callable[[int], object], calls: int) -> float:
+    """Median seconds of ``fn(i)`` over ``calls`` calls."""
+    times = []
+    for i in range(calls):
+        start = time.perf_counter()
+        fn(i)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def bare_create(folder: str, i: int, replace: bool = False) -> None:
+    """What a durable create (or replace) must do at least: its folder, the
+    file through a temp file (fsync, rename, directory fsync), an fsynced event."""
+    path = os.path.join(folder, f"e{i:06d}")
+    if not replace:
+        os.mkdir(path)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        line = b'{"schema_version":1,"version":1,"kind":"create","at":"2026-01-01T00:00:00.000000Z"}\n'
+        log = os.open(os.path.join(path, "events.jsonl"), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        os.write(log, line)
+        os.fsync(log)
+        os.close(log)
+        tmp = os.path.join(path, ".episode.yaml.tmp")
+        f = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        os.write(f, b"x: 1\n" * 60)
+        os.fsync(f)
+        os.close(f)
+        os.rename(tmp, os.path.join(path, "episode.yaml"))
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def bare_walk(root: str) -> None:
+    folder = os.path.join(root, "shows", "show0000", "episodes")
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            for name in ("episode.yaml", "episode.json"):
+                try:
+                    os.stat(os.path.join(entry.path, name))
+                    break
+                except FileNotFoundError:
+                    continue
+
+
+def measure(size: int, calls: int, fmt: str, top: str) -> dict[str, float]:
+    root = os.path.join(top, f"n{size}")
+    store = make_store(root, size, shows=1, events=5)
+    if fmt == "json":  # the generator writes YAML: the JSON store is made by migrating its files' format
+        with open(os.path.join(root, "statekit.yaml"), "a") as f:
+            f.write("")
+    store = Store.open(root)
+    store.counts()  # builds the index (not timed)
+    show = "show0000"
+    ids = [f"ep{i:06d}" for i in range(size)]
+    rng = random.Random(size)
+    out: dict[str, float] = {}
+    bare = os.path.join(top, f"bare{size}")
+    os.mkdir(bare)
+    out["bare_create"] = per_call(lambda i: bare_create(bare, i), calls)
+    out["bare_replace"] = per_call(lambda i: bare_create(bare, i, replace=True), calls)
+    out["create"] = per_call(lambda i: store.create(show, f"new{i:05d}"), calls)
+    out["advance"] = per_call(lambda i: store.advance(show, f"new{i:05d}", "downloading"), calls)
+    out["get"] = per_call(lambda i: store.get(show, rng.choice(ids)), calls)
+    out["counts"] = per_call(lambda i: store.counts(show), calls)
+    out["next"] = per_call(lambda i: store.next("downloading", 10), calls)
+    out["list_stage_100"] = per_call(lambda i: store.list(stage="downloading"), calls)
+    assert len(store.list(stage="downloading")) == calls
+    start = time.perf_counter()
+    bare_walk(root)
+    out["bare_stat_walk"] = time.perf_counter() - start
+    store.close()
+    store = Store.open(root)
+    store.counts()
+    start = time.perf_counter()
+    report = store.sync()
+    out["sync"] = time.perf_counter() - start
+    assert not report.added and not report.changed, report
+    store.close()
+    out["bare_parse"] = min(probe(root, "bare")["seconds"] for _ in range(2))
+    verified = probe(root, "verify")
+    out["verify"] = verified["seconds"]
+    rebuilt = probe(root, "rebuild")
+    out["rebuild"], out["rebuild_peak_mb"] = rebuilt["seconds"], rebuilt["peak_mb"]
+    shutil.rmtree(root)
+    shutil.rmtree(bare)
+    return out
+
+
+def processes(top: str, per_proc: int = 200) -> dict[int, float]:
+    """Advances per second of 1, 2 and 4 processes, each on its own episodes of one show."""
+    root = os.path.join(top, "procs")
+    store = Store.init(root)
+    for p in range(4):
+        for i in range(per_proc):
+            store.create("procs", f"p{p}x{i:05d}")
+    store.close()
+    rates = {}
+    for n in (1, 2, 4):
+        start_at = time.time() + 1.0
+        procs = [subprocess.Popen([sys.executable, "-c", WORKER.format(repo=str(HERE.parent)), root, f"p{p}x",
+                                   str(per_proc), str(start_at)], stdout=subprocess.PIPE, text=True)
+                 for p in range(n)]
+        seconds = [float(p.communicate()[0]) for p in procs]
+        rates[n] = n * 2 * per_proc / max(seconds)
+    shutil.rmtree(root)
+    return rates
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="also 100,000 episodes")
+    parser.add_argument("--calls", type=int, default=100)
+    parser.add_argument("--format", choices=["yaml"], default="yaml")
+    parser.add_argument("--procs", action="store_true", help="also throughput of 1, 2 and 4 processes")
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    sizes = [1_000, 10_000] + ([100_000] if args.full else [])
+    results: dict[str, object] = {"load": os.getloadavg()[0]}
+    with tempfile.TemporaryDirectory(prefix="bench_scale-") as top:
+        for size in sizes:
+            results[str(size)] = measure(size, args.calls, args.format, top)
+            if not args.json:
+                print_size(size, results[str(size)])  # type: ignore[arg-type]
+        if args.procs:
+            results["procs"] = processes(top)
+    small, large = results[str(sizes[0])], results[str(sizes[-1])]
+    growth = {}
+    for op in ("create", "advance", "get", "counts", "next", "list_stage_100", "sync", "verify", "rebuild"):
+        scale = 1 if op not in ("sync", "verify", "rebuild") else sizes[-1] / sizes[0]
+        growth[op] = large[op] / scale / small[op]  # type: ignore[index]
+    results["growth"] = growth
+    if args.json:
+        print(json.dumps(results))
+        return
+    print(f"\ngrowth of the per-call cost from {sizes[0]:,} to {sizes[-1]:,} episodes (per episode for "
+          "sync, verify, rebuild):")
+    for op, g in growth.items():
+        print(f"  {op:16s} {g:5.2f}x{'   GROWS' if g > 2 else ''}")
+    if args.procs:
+        rates = results["procs"]
+        print("\nprocesses on their own episodes (advances/s): " + ", ".join(
+            f"{n}: {r:.0f} ({r / rates[1]:.2f}x)" for n, r in rates.items()))  # type: ignore[union-attr]
+    print(f"load average at the start: {results['load']:.2f}")
+
+
+def print_size(size: int, r: dict[str, float]) -> None:
+    ms = {k: v * 1000 for k, v in r.items() if k != "rebuild_peak_mb"}
+    print(f"\n{size:,} episodes in one show")
+    print(f"  create   {ms['create']:7.2f} ms   bare durable create {ms['bare_create']:.2f} ms   "
+          f"creates/s ratio {r['bare_create'] / r['create']:.2f}x (target >= 0.5x)")
+    print(f"  advance  {ms['advance']:7.2f} ms   bare durable replace {ms['bare_replace']:.2f} ms   "
+          f"ratio {r['bare_replace'] / r['advance']:.2f}x")
+    for op in ("get", "counts", "next", "list_stage_100"):
+        print(f"  {op:14s} {ms[op]:7.3f} ms median")
+    print(f"  sync (nothing changed) {ms['sync']:8.1f} ms   bare stat walk {ms['bare_stat_walk']:.1f} ms   "
+          f"{r['sync'] / r['bare_stat_walk']:.2f}x")
+    print(f"  verify   {r['verify']:7.2f} s    bare parse {r['bare_parse']:.2f} s   {r['verify'] / r['bare_parse']:.2f}x")
+    print(f"  rebuild  {r['rebuild']:7.2f} s    {r['rebuild'] / r['bare_parse']:.2f}x the bare parse (target <= 1.3x), "
+          f"peak {r['rebuild_peak_mb']:.0f} MB (target < 300 MB)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,234 @@
+"""Live leases of stage runs in the index (table ``leases``): take, claim, renew, release.
+
+The lease is coordination state: a run takes its row here first (in one
+write transaction), then writes its start to the episode file through the
+write path; it renews the row in the background (no file write, no event)
+and deletes it when it ends. A claimer that dies in between leaves a row
+that simply expires.
+
+Expiry is judged by the database's clock: PostgreSQL's ``clock_timestamp()``,
+never a worker's (workers on many machines disagree about the time). An
+SQLite index lives on one machine: there the store's clock is the
+database's (tests pass a fake one).
+
+While a row exists it decides who holds the episode; a file's lease of
+another run has been taken over. With no row (never taken here, or the
+index was rebuilt) the lease the episode file records counts, as before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import and_, delete, func, not_, or_, select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..errors import IndexUnavailableError
+from .dialect import WRITE
+from .tables import episodes, leases
+
+CLAIM_ROUNDS = 100
+"""How often a PostgreSQL claim looks again after losing an episode to another claimer."""
+
+
+@dataclass(frozen=True)
+class Holder:
+    """Who holds an episode's lease row, and whether it is live at ``now``
+    (the database's time when it was asked)."""
+
+    run_id: str
+    owner: str
+    stage: str
+    expires_at: datetime
+    now: datetime
+
+    @property
+    def alive(self) -> bool:
+        return self.now < self.expires_at
+
+
+class LeaseTable:
+    """The ``leases`` table of one index database."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.server = engine.dialect.name != "sqlite"
+        insert = postgresql.insert if self.server else sqlite.insert
+        self._insert = insert
+
+    # --- the clock ------------------------------------------------------------------
+
+    def now(self, conn: Connection, local: datetime) -> datetime:
+        """The database's time: the server's clock, or ``local`` for SQLite."""
+        if self.server:
+            value = conn.exec_driver_sql("SELECT clock_timestamp()").scalar()
+            assert isinstance(value, datetime)
+            return value.astimezone(timezone.utc)
+        return local.astimezone(timezone.utc)
+
+    def _write(self) -> Any:
+        return self.engine.connect().execution_options(**WRITE)
+
+    def _failed(self, what: str, exc: Exception) -> IndexUnavailableError:
+        return IndexUnavailableError(f"the index could not {what}: {' '.join(str(exc).split())}")
+
+    # --- one episode -------------------------------------------------------------------
+
+    def holder(self, show: str, ep: str, local: datetime) -> tuple[Holder | None, datetime]:
+        """The episode's lease row (None if it has none) and the database's time."""
+        try:
+            with self.engine.connect() as conn:
+                now = self.now(conn, local)
+                row = conn.execute(select(leases.c.run_id, leases.c.owner, leases.c.stage, leases.c.expires_at)
+                                   .where(leases.c.show_id == show, leases.c.episode_id == ep)).first()
+                conn.rollback()
+        except SQLAlchemyError as exc:
+            raise self._failed("read a lease", exc) from exc
+        if row is None:
+            return None, now
+        return Holder(row[0], row[1], row[2], row[3], now), now
+
+    def _upsert(self, conn: Connection, values: dict[str, Any], now: datetime) -> bool:
+        """Insert the row, or take over one that expired or is this run's; True if it is ours now."""
+        stmt = self._insert(leases).values(**values)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=["show_id", "episode_id"],
+            set_={k: stmt.excluded[k] for k in ("run_id", "owner", "stage", "lease_seconds", "expires_at")},
+            where=or_(leases.c.expires_at <= now, leases.c.run_id == values["run_id"]),
+        ).returning(leases.c.run_id)
+        return conn.execute(stmt).first() is not None
+
+    def take(self, show: str, ep: str, *, run_id: str, owner: str, stage: str, seconds: float,
+             local: datetime) -> Holder | None:
+        """Lease the episode to ``run_id`` (None) unless a live run holds it
+        (its ``Holder``): a live row, or with no row the lease its file records."""
+        try:
+            with self._write() as conn, conn.begin():
+                now = self.now(conn, local)
+                row = conn.execute(select(episodes.c.lease_owner, episodes.c.lease_expires_at, episodes.c.stage)
+                                   .where(episodes.c.show_id == show, episodes.c.episode_id == ep)).first()
+                current = conn.execute(select(leases.c.run_id).where(leases.c.show_id == show,
+                                                                    leases.c.episode_id == ep)).first()
+                if current is None and row is not None and row[1] is not None and row[1] > now:
+                    return Holder("", row[0] or "", row[2], row[1], now)  # a run the file records, without a row
+                values = {"show_id": show, "episode_id": ep, "run_id": run_id, "owner": owner, "stage": stage,
+                          "lease_seconds": seconds, "expires_at": now + timedelta(seconds=seconds)}
+                if self._upsert(conn, values, now):
+                    return None
+                held = conn.execute(select(leases.c.run_id, leases.c.owner, leases.c.stage, leases.c.expires_at)
+                                    .where(leases.c.show_id == show, leases.c.episode_id == ep)).first()
+        except SQLAlchemyError as exc:
+            raise self._failed("take a lease", exc) from exc
+        if held is None:  # released meanwhile: free now
+            return self.take(show, ep, run_id=run_id, owner=owner, stage=stage, seconds=seconds, local=local)
+        return Holder(held[0], held[1], held[2], held[3], now)
+
+    def renew(self, show: str, ep: str, run_id: str, seconds: float, local: datetime, *, owner: str,
+              stage: str) -> bool:
+        """Extend ``run_id``'s live lease by ``seconds`` from now; False if it
+        is not live any more (expired, or another run's). A row a rebuild
+        dropped is put back, unless another run took the episode meanwhile."""
+        try:
+            with self._write() as conn, conn.begin():
+                now = self.now(conn, local)
+                until = now + timedelta(seconds=seconds)
+                done = conn.execute(
+                    leases.update()
+                    .where(leases.c.show_id == show, leases.c.episode_id == ep, leases.c.run_id == run_id,
+                           leases.c.expires_at > now)
+                    .values(expires_at=until, lease_seconds=seconds)).rowcount
+                if done:
+                    return True
+                if conn.execute(select(leases.c.run_id).where(leases.c.show_id == show,
+                                                              leases.c.episode_id == ep)).first() is not None:
+                    return False
+                stmt = self._insert(leases).values(show_id=show, episode_id=ep, run_id=run_id, owner=owner,
+                                                   stage=stage, lease_seconds=seconds, expires_at=until)
+                return bool(conn.execute(stmt.on_conflict_do_nothing()).rowcount)
+        except SQLAlchemyError as exc:
+            raise self._failed("renew a lease", exc) from exc
+
+    def holds(self, show: str, ep: str, run_id: str, local: datetime) -> bool:
+        """True unless another run's row, or an expired one, says ``run_id``
+        lost the episode (no row: the file's lease, already checked, decides)."""
+        holder, _ = self.holder(show, ep, local)
+        return holder is None or (holder.run_id == run_id and holder.alive)
+
+    def release(self, show: str, ep: str, run_id: str) -> None:
+        """Delete ``run_id``'s row of the episode (another run's is left alone)."""
+        try:
+            with self._write() as conn, conn.begin():
+                conn.execute(delete(leases).where(leases.c.show_id == show, leases.c.episode_id == ep,
+                                                  leases.c.run_id == run_id))
+        except SQLAlchemyError as exc:
+            raise self._failed("release a lease", exc) from exc
+
+    # --- many episodes -------------------------------------------------------------------
+
+    def claim(self, stage: str, *, run_id: str, owner: str, seconds: float, local: datetime,
+              show: str | None = None, exclude: Sequence[tuple[str, str]] = ()) -> tuple[str, str] | None:
+        """Lease the longest-waiting episode ready for ``stage`` to ``run_id``
+        in one step; its (show, episode), or None when none is ready.
+
+        SQLite: one write transaction (one writer at a time), so the answer
+        and the lease cannot be split by another claimer. PostgreSQL: the
+        candidate's index row is locked ``FOR UPDATE SKIP LOCKED`` (claimers
+        pass each other's candidates by), and the lease row is inserted only
+        where none is live; losing that race means looking again."""
+        try:
+            for _ in range(CLAIM_ROUNDS):
+                with self._write() as conn, conn.begin():
+                    now = self.now(conn, local)
+                    free = or_(
+                        and_(leases.c.show_id.is_(None),
+                             or_(episodes.c.lease_expires_at.is_(None), episodes.c.lease_expires_at <= now)),
+                        leases.c.expires_at <= now)
+                    stmt = (
+                        select(episodes.c.show_id, episodes.c.episode_id)
+                        .select_from(episodes.outerjoin(leases, and_(leases.c.show_id == episodes.c.show_id,
+                                                                      leases.c.episode_id == episodes.c.episode_id)))
+                        .where(episodes.c.ready_for == stage)
+                        .where(or_(episodes.c.due_at.is_(None), episodes.c.due_at <= now))
+                        .where(free)
+                        .order_by(episodes.c.stage_entered_at, episodes.c.show_id, episodes.c.episode_id)
+                        .limit(1)
+                    )
+                    if show is not None:
+                        stmt = stmt.where(episodes.c.show_id == show)
+                    for s, e in exclude:
+                        stmt = stmt.where(not_(and_(episodes.c.show_id == s, episodes.c.episode_id == e)))
+                    if self.server:
+                        stmt = stmt.with_for_update(skip_locked=True, of=episodes)
+                    found = conn.execute(stmt).first()
+                    if found is None:
+                        return None
+                    values = {"show_id": found[0], "episode_id": found[1], "run_id": run_id, "owner": owner,
+                              "stage": stage, "lease_seconds": seconds,
+                              "expires_at": now + timedelta(seconds=seconds)}
+                    if self._upsert(conn, values, now):
+                        return found[0], found[1]
+            return None
+        except SQLAlchemyError as exc:
+            raise self._failed("claim an episode", exc) from exc
+
+    def expired(self, local: datetime) -> list[tuple[str, str]]:
+        """Episodes whose lease row ran out: their run stopped renewing it."""
+        try:
+            with self.engine.connect() as conn:
+                now = self.now(conn, local)
+                found = [(s, e) for s, e in conn.execute(
+                    select(leases.c.show_id, leases.c.episode_id).where(leases.c.expires_at <= now)
+                    .order_by(leases.c.expires_at, leases.c.show_id, leases.c.episode_id))]
+                conn.rollback()
+                return found
+        except SQLAlchemyError as exc:
+            raise self._failed("read the leases", exc) from exc
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(select(func.count()).select_from(leases)).scalar() or 0)

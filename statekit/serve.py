@@ -1,0 +1,73 @@
+"""``statekit serve``: the store's HTTP face (Starlette, run by uvicorn) on 127.0.0.1.
+
+Routes: ``/metrics`` (Prometheus, ``signals.metrics``) and ``/healthz``;
+more (a dashboard) are passed to ``make_app(store, routes)``. While it
+runs, a thread catches up the store's signals and sends due alerts every
+``SIGNALS_SECONDS`` (what a crashed writer left behind goes out here too).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from . import __version__
+from .signals.alerts import needs
+from .signals.metrics import exposition
+from .store import Store
+
+log = logging.getLogger("statekit")
+
+SIGNALS_SECONDS = 10.0
+
+
+def signals_loop(store: Store, stop: threading.Event, every: float = SIGNALS_SECONDS) -> None:
+    """Until ``stop``: catch up the alerts and the event stream, send due alerts."""
+    while not stop.is_set():
+        config = store.config
+        if config.alerts is not None or config.events is not None:
+            try:
+                store.signals.send_now(every=False)
+            except Exception as exc:
+                log.warning("statekit: signals not sent (%s: %s); retrying in %.0f s", type(exc).__name__, exc,
+                            every)
+        stop.wait(every)
+
+
+def make_app(store: Store, routes: Sequence[Any] = ()) -> Any:
+    """The Starlette application: ``/metrics``, ``/healthz`` and ``routes``."""
+    needs("prometheus_client", "serve")
+    applications = needs("starlette.applications", "serve")
+    responses = needs("starlette.responses", "serve")
+    routing = needs("starlette.routing", "serve")
+    from prometheus_client import CONTENT_TYPE_LATEST
+
+    def metrics(request: Any) -> Any:  # a plain function: Starlette runs it in its thread pool
+        return responses.Response(exposition(store.writer, __version__), media_type=CONTENT_TYPE_LATEST)
+
+    def health(request: Any) -> Any:
+        return responses.PlainTextResponse("ok\n")
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Any) -> AsyncIterator[None]:
+        stop = threading.Event()
+        thread = threading.Thread(target=signals_loop, args=(store, stop), name="statekit-serve-signals",
+                                  daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join(SIGNALS_SECONDS)
+
+    return applications.Starlette(routes=[routing.Route("/metrics", metrics), routing.Route("/healthz", health),
+                                          *routes], lifespan=lifespan)
+
+
+def serve(store: Store, host: str = "127.0.0.1", port: int = 9464) -> None:
+    """Serve ``make_app(store)`` until interrupted."""
+    uvicorn = needs("uvicorn", "serve")
+    uvicorn.run(make_app(store), host=host, port=port, log_level="warning")

@@ -1,0 +1,156 @@
+"""Prometheus metrics, read from the index at scrape time (``prometheus_client``).
+
+Nothing is counted in memory: every number is a query on the index (or
+``signals.db``), so any number of worker processes need no shared metrics
+state, and a scrape after a restart sees the same values. Names:
+
+- ``statekit_episodes{show,stage}``, ``statekit_cost_total{show,stage}``
+  (the index's per-stage totals);
+- ``statekit_oldest_waiting_seconds{stage}``: the longest an episode ready
+  for a stage has waited for it;
+- ``statekit_leases{state="live|expired"}``;
+- ``statekit_runs_total{stage,outcome="succeeded|failed"}`` and
+  ``statekit_failures_total{stage,kind}`` (the index's events);
+- ``statekit_index_drift`` (0/1 from the last ``verify``, kept in the index, with
+  ``statekit_index_verified_timestamp_seconds``);
+- ``statekit_alerts_pending``; ``statekit_build_info{version,python,index}``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import and_, func, select
+from sqlalchemy.exc import SQLAlchemyError
+
+from ..index.tables import episodes, events, index_meta, stage_totals
+from .alerts import needs
+from .state import State, db_path
+
+if TYPE_CHECKING:
+    from ..writes import Writer
+
+NAMES = (
+    "statekit_episodes", "statekit_cost_total", "statekit_oldest_waiting_seconds", "statekit_leases",
+    "statekit_runs_total", "statekit_failures_total", "statekit_index_drift",
+    "statekit_index_verified_timestamp_seconds", "statekit_alerts_pending", "statekit_build_info",
+)
+"""The sample names the exporter serves (docs/grafana-dashboard.json uses only these)."""
+
+log = logging.getLogger("statekit")
+
+VERIFY_KEY = "last_verify"
+FAILED_KINDS = ("fail", "recovered")
+
+
+def record_verify(writer: Writer, problems: int, at: datetime) -> None:
+    """Keep the last ``verify``'s outcome in the index (``index_meta``) for ``statekit_index_drift``."""
+    value = json.dumps({"problems": problems, "at": at.timestamp()})
+    try:
+        with writer.index.engine.begin() as conn:
+            conn.execute(index_meta.delete().where(index_meta.c.key == VERIFY_KEY))
+            conn.execute(index_meta.insert().values(key=VERIFY_KEY, value=value))
+    except (SQLAlchemyError, OSError) as exc:  # a store read-only to this user: verify still reports
+        log.info("statekit: the index did not keep the verify's outcome (%s)", exc)
+
+
+class Collector:
+    """A ``prometheus_client`` collector whose values come from one store's index."""
+
+    def __init__(self, writer: Writer, version: str) -> None:
+        self.writer = writer
+        self.version = version
+
+    def describe(self) -> list[Any]:
+        return []  # no names registered ahead: collect() is called at scrape time only
+
+    def collect(self) -> Iterator[Any]:
+        core = needs("prometheus_client.core", "metrics")
+        gauge, counter = core.GaugeMetricFamily, core.CounterMetricFamily
+        now = datetime.now(timezone.utc)
+        count = gauge("statekit_episodes", "Episodes per show and stage.", labels=["show", "stage"])
+        cost = counter("statekit_cost", "Money spent per show and stage.", labels=["show", "stage"])
+        waiting = gauge("statekit_oldest_waiting_seconds", "How long the oldest episode ready for a stage has "
+                        "waited.", labels=["stage"])
+        leases = gauge("statekit_leases", "Episodes held by a run, by lease state.", labels=["state"])
+        runs = counter("statekit_runs", "Stage runs that ended, by outcome.", labels=["stage", "outcome"])
+        failures = counter("statekit_failures", "Failed stage runs, by error kind.", labels=["stage", "kind"])
+        e, v = episodes.c, events.c
+        stage_of_run = func.coalesce(v.from_stage, v.data["run_stage"].as_string(), "unknown")
+        with self.writer.index.reading() as conn:
+            for show, stage, n, spent in conn.execute(select(stage_totals)):
+                count.add_metric([show, stage], n)
+                cost.add_metric([show, stage], spent)
+            for stage, oldest in conn.execute(
+                    select(e.ready_for, func.min(func.coalesce(e.due_at, e.stage_entered_at)))
+                    .where(e.ready_for.is_not(None), e.lease_owner.is_(None)).group_by(e.ready_for)):
+                if oldest is not None:
+                    waiting.add_metric([stage], max((now - _aware(oldest)).total_seconds(), 0.0))
+            live = expired = 0
+            for (expires,) in conn.execute(select(e.lease_expires_at).where(e.lease_owner.is_not(None))):
+                if expires is not None and _aware(expires) > now:
+                    live += 1
+                else:
+                    expired += 1
+            leases.add_metric(["live"], live)
+            leases.add_metric(["expired"], expired)
+            for kind, stage, n in conn.execute(
+                    select(v.kind, stage_of_run, func.count()).where(v.kind.in_(("finish", *FAILED_KINDS)))
+                    .group_by(v.kind, stage_of_run)):
+                runs.add_metric([stage, "succeeded" if kind == "finish" else "failed"], n)
+            error_kind = func.coalesce(v.data["error_kind"].as_string(), "unknown")
+            for stage, kind, n in conn.execute(
+                    select(stage_of_run, error_kind, func.count()).where(and_(v.kind.in_(FAILED_KINDS)))
+                    .group_by(stage_of_run, error_kind)):
+                failures.add_metric([stage, kind], n)
+            drift = list(self._drift(conn, gauge))
+        yield from (count, cost, waiting, leases, runs, failures, *drift)
+        yield from self._signals(gauge)
+        info = core.InfoMetricFamily("statekit_build", "statekit's version.")
+        info.add_metric([], {"version": self.version, "python": platform.python_version(),
+                             "index": self.writer.index.engine.dialect.name})
+        yield info
+
+    def _drift(self, conn: Any, gauge: Any) -> Iterator[Any]:
+        last = conn.execute(select(index_meta.c.value).where(index_meta.c.key == VERIFY_KEY)).scalar()
+        if last is not None:
+            verified = json.loads(last)
+            yield gauge("statekit_index_drift", "1 if the last verify found problems, else 0.",
+                        value=1 if verified["problems"] else 0)
+            yield gauge("statekit_index_verified_timestamp_seconds", "When the last verify ran.",
+                        value=verified["at"])
+
+    def _signals(self, gauge: Any) -> Iterator[Any]:
+        if not os.path.exists(db_path(self.writer.root)):  # no signals yet: nothing pending (and no file made)
+            yield gauge("statekit_alerts_pending", "Alerts recorded and not yet delivered.", value=0)
+            return
+        state = State(self.writer.root)
+        try:
+            yield gauge("statekit_alerts_pending", "Alerts recorded and not yet delivered.",
+                        value=state.pending_count())
+        finally:
+            state.close()
+
+
+def _aware(moment: datetime) -> datetime:
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
+
+
+def registry(writer: Writer, version: str) -> Any:
+    """A registry holding only this store's collector."""
+    client = needs("prometheus_client", "metrics")
+    reg = client.CollectorRegistry(auto_describe=False)
+    reg.register(Collector(writer, version))
+    return reg
+
+
+def exposition(writer: Writer, version: str) -> bytes:
+    """The metrics in Prometheus' text format (``statekit metrics``, ``/metrics``)."""
+    client = needs("prometheus_client", "metrics")
+    return client.generate_latest(registry(writer, version))  # type: ignore[no-any-return]

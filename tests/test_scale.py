@@ -1,0 +1,130 @@
+"""Scale (issue 16): reads that use the index's indexes, the index's copies read
+back as models, and a rebuild or verify in a process pool that finds what one
+process finds."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from statekit import Store
+from statekit.models import TRUSTED, Episode
+
+from .conftest import index_rows
+
+
+def rich(store: Store) -> None:
+    """Episodes with every kind of nested field: approvals, errors, a lease, checkpoints, assets."""
+    store.create("s", "plain", title="Plain ✓", metadata={"n": 1, "deep": {"list": [1, 2.5, None, "x"]}})
+    store.create("s", "failing")
+    with store.run("s", "failing", "downloading", reraise=False) as run:
+        run.checkpoint({"part": 1}, cost=0.25)
+        raise ConnectionError("timed out")
+    store.create("t", "held", files={"audio": "a.mp3"})
+    run = store.run("t", "held", "downloading", owner="worker-1", lease_seconds=600)
+    run.__enter__()
+    run.checkpoint({"part": 2}, cost=0.5)
+    store.create("t", "asset")
+    store.add_asset("t", "asset", b"audio bytes", "audio")
+
+
+def test_the_index_copy_read_as_trusted_is_the_model_the_file_gives(store: Store) -> None:
+    rich(store)
+    listed = store.list()
+    assert len(listed) == 4
+    for ep in listed:
+        from_file = store.get(ep.show_id, ep.episode_id)
+        assert ep == from_file
+        data = from_file.model_dump(mode="json")
+        assert Episode.model_validate(data, context=TRUSTED) == Episode.model_validate(data)
+    assert [e.key for e in store.with_errors()] == ["s/failing"]
+    assert store.next("downloading") == [] or all(isinstance(e, Episode) for e in store.next("downloading"))
+    assert {e.key for e in store.stuck(timedelta(0))} == {e.key for e in listed}
+
+
+def test_an_untrusted_read_still_checks_ids_and_text() -> None:
+    from pydantic import ValidationError
+
+    data = {"show_id": "s", "episode_id": "bad id!", "stage": "discovered", "version": 1,
+            "created_at": "2026-01-01T00:00:00Z", "updated_at": "2026-01-01T00:00:00Z",
+            "stage_entered_at": "2026-01-01T00:00:00Z"}
+    with pytest.raises(ValidationError):
+        Episode.model_validate(data)
+    with pytest.raises(ValidationError):  # types are checked even when trusted
+        Episode.model_validate({**data, "version": "one"}, context=TRUSTED)
+
+
+def plan(store: Store, sql: str, *args: object) -> str:
+    conn = sqlite3.connect(Path(store.root, ".statekit/index.db"))
+    try:
+        return " | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
+    finally:
+        conn.close()
+
+
+def test_queries_of_a_few_rows_read_them_through_an_index_not_the_table(store: Store) -> None:
+    rich(store)
+    for i in range(300):  # most rows in one stage, and statistics that say so (a scan would look cheaper)
+        store.create("many", f"e{i}")
+    conn = sqlite3.connect(Path(store.root, ".statekit/index.db"))
+    conn.execute("ANALYZE")
+    conn.close()
+    # the statements the Index runs, as compiled (what SQLite plans is what runs)
+    index = store.writer.index
+    index.episode_data(stage="downloading")
+    index.with_errors()
+    index.stuck(store.writer.clock())
+    index.next("downloading", 10, store.writer.clock())
+    plans = {name: plan(store, stmt.sql, *stmt.params({}) or ()) for name, stmt in index.queries.items()
+             if ":" in name or name == "next"}
+    assert "episodes_by_stage" in plans["episodes:True:False"]
+    assert "episodes_with_errors" in plans["errors:True"]
+    assert "episodes_by_stage" in plans["stuck:True"]
+    assert "episodes_by_ready_for" in plans["next"]
+    for name, text in plans.items():  # a range of an index (all of the partial one: only rows with errors)
+        assert text.startswith(("SEARCH episodes USING INDEX", "SCAN episodes USING INDEX episodes_with_errors")), \
+            (name, text)
+
+
+def busy_store(store: Store, n: int = 700) -> None:
+    """Enough episodes for several chunks of a pool's work, a damaged one and a hand-set order."""
+    rich(store)
+    for i in range(n):
+        store.create(f"show{i % 3}", f"ep{i:04d}", metadata={"i": i})
+        if i % 5 == 0:
+            store.advance(f"show{i % 3}", f"ep{i:04d}", "downloading", cost=0.01 * i)
+    show_file = Path(store.root, "shows/show1/show.yaml")
+    show_file.write_text(show_file.read_text().replace("order: []", "order: [ep0100, ep0004]"))
+    Path(store.root, "shows/show2/episodes/ep0002/episode.yaml").write_text("version: [broken\n")
+
+
+@pytest.mark.parametrize("fmt", ["yaml", "json"])
+def test_a_rebuild_in_a_process_pool_gives_the_same_rows_as_one_process(tmp_path: Path, fmt: str) -> None:
+    from statekit.index.rebuild import rebuild
+
+    store = Store.init(tmp_path / "store", format=fmt)
+    busy_store(store)
+    one = rebuild(store.writer, workers=1)
+    alone = index_rows(store)
+    pooled = rebuild(store.writer, workers=2)
+    assert index_rows(store) == alone
+    assert (pooled.episodes, pooled.events, pooled.shows) == (one.episodes, one.events, one.shows)
+    assert pooled.problems == one.problems and [p.episode for p in one.problems] == ["show2/ep0002"]
+    assert [e.episode_id for e in store.list(show="show1")][:2] == ["ep0100", "ep0004"]
+
+
+def test_verify_in_a_process_pool_reports_what_one_process_reports(store: Store) -> None:
+    from statekit.index.verify import verify
+
+    busy_store(store, 400)
+    Path(store.root, "shows/show0/episodes/ep0003/events.jsonl").write_text("")  # a lost log
+    episode = Path(store.root, "shows/show1/episodes/ep0004/episode.yaml")
+    episode.write_text(episode.read_text().replace("title: ''", "title: edited by hand"))
+    one = verify(store.writer, workers=1)
+    pooled = verify(store.writer, workers=2)
+    assert pooled == one
+    assert {p.episode for p in one.problems} >= {"show2/ep0002", "show0/ep0003", "show1/ep0004"}
+    assert one.checked == 404 and one.assets == 1
