@@ -383,3 +383,19 @@ def chain_problems(path: str, lines: list[dict[str, Any]], raws: list[bytes]) ->
         elif "doc" in event and isinstance(event["doc"], dict) and isinstance(event["doc"].get("stage"), str):
             stage = event["doc"]["stage"]
     return problems
+
+
+@dataclass
+class Ledger:
+    """What an episode's chained log says is committed (``Writer.ledger_of``)."""
+
+    version: int
+    """The committed version (0: no event yet)."""
+    line_hash: str | None
+    """The hash of the committing line: the next line's ``prev``."""
+    end: int
+    """The log's offset just past the committing line (an uncommitted tail lies beyond)."""
+    pending: bool
+    """The file's bytes are not what the committing line says: a person's edit, not adopted yet."""
+    data: dict[str, Any] | None = None
+    """The committed version's data, when known without replaying the log."""

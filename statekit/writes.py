@@ -28,7 +28,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +50,7 @@ from .errors import (
     ValidationError,
     VersionConflictError,
 )
+from .eventlog import Ledger
 from .folders import Folders, real_dirs
 from .ids import check_id
 from .index.rows import episode_row, event_row, event_rows_of
@@ -78,22 +78,6 @@ CACHE_SIZE = 4096
 
 Change = Callable[[Episode, datetime], "tuple[Episode, dict[str, Any]] | None"]
 """``change(current, now)``: the new episode and its event's fields, or None for "nothing to do"."""
-
-
-@dataclass
-class Ledger:
-    """What an episode's chained log says is committed (``Writer.ledger_of``)."""
-
-    version: int
-    """The committed version (0: no event yet)."""
-    line_hash: str | None
-    """The hash of the committing line: the next line's ``prev``."""
-    end: int
-    """The log's offset just past the committing line (an uncommitted tail lies beyond)."""
-    pending: bool
-    """The file's bytes are not what the committing line says: a person's edit, not adopted yet."""
-    data: dict[str, Any] | None = None
-    """The committed version's data, when known without replaying the log."""
 
 
 class Writer:
