@@ -19,8 +19,10 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -60,7 +62,24 @@ def machine(name: str, skew: str, store: Store, url: str, out: Path, *, pause: f
     return subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True)
 
 
-def test_machines_share_the_work_and_survive_a_machine_killed(tmp_path: Path, pg_url: str) -> None:
+@pytest.fixture
+def shared(tmp_path: Path) -> Iterator[Path]:
+    """A folder every "machine" sees: never under /tmp, which each machine replaces with its own
+    (pytest's tmp_path is under /tmp unless --basetemp says otherwise)."""
+    if not str(tmp_path).startswith("/tmp/"):
+        yield tmp_path
+        return
+    top = Path(__file__).resolve().parent.parent / ".pytest-shared"
+    top.mkdir(exist_ok=True)
+    folder = Path(tempfile.mkdtemp(prefix="machines-", dir=top))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_machines_share_the_work_and_survive_a_machine_killed(shared: Path, pg_url: str) -> None:
+    tmp_path = shared
     store = Store.init(tmp_path / "store", index_url=pg_url)
     keys = fill(store, 24)
     out, started = tmp_path / "done.txt", tmp_path / "started.txt"
