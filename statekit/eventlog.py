@@ -151,24 +151,34 @@ def uncommitted_tail(path: str, committed: int, *, dir_fd: int | None = None) ->
     """How many bytes at the end of a log are not committed (a torn line, or
     the event of a write that stopped before its file was replaced); 0 if none.
     ``CorruptFileError`` if the log is damaged in a way that is not a tail."""
+    opened = _open_log(path, dir_fd)
+    if opened is None:
+        return 0
+    fd, size = opened
+    try:
+        return size - _committed_end(fd, size, committed, path) if size else 0
+    finally:
+        os.close(fd)
+
+
+def _open_log(path: str, dir_fd: int | None) -> tuple[int, int] | None:
+    """A log opened to read (never through a symlink, never blocking on a FIFO) and
+    its size; None if there is none; ``CorruptFileError`` if it is not a regular file."""
     try:
         fd = os.open(name_at(path, dir_fd), os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, dir_fd=dir_fd)
     except FileNotFoundError:
-        return 0
+        return None
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise unsafe_path(path) from None
         if exc.errno == errno.ENXIO:  # a socket
             raise CorruptFileError(f"{path}: is not a regular file, expected an event log", path=path) from None
         raise storage_error(exc, path, "read") from exc
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CorruptFileError(f"{path}: is not a regular file, expected an event log", path=path)
-        size = st.st_size
-        return size - _committed_end(fd, size, committed, path) if size else 0
-    finally:
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
+        raise CorruptFileError(f"{path}: is not a regular file, expected an event log", path=path)
+    return fd, st.st_size
 
 
 def drop_tail(disk: Disk, path: str, size: int, *, dir_fd: int | None = None) -> None:
@@ -275,19 +285,11 @@ class TailLine:
 def read_tail(path: str, *, dir_fd: int | None = None, block: int = 8192) -> tuple[TailLine | None, TailLine | None]:
     """The last two complete, readable event lines of a log (last, the one before), reading
     only the log's end; a torn last line (no newline) or damaged lines at the end are skipped."""
-    try:
-        fd = os.open(name_at(path, dir_fd), os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, dir_fd=dir_fd)
-    except FileNotFoundError:
+    opened = _open_log(path, dir_fd)
+    if opened is None:
         return None, None
-    except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise unsafe_path(path) from None
-        raise storage_error(exc, path, "read") from exc
+    fd, size = opened
     try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise CorruptFileError(f"{path}: is not a regular file, expected an event log", path=path)
-        size = st.st_size
         while True:
             start = max(0, size - block)
             data = os.pread(fd, size - start, start)
