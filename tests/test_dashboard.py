@@ -321,3 +321,42 @@ def test_serve_refuses_a_public_host_without_a_token_and_checks_the_token(root: 
     finally:
         proc.terminate()
         proc.wait(30)
+
+
+PG_URL = os.environ.get("STATEKIT_TEST_PG_URL")
+
+
+@pytest.mark.skipif(not PG_URL, reason="STATEKIT_TEST_PG_URL is not set (.ci/run sets it)")
+def test_the_dashboard_on_a_server_index_reads_through_read_only_sessions(tmp_path: Path) -> None:
+    import uuid
+
+    from sqlalchemy import create_engine
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import DBAPIError
+
+    assert PG_URL is not None
+    name = "statekit_dash_" + uuid.uuid4().hex[:10]
+    admin = create_engine(PG_URL, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name}")
+    url = make_url(PG_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        store = Store.init(tmp_path / "store", index_url=url)
+        fill(store)
+        board = Dashboard(Store.open(store.root, read_only=True))
+        with TestClient(Starlette(routes=routes(board), middleware=[Middleware(Guard)])) as c:
+            assert c.get("/api/report").json()["totals"]["stages"]["downloading"] == 2
+            before = c.get("/api/version").json()["version"]
+            store.advance("oliver", "ep002", "downloading")
+            time.sleep(VERSION_SECONDS + 0.1)
+            assert c.get("/api/version").json()["version"] != before
+            assert re.search(r'id="total-episodes">4<', c.get("/").text)
+            assert c.get("/api/episodes", params={"stage": "downloading"}).json()["total"] == 3
+        with pytest.raises(DBAPIError, match="read-only"), board.store.index.engine.connect() as conn:
+            conn.exec_driver_sql("DELETE FROM episodes")
+        board.close()
+        store.close()
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        admin.dispose()
