@@ -161,6 +161,20 @@ def test_version_moves_after_a_write_and_the_partial_page_has_the_change(client:
     assert stage_count(part.text, "downloading") == 3 and stage_count(part.text, "failed") == 0
 
 
+def test_version_moves_after_a_delete_and_text_is_escaped(client: TestClient, root: str) -> None:
+    writer = Store.open(root)
+    writer.create("oliver", "ep009", title="<script>alert('x')</script> & co")
+    time.sleep(VERSION_SECONDS + 0.1)
+    before = client.get("/api/version").json()["version"]
+    html = client.get("/episodes", params={"q": "script"}).text + client.get("/episodes/oliver/ep009").text
+    assert "<script>alert" not in html and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; co" in html
+    writer.delete("oliver", "ep009")  # no event is left behind: the stage totals move the version
+    writer.close()
+    time.sleep(VERSION_SECONDS + 0.1)
+    assert client.get("/api/version").json()["version"] != before
+    assert client.get("/episodes/oliver/ep009").status_code == 404
+
+
 def test_version_follows_a_rebuilt_index(client: TestClient, root: str) -> None:
     """rebuild-index swaps a new database file in: the dashboard reconnects to it."""
     before = client.get("/api/version").json()["version"]
