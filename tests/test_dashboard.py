@@ -187,6 +187,21 @@ def test_version_follows_a_rebuilt_index(client: TestClient, root: str) -> None:
     assert client.get("/api/report").json()["totals"]["stages"]["downloading"] == 3
 
 
+def test_an_index_that_cannot_be_read_is_a_503_in_one_line(root: str) -> None:
+    board = Dashboard(Store.open(root, read_only=True))
+    with TestClient(Starlette(routes=routes(board))) as c:
+        assert c.get("/api/version").status_code == 200
+        damaged = Path(root, ".statekit", "damaged.db")
+        damaged.write_bytes(b"not a database " * 500)
+        os.replace(damaged, Path(root, ".statekit", "index.db"))  # a new file: the dashboard reconnects to it
+        time.sleep(VERSION_SECONDS + 0.1)
+        r = c.get("/api/version")
+        assert r.status_code == 503 and "could not be read" in r.json()["error"] and r.json()["hint"]
+        r = c.get("/")
+        assert r.status_code == 503 and 'id="error"' in r.text and "Traceback" not in r.text
+    board.close()
+
+
 def test_the_token_guards_every_route_but_healthz(root: str) -> None:
     board = Dashboard(Store.open(root, read_only=True))
     app = make_app(Store.open(root), routes(board), token=TOKEN)

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from ..errors import (
     EpisodeNotFoundError,
     IndexUnavailableError,
@@ -34,6 +36,13 @@ from .view import LIST_LIMIT, Dashboard
 
 PARTIAL = "x-statekit-partial"
 POLL_MS = 1000
+
+
+def _unreadable(exc: Exception) -> IndexUnavailableError:
+    """A database error while reading (the index locked or being swapped): one line, 503."""
+    first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return IndexUnavailableError(f"the index could not be read just now ({first})",
+                                 hint="the page tries again by itself; if it persists, run 'statekit verify'")
 
 
 def _status(exc: StatekitError) -> int:
@@ -86,7 +95,10 @@ def routes(board: Dashboard) -> list[Any]:
 
     def html(request: Request, template: str, status: int = 200, **context: Any) -> Response:
         partial = request.headers.get(PARTIAL) == "1"
-        version = board.version()
+        try:
+            version = board.version()
+        except SQLAlchemyError:  # an error page for an unreadable index: the next poll tries again
+            version = ""
         body = env.get_template(template).render(partial=partial, version=version, path=request.url.path,
                                                  now=datetime.now(timezone.utc), **context)
         return HTMLResponse(body, status_code=status,
@@ -95,7 +107,10 @@ def routes(board: Dashboard) -> list[Any]:
     def page(template: str, read: Callable[[Request], dict[str, Any]]) -> Callable[[Request], Response]:
         def endpoint(request: Request) -> Response:  # a plain function: Starlette runs it in its thread pool
             try:
-                context = read(request)
+                try:
+                    context = read(request)
+                except SQLAlchemyError as exc:
+                    raise _unreadable(exc) from exc
             except StatekitError as exc:
                 return html(request, "error.html", _status(exc), error=exc.one_line(), title="Not shown")
             return html(request, template, **context)
@@ -104,7 +119,10 @@ def routes(board: Dashboard) -> list[Any]:
     def api(read: Callable[[Request], Any]) -> Callable[[Request], Response]:
         def endpoint(request: Request) -> Response:
             try:
-                data = read(request)
+                try:
+                    data = read(request)
+                except SQLAlchemyError as exc:
+                    raise _unreadable(exc) from exc
             except StatekitError as exc:
                 return JSONResponse({"error": str(exc.args[0]) if exc.args else type(exc).__name__,
                                      "hint": exc.hint or None}, status_code=_status(exc),

@@ -38,7 +38,9 @@
     return fetch(location.pathname + location.search, {
       headers: { "X-Statekit-Partial": "1" }, cache: "no-store", credentials: "same-origin"
     }).then(function (response) {
-      // an episode deleted, a bad filter: the page still shows what the server says (404, 400)
+      // a server error keeps what is shown (and says offline); an episode deleted, a bad
+      // filter: the page shows what the server says (404, 400)
+      if (response.status >= 500) throw new Error("status " + response.status);
       return response.text().then(function (html) {
         main.innerHTML = html;
         version = response.headers.get("X-Statekit-Version") || version;
