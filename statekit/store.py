@@ -134,7 +134,7 @@ class Store:
     def _wire_signals(self) -> None:
         """The post-commit hook, there only when alerts or events are configured (no cost otherwise)."""
         hooks = self.writer.after_commit
-        on = self.config.alerts is not None or self.config.events is not None
+        on = not self.read_only and (self.config.alerts is not None or self.config.events is not None)
         if on and self.signals.committed not in hooks:
             hooks.append(self.signals.committed)
         elif not on and self._signals is not None and self._signals.committed in hooks:
