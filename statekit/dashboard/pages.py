@@ -2,7 +2,7 @@
 twins under ``/api/``, the version the pages poll, and the static script and styles.
 
 Live updates by polling, not server-sent events: each open page asks ``/api/version``
-every second (a tiny answer, computed at most twice a second for all pages by
+twice a second (a tiny answer, computed at most twice a second for all pages by
 ``Dashboard.version``) and, when it moved, fetches its own page's content again
 (``X-Statekit-Partial``) and swaps it in. No connection stays open, so stopping the
 server never waits for clients, any proxy passes it, and the server renders every page
@@ -35,7 +35,7 @@ from ..report.model import REASON_TEXT, PipelineInfo, pct
 from .view import LIST_LIMIT, Dashboard
 
 PARTIAL = "x-statekit-partial"
-POLL_MS = 1000
+POLL_MS = 500
 
 
 def _unreadable(exc: Exception) -> IndexUnavailableError:

@@ -1,5 +1,5 @@
 // statekit serve: keeps the page current without a reload, and filters lists as you type.
-// Every second it asks /api/version; when the store changed, it fetches this page's
+// Twice a second it asks /api/version; when the store changed, it fetches this page's
 // content again (X-Statekit-Partial) and swaps it in. Nothing else is fetched.
 (function () {
   "use strict";
@@ -8,7 +8,7 @@
   var live = document.getElementById("live");
   var search = document.getElementById("search");
   var version = body.getAttribute("data-version");
-  var every = parseInt(body.getAttribute("data-poll"), 10) || 1000;
+  var every = parseInt(body.getAttribute("data-poll"), 10) || 500;
 
   function filter() {
     if (!search) return;
