@@ -17,7 +17,6 @@ import pytest
 
 pytest.importorskip("starlette")
 pytest.importorskip("jinja2")
-pytest.importorskip("httpx")
 
 from starlette.applications import Starlette  # noqa: E402
 from starlette.middleware import Middleware  # noqa: E402
