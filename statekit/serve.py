@@ -3,7 +3,8 @@
 Routes: ``/metrics`` (Prometheus, ``signals.metrics``) and ``/healthz``;
 more (a dashboard) are passed to ``make_app(store, routes)``. While it
 runs, a thread catches up the store's signals and sends due alerts every
-``SIGNALS_SECONDS`` (what a crashed writer left behind goes out here too).
+``SIGNALS_SECONDS`` (what a crashed writer left behind goes out here too),
+and another runs the scheduled reports and compaction (``scheduled``).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from . import __version__
+from . import __version__, scheduled
 from .signals.alerts import needs
 from .signals.metrics import exposition
 from .store import Store
@@ -57,10 +58,12 @@ def make_app(store: Store, routes: Sequence[Any] = ()) -> Any:
         thread = threading.Thread(target=signals_loop, args=(store, stop), name="statekit-serve-signals",
                                   daemon=True)
         thread.start()
+        jobs = scheduled.start(store)  # the daily report and compaction (statekit.yaml: reporting, retention)
         try:
             yield
         finally:
             stop.set()
+            jobs.stop()
             thread.join(SIGNALS_SECONDS)
 
     return applications.Starlette(routes=[routing.Route("/metrics", metrics), routing.Route("/healthz", health),
