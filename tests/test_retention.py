@@ -362,3 +362,20 @@ def test_statekit_compact_killed_at_random_moments(tmp_path: Path) -> None:
     final.compact()
     assert all(not (ep_dir(final, ep) / "events.jsonl").exists() for ep in seen)
     assert final.verify().problems == []
+
+
+@pytest.mark.parametrize("ledger", [True, False], ids=["ledger", "older"])
+def test_sync_adopts_a_hand_edit_of_a_compacted_episode(tmp_path: Path, ledger: bool) -> None:
+    store = make_store(tmp_path / "store", ledger)
+    store.compact()
+    events = [e.model_dump(mode="json") for e in store.events("s", "done")]
+    path = ep_dir(store, "done") / "episode.yaml"
+    path.write_text(path.read_text().replace("title: Episode done", "title: Edited by hand"))
+    report = Store.open(store.root).sync()
+    assert [c for c in report.changed if "s/done" in str(c)], report
+    again = Store.open(store.root)
+    now = [e.model_dump(mode="json") for e in again.events("s", "done")]
+    assert now[:-1] == events and now[-1]["kind"] == "external_edit"
+    assert again.get("s", "done").title == "Edited by hand"
+    assert (ep_dir(store, "done") / "events.jsonl").exists() and not (ep_dir(store, "done") / "events.jsonl.gz").exists()
+    assert again.verify().problems == []
