@@ -104,7 +104,10 @@ class Retention:
                 progress(done, len(found))
             report.checked += 1
             if st.st_mtime > cutoff:
-                continue  # written lately: not a candidate (the cheap look, before the lock)
+                continue  # written lately: not a candidate (the cheap looks, before the lock)
+            if not self._has_plain(show, ep):
+                report.already += 1  # compressed before (or nothing to compress): not read again
+                continue
             try:
                 self._compact_one(show, ep, path, cutoff, terminal, report)
             except StatekitError as exc:
@@ -112,6 +115,11 @@ class Retention:
         if progress is not None:
             progress(len(found), len(found))
         return report
+
+    def _has_plain(self, show: str, ep: str) -> bool:
+        paths = self.writer.paths(show, ep)
+        return os.path.lexists(paths.events) or any(
+            os.path.lexists(paths.checkpoint(s)) for s in checkpoint_stages(paths.dir))
 
     def _compact_one(self, show: str, ep: str, path: str, cutoff: float, terminal: set[str],
                      report: CompactReport) -> None:
@@ -128,8 +136,7 @@ class Retention:
             if newest > cutoff:
                 return
             if not plain:
-                report.already += 1
-                return
+                return  # compressed meanwhile
             before = after = 0
             done: list[str] = []
             if plain[0] == "events.jsonl":
