@@ -3,6 +3,10 @@
 The uncommitted-tail rule: an append first drops what follows the last
 committed event (a torn line, or the event of a write that crashed before
 its file was replaced), so the log and the file never disagree for long.
+
+A log retention compressed (``events.jsonl.gz``, ``packed``) is read as the
+plain one by every function here (``_open_log``, ``read_lines``); an append or a
+cut makes it plain again first, under the caller's episode lock.
 """
 
 from __future__ import annotations
