@@ -254,6 +254,7 @@ def killed_at(root: Path, at: int, work: str) -> bool:
     dies at its ``at``-th disk call; True if it was killed, False if it finished first."""
     pid = os.fork()
     if pid == 0:  # the child: no pytest, no cleanup
+        signal.alarm(60)  # a child that hangs (a lock inherited across fork) dies of SIGALRM, and the test fails
         try:
             store = Store.open(root, disk=KillAt(at))
             if work == "compact":
@@ -265,6 +266,7 @@ def killed_at(root: Path, at: int, work: str) -> bool:
             os._exit(3)
     _pid, status = os.waitpid(pid, 0)
     assert not (os.WIFEXITED(status) and os.WEXITSTATUS(status) == 3), "the child failed"
+    assert not os.WIFSIGNALED(status) or os.WTERMSIG(status) == signal.SIGKILL, "the child hung"
     return os.WIFSIGNALED(status)
 
 
