@@ -381,3 +381,22 @@ def test_sync_adopts_a_hand_edit_of_a_compacted_episode(tmp_path: Path, ledger: 
     assert again.get("s", "done").title == "Edited by hand"
     assert (ep_dir(store, "done") / "events.jsonl").exists() and not (ep_dir(store, "done") / "events.jsonl.gz").exists()
     assert again.verify().problems == []
+
+
+def test_a_damaged_checkpoint_stays_damaged_and_repair_moves_it_out(tmp_path: Path) -> None:
+    store = make_store(tmp_path / "store", ledger=True)
+    cp = ep_dir(store, "done") / "checkpoints" / "converting.json"
+    cp.write_bytes(cp.read_bytes().replace(b'"ep"', b'"EP"'))  # its sha256 no longer matches
+    age(store.root, only="s/done")
+    store.compact()
+    assert not cp.exists() and Path(str(cp) + ".gz").exists()
+    again = Store.open(store.root)
+    with pytest.raises(CorruptFileError, match="converting.json"):
+        again.load_checkpoint("s", "done", "converting")
+    assert [p.kind for p in again.verify().problems] == ["checkpoint"]
+    report = again.repair()
+    assert any("damaged checkpoint" in a for a in report.actions), report.actions
+    assert os.listdir(cp.parent) == []
+    trash = [n for _f, _d, names in os.walk(Path(store.root, ".statekit", "trash")) for n in names]
+    assert [n for n in trash if n.endswith(".checkpoint.converting.json.gz")]
+    assert again.resume_stage("s", "done") is None and again.verify().problems == []
