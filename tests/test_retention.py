@@ -25,6 +25,7 @@ from statekit.cli import main
 from statekit.files import Disk
 
 from .conftest import index_rows, snapshot
+from .test_workers import needs_pg, pg_url  # noqa: F401  (a fixture: a fresh PostgreSQL schema)
 
 DAY = 86400
 LATE = ("converted", "uploading", "uploaded", "scheduled", "published")
@@ -307,11 +308,14 @@ def test_kill_9_at_every_step_leaves_a_readable_episode(tmp_path: Path, ledger: 
     raise AssertionError("the work never finished within 200 disk calls")
 
 
-def test_compact_and_writers_in_other_processes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=needs_pg)])
+def test_compact_and_writers_in_other_processes(tmp_path: Path, kind: str, request: pytest.FixtureRequest) -> None:
     """Compaction (every episode always old enough) while another process keeps
-    writing to the same finished episodes: the lock serializes them, no event is lost."""
+    writing to the same finished episodes: the lock (a file lock, or a PostgreSQL
+    advisory lock with a server index) serializes them, no event is lost."""
     root = tmp_path / "store"
-    store = Store.init(root, ledger=True)
+    url = request.getfixturevalue("pg_url") if kind == "postgresql" else None
+    store = Store.init(root, ledger=True, index_url=url)
     for n in range(4):
         finish(store, "s", f"e{n}", checkpoint=n % 2 == 0)
     store.close()
