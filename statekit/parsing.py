@@ -19,7 +19,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from .codecs import CODECS, JSON_CODEC, YAML_CODEC, Parsed, compact_json, line_of
 from .errors import CorruptFileError, ValidationError
-from .files import MAX_FILE_BYTES, read_file
+from .files import MAX_FILE_BYTES
 from .models import CHECKPOINT_SCHEMA, SHOW_SCHEMA, Episode, Show
 from .packed import read_either
 from .pipeline import Pipeline

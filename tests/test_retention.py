@@ -242,12 +242,18 @@ class KillAt(Disk):
         self.calls += 1
 
 
-for _name in ("open", "mkstemp", "write", "fsync", "close", "replace", "rename", "truncate", "unlink", "link"):
-    def _wrapped(self: KillAt, *args: Any, _original: Any = getattr(Disk, _name), **kwargs: Any) -> Any:
-        self._step()
-        return _original(self, *args, **kwargs)
+def _killing(name: str) -> Any:
+    original = getattr(Disk, name)
 
-    setattr(KillAt, _name, _wrapped)
+    def call(self: KillAt, *args: Any, **kwargs: Any) -> Any:
+        self._step()
+        return original(self, *args, **kwargs)
+
+    return call
+
+
+for _name in ("open", "mkstemp", "write", "fsync", "close", "replace", "rename", "truncate", "unlink", "link"):
+    setattr(KillAt, _name, _killing(_name))
 
 
 def killed_at(root: Path, at: int, work: str) -> bool:
@@ -383,7 +389,8 @@ def test_sync_adopts_a_hand_edit_of_a_compacted_episode(tmp_path: Path, ledger: 
     now = [e.model_dump(mode="json") for e in again.events("s", "done")]
     assert now[:-1] == events and now[-1]["kind"] == "external_edit"
     assert again.get("s", "done").title == "Edited by hand"
-    assert (ep_dir(store, "done") / "events.jsonl").exists() and not (ep_dir(store, "done") / "events.jsonl.gz").exists()
+    folder = ep_dir(store, "done")
+    assert (folder / "events.jsonl").exists() and not (folder / "events.jsonl.gz").exists()
     assert again.verify().problems == []
 
 
