@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 
 from . import files as diskio
+from . import packed
 from .codecs import JSON_CODEC
 from .errors import CorruptFileError, SchemaVersionError, ValidationError
 from .ids import check_id
@@ -58,8 +59,9 @@ class Checkpoints:
                     "saved_at": new.updated_at.isoformat(), "sha256": digest, "size": len(body_bytes),
                     "data": payload}
             with writer.folders.open(("shows", show, "episodes", ep, "checkpoints"), create=True) as folder:
-                diskio.atomic_write(writer.disk, writer.paths(show, ep).checkpoint(stage),
-                                    JSON_CODEC.dump_plain(body), dir_fd=folder)
+                path = writer.paths(show, ep).checkpoint(stage)
+                diskio.atomic_write(writer.disk, path, JSON_CODEC.dump_plain(body), dir_fd=folder)
+                packed.drop_packed(writer.disk, path, dir_fd=folder)  # an older one retention compressed
 
         def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
             more = extra(m, now) if extra is not None else {}

@@ -115,7 +115,7 @@ def write_new_store(folders: Folders, config: StoreConfig, graph: Pipeline) -> N
         if not diskio.lexists(ignore, dir_fd=machine):
             diskio.atomic_write(disk, ignore, b"# machine-owned: index, locks, backups, trash\n*\n", dir_fd=machine)
     body = config.model_dump(mode="json")
-    for optional in ("index", "worker", "alerts", "events"):  # written only when set: a plain store's file stays as it was
+    for optional in ("index", "worker", "alerts", "events", "reporting", "retention"):  # written only when set: a plain store's file stays as it was
         if body.get(optional) is None:
             body.pop(optional, None)
     body["pipeline"] = graph.to_config()

@@ -3,6 +3,10 @@
 The uncommitted-tail rule: an append first drops what follows the last
 committed event (a torn line, or the event of a write that crashed before
 its file was replaced), so the log and the file never disagree for long.
+
+A log retention compressed (``events.jsonl.gz``, ``packed``) is read as the
+plain one by every function here (``_open_log``, ``read_lines``); an append or a
+cut makes it plain again first, under the caller's episode lock.
 """
 
 from __future__ import annotations
@@ -20,10 +24,10 @@ from typing import Any
 import orjson
 from pydantic import ValidationError as PydanticValidationError
 
-from . import patches
+from . import packed, patches
 from .codecs import compact_json, int64, no_duplicates
 from .errors import CorruptFileError, UnsafePathError
-from .files import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK, Disk, name_at, read_file, storage_error, unsafe_path, write_all
+from .files import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK, Disk, name_at, storage_error, unsafe_path, write_all
 from .models import EVENT_SCHEMA, UNCHAINED_EVENT_SCHEMA, Event
 from .schema import schema_of
 
@@ -53,7 +57,7 @@ def _parse_event_line(line: bytes, strict: bool = True) -> dict[str, Any] | None
     return event
 
 
-def _committed_end(fd: int, size: int, committed: int, path: str) -> int:
+def _committed_end(pread: Callable[[int, int], bytes], size: int, committed: int, path: str) -> int:
     """Offset just past the last committed event; everything after is an
     uncommitted tail (a torn line, or the one event of a write that crashed
     before its file was replaced). Each write drops the tail before it
@@ -66,7 +70,7 @@ def _committed_end(fd: int, size: int, committed: int, path: str) -> int:
     beyond = 0
     while end > 0:
         start = max(0, end - block)
-        data = os.pread(fd, end - start, start)
+        data = pread(end - start, start)
         if not data.endswith(b"\n"):  # a torn append: never committed
             cut = data.rfind(b"\n")
             if cut < 0 and start > 0:
@@ -114,7 +118,11 @@ def append_event(disk: Disk, path: str, line: bytes, committed: int, known_size:
     folder, held open.
     """
     try:
-        fd = disk.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o666, dir_fd=dir_fd)
+        try:
+            fd = disk.open(path, os.O_RDWR | os.O_APPEND | O_NOFOLLOW | O_CLOEXEC, dir_fd=dir_fd)
+        except FileNotFoundError:  # a new log, or one retention compressed: a write makes it plain again
+            packed.inflate(disk, path, dir_fd=dir_fd)
+            fd = disk.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o666, dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise unsafe_path(path) from None
@@ -130,7 +138,8 @@ def append_event(disk: Disk, path: str, line: bytes, committed: int, known_size:
         if committed_end is not None and committed_end <= size:  # the caller read the tail already
             keep = committed_end
         else:
-            keep = size if size == known_size else _committed_end(fd, size, committed, path) if size else 0
+            keep = size if size == known_size else _committed_end(
+                lambda n, at: os.pread(fd, n, at), size, committed, path) if size else 0
         if keep < size:
             disk.truncate(fd, keep)
         write_all(disk, fd, line)
@@ -154,18 +163,53 @@ def uncommitted_tail(path: str, committed: int, *, dir_fd: int | None = None) ->
     opened = _open_log(path, dir_fd)
     if opened is None:
         return 0
-    fd, size = opened
-    try:
-        return size - _committed_end(fd, size, committed, path) if size else 0
-    finally:
-        os.close(fd)
+    with opened:
+        return opened.size - _committed_end(opened.pread, opened.size, committed, path) if opened.size else 0
 
 
-def _open_log(path: str, dir_fd: int | None) -> tuple[int, int] | None:
-    """A log opened to read (never through a symlink, never blocking on a FIFO) and
-    its size; None if there is none; ``CorruptFileError`` if it is not a regular file."""
+class _Opened:
+    """A log open to read: its size and ``pread(n, offset)``; a compressed log
+    (``events.jsonl.gz``) is read whole, uncompressed, and served from memory."""
+
+    def __init__(self, size: int, fd: int | None = None, data: bytes | None = None) -> None:
+        self.size, self.fd, self.data = size, fd, data
+
+    def pread(self, n: int, offset: int) -> bytes:
+        if self.data is not None:
+            return self.data[offset:offset + n]
+        assert self.fd is not None
+        return os.pread(self.fd, n, offset)
+
+    def __enter__(self) -> _Opened:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _open_log(path: str, dir_fd: int | None) -> _Opened | None:
+    """A log opened to read (never through a symlink, never blocking on a FIFO);
+    its compressed form when only that exists (``packed``); None if there is none;
+    ``CorruptFileError`` if it is not a regular file."""
+    for _attempt in range(2):
+        fd = _open_plain(path, dir_fd)
+        if fd is not None:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                os.close(fd)
+                raise CorruptFileError(f"{path}: is not a regular file, expected an event log", path=path)
+            return _Opened(st.st_size, fd=fd)
+        data = packed.read_packed(path, dir_fd=dir_fd)
+        if data is not None:
+            return _Opened(len(data), data=data)
+    return None  # (looked twice: an inflation renames the plain log in, then removes the .gz)
+
+
+def _open_plain(path: str, dir_fd: int | None) -> int | None:
     try:
-        fd = os.open(name_at(path, dir_fd), os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, dir_fd=dir_fd)
+        return os.open(name_at(path, dir_fd), os.O_RDONLY | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, dir_fd=dir_fd)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -174,15 +218,11 @@ def _open_log(path: str, dir_fd: int | None) -> tuple[int, int] | None:
         if exc.errno == errno.ENXIO:  # a socket
             raise CorruptFileError(f"{path}: is not a regular file, expected an event log", path=path) from None
         raise storage_error(exc, path, "read") from exc
-    st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):
-        os.close(fd)
-        raise CorruptFileError(f"{path}: is not a regular file, expected an event log", path=path)
-    return fd, st.st_size
 
 
 def drop_tail(disk: Disk, path: str, size: int, *, dir_fd: int | None = None) -> None:
-    """Cut a log back to ``size`` bytes, durably."""
+    """Cut a log back to ``size`` bytes, durably (a compressed log is made plain first)."""
+    packed.inflate(disk, path, dir_fd=dir_fd)
     try:
         fd = disk.open(path, os.O_RDWR | O_NOFOLLOW | O_CLOEXEC, dir_fd=dir_fd)
     except OSError as exc:
@@ -207,7 +247,7 @@ def read_events(path: str, committed: int, *, strict: bool = True, dir_fd: int |
 def read_lines(path: str, committed: int, *, strict: bool = True, dir_fd: int | None = None
                ) -> list[tuple[dict[str, Any], bytes]]:
     """``read_events``, each event with its line's bytes (newline included: what the chain hashes)."""
-    raw = read_file(path, limit=None, dir_fd=dir_fd)  # a log grows with the episode's history
+    raw = packed.read_either(path, None, dir_fd=dir_fd)  # a log grows with the episode's history
     if not raw:
         return []
     lines = raw.split(b"\n")
@@ -288,11 +328,11 @@ def read_tail(path: str, *, dir_fd: int | None = None, block: int = 8192) -> tup
     opened = _open_log(path, dir_fd)
     if opened is None:
         return None, None
-    fd, size = opened
-    try:
+    size = opened.size
+    with opened:
         while True:
             start = max(0, size - block)
-            data = os.pread(fd, size - start, start)
+            data = opened.pread(size - start, start)
             found: list[TailLine] = []
             end = start + data.rfind(b"\n") + 1 if b"\n" in data else start
             cursor = end - start
@@ -308,8 +348,6 @@ def read_tail(path: str, *, dir_fd: int | None = None, block: int = 8192) -> tup
             if len(found) == 2 or start == 0:
                 return (found[0] if found else None), (found[1] if len(found) > 1 else None)
             block *= 4
-    finally:
-        os.close(fd)
 
 
 def committing(last: dict[str, Any], before: dict[str, Any] | None, sha: str, file_version: int,

@@ -76,4 +76,6 @@ def checkpoint_stages(episode_dir: str) -> list[str]:
         names = os.listdir(os.path.join(episode_dir, "checkpoints"))
     except (FileNotFoundError, NotADirectoryError):
         return []
-    return [n[:-5] for n in names if n.endswith(".json") and not n.startswith(TEMP_PREFIX)]
+    stages = (n[:-5] if n.endswith(".json") else n[:-8] for n in names
+              if n.endswith((".json", ".json.gz")) and not n.startswith(TEMP_PREFIX))  # .gz: compressed by retention
+    return list(dict.fromkeys(stages))

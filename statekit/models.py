@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import re
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
 from pydantic import (
@@ -487,6 +487,71 @@ class EventsConfig(BaseModel):
     """The JetStream stream holding ``<subject>.>`` (created if missing)."""
 
 
+AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_AGE_PART = re.compile(r"(\d+)\s*([smhdw])")
+
+
+def parse_duration(value: str) -> timedelta:
+    """'30d', '12h', '1w2d', '90m' -> a timedelta; ``ValueError`` saying what is expected."""
+    text = value.strip().lower() if isinstance(value, str) else ""
+    parts = _AGE_PART.findall(text)
+    if not parts or _AGE_PART.sub("", text).strip():
+        raise ValueError(f"expected an age such as '30d', '12h' or '1w2d', got {value!r}")
+    seconds = sum(int(n) * AGE_UNITS[u] for n, u in parts)
+    if not 0 < seconds <= 100 * 366 * 86400:
+        raise ValueError(f"{value!r} must be more than nothing and at most 100 years")
+    return timedelta(seconds=seconds)
+
+
+def _age(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+def _clock_time(value: str) -> str:
+    if not re.fullmatch(r"([01]\d|2[0-3]):[0-5]\d", value):
+        raise ValueError(f"expected a time of day as HH:MM (UTC, 24-hour), such as '00:05', got {value!r}")
+    return value
+
+
+REPORT_FORMATS = ("html", "json", "csv", "text")
+
+
+class ReportingConfig(BaseModel):
+    """``reporting:`` in statekit.yaml: the reports ``statekit serve`` writes on schedule into
+    ``reports/`` (``daily_report_YYYY-MM-DD.<ext>``, ``weekly_report_YYYY-Www.<ext>``, ``summary.json``);
+    ``statekit report --daily|--weekly`` writes the same files by hand (from cron or a timer)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    generate_daily: Annotated[bool, Field(strict=True)] = True
+    generate_weekly: Annotated[bool, Field(strict=True)] = False
+    report_format: str = "html"
+    at: Annotated[str, AfterValidator(_clock_time)] = "00:05"
+    """When in the day (UTC) ``serve`` writes the day's report (and, with ``generate_weekly``, the week's)."""
+
+    @model_validator(mode="after")
+    def _known_format(self) -> ReportingConfig:
+        if self.report_format not in REPORT_FORMATS:
+            raise ValueError(f"report_format must be one of {', '.join(REPORT_FORMATS)}, not {self.report_format!r}")
+        return self
+
+
+class RetentionConfig(BaseModel):
+    """``retention:`` in statekit.yaml: compress the event logs and checkpoints of episodes in a
+    terminal stage that nobody touched for ``older_than`` (``statekit compact``; ``serve`` runs it
+    daily when ``compress_old`` is true)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    compress_old: Annotated[bool, Field(strict=True)] = False
+    older_than: Annotated[str, AfterValidator(_age)] = "30d"
+
+    @property
+    def age(self) -> timedelta:
+        return parse_duration(self.older_than)
+
+
 UNIQUE_KEY = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_-]{0,127}")
 """A unique metadata key: a top-level key of ``metadata`` (no dots: they are
 kept free to name nested keys one day)."""
@@ -520,6 +585,8 @@ class StoreConfig(BaseModel):
     index: IndexConfig | None = None
     """A server index (PostgreSQL); the embedded SQLite index when None."""
     worker: WorkerConfig | None = None
+    reporting: ReportingConfig | None = None
+    retention: RetentionConfig | None = None
     unique: Annotated[list[str], AfterValidator(_unique_keys)] = Field(default_factory=list)
     """Metadata keys whose values no two episodes may share (``statekit.unique``)."""
     pipeline: Pipeline

@@ -19,8 +19,9 @@ from pydantic import ValidationError as PydanticValidationError
 
 from .codecs import CODECS, JSON_CODEC, YAML_CODEC, Parsed, compact_json, line_of
 from .errors import CorruptFileError, ValidationError
-from .files import read_file
+from .files import MAX_FILE_BYTES
 from .models import CHECKPOINT_SCHEMA, SHOW_SCHEMA, Episode, Show
+from .packed import read_either
 from .pipeline import Pipeline
 from .schema import schema_of, upgrade_episode
 
@@ -101,8 +102,9 @@ def canonical(data: Any) -> bytes:
 
 def read_checkpoint(path: str) -> dict[str, Any] | None:
     """A checkpoint file's data, checked against its own sha256; None if
-    there is no such file; ``CorruptFileError`` if it is damaged."""
-    raw = read_file(path)
+    there is no such file; ``CorruptFileError`` if it is damaged. Reads
+    ``<stage>.json.gz`` when retention compressed it (``packed``)."""
+    raw = read_either(path, MAX_FILE_BYTES)
     if raw is None:
         return None
     body = JSON_CODEC.load(raw, path)

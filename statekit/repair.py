@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import TYPE_CHECKING
 
-from . import eventlog
+from . import eventlog, packed
 from . import files as diskio
 from .backups import Backup
 from .codecs import Parsed
@@ -303,6 +303,7 @@ class Repair:
             if tail:
                 act(f"drop the uncommitted event tail of {key} ({tail} bytes of events.jsonl)")
                 if not dry_run:
+                    packed.inflate(writer.disk, paths.events, dir_fd=folder)  # a compressed log: plain again
                     size = os.stat("events.jsonl", dir_fd=folder, follow_symlinks=False).st_size
                     eventlog.drop_tail(writer.disk, paths.events, size - tail, dir_fd=folder)
                     parsed.log_size = None
@@ -318,7 +319,9 @@ class Repair:
                                   f".checkpoint.{stage}.json")
                         with writer.folders.open(("shows", show, "episodes", ep, "checkpoints")) as checkpoints, \
                                 writer.folders.open(trash_parts(show), create=True) as trash:
-                            diskio.move(writer.disk, cp, target, src_dir_fd=checkpoints, dst_dir_fd=trash)
+                            damaged = packed.existing(cp, dir_fd=checkpoints) or cp  # compressed by retention
+                            diskio.move(writer.disk, damaged, target + damaged[len(cp):], src_dir_fd=checkpoints,
+                                        dst_dir_fd=trash)
 
 
 def revert_episode(writer: Writer, show: str, ep: str, *, kind: str = "revert", only_pending: bool = True) -> Episode:

@@ -3,7 +3,8 @@
 Routes: ``/metrics`` (Prometheus, ``signals.metrics``) and ``/healthz``;
 more (the dashboard, ``statekit.dashboard``) are passed to ``make_app(store, routes)``.
 While it runs, a thread catches up the store's signals and sends due alerts every
-``SIGNALS_SECONDS`` (what a crashed writer left behind goes out here too).
+``SIGNALS_SECONDS`` (what a crashed writer left behind goes out here too), and
+another runs the scheduled reports and compaction (``scheduled``).
 The dashboard reads through a second store opened read-only; ``token`` guards
 every route but ``/healthz`` (``dashboard.access``).
 """
@@ -17,7 +18,7 @@ import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
-from . import __version__
+from . import __version__, scheduled
 from .dashboard.access import Guard
 from .dashboard.pages import routes as dashboard_routes
 from .dashboard.view import Dashboard
@@ -74,10 +75,12 @@ def make_app(store: Store, routes: Sequence[Any] = (), token: str | None = None)
         thread = threading.Thread(target=signals_loop, args=(store, stop), name="statekit-serve-signals",
                                   daemon=True)
         thread.start()
+        jobs = scheduled.start(store)  # the daily report and compaction (statekit.yaml: reporting, retention)
         try:
             yield
         finally:
             stop.set()
+            jobs.stop()
             thread.join(SIGNALS_SECONDS)
 
     middleware = needs("starlette.middleware", "serve")

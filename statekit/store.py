@@ -47,6 +47,7 @@ from .pipeline import Pipeline
 from .queries import Queries
 from .recovery import RecoverReport, Recovery
 from .repair import Repair, RepairReport, revert_episode
+from .retention import CompactReport, Retention, older_than_of
 from .runs import Run, Runs
 from .serverlocks import ServerLocks
 from .shows import Shows
@@ -101,6 +102,7 @@ class Store:
         self.migration = Migration(self.writer, self.show_files, self.episodes)
         self.queries = Queries(self.writer, self.show_files)
         self.versions = History(self.writer)
+        self.retention = Retention(self.writer)
         self._result_cache: ResultCache | None = None
         self._cache_lock = threading.Lock()
         self._signals: Signals | None = None
@@ -460,6 +462,14 @@ class Store:
     def gc_backups(self, *, backups_older_than: timedelta, dry_run: bool = False) -> list[Removed]:
         """``gc``, saying how big each removed backup was."""
         return self.repairs.gc_backups(backups_older_than=backups_older_than, dry_run=dry_run)
+
+    def compact(self, *, older_than: timedelta | None = None, dry_run: bool = False,
+                progress: Progress | None = None) -> CompactReport:
+        """Compress the event logs and checkpoints of episodes in a terminal stage untouched
+        for ``older_than`` (default: ``retention: {older_than}``, else 30 days) into ``.gz``
+        files every read takes as they were (``retention``); says what was saved."""
+        return self.retention.compact(older_than if older_than is not None else older_than_of(self.writer),
+                                      dry_run=dry_run, progress=progress)
 
     def repair(self, *, dry_run: bool = False, progress: Progress | None = None) -> RepairReport:
         """Fix what can be fixed without a person, and say what was done:

@@ -1,8 +1,10 @@
-"""Progress: status (per show) and report (text, JSON, CSV or HTML)."""
+"""Progress: status (per show), report (text, JSON, CSV or HTML; --daily/--weekly into the
+store's reports/), and compact (retention: compress what finished episodes keep)."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,12 +60,28 @@ REPORT_SUFFIXES = {".html": "html", ".htm": "html", ".json": "json", ".csv": "cs
               help="Days of throughput history (also the basis of the estimated completion date).")
 @click.option("--stuck-after", default="24h", show_default=True, metavar="AGE",
               help="An episode with no change for this long (outside the first and terminal stages) is stuck.")
+@click.option("--daily", "period", flag_value="daily", default=None,
+              help="Write today's report into the store: reports/daily_report_YYYY-MM-DD.<format> and "
+                   "reports/summary.json (format: reporting.report_format, else html); re-running replaces it.")
+@click.option("--weekly", "period", flag_value="weekly",
+              help="The same for this ISO week: reports/weekly_report_YYYY-Www.<format>.")
 @pass_ctx
 def report_(ctx: Context, fmt: str | None, output: str | None, show_id: str | None, days: int,
-            stuck_after: str) -> None:
+            stuck_after: str, period: str | None) -> None:
     """Progress report: counts, completion, failures, costs, throughput, estimated completion date."""
     from ..report import build_report, render, write_report  # imported on use: only this command reports
 
+    if period is not None:
+        if output is not None or show_id is not None:
+            raise click.UsageError(f"--{period} writes the whole store's report into reports/; "
+                                   "leave out -o and --show (or leave out --" + period + ")")
+        from ..report.writing import write_scheduled
+
+        with progress_bar("reporting") as progress:
+            paths = write_scheduled(ctx.store, period, fmt, progress=progress)
+        out.print(f"wrote {period} report to {paths[0]} ({human_size(os.path.getsize(paths[0]))}) "
+                  f"and {paths[1]}", markup=False)
+        return
     fmt = fmt or (REPORT_SUFFIXES.get(Path(output).suffix.lower(), "text") if output else "text")
     stuck = parse_age(stuck_after)
     with progress_bar("reporting") as progress:
@@ -78,4 +96,37 @@ def report_(ctx: Context, fmt: str | None, output: str | None, show_id: str | No
         out.print(f"wrote {fmt} report to {path} ({human_size(os.path.getsize(path))})", markup=False)
 
 
-COMMANDS = [status, report_]
+@command()
+@click.option("--older-than", default=None, metavar="AGE",
+              help="Compress episodes untouched for this long (default: retention.older_than in statekit.yaml, "
+                   "else 30d).")
+@click.option("--dry-run", is_flag=True, help="Only say what would be compressed and how much it would save.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@pass_ctx
+def compact(ctx: Context, older_than: str | None, dry_run: bool, as_json: bool) -> None:
+    """Compress the event logs and checkpoints of finished episodes nobody touched for a while.
+
+    An episode in a terminal stage whose files are all older than the age gets
+    events.jsonl.gz (and checkpoints/<stage>.json.gz) in place of the plain
+    files; every command reads them as before, and a later write makes the
+    log plain again. Prints the space saved."""
+    age = parse_age(older_than) if older_than is not None else None
+    with progress_bar("compacting") as progress:
+        report = ctx.store.compact(older_than=age, dry_run=dry_run, progress=progress)
+    if as_json:
+        dump_json(report.as_dict())
+    else:
+        verb = "would compress" if dry_run else "compressed"
+        files = sum(len(c.files) for c in report.compacted)
+        out.print(f"{verb} {files} files of {len(report.compacted)} episodes (of {report.checked} checked; "
+                  f"{report.already} compressed before): {human_size(report.bytes_before)} -> "
+                  f"{human_size(report.bytes_after)}, {human_size(report.saved)} saved"
+                  + (f" ({100 * report.saved / report.bytes_before:.0f}%)" if report.bytes_before else ""),
+                  markup=False)
+        for problem in report.problems:
+            err.print(problem, markup=False)
+    if report.problems:
+        sys.exit(1)
+
+
+COMMANDS = [status, report_, compact]

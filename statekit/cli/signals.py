@@ -118,7 +118,8 @@ def metrics(ctx: Context) -> None:
 @pass_ctx
 def serve(ctx: Context, host: str, port: int, token: str | None) -> None:
     """Serve the live dashboard (read-only), /metrics and /healthz over HTTP; also sends pending alerts and
-    events while it runs."""
+    events while it runs, and writes the scheduled reports and compacts old episodes when statekit.yaml
+    asks for them ('reporting:', 'retention:')."""
     from ..dashboard.access import is_loopback
     from ..serve import listen
     from ..serve import serve as run  # the skin: starlette and uvicorn load only here
