@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError as PydanticValidationError
 
+from . import graphs
 from .assets import Assets
 from .backups import Backup, Backups
 from .checkpoints import Checkpoints
@@ -97,6 +98,7 @@ class Store:
         self._cache_lock = threading.Lock()
         self._signals: Signals | None = None
         self._wire_signals()
+        graphs.record(folders, config.pipeline, self.clock())  # the graph in force, kept for judging old moves
 
     def __repr__(self) -> str:
         return f"Store({self.root!r}, pipeline={self.pipeline.name!r}, format={self.config.format!r})"
