@@ -23,7 +23,7 @@ from .codecs import YAML_CODEC, compact_json
 from .errors import StatekitError
 from .folders import Folders
 from .parsing import sha256
-from .pipeline import Pipeline, load_pipeline
+from .pipeline import Pipeline, load_pipeline, ready_for
 
 log = logging.getLogger("statekit")
 
@@ -132,3 +132,51 @@ class History:
     def forget(self) -> None:
         """Read the folder again on next use (a graph was recorded meanwhile)."""
         self._retired.clear()
+
+
+# --- stranded episodes (pure) ---------------------------------------------------------
+
+JUDGED_MOVES = frozenset({"advance", "start", "finish", "fail", "recovered", "give_up", "external_edit"})
+"""Event kinds whose move the graph decided (``verify`` judges them by the graph they name).
+An operator's override (``retry`` from a give-up, ``requeue``, ``pipeline_migrate``,
+``restore``, ``revert``) is recorded as such and not judged."""
+
+
+def stranding(new: Pipeline, stage: str, previous: str | None, *, done: bool = False,
+              old: Pipeline | None = None) -> str | None:
+    """Why an episode at ``stage`` (came from ``previous``) is stranded under the graph
+    ``new``, or None. ``old``: the graph it last moved under (its last event's), if known.
+
+    Stranded: its stage is gone; or the stage it was waiting for (``pipeline.ready_for``
+    under ``old``; without ``old``, a retry's way back to ``previous``) is gone; or a
+    retry's way back is no longer an edge (the episode would silently go elsewhere);
+    or it has no next move any more. An episode the new graph merely routes another
+    way (a stage added in between) is not stranded."""
+    if stage not in new.stages:
+        return f"in stage {stage!r}, which pipeline {new.name!r} no longer has"
+    retrying = stage == new.failure_stage and previous is not None
+    if old is None or stage not in old.stages:
+        if retrying and previous not in new.stages:
+            return f"waiting to retry stage {previous!r}, which pipeline {new.name!r} no longer has"
+        return None
+    target = ready_for(old, stage, previous, dict.fromkeys(old.gates), done=done)  # gates: not this question
+    if target is None or target == stage:
+        return None
+    if target not in new.stages:
+        return f"waiting for stage {target!r}, which pipeline {new.name!r} no longer has"
+    if retrying and previous == target and target not in new.next_stages(stage):
+        return f"waiting to retry {target!r}, but pipeline {new.name!r} has no move {stage!r} -> {target!r} any more"
+    if ready_for(new, stage, previous, dict.fromkeys(new.gates), done=done) is None:
+        return f"waiting to move on from {stage!r}, which has no next stages in pipeline {new.name!r} any more"
+    return None
+
+
+def illegal_move(p: Pipeline, event: Mapping[str, Any]) -> str | None:
+    """Why ``event``'s move is not one graph ``p`` allows (None: legal, or not a judged move)."""
+    src, dst = event.get("from_stage"), event.get("to_stage")
+    if event.get("kind") not in JUDGED_MOVES or not src or not dst or src == dst:
+        return None
+    if dst in p.next_stages(src):
+        return None
+    return f"version {event.get('version')} moved {src!r} -> {dst!r}, which graph {graph_hash(p)} " \
+           f"({p.name!r}, in force then) does not allow"
