@@ -147,11 +147,11 @@ def stranding(new: Pipeline, stage: str, previous: str | None, *, done: bool = F
     """Why an episode at ``stage`` (came from ``previous``) is stranded under the graph
     ``new``, or None. ``old``: the graph it last moved under (its last event's), if known.
 
-    Stranded: its stage is gone; or the stage it was waiting for (``pipeline.ready_for``
-    under ``old``; without ``old``, a retry's way back to ``previous``) is gone; or a
-    retry's way back is no longer an edge (the episode would silently go elsewhere);
-    or it has no next move any more. An episode the new graph merely routes another
-    way (a stage added in between) is not stranded."""
+    Stranded: its stage is gone; or it waits to retry a stage (``previous``, from the
+    failure stage) it can no longer go back to (it would silently go elsewhere); or it
+    had a next move (``pipeline.ready_for`` under ``old``) and has none now. An episode
+    the new graph merely routes another way (a stage renamed or added ahead of it) is
+    not stranded: ``rebuild-index`` brings the index's ``ready_for`` up to date."""
     if stage not in new.stages:
         return f"in stage {stage!r}, which pipeline {new.name!r} no longer has"
     retrying = stage == new.failure_stage and previous is not None
@@ -162,10 +162,10 @@ def stranding(new: Pipeline, stage: str, previous: str | None, *, done: bool = F
     target = ready_for(old, stage, previous, dict.fromkeys(old.gates), done=done)  # gates: not this question
     if target is None or target == stage:
         return None
-    if target not in new.stages:
-        return f"waiting for stage {target!r}, which pipeline {new.name!r} no longer has"
     if retrying and previous == target and target not in new.next_stages(stage):
-        return f"waiting to retry {target!r}, but pipeline {new.name!r} has no move {stage!r} -> {target!r} any more"
+        gone = f"which pipeline {new.name!r} no longer has" if target not in new.stages else \
+            f"but pipeline {new.name!r} has no move {stage!r} -> {target!r} any more"
+        return f"waiting to retry stage {target!r}, {gone}"
     if ready_for(new, stage, previous, dict.fromkeys(new.gates), done=done) is None:
         return f"waiting to move on from {stage!r}, which has no next stages in pipeline {new.name!r} any more"
     return None
