@@ -17,7 +17,7 @@ from datetime import datetime
 from typing import Any
 
 from .errors import QueryError, StatekitError, ValidationError
-from .graphs import stranding
+from .graphs import graph_hash, stranding
 from .ids import check_id
 from .index.tables import episodes, events
 from .models import Episode, check_optional_text, check_text
@@ -105,15 +105,28 @@ class Bulk:
             f"SELECT show_id, episode_id FROM episodes WHERE ({clause}) ORDER BY show_id, episode_id", timeout)
         return [(str(s), str(e)) for s, e in rows]
 
-    def last_graphs(self) -> dict[tuple[str, str], str | None]:
-        """The ``graph`` each indexed episode's last event names (what it last moved under)."""
-        from sqlalchemy import select
+    def positions(self, show: str | None = None, suspects_only: bool = False) -> list[tuple[Any, ...]]:
+        """``(show, episode, stage, previous_stage, stage_done, graph)`` of the indexed
+        episodes, ``graph`` the one their last event names (what they last moved under).
+        ``suspects_only``: only those in a stage the graph in force lacks or whose last
+        event names another graph (the rest cannot be stranded: a cheap question for
+        ``statekit status`` on a large store)."""
+        from sqlalchemy import and_, func, or_, select
 
-        stmt = select(events.c.show_id, events.c.episode_id, events.c.data).join(
-            episodes, (episodes.c.show_id == events.c.show_id) & (episodes.c.episode_id == events.c.episode_id)
-            & (episodes.c.version == events.c.version))
+        p = self.writer.pipeline
+        graph = events.c.data["graph"].as_string()
+        stmt = select(episodes.c.show_id, episodes.c.episode_id, episodes.c.stage, episodes.c.previous_stage,
+                      episodes.c.data["stage_done"].as_boolean(), graph).select_from(episodes.outerjoin(
+                          events, and_(events.c.show_id == episodes.c.show_id,
+                                       events.c.episode_id == episodes.c.episode_id,
+                                       events.c.version == episodes.c.version)))
+        if show is not None:
+            stmt = stmt.where(episodes.c.show_id == show)
+        if suspects_only:
+            stmt = stmt.where(or_(episodes.c.stage.not_in(list(p.stages)),
+                                  func.coalesce(graph, "") != graph_hash(p)))
         with self.writer.index.reading() as conn:
-            return {(s, e): (d or {}).get("graph") for s, e, d in conn.execute(stmt)}
+            return [tuple(r) for r in conn.execute(stmt.order_by(episodes.c.show_id, episodes.c.episode_id))]
 
     # --- applying -----------------------------------------------------------------
 
@@ -212,14 +225,13 @@ class Bulk:
         writer = self.writer
         if show is not None:
             check_id(show, "show id")
-        last = self.last_graphs() if proposed is None else {}
+        new = proposed or writer.pipeline
         out = []
-        for m in models(writer.index.episode_data(show, None)):
-            new = proposed or writer.pipeline
-            old = writer.pipeline if proposed is not None else writer.graphs.graph(last.get((m.show_id, m.episode_id)))
-            why = stranding(new, m.stage, m.previous_stage, done=m.stage_done, old=old)
+        for s, e, stage, previous, done, graph in self.positions(show, suspects_only=proposed is None):
+            old = writer.pipeline if proposed is not None else writer.graphs.graph(graph)
+            why = stranding(new, stage, previous, done=bool(done), old=old)
             if why is not None:
-                out.append({"episode": m.key, "stage": m.stage, "previous_stage": m.previous_stage, "reason": why})
+                out.append({"episode": f"{s}/{e}", "stage": stage, "previous_stage": previous, "reason": why})
         return out
 
     def migrate(self, mapping: Mapping[str, str], *, note: str | None = None, by: str | None = None,
