@@ -105,28 +105,35 @@ class Bulk:
             f"SELECT show_id, episode_id FROM episodes WHERE ({clause}) ORDER BY show_id, episode_id", timeout)
         return [(str(s), str(e)) for s, e in rows]
 
-    def positions(self, show: str | None = None, suspects_only: bool = False) -> list[tuple[Any, ...]]:
+    def positions(self, show: str | None = None, *, suspects_only: bool = False,
+                  grouped: bool = False) -> list[tuple[Any, ...]]:
         """``(show, episode, stage, previous_stage, stage_done, graph)`` of the indexed
         episodes, ``graph`` the one their last event names (what they last moved under).
         ``suspects_only``: only those in a stage the graph in force lacks or whose last
-        event names another graph (the rest cannot be stranded: a cheap question for
-        ``statekit status`` on a large store)."""
-        from sqlalchemy import and_, func, or_, select
+        event names another graph (the rest cannot be stranded); while the store has
+        only ever run under one graph, only the first (no join with the events).
+        ``grouped``: one row per show and position, ``episode`` being how many."""
+        from sqlalchemy import and_, func, literal, or_, select
 
         p = self.writer.pipeline
-        graph = events.c.data["graph"].as_string()
-        stmt = select(episodes.c.show_id, episodes.c.episode_id, episodes.c.stage, episodes.c.previous_stage,
-                      episodes.c.data["stage_done"].as_boolean(), graph).select_from(episodes.outerjoin(
-                          events, and_(events.c.show_id == episodes.c.show_id,
-                                       events.c.episode_id == episodes.c.episode_id,
-                                       events.c.version == episodes.c.version)))
+        one_graph = suspects_only and self.writer.graphs.count() <= 1
+        graph = literal(None) if one_graph else events.c.data["graph"].as_string()
+        columns = [episodes.c.show_id, episodes.c.stage, episodes.c.previous_stage,
+                   episodes.c.data["stage_done"].as_boolean(), graph]
+        stmt = select(*columns[:1], func.count() if grouped else episodes.c.episode_id, *columns[1:])
+        if not one_graph:
+            stmt = stmt.select_from(episodes.outerjoin(events, and_(
+                events.c.show_id == episodes.c.show_id, events.c.episode_id == episodes.c.episode_id,
+                events.c.version == episodes.c.version)))
         if show is not None:
             stmt = stmt.where(episodes.c.show_id == show)
-        if suspects_only:
-            stmt = stmt.where(or_(episodes.c.stage.not_in(list(p.stages)),
-                                  func.coalesce(graph, "") != graph_hash(p)))
+        if one_graph:
+            stmt = stmt.where(episodes.c.stage.not_in(list(p.stages)))
+        elif suspects_only:
+            stmt = stmt.where(or_(episodes.c.stage.not_in(list(p.stages)), func.coalesce(graph, "") != graph_hash(p)))
+        stmt = stmt.group_by(*columns) if grouped else stmt.order_by(episodes.c.show_id, episodes.c.episode_id)
         with self.writer.index.reading() as conn:
-            return [tuple(r) for r in conn.execute(stmt.order_by(episodes.c.show_id, episodes.c.episode_id))]
+            return [tuple(r) for r in conn.execute(stmt)]
 
     # --- applying -----------------------------------------------------------------
 
@@ -218,20 +225,30 @@ class Bulk:
 
     # --- a changed graph -------------------------------------------------------------------
 
-    def stranded(self, proposed: Pipeline | None = None, show: str | None = None) -> list[dict[str, Any]]:
+    def stranded(self, proposed: Pipeline | None = None, show: str | None = None, *,
+                 counts: bool = False) -> list[dict[str, Any]]:
         """The episodes a graph strands (``graphs.stranding``): ``proposed`` (not saved yet)
         judged against the graph in force; without it, the graph in force judged against
-        the graph each episode last moved under. From the index."""
+        the graph each episode last moved under. From the index. ``counts``: one entry
+        per show and stage with ``n`` episodes instead (what ``statekit status`` shows)."""
         writer = self.writer
         if show is not None:
             check_id(show, "show id")
         new = proposed or writer.pipeline
-        out = []
-        for s, e, stage, previous, done, graph in self.positions(show, suspects_only=proposed is None):
+        out: list[dict[str, Any]] = []
+        per: dict[tuple[str, str], int] = {}
+        for s, e, stage, previous, done, graph in self.positions(show, suspects_only=proposed is None,
+                                                                  grouped=counts):
             old = writer.pipeline if proposed is not None else writer.graphs.graph(graph)
             why = stranding(new, stage, previous, done=bool(done), old=old)
-            if why is not None:
+            if why is None:
+                continue
+            if counts:
+                per[(s, stage)] = per.get((s, stage), 0) + int(e)
+            else:
                 out.append({"episode": f"{s}/{e}", "stage": stage, "previous_stage": previous, "reason": why})
+        if counts:
+            return [{"show_id": s, "stage": stage, "n": n} for (s, stage), n in sorted(per.items())]
         return out
 
     def migrate(self, mapping: Mapping[str, str], *, note: str | None = None, by: str | None = None,

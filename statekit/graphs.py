@@ -99,6 +99,13 @@ class History:
             log.warning("statekit: the recorded pipeline graph %s cannot be read (%s)", path, exc)
             return None
 
+    def count(self) -> int:
+        """How many graphs are recorded (one listing of the folder)."""
+        try:
+            return sum(n.endswith(".yaml") for n in os.listdir(os.path.join(self.root, *FOLDER)))
+        except FileNotFoundError:
+            return 0
+
     def listing(self) -> list[dict[str, Any]]:
         """Every recorded graph, oldest first: ``hash``, ``recorded_at``, ``name``, ``stages``."""
         folder = os.path.join(self.root, *FOLDER)

@@ -587,6 +587,10 @@ class Store:
         the graph each episode last moved under."""
         return self.bulk.stranded(pipeline_from(proposed) if proposed is not None else None, show)
 
+    def stranded_counts(self) -> list[dict[str, Any]]:
+        """How many episodes the graph in force strands, per show and stage (``show_id``, ``stage``, ``n``)."""
+        return self.bulk.stranded(counts=True)
+
     def pipeline_migrate(self, mapping: Mapping[str, str], *, note: str | None = None, by: str | None = None,
                          dry_run: bool = False, progress: Progress | None = None) -> BulkReport:
         """Move stranded episodes by ``mapping`` (old stage -> new stage): one

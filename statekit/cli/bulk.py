@@ -146,9 +146,4 @@ def pipeline_history(ctx: Context, as_json: bool) -> None:
     out.print(table, markup=False)
 
 
-def stranded_count(ctx: Context) -> int:
-    """For ``statekit status``: how many episodes the graph in force strands."""
-    return len(ctx.store.pipeline_check())
-
-
 COMMANDS = [requeue, pipeline]

@@ -19,10 +19,10 @@ from .app import Context, command, dump_json, err, human_size, money, out, parse
 def status(ctx: Context, as_json: bool) -> None:
     """Progress per show: episodes per stage, completion %, cost so far."""
     shows = ctx.store.status()
-    stranded = ctx.store.pipeline_check()  # issue 19: episodes a change of the graph left behind
+    stranded = ctx.store.stranded_counts()  # issue 19: episodes a change of the graph left behind
     if as_json:
         for entry in shows:
-            entry["stranded"] = sum(s["episode"].startswith(entry["show_id"] + "/") for s in stranded)
+            entry["stranded"] = sum(s["n"] for s in stranded if s["show_id"] == entry["show_id"])
         dump_json(shows)
         return
     if not shows:
@@ -33,13 +33,13 @@ def status(ctx: Context, as_json: bool) -> None:
 
 
 def print_stranded(console: Console, stranded: list[dict[str, Any]]) -> None:
-    """A line per stage the pipeline graph's last change stranded episodes in (none: nothing)."""
+    """One line: the episodes a change of the pipeline graph stranded, per stage (none: nothing)."""
     if not stranded:
         return
     per: dict[str, int] = {}
     for s in stranded:
-        per[s["stage"]] = per.get(s["stage"], 0) + 1
-    console.print(f"stranded by a pipeline change: {len(stranded)} episode(s) ("
+        per[s["stage"]] = per.get(s["stage"], 0) + s["n"]
+    console.print(f"stranded by a pipeline change: {sum(per.values())} episode(s) ("
                   + ", ".join(f"{n} in {stage}" for stage, n in per.items())
                   + "); see 'statekit pipeline check'", markup=False)
 
