@@ -588,7 +588,8 @@ class Store:
         return self.bulk.stranded(pipeline_from(proposed) if proposed is not None else None, show)
 
     def stranded_counts(self) -> list[dict[str, Any]]:
-        """How many episodes the graph in force strands, per show and stage (``show_id``, ``stage``, ``n``)."""
+        """How many episodes sit in a stage the graph in force lacks, or wait to retry one,
+        per show and stage (``show_id``, ``stage``, ``n``); from indexed columns only."""
         return self.bulk.stranded(counts=True)
 
     def pipeline_migrate(self, mapping: Mapping[str, str], *, note: str | None = None, by: str | None = None,
