@@ -106,6 +106,8 @@ def test_check_before_and_after_saving_then_migrate(store: Store, tmp_path: Path
     after = reopened.pipeline_check()
     assert [s["episode"] for s in after] == keys[:2]
     assert reopened.get(*keys[0].split("/")).stage == "converting"  # readable: a stage of a recorded graph
+    assert reopened.stranded_counts() == [{"show_id": "s", "stage": "converting", "n": 1},
+                                          {"show_id": "s", "stage": "failed", "n": 1}]
     problems = reopened.verify().problems
     assert sorted(p.kind for p in problems) == ["stranded"] * 2  # old moves judged by their own graph: none flagged
 
@@ -121,7 +123,7 @@ def test_check_before_and_after_saving_then_migrate(store: Store, tmp_path: Path
         assert last.kind == "pipeline_migrate" and last.message == "renamed"
         assert last.model_extra["graph"] == graph_hash(reopened.pipeline)
     assert not reopened.verify().problems
-    assert reopened.pipeline_check() == []
+    assert reopened.pipeline_check() == [] and reopened.stranded_counts() == []
     # it works on: the retry goes to the new stage, the waiting one moves there
     reopened.retry_now(*keys[1].split("/"))
     assert keys[1] in {e.key for e in reopened.next("transcoding", 10)}
