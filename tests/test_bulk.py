@@ -223,3 +223,23 @@ def test_requeue_while_workers_run_loses_no_work_and_no_write(shared: Store, tmp
     assert sum(changed.values()) > 0
     assert all("being run" in why or "already ready" in why for why in skipped)
     assert not fresh.verify().problems
+
+
+def test_a_bar_on_a_terminal_and_nothing_when_piped(store: Store) -> None:
+    from tests.test_progress import run as run_in_pty
+
+    fill(store, 30)
+    code, out, err = run_in_pty(store.root, ["requeue", "--query", "1 = 1", "--to", "downloading", "--dry-run"],
+                                terminal=True)
+    assert code == 0 and b"requeueing" in err and "━".encode() in err, err[:300]
+    assert "30 selected, 30 would requeue" in out
+    code, out, err = run_in_pty(store.root, ["requeue", "--query", "1 = 1", "--to", "downloading"], terminal=False)
+    assert code == 0 and b"requeueing" not in err and b"\x1b[" not in err
+    assert "30 selected, 30 requeued" in out
+
+
+def test_the_api_reports_progress_to_a_callback(store: Store) -> None:
+    fill(store, 5)
+    seen: list[tuple[int, int]] = []
+    store.requeue("1 = 1", to="downloading", progress=lambda done, total: seen.append((done, total)))
+    assert seen[0] == (0, 5) and seen[-1] == (5, 5)
