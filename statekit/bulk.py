@@ -363,6 +363,9 @@ def plan_migrate(p: Pipeline, m: Episode, mapping: Mapping[str, str], now: datet
     update: dict[str, Any] = {"version": m.version + 1, "updated_at": now}
     if m.stage in mapping:
         to = mapping[m.stage]
+        refusal = gate_is_approved(p, m.stage, to, m.approvals)
+        if refusal is not None:
+            raise Skip(refusal.message)
         update.update(stage=to, previous_stage=m.stage, stage_entered_at=now, stage_done=False,
                       attempts={**m.attempts, to: m.attempts.get(to, 0) + 1},
                       approvals=approvals_after_move(p, to, m.approvals))
