@@ -219,6 +219,8 @@ def test_workers_under_the_old_graph_while_it_changes(shared: Store, tmp_path: P
     problems = fresh.verify().problems
     assert problems and {p.kind for p in problems} == {"stranded"}, problems  # no move flagged
     assert {e.model_extra["graph"] for k in keys for e in fresh.events(*k.split("/"))} == {old}
+    assert fresh.stranded_counts() == [{"show_id": "s", "stage": "downloaded", "n": len(keys)}]
+    assert len(fresh.pipeline_check()) == len(keys)
     report = fresh.pipeline_migrate({"downloaded": "fetched"}, note="rename")
     assert len(report.changed) == len(keys) and not report.skipped
     assert not fresh.verify().problems
