@@ -25,7 +25,16 @@ SIGNALS_SECONDS = 10.0
 
 
 def signals_loop(store: Store, stop: threading.Event, every: float = SIGNALS_SECONDS) -> None:
-    """Until ``stop``: catch up the alerts and the event stream, send due alerts."""
+    """Until ``stop``: catch up the alerts and the event stream, send due alerts.
+
+    The index is mended once first (``sync``): a writer killed between a commit and its index write
+    leaves the index behind, and the catch-up compares the cursors with the index's versions."""
+    config = store.config
+    if config.alerts is not None or config.events is not None:
+        try:
+            store.sync()
+        except Exception as exc:
+            log.warning("statekit: index not synced before the signals' catch-up (%s: %s)", type(exc).__name__, exc)
     while not stop.is_set():
         config = store.config
         if config.alerts is not None or config.events is not None:

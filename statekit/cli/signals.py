@@ -55,10 +55,14 @@ def alerts(click_ctx: click.Context, ctx: Context, pending: bool, limit: int, as
 @alerts.command("send")
 @pass_ctx
 def alerts_send(ctx: Context) -> None:
-    """Catch up on committed failures and send every pending alert now (exit 1 if one was not delivered)."""
+    """Catch up on committed failures and send every pending alert now (exit 1 if one was not delivered).
+
+    Mends the index first, as 'statekit sync' does: a process killed between a commit and its index
+    write leaves the index one version behind, and the catch-up reads the versions from the index."""
     store = ctx.store
     if store.config.alerts is None:
         raise ValidationError("no alerts configured: add 'alerts: {notify: [APPRISE_URL]}' to statekit.yaml")
+    store.sync()
     handled, (sent, failed) = store.signals.send_now(every=True)
     out.print(f"{handled.get('alerts', 0)} event(s) caught up, {sent} alert(s) sent, {failed} not delivered",
               markup=False)
@@ -74,12 +78,16 @@ def events() -> None:
 @events.command("publish")
 @pass_ctx
 def events_publish(ctx: Context) -> None:
-    """Publish every committed event the stream has not had yet (after a crash or an outage)."""
+    """Publish every committed event the stream has not had yet (after a crash or an outage).
+
+    Mends the index first, as 'statekit sync' does: a process killed between a commit and its index
+    write leaves the index one version behind, and the catch-up reads the versions from the index."""
     store = ctx.store
     config = store.config.events
     if config is None:
         raise ValidationError("no event stream configured: add 'events: {publish: nats://HOST:4222}' to "
                               "statekit.yaml")
+    store.sync()
     try:
         count = store.signals.catch_up_stream()
     except OSError as exc:
