@@ -9,7 +9,8 @@
    against ``status()`` itself, on a store where nothing is stranded (the common
    case: only suspects are read) and right after a stage was renamed (every
    episode's last event names the old graph: each one is judged).
-3. ``verify`` with moves judged by their graphs is part of every verify; shown: its
+3. ``pipeline check`` right after the rename (every episode's last event is judged).
+4. ``verify`` with moves judged by their graphs is part of every verify; shown: its
    time per episode.
 
 Medians of ``--rounds``; the machine's load (``uptime``) is printed with them.
@@ -62,7 +63,7 @@ def main() -> None:
     top = tempfile.mkdtemp(prefix="bench-bulk-", dir=args.dir)
     n = args.episodes
     rows: dict[str, list[float]] = {"advance": [], "requeue": [], "status": [], "check_clean": [],
-                                    "check_renamed": [], "status_renamed": [], "verify_per_episode": []}
+                                    "check_renamed": [], "status_renamed": [], "pipeline_check_renamed": [], "verify_per_episode": []}
     try:
         for r in range(args.rounds):
             store = Store.init(os.path.join(top, f"s{r}"))
@@ -86,6 +87,7 @@ def main() -> None:
             renamed = Store.open(store.root)
             rows["status_renamed"].append(warm(renamed.status))
             rows["check_renamed"].append(warm(renamed.stranded_counts))
+            rows["pipeline_check_renamed"].append(warm(renamed.pipeline_check, 3))
             rows["verify_per_episode"].append(timed(lambda: renamed.verify()) / n)
             store.close()
             renamed.close()
@@ -112,6 +114,8 @@ def main() -> None:
           f"x{result['stranded_check_vs_status_clean']} of status")
     print(f"  stranded check, renamed {med['check_renamed'] * 1000:.1f} ms  "
           f"x{result['stranded_check_vs_status_after_rename']} of status")
+    print(f"  pipeline check, renamed {med['pipeline_check_renamed'] * 1000:.1f} ms (every episode judged, "
+          f"{med['pipeline_check_renamed'] / n * 1e6:.0f} us each)")
     print(f"  verify per episode      {med['verify_per_episode'] * 1000:.2f} ms")
 
 
