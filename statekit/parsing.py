@@ -13,6 +13,7 @@ import hashlib
 import json
 import os
 from datetime import datetime
+from collections.abc import Callable, Collection
 from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
@@ -47,9 +48,12 @@ def invalid(exc: PydanticValidationError, raw: bytes | None, path: str | None, w
     return ValidationError(f"{where}{field_name}: {msg}{more}", path=path, line=line, field=field_name)
 
 
-def parse_episode(path: str, raw: bytes, show: str, ep: str, pipeline: Pipeline, now: datetime) -> Parsed:
+def parse_episode(path: str, raw: bytes, show: str, ep: str, pipeline: Pipeline, now: datetime,
+                  retired: Callable[[], Collection[str]] | None = None) -> Parsed:
     """An episode file's bytes as a ``Parsed`` whose ``model`` is the checked
-    ``Episode`` (``now``: the time an upgrade of a schema-0 file stamps)."""
+    ``Episode`` (``now``: the time an upgrade of a schema-0 file stamps).
+    ``retired()``: stages an older graph of the store had (an episode left in
+    one is stranded, not invalid: ``graphs``)."""
     codec = CODECS[os.path.splitext(path)[1]]
     parsed = codec.parse(raw, path)
     upgraded, _ = upgrade_episode(parsed.data, path=path, show_id=show, episode_id=ep, now=now)
@@ -63,7 +67,7 @@ def parse_episode(path: str, raw: bytes, show: str, ep: str, pipeline: Pipeline,
             path=path, field="episode_id", line=line_of(raw, ("episode_id",)),
             hint="fix show_id/episode_id in the file, or move it to the matching directory",
         )
-    if model.stage not in pipeline.stages:
+    if model.stage not in pipeline.stages and (retired is None or model.stage not in retired()):
         raise ValidationError(
             f"{path}: stage {model.stage!r} is not a stage of pipeline {pipeline.name!r}",
             path=path, field="stage", line=line_of(raw, ("stage",)),

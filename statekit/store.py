@@ -18,8 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError as PydanticValidationError
 
+from . import graphs
 from .assets import Assets
 from .backups import Backup, Backups
+from .bulk import Bulk, BulkReport
 from .checkpoints import Checkpoints
 from .config import CONFIG_FILE, pipeline_from, read_config, refuse_nesting, write_new_store
 from .config import index_url as find_index_url
@@ -103,10 +105,12 @@ class Store:
         self.queries = Queries(self.writer, self.show_files)
         self.versions = History(self.writer)
         self.retention = Retention(self.writer)
+        self.bulk = Bulk(self.writer)
         self._result_cache: ResultCache | None = None
         self._cache_lock = threading.Lock()
         self._signals: Signals | None = None
         self._wire_signals()
+        graphs.record(folders, config.pipeline, self.clock())  # the graph in force, kept for judging old moves
 
     def __repr__(self) -> str:
         return f"Store({self.root!r}, pipeline={self.pipeline.name!r}, format={self.config.format!r})"
@@ -579,6 +583,45 @@ class Store:
     def error_log(self) -> list[dict[str, Any]]:
         """The lines of ``.statekit/errors.jsonl``, oldest first (damaged lines skipped)."""
         return self.recovery.error_log()
+
+    # --- bulk changes and changes of the graph (``bulk``) ------------------------------
+
+    def retry(self, stage: str, *, kind: str | None = None, show: str | None = None, since: datetime | None = None,
+              note: str | None = None, by: str | None = None, dry_run: bool = False,
+              progress: Progress | None = None) -> BulkReport:
+        """Every failed, held or given-up episode of ``stage`` (optionally of one error
+        ``kind``, one ``show``, failed ``since``) released for its next attempt: one
+        ``retry`` event each through the write path; ``dry_run`` writes nothing."""
+        return self.bulk.retry(stage, kind=kind, show=show, since=since, note=note, by=by, dry_run=dry_run,
+                               progress=progress)
+
+    def requeue(self, where: str, *, to: str | None = None, note: str | None = None, by: str | None = None,
+                dry_run: bool = False, progress: Progress | None = None) -> BulkReport:
+        """The episodes a SQL WHERE clause on table ``episodes`` selects (read-only) moved
+        to stage ``to``, or released where they are: one ``requeue`` event each."""
+        return self.bulk.requeue(where, to=to, note=note, by=by, dry_run=dry_run, progress=progress)
+
+    def pipeline_check(self, proposed: Pipeline | Mapping[str, Any] | str | os.PathLike[str] | None = None,
+                       show: str | None = None) -> list[dict[str, Any]]:
+        """Episodes stranded by a graph: a ``proposed`` one (a statekit.yaml or pipeline
+        file, not saved yet) against the one in force, or the one in force against
+        the graph each episode last moved under."""
+        return self.bulk.stranded(pipeline_from(proposed) if proposed is not None else None, show)
+
+    def stranded_counts(self) -> list[dict[str, Any]]:
+        """How many episodes sit in a stage the graph in force lacks, or wait to retry one,
+        per show and stage (``show_id``, ``stage``, ``n``); from indexed columns only."""
+        return self.bulk.stranded(counts=True)
+
+    def pipeline_migrate(self, mapping: Mapping[str, str], *, note: str | None = None, by: str | None = None,
+                         dry_run: bool = False, progress: Progress | None = None) -> BulkReport:
+        """Move stranded episodes by ``mapping`` (old stage -> new stage): one
+        ``pipeline_migrate`` event each."""
+        return self.bulk.migrate(mapping, note=note, by=by, dry_run=dry_run, progress=progress)
+
+    def pipeline_history(self) -> list[dict[str, Any]]:
+        """The graphs the store ran under (``.statekit/pipelines``), oldest first."""
+        return self.writer.graphs.listing()
 
     # --- questions about many episodes (answered by the index) ----------------------
 

@@ -31,7 +31,7 @@ from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from . import eventlog, patches
+from . import eventlog, graphs, patches
 from . import files as diskio
 from . import unique as uniq
 from .backups import Backup, Backups
@@ -102,6 +102,7 @@ class Writer:
         self._cache: OrderedDict[str, Parsed] = OrderedDict()
         self._cache_lock = threading.Lock()
         self._path_cache: dict[tuple[str, str], EpisodePaths] = {}
+        self.graphs = graphs.History(self.root)  # the graphs the store ran under (events name theirs)
         self.after_commit: list[Callable[[dict[str, Any], Episode], None]] = []
         """Called with each committed event's record and the new episode, after
         the index write (alerts, the event stream); one that raises is logged."""
@@ -254,7 +255,8 @@ class Writer:
 
     def parse_episode(self, path: str, raw: bytes, show: str, ep: str) -> Parsed:
         """``parsing.parse_episode`` with this store's pipeline and clock."""
-        return parse_episode(path, raw, show, ep, self.pipeline, self.clock())
+        return parse_episode(path, raw, show, ep, self.pipeline, self.clock(),
+                             retired=lambda: self.graphs.retired_stages(self.pipeline))
 
     @contextmanager
     def episode_folder(self, show: str, ep: str) -> Iterator[int]:
@@ -634,6 +636,7 @@ class Writer:
                 "at": data["updated_at"],
                 "show_id": new.show_id,
                 "episode_id": new.episode_id,
+                "graph": graphs.graph_hash(self.pipeline),
                 **{k: v for k, v in event.items() if v is not None},
                 "sha256": sha256(raw),
             }

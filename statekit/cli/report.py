@@ -21,13 +21,29 @@ from .app import Context, command, dump_json, err, human_size, money, out, parse
 def status(ctx: Context, as_json: bool) -> None:
     """Progress per show: episodes per stage, completion %, cost so far."""
     shows = ctx.store.status()
+    stranded = ctx.store.stranded_counts()  # issue 19: episodes a change of the graph left behind
     if as_json:
+        for entry in shows:
+            entry["stranded"] = sum(s["n"] for s in stranded if s["show_id"] == entry["show_id"])
         dump_json(shows)
         return
     if not shows:
         err.print("no episodes yet", markup=False)
         return
     print_status(out, shows)
+    print_stranded(out, stranded)
+
+
+def print_stranded(console: Console, stranded: list[dict[str, Any]]) -> None:
+    """One line: the episodes a change of the pipeline graph stranded, per stage (none: nothing)."""
+    if not stranded:
+        return
+    per: dict[str, int] = {}
+    for s in stranded:
+        per[s["stage"]] = per.get(s["stage"], 0) + s["n"]
+    console.print(f"stranded by a pipeline change: {sum(per.values())} episode(s) ("
+                  + ", ".join(f"{n} in {stage}" for stage, n in per.items())
+                  + "); see 'statekit pipeline check'", markup=False)
 
 
 def print_status(console: Console, shows: list[dict[str, Any]]) -> None:

@@ -7,7 +7,8 @@ import sys
 import click
 from rich.table import Table
 
-from .app import Context, command, dump_json, err, out, pass_ctx, ref_arg, split_ref
+from .app import Context, command, dump_json, err, out, pass_ctx, progress_bar, split_ref
+from .bulk import parse_since, print_bulk
 
 
 @command()
@@ -35,14 +36,34 @@ def recover(ctx: Context, as_json: bool) -> None:
 
 
 @command()
-@ref_arg
+@click.argument("ref", metavar="[SHOW/EP]", required=False)
+@click.option("--stage", default=None, help="Every failed, held or given-up episode of this stage instead.")
+@click.option("--kind", default=None, help="With --stage: only those whose last error is of this kind.")
+@click.option("--show", "show_id", default=None, help="With --stage: only this show.")
+@click.option("--since", default=None, metavar="TIME|AGE",
+              help="With --stage: only those that failed since (2026-01-31T12:00Z, or an age: 2h, 7d).")
 @click.option("--by", default=None, help="Who releases it (recorded in the event).")
 @click.option("--note", default=None, help="What was fixed.")
+@click.option("--dry-run", is_flag=True, help="With --stage: list what would change; change nothing.")
+@click.option("--json", "as_json", is_flag=True, help="With --stage: machine-readable output.")
 @pass_ctx
-def retry(ctx: Context, ref: str, by: str | None, note: str | None) -> None:
-    """Release SHOW/EP for its next attempt now (after fixing what held it, or skipping a backoff)."""
-    ep = ctx.store.retry_now(*split_ref(ref), by=by, note=note)
-    out.print(f"{ep.key}: ready to retry {ep.previous_stage} (version {ep.version})", markup=False)
+def retry(ctx: Context, ref: str | None, stage: str | None, kind: str | None, show_id: str | None,
+          since: str | None, by: str | None, note: str | None, dry_run: bool, as_json: bool) -> None:
+    """Release SHOW/EP for its next attempt now (after fixing what held it, or skipping a backoff);
+    with --stage, every failed, held or given-up episode of that stage (one event each)."""
+    if (ref is None) == (stage is None):
+        raise click.UsageError("give SHOW/EP, or --stage STAGE (not both)")
+    if stage is None:
+        if kind or show_id or since or dry_run or as_json:
+            raise click.UsageError("--kind, --show, --since, --dry-run and --json go with --stage")
+        ep = ctx.store.retry_now(*split_ref(ref or ""), by=by, note=note)
+        out.print(f"{ep.key}: ready to retry {ep.previous_stage} (version {ep.version})", markup=False)
+        return
+    when = parse_since(since, ctx.store.clock())
+    with progress_bar("retrying") as progress:
+        report = ctx.store.retry(stage, kind=kind, show=show_id, since=when, note=note, by=by, dry_run=dry_run,
+                                 progress=progress)
+    print_bulk(report, as_json, ("release", "released"))
 
 
 @command()

@@ -261,7 +261,7 @@ class Index:
             run(self._put_show, dict(show_row_, data=json_text(show_row_["data"])))
         for show in removed_shows:
             run(self._delete_show, {"s": show})
-        for (show, stage), (n, cost) in deltas.items():
+        for (show, stage), (n, cost) in sorted(deltas.items()):  # one order for all: two moves cannot deadlock
             if n or cost:
                 run(self._add_totals, {"show_id": show, "stage": stage, "episodes": int(n), "cost": cost})
         if positions is not None:

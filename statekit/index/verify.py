@@ -19,6 +19,7 @@ from ..codecs import same
 from ..errors import (
     StatekitError,
 )
+from ..graphs import illegal_move, stranding
 from ..layout import checkpoint_stages
 from ..models import AssetRecord, Episode
 from ..parsing import read_checkpoint
@@ -117,6 +118,7 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
         except StatekitError as exc:
             after.append(problem(exc, log_path, key, "events"))
             lines = []
+        after.extend(_graph_problems(writer, key, path, log_path, model, lines))
         versions = [line["version"] for line in lines]
         # (never range(1, version + 1): a hand-edited version can be huge)
         if len(versions) != model.version or any(v != i for i, v in enumerate(versions, 1)):
@@ -214,6 +216,24 @@ def event_key(values: Any) -> tuple[Any, ...]:
     at = out[1]
     out[1] = iso(at) if isinstance(at, datetime) else at
     return tuple(out)
+
+
+def _graph_problems(writer: Writer, key: str, path: str, log_path: str, model: Episode,
+                    lines: list[dict[str, Any]]) -> list[Problem]:
+    """Moves the graph they were made under (the event's ``graph``) does not allow,
+    and an episode the current graph strands (``graphs.stranding``)."""
+    found = []
+    for line in lines:
+        graph = writer.graphs.graph(line.get("graph"))
+        reason = illegal_move(graph, line) if graph is not None else None
+        if reason is not None:
+            found.append(Problem("move", log_path, f"{log_path}: {reason}", key))
+    old = writer.graphs.graph(lines[-1].get("graph")) if lines else None
+    why = stranding(writer.pipeline, model.stage, model.previous_stage, done=model.stage_done, old=old)
+    if why is not None:
+        found.append(Problem("stranded", path, f"{key}: stranded by a change of the pipeline: {why} (move it with "
+                             "'statekit pipeline migrate --map OLD=NEW' or 'statekit requeue')", key))
+    return found
 
 
 def _verify_links(report: VerifyReport, key: str, *paths: str) -> None:
