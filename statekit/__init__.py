@@ -35,7 +35,7 @@ from .errors import (
     VersionConflictError,
     context_of,
 )
-from .models import AssetRecord, Episode, Event, Show, UploadRecord
+from .models import AssetRecord, ClaimRefused, Episode, Event, Show, UploadRecord
 from .pipeline import Pipeline
 from .taxonomy import ErrorKind, Rule, classify, retry
 
@@ -58,6 +58,7 @@ __all__ = [
     "ApprovalRequiredError",
     "AssetNotFoundError",
     "AssetRecord",
+    "ClaimRefused",
     "AudioProcessingError",
     "CharacterNotFoundError",
     "classify",
