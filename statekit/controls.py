@@ -53,6 +53,17 @@ class Pause:
 
 
 @dataclass(frozen=True)
+class Paused:
+    """What ``pause`` did: the pause, whether it is new (False: it was paused
+    already, nothing written), and how many runs of the stage are still live
+    (they finish: the stage drains)."""
+
+    pause: Pause
+    new: bool
+    live: int
+
+
+@dataclass(frozen=True)
 class LimitUse:
     """A stage's limits and how much of them is in use now (by the database's clock)."""
 
@@ -102,19 +113,18 @@ class Controls:
     # --- pause and resume ---------------------------------------------------------------
 
     def pause(self, stage: str, show: str | None = None, *, by: str | None = None,
-              note: str | None = None) -> tuple[Pause, bool]:
+              note: str | None = None) -> Paused:
         """Pause ``stage`` (for ``show``, or every show): no claim or ``next()``
-        hands it out until it is resumed; running leases finish. The pause and
-        whether it is new (False: it was paused already, nothing written)."""
+        hands it out until it is resumed; running leases finish."""
         self._check(stage, show, by, note)
         with self._locked():
             pauses = self.paused()
-            for p in pauses:
-                if p.stage == stage and p.show == show:
-                    return p, False
-            made = Pause(stage, show, self.writer.clock().isoformat(), by, note)
-            self._commit("pause", made, pauses + [made])
-            return made, True
+            found = [p for p in pauses if p.stage == stage and p.show == show]
+            made = found[0] if found else Pause(stage, show, self.writer.clock().isoformat(), by, note)
+            if not found:
+                self._commit("pause", made, pauses + [made])
+        live, _ = self.writer.index.leases.usage(stage, self.writer.clock(), None)
+        return Paused(made, not found, live)
 
     def resume(self, stage: str, show: str | None = None, *, by: str | None = None,
                note: str | None = None) -> list[Pause]:

@@ -21,7 +21,7 @@ from pydantic import ValidationError as PydanticValidationError
 from .assets import Assets
 from .backups import Backup, Backups
 from .checkpoints import Checkpoints
-from .controls import Controls, Pause
+from .controls import Controls, Pause, Paused
 from .config import CONFIG_FILE, pipeline_from, read_config, refuse_nesting, write_new_store
 from .config import index_url as find_index_url
 from .episodes import UNSET, Episodes
@@ -544,11 +544,12 @@ class Store:
     # --- operator controls -------------------------------------------------------------
 
     def pause(self, stage: str, *, show: str | None = None, by: str | None = None,
-              note: str | None = None) -> tuple[Pause, bool]:
+              note: str | None = None) -> Paused:
         """Pause ``stage`` (in ``show``, or every show): ``claim``, ``next`` and
         ``statekit worker`` hand none of it out; runs already leased finish.
         Durable in ``.statekit/paused.json``; one line in ``.statekit/store-events.jsonl``.
-        The pause, and False if it was paused already (nothing written)."""
+        ``Paused``: the pause, whether it is new (nothing is written for a
+        stage paused already), and how many runs of it are still live."""
         return self.controls.pause(stage, show, by=by, note=note)
 
     def resume(self, stage: str, *, show: str | None = None, by: str | None = None,

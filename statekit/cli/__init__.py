@@ -15,6 +15,7 @@ group lives in its own module:
 - ``cache``: cache stats|clear|gc
 - ``demo``: demo
 - ``signals``: alerts [send], events publish, metrics, serve
+- ``controls``: pause, resume, prioritize, controls (and the controls block of ``status``)
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import click
 
 from .. import __version__
 from ..signals.logs import chosen, json_formatter
-from . import assets, backups, cache, demo, episodes, index, maintenance, report, runs, signals, worker
+from . import assets, backups, cache, controls, demo, episodes, index, maintenance, report, runs, signals, worker
 from .app import Context, Group, parse_age, quiet_logs
 from .report import print_status
 
@@ -54,6 +55,6 @@ def main(ctx: click.Context, root: str | None, debug: bool, log_format: str | No
 
 for command in (*maintenance.COMMANDS, *episodes.COMMANDS, *index.COMMANDS, *report.COMMANDS, *runs.COMMANDS,
                 *backups.COMMANDS, *assets.COMMANDS, *demo.COMMANDS, *cache.COMMANDS, *signals.COMMANDS,
-                *worker.COMMANDS):
+                *worker.COMMANDS, *controls.COMMANDS):
     main.add_command(command)
 del command

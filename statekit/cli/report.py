@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .app import Context, command, dump_json, err, human_size, money, out, parse_age, pass_ctx, progress_bar
+from .controls import print_controls
 
 
 @command()
@@ -22,6 +23,7 @@ def status(ctx: Context, as_json: bool) -> None:
     if as_json:
         dump_json(shows)
         return
+    print_controls(out, ctx.store.controls_overview())  # paused stages, limits in use ('controls --json')
     if not shows:
         err.print("no episodes yet", markup=False)
         return
