@@ -217,7 +217,7 @@ class Runs:
             new = m.model_copy(update={**update, "version": m.version + 1, "updated_at": now, "lease": lease,
                                        "due_at": None, "hold": None, "stage_done": False, "message": None})
             return new, {"kind": "start", "from_stage": m.stage if moved else None, "to_stage": stage if moved
-                         else None, "owner": run.owner, "run_id": run.run_id,
+                         else None, "run_stage": stage, "owner": run.owner, "run_id": run.run_id,
                          "attempt": new.attempts.get(stage, 0), "lease_expires_at": lease.expires_at.isoformat()}
 
         try:

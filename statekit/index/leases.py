@@ -18,10 +18,12 @@ index was rebuilt) the lease the episode file records counts, as before.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
+
+import orjson
 
 from sqlalchemy import and_, delete, func, not_, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
@@ -32,7 +34,7 @@ from ..errors import IndexUnavailableError
 from ..models import ClaimRefused as Refused
 from ..serverlocks import lock_key
 from .dialect import WRITE
-from .tables import episodes, leases, run_starts
+from .tables import episodes, events, leases, run_starts
 
 CLAIM_ROUNDS = 100
 """How often a PostgreSQL claim looks again after losing an episode to another claimer."""
@@ -296,6 +298,30 @@ class LeaseTable:
                                               run_starts.c.started_at <= now - timedelta(seconds=window)))
         conn.execute(run_starts.insert().values(run_id=run_id, stage=stage, started_at=now, show_id=key[0],
                                                 episode_id=key[1]))
+
+    def refill_starts(self, conn: Connection, windows: Mapping[str, int], local: datetime) -> int:
+        """After a rebuild (the table starts empty): the starts of the stages
+        with a rate limit (``windows``: stage -> seconds) still in their windows,
+        from the ``start`` events the files record (timed by the writers'
+        clocks, not the database's); how many."""
+        if not windows:
+            return 0
+        now = self.now(conn, local)
+        since = now - timedelta(seconds=max(windows.values()))
+        rows: dict[str, dict[str, Any]] = {}
+        for show, ep, at, data in conn.execute(select(events.c.show_id, events.c.episode_id, events.c.at,
+                                                      events.c.data)
+                                               .where(events.c.kind == "start", events.c.at > since)):
+            line = orjson.loads(data) if isinstance(data, (str, bytes)) else data
+            stage = line.get("run_stage") or line.get("to_stage")
+            run_id = line.get("run_id")
+            window = windows.get(stage) if isinstance(stage, str) else None
+            if window is None or not isinstance(run_id, str) or at <= now - timedelta(seconds=window):
+                continue
+            rows[run_id] = {"run_id": run_id, "stage": stage, "started_at": at, "show_id": show, "episode_id": ep}
+        if rows:
+            conn.execute(run_starts.insert(), list(rows.values()))
+        return len(rows)
 
     def forget_start(self, run_id: str) -> None:
         """A claimed run that could not start does not count against its stage's rate."""
