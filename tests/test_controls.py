@@ -51,6 +51,16 @@ def pg_url() -> Iterator[str]:
         admin.dispose()
 
 
+OPENED: list[Store] = []
+"""Stores a test opened again: closed before its schema is dropped (a pooled connection would hold it)."""
+
+
+def reopen(root: str) -> Store:
+    store = Store.open(root)
+    OPENED.append(store)
+    return store
+
+
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=needs_pg)])
 def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     """A store on SQLite, or with its index on PostgreSQL (what machines share)."""
@@ -58,6 +68,8 @@ def shared(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
     store = Store.init(tmp_path / "store", index_url=url)
     yield store
     store.close()
+    while OPENED:
+        OPENED.pop().close()
 
 
 def fill(store: Store, n: int, show: str = "s") -> list[str]:
@@ -71,7 +83,7 @@ def set_limits(store: Store, text: str) -> Store:
     path = Path(store.root, "statekit.yaml")
     path.write_text(path.read_text() + f"limits: {text}\n")
     store.close()
-    return Store.open(store.root)
+    return reopen(store.root)
 
 
 def env_for(store: Store, log: Path, work: float) -> dict[str, str]:
@@ -175,7 +187,7 @@ def test_a_pause_is_durable_survives_a_rebuild_and_shows_in_status(tmp_path: Pat
     store.pause("downloading", note="platform quota")
     assert store.pause("downloading").new is False  # already paused: nothing written again
     store.rebuild_index()
-    fresh = Store.open(store.root)  # another process (or machine) reads the same file
+    fresh = reopen(store.root)  # another process (or machine) reads the same file
     assert [p.stage for p in fresh.paused()] == ["downloading"]
     assert fresh.claim("downloading") is None and fresh.next("downloading") == []
     result = CliRunner().invoke(main, ["--root", store.root, "status"])
@@ -235,7 +247,7 @@ def test_concurrency_limit_holds_across_worker_processes(shared: Store, tmp_path
     assert sorted(runs) == keys
     assert most_at_once(runs) <= 2
     assert any("concurrency limit" in e for _, e in outputs)
-    assert all(e.stage == "downloaded" for e in Store.open(store.root).list())
+    assert all(e.stage == "downloaded" for e in reopen(store.root).list())
 
 
 def test_racing_for_the_last_slot_one_wins(shared: Store) -> None:
