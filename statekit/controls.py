@@ -134,7 +134,8 @@ class Controls:
         with self._locked():
             pauses = self.paused()
             lifted = [p for p in pauses if p.stage == stage and (show is None or p.show == show)]
-            if show is not None and not lifted and any(p.stage == stage and p.show is None for p in pauses):
+            if show is not None and any(p.stage == stage and p.show is None for p in pauses):
+                # lifting the show's own pause would hand nothing out: the whole stage stays paused
                 raise ValidationError(f"stage {stage!r} is paused for every show, not show by show",
                                       hint=f"resume it with 'statekit resume {stage}'; nothing was changed")
             if lifted:
