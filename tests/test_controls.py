@@ -195,6 +195,13 @@ def test_a_pause_is_durable_survives_a_rebuild_and_shows_in_status(tmp_path: Pat
     result = CliRunner().invoke(main, ["--root", store.root, "controls", "--json"])
     assert json.loads(result.output)["paused"][0]["note"] == "platform quota"
     assert len(fresh.controls.store_events()) == 1
+    result = CliRunner().invoke(main, ["--root", store.root, "report"])
+    assert "PAUSED downloading for every show" in result.output and "platform quota" in result.output
+    result = CliRunner().invoke(main, ["--root", store.root, "report", "--format", "json"])
+    assert json.loads(result.output)["paused"][0]["stage"] == "downloading"
+    store.resume("downloading")
+    result = CliRunner().invoke(main, ["--root", store.root, "report", "--format", "json"])
+    assert "paused" not in json.loads(result.output)  # a report without pauses keeps format 1's keys
 
 
 def test_pause_and_resume_refuse_bad_input_in_one_line(tmp_path: Path) -> None:

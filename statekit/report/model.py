@@ -7,7 +7,9 @@ from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Literal
 
-from pydantic import BaseModel
+from typing import Any
+
+from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
 
 from .. import __version__
 
@@ -123,6 +125,16 @@ class Scope(BaseModel):
     stuck_after_hours: float
 
 
+class PausedStage(BaseModel):
+    """A stage paused by an operator (``statekit pause``): claims hand none of it out."""
+
+    stage: str
+    show: str | None
+    since: str
+    by: str | None = None
+    note: str | None = None
+
+
 class Report(BaseModel):
     format_version: int = FORMAT_VERSION
     generated_at: datetime
@@ -136,3 +148,12 @@ class Report(BaseModel):
     attention_counts: dict[str, int]
     attention_total: int
     attention_truncated: bool
+    paused: list[PausedStage] = Field(default_factory=list)
+    """Paused stages; in the JSON only when there are some (readers of format 1 see no new key otherwise)."""
+
+    @model_serializer(mode="wrap")
+    def _omit_no_pauses(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        if not data.get("paused"):
+            data.pop("paused", None)
+        return data
