@@ -199,6 +199,8 @@ def test_a_pause_is_durable_survives_a_rebuild_and_shows_in_status(tmp_path: Pat
     assert "PAUSED downloading for every show" in result.output and "platform quota" in result.output
     result = CliRunner().invoke(main, ["--root", store.root, "report", "--format", "json"])
     assert json.loads(result.output)["paused"][0]["stage"] == "downloading"
+    result = CliRunner().invoke(main, ["--root", store.root, "report", "--format", "html"])
+    assert "<b>Paused</b> (statekit pause): downloading for every show" in result.output
     store.resume("downloading")
     result = CliRunner().invoke(main, ["--root", store.root, "report", "--format", "json"])
     assert "paused" not in json.loads(result.output)  # a report without pauses keeps format 1's keys
