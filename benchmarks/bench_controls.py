@@ -15,7 +15,8 @@ until nothing is ready, four ways in the same run:
 - ``priority``: every third episode prioritized (the order uses the index's
   priority column).
 
-Reported: the median claims per second of ``--repeat`` runs and its ratio
+Reported: the median claims per second of ``--repeat`` runs (the four ways
+interleaved) and its ratio
 to the baseline (same run, same machine). The machine's load matters: quote
 ``uptime`` with the numbers.
 """
@@ -76,17 +77,16 @@ def main() -> None:
     args = parser.parse_args()
     results: dict[str, dict[str, dict[str, float]]] = {}
     for kind in ("sqlite", "postgresql") if args.pg else ("sqlite",):
-        medians = {}
-        for way in WAYS:
-            rates = []
-            for _ in range(args.repeat):
+        rates: dict[str, list[float]] = {way: [] for way in WAYS}
+        for _ in range(args.repeat):  # the ways interleaved, so a change in the machine's load hits them alike
+            for way in WAYS:
                 url, schema = schema_url(args.pg) if kind == "postgresql" else (None, "")
                 try:
-                    rates.append(one_run(way, args.episodes, url))
+                    rates[way].append(one_run(way, args.episodes, url))
                 finally:
                     if schema:
                         drop_schema(args.pg, schema)
-            medians[way] = statistics.median(rates)
+        medians = {way: statistics.median(r) for way, r in rates.items()}
         results[kind] = {way: {"claims_per_s": round(medians[way], 1),
                                "ratio_to_baseline": round(medians[way] / medians["baseline"], 3)} for way in WAYS}
     load = os.getloadavg()
