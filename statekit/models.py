@@ -21,9 +21,7 @@ from pydantic import (
     Field,
     JsonValue,
     PrivateAttr,
-    SerializerFunctionWrapHandler,
     ValidationInfo,
-    model_serializer,
     model_validator,
 )
 
@@ -335,6 +333,10 @@ class ClaimRefused:
     """Seconds until a start may be allowed again (a rate limit's window), None if unknown."""
 
 
+def _is_zero(value: int) -> bool:
+    return value == 0
+
+
 class StageLimit(BaseModel):
     """One stage's entry in ``limits:`` (``statekit.yaml``): at most
     ``concurrency`` live runs at once, at most ``rate`` starts in a sliding
@@ -438,16 +440,9 @@ class Episode(BaseModel):
     """Name -> the media file (``Store.add_asset``); names follow the id rule."""
     uploads: dict[Annotated[str, AfterValidator(_id)], UploadRecord] = Field(default_factory=dict)
     """Asset name -> the object it was uploaded to."""
-    priority: Annotated[int, Field(strict=True, ge=-PRIORITY_MAX, le=PRIORITY_MAX)] = 0
+    priority: Annotated[int, Field(strict=True, ge=-PRIORITY_MAX, le=PRIORITY_MAX, exclude_if=_is_zero)] = 0
     """Claims take higher first, then the longest-waiting (``statekit prioritize``);
     written to the file only when not 0, so files of stores that never use it stay as they were."""
-
-    @model_serializer(mode="wrap")
-    def _omit_zero_priority(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if data.get("priority") == 0:
-            del data["priority"]
-        return data
 
     @model_validator(mode="before")
     @classmethod

@@ -7,9 +7,7 @@ from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Literal
 
-from typing import Any
-
-from pydantic import BaseModel, Field, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, Field
 
 from .. import __version__
 
@@ -125,6 +123,10 @@ class Scope(BaseModel):
     stuck_after_hours: float
 
 
+def _is_empty(value: list[PausedStage]) -> bool:
+    return not value
+
+
 class PausedStage(BaseModel):
     """A stage paused by an operator (``statekit pause``): claims hand none of it out."""
 
@@ -148,12 +150,5 @@ class Report(BaseModel):
     attention_counts: dict[str, int]
     attention_total: int
     attention_truncated: bool
-    paused: list[PausedStage] = Field(default_factory=list)
+    paused: list[PausedStage] = Field(default_factory=list, exclude_if=_is_empty)
     """Paused stages; in the JSON only when there are some (readers of format 1 see no new key otherwise)."""
-
-    @model_serializer(mode="wrap")
-    def _omit_no_pauses(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        if not data.get("paused"):
-            data.pop("paused", None)
-        return data
