@@ -36,7 +36,7 @@ from .errors import (
     VersionConflictError,
     context_of,
 )
-from .models import AssetRecord, Episode, Event, Show, UploadRecord
+from .models import AssetRecord, ClaimRefused, Episode, Event, Show, UploadRecord
 from .pipeline import Pipeline
 from .taxonomy import ErrorKind, Rule, classify, retry
 
@@ -59,6 +59,7 @@ __all__ = [
     "ApprovalRequiredError",
     "AssetNotFoundError",
     "AssetRecord",
+    "ClaimRefused",
     "AudioProcessingError",
     "CharacterNotFoundError",
     "classify",

@@ -118,6 +118,8 @@ def write_new_store(folders: Folders, config: StoreConfig, graph: Pipeline) -> N
     for optional in ("index", "worker", "alerts", "events", "reporting", "retention"):  # written only when set: a plain store's file stays as it was
         if body.get(optional) is None:
             body.pop(optional, None)
+    if not body.get("limits"):  # limits: written by a person when a stage needs them
+        body.pop("limits", None)
     body["pipeline"] = graph.to_config()
     diskio.atomic_write(disk, os.path.join(top, CONFIG_FILE), CONFIG_HEADER + YAML_CODEC.dump_plain(body, flow_leaves=True),
                         dir_fd=folders.root_fd)

@@ -23,6 +23,7 @@ from .ids import check_id
 from .layout import trash_parts
 from .models import (
     COST_HINT,
+    PRIORITY_MAX,
     Approval,
     Episode,
     Event,
@@ -229,3 +230,20 @@ class Episodes:
             return new, {"kind": "approve", "gate": stage, "by": approval.by, "message": note}
 
         return writer.write(show, ep, change, expected_version)
+
+    def prioritize(self, show: str, ep: str, priority: int, *, note: str | None = None,
+                   expected_version: int | None = None) -> Episode:
+        """Set the episode's ``priority`` (see ``Store.prioritize``): one ``prioritize`` event."""
+        if isinstance(priority, bool) or not isinstance(priority, int) or abs(priority) > PRIORITY_MAX:
+            raise ValidationError(f"priority must be a whole number in [-{PRIORITY_MAX}, {PRIORITY_MAX}], "
+                                  f"got {priority!r}", field="priority",
+                                  hint="higher is claimed first; 0 is the default; nothing was changed")
+        check_optional_text(note, "note")
+
+        def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]] | None:
+            if m.priority == priority:
+                return None
+            return m.model_copy(update={"version": m.version + 1, "updated_at": now, "priority": priority}), {
+                "kind": "prioritize", "priority": priority, "previous_priority": m.priority, "message": note}
+
+        return self.writer.write(show, ep, change, expected_version)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Annotated, Any
 
@@ -28,6 +29,8 @@ from .errors import ValidationError
 from .ids import check_id
 from .pipeline import Pipeline
 
+PRIORITY_MAX = 1_000_000
+"""An episode's ``priority`` lies in [-PRIORITY_MAX, PRIORITY_MAX]."""
 EPISODE_SCHEMA = 3
 """1: the first statekit schema; 2: adds ``lease``, ``due_at``, ``hold`` and
 ``stage_done`` (leased stage runs and failure handling); 3: adds ``assets``
@@ -296,6 +299,60 @@ class IndexConfig(BaseModel):
     url: Annotated[str, Field(min_length=1, max_length=2000)]
 
 
+RATE_UNITS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+"""The windows a stage's ``rate`` limit may name (``"6/day"``: at most six starts in any 24 hours)."""
+
+_RATE = re.compile(r"\s*([0-9]{1,9})\s*/\s*(second|minute|hour|day)s?\s*")
+
+
+def parse_rate(text: str) -> tuple[int, int]:
+    """``"6/day"`` -> (6, 86400): how many runs may start in how many seconds."""
+    found = _RATE.fullmatch(text) if isinstance(text, str) else None
+    if found is None or int(found.group(1)) < 1:
+        raise ValueError(f"rate must look like '6/day' or '50/minute' (N/second|minute|hour|day, N >= 1), "
+                         f"got {text!r}")
+    return int(found.group(1)), RATE_UNITS[found.group(2)]
+
+
+def _rate(value: str | None) -> str | None:
+    if value is not None:
+        parse_rate(value)
+    return value
+
+
+@dataclass(frozen=True)
+class ClaimRefused:
+    """Why a claim handed nothing out although episodes may be ready
+    (``Store.try_claim``): the stage is paused, or at its concurrency or rate
+    limit (``limits:`` in ``statekit.yaml``)."""
+
+    reason: str
+    """``paused``, ``concurrency`` or ``rate``."""
+    message: str
+    retry_after: float | None = None
+    """Seconds until a start may be allowed again (a rate limit's window), None if unknown."""
+
+
+def _is_zero(value: int) -> bool:
+    return value == 0
+
+
+class StageLimit(BaseModel):
+    """One stage's entry in ``limits:`` (``statekit.yaml``): at most
+    ``concurrency`` live runs at once, at most ``rate`` starts in a sliding
+    window, across every worker on every machine (enforced by ``claim``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    concurrency: Annotated[int, Field(strict=True, ge=1, le=100_000)] | None = None
+    rate: Annotated[str, AfterValidator(_rate)] | None = None
+
+    @property
+    def window(self) -> tuple[int, int] | None:
+        """(starts, seconds) of the rate limit, or None."""
+        return parse_rate(self.rate) if self.rate is not None else None
+
+
 class WorkerConfig(BaseModel):
     """``worker:`` in ``statekit.yaml``: how ``statekit worker`` classifies a
     command's exit code (``exit_codes: {"75": transient_network, "3": user_input_invalid}``;
@@ -383,6 +440,9 @@ class Episode(BaseModel):
     """Name -> the media file (``Store.add_asset``); names follow the id rule."""
     uploads: dict[Annotated[str, AfterValidator(_id)], UploadRecord] = Field(default_factory=dict)
     """Asset name -> the object it was uploaded to."""
+    priority: Annotated[int, Field(strict=True, ge=-PRIORITY_MAX, le=PRIORITY_MAX, exclude_if=_is_zero)] = 0
+    """Claims take higher first, then the longest-waiting (``statekit prioritize``);
+    written to the file only when not 0, so files of stores that never use it stay as they were."""
 
     @model_validator(mode="before")
     @classmethod
@@ -589,10 +649,18 @@ class StoreConfig(BaseModel):
     retention: RetentionConfig | None = None
     unique: Annotated[list[str], AfterValidator(_unique_keys)] = Field(default_factory=list)
     """Metadata keys whose values no two episodes may share (``statekit.unique``)."""
+    limits: dict[Id, StageLimit] = Field(default_factory=dict)
+    """Per run stage: ``concurrency`` and ``rate`` (``{uploading: {concurrency: 2, rate: "6/day"}}``)."""
     pipeline: Pipeline
 
     @model_validator(mode="after")
     def _known_format(self) -> StoreConfig:
         if self.format not in ("yaml", "json"):
             raise ValueError(f"format must be 'yaml' or 'json', not {self.format!r}")
+        for stage, limit in self.limits.items():
+            if stage not in self.pipeline.runs:
+                raise ValueError(f"limits: {stage!r} is not a stage workers run in pipeline "
+                                 f"{self.pipeline.name!r} (run stages: {', '.join(self.pipeline.runs) or 'none'})")
+            if limit.concurrency is None and limit.rate is None:
+                raise ValueError(f"limits: {stage!r} sets neither concurrency nor rate")
         return self

@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+from .controls import Controls
 from .errors import ValidationError
 from .models import TRUSTED, Episode
 from .shows import Shows
@@ -20,9 +21,10 @@ def models(docs: list[dict[str, Any]]) -> list[Episode]:
 class Queries:
     """The store's read-only questions: arguments checked here, answers from ``writer.index``."""
 
-    def __init__(self, writer: Writer, shows: Shows) -> None:
+    def __init__(self, writer: Writer, shows: Shows, controls: Controls | None = None) -> None:
         self.writer = writer
         self.shows = shows
+        self.controls = controls
 
     def counts(self, show: str | None = None) -> dict[str, int]:
         self.shows.known(show)
@@ -32,7 +34,12 @@ class Queries:
         self.writer.check_stage(stage)
         if type(limit) is not int or limit < 1:
             raise ValidationError(f"limit must be a positive integer, got {limit!r}")
-        return models(self.writer.index.next(stage, limit, self.writer.clock()))
+        skip: list[str] = []
+        if self.controls is not None:  # a paused stage hands nothing out (for the shows it is paused for)
+            refused, skip = self.controls.refusal(stage)
+            if refused is not None:
+                return []
+        return models(self.writer.index.next(stage, limit, self.writer.clock(), skip))
 
     def costs(self, by: str = "stage", show: str | None = None) -> dict[str, float]:
         if by not in ("stage", "show"):

@@ -23,6 +23,7 @@ from typing import Any
 from . import files as diskio
 from .assets import Assets
 from .checkpoints import Checkpoints
+from .controls import Controls
 from .episodes import check_cost
 from .errors import (
     ApprovalRequiredError,
@@ -40,7 +41,7 @@ from .errors import (
 from .failures import default_owner, new_run_id, plan_failure
 from .ids import check_id
 from .layout import RUN_TEMP
-from .models import COST_HINT, Episode, Lease, add_cost, check_optional_text, check_text, cost_sum
+from .models import COST_HINT, ClaimRefused, Episode, Lease, add_cost, check_optional_text, check_text, cost_sum
 from .pipeline import approvals_after_move, refuse_move
 from .recovery import LeaseRanOut, Recovery
 from .taxonomy import ErrorKind, log_fields
@@ -61,11 +62,13 @@ class Runs:
     """The writes of leased runs, over the store's ``writer``; ``recovery``
     records a stopped worker's run before a new one starts."""
 
-    def __init__(self, writer: Writer, checkpoints: Checkpoints, assets: Assets, recovery: Recovery) -> None:
+    def __init__(self, writer: Writer, checkpoints: Checkpoints, assets: Assets, recovery: Recovery,
+                 controls: Controls | None = None) -> None:
         self.writer = writer
         self.checkpoints = checkpoints
         self.assets = assets
         self.recovery = recovery
+        self.controls = controls
 
     def checked(self, stage: str, owner: str | None, lease_seconds: float | None,
                 default_lease: float | None = None) -> tuple[str, float]:
@@ -108,19 +111,36 @@ class Runs:
 
     def claim(self, stage: str, *, owner: str | None = None, lease_seconds: float | None = None,
               show: str | None = None, reraise: bool = True) -> Run | None:
-        """Lease the longest-waiting episode ready for ``stage`` and start its
-        run (see ``Store.claim``); None when nothing is ready."""
+        """Lease the episode ready for ``stage`` with the highest priority,
+        then the longest-waiting, and start its run (see ``Store.claim``);
+        None when nothing is ready, or the stage is paused or at a limit."""
+        claimed = self.try_claim(stage, owner=owner, lease_seconds=lease_seconds, show=show, reraise=reraise)
+        return claimed if isinstance(claimed, Run) else None
+
+    def try_claim(self, stage: str, *, owner: str | None = None, lease_seconds: float | None = None,
+                  show: str | None = None, reraise: bool = True) -> Run | ClaimRefused | None:
+        """``claim``, saying why nothing was handed out when the stage is paused
+        (``controls``) or at its concurrency or rate limit (``limits:``): a ``ClaimRefused``."""
         if show is not None:
             check_id(show, "show id")
         owner, seconds = self.checked(stage, owner, lease_seconds, default_lease=CLAIM_LEASE_S)
+        skip_shows: list[str] = []
+        if self.controls is not None:
+            refused, skip_shows = self.controls.refusal(stage, show)
+            if refused is not None:
+                return refused
+        limit = self.writer.config.limits.get(stage)
+        concurrency = limit.concurrency if limit is not None else None
+        rate = limit.window if limit is not None else None
         leases = self.writer.index.leases
         skipped: list[tuple[str, str]] = []
         while True:
             run_id = new_run_id()
             picked = leases.claim(stage, run_id=run_id, owner=owner, seconds=seconds, local=self.writer.clock(),
-                                  show=show, exclude=skipped)
-            if picked is None:
-                return None
+                                  show=show, exclude=skipped, skip_shows=skip_shows, concurrency=concurrency,
+                                  rate=rate)
+            if picked is None or isinstance(picked, ClaimRefused):
+                return picked
             run = Run(self, picked[0], picked[1], stage, owner=owner, lease_seconds=seconds, reraise=reraise,
                       run_id=run_id, renew=True)
             try:
@@ -130,6 +150,8 @@ class Runs:
                 # the index's answer was stale, or the file cannot be run: the next one
                 log.info("statekit: claimed %s/%s for %s but could not start it (%s); trying the next",
                          picked[0], picked[1], stage, exc.one_line())
+                if rate is not None:
+                    leases.forget_start(run_id)
                 skipped.append(picked)
                 continue
             return run
@@ -195,7 +217,7 @@ class Runs:
             new = m.model_copy(update={**update, "version": m.version + 1, "updated_at": now, "lease": lease,
                                        "due_at": None, "hold": None, "stage_done": False, "message": None})
             return new, {"kind": "start", "from_stage": m.stage if moved else None, "to_stage": stage if moved
-                         else None, "owner": run.owner, "run_id": run.run_id,
+                         else None, "run_stage": stage, "owner": run.owner, "run_id": run.run_id,
                          "attempt": new.attempts.get(stage, 0), "lease_expires_at": lease.expires_at.isoformat()}
 
         try:
@@ -521,9 +543,11 @@ class Run:
         writer = self.runs.writer
         if not claimed:
             try:
+                limit = writer.config.limits.get(self.stage)
+                window = limit.window if limit is not None else None
                 holder = writer.index.leases.take(self.show_id, self.episode_id, run_id=self.run_id,
                                                   owner=self.owner, stage=self.stage, seconds=self.lease_seconds,
-                                                  local=writer.clock())
+                                                  local=writer.clock(), rate_window=window[1] if window else None)
             except IndexUnavailableError as exc:  # the file's lease still fences the run
                 log.warning("statekit: run %s of %s/%s holds no lease row (%s)", self.run_id, self.show_id,
                             self.episode_id, exc.one_line())

@@ -23,6 +23,7 @@ from .assets import Assets
 from .backups import Backup, Backups
 from .bulk import Bulk, BulkReport
 from .checkpoints import Checkpoints
+from .controls import Controls, Pause, Paused
 from .config import CONFIG_FILE, pipeline_from, read_config, refuse_nesting, write_new_store
 from .config import index_url as find_index_url
 from .episodes import UNSET, Episodes
@@ -35,6 +36,7 @@ from .migrate import ImportReport, Migration, MigrationReport
 from .models import (
     DEFAULT_STORE_SCHEMA,
     LEDGER_SCHEMA,
+    ClaimRefused,
     Episode,
     Event,
     IndexConfig,
@@ -98,11 +100,12 @@ class Store:
         self.checkpoints = Checkpoints(self.writer)
         self.assets = Assets(self.writer)
         self.recovery = Recovery(self.writer)
-        self.runs = Runs(self.writer, self.checkpoints, self.assets, self.recovery)
+        self.controls = Controls(self.writer, self.show_files)
+        self.runs = Runs(self.writer, self.checkpoints, self.assets, self.recovery, controls=self.controls)
         self.repairs = Repair(self.writer, self.show_files, sync=partial(_sync, self.writer, self.show_files),
                                   rebuild=partial(_rebuild, self.writer), verify=partial(_verify, self.writer))
         self.migration = Migration(self.writer, self.show_files, self.episodes)
-        self.queries = Queries(self.writer, self.show_files)
+        self.queries = Queries(self.writer, self.show_files, self.controls)
         self.versions = History(self.writer)
         self.retention = Retention(self.writer)
         self.bulk = Bulk(self.writer)
@@ -536,7 +539,8 @@ class Store:
 
     def claim(self, stage: str, *, owner: str | None = None, lease_seconds: float | None = None,
               show: str | None = None, reraise: bool = True) -> Run | None:
-        """Pick the longest-waiting episode ready for ``stage`` and lease it in
+        """Pick the episode ready for ``stage`` with the highest ``priority``,
+        then the longest-waiting, and lease it in
         one step, then write the run's start to it (one ``start`` event); the
         ``Run`` (use it as ``with run: ...``, as ``store.run`` returns it),
         or None when nothing is ready.
@@ -548,8 +552,49 @@ class Store:
         background (no file write per renewal), judged by the database's
         clock; ``lease_seconds`` defaults to the pipeline's, at most
         ``runs.CLAIM_LEASE_S`` (20 s), so a killed worker's episode is
-        claimable again within that. ``show``: claim only in this show."""
+        claimable again within that. ``show``: claim only in this show.
+        None also when the stage is paused or at a limit (``try_claim`` says which)."""
         return self.runs.claim(stage, owner=owner, lease_seconds=lease_seconds, show=show, reraise=reraise)
+
+    def try_claim(self, stage: str, *, owner: str | None = None, lease_seconds: float | None = None,
+                  show: str | None = None, reraise: bool = True) -> Run | ClaimRefused | None:
+        """``claim``, saying why it handed nothing out when episodes may be
+        ready: a ``ClaimRefused`` (``reason``: ``paused``, ``concurrency`` or
+        ``rate``; ``retry_after`` seconds, when known). Claims take the
+        highest ``priority`` first, then the longest-waiting; a stage's
+        ``limits:`` (``statekit.yaml``) are counted and the lease taken in one
+        transaction, so no number of workers on any number of machines exceeds them."""
+        return self.runs.try_claim(stage, owner=owner, lease_seconds=lease_seconds, show=show, reraise=reraise)
+
+    # --- operator controls -------------------------------------------------------------
+
+    def pause(self, stage: str, *, show: str | None = None, by: str | None = None,
+              note: str | None = None) -> Paused:
+        """Pause ``stage`` (in ``show``, or every show): ``claim``, ``next`` and
+        ``statekit worker`` hand none of it out; runs already leased finish.
+        Durable in ``.statekit/paused.json``; one line in ``.statekit/store-events.jsonl``.
+        ``Paused``: the pause, whether it is new (nothing is written for a
+        stage paused already), and how many runs of it are still live."""
+        return self.controls.pause(stage, show, by=by, note=note)
+
+    def resume(self, stage: str, *, show: str | None = None, by: str | None = None,
+               note: str | None = None) -> list[Pause]:
+        """Lift the pauses of ``stage`` (all of them, or ``show``'s); the pauses lifted."""
+        return self.controls.resume(stage, show, by=by, note=note)
+
+    def paused(self) -> list[Pause]:
+        """The paused stages (``.statekit/paused.json``)."""
+        return self.controls.paused()
+
+    def controls_overview(self) -> dict[str, Any]:
+        """Paused stages and each limited stage's limits in use (``statekit status``)."""
+        return self.controls.overview()
+
+    def prioritize(self, show: str, ep: str, priority: int, *, note: str | None = None,
+                   expected_version: int | None = None) -> Episode:
+        """Set the episode's ``priority`` (claims and ``next`` take higher
+        first, then the longest-waiting); one ``prioritize`` event."""
+        return self.episodes.prioritize(show, ep, priority, note=note, expected_version=expected_version)
 
     def attach_run(self, show: str, ep: str, stage: str, run_id: str) -> Run:
         """The ``Run`` another process holds on the episode (``statekit

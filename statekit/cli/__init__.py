@@ -16,6 +16,7 @@ group lives in its own module:
 - ``demo``: demo
 - ``signals``: alerts [send], events publish, metrics, serve
 - ``bulk``: requeue, pipeline check|migrate|history (and ``retry --stage``'s output)
+- ``controls``: pause, resume, prioritize, controls (and the controls block of ``status``)
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ import click
 
 from .. import __version__
 from ..signals.logs import chosen, json_formatter
-from . import assets, backups, bulk, cache, demo, episodes, index, maintenance, report, runs, signals, worker
+from . import assets, backups, bulk, cache, controls, demo, episodes, index, maintenance, report, runs, signals, worker
 from .app import Context, Group, parse_age, quiet_logs
 from .report import print_status
 
@@ -55,6 +56,6 @@ def main(ctx: click.Context, root: str | None, debug: bool, log_format: str | No
 
 for command in (*maintenance.COMMANDS, *episodes.COMMANDS, *index.COMMANDS, *report.COMMANDS, *runs.COMMANDS,
                 *backups.COMMANDS, *assets.COMMANDS, *demo.COMMANDS, *cache.COMMANDS, *signals.COMMANDS,
-                *worker.COMMANDS, *bulk.COMMANDS):
+                *worker.COMMANDS, *bulk.COMMANDS, *controls.COMMANDS):
     main.add_command(command)
 del command

@@ -267,7 +267,9 @@ def next_(ctx: Context, stage: str, limit: int, as_json: bool) -> None:
     elif episodes:
         out.print(episode_rows(episodes), markup=False)
     else:
-        err.print(f"nothing is ready for {stage}", markup=False)
+        paused = [p.where for p in ctx.store.paused() if p.stage == stage]
+        err.print(f"nothing is ready for {stage}" + (f" (paused for {', '.join(paused)}: 'statekit resume {stage}')"
+                                                     if paused else ""), markup=False)
 
 
 @command()

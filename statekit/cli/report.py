@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .app import Context, command, dump_json, err, human_size, money, out, parse_age, pass_ctx, progress_bar
+from .controls import print_controls
 
 
 @command()
@@ -27,6 +28,7 @@ def status(ctx: Context, as_json: bool) -> None:
             entry["stranded"] = sum(s["n"] for s in stranded if s["show_id"] == entry["show_id"])
         dump_json(shows)
         return
+    print_controls(out, ctx.store.controls_overview())  # paused stages, limits in use ('controls --json')
     if not shows:
         err.print("no episodes yet", markup=False)
         return

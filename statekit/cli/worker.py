@@ -27,10 +27,15 @@ import click
 
 from ..errors import ValidationError
 from ..taxonomy import ErrorKind
-from .app import Context, command, out, pass_ctx
+from ..runs import Run
+from .app import Context, command, err, out, pass_ctx
 
 TAIL_BYTES = 4000
 """How much of a failed command's output its recorded failure keeps."""
+
+LIMIT_WAIT_MAX_S = 60.0
+"""The longest a worker refused for a rate limit sleeps before asking again
+(a resume or a change elsewhere is then seen within it)."""
 
 RUN_ENV = ("STATEKIT_SHOW", "STATEKIT_EPISODE", "STATEKIT_STAGE", "STATEKIT_RUN_ID")
 
@@ -142,22 +147,33 @@ def worker(ctx: Context, stage: str, owner: str | None, lease: float | None, max
     STATEKIT_RUN_ID and STATEKIT_RUN_DIR (a scratch folder, removed after) in
     its environment. Exit 0 is success; any other code a failure, recorded
     with the output's tail. SIGTERM: finish this run, then exit; a second
-    SIGTERM stops COMMAND and gives the episode back."""
+    SIGTERM stops COMMAND and gives the episode back. A paused stage, or one
+    at its concurrency or rate limit (limits: in statekit.yaml), makes the
+    worker wait, saying why (--idle-exit: a paused stage exits 0)."""
     store = ctx.store
     kinds = exit_kinds(ctx)
     stopper = Stopper()
     signal.signal(signal.SIGTERM, stopper)
     signal.signal(signal.SIGINT, stopper)
     done = 0
+    said: str | None = None
     while not stopper.signals and (max_runs is None or done < max_runs):
-        run = store.claim(stage, owner=owner, lease_seconds=lease, show=show_id, reraise=False)
-        if run is None:
-            if idle_exit:
+        run = store.try_claim(stage, owner=owner, lease_seconds=lease, show=show_id, reraise=False)
+        if not isinstance(run, Run):
+            wait = poll
+            if run is not None:  # paused, or at a limit: say why (once per reason), then wait
+                if run.message != said:
+                    err.print(f"statekit worker: waiting: {run.message}", markup=False)
+                    said = run.message
+                if run.retry_after is not None:
+                    wait = min(max(run.retry_after, 0.05), LIMIT_WAIT_MAX_S)
+            if idle_exit and (run is None or run.reason == "paused"):
                 break
-            deadline = time.monotonic() + poll
+            deadline = time.monotonic() + wait
             while not stopper.signals and time.monotonic() < deadline:
-                time.sleep(min(0.1, poll))
+                time.sleep(min(0.1, wait))
             continue
+        said = None
         with run:
             scratch = os.path.dirname(run.temp_path())
             env = dict(os.environ, STATEKIT_ROOT=store.root, STATEKIT_SHOW=run.show_id,

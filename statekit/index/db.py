@@ -378,21 +378,28 @@ class Index:
                     out[stage] = int(n)
         return out
 
-    def next(self, stage: str, limit: int, now: datetime) -> list[dict[str, Any]]:
+    def next(self, stage: str, limit: int, now: datetime, skip_shows: Sequence[str] = ()) -> list[dict[str, Any]]:
         """File data of the episodes ready for ``stage`` at ``now`` (not leased
-        by a live worker, not waiting for a retry's backoff), longest-waiting first."""
+        by a live worker, not waiting for a retry's backoff), higher priority
+        first, then longest-waiting; none of the shows ``skip_shows`` (paused)."""
+        skip = sorted(set(skip_shows))
+
         def build() -> Any:
             at = bindparam("at")
+            stmt = select(episodes.c.data)
+            for show in skip:
+                stmt = stmt.where(episodes.c.show_id != show)
             return (
-                select(episodes.c.data)
+                stmt
                 .where(episodes.c.ready_for == bindparam("stage"))
                 .where(or_(episodes.c.lease_expires_at.is_(None), episodes.c.lease_expires_at <= at))
                 .where(or_(episodes.c.due_at.is_(None), episodes.c.due_at <= at))
-                .order_by(episodes.c.stage_entered_at, episodes.c.show_id, episodes.c.episode_id)
+                .order_by(episodes.c.priority.desc(), episodes.c.stage_entered_at, episodes.c.show_id,
+                          episodes.c.episode_id)
                 .limit(bindparam("limit"))
             )
 
-        return self._raw_docs("next", build, {"stage": stage, "at": self._at(now), "limit": limit})
+        return self._raw_docs("next:" + ",".join(skip), build, {"stage": stage, "at": self._at(now), "limit": limit})
 
     def expired_leases(self, now: datetime) -> list[tuple[str, str]]:
         """Episodes whose run's lease ran out by ``now``: their worker stopped

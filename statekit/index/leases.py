@@ -18,19 +18,23 @@ index was rebuilt) the lease the episode file records counts, as before.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from sqlalchemy import and_, delete, func, not_, or_, select
+import orjson
+
+from sqlalchemy import and_, delete, func, not_, or_, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from ..errors import IndexUnavailableError
+from ..models import ClaimRefused as Refused
+from ..serverlocks import lock_key
 from .dialect import WRITE
-from .tables import episodes, leases
+from .tables import episodes, events, leases, run_starts
 
 CLAIM_ROUNDS = 100
 """How often a PostgreSQL claim looks again after losing an episode to another claimer."""
@@ -50,6 +54,11 @@ class Holder:
     @property
     def alive(self) -> bool:
         return self.now < self.expires_at
+
+
+def window_text(seconds: int) -> str:
+    names = {1: "second", 60: "minute", 3600: "hour", 86400: "day"}
+    return names.get(seconds, f"{seconds} s")
 
 
 class LeaseTable:
@@ -104,9 +113,10 @@ class LeaseTable:
         return conn.execute(stmt).first() is not None
 
     def take(self, show: str, ep: str, *, run_id: str, owner: str, stage: str, seconds: float,
-             local: datetime) -> Holder | None:
+             local: datetime, rate_window: int | None = None) -> Holder | None:
         """Lease the episode to ``run_id`` (None) unless a live run holds it
-        (its ``Holder``): a live row, or with no row the lease its file records."""
+        (its ``Holder``): a live row, or with no row the lease its file records.
+        ``rate_window``: the stage has a rate limit; the start counts against it."""
         try:
             with self._write() as conn, conn.begin():
                 now = self.now(conn, local)
@@ -119,13 +129,16 @@ class LeaseTable:
                 values = {"show_id": show, "episode_id": ep, "run_id": run_id, "owner": owner, "stage": stage,
                           "lease_seconds": seconds, "expires_at": now + timedelta(seconds=seconds)}
                 if self._upsert(conn, values, now):
+                    if rate_window is not None:
+                        self._started(conn, run_id, stage, now, (show, ep), rate_window)
                     return None
                 held = conn.execute(select(leases.c.run_id, leases.c.owner, leases.c.stage, leases.c.expires_at)
                                     .where(leases.c.show_id == show, leases.c.episode_id == ep)).first()
         except SQLAlchemyError as exc:
             raise self._failed("take a lease", exc) from exc
         if held is None:  # released meanwhile: free now
-            return self.take(show, ep, run_id=run_id, owner=owner, stage=stage, seconds=seconds, local=local)
+            return self.take(show, ep, run_id=run_id, owner=owner, stage=stage, seconds=seconds, local=local,
+                             rate_window=rate_window)
         return Holder(held[0], held[1], held[2], held[3], now)
 
     def renew(self, show: str, ep: str, run_id: str, seconds: float, local: datetime, *, owner: str,
@@ -171,19 +184,36 @@ class LeaseTable:
     # --- many episodes -------------------------------------------------------------------
 
     def claim(self, stage: str, *, run_id: str, owner: str, seconds: float, local: datetime,
-              show: str | None = None, exclude: Sequence[tuple[str, str]] = ()) -> tuple[str, str] | None:
-        """Lease the longest-waiting episode ready for ``stage`` to ``run_id``
-        in one step; its (show, episode), or None when none is ready.
+              show: str | None = None, exclude: Sequence[tuple[str, str]] = (), skip_shows: Sequence[str] = (),
+              concurrency: int | None = None, rate: tuple[int, int] | None = None,
+              ) -> tuple[str, str] | Refused | None:
+        """Lease the episode ready for ``stage`` with the highest priority,
+        then the longest-waiting, to ``run_id`` in one step; its (show,
+        episode), None when none is ready, or ``Refused`` when the stage is at
+        its ``concurrency`` (live runs) or ``rate`` ((starts, seconds) in the
+        sliding window) limit. ``skip_shows``: shows not to hand out (paused).
 
         SQLite: one write transaction (one writer at a time), so the answer
         and the lease cannot be split by another claimer. PostgreSQL: the
         candidate's index row is locked ``FOR UPDATE SKIP LOCKED`` (claimers
         pass each other's candidates by), and the lease row is inserted only
-        where none is live; losing that race means looking again."""
+        where none is live; losing that race means looking again. A limited
+        stage's claims also take a transaction-scoped advisory lock of the
+        stage first, so counting the live runs (or the starts) and taking the
+        lease cannot be split either: two claimers racing for the last slot
+        are served one after the other, and the second is refused."""
+        limited = concurrency is not None or rate is not None
         try:
             for _ in range(CLAIM_ROUNDS):
                 with self._write() as conn, conn.begin():
+                    if limited and self.server:  # released when the transaction ends
+                        conn.execute(text("SELECT pg_advisory_xact_lock(:key)"),
+                                     {"key": lock_key("stage-limit:" + stage)})
                     now = self.now(conn, local)
+                    if limited:
+                        refused = self._over_limit(conn, stage, now, concurrency, rate)
+                        if refused is not None:
+                            return refused
                     free = or_(
                         and_(leases.c.show_id.is_(None),
                              or_(episodes.c.lease_expires_at.is_(None), episodes.c.lease_expires_at <= now)),
@@ -195,11 +225,14 @@ class LeaseTable:
                         .where(episodes.c.ready_for == stage)
                         .where(or_(episodes.c.due_at.is_(None), episodes.c.due_at <= now))
                         .where(free)
-                        .order_by(episodes.c.stage_entered_at, episodes.c.show_id, episodes.c.episode_id)
+                        .order_by(episodes.c.priority.desc(), episodes.c.stage_entered_at, episodes.c.show_id,
+                                  episodes.c.episode_id)
                         .limit(1)
                     )
                     if show is not None:
                         stmt = stmt.where(episodes.c.show_id == show)
+                    for paused in skip_shows:
+                        stmt = stmt.where(episodes.c.show_id != paused)
                     for s, e in exclude:
                         stmt = stmt.where(not_(and_(episodes.c.show_id == s, episodes.c.episode_id == e)))
                     if self.server:
@@ -211,10 +244,104 @@ class LeaseTable:
                               "stage": stage, "lease_seconds": seconds,
                               "expires_at": now + timedelta(seconds=seconds)}
                     if self._upsert(conn, values, now):
+                        if rate is not None:
+                            self._started(conn, run_id, stage, now, (found[0], found[1]), rate[1])
                         return found[0], found[1]
             return None
         except SQLAlchemyError as exc:
             raise self._failed("claim an episode", exc) from exc
+
+    # --- limits ------------------------------------------------------------------------
+
+    def live_runs(self, conn: Connection, stage: str, now: datetime) -> int:
+        """Runs of ``stage`` live at ``now``: lease rows, and leases files record
+        without a row (a rebuild dropped it; the run puts it back when it renews)."""
+        rows = conn.execute(select(func.count()).select_from(leases)
+                            .where(leases.c.stage == stage, leases.c.expires_at > now)).scalar() or 0
+        unrowed = conn.execute(
+            select(func.count()).select_from(
+                episodes.outerjoin(leases, and_(leases.c.show_id == episodes.c.show_id,
+                                                leases.c.episode_id == episodes.c.episode_id)))
+            .where(episodes.c.stage == stage, episodes.c.lease_expires_at > now, leases.c.show_id.is_(None))
+        ).scalar() or 0
+        return int(rows) + int(unrowed)
+
+    def starts(self, conn: Connection, stage: str, now: datetime, window: int) -> list[datetime]:
+        """When the runs of ``stage`` started in the ``window`` seconds before ``now``, oldest first."""
+        since = now - timedelta(seconds=window)
+        return [row[0] for row in conn.execute(
+            select(run_starts.c.started_at).where(run_starts.c.stage == stage, run_starts.c.started_at > since)
+            .order_by(run_starts.c.started_at))]
+
+    def _over_limit(self, conn: Connection, stage: str, now: datetime, concurrency: int | None,
+                    rate: tuple[int, int] | None) -> Refused | None:
+        if concurrency is not None:
+            live = self.live_runs(conn, stage, now)
+            if live >= concurrency:
+                return Refused("concurrency", f"stage {stage!r} is at its concurrency limit: {live} runs live, "
+                                              f"at most {concurrency}")
+        if rate is not None:
+            most, window = rate
+            started = self.starts(conn, stage, now, window)
+            if len(started) >= most:
+                frees = started[len(started) - most] + timedelta(seconds=window)
+                wait = max(0.0, (frees - now).total_seconds())
+                return Refused("rate", f"stage {stage!r} is at its rate limit: {len(started)} runs started in the "
+                                       f"last {window_text(window)}, at most {most}; the next may start in "
+                                       f"{wait:.0f} s", retry_after=wait)
+        return None
+
+    def _started(self, conn: Connection, run_id: str, stage: str, now: datetime, key: tuple[str, str],
+                 window: int) -> None:
+        """Record a run's start for its stage's rate limit; drop starts older than the window."""
+        conn.execute(delete(run_starts).where(run_starts.c.stage == stage,
+                                              run_starts.c.started_at <= now - timedelta(seconds=window)))
+        conn.execute(run_starts.insert().values(run_id=run_id, stage=stage, started_at=now, show_id=key[0],
+                                                episode_id=key[1]))
+
+    def refill_starts(self, conn: Connection, windows: Mapping[str, int], local: datetime) -> int:
+        """After a rebuild (the table starts empty): the starts of the stages
+        with a rate limit (``windows``: stage -> seconds) still in their windows,
+        from the ``start`` events the files record (timed by the writers'
+        clocks, not the database's); how many."""
+        if not windows:
+            return 0
+        now = self.now(conn, local)
+        since = now - timedelta(seconds=max(windows.values()))
+        rows: dict[str, dict[str, Any]] = {}
+        for show, ep, at, data in conn.execute(select(events.c.show_id, events.c.episode_id, events.c.at,
+                                                      events.c.data)
+                                               .where(events.c.kind == "start", events.c.at > since)):
+            line = orjson.loads(data) if isinstance(data, (str, bytes)) else data
+            stage = line.get("run_stage") or line.get("to_stage")
+            run_id = line.get("run_id")
+            window = windows.get(stage) if isinstance(stage, str) else None
+            if window is None or not isinstance(run_id, str) or at <= now - timedelta(seconds=window):
+                continue
+            rows[run_id] = {"run_id": run_id, "stage": stage, "started_at": at, "show_id": show, "episode_id": ep}
+        if rows:
+            conn.execute(run_starts.insert(), list(rows.values()))
+        return len(rows)
+
+    def forget_start(self, run_id: str) -> None:
+        """A claimed run that could not start does not count against its stage's rate."""
+        try:
+            with self._write() as conn, conn.begin():
+                conn.execute(delete(run_starts).where(run_starts.c.run_id == run_id))
+        except SQLAlchemyError as exc:
+            raise self._failed("forget a run's start", exc) from exc
+
+    def usage(self, stage: str, local: datetime, window: int | None) -> tuple[int, int | None]:
+        """(live runs of ``stage``, runs started in the last ``window`` seconds or None), by the database's clock."""
+        try:
+            with self.engine.connect() as conn:
+                now = self.now(conn, local)
+                live = self.live_runs(conn, stage, now)
+                started = len(self.starts(conn, stage, now, window)) if window is not None else None
+                conn.rollback()
+        except SQLAlchemyError as exc:
+            raise self._failed("count a stage's runs", exc) from exc
+        return live, started
 
     def expired(self, local: datetime) -> list[tuple[str, str]]:
         """Episodes whose lease row ran out: their run stopped renewing it."""

@@ -30,6 +30,7 @@ from .dialect import (
     replace_database,
     sqlite_url,
 )
+from .leases import LeaseTable
 from .pool import ordered_map, workers_for
 from .rows import UNLISTED, claim_rows, json_text, totals_delta
 from .scan import (
@@ -208,6 +209,9 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
         conn.execute(unique_keys.insert(), [{"key": k} for k in writer.config.unique])
     if claims:
         conn.execute(unique_values.insert(), claims)
+    windows = {stage: limit.window[1] for stage, limit in writer.config.limits.items() if limit.window is not None}
+    if windows:  # the rate limits' windows, from the start events (the table is coordination state)
+        LeaseTable(conn.engine).refill_starts(conn, windows, writer.clock())
 
 
 def shows_insert() -> Any:

@@ -90,6 +90,7 @@ def episode_row(
         "lease_owner": ep.lease.owner if ep.lease is not None else None,
         "lease_expires_at": iso(ep.lease.expires_at) if ep.lease is not None else None,
         "due_at": iso(ep.due_at) if ep.due_at is not None else None,
+        "priority": ep.priority,
     }
 
 

@@ -128,8 +128,6 @@ episodes = Table(
     Column("lease_owner", Text),
     Column("lease_expires_at", UTCTime),
     Column("due_at", UTCTime),
-    # what next() asks; every other index costs each write a page more
-    Index("episodes_by_ready_for", "ready_for", "stage_entered_at"),
     # what sync reads for every episode, without touching the rows' JSON
     Index("episodes_files", "show_id", "episode_id", "file_stamp"),
     # revision 0007: list(stage=) and stuck() read the rows of a stage, not the store
@@ -138,7 +136,11 @@ episodes = Table(
     # revision 0007: with_errors() reads only the rows with errors (no entry for the others)
     Index("episodes_with_errors", "updated_at", sqlite_where=text("error_count > 0"),
           postgresql_where=text("error_count > 0")),
+    # revision 0008: the episode's priority (claims and next() take higher first)
+    Column("priority", Integer, nullable=False, server_default=text("0")),
 )
+# what next() and claims ask (revision 0008: priority first); every other index costs each write a page more
+Index("episodes_by_ready_for", episodes.c.ready_for, episodes.c.priority.desc(), episodes.c.stage_entered_at)
 
 events = Table(
     "events",
@@ -219,16 +221,32 @@ leases = Table(
     Column("expires_at", UTCTime, nullable=False),
 )
 
+# revision 0008: when runs of a stage with a ``rate`` limit started, by the
+# database's clock: a claim counts the rows in the limit's sliding window.
+# Coordination state like ``leases`` (a rebuild refills it from the start
+# events the files record; ``index/rebuild``); rows older than the window are
+# pruned by the claims.
+run_starts = Table(
+    "run_starts",
+    metadata,
+    Column("run_id", String(64), primary_key=True),
+    Column("stage", Id, nullable=False),
+    Column("started_at", UTCTime, nullable=False),
+    Column("show_id", Id, nullable=False),
+    Column("episode_id", Id, nullable=False),
+    Index("run_starts_by_stage", "stage", "started_at"),
+)
+
 STAGE_COUNTS_VIEW = (
     "CREATE VIEW stage_counts AS "
     "SELECT show_id, stage, episodes AS n FROM stage_totals WHERE episodes > 0"
 )
 
-INDEX_REVISION = "0007"
+INDEX_REVISION = "0008"
 """The Alembic head revision this code writes; a test keeps it equal to the
 head in migrations/versions (checked on every open without loading Alembic)."""
 
-ROWS_REVISION = "0007"
+ROWS_REVISION = "0007"  # 0008 adds ``priority``: no file could hold one before it, so 0 is right
 """The latest revision that changed how rows are derived from the files (a
 column added and filled from them, or computed differently). An index whose
 rows were derived by another one (its ``index_meta`` says so, or says

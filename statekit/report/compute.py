@@ -30,6 +30,7 @@ from .model import (
     DayCount,
     Estimate,
     KindCount,
+    PausedStage,
     PipelineInfo,
     Progress,
     Reason,
@@ -112,6 +113,8 @@ def build_report(store: Store, *, show: str | None = None, days: int = DEFAULT_D
         totals=totals, shows=summaries, attention=[a[4] for a in found[:ATTENTION_LIMIT]],
         attention_counts={r: counts[r] for r in REASONS if counts[r]}, attention_total=len(found),
         attention_truncated=len(found) > ATTENTION_LIMIT,
+        paused=[PausedStage(stage=x.stage, show=x.show, since=x.at, by=x.by, note=x.note) for x in store.paused()
+                if show is None or x.show in (None, show)],
     )
 
 

@@ -118,6 +118,10 @@ def render_html(report: Report) -> str:
             f'<p><code>{escape(report.store)}</code> &middot; pipeline <b>{escape(p.name)}</b> &middot; '
             f'{escape(where)} &middot; generated {escape(when(now))} UTC &middot; throughput window '
             f'{escape(scope.start)} to {escape(scope.end)}</p></header>',
+            *(f'<p class="note"><b>Paused</b> (statekit pause): {escape(x.stage)} for '
+              f'{escape("every show" if x.show is None else "show " + x.show)} since {escape(x.since[:19])}'
+              f'{escape(" by " + x.by if x.by else "")}{escape(": " + x.note if x.note else "")}</p>'
+              for x in report.paused),
             '<section class="cards" aria-label="Summary">']
     body += [f'<div class="card"><div class="label">{escape(label)}</div><div class="value">{escape(value)}</div>'
              f'<div class="note">{escape(note)}</div></div>' for label, value, note in cards]

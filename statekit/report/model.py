@@ -7,7 +7,7 @@ from collections.abc import Callable
 from datetime import date, datetime, timedelta
 from typing import Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from .. import __version__
 
@@ -123,6 +123,20 @@ class Scope(BaseModel):
     stuck_after_hours: float
 
 
+def _is_empty(value: list[PausedStage]) -> bool:
+    return not value
+
+
+class PausedStage(BaseModel):
+    """A stage paused by an operator (``statekit pause``): claims hand none of it out."""
+
+    stage: str
+    show: str | None
+    since: str
+    by: str | None = None
+    note: str | None = None
+
+
 class Report(BaseModel):
     format_version: int = FORMAT_VERSION
     generated_at: datetime
@@ -136,3 +150,5 @@ class Report(BaseModel):
     attention_counts: dict[str, int]
     attention_total: int
     attention_truncated: bool
+    paused: list[PausedStage] = Field(default_factory=list, exclude_if=_is_empty)
+    """Paused stages; in the JSON only when there are some (readers of format 1 see no new key otherwise)."""

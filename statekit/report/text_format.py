@@ -24,6 +24,12 @@ def render_text(report: Report) -> str:
               f"generated {when(report.generated_at)} UTC; pipeline {report.pipeline.name}; "
               f"throughput window {scope.start} .. {scope.end} ({scope.days} days)"
               + (f"; show {scope.show}" if scope.show else ""), ""]
+    for x in report.paused:  # an operator's pause (statekit pause): claims hand none of the stage out
+        lines.append(f"PAUSED {x.stage} for " + ("every show" if x.show is None else f"show {x.show}")
+                     + f" since {x.since[:19].replace('T', ' ')}" + (f" by {x.by}" if x.by else "")
+                     + (f": {x.note}" if x.note else ""))
+    if report.paused:
+        lines.append("")
     for s in ([report.totals] if scope.show is None and len(report.shows) != 1 else []) + report.shows:
         head = "ALL SHOWS" if s.show_id is None else f"show {s.show_id}" + (f": {s.title}" if s.title != s.show_id
                                                                             else "")
