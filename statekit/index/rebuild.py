@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from .. import files as diskio
 from ..errors import (
@@ -30,6 +31,8 @@ from .dialect import (
     replace_database,
     sqlite_url,
 )
+from .leases import kept as leases_kept
+from .leases import restore as restore_leases
 from .pool import ordered_map, workers_for
 from .rows import UNLISTED, claim_rows, json_text, totals_delta
 from .scan import (
@@ -53,6 +56,7 @@ from .tables import (
     unique_keys,
     unique_values,
 )
+from .tables import leases as leases_table
 
 if TYPE_CHECKING:
     from ..writes import Writer
@@ -105,11 +109,13 @@ def rebuild(writer: Writer, progress: Progress | None = None, *, index: Index | 
 def rebuild_locked(writer: Writer, index: Index, progress: Progress | None, report: RebuildReport,
                    workers: int | None = None) -> None:
     target = database_path(index.engine)
-    if target is None:  # a server database: rebuild in one transaction
+    if target is None:  # a server database: rebuild in one transaction (the live leases stay)
         with index.engine.connect().execution_options(**WRITE) as conn, conn.begin():
             for table in metadata.sorted_tables:
-                conn.execute(table.delete())
+                if table is not leases_table:
+                    conn.execute(table.delete())
             _fill(writer, conn, report, progress, workers)
+            restore_leases(conn, (), writer.clock())
             mark_rows_derived(conn)
         return
     built = f"{target}.build-{os.getpid()}"
@@ -124,11 +130,26 @@ def rebuild_locked(writer: Writer, index: Index, progress: Progress | None, repo
                 stamp_revision(conn)
             with conn.begin():
                 _fill(writer, conn, report, progress, workers)
+            with conn.begin():  # read last, so that few renewals or claims fall between this and the swap
+                restore_leases(conn, old_leases(index), writer.clock())
         finish_build(engine)
     finally:
         engine.dispose()
     index.close()  # its connections reopen on the new content
     replace_database(target, built)
+
+
+def old_leases(index: Index) -> list[dict[str, Any]]:
+    """The lease rows of the index being replaced (none if it cannot be read)."""
+    try:
+        with index.engine.connect() as conn:
+            rows = leases_kept(conn)
+            conn.rollback()
+            return rows
+    except SQLAlchemyError as exc:  # a damaged or missing index: the files' leases count
+        log.warning("statekit: the old index's leases could not be read (%s); the files' leases count",
+                    " ".join(str(exc).split()))
+        return []
 
 
 def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Progress | None,
