@@ -10,6 +10,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -75,8 +76,6 @@ def index_lock(writer: Writer) -> Any:
 
 
 def has_tables(conn: Connection) -> bool:
-    from sqlalchemy import inspect
-
     return bool(inspect(conn).get_table_names())
 
 
@@ -143,6 +142,8 @@ def old_leases(index: Index) -> list[dict[str, Any]]:
     """The lease rows of the index being replaced (none if it cannot be read)."""
     try:
         with index.engine.connect() as conn:
+            if not inspect(conn).has_table("leases"):  # a new or an emptied index: nothing to keep
+                return []
             rows = leases_kept(conn)
             conn.rollback()
             return rows
