@@ -647,6 +647,30 @@ def int64(text: str) -> int:
     return number
 
 
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
+"""Nineteen digits in a row: perhaps an integer beyond 64 bits, which orjson reads (up to 2**64 - 1)."""
+
+
+def _fast_json(raw: bytes) -> dict[str, Any] | None:
+    """``raw`` read by orjson (a tenth of the standard library's time) when
+    that reading is exactly the strict one, else None (the strict reader then
+    decides, and words the error): an object, not nested past the limit, no
+    integer beyond 64 bits, and no duplicate key. A duplicate is seen by its
+    colon: orjson keeps one of the pair, so writing back what it read gives
+    fewer colons (outside strings, one per key; inside, the same as written,
+    unless a ``\\u`` escape spelled one, and then the strict reader reads it)."""
+    if (b"\\u" in raw or raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
+            or _LONG_NUMBER.search(raw) is not None):
+        return None
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    if type(data) is not dict or orjson.dumps(data).count(b":") != raw.count(b":"):
+        return None
+    return data
+
+
 class JsonCodec:
     name = "json"
     suffix = ".json"
@@ -655,6 +679,9 @@ class JsonCodec:
         return Parsed(raw, self.load(raw, path))
 
     def load(self, raw: bytes, path: str) -> dict[str, Any]:
+        fast = _fast_json(raw)
+        if fast is not None:
+            return fast
         text = _decode(raw, path)
         try:
             data = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=_no_constants, parse_int=int64)
