@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
+from operator import itemgetter
 from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -245,14 +246,26 @@ def flush(conn: Connection, rows: list[dict[str, Any]], event_rows: list[dict[st
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     if rows:
         insert = bulk(conn, "episodes")
-        cursor.executemany(insert.sql, [insert.params(r) for r in rows])
+        cursor.executemany(insert.sql, tuples(insert, rows))
         report.episodes += len(rows)
     if event_rows:
         insert = bulk(conn, "events")
-        cursor.executemany(insert.sql, [insert.params(e) for e in event_rows])
+        cursor.executemany(insert.sql, tuples(insert, event_rows))
         report.events += len(event_rows)
     rows.clear()
     event_rows.clear()
+
+
+def tuples(insert: Compiled, rows: list[dict[str, Any]]) -> Any:
+    """The rows as the statement's parameters: plain tuples picked in C
+    (``itemgetter``) when every row names every column, as ours do."""
+    if insert.order is None or insert.fixed or len(insert.order) < 2:
+        return [insert.params(r) for r in rows]
+    pick = itemgetter(*insert.order)
+    try:
+        return [pick(r) for r in rows]
+    except KeyError:  # a row without some column: it is NULL
+        return [insert.params(r) for r in rows]
 
 
 def bulk(conn: Connection, table: str) -> Compiled:
