@@ -21,7 +21,7 @@ import orjson
 from pydantic import ValidationError as PydanticValidationError
 
 from . import patches
-from .codecs import compact_json, int64, no_duplicates
+from .codecs import compact_json, exact_json, int64, no_duplicates
 from .errors import CorruptFileError, UnsafePathError
 from .files import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK, Disk, name_at, read_file, storage_error, unsafe_path, write_all
 from .models import EVENT_SCHEMA, UNCHAINED_EVENT_SCHEMA, Event
@@ -38,9 +38,13 @@ def _parse_event_line(line: bytes, strict: bool = True) -> dict[str, Any] | None
     ``strict`` also refuses duplicate keys and integers beyond 64 bits (which
     the fast parser reads as floats), and returns the exact reading."""
     try:
-        event = orjson.loads(line)
-        if strict:
-            event = json.loads(line, object_pairs_hook=no_duplicates, parse_int=int64)
+        if strict:  # orjson's reading when it is exactly the strict one (codecs.exact_json), else the strict reader
+            event = exact_json(line)
+            if event is None:
+                orjson.loads(line)  # what the fast parser refuses, both modes refuse
+                event = json.loads(line, object_pairs_hook=no_duplicates, parse_int=int64)
+        else:
+            event = orjson.loads(line)
     except (ValueError, RecursionError):
         return None
     if not isinstance(event, dict) or type(event.get("version")) is not int:

@@ -300,3 +300,20 @@ def test_json_fast_reading_equals_the_strict_one(pairs: tuple) -> None:
     except CorruptFileError:
         got = "refused"
     assert got == _strict(raw) or (got != got and repr(got) == repr(_strict(raw)))
+
+
+_json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.sampled_from([0, 1, -1, 0.0, -0.0, 1.0, True, False, 1 << 70,
+                                                          float("inf"), float("-inf"), float("nan")]),
+              st.integers(), st.floats(allow_nan=False), st.text(max_size=3)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from("abc"), inner, max_size=3)),
+    max_leaves=10)
+
+
+@given(_json_values, _json_values)
+def test_same_by_canonical_text_agrees_with_the_walk(a: object, b: object) -> None:
+    from statekit.codecs import _same, same  # noqa: PLC2701
+
+    assert same(a, b) == _same(a, b)
+    assert same(a, a) == _same(a, a) and same(b, b) == _same(b, b)  # nan is not itself
+    assert same(float("inf"), None) is False
