@@ -1,6 +1,11 @@
 """One show of 1k, 10k (and with --full 100k) episodes: per-call costs, and ratios to same-run baselines.
 
-    python benchmarks/bench_scale.py [--full] [--calls 100] [--format yaml|json] [--procs] [--json]
+    python benchmarks/bench_scale.py [--full] [--sizes 1000,10000] [--calls 100] [--format yaml|json]
+                                     [--ledger] [--procs] [--json]
+
+``--format json``: the store's files are JSON (the bare baseline then parses them
+with orjson); ``--ledger``: the store is moved to the ledger (``migrate --ledger``,
+not timed), so ``verify`` also checks every log's hash chain and replays it.
 
 Targets (issue 16), each against a baseline measured in the same run:
 
