@@ -233,7 +233,8 @@ _CANONICAL = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OP
 
 
 def same(a: Any, b: Any) -> bool:
-    """Equal and of the same JSON type all the way down (1, 1.0 and True differ).
+    """Equal and of the same JSON type all the way down (1, 1.0 and True differ;
+    one object is its own equal, as in Python's containers).
     Plain JSON data is compared in C first (``verify`` compares every file
     with the index): equal values (1 == 1.0 == True) whose canonical texts
     are equal too (``1``, ``1.0``, ``true``; orjson writes infinity as
@@ -248,6 +249,8 @@ def same(a: Any, b: Any) -> bool:
 
 
 def _same(a: Any, b: Any) -> bool:
+    if a is b:  # as Python's containers judge it: an object is its own equal (NaN too)
+        return True
     if type(a) is not type(b):
         return False
     if isinstance(a, dict):
