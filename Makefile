@@ -23,7 +23,7 @@ demo: $(BIN)/statekit
 	$(BIN)/statekit demo
 
 test: $(BIN)/statekit
-	$(BIN)/python -m pytest -q --cov --cov-report=term --cov-fail-under=85
+	$(BIN)/python -m pytest -q -n auto --dist worksteal --cov --cov-report=term --cov-fail-under=85
 
 # the reliability harness at full size (RELIABILITY.md); the default suite runs its fast tier
 stress: $(BIN)/statekit

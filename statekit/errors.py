@@ -289,6 +289,13 @@ class IndexUnavailableError(StatekitError):
     default_hint = "the files are fine; run 'statekit sync' (or 'statekit rebuild-index') to bring the index back"
 
 
+class ReadOnlyStoreError(StatekitError):
+    """A write asked of a store opened read-only (``Store.open(root, read_only=True)``:
+    the dashboard's); refused before anything is changed."""
+
+    default_hint = "open the store without read_only to change it (the statekit commands, Store.open(root))"
+
+
 class QueryError(ValidationError):
     """A SQL query the index refused. ``reason`` says why: "empty", "syntax",
     "unknown" (a table or column), "write" or "other"; the hint fits it."""

@@ -22,6 +22,7 @@ from concurrent.futures import wait as futures_wait
 
 from .errors import (
     CorruptFileError,
+    ReadOnlyStoreError,
     StatekitError,
     StorageError,
     UnsafePathError,
@@ -156,6 +157,43 @@ def mkstemp_at(dir_fd: int, directory: str, prefix: str, suffix: str) -> tuple[i
 
 
 DISK = Disk()
+
+_WRITING = os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_APPEND
+
+
+class ReadOnlyDisk(Disk):
+    """A ``Disk`` that refuses every call that would change a file or folder
+    (``ReadOnlyStoreError``, before anything changes): a store opened read-only
+    cannot write, not even a lock file."""
+
+    def _refuse(self, path: str, what: str) -> ReadOnlyStoreError:
+        return ReadOnlyStoreError(f"the store is open read-only: refusing to {what} {path}", path=path)
+
+    def open(self, path: str, flags: int, mode: int = 0o666, *, dir_fd: int | None = None) -> int:
+        if flags & _WRITING:
+            raise self._refuse(path, "open for writing")
+        return super().open(path, flags, mode, dir_fd=dir_fd)
+
+    def mkstemp(self, directory: str, prefix: str, suffix: str, *, dir_fd: int | None = None) -> tuple[int, str]:
+        raise self._refuse(directory, "make a temporary file in")
+
+    def replace(self, src: str, dst: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
+        raise self._refuse(dst, "replace")
+
+    def rename(self, src: str, dst: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
+        raise self._refuse(dst, "rename onto")
+
+    def unlink(self, path: str, *, dir_fd: int | None = None) -> None:
+        raise self._refuse(path, "remove")
+
+    def mkdir(self, path: str, *, dir_fd: int | None = None) -> None:
+        raise self._refuse(path, "make the folder")
+
+    def link(self, src: str, dst: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
+        raise self._refuse(dst, "link")
+
+
+READ_ONLY_DISK = ReadOnlyDisk()
 
 
 def storage_error(exc: OSError, path: str, action: str) -> StorageError:

@@ -1,20 +1,27 @@
 """``statekit serve``: the store's HTTP face (Starlette, run by uvicorn) on 127.0.0.1.
 
 Routes: ``/metrics`` (Prometheus, ``signals.metrics``) and ``/healthz``;
-more (a dashboard) are passed to ``make_app(store, routes)``. While it
-runs, a thread catches up the store's signals and sends due alerts every
+more (the dashboard, ``statekit.dashboard``) are passed to ``make_app(store, routes)``.
+While it runs, a thread catches up the store's signals and sends due alerts every
 ``SIGNALS_SECONDS`` (what a crashed writer left behind goes out here too).
+The dashboard reads through a second store opened read-only; ``token`` guards
+every route but ``/healthz`` (``dashboard.access``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 import threading
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from . import __version__
+from .dashboard.access import Guard
+from .dashboard.pages import routes as dashboard_routes
+from .dashboard.view import Dashboard
+from .errors import ValidationError
 from .signals.alerts import needs
 from .signals.metrics import exposition
 from .store import Store
@@ -25,7 +32,16 @@ SIGNALS_SECONDS = 10.0
 
 
 def signals_loop(store: Store, stop: threading.Event, every: float = SIGNALS_SECONDS) -> None:
-    """Until ``stop``: catch up the alerts and the event stream, send due alerts."""
+    """Until ``stop``: catch up the alerts and the event stream, send due alerts.
+
+    The index is mended once first (``sync``): a writer killed between a commit and its index write
+    leaves the index behind, and the catch-up compares the cursors with the index's versions."""
+    config = store.config
+    if config.alerts is not None or config.events is not None:
+        try:
+            store.sync()
+        except Exception as exc:
+            log.warning("statekit: index not synced before the signals' catch-up (%s: %s)", type(exc).__name__, exc)
     while not stop.is_set():
         config = store.config
         if config.alerts is not None or config.events is not None:
@@ -37,8 +53,9 @@ def signals_loop(store: Store, stop: threading.Event, every: float = SIGNALS_SEC
         stop.wait(every)
 
 
-def make_app(store: Store, routes: Sequence[Any] = ()) -> Any:
-    """The Starlette application: ``/metrics``, ``/healthz`` and ``routes``."""
+def make_app(store: Store, routes: Sequence[Any] = (), token: str | None = None) -> Any:
+    """The Starlette application: ``/metrics``, ``/healthz`` and ``routes``; with
+    ``token``, only requests carrying it (``dashboard.access.Guard``)."""
     needs("prometheus_client", "serve")
     applications = needs("starlette.applications", "serve")
     responses = needs("starlette.responses", "serve")
@@ -63,11 +80,37 @@ def make_app(store: Store, routes: Sequence[Any] = ()) -> Any:
             stop.set()
             thread.join(SIGNALS_SECONDS)
 
+    middleware = needs("starlette.middleware", "serve")
     return applications.Starlette(routes=[routing.Route("/metrics", metrics), routing.Route("/healthz", health),
-                                          *routes], lifespan=lifespan)
+                                          *routes], lifespan=lifespan,
+                                  middleware=[middleware.Middleware(Guard, token=token)])
 
 
-def serve(store: Store, host: str = "127.0.0.1", port: int = 9464) -> None:
-    """Serve ``make_app(store)`` until interrupted."""
+def listen(host: str, port: int) -> socket.socket:
+    """A listening socket on ``host``:``port`` (0: any free port; ``getsockname`` tells which)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ValidationError(f"cannot listen on {host}:{port} ({exc.strerror or exc})",
+                              hint="choose another --port (0: any free one) or --host") from None
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def serve(store: Store, host: str = "127.0.0.1", port: int = 9464, token: str | None = None,
+          sock: socket.socket | None = None) -> None:
+    """Serve ``/metrics``, ``/healthz`` and the dashboard (on a read-only store) until interrupted."""
     uvicorn = needs("uvicorn", "serve")
-    uvicorn.run(make_app(store), host=host, port=port, log_level="warning")
+    needs("jinja2", "serve")
+    board = Dashboard(Store.open(store.root, read_only=True))
+    try:
+        app = make_app(store, dashboard_routes(board), token=token)
+        server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+        server.run(sockets=[sock or listen(host, port)])
+    finally:
+        board.close()

@@ -25,7 +25,7 @@ from .config import CONFIG_FILE, pipeline_from, read_config, refuse_nesting, wri
 from .config import index_url as find_index_url
 from .episodes import UNSET, Episodes
 from .errors import StoreExistsError, ValidationError
-from .files import DISK, Disk, storage_error
+from .files import DISK, READ_ONLY_DISK, Disk, storage_error
 from .folders import Folders
 from .history import Change, History
 from .locks import Locks
@@ -68,20 +68,28 @@ def _open_index(url: str | None, writer: Writer) -> Index:
     return open_index(writer, url)
 
 
+def _open_index_read_only(url: str | None, writer: Writer) -> Index:
+    from .index.connect import open_read_only
+
+    return open_read_only(writer, url)
+
+
 class Store:
     """A store of episode files under one root. Open with ``Store.init`` or
     ``Store.open``; safe to share between threads and to run in many processes."""
 
     def __init__(self, root: str, config: StoreConfig, *, disk: Disk = DISK,
-                 clock: Callable[[], datetime] | None = None) -> None:
+                 clock: Callable[[], datetime] | None = None, read_only: bool = False) -> None:
         self.root = root
-        folders = Folders(root, disk)  # every folder below is reached from the root's fd, never through a symlink
+        self.read_only = read_only
+        """Opened with ``read_only``: nothing can be written (the dashboard's store)."""
+        folders = Folders(root, READ_ONLY_DISK if read_only else disk)  # every folder below is reached from the root's fd, never through a symlink
         self.index_url = find_index_url(config)
         """The server index's URL (``index: {url}``, ``STATEKIT_INDEX_URL``); None: SQLite."""
         locks = Locks(folders, config.lock_timeout) if self.index_url is None else \
             ServerLocks(self.index_url, config.lock_timeout)
         self.writer = Writer(config, folders, locks, Backups(folders, config.backups),
-                             clock or utcnow, partial(_open_index, self.index_url))
+                             clock or utcnow, partial(_open_index_read_only if read_only else _open_index, self.index_url))
         self.show_files = Shows(self.writer)
         self.episodes = Episodes(self.writer, self.show_files)
         self.checkpoints = Checkpoints(self.writer)
@@ -126,7 +134,7 @@ class Store:
     def _wire_signals(self) -> None:
         """The post-commit hook, there only when alerts or events are configured (no cost otherwise)."""
         hooks = self.writer.after_commit
-        on = self.config.alerts is not None or self.config.events is not None
+        on = not self.read_only and (self.config.alerts is not None or self.config.events is not None)
         if on and self.signals.committed not in hooks:
             hooks.append(self.signals.committed)
         elif not on and self._signals is not None and self._signals.committed in hooks:
@@ -208,13 +216,16 @@ class Store:
 
     @classmethod
     def open(cls, root: str | os.PathLike[str], *, lock_timeout: float | None = None, disk: Disk = DISK,
-             clock: Callable[[], datetime] | None = None) -> Store:
-        """Open an existing store; ``StoreNotFoundError`` if ``root`` holds none."""
+             clock: Callable[[], datetime] | None = None, read_only: bool = False) -> Store:
+        """Open an existing store; ``StoreNotFoundError`` if ``root`` holds none.
+        ``read_only``: every write is refused (``ReadOnlyStoreError``) and the index
+        is opened read-only, never upgraded or rebuilt (``IndexUnavailableError`` if
+        it is not up to date); nothing under ``root`` is changed."""
         top = os.path.realpath(os.path.abspath(os.fspath(root)))
         config = read_config(top)
         if lock_timeout is not None:
             config = config.model_copy(update={"lock_timeout": lock_timeout})
-        store = cls(top, config, disk=disk, clock=clock)
+        store = cls(top, config, disk=disk, clock=clock, read_only=read_only)
         store.writer.index  # noqa: B018  # an index that needs an upgrade or a rebuild gets it now
         return store
 

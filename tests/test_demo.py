@@ -194,7 +194,8 @@ def test_cli_demo_on_a_small_generated_set(tmp_path: Path) -> None:
     for expected in ("over 40 episodes of 3 shows", "kill -9 ", "recover: ", "interrupted, ready again",
                      "the catalog again: 0 new episodes", "finished stages run again: 0",
                      "-> published", "refused: illegal move 'skipped' -> 'published'", "verify: ok",
-                     f"report: {tmp_path / 'run' / 'report.html'}"):
+                     f"report: {tmp_path / 'run' / 'report.html'}",
+                     f"dashboard: statekit --root {tmp_path / 'run' / 'store'} serve"):
         assert expected in out, expected
     assert "  pass 2: 40/40 episodes" in out  # piped: plain progress lines, no bar
     assert "Traceback" not in out

@@ -70,8 +70,9 @@ def fail_run(store: Store, ep: str, exc: BaseException | None = None) -> None:
         store.create("sh", ep)
     except Exception:
         pass
-    with pytest.raises(Exception), store.run("sh", ep, "downloading"):
-        raise exc or ConnectionError("network down")
+    error = exc or ConnectionError("network down")
+    with pytest.raises(type(error)), store.run("sh", ep, "downloading"):
+        raise error
 
 
 def succeed_run(store: Store, ep: str) -> None:

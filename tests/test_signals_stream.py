@@ -102,6 +102,27 @@ def test_a_nats_outage_loses_nothing(tmp_path: Path, stream: tuple[str, str]) ->
     assert [m[1] for m in read_stream(stream[0])] == ["sh/e1/1", "sh/e1/2"]
 
 
+def test_a_commit_whose_index_write_was_lost_is_still_published(tmp_path: Path, stream: tuple[str, str]) -> None:
+    """A writer killed between the rename and its index write leaves the index a version behind;
+    ``events publish`` mends the index first, so the catch-up (which reads versions from the index)
+    publishes that version too."""
+    import sqlite3
+
+    store = open_store(tmp_path, stream)
+    store.config = store.config.model_copy(update={"events": store.config.events.model_copy(
+        update={"publish": "nats://127.0.0.1:1"})})  # nobody there: the hook publishes nothing
+    store.create("sh", "e1")
+    store.advance("sh", "e1", "downloading")
+    store.close()
+    with sqlite3.connect(Path(store.root) / ".statekit" / "index.db") as db:  # the index write of version 2, undone
+        db.execute("UPDATE episodes SET version = 1, stage = 'new' WHERE episode_id = 'e1'")
+        db.execute("DELETE FROM events WHERE episode_id = 'e1' AND version = 2")
+    result = subprocess.run([sys.executable, "-m", "statekit.cli", "--root", str(store.root), "events", "publish"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert [m[1] for m in read_stream(stream[0])] == ["sh/e1/1", "sh/e1/2"]
+
+
 PUBLISHER = textwrap.dedent("""
     import sys
     from statekit.store import Store

@@ -42,6 +42,8 @@ def demo(directory: str | None, data: str | None) -> None:
     out.print(table, markup=False)
     out.print(f"look at it: statekit --root {result.root} status   (or errors, show SHOW/EP, sql ...)", markup=False)
     out.print(f"report: {result.report}", markup=False)
+    out.print(f"dashboard: statekit --root {result.root} serve   (then open http://127.0.0.1:9464/; Ctrl-C stops it)",
+              markup=False)
 
 
 @contextmanager

@@ -55,10 +55,14 @@ def alerts(click_ctx: click.Context, ctx: Context, pending: bool, limit: int, as
 @alerts.command("send")
 @pass_ctx
 def alerts_send(ctx: Context) -> None:
-    """Catch up on committed failures and send every pending alert now (exit 1 if one was not delivered)."""
+    """Catch up on committed failures and send every pending alert now (exit 1 if one was not delivered).
+
+    Mends the index first, as 'statekit sync' does: a process killed between a commit and its index
+    write leaves the index one version behind, and the catch-up reads the versions from the index."""
     store = ctx.store
     if store.config.alerts is None:
         raise ValidationError("no alerts configured: add 'alerts: {notify: [APPRISE_URL]}' to statekit.yaml")
+    store.sync()
     handled, (sent, failed) = store.signals.send_now(every=True)
     out.print(f"{handled.get('alerts', 0)} event(s) caught up, {sent} alert(s) sent, {failed} not delivered",
               markup=False)
@@ -74,12 +78,16 @@ def events() -> None:
 @events.command("publish")
 @pass_ctx
 def events_publish(ctx: Context) -> None:
-    """Publish every committed event the stream has not had yet (after a crash or an outage)."""
+    """Publish every committed event the stream has not had yet (after a crash or an outage).
+
+    Mends the index first, as 'statekit sync' does: a process killed between a commit and its index
+    write leaves the index one version behind, and the catch-up reads the versions from the index."""
     store = ctx.store
     config = store.config.events
     if config is None:
         raise ValidationError("no event stream configured: add 'events: {publish: nats://HOST:4222}' to "
                               "statekit.yaml")
+    store.sync()
     try:
         count = store.signals.catch_up_stream()
     except OSError as exc:
@@ -100,17 +108,37 @@ def metrics(ctx: Context) -> None:
 
 
 @command()
-@click.option("--host", default="127.0.0.1", show_default=True, help="The address to listen on.")
-@click.option("--port", type=click.IntRange(0, 65535), default=9464, show_default=True, help="The port.")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="The address to listen on (anything but loopback needs --token).")
+@click.option("--port", type=click.IntRange(0, 65535), default=9464, show_default=True,
+              help="The port (0: any free one; the address is printed).")
+@click.option("--token", envvar="STATEKIT_SERVE_TOKEN", default=None,
+              help="Ask every request for this token (env STATEKIT_SERVE_TOKEN): a browser opens the page once "
+                   "with ?token=TOKEN, scripts send 'Authorization: Bearer TOKEN'.")
 @pass_ctx
-def serve(ctx: Context, host: str, port: int) -> None:
-    """Serve /metrics (and /healthz) over HTTP; also sends pending alerts and events while it runs."""
+def serve(ctx: Context, host: str, port: int, token: str | None) -> None:
+    """Serve the live dashboard (read-only), /metrics and /healthz over HTTP; also sends pending alerts and
+    events while it runs."""
+    from ..dashboard.access import is_loopback
+    from ..serve import listen
     from ..serve import serve as run  # the skin: starlette and uvicorn load only here
 
+    if token is not None and (len(token) < 8 or not token.isprintable() or token != token.strip()):
+        raise ValidationError("--token must be at least 8 printable characters without surrounding spaces",
+                              field="token", hint="e.g. --token \"$(openssl rand -hex 16)\"")
+    if token is None and not is_loopback(host):
+        raise ValidationError(f"--host {host} would let anyone who can reach it read the store: pass --token "
+                              "(or STATEKIT_SERVE_TOKEN) too", field="host",
+                              hint="--token \"$(openssl rand -hex 16)\"; or keep the default --host 127.0.0.1")
     store = ctx.store
-    out.print(f"serving http://{host}:{port}/metrics (Ctrl-C to stop)", markup=False)
+    sock = listen(host, port)
+    bound = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    base = f"http://{shown}:{bound}"
+    out.print(f"serving the dashboard at {base}/ and {base}/metrics (Ctrl-C to stop)"
+              + ("; open it once with ?token=TOKEN" if token else ""), markup=False)
     sys.stdout.flush()
-    run(store, host, port)
+    run(store, host, bound, token=token, sock=sock)
 
 
 COMMANDS = [alerts, events, metrics, serve]

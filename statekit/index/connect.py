@@ -16,10 +16,11 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .. import folders
 from ..errors import (
+    IndexUnavailableError,
     StatekitError,
     UnsafePathError,
 )
-from .db import Index, create_schema, engine_for, revision_of
+from .db import Index, create_schema, engine_for, read_only_engine_for, revision_of
 from .dialect import (
     database_path,
     sqlite_url,
@@ -107,6 +108,35 @@ def open_index(writer: Writer, url: str | None = None) -> Index:
     elif not filled and any(walk(writer.root)):
         build_unless_built(writer, index)
     refresh_unique(writer, index)
+    return index
+
+
+def open_read_only(writer: Writer, url: str | None = None) -> Index:
+    """The store's index opened read-only (the dashboard's): the database refuses
+    every write, and nothing is upgraded or rebuilt here. ``IndexUnavailableError``
+    if there is no index yet or it is not at this code's revision."""
+    path = index_path(writer.root)
+    hint = "run any statekit command once (e.g. 'statekit status'): it brings the index up to date"
+    if url is None:
+        folders.check_dirs(writer.root, (".statekit",))
+        for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+            if os.path.islink(name):
+                raise UnsafePathError(f"refusing to follow a symlink at {name}", path=name)
+        if not os.path.exists(path):
+            raise IndexUnavailableError(f"no index at {path} to open read-only", hint=hint)
+    index = Index(read_only_engine_for(url or sqlite_url(path), busy_timeout=writer.config.lock_timeout),
+                  writer.pipeline, writer.config.unique)
+    try:
+        with index.engine.connect() as conn:
+            current, derived = revision_of(conn), rows_revision(conn)
+    except SQLAlchemyError as exc:
+        index.close()
+        raise IndexUnavailableError(f"the index could not be opened read-only ({exc.__class__.__name__}: "
+                                    f"{str(exc).splitlines()[0]})", hint=hint) from exc
+    if current != INDEX_REVISION or derived != ROWS_REVISION:
+        index.close()
+        raise IndexUnavailableError(f"the index is at revision {current} (rows {derived}); this statekit reads "
+                                    f"{INDEX_REVISION} (rows {ROWS_REVISION})", hint=hint)
     return index
 
 

@@ -31,6 +31,7 @@ from .dialect import (
     end_write,
     joined,
     make_engine,
+    make_read_only_engine,
     read_only,
     refusal,
     run_query,
@@ -82,6 +83,12 @@ for any stage. The questions about one stage's rows use the index all the same."
 def engine_for(url: str | URL, *, busy_timeout: float = 5.0, scratch: bool = False, **options: Any) -> Engine:
     return make_engine(url, busy_timeout=busy_timeout, scratch=scratch, json_serializer=json_text,
                        json_deserializer=orjson.loads, **options)
+
+
+def read_only_engine_for(url: str | URL, *, busy_timeout: float = 5.0) -> Engine:
+    """``engine_for``'s read-only twin (``dialect.make_read_only_engine``)."""
+    return make_read_only_engine(url, busy_timeout=busy_timeout, json_serializer=json_text,
+                                 json_deserializer=orjson.loads)
 
 
 class Index:

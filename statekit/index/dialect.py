@@ -72,6 +72,26 @@ def make_engine(url: str | URL, *, busy_timeout: float = 5.0, scratch: bool = Fa
     return create_engine(url, pool_pre_ping=True, **options)
 
 
+def make_read_only_engine(url: str | URL, *, busy_timeout: float = 5.0, **options: Any) -> Engine:
+    """An engine on which the database itself refuses every write: SQLite opened
+    ``mode=ro`` (no journal, lock or WAL file is made by it) with ``query_only``;
+    PostgreSQL sessions with ``default_transaction_read_only``."""
+    url = make_url(url)
+    if url.get_backend_name() != "sqlite":
+        return create_engine(url, pool_pre_ping=True,
+                             connect_args={"options": "-c default_transaction_read_only=on"}, **options)
+    engine = create_engine(sqlite_read_only_url(url.database or ""), poolclass=NullPool, **options)
+
+    def connect(dbapi_connection: sqlite3.Connection, _record: Any) -> None:
+        dbapi_connection.isolation_level = None
+        dbapi_connection.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+        dbapi_connection.execute("PRAGMA query_only = ON")
+
+    event.listen(engine, "connect", connect)
+    event.listen(engine, "begin", _sqlite_begin)
+    return engine
+
+
 def finish_build(engine: Engine) -> None:
     """Statistics for the query planner; an SQLite build is made durable and
     put in WAL mode, ready to be swapped in."""

@@ -44,7 +44,7 @@ def stage_colour(p: PipelineInfo, stage: str) -> str:
     return "#0969da"
 
 
-def _terminal_colours(p: PipelineInfo) -> dict[str, str]:
+def terminal_colours(p: PipelineInfo) -> dict[str, str]:
     """Throughput bars: the first success stage green, the give-up stage grey, others from a palette."""
     colours: dict[str, str] = {}
     others = iter(_PALETTE[2:])
@@ -115,10 +115,11 @@ def cost_svg(report: Report) -> str:
     return _hbar_chart("costs", "Cost by stage", desc, rows, "cost", whole=False)
 
 
-def throughput_svg(report: Report) -> str:
-    """Finished episodes per day, stacked by terminal stage, with the recent rate and a legend."""
+def throughput_svg(report: Report, legend: bool = True) -> str:
+    """Finished episodes per day, stacked by terminal stage, with the recent rate and
+    (``legend``) an HTML legend with inline styles (the dashboard draws its own: its CSP forbids them)."""
     s, p = report.totals, report.pipeline
-    colours = _terminal_colours(p)
+    colours = terminal_colours(p)
     days = s.throughput
     width, left, right, top, bottom = 1080, 52, 16, 14, 58
     plot_w, plot_h = width - left - right, 220
@@ -171,7 +172,9 @@ def throughput_svg(report: Report) -> str:
     parts.append(f'</g><text class="axis-title" x="{left + plot_w / 2:.0f}" y="{height - 8}" text-anchor="middle">'
                  f'day (UTC)</text><text class="axis-title" transform="translate(14 {top + plot_h / 2:.0f}) '
                  f'rotate(-90)" text-anchor="middle">episodes finished</text></svg>')
-    legend = "".join(f'<span><i style="background:{c}"></i>{escape(st)}</span>' for st, c in colours.items())
+    if not legend:
+        return "".join(parts)
+    keys = "".join(f'<span><i style="background:{c}"></i>{escape(st)}</span>' for st, c in colours.items())
     if rate:
-        legend += f'<span><i style="background:#bf8700"></i>recent rate, {rate:g} a day (basis of the estimate)</span>'
-    return "".join(parts) + f'<div class="legend">{legend}</div>'
+        keys += f'<span><i style="background:#bf8700"></i>recent rate, {rate:g} a day (basis of the estimate)</span>'
+    return "".join(parts) + f'<div class="legend">{keys}</div>'

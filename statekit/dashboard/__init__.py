@@ -1,0 +1,1 @@
+"""The live dashboard of ``statekit serve`` (issue 18)."""
