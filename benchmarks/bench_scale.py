@@ -1,6 +1,11 @@
 """One show of 1k, 10k (and with --full 100k) episodes: per-call costs, and ratios to same-run baselines.
 
-    python benchmarks/bench_scale.py [--full] [--calls 100] [--format yaml|json] [--procs] [--json]
+    python benchmarks/bench_scale.py [--full] [--sizes 1000,10000] [--calls 100] [--format yaml|json]
+                                     [--ledger] [--procs] [--json]
+
+``--format json``: the store's files are JSON (the bare baseline then parses them
+with orjson); ``--ledger``: the store is moved to the ledger (``migrate --ledger``,
+not timed), so ``verify`` also checks every log's hash chain and replays it.
 
 Targets (issue 16), each against a baseline measured in the same run:
 
@@ -143,12 +148,11 @@ def bare_walk(root: str) -> None:
                     continue
 
 
-def measure(size: int, calls: int, fmt: str, top: str) -> dict[str, float]:
+def measure(size: int, calls: int, fmt: str, top: str, ledger: bool = False) -> dict[str, float]:
     root = os.path.join(top, f"n{size}")
-    store = make_store(root, size, shows=1, events=5)
-    if fmt == "json":  # the generator writes YAML: the JSON store is made by migrating its files' format
-        with open(os.path.join(root, "statekit.yaml"), "a") as f:
-            f.write("")
+    store = make_store(root, size, shows=1, events=5, fmt=fmt)
+    if ledger:  # a ledger store (format 5): every log sealed through the write path (not timed)
+        Store.open(root).migrate(ledger=True)
     store = Store.open(root)
     store.counts()  # builds the index (not timed)
     show = "show0000"
@@ -211,15 +215,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help="also 100,000 episodes")
     parser.add_argument("--calls", type=int, default=100)
-    parser.add_argument("--format", choices=["yaml"], default="yaml")
+    parser.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    parser.add_argument("--ledger", action="store_true", help="a ledger store (verify checks chains and replay)")
+    parser.add_argument("--sizes", default="", help="comma-separated sizes instead of 1000,10000[,100000]")
     parser.add_argument("--procs", action="store_true", help="also throughput of 1, 2 and 4 processes")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    sizes = [1_000, 10_000] + ([100_000] if args.full else [])
-    results: dict[str, object] = {"load": os.getloadavg()[0]}
+    sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else \
+        [1_000, 10_000] + ([100_000] if args.full else [])
+    results: dict[str, object] = {"load": os.getloadavg()[0], "format": args.format, "ledger": args.ledger}
     with tempfile.TemporaryDirectory(prefix="bench_scale-") as top:
         for size in sizes:
-            results[str(size)] = measure(size, args.calls, args.format, top)
+            results[str(size)] = measure(size, args.calls, args.format, top, args.ledger)
             if not args.json:
                 print_size(size, results[str(size)])  # type: ignore[arg-type]
         if args.procs:
@@ -241,7 +248,8 @@ def main() -> None:
         rates = results["procs"]
         print("\nprocesses on their own episodes (advances/s): " + ", ".join(
             f"{n}: {r:.0f} ({r / rates[1]:.2f}x)" for n, r in rates.items()))  # type: ignore[union-attr]
-    print(f"load average at the start: {results['load']:.2f}")
+    print(f"format {args.format}{', ledger' if args.ledger else ''}; load average at the start: "
+          f"{results['load']:.2f}, at the end: {os.getloadavg()[0]:.2f}")
 
 
 def print_size(size: int, r: dict[str, float]) -> None:

@@ -20,15 +20,16 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from statekit import Store  # noqa: E402
-from statekit.codecs import YAML_CODEC, compact_json  # noqa: E402
+from statekit.codecs import JSON_CODEC, YAML_CODEC, compact_json  # noqa: E402
 from statekit.models import Episode, Show  # noqa: E402
 
 PATH = ["discovered", "downloading", "downloaded", "converting", "converted", "uploading", "uploaded",
         "scheduled", "published"]
 
 
-def episode_files(show: str, ep: str, n_events: int, rng: random.Random, start: datetime) -> tuple[bytes, bytes]:
-    """(episode.yaml bytes, events.jsonl bytes) for one episode with n_events events."""
+def episode_files(show: str, ep: str, n_events: int, rng: random.Random, start: datetime,
+                  fmt: str = "yaml") -> tuple[bytes, bytes]:
+    """(episode.yaml or .json bytes, events.jsonl bytes) for one episode with n_events events."""
     moves = [PATH[min(i, len(PATH) - 1)] for i in range(n_events)]
     times = [start + timedelta(minutes=7 * i + rng.random()) for i in range(n_events)]
     costs: dict[str, float] = {}
@@ -54,13 +55,14 @@ def episode_files(show: str, ep: str, n_events: int, rng: random.Random, start: 
         files={"source_url": f"https://archive.org/download/hy0_{show}_{ep}/{ep}.mp3",
                "audio_file": f"downloads/{show}/{ep}.mp3"},
     )
-    raw = YAML_CODEC.dump_plain(model.model_dump(mode="json"))
+    raw = (YAML_CODEC if fmt == "yaml" else JSON_CODEC).dump_plain(model.model_dump(mode="json"))
     lines[-1]["sha256"] = hashlib.sha256(raw).hexdigest()
     return raw, b"".join(compact_json(e) + b"\n" for e in lines)
 
 
-def make_store(root: str, episodes: int, shows: int = 100, events: int = 5, seed: int = 7) -> Store:
-    store = Store.init(root)
+def make_store(root: str, episodes: int, shows: int = 100, events: int = 5, seed: int = 7,
+               fmt: str = "yaml") -> Store:
+    store = Store.init(root, format=fmt)
     store.close()
     rng = random.Random(seed)
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -76,8 +78,8 @@ def make_store(root: str, episodes: int, shows: int = 100, events: int = 5, seed
         for ep in ids:
             folder = base / "episodes" / ep
             folder.mkdir()
-            raw, log = episode_files(show, ep, events, rng, start + timedelta(hours=made))
-            (folder / "episode.yaml").write_bytes(raw)
+            raw, log = episode_files(show, ep, events, rng, start + timedelta(hours=made), fmt)
+            (folder / f"episode.{fmt}").write_bytes(raw)
             (folder / "events.jsonl").write_bytes(log)
             made += 1
         # show.yaml orders nothing by hand: the episodes follow creation (their created_at rises with i)
@@ -92,10 +94,11 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=100_000)
     parser.add_argument("--shows", type=int, default=100)
     parser.add_argument("--events", type=int, default=5)
+    parser.add_argument("--format", choices=["yaml", "json"], default="yaml")
     args = parser.parse_args()
     if os.path.exists(os.path.join(args.dir, "statekit.yaml")):
         sys.exit(f"{args.dir} already holds a store")
-    make_store(args.dir, args.episodes, args.shows, args.events)
+    make_store(args.dir, args.episodes, args.shows, args.events, fmt=args.format)
     print(f"made {args.episodes} episodes in {args.dir}")
 
 

@@ -74,8 +74,7 @@ class Assets:
         writer = self.writer
         writer.require_folders(show, ep)
         disk, root_fd = writer.disk, writer.folders.root_fd
-        with objects.objects_lock(disk, self.root, root_fd=root_fd, exclusive=False,
-                                  timeout=writer.config.lock_timeout):
+        with writer.locks.objects(exclusive=False, timeout=writer.config.lock_timeout):
             stored = (objects.put_bytes(disk, self.root, data, root_fd=root_fd) if data is not None
                       else objects.put_file(disk, self.root, path, root_fd=root_fd))  # type: ignore[arg-type]
             objects.write_sidecar(disk, self.root, stored, root_fd=root_fd, media_type=media_type,
@@ -212,8 +211,7 @@ class Assets:
         writer = self.writer
         if not writer.folders.exists((objects.OBJECTS,)):
             return report
-        with objects.objects_lock(writer.disk, self.root, root_fd=writer.folders.root_fd, exclusive=True,
-                                  timeout=max(writer.config.lock_timeout, 30.0)):
+        with writer.locks.objects(exclusive=True, timeout=max(writer.config.lock_timeout, 30.0)):
             referenced = self._referenced(ignoring)
             top = os.path.join(self.root, objects.OBJECTS)
             with writer.folders.open((objects.OBJECTS,)) as store_folder:

@@ -150,7 +150,7 @@ class Bulk:
                 progress(done, len(keys))
             entry: dict[str, Any] = {"episode": f"{show}/{ep}"}
 
-            def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]]:
+            def change(m: Episode, now: datetime, entry: dict[str, Any] = entry) -> tuple[Episode, dict[str, Any]]:
                 new, event = plan(m, now)
                 entry.update({"from": m.stage, "to": new.stage, "action": event.get("released") or event["kind"],
                               "version": new.version})

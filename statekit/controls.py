@@ -26,7 +26,6 @@ import orjson
 from . import files as diskio
 from .errors import CorruptFileError, StatekitError, ValidationError
 from .eventlog import event_line
-from .ids import check_id
 from .locks import LOCKS
 from .models import ClaimRefused, check_optional_text, check_text
 from .shows import Shows

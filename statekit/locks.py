@@ -21,6 +21,7 @@ from filelock import lock_descriptor, unlock_descriptor
 from .errors import LockTimeoutError
 from .files import O_CLOEXEC, O_NOFOLLOW, Disk, storage_error, unsafe_path
 from .folders import Folders
+from .objects import objects_lock
 
 try:
     import fcntl
@@ -61,6 +62,12 @@ class Locks:
 
     def index(self, timeout: float) -> Any:
         return self.hold(LOCKS, "index.lock", "the index (another rebuild is running)", timeout)
+
+    def objects(self, *, exclusive: bool, timeout: float) -> Any:
+        """The object folder's lock (``objects.objects_lock``): shared by ``add_asset``, exclusive for ``gc``."""
+        folders = self.folders
+        return objects_lock(folders.disk, folders.root, root_fd=folders.root_fd, exclusive=exclusive,
+                            timeout=timeout)
 
 
 @contextmanager

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from datetime import datetime
 from collections.abc import Callable, Collection
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import threading
+import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
@@ -50,9 +51,10 @@ from .writes import Change, Writer
 log = logging.getLogger("statekit")
 
 CLAIM_LEASE_S = 20.0
-"""A claimed run's lease unless told otherwise (or the pipeline's, if shorter):
+"""A run's lease unless told otherwise (or the pipeline's, if shorter):
 renewed in the background every third of it, so a worker killed mid-run
-frees its episode within this many seconds."""
+frees its episode within this many seconds (a run made with ``renew=False``
+keeps the pipeline's, renewed by its writes only)."""
 
 RENEW_MIN_S = 0.05
 """The shortest time between two renewals of a lease."""
@@ -97,11 +99,11 @@ class Runs:
         return owner.strip(), float(lease_seconds)
 
     def run(self, show: str, ep: str, stage: str, *, owner: str | None = None, lease_seconds: float | None = None,
-            reraise: bool = True, verify_assets: tuple[str, ...] | list[str] = (), renew: bool = False) -> Run:
+            reraise: bool = True, verify_assets: tuple[str, ...] | list[str] = (), renew: bool = True) -> Run:
         """A leased run of ``stage`` (see ``Store.run``): arguments checked, nothing written yet."""
         check_id(show, "show id")
         check_id(ep, "episode id")
-        owner, seconds = self.checked(stage, owner, lease_seconds)
+        owner, seconds = self.checked(stage, owner, lease_seconds, default_lease=CLAIM_LEASE_S if renew else None)
         if isinstance(verify_assets, str) or not isinstance(verify_assets, (tuple, list)):
             raise ValidationError(f"verify_assets must be a list of asset names, got {verify_assets!r}")
         for name in verify_assets:
@@ -297,7 +299,7 @@ class Run:
 
     def __init__(self, runs: Runs, show: str, ep: str, stage: str, *, owner: str, lease_seconds: float,
                  reraise: bool, verify_assets: tuple[str, ...] = (), run_id: str | None = None,
-                 renew: bool = False) -> None:
+                 renew: bool = True) -> None:
         self.runs = runs
         self.renew_in_background = renew
         self.show_id = show
@@ -639,10 +641,18 @@ class Run:
 class Renewer:
     """Renews a run's lease row in the background, every third of its
     length, until stopped or the lease is lost (then the run's next write is
-    refused: ``Run.check`` and the commit's fence)."""
+    refused: ``Run.check`` and the commit's fence).
+
+    A worker busy (or stuck) inside its run keeps the lease: the renewals go
+    on while it holds the ``Run``. A worker that is killed stops renewing
+    with its process, and so does one that drops its ``Run`` unfinished (the
+    renewer holds it weakly: nothing could end that run any more); either
+    way the lease runs out within its length and ``recover`` or a claim takes
+    the episode over."""
 
     def __init__(self, run: Run) -> None:
-        self.run = run
+        self._run = weakref.ref(run)
+        self.run_id = run.run_id
         self.interval = max(RENEW_MIN_S, run.lease_seconds / 3)
         self._stop = threading.Event()
         self.lost = False
@@ -651,14 +661,19 @@ class Renewer:
 
     def _loop(self) -> None:
         while not self._stop.wait(self.interval):
+            run = self._run()
+            if run is None:  # the run's handle was dropped unfinished: let the lease run out
+                return
             try:
-                if not self.run.renew():
+                if not run.renew():
                     self.lost = True
                     log.warning("statekit: run %s of %s/%s lost its lease; its writes will be refused",
-                                self.run.run_id, self.run.show_id, self.run.episode_id)
+                                run.run_id, run.show_id, run.episode_id)
                     return
             except StatekitError as exc:  # the database is away: try again, the lease may still hold
-                log.warning("statekit: could not renew the lease of run %s (%s)", self.run.run_id, exc.one_line())
+                log.warning("statekit: could not renew the lease of run %s (%s)", run.run_id, exc.one_line())
+            finally:
+                del run
 
     def stop(self) -> None:
         self._stop.set()

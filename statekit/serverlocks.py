@@ -5,7 +5,14 @@ there instead of with ``flock`` on ``.statekit/locks/``: file locks are not
 reliable on a network file system (fcntl(2), "Record locking and NFS"),
 and machines that share the store's files need not share a lock manager.
 ``ServerLocks`` has the interface of ``locks.Locks`` (``hold``, ``episode``,
-``show``, ``unique``, ``index``, ``fence``).
+``show``, ``unique``, ``index``, ``objects``, ``fence``).
+
+Advisory locks are scoped to a database; stores may still share one (each
+in its own schema, ``?options=-csearch_path%3D...`` in the url), so a lock's
+key is derived from the store's place on the server (its database and
+schema: where its index's tables are) and the lock's name. Two stores on one
+server never block each other; every machine of one store derives the same
+keys, whatever host name it reaches the server by.
 
 The locks are **session-scoped** (``pg_advisory_lock``): held by one
 database connection per thread, from the lock's ``with`` block to its end,
@@ -36,9 +43,11 @@ LOCK_SPACE = "statekit-lock:"
 """Prefix of every lock's name before it is hashed into an advisory lock key."""
 
 
-def lock_key(name: str) -> int:
-    """The signed 64-bit advisory lock key of a lock named ``name``."""
-    return int.from_bytes(hashlib.sha256((LOCK_SPACE + name).encode()).digest()[:8], "big", signed=True)
+def lock_key(name: str, store: str = "") -> int:
+    """The signed 64-bit advisory lock key of the lock named ``name`` of the
+    store whose index is at ``store`` (``database/schema`` on the server)."""
+    label = f"{LOCK_SPACE}{store}:{name}" if store else LOCK_SPACE + name
+    return int.from_bytes(hashlib.sha256(label.encode()).digest()[:8], "big", signed=True)
 
 
 def libpq_url(url: str) -> str:
@@ -56,6 +65,8 @@ class ServerLocks:
         self.url = url
         self.timeout = timeout
         self._local = threading.local()
+        self.store_id: str | None = None
+        """The store's place on the server (``database/schema``), read on the first connection."""
 
     def _conn(self) -> Any:
         """This thread's locking connection (autocommit; a forked child opens its own)."""
@@ -71,6 +82,15 @@ class ServerLocks:
                 raise IndexUnavailableError(f"could not connect to the index's server to take a lock: "
                                             f"{' '.join(str(exc).split())}") from exc
             local.conn, local.pid, local.held = conn, os.getpid(), 0
+            if self.store_id is None:
+                try:
+                    row = conn.execute("SELECT current_database(), current_schema()").fetchone()
+                except psycopg.Error as exc:
+                    self._drop()
+                    raise IndexUnavailableError(f"could not ask the index's server where the store is: "
+                                                f"{' '.join(str(exc).split())}") from exc
+                assert row is not None
+                self.store_id = f"{row[0]}/{row[1]}"
         return conn
 
     def _drop(self) -> None:
@@ -83,19 +103,22 @@ class ServerLocks:
                 pass
 
     @contextmanager
-    def hold(self, parts: tuple[str, ...], name: str, what: str, timeout: float | None = None) -> Iterator[None]:
-        """The advisory lock named ``<parts...>/<name>``, waited for at most
-        ``timeout`` seconds (``LockTimeoutError``)."""
+    def hold(self, parts: tuple[str, ...], name: str, what: str, timeout: float | None = None, *,
+             shared: bool = False) -> Iterator[None]:
+        """The advisory lock named ``<parts...>/<name>`` (exclusive, or
+        ``shared`` with other shared holders), waited for at most ``timeout``
+        seconds (``LockTimeoutError``)."""
         import psycopg
 
         wait = self.timeout if timeout is None else timeout
         label = "/".join((*parts, name))
-        key = lock_key(label)
         conn = self._conn()
+        key = lock_key(label, self.store_id or "")
+        kind = "_shared" if shared else ""
         try:
             # the server wakes a waiter the moment the lock is released; lock_timeout bounds the wait
             conn.execute(f"SET lock_timeout = {max(1, round(wait * 1000))}")
-            conn.execute("SELECT pg_advisory_lock(%s::bigint)", (key,))
+            conn.execute(f"SELECT pg_advisory_lock{kind}(%s::bigint)", (key,))
         except psycopg.errors.LockNotAvailable:
             raise LockTimeoutError(f"could not lock {what} within {wait:g} s", path=f"pg_advisory_lock:{label}",
                                    timeout=wait) from None
@@ -109,7 +132,7 @@ class ServerLocks:
         finally:
             self._local.held -= 1
             try:
-                conn.execute("SELECT pg_advisory_unlock(%s::bigint)", (key,))
+                conn.execute(f"SELECT pg_advisory_unlock{kind}(%s::bigint)", (key,))
             except psycopg.Error:
                 self._drop()  # the connection is gone, and its locks with it
 
@@ -146,6 +169,11 @@ class ServerLocks:
 
     def index(self, timeout: float) -> Any:
         return self.hold((), "index", "the index (another rebuild is running)", timeout)
+
+    def objects(self, *, exclusive: bool, timeout: float) -> Any:
+        """The object folder's lock: shared by ``add_asset``, exclusive for ``gc``."""
+        what = "the object folder (" + ("assets are being added" if exclusive else "a gc is running") + ")"
+        return self.hold(("objects",), "folder", what, timeout, shared=not exclusive)
 
     def close(self) -> None:
         """Close this thread's locking connection."""

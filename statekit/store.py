@@ -23,9 +23,9 @@ from .assets import Assets
 from .backups import Backup, Backups
 from .bulk import Bulk, BulkReport
 from .checkpoints import Checkpoints
-from .controls import Controls, Pause, Paused
 from .config import CONFIG_FILE, pipeline_from, read_config, refuse_nesting, write_new_store
 from .config import index_url as find_index_url
+from .controls import Controls, Pause, Paused
 from .episodes import UNSET, Episodes
 from .errors import StoreExistsError, ValidationError
 from .files import DISK, READ_ONLY_DISK, Disk, storage_error
@@ -493,7 +493,7 @@ class Store:
 
     def run(self, show: str, ep: str, stage: str, *, owner: str | None = None,
             lease_seconds: float | None = None, reraise: bool = True,
-            verify_assets: tuple[str, ...] | list[str] = (), renew: bool = False) -> Run:
+            verify_assets: tuple[str, ...] | list[str] = (), renew: bool = True) -> Run:
         """A leased run of ``stage``, as a context manager::
 
             with store.run("oliver", "ep001", "downloading") as run:
@@ -503,8 +503,9 @@ class Store:
 
         Entering moves the episode into ``stage`` (a legal move, counting an
         attempt; or starts it where it is, if it waits there) under a lease
-        of ``lease_seconds`` (the pipeline's ``retry.lease_seconds`` by
-        default) that every write of the run renews. Leaving moves it to the
+        of ``lease_seconds`` (by default the pipeline's ``retry.lease_seconds``,
+        at most ``runs.CLAIM_LEASE_S``, 20 s) that is renewed in the background
+        while the run is open. Leaving moves it to the
         stage's success target (``pipeline.runs``), or marks the stage done
         when there is none or the target's gate is not approved yet. An
         exception is classified and recorded, and the episode goes to the
@@ -531,8 +532,11 @@ class Store:
         ``LeaseExpiredError``.
 
         ``renew``: renew the lease in the background (in the index, every
-        third of its length; no file write), as a claimed run does (see
-        ``claim``); by default each of the run's writes renews it.
+        third of its length, judged by the database's clock; no file write),
+        as a claimed run does (see ``claim``): a worker busy or stuck in the
+        stage keeps its lease, a killed one loses it within ``lease_seconds``.
+        ``renew=False``: only the run's own writes renew it, and the lease is
+        the pipeline's unless given.
         """
         return self.runs.run(show, ep, stage, owner=owner, lease_seconds=lease_seconds, reraise=reraise,
                              verify_assets=verify_assets, renew=renew)

@@ -257,3 +257,64 @@ def test_line_of_finds_nested_fields() -> None:
     assert line_of(raw, ("b", "c")) == 3
     assert line_of(raw, ("b", "d", 1)) == 6
     assert line_of(b'{\n  "a": 1,\n  "b": {"c": 2}\n}\n', ("b", "c")) == 3
+
+
+# --- the JSON codec's fast reading (orjson) gives exactly the strict reading ----------------
+
+_keys = st.sampled_from(["a", "b", "a:b", "k\\u003a", 'q"', "\u00e9"])
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(1 << 65), max_value=1 << 65),
+                     st.floats(allow_nan=False, allow_infinity=False), st.sampled_from(["x", "1:2", "\\u003a", "é"]))
+
+
+def _text(value: object) -> str:
+    """JSON text for ``value``, where a list of pairs is an object that may repeat a key."""
+    if isinstance(value, tuple):
+        return "{" + ", ".join(f'"{k.replace(chr(34), chr(92) + chr(34))}" : {_text(v)}' for k, v in value) + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(_text(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value + '"'
+    return orjson.dumps(value).decode() if not isinstance(value, int) or isinstance(value, bool) else str(value)
+
+
+_values = st.recursive(_scalars, lambda inner: st.one_of(
+    st.lists(inner, max_size=3), st.lists(st.tuples(_keys, inner), max_size=4).map(tuple)), max_leaves=12)
+
+
+def _strict(raw: bytes) -> object:
+    import json
+
+    from statekit.codecs import int64, no_duplicates
+
+    try:
+        return json.loads(raw.decode(), object_pairs_hook=no_duplicates, parse_int=int64)
+    except ValueError:
+        return "refused"
+
+
+@given(st.lists(st.tuples(_keys, _values), max_size=5).map(tuple))
+def test_json_fast_reading_equals_the_strict_one(pairs: tuple) -> None:
+    raw = _text(pairs).encode()
+    try:
+        got: object = JSON_CODEC.load(raw, "e.json")
+    except CorruptFileError:
+        got = "refused"
+    assert got == _strict(raw) or (got != got and repr(got) == repr(_strict(raw)))
+
+
+_json_values = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.sampled_from([0, 1, -1, 0.0, -0.0, 1.0, True, False, 1 << 70,
+                                                          float("inf"), float("-inf"), float("nan")]),
+              st.integers(), st.floats(allow_nan=False), st.text(max_size=3)),
+    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.sampled_from("abc"), inner, max_size=3)),
+    max_leaves=10)
+
+
+@given(_json_values, _json_values)
+def test_same_by_canonical_text_agrees_with_the_walk(a: object, b: object) -> None:
+    from statekit.codecs import _same, same  # noqa: PLC2701
+
+    assert same(a, b) == _same(a, b)
+    assert same(a, a) and same(b, b)  # an object is its own equal, as in Python's containers
+    assert same(float("inf"), None) is False
+    assert same([float("nan")], [float("nan")]) is False  # two NaNs are not equal

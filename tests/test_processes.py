@@ -78,6 +78,7 @@ def test_kill_minus_nine_loses_nothing_and_tears_nothing(tmp_path: Path) -> None
         assert first, proc.stderr.read() if proc.stderr else ""
         acks = first + read_acks(proc, time.monotonic() + rng.uniform(0.0, 0.05))
         os.kill(proc.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
         rest, _ = proc.communicate()
         acks += [int(line.split()[1]) for line in rest.splitlines() if line.startswith("ack ")]
         acked = max([acked, *acks])
@@ -175,6 +176,7 @@ def test_a_worker_killed_inside_a_run_is_recovered_without_losing_work(tmp_path:
         assert int(seen[-1].split()[1]) >= acked  # it resumes from every checkpoint it was told about
         seen += lines_of(proc, time.monotonic() + rng.uniform(0.05, 0.15))
         os.kill(proc.pid, signal.SIGKILL)
+        killed_at = time.monotonic()
         rest, _ = proc.communicate()
         seen += rest.splitlines()
         assert "done" not in seen
@@ -184,7 +186,8 @@ def test_a_worker_killed_inside_a_run_is_recovered_without_losing_work(tmp_path:
         assert ep.stage == "downloading" and ep.lease is not None  # it died holding the lease
         assert (fresh.load_checkpoint("s", "e", "downloading") or {}).get("i", 0) >= acked
         assert fresh.next("downloading") == []  # not before the lease runs out
-        time.sleep(max(0.0, (ep.lease.expires_at - fresh.clock()).total_seconds()) + 0.01)
+        # its renewals died with it: the lease runs out within its length of the kill
+        time.sleep(max(0.0, killed_at + lease + 0.05 - time.monotonic()))
         report = fresh.recover()
         assert [r["episode"] for r in report.recovered] == ["s/e"], cycle
         ep = fresh.get("s", "e")
@@ -209,11 +212,16 @@ def test_a_worker_killed_inside_a_run_is_recovered_without_losing_work(tmp_path:
 def test_a_stale_worker_is_rejected_after_another_took_over(tmp_path: Path) -> None:
     store = run_store(tmp_path / "s")
     store.create("s", "e")
-    stale = spawn("stale", store.root, "s", "e", "downloading", "0.5", "2.0")
+    stale = spawn("stale", store.root, "s", "e", "downloading", "0.5", "0.5")
     assert lines_of(stale, time.monotonic() + 30, most=1) == ["started"]
-    fresh = spawn("run", store.root, "s", "e", "downloading", "3", "30", "0.0")  # waits for the lease to run out
-    out, err = fresh.communicate(timeout=60)
-    assert fresh.returncode == 0 and out.splitlines()[-1] == "done", err
+    # the worker's machine freezes (its lease renewals with it: a busy worker would keep its lease)
+    os.kill(stale.pid, signal.SIGSTOP)
+    try:
+        fresh = spawn("run", store.root, "s", "e", "downloading", "3", "30", "0.0")  # waits for the lease to run out
+        out, err = fresh.communicate(timeout=60)
+        assert fresh.returncode == 0 and out.splitlines()[-1] == "done", err
+    finally:
+        os.kill(stale.pid, signal.SIGCONT)
     late, err = stale.communicate(timeout=60)
     assert stale.returncode == 0, err
     assert late.split("\n")[:2] == ["rejected", "rejected finish"]

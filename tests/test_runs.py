@@ -82,17 +82,26 @@ def test_a_run_leases_the_episode_and_moves_it_to_the_success_target(store: Stor
         ep = store.get("s", "e")
         assert ep.stage == "downloading" and ep.attempts["downloading"] == 1
         assert ep.lease is not None and ep.lease.owner == "worker-1" and ep.lease.run_id == run.run_id
-        assert ep.lease.expires_at == clock.now + timedelta(seconds=600)
+        # renewed in the background, so the default lease is short: the pipeline's 600 s, at most 20 s
+        assert ep.lease.expires_at == clock.now + timedelta(seconds=20)
         assert store.next("downloading") == []  # leased: never handed out
-        clock.tick(42)
+        clock.tick(12)
         run.message = "fetched 3 files"
     ep = store.get("s", "e")
     assert ep.stage == "downloaded" and ep.lease is None and ep.previous_stage == "downloading"
     assert ep.message == "fetched 3 files" and run.outcome == "succeeded"
     assert kinds(store) == ["create", "start", "finish"]
     finish = store.events("s", "e")[-1]
-    assert (finish.from_stage, finish.to_stage, finish.model_extra["seconds"]) == ("downloading", "downloaded", 42.0)
+    assert (finish.from_stage, finish.to_stage, finish.model_extra["seconds"]) == ("downloading", "downloaded", 12.0)
     assert keys(store.next("converting")) == ["s/e"] and store.next("downloading") == []
+
+
+def test_a_run_without_background_renewal_keeps_the_pipelines_lease(store: Store, clock: Clock) -> None:
+    store.create("s", "e")
+    with store.run("s", "e", "downloading", renew=False) as run:
+        assert run.episode is not None and run.episode.lease is not None
+        assert run.episode.lease.expires_at == clock.now + timedelta(seconds=600)
+        assert run._renewer is None  # noqa: SLF001
 
 
 def test_checkpoints_and_costs_through_the_run_are_durable_and_renew_the_lease(store: Store, clock: Clock) -> None:

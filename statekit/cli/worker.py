@@ -26,8 +26,8 @@ from typing import Any
 import click
 
 from ..errors import ValidationError
-from ..taxonomy import ErrorKind
 from ..runs import Run
+from ..taxonomy import ErrorKind
 from .app import Context, command, err, out, pass_ctx
 
 TAIL_BYTES = 4000

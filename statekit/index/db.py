@@ -43,6 +43,7 @@ from .tables import (
     episodes,
     events,
     iso,
+    leases,
     metadata,
     shows,
     stage_totals,
@@ -381,18 +382,25 @@ class Index:
     def next(self, stage: str, limit: int, now: datetime, skip_shows: Sequence[str] = ()) -> list[dict[str, Any]]:
         """File data of the episodes ready for ``stage`` at ``now`` (not leased
         by a live worker, not waiting for a retry's backoff), higher priority
-        first, then longest-waiting; none of the shows ``skip_shows`` (paused)."""
+        first, then longest-waiting; none of the shows ``skip_shows`` (paused).
+        A live worker's lease is its row in ``leases`` (renewed in the
+        background), or with no row the lease its file records."""
         skip = sorted(set(skip_shows))
 
         def build() -> Any:
             at = bindparam("at")
-            stmt = select(episodes.c.data)
+            free = or_(and_(leases.c.show_id.is_(None),
+                            or_(episodes.c.lease_expires_at.is_(None), episodes.c.lease_expires_at <= at)),
+                       leases.c.expires_at <= at)
+            stmt = select(episodes.c.data).select_from(
+                episodes.outerjoin(leases, and_(leases.c.show_id == episodes.c.show_id,
+                                                leases.c.episode_id == episodes.c.episode_id)))
             for show in skip:
                 stmt = stmt.where(episodes.c.show_id != show)
             return (
                 stmt
                 .where(episodes.c.ready_for == bindparam("stage"))
-                .where(or_(episodes.c.lease_expires_at.is_(None), episodes.c.lease_expires_at <= at))
+                .where(free)
                 .where(or_(episodes.c.due_at.is_(None), episodes.c.due_at <= at))
                 .order_by(episodes.c.priority.desc(), episodes.c.stage_entered_at, episodes.c.show_id,
                           episodes.c.episode_id)

@@ -8,9 +8,12 @@ import logging
 import os
 from collections import defaultdict
 from collections.abc import Callable
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
+from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import SQLAlchemyError
 
 from .. import files as diskio
 from ..errors import (
@@ -31,6 +34,8 @@ from .dialect import (
     sqlite_url,
 )
 from .leases import LeaseTable
+from .leases import kept as leases_kept
+from .leases import restore as restore_leases
 from .pool import ordered_map, workers_for
 from .rows import UNLISTED, claim_rows, json_text, totals_delta
 from .scan import (
@@ -54,6 +59,7 @@ from .tables import (
     unique_keys,
     unique_values,
 )
+from .tables import leases as leases_table
 
 if TYPE_CHECKING:
     from ..writes import Writer
@@ -72,8 +78,6 @@ def index_lock(writer: Writer) -> Any:
 
 
 def has_tables(conn: Connection) -> bool:
-    from sqlalchemy import inspect
-
     return bool(inspect(conn).get_table_names())
 
 
@@ -106,11 +110,13 @@ def rebuild(writer: Writer, progress: Progress | None = None, *, index: Index | 
 def rebuild_locked(writer: Writer, index: Index, progress: Progress | None, report: RebuildReport,
                    workers: int | None = None) -> None:
     target = database_path(index.engine)
-    if target is None:  # a server database: rebuild in one transaction
+    if target is None:  # a server database: rebuild in one transaction (the live leases stay)
         with index.engine.connect().execution_options(**WRITE) as conn, conn.begin():
             for table in metadata.sorted_tables:
-                conn.execute(table.delete())
+                if table is not leases_table:
+                    conn.execute(table.delete())
             _fill(writer, conn, report, progress, workers)
+            restore_leases(conn, (), writer.clock())
             mark_rows_derived(conn)
         return
     built = f"{target}.build-{os.getpid()}"
@@ -125,11 +131,28 @@ def rebuild_locked(writer: Writer, index: Index, progress: Progress | None, repo
                 stamp_revision(conn)
             with conn.begin():
                 _fill(writer, conn, report, progress, workers)
+            with conn.begin():  # read last, so that few renewals or claims fall between this and the swap
+                restore_leases(conn, old_leases(index), writer.clock())
         finish_build(engine)
     finally:
         engine.dispose()
     index.close()  # its connections reopen on the new content
     replace_database(target, built)
+
+
+def old_leases(index: Index) -> list[dict[str, Any]]:
+    """The lease rows of the index being replaced (none if it cannot be read)."""
+    try:
+        with index.engine.connect() as conn:
+            if not inspect(conn).has_table("leases"):  # a new or an emptied index: nothing to keep
+                return []
+            rows = leases_kept(conn)
+            conn.rollback()
+            return rows
+    except SQLAlchemyError as exc:  # a damaged or missing index: the files' leases count
+        log.warning("statekit: the old index's leases could not be read (%s); the files' leases count",
+                    " ".join(str(exc).split()))
+        return []
 
 
 def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Progress | None,
@@ -227,14 +250,26 @@ def flush(conn: Connection, rows: list[dict[str, Any]], event_rows: list[dict[st
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     if rows:
         insert = bulk(conn, "episodes")
-        cursor.executemany(insert.sql, [insert.params(r) for r in rows])
+        cursor.executemany(insert.sql, tuples(insert, rows))
         report.episodes += len(rows)
     if event_rows:
         insert = bulk(conn, "events")
-        cursor.executemany(insert.sql, [insert.params(e) for e in event_rows])
+        cursor.executemany(insert.sql, tuples(insert, event_rows))
         report.events += len(event_rows)
     rows.clear()
     event_rows.clear()
+
+
+def tuples(insert: Compiled, rows: list[dict[str, Any]]) -> Any:
+    """The rows as the statement's parameters: plain tuples picked in C
+    (``itemgetter``) when every row names every column, as ours do."""
+    if insert.order is None or insert.fixed or len(insert.order) < 2:
+        return [insert.params(r) for r in rows]
+    pick = itemgetter(*insert.order)
+    try:
+        return [pick(r) for r in rows]
+    except KeyError:  # a row without some column: it is NULL
+        return [insert.params(r) for r in rows]
 
 
 def bulk(conn: Connection, table: str) -> Compiled:

@@ -175,13 +175,20 @@ def rows_for(writer: Writer, show: str, ep: str, path: str, raw: bytes, st: os.s
             pending.append(f"{show}/{ep}")
     row = episode_row(
         model, data if data is not None else model.model_dump(mode="json"), writer.pipeline,
-        path=os.path.relpath(path, writer.root), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
+        path=relative(path, writer.root), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
         checked_at_ns=time.time_ns(), position=position,  # type: ignore[arg-type]
     )
     rows = event_rows(log_path, lines, show, ep)
     if unadopted(rows, row["file_sha256"]):  # a hand edit sync has not adopted: never trust its stat
         row["file_stamp"] = None
     return row, rows, model
+
+
+def relative(path: str, root: str) -> str:
+    """``path`` (a file found under ``root``) relative to the root; the string's
+    tail when it starts with it (``os.path.relpath`` costs as much as a file's row)."""
+    top = root.rstrip(os.sep) + os.sep
+    return path[len(top):] if path.startswith(top) else os.path.relpath(path, root)
 
 
 def committed_lines(log_path: str, sha: str, file_version: int) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:

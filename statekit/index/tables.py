@@ -208,7 +208,7 @@ index_meta = Table(
 # mirror of the files. A run takes its row before it writes its start to the
 # episode file, renews it in the background (no file write), and deletes it
 # when it ends; ``expires_at`` is judged by the database's clock. A rebuild
-# starts it empty: a run then counts from the lease its file records.
+# keeps the rows, and gives one to each live lease a file records without one.
 leases = Table(
     "leases",
     metadata,
