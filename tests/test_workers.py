@@ -207,10 +207,9 @@ def test_a_lost_lock_connection_refuses_the_commit(tmp_path: Path, pg_url: str) 
     before = store.get("s", "e000")
 
     def kill_own_connection(m, now):  # the server ends the session holding the lock, mid-write
+        pid = locks._local.conn.info.backend_pid  # this thread's locking session (only it: tests run in parallel)
         with engine_for(PG).connect() as admin:
-            admin.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                                  "WHERE application_name = 'statekit-locks' AND pid <> pg_backend_pid() "
-                                  "AND query LIKE '%%pg_advisory%%'")
+            admin.exec_driver_sql("SELECT pg_terminate_backend(%(pid)s)", {"pid": pid})
             admin.commit()
         return m.model_copy(update={"version": m.version + 1, "title": "changed"}), {"kind": "update"}
 
