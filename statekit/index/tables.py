@@ -128,6 +128,10 @@ episodes = Table(
     Column("lease_owner", Text),
     Column("lease_expires_at", UTCTime),
     Column("due_at", UTCTime),
+    # revision 0008: a pending hand edit of the file ({"fields": [...]} or, unreadable,
+    # {"fields": null, "error": "..."}); NULL when the file is what the log committed.
+    # The row itself holds the committed version. Rebuild and sync fill it; every write clears it.
+    Column("pending", Document),
     # what next() asks; every other index costs each write a page more
     Index("episodes_by_ready_for", "ready_for", "stage_entered_at"),
     # what sync reads for every episode, without touching the rows' JSON
@@ -138,6 +142,9 @@ episodes = Table(
     # revision 0007: with_errors() reads only the rows with errors (no entry for the others)
     Index("episodes_with_errors", "updated_at", sqlite_where=text("error_count > 0"),
           postgresql_where=text("error_count > 0")),
+    # revision 0008: the few rows with a pending edit (no entry for the others: a write pays nothing)
+    Index("episodes_pending", "show_id", "episode_id", sqlite_where=text("pending IS NOT NULL"),
+          postgresql_where=text("pending IS NOT NULL")),
 )
 
 events = Table(
@@ -224,14 +231,15 @@ STAGE_COUNTS_VIEW = (
     "SELECT show_id, stage, episodes AS n FROM stage_totals WHERE episodes > 0"
 )
 
-INDEX_REVISION = "0007"
+INDEX_REVISION = "0008"
 """The Alembic head revision this code writes; a test keeps it equal to the
 head in migrations/versions (checked on every open without loading Alembic)."""
 
-ROWS_REVISION = "0007"
+ROWS_REVISION = "0008"
 """The latest revision that changed how rows are derived from the files (a
 column added and filled from them, or computed differently). An index whose
 rows were derived by another one (its ``index_meta`` says so, or says
 nothing: an upgrade by Alembic alone changes the tables, not the rows) is
 rebuilt from the files when a store opens it. (0007: ``position`` holds only
-show.yaml's hand-set order; the other episodes are ``UNLISTED``.)"""
+show.yaml's hand-set order; the other episodes are ``UNLISTED``. 0008: ``pending``, filled
+from the files and their logs.)"""
