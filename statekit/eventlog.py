@@ -332,10 +332,11 @@ def committing(last: dict[str, Any], before: dict[str, Any] | None, sha: str, fi
     return 0, True
 
 
-def replay(lines: list[dict[str, Any]], upto: int | None = None) -> list[tuple[int, dict[str, Any]]]:
+def replay(lines: list[dict[str, Any]], upto: int | None = None, path: str = "events.jsonl"
+           ) -> list[tuple[int, dict[str, Any]]]:
     """Every version's data a chained log rebuilds, oldest first: (version, data),
     from its last ``doc`` on (a seal starts the chain over). ``upto``: stop after that
-    version. ``CorruptFileError`` if a patch does not apply."""
+    version. ``CorruptFileError`` (naming ``path``, the log) if a patch does not apply."""
     start = max((i for i, e in enumerate(lines) if "doc" in e), default=None)
     if start is None:
         return []
@@ -346,13 +347,14 @@ def replay(lines: list[dict[str, Any]], upto: int | None = None) -> list[tuple[i
             break
         if "doc" in event:
             if not isinstance(event["doc"], dict):
-                raise CorruptFileError(f"version {event['version']}: doc is not an object")
+                raise CorruptFileError(f"{path}: version {event['version']}: doc is not an object", path=path)
             data = copy.deepcopy(event["doc"])
         else:
             try:
                 data = patches.apply(data or {}, event.get("patch", []))
             except patches.PatchError as exc:
-                raise CorruptFileError(f"version {event['version']}: the patch does not apply ({exc})") from None
+                raise CorruptFileError(f"{path}: version {event['version']}: the patch does not apply ({exc})",
+                                       path=path) from None
         out.append((event["version"], data))
     return out
 

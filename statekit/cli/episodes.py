@@ -250,7 +250,7 @@ def pending_note(episodes: list[Episode]) -> None:
     """The line under a table that marked episodes with a pending hand edit."""
     n = sum(1 for e in episodes if e.pending)
     if n:
-        err.print(f"* {n} episode(s) have a pending hand edit (shown: the committed version); 'statekit sync' "
+        out.print(f"* {n} episode(s) have a pending hand edit (shown: the committed version); 'statekit sync' "
                   "adopts a valid edit, 'statekit revert SHOW/EP' throws one away", markup=False)
 
 

@@ -128,6 +128,7 @@ def _sync_one(writer: Writer, report: SyncReport, touched: list[dict[str, Any]],
         raw = diskio.read_file(path)
     except StatekitError as exc:  # not a regular file, or a symlink: reported; the index keeps its row
         report.rejected.append(problem(exc, path, key))
+        _mark_pending(writer, before, show, ep, {"fields": None, "error": exc.one_line()})
         return
     if raw is None:
         return
