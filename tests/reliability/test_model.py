@@ -31,6 +31,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections import Counter
 from typing import Any
 
@@ -156,6 +157,8 @@ class StoreMachine(RuleBasedStateMachine):
         exist), and whether its index update may be missing; the next observation picks the one
         the disk holds."""
         self.workers = 0
+        self.dead_rows: dict[tuple[str, str], float] = {}
+        """When (``time.monotonic()``) a killed run's lease row is surely expired, per episode."""
 
     # --- helpers ---------------------------------------------------------------------
 
@@ -532,6 +535,10 @@ class StoreMachine(RuleBasedStateMachine):
             assert f is not None
             if f["lease"] is not None or f["hold"] or (f["due_at"] is not None and self.clock.now < f["due_at"]):
                 continue
+            if time.monotonic() < self.dead_rows.get(key, 0.0):
+                # a killed worker's lease row in the index (taken before its first file write) holds
+                # the episode until it expires by the database's clock, real seconds (issue 15)
+                continue
             for stage in runs:
                 if stage == f["stage"] or stage in self.pipeline.next_stages(f["stage"]):
                     options.append((key, stage))
@@ -571,6 +578,7 @@ class StoreMachine(RuleBasedStateMachine):
 
         status = in_child(child)
         assert status == "killed", status
+        self.dead_rows[key] = time.monotonic() + LEASE + 1
         FIGURES["killed runs"] += 1
         if kill_at is None:  # killed in the body, after its writes: only the last outcome
             outcomes = outcomes[-1:]
