@@ -451,11 +451,11 @@ class Writer:
                 return parsed.model  # type: ignore[no-any-return]
             try:
                 ledger = self.ledger_of(path, parsed, folder)
-            except (CorruptFileError, UnsafePathError):  # a log that cannot be read (verify reports it):
-                return parsed.model  # type: ignore[no-any-return]  # the file is read as it is, as before the ledger
-            if ledger is None or not ledger.pending:
-                return parsed.model  # type: ignore[no-any-return]
-            base = self.committed_data(show, ep, ledger.version, folder)
+                if ledger is None or not ledger.pending:
+                    return parsed.model  # type: ignore[no-any-return]
+                base = self.committed_data(show, ep, ledger.version, folder)
+            except (CorruptFileError, UnsafePathError):  # a log that cannot say (verify reports it): the
+                return parsed.model  # type: ignore[no-any-return]  # file is read as it is, as before the ledger
             return Episode.model_validate(base).with_pending(path, self.pending_fields(base, parsed.model))
 
     def _committed_of_unreadable(self, show: str, ep: str, folder: int) -> Episode | None:
