@@ -158,10 +158,17 @@ DAMAGE = {
 def test_a_damaged_file_is_reported_and_nothing_is_changed(populated: Store, kind: str, name: str) -> None:
     path = damage(populated, kind)
     before = snapshot(populated.root)
-    with pytest.raises(DAMAGE[kind]) as info:
-        OPERATIONS[name](populated, "s", "e")
-    line = info.value.one_line()
-    assert str(path) in line and "\n" not in line
+    if name in ("get", "events") and kind != "schema-999":
+        # reads give the committed version, which the log rebuilds, and get says why the file is not it
+        # (a file of a newer schema is refused: a newer statekit may have written it)
+        answer = OPERATIONS[name](populated, "s", "e")
+        if name == "get":
+            assert answer.pending is not None and str(path) in answer.pending["error"]
+    else:
+        with pytest.raises(DAMAGE[kind]) as info:
+            OPERATIONS[name](populated, "s", "e")
+        line = info.value.one_line()
+        assert str(path) in line and "\n" not in line
     assert snapshot(populated.root) == before  # the damaged file too: never rewritten
     # the other episodes still work
     assert populated.get("s", "other").stage == "downloading"
