@@ -332,11 +332,13 @@ def committing(last: dict[str, Any], before: dict[str, Any] | None, sha: str, fi
     return 0, True
 
 
-def replay(lines: list[dict[str, Any]], upto: int | None = None, path: str = "events.jsonl"
-           ) -> list[tuple[int, dict[str, Any]]]:
+def replay(lines: list[dict[str, Any]], upto: int | None = None, path: str = "events.jsonl", *,
+           last_only: bool = False) -> list[tuple[int, dict[str, Any]]]:
     """Every version's data a chained log rebuilds, oldest first: (version, data),
     from its last ``doc`` on (a seal starts the chain over). ``upto``: stop after that
-    version. ``CorruptFileError`` (naming ``path``, the log) if a patch does not apply."""
+    version. ``last_only``: only the last version (patched in place: linear in the
+    log, where keeping every version copies the document once per event).
+    ``CorruptFileError`` (naming ``path``, the log) if a patch does not apply."""
     start = max((i for i, e in enumerate(lines) if "doc" in e), default=None)
     if start is None:
         return []
@@ -351,12 +353,12 @@ def replay(lines: list[dict[str, Any]], upto: int | None = None, path: str = "ev
             data = copy.deepcopy(event["doc"])
         else:
             try:
-                data = patches.apply(data or {}, event.get("patch", []))
+                data = patches.apply(data or {}, event.get("patch", []), in_place=last_only and data is not None)
             except patches.PatchError as exc:
                 raise CorruptFileError(f"{path}: version {event['version']}: the patch does not apply ({exc})",
                                        path=path) from None
         out.append((event["version"], data))
-    return out
+    return out[-1:] if last_only else out
 
 
 def chain_problems(path: str, lines: list[dict[str, Any]], raws: list[bytes]) -> list[str]:

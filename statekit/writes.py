@@ -385,7 +385,7 @@ class Writer:
         if the log cannot give it: damaged, or written before the ledger)."""
         log_path = self.paths(show, ep).events
         versions = eventlog.replay(eventlog.read_events(log_path, version, strict=False, dir_fd=folder), version,
-                                   log_path)
+                                   log_path, last_only=True)
         if not versions or versions[-1][0] != version:
             raise CorruptFileError(f"{log_path}: the log cannot rebuild version {version} (it was written before "
                                    "the ledger, or is damaged)", path=log_path,

@@ -197,7 +197,7 @@ def committed_lines(log_path: str, sha: str, file_version: int) -> tuple[list[di
         lines = lines[:-1]
     if not pending:
         return lines, None
-    replayed = eventlog.replay(lines, path=log_path)
+    replayed = eventlog.replay(lines, path=log_path, last_only=True)
     if not replayed:
         raise CorruptFileError(f"{log_path}: the log cannot rebuild the committed version", path=log_path)
     return lines, replayed[-1][1]
@@ -212,7 +212,7 @@ def committed_rows(writer: Writer, show: str, ep: str, path: str, st: os.stat_re
         lines = eventlog.read_events(log_path, 1 << 62, strict=False)
         if not lines or not eventlog.is_chained(lines[-1]):
             return None
-        replayed = eventlog.replay(lines, path=log_path)
+        replayed = eventlog.replay(lines, path=log_path, last_only=True)
         if not replayed:
             return None
         model = Episode.model_validate(replayed[-1][1])

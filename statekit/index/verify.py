@@ -109,7 +109,7 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
             for message in eventlog.chain_problems(log_path, lines, [raw_line for _event, raw_line in read]):
                 after.append(Problem("chain", log_path, message, key))
             if committed_model is None and any(eventlog.is_chained(e) for e in lines):
-                replayed = eventlog.replay(lines, path=log_path)
+                replayed = eventlog.replay(lines, path=log_path, last_only=True)
                 if not replayed or replayed[-1][0] != model.version or not same(replayed[-1][1],
                                                                                  model.model_dump(mode="json")):
                     after.append(Problem(
