@@ -378,6 +378,9 @@ def chain_problems(path: str, lines: list[dict[str, Any]], raws: list[bytes]) ->
                 if event.get("prev") != expected:
                     problems.append(f"{path}:{i + 1}: the hash chain is broken (prev does not match line {i}): "
                                     "an earlier line was changed, removed or inserted")
+            if event.get("schema_version") != EVENT_SCHEMA:  # a chained log's lines are all chained events
+                problems.append(f"{path}:{i + 1}: schema_version {event.get('schema_version')!r} in a chained log "
+                                f"(every line from the first chained one on is schema {EVENT_SCHEMA})")
             if i > first and event["version"] != lines[i - 1]["version"] + 1:
                 problems.append(f"{path}:{i + 1}: version {event['version']} follows version "
                                 f"{lines[i - 1]['version']} (versions must go up by one)")
