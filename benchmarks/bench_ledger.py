@@ -47,6 +47,15 @@ store.close()
 print(time.perf_counter() - t)
 """
 
+SPARE = r"""
+import sys
+from statekit import Store
+store = Store.open(sys.argv[1])
+for i in range(int(sys.argv[3])):
+    store.create("cli", f"{sys.argv[2]}{i:04d}")
+store.close()
+"""
+
 VERIFY = r"""
 import json, sys, time
 from statekit import Store
@@ -88,11 +97,15 @@ def main() -> None:
             result = json.loads(run(python, VERIFY, roots[name]))
             verify[name].append(result["seconds"])
             formats[name] = result["format"]
+    print(json.dumps({"verify_s": verify, "load": os.getloadavg()}), file=sys.stderr)
+    prefix = f"r{int(time.time())}x"  # fresh episodes for this run's advances
+    for name, python in pythons.items():
+        run(python, SPARE, roots[name], prefix, str(args.runs))
     advance: dict[str, list[float]] = {k: [] for k in pythons}
     for i in range(args.runs):
         for name, python in pythons.items():
             start = time.perf_counter()
-            subprocess.run([python, "-m", "statekit.cli", "--root", roots[name], "advance", f"cli/c{i:04d}",
+            subprocess.run([python, "-m", "statekit.cli", "--root", roots[name], "advance", f"cli/{prefix}{i:04d}",
                             "downloading"], check=True, capture_output=True)
             advance[name].append(time.perf_counter() - start)
     for name in pythons:
