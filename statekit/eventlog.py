@@ -380,10 +380,13 @@ def committing(last: dict[str, Any], before: dict[str, Any] | None, sha: str, fi
     return 0, True
 
 
-def replay(lines: list[dict[str, Any]], upto: int | None = None) -> list[tuple[int, dict[str, Any]]]:
+def replay(lines: list[dict[str, Any]], upto: int | None = None, path: str = "events.jsonl", *,
+           last_only: bool = False) -> list[tuple[int, dict[str, Any]]]:
     """Every version's data a chained log rebuilds, oldest first: (version, data),
     from its last ``doc`` on (a seal starts the chain over). ``upto``: stop after that
-    version. ``CorruptFileError`` if a patch does not apply."""
+    version. ``last_only``: only the last version (patched in place: linear in the
+    log, where keeping every version copies the document once per event).
+    ``CorruptFileError`` (naming ``path``, the log) if a patch does not apply."""
     start = max((i for i, e in enumerate(lines) if "doc" in e), default=None)
     if start is None:
         return []
@@ -394,15 +397,16 @@ def replay(lines: list[dict[str, Any]], upto: int | None = None) -> list[tuple[i
             break
         if "doc" in event:
             if not isinstance(event["doc"], dict):
-                raise CorruptFileError(f"version {event['version']}: doc is not an object")
+                raise CorruptFileError(f"{path}: version {event['version']}: doc is not an object", path=path)
             data = copy.deepcopy(event["doc"])
         else:
             try:
-                data = patches.apply(data or {}, event.get("patch", []))
+                data = patches.apply(data or {}, event.get("patch", []), in_place=last_only and data is not None)
             except patches.PatchError as exc:
-                raise CorruptFileError(f"version {event['version']}: the patch does not apply ({exc})") from None
+                raise CorruptFileError(f"{path}: version {event['version']}: the patch does not apply ({exc})",
+                                       path=path) from None
         out.append((event["version"], data))
-    return out
+    return out[-1:] if last_only else out
 
 
 def chain_problems(path: str, lines: list[dict[str, Any]], raws: list[bytes]) -> list[str]:
@@ -422,6 +426,9 @@ def chain_problems(path: str, lines: list[dict[str, Any]], raws: list[bytes]) ->
                 if event.get("prev") != expected:
                     problems.append(f"{path}:{i + 1}: the hash chain is broken (prev does not match line {i}): "
                                     "an earlier line was changed, removed or inserted")
+            if event.get("schema_version") != EVENT_SCHEMA:  # a chained log's lines are all chained events
+                problems.append(f"{path}:{i + 1}: schema_version {event.get('schema_version')!r} in a chained log "
+                                f"(every line from the first chained one on is schema {EVENT_SCHEMA})")
             if i > first and event["version"] != lines[i - 1]["version"] + 1:
                 problems.append(f"{path}:{i + 1}: version {event['version']} follows version "
                                 f"{lines[i - 1]['version']} (versions must go up by one)")

@@ -44,7 +44,7 @@ class History:
         """(version, data) of every committed version the log rebuilds, oldest first."""
         committed = self.writer.get(show, ep)
         path = self.writer.paths(show, ep).events
-        found = eventlog.replay(eventlog.read_events(path, committed.version, strict=False), committed.version)
+        found = eventlog.replay(eventlog.read_events(path, committed.version, strict=False), committed.version, path)
         if not found:
             raise CorruptFileError(f"{path}: the log holds no history to rebuild (it was written before the "
                                    "ledger)", path=path, show_id=show, episode_id=ep,

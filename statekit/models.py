@@ -47,9 +47,11 @@ chained and carrying its patch: ``statekit migrate`` seals a store's older
 logs and moves it to 5; statekit releases before 5 refuse to open it)."""
 LEDGER_SCHEMA = 5
 """The first store schema whose events are chained (``writes`` writes them so from here on)."""
-DEFAULT_STORE_SCHEMA = 4
-"""What ``Store.init`` writes unless asked for the ledger (``ledger=True``, ``init --ledger``):
-the ledger is opt-in until the reliability harness runs against chained stores (issue 14)."""
+DEFAULT_STORE_SCHEMA = LEDGER_SCHEMA
+"""What ``Store.init`` writes: the ledger. ``ledger=False`` (``init --no-ledger``) makes a
+store at the format before it (4), which statekit releases without the ledger still write."""
+PRE_LEDGER_SCHEMA = 4
+"""The newest store format without the ledger (unchained logs; ``statekit migrate --ledger`` seals them)."""
 CHECKPOINT_SCHEMA = 1
 EVENT_SCHEMA = 2
 """2: ``prev`` (the hash of the line before), and ``patch`` (from the previous

@@ -69,12 +69,14 @@ def _diff_value(old: Any, new: Any, where: str, ops: Patch) -> None:
         ops.append({"op": "replace", "path": where, "value": new})
 
 
-def apply(doc: dict[str, Any], patch: Any) -> dict[str, Any]:
-    """``doc`` with ``patch`` applied (a new document; ``doc`` is not changed).
+def apply(doc: dict[str, Any], patch: Any, *, in_place: bool = False) -> dict[str, Any]:
+    """``doc`` with ``patch`` applied (a new document; ``doc`` is not changed, unless
+    ``in_place``: then ``doc`` itself is changed and returned, which saves copying the
+    whole document per patch when only the last version is wanted).
     ``PatchError`` if the patch is not one or does not fit the document."""
     if not isinstance(patch, list):
         raise PatchError("a patch must be a list of operations")
-    out = copy.deepcopy(doc)
+    out = doc if in_place else copy.deepcopy(doc)
     for op in patch:
         if not isinstance(op, dict) or op.get("op") not in ("add", "remove", "replace") \
                 or not isinstance(op.get("path"), str) or not op["path"].startswith("/"):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 from typing import Any
 
@@ -26,6 +27,23 @@ class Queries:
         self.shows = shows
         self.controls = controls
 
+    def marked(self, found: list[Episode], show: str | None = None) -> list[Episode]:
+        """``found``, each episode whose file holds a pending hand edit marked (``Episode.pending``),
+        as the index's ``pending`` column says: one query of the few rows that have one."""
+        if not found or not self.writer.chained:
+            return found
+        pending = self.writer.index.pending(show)
+        if not pending:
+            return found
+        out = []
+        for ep in found:
+            hit = pending.get((ep.show_id, ep.episode_id))
+            if hit is not None:
+                path, edit = hit
+                ep = ep.with_pending(os.path.join(self.writer.root, path), edit.get("fields"), edit.get("error"))
+            out.append(ep)
+        return out
+
     def counts(self, show: str | None = None) -> dict[str, int]:
         self.shows.known(show)
         return self.writer.index.counts(show)
@@ -39,7 +57,7 @@ class Queries:
             refused, skip = self.controls.refusal(stage)
             if refused is not None:
                 return []
-        return models(self.writer.index.next(stage, limit, self.writer.clock(), skip))
+        return self.marked(models(self.writer.index.next(stage, limit, self.writer.clock(), skip)))
 
     def costs(self, by: str = "stage", show: str | None = None) -> dict[str, float]:
         if by not in ("stage", "show"):
@@ -49,19 +67,19 @@ class Queries:
 
     def with_errors(self, show: str | None = None) -> list[Episode]:
         self.shows.known(show)
-        return models(self.writer.index.with_errors(show))
+        return self.marked(models(self.writer.index.with_errors(show)), show)
 
     def stuck(self, older_than: timedelta, show: str | None = None) -> list[Episode]:
         if not isinstance(older_than, timedelta) or older_than.total_seconds() < 0:
             raise ValidationError(f"older_than must be a non-negative timedelta, got {older_than!r}")
         self.shows.known(show)
-        return models(self.writer.index.stuck(self.writer.clock() - older_than, show))
+        return self.marked(models(self.writer.index.stuck(self.writer.clock() - older_than, show)), show)
 
     def episodes(self, show: str | None = None, stage: str | None = None) -> list[Episode]:
         if stage is not None:
             self.writer.check_stage(stage)
         self.shows.known(show)
-        return models(self.writer.index.episode_data(show, stage))
+        return self.marked(models(self.writer.index.episode_data(show, stage)), show)
 
     def live_runs(self) -> set[str]:
         """Run ids whose lease has not expired (by the store's clock)."""

@@ -259,8 +259,11 @@ class Repair:
                 writer.parse_episode(path, diskio.read_file(path) or b"", show, ep)
                 readable = True
             except SchemaVersionError as exc:
-                report.problems.append(f"{key}: {exc.one_line()}")  # a newer statekit's file: not ours to fix
-                return
+                newer = type(exc.found) is int and exc.found > exc.supported
+                if newer or not writer.chained:
+                    report.problems.append(f"{key}: {exc.one_line()}")  # a newer statekit's file: not ours to fix
+                    return
+                reason = exc.one_line()  # a damaged schema_version: the log has the committed version
             except (CorruptFileError, ValidationError) as exc:
                 reason = exc.one_line()
             else:

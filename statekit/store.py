@@ -34,8 +34,8 @@ from .history import Change, History
 from .locks import Locks
 from .migrate import ImportReport, Migration, MigrationReport
 from .models import (
-    DEFAULT_STORE_SCHEMA,
     LEDGER_SCHEMA,
+    PRE_LEDGER_SCHEMA,
     ClaimRefused,
     Episode,
     Event,
@@ -179,7 +179,7 @@ class Store:
         lock_timeout: float = 5.0,
         backups: int = 3,
         unique: Sequence[str] = (),
-        ledger: bool = False,
+        ledger: bool = True,
         index_url: str | None = None,
         disk: Disk = DISK,
         clock: Callable[[], datetime] | None = None,
@@ -191,8 +191,10 @@ class Store:
         metadata keys whose values no two episodes may share (see ``create``).
         Stores do not nest: ``StoreExistsError`` if ``root`` is inside a store,
         or holds one below it (see ``config.NEST_SCAN_DIRS`` for how far down is looked).
-        ``ledger``: a store at the ledger's format (every event hash-chained and carrying
-        its patch; see the README); ``statekit migrate`` moves an existing store there.
+        ``ledger`` (the default): a store at the ledger's format (every event hash-chained and
+        carrying its patch; see the README). ``ledger=False`` makes a store at the format before
+        it, for a store that statekit releases without the ledger must still write;
+        ``statekit migrate --ledger`` moves such a store (or any older one) to the ledger.
         ``index_url``: keep the index on a PostgreSQL server
         (``postgresql+psycopg://user@host/db``; ``${VAR}`` is expanded from the
         environment when the store opens, so a password need not be written).
@@ -202,7 +204,7 @@ class Store:
             raise ValidationError(f"index_url must be text, got {type(index_url).__name__}")
         try:
             config = StoreConfig(format=format, lock_timeout=lock_timeout, backups=backups,
-                                 schema_version=LEDGER_SCHEMA if ledger else DEFAULT_STORE_SCHEMA,
+                                 schema_version=LEDGER_SCHEMA if ledger else PRE_LEDGER_SCHEMA,
                                  unique=unique,  # type: ignore[arg-type]  # pydantic refuses a str, never splits it
                                  index=IndexConfig(url=index_url) if index_url is not None else None,
                                  pipeline=graph)

@@ -47,6 +47,7 @@ from .errors import (
     ShowNotFoundError,
     StatekitError,
     UnknownStageError,
+    UnsafePathError,
     ValidationError,
     VersionConflictError,
 )
@@ -385,7 +386,8 @@ class Writer:
         """The data of committed ``version``, replayed from the log (``CorruptFileError``
         if the log cannot give it: damaged, or written before the ledger)."""
         log_path = self.paths(show, ep).events
-        versions = eventlog.replay(eventlog.read_events(log_path, version, strict=False, dir_fd=folder), version)
+        versions = eventlog.replay(eventlog.read_events(log_path, version, strict=False, dir_fd=folder), version,
+                                   log_path, last_only=True)
         if not versions or versions[-1][0] != version:
             raise CorruptFileError(f"{log_path}: the log cannot rebuild version {version} (it was written before "
                                    "the ledger, or is damaged)", path=log_path,
@@ -441,17 +443,21 @@ class Writer:
         with self.episode_folder(show, ep) as folder:
             try:
                 path, parsed = self.load(show, ep, folder)
-            except (CorruptFileError, ValidationError) as exc:
-                shown = self._committed_of_unreadable(show, ep, folder)
+            except (CorruptFileError, ValidationError, SchemaVersionError) as exc:
+                newer = isinstance(exc, SchemaVersionError) and type(exc.found) is int and exc.found > exc.supported
+                shown = None if newer else self._committed_of_unreadable(show, ep, folder)  # newer: refused
                 if shown is None:
                     raise
                 return shown.with_pending(exc.path or self.paths(show, ep).files[0], None, exc.one_line())
             if not self.chained:
                 return parsed.model  # type: ignore[no-any-return]
-            ledger = self.ledger_of(path, parsed, folder)
-            if ledger is None or not ledger.pending:
-                return parsed.model  # type: ignore[no-any-return]
-            base = self.committed_data(show, ep, ledger.version, folder)
+            try:
+                ledger = self.ledger_of(path, parsed, folder)
+                if ledger is None or not ledger.pending:
+                    return parsed.model  # type: ignore[no-any-return]
+                base = self.committed_data(show, ep, ledger.version, folder)
+            except (CorruptFileError, UnsafePathError):  # a log that cannot say (verify reports it): the
+                return parsed.model  # type: ignore[no-any-return]  # file is read as it is, as before the ledger
             return Episode.model_validate(base).with_pending(path, self.pending_fields(base, parsed.model))
 
     def _committed_of_unreadable(self, show: str, ep: str, folder: int) -> Episode | None:
@@ -624,6 +630,8 @@ class Writer:
         directory = os.path.dirname(path)
         codec = CODECS[os.path.splitext(path)[1]]
         data = new.model_dump(mode="json")
+        if committed is None:
+            committed = current.model.version if current is not None else 0
         if event.get("cost") is not None and not event.get("stage"):
             # money is spent in the stage the episode is in when it is recorded (an advance: the stage it leaves)
             event = {**event, "stage": current.model.stage if current is not None else new.stage}
@@ -641,7 +649,7 @@ class Writer:
                 "sha256": sha256(raw),
             }
             if self.chained or seal:
-                record.update(self._chain_fields(path, current, data, ledger, base, folder))
+                record.update(self._chain_fields(path, current, data, ledger, base, folder, committed))
             line = eventlog.event_line(record)
         except (UnicodeEncodeError, TypeError):  # orjson says TypeError
             # text that bypassed the models' checks: refused here, before anything is written
@@ -652,8 +660,6 @@ class Writer:
                                   hint=NOT_UTF8_HINT) from None
         # an interrupted write's leftovers
         diskio.remove_temp_files(self.disk, directory, nested="checkpoints", dir_fd=folder)
-        if committed is None:
-            committed = current.model.version if current is not None else 0
         known = current.log_size if current is not None and current.model.version == committed else None
         log_path = directory + "/events.jsonl"
         sizes: list[int] = []
@@ -711,9 +717,11 @@ class Writer:
         return written
 
     def _chain_fields(self, path: str, current: Parsed | None, data: dict[str, Any], ledger: Ledger | None,
-                      base: dict[str, Any] | None, folder: int) -> dict[str, Any]:
+                      base: dict[str, Any] | None, folder: int, committed: int) -> dict[str, Any]:
         """``prev`` and ``patch`` for a chained log; ``doc`` (and, sealing an older log,
-        ``prev`` and ``log_sha256``) when the log has no chain yet."""
+        ``prev`` and ``log_sha256``) when the log has no chain yet. Only committed lines
+        are sealed: an uncommitted tail (a create that stopped before its rename) is cut
+        by the append, so the new line must not name it."""
         if ledger is not None:
             if base is None:
                 base = ledger.data
@@ -723,7 +731,7 @@ class Writer:
                 base = self.committed_data(data["show_id"], data["episode_id"], ledger.version, folder)
             return {"prev": ledger.line_hash, "patch": patches.diff(base, data)}
         log_path = os.path.dirname(path) + "/events.jsonl"
-        old = eventlog.read_lines(log_path, 1 << 62, strict=False, dir_fd=folder)
+        old = eventlog.read_lines(log_path, committed, strict=False, dir_fd=folder) if committed else []
         if not old:
             return {"doc": data}
         return {"doc": data, "prev": eventlog.line_hash(old[-1][1]),

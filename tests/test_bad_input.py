@@ -158,10 +158,17 @@ DAMAGE = {
 def test_a_damaged_file_is_reported_and_nothing_is_changed(populated: Store, kind: str, name: str) -> None:
     path = damage(populated, kind)
     before = snapshot(populated.root)
-    with pytest.raises(DAMAGE[kind]) as info:
-        OPERATIONS[name](populated, "s", "e")
-    line = info.value.one_line()
-    assert str(path) in line and "\n" not in line
+    if name in ("get", "events") and kind != "schema-999":
+        # reads give the committed version, which the log rebuilds, and get says why the file is not it
+        # (a file of a newer schema is refused: a newer statekit may have written it)
+        answer = OPERATIONS[name](populated, "s", "e")
+        if name == "get":
+            assert answer.pending is not None and str(path) in answer.pending["error"]
+    else:
+        with pytest.raises(DAMAGE[kind]) as info:
+            OPERATIONS[name](populated, "s", "e")
+        line = info.value.one_line()
+        assert str(path) in line and "\n" not in line
     assert snapshot(populated.root) == before  # the damaged file too: never rewritten
     # the other episodes still work
     assert populated.get("s", "other").stage == "downloading"
@@ -210,8 +217,10 @@ def test_hand_edited_costs_that_add_up_past_a_float_are_invalid(store: Store) ->
     path = episode_file(store, "s", "e")
     path.write_text(path.read_text().replace("costs: {}", "costs: {discovered: 1.0e+308, downloading: 1.0e+308}"))
     with pytest.raises(ValidationError) as info:
-        store.get("s", "e")
+        store.advance("s", "e", "downloading")
     assert str(path) in info.value.one_line() and "costs" in info.value.message
+    pending = store.get("s", "e").pending  # the committed version, and why the file is not it
+    assert pending is not None and info.value.message in pending["error"]
 
 
 SURROGATE = "bad\udcff"  # what Python makes of the byte 0xff in an argument or a file name
@@ -374,7 +383,7 @@ def test_a_boolean_for_a_number_in_statekit_yaml_is_refused(store: Store, edit: 
 def test_an_event_line_with_a_boolean_version_is_not_an_event(store: Store) -> None:
     store.create("s", "e")
     log = Path(store.root, "shows/s/episodes/e/events.jsonl")
-    log.write_text(log.read_text().replace('"schema_version":1', '"schema_version":true'))
+    log.write_text(re.sub(r'"schema_version":\d', '"schema_version":true', log.read_text()))
     with pytest.raises(CorruptFileError):
         store.events("s", "e")
 

@@ -151,7 +151,9 @@ def test_broken_file_is_one_line(root: Path) -> None:
     line = error("advance", "s/e", "downloading", root=root)
     assert str(path) in line
     path.write_bytes(b"\x00\xff\xfe binary \x89PNG")
-    assert "UTF-8" in error("show", "s/e", root=root)
+    assert "UTF-8" in error("advance", "s/e", "downloading", root=root)
+    shown = run("show", "s/e", root=root)  # the committed version, and why the file cannot be read
+    assert "pending hand edit" in shown and "UTF-8" in shown
 
 
 def test_no_store_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -252,7 +254,10 @@ def test_recover_retry_and_errors(root: Path) -> None:
     assert "recovered" in events and "[interrupted, retry]" in events
 
 
-def test_restore_gc_and_repair(root: Path) -> None:
+def test_restore_gc_and_repair(tmp_path: Path) -> None:
+    """A store before the ledger: repair restores backups (a ledger store's: the log's version, below)."""
+    run("init", "--no-ledger", str(tmp_path / "store"))
+    root = tmp_path / "store"
     run("create", "s/e", "--title", "one", root=root)
     run("advance", "s/e", "downloading", root=root)
     run("advance", "s/e", "failed", root=root)
@@ -281,6 +286,17 @@ def test_restore_gc_and_repair(root: Path) -> None:
     run("create", "s/lost", root=root)
     episode_file(Store.open(root), "s", "lost").write_text("stage: [")
     assert "cannot fix: s/lost" in run("repair", root=root, code=1)
+
+
+def test_repair_puts_back_the_committed_version_from_the_log(root: Path) -> None:
+    run("create", "s/lost", root=root)  # no backup yet: the log has it
+    path = episode_file(Store.open(root), "s", "lost")
+    path.write_text("stage: [")
+    assert "put back the committed version of s/lost from its log" in run("repair", "--dry-run", root=root)
+    assert path.read_text() == "stage: ["
+    assert "put back the committed version of s/lost from its log" in run("repair", root=root)
+    assert "ok:" in run("verify", root=root)
+    assert json.loads(run("show", "s/lost", "--json", root=root))["episode"]["version"] == 2
 
 
 def test_parse_age() -> None:

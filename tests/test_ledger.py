@@ -333,3 +333,16 @@ def test_a_new_store_is_refused_by_the_release_before_the_ledger(tmp_path: Path)
     refused = run_old(old, f"from statekit import Store\nStore.open({str(root)!r}).advance('s', 'e', 'downloading')")
     assert refused.returncode != 0 and "newer than this statekit supports" in refused.stderr
     assert snapshot(root) == files
+
+
+def test_a_changed_schema_version_on_the_last_line_is_reported(store: Store) -> None:
+    """No later line names the last line's hash yet, so the chain alone cannot see a change
+    there; every line of a chained log must be a chained event (found by the corpus: the
+    last line's schema_version set to 0 still read)."""
+    busy(store)
+    log = log_of(store)
+    lines = log.read_text().splitlines()
+    lines[-1] = lines[-1].replace('"schema_version":2', '"schema_version":0')
+    log.write_text("\n".join(lines) + "\n")
+    problems = [p for p in store.verify().problems if p.kind == "chain"]
+    assert problems and f"{log}:{len(lines)}: schema_version 0 in a chained log" in problems[0].message

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import jsonpatch
@@ -25,6 +26,8 @@ def test_a_patch_turns_one_document_into_the_other(before: dict[str, Any], after
     patch = diff(before, after)
     assert apply(before, patch) == after
     assert jsonpatch.apply_patch(before, patch) == after  # the standard's reference reading agrees
+    mine = copy.deepcopy(before)
+    assert apply(mine, patch, in_place=True) is mine and mine == after  # replay's last-version-only way
 
 
 @settings(max_examples=100, deadline=None)

@@ -78,7 +78,6 @@ def test_kill_minus_nine_loses_nothing_and_tears_nothing(tmp_path: Path) -> None
         assert first, proc.stderr.read() if proc.stderr else ""
         acks = first + read_acks(proc, time.monotonic() + rng.uniform(0.0, 0.05))
         os.kill(proc.pid, signal.SIGKILL)
-        killed_at = time.monotonic()
         rest, _ = proc.communicate()
         acks += [int(line.split()[1]) for line in rest.splitlines() if line.startswith("ack ")]
         acked = max([acked, *acks])

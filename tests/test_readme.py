@@ -140,7 +140,7 @@ def test_shell_examples_run_as_written(session: tuple[Path, str]) -> None:
     assert "refused, exit 2" in out                                    # the illegal move
     assert "exit 1: changed outside statekit" in out and "changed  oliver/ep001: title" in out
     assert "# my title" in (here / "podcasts/shows/oliver/episodes/ep001/episode.yaml").read_text()
-    assert "exit 1: damage found" in out and "restore oliver/ep001 from backup 1" in out  # the runbook
+    assert "exit 1: damage found" in out and "put back the committed version of oliver/ep001" in out  # runbook
     assert "imported 3" in out                                         # the schema-0 import
 
 

@@ -99,7 +99,15 @@ def test_backups_setting_is_checked(tmp_path: Path) -> None:
 # --- a damaged file, and restore ------------------------------------------------------------------
 
 
-def test_a_damaged_file_names_the_newest_valid_backup_and_nothing_changes(store: Store) -> None:
+@pytest.fixture
+def unchained(tmp_path: Path) -> Store:
+    """A store before the ledger: reads refuse a damaged file naming a backup, and repair
+    restores backups (a ledger store's repair takes the log's version: tests/test_ledger.py)."""
+    return Store.init(tmp_path / "old", ledger=False)
+
+
+def test_a_damaged_file_names_the_newest_valid_backup_and_nothing_changes(unchained: Store) -> None:
+    store = unchained
     store.create("s", "e")
     walk_back_and_forth(store, 3)
     (backup_dir(store) / "episode.v3.yaml").write_text("stage: [torn")  # the newest backup is damaged too
@@ -211,7 +219,8 @@ def test_gc_removes_old_backups_but_keeps_the_last_of_an_unreadable_episode(stor
 # --- repair ---------------------------------------------------------------------------------------
 
 
-def test_repair_fixes_every_kind_of_damage_and_touches_nothing_valid(store: Store) -> None:
+def test_repair_fixes_every_kind_of_damage_and_touches_nothing_valid(unchained: Store) -> None:
+    store = unchained
     for ep in ("bad", "tail", "temp", "ok"):
         store.create("s", ep)
         store.advance("s", ep, "downloading")
@@ -250,7 +259,8 @@ def test_repair_fixes_every_kind_of_damage_and_touches_nothing_valid(store: Stor
     assert again.actions == [] and again.problems == []
 
 
-def test_repair_says_what_it_cannot_fix_and_leaves_it(store: Store) -> None:
+def test_repair_says_what_it_cannot_fix_and_leaves_it(unchained: Store) -> None:
+    store = unchained
     store.create("s", "e")
     path = episode_file(store, "s", "e")
     path.write_text("stage: {{{")  # no backup exists: version 1 was never overwritten

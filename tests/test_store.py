@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from datetime import timezone
 from pathlib import Path
@@ -287,23 +288,38 @@ def test_hand_edited_key_order_survives(store: Store) -> None:
 
 
 def test_a_hand_edit_is_read_and_validated(store: Store) -> None:
+    """A valid edit is pending until sync (or the next write) adopts it; reads give the
+    committed version meanwhile. An invalid one refuses writes with file, line and field."""
     store.create("s", "e")
     path = episode_file(store, "s", "e")
     path.write_text(path.read_text().replace("title: ''", "title: Edited by hand"))
+    pending = store.get("s", "e")
+    assert pending.title == "" and pending.pending == {"path": str(path), "fields": ["title"], "error": None}
+    assert [c["fields"] for c in store.sync().changed] == [["title"]]
     assert store.get("s", "e").title == "Edited by hand"
-    path.write_text(path.read_text().replace("\nversion: 1", "\nversion: -3"))
+    path.write_text(path.read_text().replace("\nversion: 2", "\nversion: -3"))
     with pytest.raises(ValidationError) as info:
-        store.get("s", "e")
+        store.update("s", "e", title="refused")
     assert info.value.field == "version" and info.value.line is not None
     assert f"{path}:{info.value.line}: version" in str(info.value)
+    got = store.get("s", "e")  # the committed version, and why the file cannot be taken
+    assert got.version == 2 and got.pending is not None and f"{path}:{info.value.line}: version" in got.pending["error"]
+
+
+def refused(store: Store, show: str, ep: str, match: str) -> None:
+    """The file cannot be taken: a write is refused (ValidationError matching ``match``)
+    and a read gives the committed version, saying why."""
+    with pytest.raises(ValidationError, match=match):
+        store.update(show, ep, title="refused")
+    pending = store.get(show, ep).pending
+    assert pending is not None and pending["fields"] is None and re.search(match, pending["error"])
 
 
 def test_a_typo_in_a_field_name_is_reported(store: Store) -> None:
     store.create("s", "e")
     path = episode_file(store, "s", "e")
     path.write_text(path.read_text().replace("title:", "titel:"))
-    with pytest.raises(ValidationError, match="titel"):
-        store.get("s", "e")
+    refused(store, "s", "e", "titel")
 
 
 def test_cost_total_must_agree_with_costs(store: Store) -> None:
@@ -311,8 +327,7 @@ def test_cost_total_must_agree_with_costs(store: Store) -> None:
     store.advance("s", "e", "downloading", cost=1.0)
     path = episode_file(store, "s", "e")
     path.write_text(path.read_text().replace("cost_total: 1.0", "cost_total: 5.0"))
-    with pytest.raises(ValidationError, match="edit the per-stage costs"):
-        store.get("s", "e")
+    refused(store, "s", "e", "edit the per-stage costs")
 
 
 def test_a_file_moved_to_another_directory_is_caught(store: Store) -> None:
@@ -320,8 +335,7 @@ def test_a_file_moved_to_another_directory_is_caught(store: Store) -> None:
     store.create("s", "e2")
     a, b = episode_file(store, "s", "e1"), episode_file(store, "s", "e2")
     b.write_bytes(a.read_bytes())
-    with pytest.raises(ValidationError, match="lives in s/e2"):
-        store.get("s", "e2")
+    refused(store, "s", "e2", "lives in s/e2")
 
 
 def test_json_store_reads_yaml_leftovers_and_vice_versa(tmp_path: Path) -> None:

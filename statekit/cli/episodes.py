@@ -233,9 +233,25 @@ def episode_rows(episodes: list[Episode]) -> Table:
     for column in ("show", "episode", "stage", "version", "updated (UTC)", "cost", "title"):
         table.add_column(column, justify="right" if column in ("version", "cost") else "left")
     for e in episodes:
-        table.add_row(e.show_id, e.episode_id, e.stage, str(e.version), when(e.updated_at), money(e.cost_total),
-                      e.title)
+        # a pending hand edit: the row is the committed version, its version marked
+        table.add_row(e.show_id, e.episode_id, e.stage, f"{e.version}{'*' if e.pending else ''}", when(e.updated_at),
+                      money(e.cost_total), e.title)
     return table
+
+
+def listed(episodes: list[Episode]) -> list[dict[str, Any]]:
+    """``list``/``next --json``: each episode's data; one whose file holds a pending hand edit
+    also carries ``pending`` ({path, fields, error}: the data is the committed version)."""
+    return [{**e.model_dump(mode="json"), "pending": e.pending} if e.pending else e.model_dump(mode="json")
+            for e in episodes]
+
+
+def pending_note(episodes: list[Episode]) -> None:
+    """The line under a table that marked episodes with a pending hand edit."""
+    n = sum(1 for e in episodes if e.pending)
+    if n:
+        out.print(f"* {n} episode(s) have a pending hand edit (shown: the committed version); 'statekit sync' "
+                  "adopts a valid edit, 'statekit revert SHOW/EP' throws one away", markup=False)
 
 
 @command("list")
@@ -247,9 +263,10 @@ def list_(ctx: Context, show_id: str | None, stage: str | None, as_json: bool) -
     """Episodes, optionally of one show and/or at one stage."""
     episodes = ctx.store.list(show=show_id, stage=stage)
     if as_json:
-        dump_json([e.model_dump(mode="json") for e in episodes])
+        dump_json(listed(episodes))
     elif episodes:
         out.print(episode_rows(episodes), markup=False)
+        pending_note(episodes)
     else:
         err.print("no episodes", markup=False)
 
@@ -263,9 +280,10 @@ def next_(ctx: Context, stage: str, limit: int, as_json: bool) -> None:
     """Episodes ready for STAGE (to enter it, or to be run in it), longest-waiting first."""
     episodes = ctx.store.next(stage, limit=limit)
     if as_json:
-        dump_json([e.model_dump(mode="json") for e in episodes])
+        dump_json(listed(episodes))
     elif episodes:
         out.print(episode_rows(episodes), markup=False)
+        pending_note(episodes)
     else:
         paused = [p.where for p in ctx.store.paused() if p.stage == stage]
         err.print(f"nothing is ready for {stage}" + (f" (paused for {', '.join(paused)}: 'statekit resume {stage}')"

@@ -18,8 +18,9 @@ from .app import Context, command, dump_json, err, out, pass_ctx, progress_bar
               help="Episode file format.")
 @click.option("--unique", multiple=True, metavar="KEY",
               help="A metadata key whose values no two episodes may share (repeatable).")
-@click.option("--ledger", is_flag=True,
-              help="Chain every event and record its patch (history, diff, revert; see the README).")
+@click.option("--ledger/--no-ledger", default=True, show_default=True,
+              help="Chain every event and record its patch (history, diff, revert; see the README). "
+                   "--no-ledger: the format before it, for a store older statekit releases must still write.")
 @click.option("--index-url", metavar="URL",
               help="Keep the index on PostgreSQL (postgresql+psycopg://user@host/db; ${VAR} is expanded "
                    "from the environment when the store opens).")

@@ -61,8 +61,10 @@ def print_status(console: Console, shows: list[dict[str, Any]]) -> None:
         for stage, n in entry["stages"].items():
             table.add_row(stage, str(n))
         console.print(table, markup=False)
+        pending = (f"; {entry['pending']} with a pending hand edit ('statekit sync' adopts, 'statekit revert' "
+                   "throws away)") if entry.get("pending") else ""
         console.print(f"  {entry['episodes']} episodes, {entry['done']} done ({entry['completion']}%), "
-                      f"cost so far {money(entry['cost'])}\n", markup=False)
+                      f"cost so far {money(entry['cost'])}{pending}\n", markup=False)
 
 
 REPORT_SUFFIXES = {".html": "html", ".htm": "html", ".json": "json", ".csv": "csv", ".txt": "text"}

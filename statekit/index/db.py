@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import os
 import threading
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -38,7 +38,7 @@ from .dialect import (
     upsert,
 )
 from .leases import LeaseTable
-from .rows import UNLISTED, claim_rows, json_doc, json_text, positions_of, totals_delta
+from .rows import UNLISTED, claim_rows, json_doc, json_text, pending_text, positions_of, totals_delta
 from .tables import (
     episodes,
     events,
@@ -234,7 +234,8 @@ class Index:
             was = row.get("was")
             if was is not None:  # the row holds exactly the file this write replaced: no need to read it
                 values = {"v_" + k: v for k, v in row.items()}
-                values.update(v_data=json_text(row["data"]), v_costs=json_text(row["costs"]), s=row["show_id"],
+                values.update(v_data=json_text(row["data"]), v_costs=json_text(row["costs"]),
+                              v_pending=pending_text(row.get("pending")), s=row["show_id"],
                               e=row["episode_id"], was=was[0])
                 if run(self._replace_if_was, values).rowcount == 1:
                     totals_delta(deltas, row["show_id"], (was[1], was[2]), (row["stage"], row["costs"]))
@@ -242,7 +243,8 @@ class Index:
             old = run(self._old_state, {"s": row["show_id"], "e": row["episode_id"]}).fetchone()
             totals_delta(deltas, row["show_id"], (old[0], json_doc(old[1])) if old else None,
                          (row["stage"], row["costs"]))
-            values = dict(row, data=json_text(row["data"]), costs=json_text(row["costs"]))
+            values = dict(row, data=json_text(row["data"]), costs=json_text(row["costs"]),
+                          pending=pending_text(row.get("pending")))
             if row["position"] is None:
                 # a new episode follows the hand-set ones by creation (its show's order puts it in
                 # place with ``positions`` if it is listed); an existing one keeps its position
@@ -317,6 +319,26 @@ class Index:
                     and_(episodes.c.show_id == show, episodes.c.episode_id == ep))).scalar()
         except (SQLAlchemyError, self._dbapi_error) as exc:
             raise IndexUnavailableError(f"the index could not be read: {exc}") from exc
+
+    def set_pending(self, show: str, ep: str, pending: Mapping[str, Any]) -> None:
+        """Mark an indexed episode's file as holding a pending edit (``sync`` found one it
+        could not adopt); the row keeps the committed version. A write clears the mark."""
+        try:
+            with self.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+                conn.execute(episodes.update().where(and_(episodes.c.show_id == show, episodes.c.episode_id == ep))
+                             .values(pending=pending))
+        except SQLAlchemyError as exc:
+            raise IndexUnavailableError(f"the index could not mark a pending edit: {exc}") from exc
+
+    def pending(self, show: str | None = None) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
+        """(its file's path, relative to the root; the ``pending`` column) of each episode whose
+        file holds a pending hand edit: read through ``episodes_pending``, which has only them."""
+        stmt = select(episodes.c.show_id, episodes.c.episode_id, episodes.c.path, episodes.c.pending).where(
+            episodes.c.pending.is_not(None))
+        if show is not None:
+            stmt = stmt.where(episodes.c.show_id == show)
+        with self.reading() as conn:
+            return {(s, e): (path, json_doc(p)) for s, e, path, p in conn.execute(stmt) if json_doc(p) is not None}
 
     def remove_show(self, show: str) -> None:
         self.write(removed_shows=[show])
@@ -470,9 +492,11 @@ class Index:
                 entry["stages"][stage] = int(n)
                 entry["episodes"] += int(n)
             entry["cost"] += cost or 0.0
+        pending = Counter(s for s, _e in self.pending())
         out = []
         for show in sorted(per):
             entry = per[show]
+            entry["pending"] = pending.get(show, 0)
             done = sum(n for s, n in entry["stages"].items() if s in self.pipeline.terminal)
             entry["cost"] = round(entry["cost"], 9)
             entry["done"] = done

@@ -37,7 +37,7 @@ from .leases import LeaseTable
 from .leases import kept as leases_kept
 from .leases import restore as restore_leases
 from .pool import ordered_map, workers_for
-from .rows import UNLISTED, claim_rows, json_text, totals_delta
+from .rows import UNLISTED, claim_rows, json_text, pending_text, totals_delta
 from .scan import (
     REBUILD_BATCH,
     Problem,
@@ -189,13 +189,14 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
             row, lines, model = rows_for(writer, show, ep, path, raw, st, None, pending=pending)
         except (CorruptFileError, ValidationError, SchemaVersionError, UnsafePathError, StorageError) as exc:
             failure = problem(exc, path, f"{show}/{ep}")
-            found_committed = committed_rows(writer, show, ep, path, st)  # a chained log still knows it
+            found_committed = committed_rows(writer, show, ep, path, st, exc.one_line())  # a chained log knows it
             if found_committed is None:
                 return failure
             row, lines, model = found_committed
             pending.append(f"{show}/{ep}")
         claimed = claim_rows(keys, show, ep, row["data"])
         row["data"], row["costs"] = json_text(row["data"]), json_text(row["costs"])
+        row["pending"] = pending_text(row["pending"])
         for line in lines:
             line["data"] = json_text(line["data"])
         return row, lines, claimed, model.stage, model.costs, bool(pending), failure

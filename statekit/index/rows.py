@@ -46,6 +46,11 @@ def json_text(value: Any) -> str:
     return orjson.dumps(value).decode()
 
 
+def pending_text(value: Mapping[str, Any] | None) -> str | None:
+    """The ``pending`` column as the raw cursor writes it (JSON text; NULL when committed)."""
+    return None if value is None else json_text(value)
+
+
 def json_doc(value: Any) -> Any:
     """A JSON column as read through a raw cursor (text in SQLite)."""
     return orjson.loads(value) if isinstance(value, (str, bytes)) else value
@@ -58,10 +63,12 @@ def time_text(text: Any, moment: datetime) -> str:
 
 def episode_row(
     ep: Episode, data: Mapping[str, Any], pipeline: Pipeline, *, path: str, size: int, mtime_ns: int,
-    sha256: str, checked_at_ns: int, position: int,
+    sha256: str, checked_at_ns: int, position: int, pending: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The index row of an episode, from its model and ``data``, its
-    ``model_dump(mode="json")`` (not copied: the caller hands it over)."""
+    ``model_dump(mode="json")`` (not copied: the caller hands it over).
+    ``pending``: the file holds a hand edit not committed yet (``ep`` is the
+    committed version): ``{"fields": [...]}``, or ``{"fields": None, "error": ...}``."""
     return {
         "show_id": ep.show_id,
         "episode_id": ep.episode_id,
@@ -91,6 +98,7 @@ def episode_row(
         "lease_expires_at": iso(ep.lease.expires_at) if ep.lease is not None else None,
         "due_at": iso(ep.due_at) if ep.due_at is not None else None,
         "priority": ep.priority,
+        "pending": pending,
     }
 
 

@@ -168,15 +168,17 @@ def rows_for(writer: Writer, show: str, ep: str, path: str, raw: bytes, st: os.s
     log_path = os.path.join(os.path.dirname(path), "events.jsonl")
     lines = eventlog.read_events(log_path, model.version, strict=False)
     data = None
+    edit = None
     if pending is not None and lines and eventlog.is_chained(lines[-1]) and lines[-1].get("sha256") != sha:
         lines, data = committed_lines(log_path, sha, model.version)
         if data is not None:
+            edit = {"fields": writer.pending_fields(data, model)}
             model = Episode.model_validate(data)
             pending.append(f"{show}/{ep}")
     row = episode_row(
         model, data if data is not None else model.model_dump(mode="json"), writer.pipeline,
         path=relative(path, writer.root), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
-        checked_at_ns=time.time_ns(), position=position,  # type: ignore[arg-type]
+        checked_at_ns=time.time_ns(), position=position, pending=edit,  # type: ignore[arg-type]
     )
     rows = event_rows(log_path, lines, show, ep)
     if unadopted(rows, row["file_sha256"]):  # a hand edit sync has not adopted: never trust its stat
@@ -202,28 +204,28 @@ def committed_lines(log_path: str, sha: str, file_version: int) -> tuple[list[di
         lines = lines[:-1]
     if not pending:
         return lines, None
-    replayed = eventlog.replay(lines)
+    replayed = eventlog.replay(lines, path=log_path, last_only=True)
     if not replayed:
         raise CorruptFileError(f"{log_path}: the log cannot rebuild the committed version", path=log_path)
     return lines, replayed[-1][1]
 
 
-def committed_rows(writer: Writer, show: str, ep: str, path: str, st: os.stat_result
+def committed_rows(writer: Writer, show: str, ep: str, path: str, st: os.stat_result, error: str
                    ) -> tuple[dict[str, Any], list[dict[str, Any]], Episode] | None:
-    """The rows of the committed version of an episode whose file cannot be read, from
-    its chained log; None if the log cannot give it (none, unchained, or damaged)."""
+    """The rows of the committed version of an episode whose file cannot be read (``error``:
+    why), from its chained log; None if the log cannot give it (none, unchained, or damaged)."""
     log_path = os.path.join(os.path.dirname(path), "events.jsonl")
     try:
         lines = eventlog.read_events(log_path, 1 << 62, strict=False)
         if not lines or not eventlog.is_chained(lines[-1]):
             return None
-        replayed = eventlog.replay(lines)
+        replayed = eventlog.replay(lines, path=log_path, last_only=True)
         if not replayed:
             return None
         model = Episode.model_validate(replayed[-1][1])
         row = episode_row(model, replayed[-1][1], writer.pipeline, path=os.path.relpath(path, writer.root),
                           size=st.st_size, mtime_ns=st.st_mtime_ns, sha256="", checked_at_ns=time.time_ns(),
-                          position=None)  # type: ignore[arg-type]
+                          position=None, pending={"fields": None, "error": error})  # type: ignore[arg-type]
         row["file_stamp"] = None
         return row, event_rows(log_path, lines, show, ep), model
     except (StatekitError, ValueError):

@@ -18,6 +18,7 @@ from .. import files as diskio
 from ..codecs import line_of
 from ..errors import (
     CorruptFileError,
+    IndexUnavailableError,
     SchemaVersionError,
     StatekitError,
     StorageError,
@@ -25,6 +26,7 @@ from ..errors import (
     ValidationError,
 )
 from ..ids import ID_PATTERN
+from ..models import Episode
 from .scan import Problem, Progress, SyncReport, dirs, problem, rows_for, sha256_of, unadopted
 from .tables import (
     episodes,
@@ -126,6 +128,7 @@ def _sync_one(writer: Writer, report: SyncReport, touched: list[dict[str, Any]],
         raw = diskio.read_file(path)
     except StatekitError as exc:  # not a regular file, or a symlink: reported; the index keeps its row
         report.rejected.append(problem(exc, path, key))
+        _mark_pending(writer, before, show, ep, {"fields": None, "error": exc.one_line()})
         return
     if raw is None:
         return
@@ -137,6 +140,7 @@ def _sync_one(writer: Writer, report: SyncReport, touched: list[dict[str, Any]],
         if before is not None and sha == before[0]:
             return
         report.rejected.append(problem(exc, path, key))
+        _mark_pending(writer, before, show, ep, {"fields": None, "error": exc.one_line()})
         return
     if before is not None and sha == before[0] and not unadopted(lines, sha):
         # touched, not changed: remember the new stat (a hand edit that a rebuild indexed
@@ -166,11 +170,13 @@ def _sync_one(writer: Writer, report: SyncReport, touched: list[dict[str, Any]],
             message=f"{path}:{line}: stage: the edit moves {stage_before!r} -> {model.stage!r}, which the "
                     f"pipeline does not allow (legal next stages: {legal}); the file was left as it is",
         ))
+        _mark_pending(writer, before, show, ep, model)
         return
     try:
         adopted, fields = writer.adopt(show, ep, before[1] if before is not None else None, stage_before)
     except StatekitError as exc:
         report.rejected.append(problem(exc, path, key))
+        _mark_pending(writer, before, show, ep, model)
         return
     if lines and (before is None or before[2] != (len(lines), lines[-1]["version"])):
         # the index missed earlier events of the log (a writer stopped between its file and
@@ -180,6 +186,19 @@ def _sync_one(writer: Writer, report: SyncReport, touched: list[dict[str, Any]],
         report.changed.append({"episode": key, "fields": fields, "version": adopted.version})
     else:
         report.added.append(key)
+
+
+def _mark_pending(writer: Writer, before: tuple[Any, ...] | None, show: str, ep: str,
+                  edit: Episode | dict[str, Any]) -> None:
+    """A chained store's row keeps the committed version of a file whose edit sync could not
+    adopt, and says the edit is pending (``edit``: the edited file, or why it cannot be read)."""
+    if not writer.chained or before is None or not isinstance(before[1], dict):
+        return
+    pending = edit if isinstance(edit, dict) else {"fields": writer.pending_fields(before[1], edit)}
+    try:
+        writer.index.set_pending(show, ep, pending)
+    except IndexUnavailableError as exc:
+        log.warning("statekit: the index could not mark %s/%s's pending edit (%s)", show, ep, exc)
 
 
 def _indexed_states(writer: Writer, keys: list[tuple[str, str]]) -> dict[tuple[str, str], tuple[Any, ...]]:

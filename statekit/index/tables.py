@@ -128,6 +128,10 @@ episodes = Table(
     Column("lease_owner", Text),
     Column("lease_expires_at", UTCTime),
     Column("due_at", UTCTime),
+    # revision 0009: a pending hand edit of the file ({"fields": [...]} or, unreadable,
+    # {"fields": null, "error": "..."}); NULL when the file is what the log committed.
+    # The row itself holds the committed version. Rebuild and sync fill it; every write clears it.
+    Column("pending", Document),
     # what sync reads for every episode, without touching the rows' JSON
     Index("episodes_files", "show_id", "episode_id", "file_stamp"),
     # revision 0007: list(stage=) and stuck() read the rows of a stage, not the store
@@ -138,6 +142,9 @@ episodes = Table(
           postgresql_where=text("error_count > 0")),
     # revision 0008: the episode's priority (claims and next() take higher first)
     Column("priority", Integer, nullable=False, server_default=text("0")),
+    # revision 0009: the few rows with a pending edit (no entry for the others: a write pays nothing)
+    Index("episodes_pending", "show_id", "episode_id", sqlite_where=text("pending IS NOT NULL"),
+          postgresql_where=text("pending IS NOT NULL")),
 )
 # what next() and claims ask (revision 0008: priority first); every other index costs each write a page more
 Index("episodes_by_ready_for", episodes.c.ready_for, episodes.c.priority.desc(), episodes.c.stage_entered_at)
@@ -242,14 +249,15 @@ STAGE_COUNTS_VIEW = (
     "SELECT show_id, stage, episodes AS n FROM stage_totals WHERE episodes > 0"
 )
 
-INDEX_REVISION = "0008"
+INDEX_REVISION = "0009"
 """The Alembic head revision this code writes; a test keeps it equal to the
 head in migrations/versions (checked on every open without loading Alembic)."""
 
-ROWS_REVISION = "0007"  # 0008 adds ``priority``: no file could hold one before it, so 0 is right
+ROWS_REVISION = "0009"  # 0009 adds ``pending`` (0008 added ``priority``: 0 was right for every file then)
 """The latest revision that changed how rows are derived from the files (a
 column added and filled from them, or computed differently). An index whose
 rows were derived by another one (its ``index_meta`` says so, or says
 nothing: an upgrade by Alembic alone changes the tables, not the rows) is
 rebuilt from the files when a store opens it. (0007: ``position`` holds only
-show.yaml's hand-set order; the other episodes are ``UNLISTED``.)"""
+show.yaml's hand-set order; the other episodes are ``UNLISTED``. 0008: ``pending``, filled
+from the files and their logs.)"""

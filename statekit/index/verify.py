@@ -57,6 +57,7 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
         indexed = {(s, e): (version, sha, data) for s, e, version, sha, data in conn.execute(
             select(episodes.c.show_id, episodes.c.episode_id, episodes.c.version, episodes.c.file_sha256,
                    episodes.c.data))}
+        marked = set(writer.index.pending()) if writer.chained else set()
         indexed_events: dict[tuple[str, str], list[tuple[Any, ...]]] = defaultdict(list)
         for s, e, *columns in conn.execute(select(events.c.show_id, events.c.episode_id, *event_columns(events))
                                            .order_by(events.c.version)):
@@ -109,7 +110,7 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
             for message in eventlog.chain_problems(log_path, lines, [raw_line for _event, raw_line in read]):
                 after.append(Problem("chain", log_path, message, key))
             if committed_model is None and any(eventlog.is_chained(e) for e in lines):
-                replayed = eventlog.replay(lines)
+                replayed = eventlog.replay(lines, path=log_path, last_only=True)
                 if not replayed or replayed[-1][0] != model.version or not same(replayed[-1][1],
                                                                                  model.model_dump(mode="json")):
                     after.append(Problem(
@@ -147,6 +148,10 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
                 after.append(Problem(
                     "index", path, f"{key}: the index's copy of version {row[0]} differs from the file "
                     "(run 'statekit sync')", key))
+            if (show, ep) in marked and committed_model is None and lines and lines[-1].get("sha256") == sha256_of(raw):
+                after.append(Problem(
+                    "index", path, f"{key}: the index marks a pending hand edit, but the file is committed "
+                    "(run 'statekit rebuild-index')", key))
             if lines and indexed_events.get((show, ep), []) != derived:
                 after.append(Problem(
                     "index", log_path, f"{key}: the index's events differ from events.jsonl (run 'statekit sync')",

@@ -84,6 +84,8 @@ class Template:
     events: list[dict[str, Any]]
     checkpoint: dict[str, Any]
     others: dict[str, bytes]
+    ledger: bool = True
+    """A store at the ledger's format (the default); False: the format before it (unchained logs)."""
 
 
 def target_paths(root: Path, fmt: str, show: str = SHOW, ep: str = EP) -> dict[str, Path]:
@@ -99,9 +101,9 @@ def _is_other(rel: str) -> bool:
     return not rel.startswith(mine)
 
 
-def make_template(base: Path, fmt: str) -> Template:
-    root = base / f"template-{fmt}"
-    store = Store.init(root, format=fmt)
+def make_template(base: Path, fmt: str, ledger: bool = True) -> Template:
+    root = base / f"template-{fmt}{'' if ledger else '-unchained'}"
+    store = Store.init(root, format=fmt, ledger=ledger)
     build_history(store, SHOW, EP)
     store.create(SHOW, "other", title="other", metadata={"k": [1, 2]})
     store.advance(SHOW, "other", "downloading", cost=0.5)
@@ -115,13 +117,17 @@ def make_template(base: Path, fmt: str) -> Template:
     store.close()
     originals = {k: p.read_bytes() for k, p in target_paths(root, fmt).items()}
     others = {k: v for k, v in snapshot(root).items() if _is_other(k)}
-    return Template(fmt, root, originals, model, events, checkpoint, others)
+    return Template(fmt, root, originals, model, events, checkpoint, others, ledger)
 
 
 @pytest.fixture(scope="module")
 def templates(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Template]:
+    """A ledger store in each format, and a store at the format before the ledger
+    (old stores stay supported until ``statekit migrate --ledger``)."""
     base = tmp_path_factory.mktemp("corpus-templates")
-    return {fmt: make_template(base, fmt) for fmt in ("yaml", "json")}
+    made = {fmt: make_template(base, fmt) for fmt in ("yaml", "json")}
+    made["yaml-unchained"] = make_template(base, "yaml", ledger=False)
+    return made
 
 
 # --- planting damage ------------------------------------------------------------------------
@@ -258,7 +264,7 @@ def run_case(tpl: Template, work: Path, case: Case, heavy: bool = True) -> Outco
     damage = case.mutate(original)
     plant(paths[case.target], damage, original, outside)
     outside_before = tree_state(outside)
-    run = Run(case, tpl.fmt)
+    run = Run(case, tpl.fmt + ("" if tpl.ledger else "-unchained"))
     try:
         with deadline(CASE_TIMEOUT_S):
             kind = CHECKS[case.target](tpl, root, paths, damage, run, heavy)
@@ -313,7 +319,120 @@ def _repair_and_check(store: Store, run: Run) -> Any:
     return report
 
 
+def _unversioned(data: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in data.items() if k not in ("version", "updated_at")}
+
+
+def _strictly_same(got: Episode, damage: Any, tpl: Template, run: Run) -> None:
+    """What statekit read from the file must be what an independent strict parser reads."""
+    try:
+        data = reference_load(damage, tpl.fmt)
+    except Exception as exc:  # noqa: BLE001 - the independent parser refuses
+        run.fail(f"statekit read what a strict parser refuses ({type(exc).__name__}: {str(exc)[:120]})")
+        data = None
+    if isinstance(data, dict) and data.get("schema_version") == tpl.model["schema_version"]:
+        if _same_model(got, data) is False:
+            run.fail("statekit read something other than what the file says")
+        elif _same_model(got, data) is None:
+            run.fail("statekit accepted data the model refuses when read strictly")
+
+
 def check_episode(tpl: Template, root: Path, paths: dict[str, Path], damage: Any, run: Run, heavy: bool) -> str:
+    """A ledger store: a changed episode file is a pending edit (readable) or a damaged one;
+    either way every read returns the committed version, which the log rebuilds, and says so."""
+    if not tpl.ledger:
+        return check_unchained_episode(tpl, root, paths, damage, run, heavy)
+    path = paths["episode"]
+    ok, store = run.call("Store.open", lambda: Store.open(root))
+    if not ok:
+        run.fail(f"a damaged episode stopped the store from opening: {store.one_line()}")
+        return "rejected"
+    changed = damage != tpl.originals["episode"]
+    readable, got = run.call("get", lambda: store.get(SHOW, EP))
+    damaged_state = _file_state(path)
+    # what statekit makes of the file's own bytes (the pending edit, when it is one)
+    parsed, edit = run.call("reading the file", lambda: store.writer.load(SHOW, EP)[1].model)
+    if isinstance(damage, NotAFile) and parsed:
+        run.fail(f"read through {damage.kind}")
+    if parsed:
+        _strictly_same(edit, damage, tpl, run)
+    # a file of a newer schema is refused, never taken for damage (a newer statekit may have written
+    # it); so is a symlink in the file's place (never followed)
+    newer = not readable and isinstance(got, SchemaVersionError) and type(got.found) is int \
+        and got.found > got.supported
+    if not readable:
+        if not newer and not isinstance(got, UnsafePathError):
+            run.fail(f"get() refused, but the log holds the committed version: {got.one_line()[:200]}")
+        kind = "rejected"
+    else:
+        if got.model_dump(mode="json") != tpl.model:
+            run.fail("get() did not return the committed version")
+        if changed != (got.pending is not None):
+            run.fail("get() did not say the file holds a pending edit" if changed else
+                     "get() called an unchanged file a pending edit")
+        elif got.pending is not None:
+            if got.pending["path"] != os.fspath(path):
+                run.fail(f"the pending edit does not name the file: {got.pending}")
+            if (got.pending["fields"] is None) == parsed:
+                run.fail(f"the pending edit says the file {'cannot' if parsed else 'can'} be read: {got.pending}")
+        kind = "read-same" if not changed else "pending-edit" if parsed else "rejected"
+    ok, _events = run.call("events", lambda: store.events(SHOW, EP))
+    if not ok and readable:
+        run.fail("events() refused the committed events of an episode whose log is intact")
+    ok, data = run.call("load_checkpoint", lambda: store.load_checkpoint(SHOW, EP, CHECKPOINT_STAGE))
+    if ok and data != tpl.checkpoint:
+        run.fail("load_checkpoint returned other data")
+    ok, report = run.call("verify", store.verify)
+    if not ok:
+        run.fail("verify raised instead of reporting")
+    elif changed and not problems_for(report):
+        run.fail(f"verify did not report the changed episode file ({kind})")
+    for name, fn in (("advance", lambda: store.advance(SHOW, EP, "downloaded")),
+                     ("update", lambda: store.update(SHOW, EP, title="after the damage"))):
+        got_before, before = run.call("get before " + name, lambda: store.get(SHOW, EP))
+        state = _file_state(path)
+        ok, result = run.call(name, fn)
+        if not got_before:
+            if ok or _file_state(path) != state:
+                run.fail(f"{name} wrote over a file get() refused")
+            continue
+        if ok and not parsed and before.pending is not None:
+            run.fail(f"{name} wrote over a file that cannot be read")
+        if not ok and _file_state(path) != state:
+            run.fail(f"{name} was refused but changed the file")
+        if ok:
+            # a valid pending edit is adopted first, as its own version (one only of layout is not)
+            adopted = before.pending is not None and bool(before.pending["fields"])
+            back = run.call("get after " + name, lambda: store.get(SHOW, EP))
+            if not back[0] or back[1] != result or back[1].pending is not None:
+                run.fail(f"{name} did not read back as written")
+            if result.version != before.version + 1 + adopted:
+                run.fail(f"{name} wrote version {result.version} over committed version {before.version} "
+                         f"({'with' if adopted else 'without'} a pending edit to adopt)")
+    if heavy:
+        _sync(store, run)
+        if not parsed and _file_state(path) != damaged_state:
+            run.fail("sync changed a file that cannot be read")
+        ok, report = run.call("verify", store.verify)
+        if ok and not parsed and not problems_for(report):
+            run.fail("verify passed an unreadable episode after sync")
+        ok, listed = run.call("list", store.list)
+        if ok and not parsed and [e.pending is not None for e in listed if e.episode_id == EP] != [True]:
+            run.fail("list() after sync does not mark the unreadable file's pending edit")
+        _repair_and_check(store, run)
+        if not parsed and not newer and not isinstance(damage, NotAFile):
+            ok, after = run.call("get after repair", lambda: store.get(SHOW, EP))
+            # as a new version with its own event: the same data, one version on
+            if not ok or after.pending is not None or _unversioned(after.model_dump(mode="json")) != \
+                    _unversioned(tpl.model):
+                run.fail("repair did not put the committed version back")
+    store.close()
+    return kind
+
+
+def check_unchained_episode(tpl: Template, root: Path, paths: dict[str, Path], damage: Any, run: Run,
+                            heavy: bool) -> str:
+    """A store made before the ledger: reads take the file as it is, and refuse a damaged one."""
     path = paths["episode"]
     ok, store = run.call("Store.open", lambda: Store.open(root))
     if not ok:
@@ -556,12 +675,12 @@ CHECKS: dict[str, Callable[[Template, Path, dict[str, Path], Any, Run, bool], st
 BULK = {"truncate", "bitflip", "zero_tail"}
 
 
-@pytest.mark.parametrize("fmt", ["yaml", "json"])
+@pytest.mark.parametrize("fmt", ["yaml", "json", "yaml-unchained"])
 def test_every_corpus_file_gives_a_clear_error_or_a_correct_read(
         templates: dict[str, Template], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
     tpl = templates[fmt]
     monkeypatch.chdir(tmp_path)  # a python tag that ran would leave MARKER_NAME here
-    cases = generate(tpl.originals, fmt, full=STRESS)
+    cases = generate(tpl.originals, tpl.fmt, full=STRESS)
     outcomes: Counter[str] = Counter()
     by_category: dict[str, Counter[str]] = {}
     failures: list[str] = []
@@ -600,7 +719,8 @@ def test_every_corpus_file_gives_a_clear_error_or_a_correct_read(
     if failures and os.environ.get("CORPUS_FAILURES"):
         Path(f"{os.environ['CORPUS_FAILURES']}.{fmt}").write_text("\n".join(failures) + "\n")
     assert not failures, f"{len(failures)} failures, e.g.:\n" + "\n".join(failures[:40])
-    assert outcomes["rejected"] and (outcomes["read-same"] + outcomes["read-changed"]), outcomes
+    assert outcomes["rejected"] and (outcomes["read-same"] + outcomes["read-changed"] + outcomes["pending-edit"]), \
+        outcomes
 
 
 # --- the CLI on a sample of the corpus ---------------------------------------------------------------
@@ -756,6 +876,10 @@ def test_regression_a_fifo_socket_or_device_where_a_file_should_be_is_refused_at
         "episode": lambda: small.get(SHOW, EP), "events": lambda: small.events(SHOW, EP),
         "checkpoint": lambda: small.load_checkpoint(SHOW, EP, CHECKPOINT_STAGE), "config": lambda: Store.open(root)}
     with deadline(10):
+        if target == "episode":  # a ledger store reads the committed version from the log, and says why
+            pending = small.get(SHOW, EP).pending
+            assert pending is not None and "not a regular file" in pending["error"]
+            read[target] = lambda: small.advance(SHOW, EP, "downloaded")
         with pytest.raises(CorruptFileError, match="not a regular file"):
             read[target]()
         if target != "config":
@@ -774,7 +898,9 @@ def test_regression_one_unreadable_episode_does_not_stop_verify_sync_rebuild_or_
     assert [p.episode for p in small.sync().rejected] == [f"{SHOW}/{EP}"]
     assert [p.episode for p in small.rebuild_index().problems] == [f"{SHOW}/{EP}"]
     assert any("is a directory" in p for p in small.repair().problems)
-    assert [e.episode_id for e in small.list()] == ["other"]  # the healthy one is still indexed
+    # the healthy one is still indexed; the other as the committed version its log rebuilds, marked
+    listed = {e.episode_id: e.pending for e in small.list()}
+    assert listed["other"] is None and listed[EP] is not None and listed[EP]["fields"] is None, listed
 
 
 DAMAGED_LINES: dict[str, Callable[[dict[str, Any]], str]] = {
@@ -837,8 +963,8 @@ def test_regression_integers_beyond_64_bits_are_refused_on_read_and_on_input(tmp
     path.write_text(text.replace('"n": 3', '"n": 1' + "0" * 30) if fmt == "json" else
                     text.replace("n: 3", "n: 1" + "0" * 30))
     assert path.read_text() != text
-    with pytest.raises(CorruptFileError, match="64 bits"):
-        store.get(SHOW, EP)
+    pending = store.get(SHOW, EP).pending  # the committed version, and why the file cannot be read
+    assert pending is not None and "64 bits" in pending["error"]
     before = path.read_bytes()
     with pytest.raises(CorruptFileError):
         store.advance(SHOW, EP, "downloading")
@@ -849,14 +975,19 @@ def test_regression_integers_beyond_64_bits_are_refused_on_read_and_on_input(tmp
     assert store.get(SHOW, "fresh").version == 1
 
 
-def test_regression_verify_never_lists_every_version_of_a_huge_version_number(small: Store) -> None:
+@pytest.mark.parametrize("ledger", [True, False])
+def test_regression_verify_never_lists_every_version_of_a_huge_version_number(tmp_path: Path, ledger: bool) -> None:
     """verify built ``list(range(1, version + 1))``: a hand-edited version of
-    10**12 asked for terabytes (and 10**30 raised OverflowError)."""
+    10**12 asked for terabytes (and 10**30 raised OverflowError). (A ledger store
+    checks the committed version, and reports the file as a pending edit.)"""
+    small = Store.init(tmp_path / "store", ledger=ledger)
+    build_history(small, SHOW, EP)
     path = target_paths(Path(small.root), "yaml")["episode"]
     path.write_text(path.read_text().replace("version: 8\n", f"version: {10**12}\n"))
     with deadline(20):
         report = small.verify()
-    assert any(f"missing 9-{10**12}" in p.message for p in report.problems), report.problems
+    expected = "changed outside statekit since version 8" if ledger else f"missing 9-{10**12}"
+    assert any(expected in p.message for p in report.problems), report.problems
 
 
 def test_regression_an_index_failure_after_a_durable_write_is_logged_not_raised(
