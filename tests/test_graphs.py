@@ -164,8 +164,16 @@ def test_a_stage_no_graph_ever_had_is_still_invalid(store: Store) -> None:
     fill(store, 1)
     path = Path(store.episode_path("s", "e000"))
     path.write_text(path.read_text().replace("stage: discovered", "stage: nonsense"))
+    got = store.get("s", "e000")  # the ledger: reads give the committed version, saying why the file is not it
+    assert got.stage == "discovered" and got.pending is not None and "not a stage" in got.pending["error"]
     with pytest.raises(ValidationError, match="not a stage"):
-        store.get("s", "e000")
+        store.update("s", "e000", title="refused")
+    unchained = Store.init(Path(store.root).parent / "old", "archive", ledger=False)  # the format before it
+    fill(unchained, 1)
+    path = Path(unchained.episode_path("s", "e000"))
+    path.write_text(path.read_text().replace("stage: discovered", "stage: nonsense"))
+    with pytest.raises(ValidationError, match="not a stage"):
+        unchained.get("s", "e000")
 
 
 def test_cli_check_migrate_status(store: Store, tmp_path: Path) -> None:
