@@ -18,6 +18,8 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import orjson
+
 Patch = list[dict[str, Any]]
 
 
@@ -34,8 +36,19 @@ def _unescape(token: str) -> str:
 
 
 def _same(a: Any, b: Any) -> bool:
-    """Equal as JSON (``1 == 1.0 == True`` in Python, but not in a file)."""
-    return type(a) is type(b) and a == b
+    """Equal as JSON (``1 == 1.0 == True`` in Python, but not in a file), all the
+    way down: two objects or arrays Python finds equal are the same only if their
+    canonical texts are too (compared in C), else value by value."""
+    if type(a) is not type(b) or a != b:
+        return False
+    if type(a) is not dict and type(a) is not list:
+        return True
+    try:
+        return orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(b, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # not plain JSON data (an integer beyond 64 bits, a key that is not text)
+        if type(a) is dict:
+            return a.keys() == b.keys() and all(_same(v, b[k]) for k, v in a.items())
+        return all(_same(x, y) for x, y in zip(a, b))
 
 
 def diff(before: dict[str, Any], after: dict[str, Any]) -> Patch:
@@ -50,16 +63,14 @@ def _diff_dict(a: dict[str, Any], b: dict[str, Any], path: str, ops: Patch) -> N
         if key not in b:
             ops.append({"op": "remove", "path": f"{path}/{_escape(key)}"})
     for key, new in b.items():
-        where = f"{path}/{_escape(key)}"
         if key not in a:
-            ops.append({"op": "add", "path": where, "value": new})
-        else:
-            _diff_value(a[key], new, where, ops)
+            ops.append({"op": "add", "path": f"{path}/{_escape(key)}", "value": new})
+        elif not _same(a[key], new):  # the path is only built for what changed
+            _diff_value(a[key], new, f"{path}/{_escape(key)}", ops)
 
 
 def _diff_value(old: Any, new: Any, where: str, ops: Patch) -> None:
-    if _same(old, new):
-        return
+    """``old`` and ``new`` differ: the operations that turn one into the other."""
     if isinstance(old, dict) and isinstance(new, dict):
         _diff_dict(old, new, where, ops)
     elif isinstance(old, list) and isinstance(new, list) and len(new) > len(old) and all(

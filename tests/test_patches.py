@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from typing import Any
 
 import jsonpatch
@@ -10,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from statekit import patches
 from statekit.patches import PatchError, apply, diff
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-10**6, 10**6), st.floats(allow_nan=False, allow_infinity=False),
@@ -59,3 +61,26 @@ def test_apply_leaves_its_input_alone() -> None:
 def test_a_patch_that_does_not_fit_is_refused(patch: Any) -> None:
     with pytest.raises(PatchError):
         apply({"a": {"b": [1]}}, patch)
+
+
+def test_a_number_that_changes_type_inside_an_object_is_in_the_patch() -> None:
+    """1 == 1.0 == True in Python, and so are objects holding them: the patch must still say it."""
+    before = {"metadata": {"n": 1, "flags": [1, 2]}, "title": "t"}
+    for after in ({"metadata": {"n": 1.0, "flags": [1, 2]}, "title": "t"},
+                  {"metadata": {"n": True, "flags": [1, 2]}, "title": "t"},
+                  {"metadata": {"n": 1, "flags": [1, 2.0]}, "title": "t"}):
+        patch = patches.diff(before, after)
+        assert patch, after
+        got = patches.apply(before, patch)
+        assert json.dumps(got, sort_keys=True) == json.dumps(after, sort_keys=True)
+    assert patches.diff(before, {"title": "t", "metadata": {"flags": [1, 2], "n": 1}}) == []  # order is no change
+
+
+def test_a_store_records_a_metadata_number_changing_type(tmp_path) -> None:
+    from statekit import Store
+
+    store = Store.init(tmp_path / "s", "archive")
+    store.create("sh", "e1", metadata={"n": 1})
+    store.update("sh", "e1", metadata={"n": 1.0})
+    assert store.verify().problems == []
+    assert type(store.history("sh", "e1")[-1].metadata["n"]) is float
