@@ -232,6 +232,20 @@ _CANONICAL = (orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OP
 """orjson writing only plain JSON types (anything else raises), keys sorted: equal text, same data."""
 
 
+def json_lines(raw: bytes | None) -> list[dict[str, Any]]:
+    """The objects of a JSON-lines file (``errors.jsonl``, ``store-events.jsonl``), oldest
+    first; a damaged line (a torn append, a hand edit) is skipped, not an error."""
+    found = []
+    for line in (raw or b"").splitlines():
+        try:
+            item = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            continue
+        if isinstance(item, dict):
+            found.append(item)
+    return found
+
+
 def same(a: Any, b: Any) -> bool:
     """Equal and of the same JSON type all the way down (1, 1.0 and True differ;
     one object is its own equal, as in Python's containers).

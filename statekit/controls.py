@@ -24,6 +24,7 @@ from typing import Any
 import orjson
 
 from . import files as diskio
+from .codecs import json_lines
 from .errors import CorruptFileError, StatekitError, ValidationError
 from .eventlog import event_line
 from .locks import LOCKS
@@ -174,15 +175,7 @@ class Controls:
         path = os.path.join(self.writer.root, *MACHINE, STORE_EVENTS_FILE)
         with self.writer.folders.open_existing(MACHINE) as folder:
             raw = None if folder is None else diskio.read_file(path, limit=None, dir_fd=folder)
-        found = []
-        for line in (raw or b"").splitlines():
-            try:
-                item = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(item, dict):
-                found.append(item)
-        return found
+        return json_lines(raw)
 
     # --- limits -------------------------------------------------------------------------
 

@@ -16,10 +16,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
-
 from . import eventlog
 from . import files as diskio
+from .codecs import json_lines
 from .errors import StatekitError, ValidationError
 from .failures import giving_up, interrupted, log_failure, plan_failure, plan_give_up
 from .models import Episode, check_optional_text, check_text
@@ -160,13 +159,4 @@ class Recovery:
 
     def error_log(self) -> list[dict[str, Any]]:
         """The lines of ``.statekit/errors.jsonl``, oldest first (damaged lines skipped)."""
-        raw = diskio.read_file(os.path.join(self.writer.root, ".statekit", "errors.jsonl"), limit=None)
-        out = []
-        for line in (raw or b"").splitlines():
-            try:
-                item = orjson.loads(line)
-            except orjson.JSONDecodeError:
-                continue
-            if isinstance(item, dict):
-                out.append(item)
-        return out
+        return json_lines(diskio.read_file(os.path.join(self.writer.root, ".statekit", "errors.jsonl"), limit=None))

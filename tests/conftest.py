@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -76,3 +78,25 @@ def index_rows(store: Store) -> dict[str, list[tuple[object, ...]]]:
             )
     out["stage_totals"] = [r for r in out["stage_totals"] if r[2] or r[3]]  # zero rows mean nothing
     return out
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL url (``STATEKIT_TEST_PG_URL``) whose search_path is a fresh schema, dropped
+    after: each test its own, so tests running side by side never see each other's tables."""
+    from statekit.index import engine_for
+
+    server = os.environ.get("STATEKIT_TEST_PG_URL")
+    if not server:
+        pytest.skip("STATEKIT_TEST_PG_URL is not set (.ci/run sets it)")
+    schema = "statekit_t_" + uuid.uuid4().hex[:10]
+    admin = engine_for(server)
+    with admin.begin() as conn:
+        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
+    sep = "&" if "?" in server else "?"
+    try:
+        yield f"{server}{sep}options=-csearch_path%3D{schema}"
+    finally:
+        with admin.begin() as conn:
+            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
+        admin.dispose()

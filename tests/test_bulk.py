@@ -18,7 +18,7 @@ from statekit import Store
 from statekit.bulk import check_where
 from statekit.errors import QueryError, UnknownStageError, ValidationError
 from statekit.taxonomy import ErrorKind
-from tests.test_workers import REPO, fill, kind, pg_url, shared  # noqa: F401  (fixtures: SQLite and PostgreSQL)
+from tests.test_workers import REPO, fill, kind, shared  # noqa: F401  (fixtures: SQLite and PostgreSQL)
 
 STATEKIT = [sys.executable, "-m", "statekit.cli"]
 

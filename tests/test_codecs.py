@@ -318,3 +318,11 @@ def test_same_by_canonical_text_agrees_with_the_walk(a: object, b: object) -> No
     assert same(a, a) and same(b, b)  # an object is its own equal, as in Python's containers
     assert same(float("inf"), None) is False
     assert same([float("nan")], [float("nan")]) is False  # two NaNs are not equal
+
+
+def test_json_lines_skip_a_torn_or_foreign_line() -> None:
+    from statekit.codecs import json_lines
+
+    raw = b'{"a": 1}\n{"b": 2\n[1, 2]\n\n{"c": 3}\n'  # a torn append, a line that is not an object
+    assert json_lines(raw) == [{"a": 1}, {"c": 3}]
+    assert json_lines(None) == [] and json_lines(b"") == []

@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -23,7 +22,6 @@ from click.testing import CliRunner
 from statekit import ClaimRefused, Store
 from statekit.cli import main
 from statekit.errors import StatekitError
-from statekit.index import engine_for
 
 PG = os.environ.get("STATEKIT_TEST_PG_URL")
 REPO = Path(__file__).resolve().parent.parent
@@ -32,23 +30,6 @@ needs_pg = pytest.mark.skipif(not PG, reason="STATEKIT_TEST_PG_URL is not set (.
 # a stage's work in any language: note its start and end (this machine's clock), take a while
 JOB = ('echo "$STATEKIT_SHOW/$STATEKIT_EPISODE start $(date +%s.%N)" >> "$LOG"; sleep "$WORK"; '
        'echo "$STATEKIT_SHOW/$STATEKIT_EPISODE end $(date +%s.%N)" >> "$LOG"')
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A PostgreSQL url whose search_path is a fresh schema, dropped after."""
-    assert PG is not None
-    schema = "statekit_ctl_" + uuid.uuid4().hex[:10]
-    admin = engine_for(PG)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in PG else "?"
-    try:
-        yield f"{PG}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
 
 
 OPENED: list[Store] = []

@@ -20,7 +20,7 @@ from statekit.graphs import graph_hash, stranding
 from statekit.pipeline import ARCHIVE, load_pipeline
 from statekit.taxonomy import ErrorKind
 from tests.test_bulk import cli, fail_run, wait_for_lines
-from tests.test_workers import REPO, fill, kind, pg_url, shared  # noqa: F401  (fixtures: SQLite and PostgreSQL)
+from tests.test_workers import REPO, fill, kind, shared  # noqa: F401  (fixtures: SQLite and PostgreSQL)
 
 
 def renamed(old: str, new: str) -> dict:

@@ -29,7 +29,7 @@ import pytest
 
 from statekit import Store
 
-from .test_workers import PG, REPO, fill, pg_url  # noqa: F401  # the fixture
+from .test_workers import PG, REPO, fill
 
 SKEWS = ("+20s", "-20s", "+0s")
 

@@ -25,7 +25,7 @@ from statekit.cli import main
 from statekit.files import Disk
 
 from .conftest import index_rows, snapshot
-from .test_workers import needs_pg, pg_url  # noqa: F401  (a fixture: a fresh PostgreSQL schema)
+from .test_workers import needs_pg
 
 DAY = 86400
 LATE = ("converted", "uploading", "uploaded", "scheduled", "published")

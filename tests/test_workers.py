@@ -11,9 +11,7 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,23 +24,6 @@ from statekit.index import engine_for
 PG = os.environ.get("STATEKIT_TEST_PG_URL")
 REPO = Path(__file__).resolve().parent.parent
 needs_pg = pytest.mark.skipif(not PG, reason="STATEKIT_TEST_PG_URL is not set (.ci/run sets it)")
-
-
-@pytest.fixture
-def pg_url() -> Iterator[str]:
-    """A PostgreSQL url whose search_path is a fresh schema, dropped after."""
-    assert PG is not None
-    schema = "statekit_w_" + uuid.uuid4().hex[:10]
-    admin = engine_for(PG)
-    with admin.begin() as conn:
-        conn.exec_driver_sql(f"CREATE SCHEMA {schema}")
-    sep = "&" if "?" in PG else "?"
-    try:
-        yield f"{PG}{sep}options=-csearch_path%3D{schema}"
-    finally:
-        with admin.begin() as conn:
-            conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
-        admin.dispose()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=needs_pg)])
