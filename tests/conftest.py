@@ -100,3 +100,17 @@ def pg_url() -> Iterator[str]:
         with admin.begin() as conn:
             conn.exec_driver_sql(f"DROP SCHEMA {schema} CASCADE")
         admin.dispose()
+
+
+@pytest.fixture(autouse=True)
+def statekit_logger_as_it_was():
+    """A command line run in-process (CliRunner) sets the statekit logger's level and handler for
+    its process; put them back so the next test sees the logger as a fresh process does."""
+    import logging
+
+    logger = logging.getLogger("statekit")
+    state = (logger.level, list(logger.handlers), logger.disabled, logger.propagate)
+    yield
+    logger.setLevel(state[0])
+    logger.handlers[:] = state[1]
+    logger.disabled, logger.propagate = state[2], state[3]
