@@ -1,11 +1,12 @@
 """One show of 1k, 10k (and with --full 100k) episodes: per-call costs, and ratios to same-run baselines.
 
     python benchmarks/bench_scale.py [--full] [--sizes 1000,10000] [--calls 100] [--format yaml|json]
-                                     [--ledger] [--procs] [--json]
+                                     [--no-ledger] [--procs] [--json]
 
 ``--format json``: the store's files are JSON (the bare baseline then parses them
-with orjson); ``--ledger``: the store is moved to the ledger (``migrate --ledger``,
-not timed), so ``verify`` also checks every log's hash chain and replays it.
+with orjson). The store is a ledger store, its logs chained as statekit writes them
+(``verify`` checks every chain and replays it); ``--no-ledger``: a store before the
+ledger (format 4, unchained logs).
 
 Targets (issue 16), each against a baseline measured in the same run:
 
@@ -148,11 +149,9 @@ def bare_walk(root: str) -> None:
                     continue
 
 
-def measure(size: int, calls: int, fmt: str, top: str, ledger: bool = False) -> dict[str, float]:
+def measure(size: int, calls: int, fmt: str, top: str, ledger: bool = True) -> dict[str, float]:
     root = os.path.join(top, f"n{size}")
-    store = make_store(root, size, shows=1, events=5, fmt=fmt)
-    if ledger:  # a ledger store (format 5): every log sealed through the write path (not timed)
-        Store.open(root).migrate(ledger=True)
+    make_store(root, size, shows=1, events=5, fmt=fmt, ledger=ledger).close()
     store = Store.open(root)
     store.counts()  # builds the index (not timed)
     show = "show0000"
@@ -216,7 +215,8 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="also 100,000 episodes")
     parser.add_argument("--calls", type=int, default=100)
     parser.add_argument("--format", choices=["yaml", "json"], default="yaml")
-    parser.add_argument("--ledger", action="store_true", help="a ledger store (verify checks chains and replay)")
+    parser.add_argument("--no-ledger", dest="ledger", action="store_false",
+                        help="a store before the ledger (unchained logs)")
     parser.add_argument("--sizes", default="", help="comma-separated sizes instead of 1000,10000[,100000]")
     parser.add_argument("--procs", action="store_true", help="also throughput of 1, 2 and 4 processes")
     parser.add_argument("--json", action="store_true")
@@ -248,7 +248,7 @@ def main() -> None:
         rates = results["procs"]
         print("\nprocesses on their own episodes (advances/s): " + ", ".join(
             f"{n}: {r:.0f} ({r / rates[1]:.2f}x)" for n, r in rates.items()))  # type: ignore[union-attr]
-    print(f"format {args.format}{', ledger' if args.ledger else ''}; load average at the start: "
+    print(f"format {args.format}{'' if args.ledger else ', no ledger'}; load average at the start: "
           f"{results['load']:.2f}, at the end: {os.getloadavg()[0]:.2f}")
 
 

@@ -3,8 +3,8 @@
     python benchmarks/make_store.py DIR [--episodes 100000] [--shows 100] [--events 5]
 
 Every episode is a real ``archive`` episode file with ``--events`` events in
-its log, the last one carrying the file's hash, so ``statekit verify`` passes
-on the result. For benchmarks and demos that need more than the sample data.
+its log, chained as statekit writes it (``--no-ledger``: the unchained log of a
+store before the ledger), so ``statekit verify`` passes on the result. For benchmarks and demos that need more than the sample data.
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from statekit import Store  # noqa: E402
+from statekit import patches  # noqa: E402
 from statekit.codecs import JSON_CODEC, YAML_CODEC, compact_json  # noqa: E402
+from statekit.graphs import graph_hash  # noqa: E402
 from statekit.models import Episode, Show  # noqa: E402
 
 PATH = ["discovered", "downloading", "downloaded", "converting", "converted", "uploading", "uploaded",
@@ -28,41 +30,60 @@ PATH = ["discovered", "downloading", "downloaded", "converting", "converted", "u
 
 
 def episode_files(show: str, ep: str, n_events: int, rng: random.Random, start: datetime,
-                  fmt: str = "yaml") -> tuple[bytes, bytes]:
-    """(episode.yaml or .json bytes, events.jsonl bytes) for one episode with n_events events."""
+                  fmt: str = "yaml", graph: str | None = None) -> tuple[bytes, bytes]:
+    """(episode.yaml or .json bytes, events.jsonl bytes) for one episode with n_events events.
+    ``graph`` (a ledger store, the default): the log is chained as statekit writes it (schema 2:
+    the create's whole data as ``doc``, then each version's ``patch`` and ``prev``, the file's
+    hash on every line, the graph's hash); None: the unchained log of a store before the ledger."""
     moves = [PATH[min(i, len(PATH) - 1)] for i in range(n_events)]
     times = [start + timedelta(minutes=7 * i + rng.random()) for i in range(n_events)]
     costs: dict[str, float] = {}
-    lines = []
+    attempts: dict[str, int] = {}
+    metadata = {"archive_identifier": f"hy0_{show}_{ep}", "date": start.date().isoformat(),
+                "tags": ["archive", "radio", show], "duration_s": round(rng.uniform(900, 3600), 1)}
+    files = {"source_url": f"https://archive.org/download/hy0_{show}_{ep}/{ep}.mp3",
+             "audio_file": f"downloads/{show}/{ep}.mp3"}
+    codec = YAML_CODEC if fmt == "yaml" else JSON_CODEC
+    lines: list[bytes] = []
+    data: dict = {}
+    raw = b""
     for version, (stage, at) in enumerate(zip(moves, times), 1):
-        event = {"schema_version": 1, "version": version, "at": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                 "show_id": show, "episode_id": ep}
+        stamp = at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+        event: dict = {"schema_version": 2 if graph else 1, "version": version, "at": stamp,
+                       "show_id": show, "episode_id": ep}
+        if graph:
+            event["graph"] = graph
         if version == 1:
             event.update(kind="create", to_stage=stage)
         else:
             cost = round(rng.random() * 0.05, 4)
             costs[moves[version - 2]] = round(costs.get(moves[version - 2], 0.0) + cost, 9)
-            event.update(kind="advance", from_stage=moves[version - 2], to_stage=stage, cost=cost)
-        lines.append(event)
-    stage = moves[-1]
-    model = Episode(
-        show_id=show, episode_id=ep, title=f"Hooting Yard On The Air, episode {ep}", stage=stage,
-        previous_stage=moves[-2] if n_events > 1 else None, version=n_events, created_at=times[0],
-        updated_at=times[-1], stage_entered_at=times[-1], costs=costs,
-        attempts={s: 1 for s in moves}, message="ok",
-        metadata={"archive_identifier": f"hy0_{show}_{ep}", "date": start.date().isoformat(),
-                  "tags": ["archive", "radio", show], "duration_s": round(rng.uniform(900, 3600), 1)},
-        files={"source_url": f"https://archive.org/download/hy0_{show}_{ep}/{ep}.mp3",
-               "audio_file": f"downloads/{show}/{ep}.mp3"},
-    )
-    raw = (YAML_CODEC if fmt == "yaml" else JSON_CODEC).dump_plain(model.model_dump(mode="json"))
-    lines[-1]["sha256"] = hashlib.sha256(raw).hexdigest()
-    return raw, b"".join(compact_json(e) + b"\n" for e in lines)
+            event.update(kind="advance", from_stage=moves[version - 2], to_stage=stage, cost=cost,
+                         stage=moves[version - 2])
+        attempts[stage] = attempts.get(stage, 0) + 1
+        model = Episode(
+            show_id=show, episode_id=ep, title=f"Hooting Yard On The Air, episode {ep}", stage=stage,
+            previous_stage=moves[version - 2] if version > 1 else None, version=version, created_at=times[0],
+            updated_at=at, stage_entered_at=at, costs=dict(costs), attempts=dict(attempts),
+            message="ok" if version == n_events else None, metadata=metadata, files=files,
+        )
+        before, data = data, model.model_dump(mode="json")
+        raw = codec.dump_plain(data)
+        if graph or version == n_events:
+            event["sha256"] = hashlib.sha256(raw).hexdigest()
+        if graph and version == 1:
+            event["doc"] = data
+        elif graph:
+            event["prev"] = hashlib.sha256(lines[-1][:-1]).hexdigest()
+            event["patch"] = patches.diff(before, data)
+        lines.append(compact_json(event) + b"\n")
+    return raw, b"".join(lines)
 
 
 def make_store(root: str, episodes: int, shows: int = 100, events: int = 5, seed: int = 7,
-               fmt: str = "yaml") -> Store:
-    store = Store.init(root, format=fmt)
+               fmt: str = "yaml", ledger: bool = True) -> Store:
+    store = Store.init(root, format=fmt, ledger=ledger)
+    graph = graph_hash(store.pipeline) if ledger else None
     store.close()
     rng = random.Random(seed)
     start = datetime(2026, 1, 1, tzinfo=timezone.utc)
@@ -78,7 +99,7 @@ def make_store(root: str, episodes: int, shows: int = 100, events: int = 5, seed
         for ep in ids:
             folder = base / "episodes" / ep
             folder.mkdir()
-            raw, log = episode_files(show, ep, events, rng, start + timedelta(hours=made), fmt)
+            raw, log = episode_files(show, ep, events, rng, start + timedelta(hours=made), fmt, graph)
             (folder / f"episode.{fmt}").write_bytes(raw)
             (folder / "events.jsonl").write_bytes(log)
             made += 1
@@ -95,10 +116,11 @@ def main() -> None:
     parser.add_argument("--shows", type=int, default=100)
     parser.add_argument("--events", type=int, default=5)
     parser.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    parser.add_argument("--no-ledger", action="store_true", help="a store before the ledger (unchained logs)")
     args = parser.parse_args()
     if os.path.exists(os.path.join(args.dir, "statekit.yaml")):
         sys.exit(f"{args.dir} already holds a store")
-    make_store(args.dir, args.episodes, args.shows, args.events, fmt=args.format)
+    make_store(args.dir, args.episodes, args.shows, args.events, fmt=args.format, ledger=not args.no_ledger)
     print(f"made {args.episodes} episodes in {args.dir}")
 
 
