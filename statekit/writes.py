@@ -509,7 +509,9 @@ class Writer(Ledgers):
             mtime_ns=st.st_mtime_ns, sha256=record["sha256"], checked_at_ns=time.time_ns(),
             position=None,  # type: ignore[arg-type]
         )
-        if current is not None:  # what the index row holds if it is up to date
+        if current is not None and not (ledger is not None and ledger.pending):
+            # what the index row holds if it is up to date (for a pending edit being adopted, the
+            # row holds the committed version's stage and costs under the edited file's hash)
             row["was"] = (current.sha256 or sha256(current.raw), current.model.stage, current.model.costs)
         event_rows = [event_row(record)]
         if current is None and committed:

@@ -110,3 +110,23 @@ def test_the_cli_marks_pending_edits_in_list_next_and_status(tmp_path: Path) -> 
     status = runner.invoke(main, [*root, "status"])
     assert "1 with a pending hand edit" in status.output
     assert json.loads(runner.invoke(main, [*root, "status", "--json"]).output)[0]["pending"] == 1
+
+
+def test_adopting_an_edit_the_index_marked_moves_the_stage_totals(tmp_path: Path) -> None:
+    # the rebuild indexes the committed stage under the edited file's hash; the adoption's index
+    # write must not take that row for the edited file's stage (counts stayed at the old stage)
+    for how in ("sync", "advance"):
+        store = Store.init(tmp_path / how)
+        for ep in ("a", "b"):
+            store.create("s", ep)
+        edit(store, "a", "stage", "downloading")
+        store.rebuild_index()
+        assert {k: v for k, v in store.counts().items() if v} == {"discovered": 2}  # the committed stages
+        if how == "sync":
+            store.sync()
+            want = {"discovered": 1, "downloading": 1}
+        else:
+            store.advance("s", "a", "downloaded")  # adopts the edit first, then moves on
+            want = {"discovered": 1, "downloaded": 1}
+        assert {k: v for k, v in store.counts().items() if v} == want, how
+        assert store.verify().clean, how
