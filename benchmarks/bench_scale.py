@@ -1,7 +1,7 @@
 """One show of 1k, 10k (and with --full 100k) episodes: per-call costs, and ratios to same-run baselines.
 
     python benchmarks/bench_scale.py [--full] [--sizes 1000,10000] [--calls 100] [--format yaml|json]
-                                     [--no-ledger] [--procs] [--json]
+                                     [--no-ledger] [--procs] [--procs-only] [--proc-rounds 3] [--json]
 
 ``--format json``: the store's files are JSON (the bare baseline then parses them
 with orjson). The store is a ledger store, its logs chained as statekit writes them
@@ -19,7 +19,10 @@ Targets (issue 16), each against a baseline measured in the same run:
 - verify, rebuild: against a bare walk + read + parse of the same files
   (PyYAML's C loader or orjson, and orjson for the event lines); rebuild
   <= 1.3x, its peak memory < 300 MB;
-- --procs: advances per second of 1, 2 and 4 processes on their own episodes.
+- --procs: advances per second of 1, 2 and 4 processes on their own episodes
+  (>= 1.6x of 1 process at 2, >= 1.8x at 4), next to bare durable replaces per second
+  of 1, 2 and 4 processes in the same run (the machine's own ceiling: fsync contention);
+  --procs-only measures only that.
 
 Any operation whose per-call (per-episode for sync, verify, rebuild) cost
 grows more than 2x from the smallest size to the largest is flagged GROWS.
@@ -190,24 +193,56 @@ def measure(size: int, calls: int, fmt: str, top: str, ledger: bool = True) -> d
     return out
 
 
-def processes(top: str, per_proc: int = 200) -> dict[int, float]:
-    """Advances per second of 1, 2 and 4 processes, each on its own episodes of one show."""
+BARE_WORKER = r"""
+import sys, time
+sys.path.insert(0, {bench!r})
+from bench_scale import bare_create
+folder, n, start_at = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+for i in range(n):
+    bare_create(folder, i)
+while time.time() < start_at:
+    time.sleep(0.001)
+t = time.perf_counter()
+for _ in range(2):
+    for i in range(n):
+        bare_create(folder, i, replace=True)
+print(time.perf_counter() - t)
+"""
+
+
+def processes(top: str, per_proc: int = 200, rounds: int = 3) -> dict[str, dict[int, float]]:
+    """Advances per second of 1, 2 and 4 processes, each on its own episodes of one show, and
+    bare durable replaces per second (``bare_create(..., replace=True)``: temp file, fsync, rename,
+    directory fsync, an fsynced event append) of 1, 2 and 4 processes, each in its own folders:
+    the machine's own ceiling. Medians of ``rounds`` runs, statekit and bare interleaved."""
     root = os.path.join(top, "procs")
     store = Store.init(root)
     for p in range(4):
         for i in range(per_proc):
             store.create("procs", f"p{p}x{i:05d}")
     store.close()
-    rates = {}
-    for n in (1, 2, 4):
-        start_at = time.time() + 1.0
-        procs = [subprocess.Popen([sys.executable, "-c", WORKER.format(repo=str(HERE.parent)), root, f"p{p}x",
-                                   str(per_proc), str(start_at)], stdout=subprocess.PIPE, text=True)
-                 for p in range(n)]
-        seconds = [float(p.communicate()[0]) for p in procs]
-        rates[n] = n * 2 * per_proc / max(seconds)
+    samples: dict[str, dict[int, list[float]]] = {"statekit": {}, "bare": {}}
+    for r in range(rounds):
+        for n in (1, 2, 4):
+            for kind in (("statekit", "bare") if r % 2 == 0 else ("bare", "statekit")):
+                start_at = time.time() + 1.0
+                if kind == "statekit":
+                    argv = [[sys.executable, "-c", WORKER.format(repo=str(HERE.parent)), root, f"p{p}x",
+                             str(per_proc), str(start_at)] for p in range(n)]
+                else:
+                    folders = [os.path.join(top, f"bare-procs-{r}-{n}-{p}") for p in range(n)]
+                    for folder in folders:
+                        os.mkdir(folder)
+                    argv = [[sys.executable, "-c", BARE_WORKER.format(bench=str(HERE)), folder, str(per_proc),
+                             str(start_at)] for folder in folders]
+                procs = [subprocess.Popen(a, stdout=subprocess.PIPE, text=True) for a in argv]
+                seconds = [float(p.communicate()[0]) for p in procs]
+                samples[kind].setdefault(n, []).append(n * 2 * per_proc / max(seconds))
+                if kind == "bare":
+                    for folder in folders:
+                        shutil.rmtree(folder)
     shutil.rmtree(root)
-    return rates
+    return {kind: {n: statistics.median(v) for n, v in by_n.items()} for kind, by_n in samples.items()}
 
 
 def main() -> None:
@@ -219,18 +254,29 @@ def main() -> None:
                         help="a store before the ledger (unchained logs)")
     parser.add_argument("--sizes", default="", help="comma-separated sizes instead of 1000,10000[,100000]")
     parser.add_argument("--procs", action="store_true", help="also throughput of 1, 2 and 4 processes")
+    parser.add_argument("--procs-only", action="store_true", help="only the throughput of 1, 2 and 4 processes")
+    parser.add_argument("--proc-rounds", type=int, default=3, help="runs of each process count (medians)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else \
         [1_000, 10_000] + ([100_000] if args.full else [])
     results: dict[str, object] = {"load": os.getloadavg()[0], "format": args.format, "ledger": args.ledger}
+    if args.procs_only:
+        with tempfile.TemporaryDirectory(prefix="bench_scale-") as top:
+            results["procs"] = processes(top, rounds=args.proc_rounds)
+        if args.json:
+            print(json.dumps(results))
+        else:
+            print_procs(results["procs"], args.proc_rounds)  # type: ignore[arg-type]
+            print(f"load average at the start: {results['load']:.2f}, at the end: {os.getloadavg()[0]:.2f}")
+        return
     with tempfile.TemporaryDirectory(prefix="bench_scale-") as top:
         for size in sizes:
             results[str(size)] = measure(size, args.calls, args.format, top, args.ledger)
             if not args.json:
                 print_size(size, results[str(size)])  # type: ignore[arg-type]
         if args.procs:
-            results["procs"] = processes(top)
+            results["procs"] = processes(top, rounds=args.proc_rounds)
     small, large = results[str(sizes[0])], results[str(sizes[-1])]
     growth = {}
     for op in ("create", "advance", "get", "counts", "next", "list_stage_100", "sync", "verify", "rebuild"):
@@ -245,11 +291,19 @@ def main() -> None:
     for op, g in growth.items():
         print(f"  {op:16s} {g:5.2f}x{'   GROWS' if g > 2 else ''}")
     if args.procs:
-        rates = results["procs"]
-        print("\nprocesses on their own episodes (advances/s): " + ", ".join(
-            f"{n}: {r:.0f} ({r / rates[1]:.2f}x)" for n, r in rates.items()))  # type: ignore[union-attr]
+        print_procs(results["procs"], args.proc_rounds)  # type: ignore[arg-type]
     print(f"format {args.format}{'' if args.ledger else ', no ledger'}; load average at the start: "
           f"{results['load']:.2f}, at the end: {os.getloadavg()[0]:.2f}")
+
+
+def print_procs(rates: dict[str, dict[int, float]], rounds: int) -> None:
+    """Each kind's rate at 1, 2 and 4 processes, and its speed-up over 1 process."""
+    print(f"\nprocesses on their own episodes (medians of {rounds} runs; target: statekit >= 1.6x at 2, >= 1.8x at 4)")
+    for kind, label in (("statekit", "advances/s"), ("bare", "bare durable replaces/s")):
+        by_n = rates[kind]
+        print(f"  {label:24s} " + ", ".join(f"{n}: {r:6.0f} ({r / by_n[1]:.2f}x)" for n, r in by_n.items()))
+    print("  statekit / bare:          " + ", ".join(
+        f"{n}: {rates['statekit'][n] / rates['bare'][n]:.2f}x" for n in rates["statekit"]))
 
 
 def print_size(size: int, r: dict[str, float]) -> None:
