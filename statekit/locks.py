@@ -2,7 +2,8 @@
 
 ``hold_lock`` is the primitive; ``Locks`` names the store's locks (one per
 episode, one per show, one per bucket of unique values, the index's) and
-where their files live (``.statekit/locks/``, folders walked from the root).
+where their files live (``.statekit/locks/``, folders walked from the root);
+``Gate``: one held for a moment many times over (the index's writers).
 """
 
 from __future__ import annotations
@@ -63,11 +64,66 @@ class Locks:
     def index(self, timeout: float) -> Any:
         return self.hold(LOCKS, "index.lock", "the index (another rebuild is running)", timeout)
 
+    def gate(self, name: str, what: str) -> Gate:
+        """A lock held many times for a moment each (``Gate``), its file in ``.statekit/locks/``."""
+        return Gate(self, name, what)
+
     def objects(self, *, exclusive: bool, timeout: float) -> Any:
         """The object folder's lock (``objects.objects_lock``): shared by ``add_asset``, exclusive for ``gc``."""
         folders = self.folders
         return objects_lock(folders.disk, folders.root, root_fd=folders.root_fd, exclusive=exclusive,
                             timeout=timeout)
+
+
+class Gate:
+    """An exclusive lock taken for a moment, many times over (the index's writers: one
+    transaction each). Its file stays open in each thread that used it, so an
+    uncontended hold costs two ``flock`` calls; a waiter blocks in ``flock`` and is woken
+    the moment the holder lets go (SQLite's own wait for its write lock sleeps 1, 2, 5,
+    10 ms... between tries, long after a holder of a fraction of a millisecond is gone).
+    ``LockTimeoutError`` after the store's lock timeout."""
+
+    def __init__(self, locks: Locks, name: str, what: str) -> None:
+        self.locks = locks
+        self.name = name
+        self.what = what
+        self._local = threading.local()
+
+    def _fd(self) -> int:
+        local = self._local
+        fd = getattr(local, "fd", None)
+        if fd is None or local.pid != os.getpid():  # a forked child opens its own (flock is per open file)
+            folders = self.locks.folders
+            path = "/".join((folders.root, *LOCKS, self.name))
+            with folders.open(LOCKS, create=True, durable=False) as folder:
+                try:
+                    fd = folders.disk.open(path, os.O_RDWR | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o666,
+                                           dir_fd=folder)
+                except OSError as exc:
+                    if exc.errno == errno.ELOOP:
+                        raise unsafe_path(path) from None
+                    raise storage_error(exc, path, "open lock file") from exc
+            local.fd, local.pid = fd, os.getpid()
+        return fd  # type: ignore[no-any-return]
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        fd = self._fd()
+        if not lock_descriptor(fd, blocking=False):
+            timeout = self.locks.timeout
+            path = "/".join((self.locks.folders.root, *LOCKS, self.name))
+            if fcntl is None:
+                _poll_lock(fd, path, timeout, self.what)
+            else:
+                waiter = _LockWaiter(fd)
+                if not waiter.wait(timeout):
+                    self._local.fd = None  # the waiter owns the descriptor now (closes it once it locks)
+                    raise LockTimeoutError(f"could not lock {self.what} within {timeout:g} s", path=path,
+                                           timeout=timeout)
+        try:
+            yield
+        finally:
+            unlock_descriptor(fd)
 
 
 @contextmanager

@@ -119,7 +119,10 @@ class Writer(Ledgers):
     def index(self) -> Index:
         """The SQL index, opened (and brought up to date) on first use."""
         if self._index is None:
-            self._index = self._open_index(self)
+            index = self._open_index(self)
+            if index.dialect == "sqlite":  # writers of one SQLite index wait for each other in the kernel
+                index.write_gate = self.locks.gate("index-writers.lock", "the index's writers")
+            self._index = index
         return self._index
 
     def close_index(self) -> None:
@@ -497,6 +500,15 @@ class Writer(Ledgers):
         finally:
             if backups is not None:
                 os.close(backups)
+        return self._after_rename(path, current, new, written, data, record, line, sizes, st, committed,
+                                  log_path, folder, seal, adopting=ledger is not None and ledger.pending)
+
+    def _after_rename(self, path: str, current: Parsed | None, new: Episode, written: Parsed,
+                      data: dict[str, Any], record: dict[str, Any], line: bytes, sizes: list[int],
+                      st: os.stat_result, committed: int, log_path: str, folder: int, seal: bool, *,
+                      adopting: bool) -> Parsed:
+        """The new file is durable: the parse cache, the index, the hooks. ``adopting``: the
+        write adopts a pending hand edit (``current`` is the edited file)."""
         written.model = new
         written.log_size = sizes[0]
         written.sha256 = record["sha256"]
@@ -509,7 +521,7 @@ class Writer(Ledgers):
             mtime_ns=st.st_mtime_ns, sha256=record["sha256"], checked_at_ns=time.time_ns(),
             position=None,  # type: ignore[arg-type]
         )
-        if current is not None and not (ledger is not None and ledger.pending):
+        if current is not None and not adopting:
             # what the index row holds if it is up to date (for a pending edit being adopted, the
             # row holds the committed version's stage and costs under the edited file's hash)
             row["was"] = (current.sha256 or sha256(current.raw), current.model.stage, current.model.costs)

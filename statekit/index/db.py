@@ -22,7 +22,8 @@ from sqlalchemy import and_, bindparam, delete, func, or_, select
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from ..errors import IndexUnavailableError, QueryError, QueryTimeoutError, ValidationError
+from ..errors import IndexUnavailableError, QueryError, QueryTimeoutError, StatekitError, ValidationError
+from ..locks import Gate
 from ..pipeline import Pipeline
 from .dialect import (
     WRITE,
@@ -141,6 +142,9 @@ class Index:
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
         self.leases = LeaseTable(engine)
         """The live leases of stage runs (coordination state, ``index.leases``)."""
+        self.write_gate: Gate | None = None
+        """Taken around each ``write`` (SQLite: the store's ``locks.Gate`` for its index writers,
+        set by ``writes.Writer``), so writers wait in the kernel, not in SQLite's sleeps."""
         self._local = threading.local()
         self._connections: list[Any] = []
         self._connections_lock = threading.Lock()
@@ -200,6 +204,23 @@ class Index:
         step. ``positions``: (show, episode ids in show order).
 
         Raises ``IndexUnavailableError`` if the database fails the write."""
+        gate = self.write_gate
+        if gate is None:
+            self._write(rows, event_rows, show_rows, removed, removed_shows, positions)
+            return
+        try:
+            held = gate.held()
+            held.__enter__()
+        except StatekitError as exc:  # a lock timeout, or its file cannot be opened
+            raise IndexUnavailableError(f"the index could not start a write: {exc.one_line()}") from exc
+        try:
+            self._write(rows, event_rows, show_rows, removed, removed_shows, positions)
+        finally:
+            held.__exit__(None, None, None)
+
+    def _write(self, rows: Iterable[Mapping[str, Any]], event_rows: Iterable[Mapping[str, Any]],
+               show_rows: Iterable[Mapping[str, Any]], removed: Iterable[tuple[str, str]],
+               removed_shows: Iterable[str], positions: tuple[str, list[str]] | None) -> None:
         try:
             conn = self._writer()
             begin_write(conn, self.dialect)
