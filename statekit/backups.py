@@ -69,6 +69,15 @@ class Backups:
         stem, ext = os.path.splitext(os.path.basename(path))
         return "/".join((self.root, *parts, f"{stem}.v{model.version}{ext}")), folder
 
+    def spare(self, kept: str, version: int) -> str | None:
+        """The backup that rotation drops once ``kept`` (version ``version``) is kept: the
+        write may reuse its file as its temp file (``files.atomic_write``'s ``recycle``).
+        A write that fails after taking it leaves one backup fewer: the oldest one."""
+        if self.keep == 0 or version <= self.keep:
+            return None
+        suffix = kept[kept.rindex("."):]
+        return f"{kept[:kept.rindex('.v')]}.v{version - self.keep}{suffix}"
+
     def rotate(self, kept: str, version: int, folder: int) -> None:
         """Keep the newest ``keep`` versions (a failure here only logs: the write is done).
 

@@ -282,7 +282,8 @@ def _sync_folder(disk: Disk, directory: str, dir_fd: int | None) -> None:
 def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = None,
                  alongside: Callable[[], None] | None = None, keep: str | None = None,
                  keep_dir_fd: int | None = None, previous: bytes | None = None,
-                 created: bool = False, fence: Callable[[], None] | None = None) -> os.stat_result:
+                 created: bool = False, fence: Callable[[], None] | None = None,
+                 recycle: str | None = None) -> os.stat_result:
     """Replace ``path`` with ``data``: readers and crashes see old or new, never a mix.
 
     Temp file in the same directory, write, fsync, close (checked), rename,
@@ -309,6 +310,12 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
     write that raises leaves ``path`` as it was: the kept link is renamed
     back, or else the file's ``previous`` bytes are written back, or
     (``created``: there was no file) the new file is removed.
+
+    ``recycle``: a spare file in ``keep_dir_fd`` that is about to be deleted anyway (the
+    backup that rotation drops): it is renamed in as the temp file and overwritten, so the
+    write neither allocates a new file nor frees the old one (both wait on the file
+    system's journal). Only a regular file with no other link is reused; otherwise, or if
+    it is gone, a new temp file is made as usual.
     """
     directory, name = os.path.split(path)
     if dir_fd is None:
@@ -318,7 +325,8 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
             raise storage_error(exc, path, "write") from exc
         try:
             return atomic_write(disk, path, data, dir_fd=folder, alongside=alongside, keep=keep,
-                                keep_dir_fd=keep_dir_fd, previous=previous, created=created, fence=fence)
+                                keep_dir_fd=keep_dir_fd, previous=previous, created=created, fence=fence,
+                                recycle=recycle)
         finally:
             os.close(folder)
     fd: int | None = None
@@ -331,8 +339,16 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
         else:
             alongside()
     try:
-        fd, tmp = disk.mkstemp(directory or ".", f"{TEMP_PREFIX}{name}.", TEMP_SUFFIX, dir_fd=dir_fd)
-        write_all(disk, fd, data)
+        reused = None
+        if recycle is not None and keep_dir_fd is not None:
+            reused = _recycled_temp(disk, recycle, keep_dir_fd, directory or ".", name, dir_fd)
+        if reused is not None:
+            fd, tmp = reused
+            write_all(disk, fd, data)
+            disk.truncate(fd, len(data))  # the spare's own bytes may run longer
+        else:
+            fd, tmp = disk.mkstemp(directory or ".", f"{TEMP_PREFIX}{name}.", TEMP_SUFFIX, dir_fd=dir_fd)
+            write_all(disk, fd, data)
         disk.fsync(fd)
         written = os.fstat(fd)
         closing, fd = fd, None
@@ -376,6 +392,32 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
         if job is not None:  # the temp file failed: still let the append finish under our lock
             futures_wait([job])
         discard_temp(fd, tmp, dir_fd)
+
+
+def _recycled_temp(disk: Disk, spare: str, spare_dir_fd: int, directory: str, name: str,
+                   dir_fd: int) -> tuple[int, str] | None:
+    """``spare`` (in the folder ``spare_dir_fd``) renamed to a new temp name next to ``name``
+    and opened for writing at its start, with a new file's mode; None (nothing changed, or
+    the renamed spare removed again) if it is gone or cannot be reused."""
+    tmp = f"{directory}/{TEMP_PREFIX}{name}.{random.getrandbits(48):012x}{TEMP_SUFFIX}"
+    try:
+        st = os.stat(name_at(spare, spare_dir_fd), dir_fd=spare_dir_fd, follow_symlinks=False)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            return None  # left where it is (rotation deals with it)
+        disk.rename(spare, tmp, src_dir_fd=spare_dir_fd, dst_dir_fd=dir_fd)
+    except OSError:  # gone (a version that jumped), or another file system: a new temp file
+        return None
+    fd = None
+    try:
+        fd = disk.open(tmp, os.O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, dir_fd=dir_fd)
+        st = os.fstat(fd)
+        if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:  # never write through another link to it
+            os.fchmod(fd, file_mode())
+            return fd, tmp
+    except OSError:
+        pass
+    discard_temp(fd, tmp, dir_fd)
+    return None
 
 
 def discard_temp(fd: int | None, tmp: str | None, dir_fd: int | None = None) -> None:

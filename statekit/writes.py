@@ -494,7 +494,9 @@ class Writer(Ledgers):
         try:
             st = diskio.atomic_write(self.disk, path, raw, dir_fd=folder, alongside=append, keep=keep,
                                      keep_dir_fd=backups, previous=previous, created=previous is None,
-                                     fence=self.fence)
+                                     fence=self.fence,
+                                     recycle=self.backups.spare(keep, current.model.version)  # type: ignore[union-attr]
+                                     if keep is not None else None)
             if keep is not None and backups is not None:
                 self.backups.rotate(keep, current.model.version, backups)  # type: ignore[union-attr]
         finally:
