@@ -81,7 +81,8 @@ class Gate:
     uncontended hold costs two ``flock`` calls; a waiter blocks in ``flock`` and is woken
     the moment the holder lets go (SQLite's own wait for its write lock sleeps 1, 2, 5,
     10 ms... between tries, long after a holder of a fraction of a millisecond is gone).
-    ``LockTimeoutError`` after the store's lock timeout."""
+    ``LockTimeoutError`` after the store's lock timeout; ``StorageError`` (or
+    ``UnsafePathError``) if its file cannot be opened."""
 
     def __init__(self, locks: Locks, name: str, what: str) -> None:
         self.locks = locks

@@ -132,11 +132,13 @@ def count_steps(template: Path, tmp_path: Path, op: Callable[[Store], Any]) -> l
 
 def test_the_write_paths_make_the_calls_expected(template: dict[str, Path], tmp_path: Path) -> None:
     steps = count_steps(template["yaml"], tmp_path, op_advance)
-    # the lock file, the event (open, write, fsync), the file (temp, write, fsync, close), the backup
-    # link, the rename and the fsync of the directory (held open since the lock); then the oldest
-    # backup rotates out
-    assert steps == ["open", "open", "write", "fsync", "mkstemp", "write", "fsync", "close", "link", "replace",
-                     "fsync", "unlink"]
+    # the lock file, the event (open, write, fsync), the file (the backup rotation drops renamed in as the
+    # temp file, opened, written, truncated, fsync, close), the backup link, the rename and the fsync of
+    # the directory (held open since the lock); then the rotation's unlink of that backup's name (gone
+    # already), and the index writers' lock file, opened once per thread
+    assert steps == ["open", "open", "write", "fsync", "rename", "open", "write", "truncate", "fsync", "close",
+                     "link", "replace", "fsync", "unlink", "open"]
+    assert count_steps(template["yaml"], tmp_path, op_advance)[-1] == "open"  # a new process: its own lock file
 
 
 @pytest.mark.parametrize("fmt", ["yaml", "json"])
@@ -188,7 +190,7 @@ def test_a_fault_at_every_step_leaves_the_episode_as_it_was(
 
 def test_a_failed_directory_sync_after_the_rename_is_undone(template: dict[str, Path], tmp_path: Path) -> None:
     steps = count_steps(template["yaml"], tmp_path, op_advance)
-    dir_fsync = len(steps) - 2  # fsync(dir) ends the write, then the rotation
+    dir_fsync = steps.index("replace") + 1  # fsync(dir) ends the write, then the rotation
     assert steps[dir_fsync] == "fsync"
     for backups in (3, 0):
         disk = FaultyDisk()
@@ -199,7 +201,8 @@ def test_a_failed_directory_sync_after_the_rename_is_undone(template: dict[str, 
         before = path.read_bytes()
         inode = os.stat(path).st_ino
         disk.steps.clear()
-        disk.fail_at, disk.errno = dir_fsync - (0 if backups else 1), errno.EIO  # no link step without backups
+        # without backups: no link, and a new temp file (mkstemp) instead of the spare (rename, open, truncate)
+        disk.fail_at, disk.errno = dir_fsync - (0 if backups else 3), errno.EIO
         with pytest.raises(StorageError):
             op_advance(store)
         assert path.read_bytes() == before

@@ -81,6 +81,51 @@ def test_a_backup_never_shares_the_live_file(store: Store) -> None:
     assert backup.read_bytes() == kept
 
 
+def test_a_write_reuses_the_backup_rotation_drops_as_its_file(any_store: Store) -> None:
+    store = any_store
+    store.create("s", "e")
+    before = walk_back_and_forth(store, 4)  # backups of versions 2, 3, 4
+    ext = store.config.format
+    oldest = backup_dir(store) / f"episode.v2.{ext}"
+    reused = os.stat(oldest).st_ino
+    os.chmod(oldest, 0o600)  # the live file gets a new file's mode, not the spare's
+    live = episode_file(store, "s", "e")
+    previous = live.read_bytes()
+    store.advance("s", "e", "downloading")
+    assert os.stat(live).st_ino == reused  # no new file made, none freed
+    assert os.stat(live).st_mode & 0o777 == 0o666 & ~current_umask()
+    assert store.get("s", "e").version == 6 and store.verify().clean
+    assert sorted(os.listdir(backup_dir(store))) == [f"episode.v{v}.{ext}" for v in (3, 4, 5)]
+    assert (backup_dir(store) / f"episode.v5.{ext}").read_bytes() == previous
+    assert [(backup_dir(store) / f"episode.v{v}.{ext}").read_bytes() for v in (3, 4)] == before[2:4]
+    assert not [n for n in os.listdir(live.parent) if n.endswith(".tmp")]
+
+
+def test_a_spare_backup_with_another_link_or_a_symlink_is_never_written_through(store: Store,
+                                                                                 tmp_path: Path) -> None:
+    store.create("s", "e")
+    walk_back_and_forth(store, 5)  # backups of versions 3, 4, 5
+    outside = tmp_path / "outside.yaml"
+    os.link(backup_dir(store) / "episode.v3.yaml", outside)  # e.g. a snapshot made with cp -al
+    kept = outside.read_bytes()
+    store.advance("s", "e", "failed")  # version 6 -> 7: the spare is v3
+    assert outside.read_bytes() == kept and os.stat(outside).st_nlink == 1  # rotation dropped its name only
+    target = tmp_path / "target.yaml"
+    target.write_bytes(b"not the store's")
+    (backup_dir(store) / "episode.v4.yaml").unlink()
+    os.symlink(target, backup_dir(store) / "episode.v4.yaml")
+    store.advance("s", "e", "downloading")  # version 7 -> 8: the spare is a symlink
+    assert target.read_bytes() == b"not the store's"
+    assert sorted(os.listdir(backup_dir(store))) == ["episode.v5.yaml", "episode.v6.yaml", "episode.v7.yaml"]
+    assert store.get("s", "e").version == 8 and store.verify().clean
+
+
+def current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def test_backups_zero_keeps_none_and_leaves_nothing_behind(tmp_path: Path) -> None:
     store = Store.init(tmp_path / "s", backups=0)
     store.create("s", "e")

@@ -22,7 +22,14 @@ from sqlalchemy import and_, bindparam, delete, func, or_, select
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from ..errors import IndexUnavailableError, QueryError, QueryTimeoutError, StatekitError, ValidationError
+from ..errors import (
+    IndexUnavailableError,
+    LockTimeoutError,
+    QueryError,
+    QueryTimeoutError,
+    StatekitError,
+    ValidationError,
+)
 from ..locks import Gate
 from ..pipeline import Pipeline
 from .dialect import (
@@ -211,8 +218,11 @@ class Index:
         try:
             held = gate.held()
             held.__enter__()
-        except StatekitError as exc:  # a lock timeout, or its file cannot be opened
+        except LockTimeoutError as exc:  # a writer holds it past the lock timeout
             raise IndexUnavailableError(f"the index could not start a write: {exc.one_line()}") from exc
+        except StatekitError:  # its file cannot be opened: SQLite's own wait for its lock does
+            self._write(rows, event_rows, show_rows, removed, removed_shows, positions)
+            return
         try:
             self._write(rows, event_rows, show_rows, removed, removed_shows, positions)
         finally:
