@@ -1,0 +1,65 @@
+"""The block YAML writer (``statekit.blockyaml``) writes exactly PyYAML's bytes, or declines."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from statekit import Store
+from statekit.blockyaml import BlockYaml
+from statekit.codecs import CODECS, YamlCodec
+
+
+BLOCK = BlockYaml(lambda obj: YamlCodec.dump_with_pyyaml(obj, encoding=None))
+"""As ``codecs`` makes it."""
+
+
+def pyyaml(data: dict[str, Any]) -> bytes:
+    """What PyYAML writes (``YamlCodec.dump_plain`` without the block writer)."""
+    return YamlCodec.dump_with_pyyaml(data)
+
+
+texts = st.one_of(
+    st.text(max_size=12),
+    st.text(alphabet="ab :#-'\"!&*?|>%@`,[]{}~\t\n.0123456789eE+_\\é😀\x85\u2028\ufeff\x07", max_size=10),
+    st.sampled_from(["yes", "No", "TRUE", "off", "null", "~", "", "-", "1.5", "0x1f", "1_000", "12:30", ".inf",
+                     "2026-12-06T15:53:58.770011Z", "2026-12-06", "https://archive.org/x", "a: b", "<<", "="]),
+    st.text(min_size=990, max_size=1100, alphabet="ab "),
+)
+scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.integers(min_value=-(2**70), max_value=2**70),
+                    st.floats(), texts)
+documents = st.dictionaries(texts, st.recursive(
+    scalars, lambda inner: st.one_of(st.lists(inner, max_size=4), st.dictionaries(texts, inner, max_size=4)),
+    max_leaves=12), max_size=8)
+
+
+@settings(max_examples=int(os.environ.get("STATEKIT_BLOCKYAML_EXAMPLES", "400")), deadline=None)
+@given(documents)
+def test_it_writes_pyyamls_bytes_or_declines(data: dict[str, Any]) -> None:
+    ours = BLOCK.dump(data)
+    assert ours is None or ours == pyyaml(data)
+
+
+def test_an_episode_is_written_without_pyyaml_and_reads_back(tmp_path: Any) -> None:
+    store = Store.init(tmp_path / "s")
+    store.create("s", "e", title="Épisode: \"one\" # first", metadata={"source": "https://archive.org/x", "n": 1.5,
+                                                                        "tags": ["a", "yes", 3], "nested": {"k": []}})
+    episode = store.advance("s", "e", "downloading", cost=0.25, message="it's going")
+    data = episode.model_dump(mode="json")
+    ours = BLOCK.dump(data)
+    assert ours is not None and ours == pyyaml(data)
+    assert CODECS[".yaml"].load(ours, "x") == data
+    assert CODECS[".yaml"].dump_plain(data) == ours  # what the write path writes
+
+
+def test_it_declines_what_pyyaml_writes_over_several_lines_or_spells_its_own_way() -> None:
+    block = BlockYaml(lambda obj: yaml.safe_dump(obj, sort_keys=False, allow_unicode=True, width=4096,
+                                                 default_flow_style=False))
+    for data in ({"k": "two\nlines"}, {"k": float("nan")}, {"k": float("inf")}, {"k": ("a", "tuple")},
+                 {"k": "x" * 1001}, {1: "a key that is not text"}):
+        assert block.dump(data) is None, data
+    assert block.dump({"k": "v", "l": [{"a": 1}, [], {}]}) == b"k: v\nl:\n- a: 1\n- []\n- {}\n"
