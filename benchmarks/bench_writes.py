@@ -15,7 +15,8 @@ with a cost), as a worker would, with the index updated in the loop.
 
 Targets: issue 3 (index in the loop): JSON >= 0.6x and YAML >= 0.35x of
 ``bare+sqlite``. Issue 2 set JSON >= 0.7x, YAML >= 0.4x (with comments kept)
-of ``bare`` before the index existed; those ratios are printed too.
+of ``bare`` before the index existed; issue 16 sets JSON >= 0.8x and YAML
+>= 0.6x of ``bare``, index in the loop (the "issue 16" column).
 Ratios are baseline median / store median; higher is better.
 """
 
@@ -40,6 +41,7 @@ from statekit import Store  # noqa: E402
 
 TARGETS = {"json": 0.6, "yaml": 0.35, "yaml+comments": 0.35}  # against bare+sqlite
 WITHOUT_INDEX = {"json": 0.7, "yaml": 0.4, "yaml+comments": 0.4}  # issue 2, against bare
+AGAINST_BARE = {"json": 0.8, "yaml": 0.6}  # issue 16: against bare, the index in the loop
 
 
 def bare_sequence(folder: str, file_bytes: bytes, event_bytes: bytes) -> Callable[[], None]:
@@ -156,10 +158,12 @@ def main() -> int:
             med = statistics.median(samples[name])
             ratio = base / med
             target = TARGETS.get(name)
+            target_bare = AGAINST_BARE.get(name)
             results.append({
                 "run": name, "median_us": round(med * 1e6, 1), "ops_per_s": round(1 / med, 1),
                 "ratio": round(ratio, 3), "ratio_vs_bare": round(bare / med, 3), "target": target,
-                "ok": None if target is None else ratio >= target,
+                "ok": None if target is None else ratio >= target, "target_vs_bare": target_bare,
+                "ok_vs_bare": None if target_bare is None else bare / med >= target_bare,
             })
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -168,13 +172,16 @@ def main() -> int:
         print(json.dumps({"ops": args.ops, "rounds": args.rounds, "results": results}, indent=2))
     else:
         print(f"durable advance, index in the loop ({args.rounds} rounds x {args.ops} writes, medians)")
-        print(f"{'run':<15}{'median':>12}{'writes/s':>10}{'vs bare+sqlite':>16}{'target':>8}{'vs bare':>10}")
+        print(f"{'run':<15}{'median':>12}{'writes/s':>10}{'vs bare+sqlite':>16}{'target':>8}{'vs bare':>10}"
+              f"{'issue 16':>10}")
         for r in results:
             verdict = "" if r["ok"] is None else ("  ok" if r["ok"] else "  MISSED")
             target = "" if r["target"] is None else f">={r['target']}"
+            bare_target = "" if r["target_vs_bare"] is None else f">={r['target_vs_bare']}"
+            bare_verdict = "" if r["ok_vs_bare"] is None else ("  ok" if r["ok_vs_bare"] else "  MISSED")
             print(f"{r['run']:<15}{r['median_us']:>10.0f}us{r['ops_per_s']:>10.0f}{r['ratio']:>15.2f}x"
-                  f"{target:>8}{r['ratio_vs_bare']:>9.2f}x{verdict}")
-    missed = [r for r in results if r["ok"] is False]
+                  f"{target:>8}{r['ratio_vs_bare']:>9.2f}x{verdict:8}{bare_target:>6}{bare_verdict}")
+    missed = [r for r in results if r["ok"] is False or r["ok_vs_bare"] is False]
     return 1 if args.strict and missed else 0
 
 
