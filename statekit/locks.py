@@ -89,11 +89,26 @@ class Gate:
         self.name = name
         self.what = what
         self._local = threading.local()
+        self._open: list[int] = []
+        self._open_lock = threading.Lock()
+        self._generation = 0
+
+    def close(self) -> None:
+        """Close the file in every thread (each opens it again on its next hold)."""
+        with self._open_lock:
+            fds, self._open = self._open, []
+            self._generation += 1
+        for fd in fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
     def _fd(self) -> int:
         local = self._local
         fd = getattr(local, "fd", None)
-        if fd is None or local.pid != os.getpid():  # a forked child opens its own (flock is per open file)
+        if fd is None or local.pid != os.getpid() or local.generation != self._generation:
+            # a forked child opens its own (flock belongs to an open file); so does a thread after close()
             folders = self.locks.folders
             path = "/".join((folders.root, *LOCKS, self.name))
             with folders.open(LOCKS, create=True, durable=False) as folder:
@@ -104,7 +119,9 @@ class Gate:
                     if exc.errno == errno.ELOOP:
                         raise unsafe_path(path) from None
                     raise storage_error(exc, path, "open lock file") from exc
-            local.fd, local.pid = fd, os.getpid()
+            with self._open_lock:
+                self._open.append(fd)
+                local.fd, local.pid, local.generation = fd, os.getpid(), self._generation
         return fd  # type: ignore[no-any-return]
 
     @contextmanager
@@ -119,6 +136,9 @@ class Gate:
                 waiter = _LockWaiter(fd)
                 if not waiter.wait(timeout):
                     self._local.fd = None  # the waiter owns the descriptor now (closes it once it locks)
+                    with self._open_lock:
+                        if fd in self._open:
+                            self._open.remove(fd)
                     raise LockTimeoutError(f"could not lock {self.what} within {timeout:g} s", path=path,
                                            timeout=timeout)
         try:

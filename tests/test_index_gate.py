@@ -6,6 +6,7 @@ is written; ``sync`` mends the index)."""
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from pathlib import Path
@@ -76,8 +77,6 @@ def test_a_gate_held_past_the_lock_timeout_only_makes_the_index_miss_the_write(
 
 def test_a_forked_child_opens_its_own_gate_file(tmp_path: Path) -> None:
     # flock belongs to an open file: a child using its parent's descriptor would pass a gate its parent holds
-    import os
-
     store = Store.init(tmp_path / "s", lock_timeout=0.3)
     store.create("s", "a")
     store.advance("s", "a", "downloading")  # this thread has the gate file open
@@ -96,3 +95,16 @@ def test_a_forked_child_opens_its_own_gate_file(tmp_path: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     store.sync()
     assert stage_in_index(store, "a") == "downloaded"
+
+
+def test_closing_the_store_closes_the_gate_files(tmp_path: Path) -> None:
+    store = Store.init(tmp_path / "s")
+    store.create("s", "a")
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    before = fds()
+    for _ in range(20):
+        again = Store.open(store.root)
+        again.advance("s", "a", "downloading" if again.get("s", "a").stage != "downloading" else "failed")
+        again.close()
+    assert fds() <= before + 2  # not one descriptor per store opened
+    store.close()

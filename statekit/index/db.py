@@ -159,6 +159,8 @@ class Index:
 
     def close(self) -> None:
         """Close this index's connections (it reconnects when used again)."""
+        if self.write_gate is not None:
+            self.write_gate.close()
         with self._connections_lock:
             conns, self._connections = self._connections, []
             self._generation += 1
