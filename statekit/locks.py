@@ -13,6 +13,7 @@ import os
 import random
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -92,17 +93,14 @@ class Gate:
         self._open: list[int] = []
         self._open_lock = threading.Lock()
         self._generation = 0
+        # a store dropped without close(): its files close with it (SQLite's connections do too)
+        weakref.finalize(self, _close_all, self._open, self._open_lock, os.getpid())
 
     def close(self) -> None:
         """Close the file in every thread (each opens it again on its next hold)."""
         with self._open_lock:
-            fds, self._open = self._open, []
             self._generation += 1
-        for fd in fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        _close_all(self._open, self._open_lock, os.getpid())
 
     def _fd(self) -> int:
         local = self._local
@@ -145,6 +143,20 @@ class Gate:
             yield
         finally:
             unlock_descriptor(fd)
+
+
+def _close_all(fds: list[int], lock: threading.Lock, pid: int) -> None:
+    """Close the descriptors in ``fds`` (emptied) if this is still process ``pid``."""
+    with lock:
+        taken = list(fds)
+        fds.clear()
+    if os.getpid() != pid:
+        return  # a forked child's copies: left to it (closed at its exit)
+    for fd in taken:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
 
 
 @contextmanager

@@ -108,3 +108,18 @@ def test_closing_the_store_closes_the_gate_files(tmp_path: Path) -> None:
         again.close()
     assert fds() <= before + 2  # not one descriptor per store opened
     store.close()
+
+
+def test_a_store_dropped_without_close_lets_go_of_its_gate_files(tmp_path: Path) -> None:
+    import gc
+
+    store = Store.init(tmp_path / "s")
+    store.create("s", "a")
+    store.close()
+    fds = lambda: len(os.listdir("/proc/self/fd"))  # noqa: E731
+    gc.collect()
+    before = fds()
+    for i in range(20):
+        Store.open(store.root).advance("s", "a", "downloading" if i % 2 == 0 else "failed")
+    gc.collect()
+    assert fds() <= before + 2
