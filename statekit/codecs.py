@@ -685,6 +685,15 @@ def int64(text: str) -> int:
 
 _LONG_NUMBER = re.compile(rb"[0-9]{19}")
 """Nineteen digits in a row: perhaps an integer beyond 64 bits, which orjson reads (up to 2**64 - 1)."""
+_DIGITS_ONLY = bytes(48 if 48 <= i <= 57 else 32 for i in range(256))
+"""A ``bytes.translate`` table: every digit to ``0``, every other byte to a space."""
+_NINETEEN = b"0" * 19
+
+
+def has_long_number(raw: bytes) -> bool:
+    """``_LONG_NUMBER.search(raw) is not None``, a tenth of its time (in C: one
+    translation, one substring search; it runs on every JSON file a rebuild reads)."""
+    return _NINETEEN in raw.translate(_DIGITS_ONLY)
 
 
 def exact_json(raw: bytes) -> dict[str, Any] | None:
@@ -696,7 +705,7 @@ def exact_json(raw: bytes) -> dict[str, Any] | None:
     fewer colons (outside strings, one per key; inside, the same as written,
     unless a ``\\u`` escape spelled one, and then the strict reader reads it)."""
     if (b"\\u" in raw or raw.count(b"[") + raw.count(b"{") > MAX_DEPTH
-            or _LONG_NUMBER.search(raw) is not None):
+            or has_long_number(raw)):
         return None
     try:
         data = orjson.loads(raw)
