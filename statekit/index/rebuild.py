@@ -44,11 +44,12 @@ from .scan import (
     RebuildReport,
     committed_rows,
     dirs,
+    episode_file,
+    episode_folders,
     problem,
     rows_for,
     show_order,
     show_record,
-    walk,
 )
 from .tables import (
     INDEX_REVISION,
@@ -158,7 +159,7 @@ def old_leases(index: Index) -> list[dict[str, Any]]:
 
 def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Progress | None,
           workers: int | None = None) -> None:
-    found = list(walk(writer.root))
+    found = list(episode_folders(writer.root))  # each worker looks for its folders' files (lstat is a cost)
     total = len(found)
     deltas: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
     rows: list[tuple[Any, ...]] = []
@@ -179,10 +180,15 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
     keys = writer.config.unique
     pick = itemgetter(*EPISODE_COLUMNS)
 
-    def rows_of(item: tuple[str, str, str, os.stat_result]) -> Any:
-        """One file's rows as tuples ready to insert (JSON as text), or its problem.
-        (Run in a pool's worker for a large store: what it returns is pickled, so plain tuples.)"""
-        show, ep, path, st = item
+    def rows_of(item: tuple[str, str, str]) -> Any:
+        """One folder's rows as tuples ready to insert (JSON as text), or its problem, or None
+        (no episode file). (Run in a pool's worker for a large store: what it returns is
+        pickled, so plain tuples.)"""
+        show, ep, base = item
+        located = episode_file(base)
+        if located is None:
+            return None
+        path, st = located
         pending: list[str] = []
         failure = None
         try:  # one damaged episode (or a fifo, a symlink where its file should be) is reported, not fatal
@@ -208,7 +214,7 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
             values = tuple(row.get(c) for c in EPISODE_COLUMNS)
         return values, lines, claimed, model.stage, model.costs, bool(pending), failure
 
-    for done, ((show, ep, _path, _st), result) in enumerate(
+    for done, ((show, ep, _base), result) in enumerate(
             zip(found, ordered_map(rows_of, found, workers_for(total, workers))), 1):
         if result is None:
             continue

@@ -115,18 +115,30 @@ def dirs(path: str) -> list[str]:
 def walk(root: str) -> Iterator[tuple[str, str, str, os.stat_result]]:
     """(show, episode, path, stat) of every episode file, show by show.
     (Plain string paths: on 100,000 episodes ``os.path.join`` is a cost.)"""
+    for show, ep, base in episode_folders(root):
+        found = episode_file(base)
+        if found is not None:
+            yield show, ep, found[0], found[1]
+
+
+def episode_folders(root: str) -> Iterator[tuple[str, str, str]]:
+    """(show, episode, the folder's path + ``/episode.``) of every episode folder, show
+    by show (``walk`` without looking for the files: a rebuild's workers look)."""
     shows = root + "/shows"
     for show in dirs(shows):
         folder = f"{shows}/{show}/episodes"
         for ep in dirs(folder):
-            base = f"{folder}/{ep}/episode."
-            for path in (base + "yaml", base + "json"):
-                try:
-                    st = os.lstat(path)
-                except FileNotFoundError:
-                    continue
-                yield show, ep, path, st
-                break
+            yield show, ep, f"{folder}/{ep}/episode."
+
+
+def episode_file(base: str) -> tuple[str, os.stat_result] | None:
+    """The episode file (YAML first) of a folder (``base``: ``episode_folders``' path) and its stat."""
+    for path in (base + "yaml", base + "json"):
+        try:
+            return path, os.lstat(path)
+        except FileNotFoundError:
+            continue
+    return None
 
 
 def show_order(writer: Writer, show: str) -> tuple[dict[str, int], dict[str, Any] | None, bytes | None]:
