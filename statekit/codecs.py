@@ -59,6 +59,20 @@ _STR = "tag:yaml.org,2002:str"
 class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
     """PyYAML's C parser and composer; ``_build`` turns its nodes into data."""
 
+    def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
+        """``BaseResolver.resolve`` for a scalar, without its per-call list building
+        (the composer calls it for every scalar of every file a rebuild reads): a
+        plain scalar is tried against the resolvers of its first character, then the
+        wildcard ones (``_RESOLVERS``, built once), in PyYAML's order; a quoted one
+        is text. With path resolvers, or for a collection, PyYAML's own."""
+        if kind is not _ScalarKind or self.yaml_path_resolvers:
+            return super().resolve(kind, value, implicit)
+        if implicit[0]:
+            for tag, regexp in _RESOLVERS.get(value[:1], _WILDCARD):
+                if regexp.match(value):
+                    return tag
+        return self.DEFAULT_SCALAR_TAG
+
 
 # Timestamps stay text: the models parse them, and dates in metadata keep
 # exactly what the person wrote.
@@ -66,6 +80,11 @@ _Loader.yaml_implicit_resolvers = {
     first: [(tag, rx) for tag, rx in resolvers if tag != _TIMESTAMP]
     for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
 }
+_ScalarKind = yaml.ScalarNode
+_WILDCARD = tuple(_Loader.yaml_implicit_resolvers.get(None, []))
+_RESOLVERS = {first: tuple(resolvers) + _WILDCARD
+              for first, resolvers in _Loader.yaml_implicit_resolvers.items() if first is not None}
+"""``_Loader``'s implicit resolvers by first character ('' for the empty scalar), wildcards last."""
 
 _STR_TAG, _INT_TAG, _FLOAT_TAG, _BOOL_TAG, _NULL_TAG, _SEQ_TAG, _MAP_TAG, _MERGE_TAG = (
     f"tag:yaml.org,2002:{name}" for name in ("str", "int", "float", "bool", "null", "seq", "map", "merge")

@@ -200,3 +200,24 @@ def test_a_file_with_a_bad_id_is_reported_though_the_id_was_valid_elsewhere(tmp_
     report = store.rebuild_index()
     assert [p.field for p in report.problems] == ["stage"]
     assert re.search(r"episode\.yaml:\d+:", report.problems[0].message)
+
+
+SCALARS = ["", "~", "null", "Null", "yes", "No", "on", "true", "y", "1", "-1", "+12", "0x1F", "0o17", "0b101", "017",
+           "1_000", "1:30", "1.5", "-.5e+3", ".inf", "-.Inf", ".nan", "1e5", "<<", "=", "2026-01-01",
+           "2026-01-01T00:00:00Z", "plain text", "t", "o"]
+
+
+@given(st.sampled_from(SCALARS) | st.text(alphabet="-+0123456789._:eExXbBoO~<=yYnNtTfFaAlLuU \t", max_size=10)
+       | st.text(max_size=6), st.tuples(st.booleans(), st.booleans()))
+def test_the_yaml_loaders_scalar_resolution_is_pyyamls(value: str, implicit: tuple[bool, bool]) -> None:
+    import yaml
+    from yaml.resolver import BaseResolver
+
+    from statekit.codecs import _Loader
+
+    loader = _Loader("")
+    try:
+        for kind in (yaml.ScalarNode, yaml.SequenceNode, yaml.MappingNode):
+            assert loader.resolve(kind, value, implicit) == BaseResolver.resolve(loader, kind, value, implicit)
+    finally:
+        loader.dispose()
