@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from statekit import Store
-from statekit.codecs import _LONG_NUMBER, has_long_number
+from statekit.codecs import has_long_number
 from statekit.errors import InvalidIdError
 from statekit.eventlog import _EVENT_OPTIONAL_TEXT, _EVENT_TEXT, _parse_event_line, read_events, read_lines
 from statekit.ids import VALID_IDS, check_id
@@ -23,6 +23,7 @@ from statekit.index.rows import EVENT_COLUMNS, event_rows_of, event_values
 from statekit.index.tables import events as events_table
 from statekit.models import MAX_METADATA_DEPTH, _plain_checked, _plain_json, _plain_ok
 
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
 STAGES = st.sampled_from(["discovered", "downloading", "done", "x.y", "Bad", ""])
 JSON_SCALARS = st.none() | st.booleans() | st.integers(-(1 << 64), 1 << 64) | st.floats() | st.text(max_size=8)
 TIMES = st.sampled_from(["2026-01-01T01:00:04.191325Z", "2026-01-01T01:00:04Z", "2026-01-01T02:00:04+01:00",
