@@ -14,7 +14,9 @@ Targets (issue 16), each against a baseline measured in the same run:
   >= 0.5x a bare durable create (mkdir, temp file, fsync, rename, directory
   fsync, an fsynced event append);
 - advance: per-call cost flat; printed against a bare durable replace;
-- get, counts, next, list(stage=) of up to 100 rows: <= 2 ms median, flat;
+- get, counts, next, list(stage=) of up to 100 rows, with_errors and a failed-list
+  (30 episodes with a failed run each, at every size), stuck (about 100 rows):
+  <= 2 ms median, flat;
 - sync with nothing changed: against a bare stat walk of the episode files;
 - verify, rebuild: against a bare walk + read + parse of the same files
   (PyYAML's C loader or orjson, and orjson for the event lines); rebuild
@@ -32,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import shutil
@@ -41,6 +44,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -98,6 +102,10 @@ for ep in eps:
     store.advance("procs", ep, "failed")
 print(time.perf_counter() - t)
 """
+
+
+FAILED = 30
+"""Episodes with recorded errors (a failed run each) in the store at every size."""
 
 
 def probe(root: str, what: str) -> dict[str, float]:
@@ -172,6 +180,18 @@ def measure(size: int, calls: int, fmt: str, top: str, ledger: bool = True) -> d
     out["next"] = per_call(lambda i: store.next("downloading", 10), calls)
     out["list_stage_100"] = per_call(lambda i: store.list(stage="downloading"), calls)
     assert len(store.list(stage="downloading")) == calls
+    logging.getLogger("statekit").setLevel(logging.ERROR)  # the failures below are not news
+    for i in range(FAILED):  # episodes with recorded errors, the same number at every size (not timed)
+        store.create(show, f"bad{i:05d}")
+        with store.run(show, f"bad{i:05d}", "downloading", reraise=False, renew=False):
+            raise ConnectionError("the archive's server hung up")
+    out["with_errors"] = per_call(lambda i: store.with_errors(show), calls)
+    out["list_failed"] = per_call(lambda i: store.list(stage="failed"), calls)
+    # the generated episodes entered their stage an hour apart from 2026-01-01: about 100 are older than this
+    older = datetime.now(timezone.utc) - (datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(hours=100))
+    out["stuck_100"] = per_call(lambda i: store.stuck(older, show), calls)
+    assert len(store.with_errors(show)) == FAILED and len(store.list(stage="failed")) == FAILED
+    assert 90 <= len(store.stuck(older, show)) <= 110, len(store.stuck(older, show))
     start = time.perf_counter()
     bare_walk(root)
     out["bare_stat_walk"] = time.perf_counter() - start
@@ -279,7 +299,8 @@ def main() -> None:
             results["procs"] = processes(top, rounds=args.proc_rounds)
     small, large = results[str(sizes[0])], results[str(sizes[-1])]
     growth = {}
-    for op in ("create", "advance", "get", "counts", "next", "list_stage_100", "sync", "verify", "rebuild"):
+    for op in ("create", "advance", "get", "counts", "next", "list_stage_100", "with_errors", "list_failed",
+               "stuck_100", "sync", "verify", "rebuild"):
         scale = 1 if op not in ("sync", "verify", "rebuild") else sizes[-1] / sizes[0]
         growth[op] = large[op] / scale / small[op]  # type: ignore[index]
     results["growth"] = growth
@@ -313,7 +334,7 @@ def print_size(size: int, r: dict[str, float]) -> None:
           f"creates/s ratio {r['bare_create'] / r['create']:.2f}x (target >= 0.5x)")
     print(f"  advance  {ms['advance']:7.2f} ms   bare durable replace {ms['bare_replace']:.2f} ms   "
           f"ratio {r['bare_replace'] / r['advance']:.2f}x")
-    for op in ("get", "counts", "next", "list_stage_100"):
+    for op in ("get", "counts", "next", "list_stage_100", "with_errors", "list_failed", "stuck_100"):
         print(f"  {op:14s} {ms[op]:7.3f} ms median")
     print(f"  sync (nothing changed) {ms['sync']:8.1f} ms   bare stat walk {ms['bare_stat_walk']:.1f} ms   "
           f"{r['sync'] / r['bare_stat_walk']:.2f}x")

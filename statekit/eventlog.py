@@ -51,20 +51,26 @@ def _parse_event_line(line: bytes, strict: bool = True) -> dict[str, Any] | None
             event = orjson.loads(line)
     except (ValueError, RecursionError):
         return None
-    if not isinstance(event, dict) or type(event.get("version")) is not int:
-        return None
+    if type(event) is not dict:
+        return event if isinstance(event, dict) and _typed(event) else None
+    return event if _typed(event) else None
+
+
+_str = str
+_NONE_OR_STR = frozenset((type(None), str))
+_NONE_OR_NUMBER = frozenset((type(None), int, float))
+
+
+def _typed(event: dict[str, Any]) -> bool:
+    """Every field the index stores in a typed column has its JSON type (``_EVENT_TEXT``
+    text, ``_EVENT_OPTIONAL_TEXT`` text or absent/null, ``version`` an integer, ``cost`` a
+    number or absent/null). Written out, not looped: it runs for every line a rebuild reads."""
     get = event.get
-    for key in _EVENT_TEXT:  # plain loops: this runs for every line of every log a rebuild reads
-        if type(get(key)) is not str:
-            return None
-    for key in _EVENT_OPTIONAL_TEXT:
-        value = get(key)
-        if value is not None and type(value) is not str:
-            return None
-    cost = get("cost")
-    if cost is not None and type(cost) is not int and type(cost) is not float:
-        return None
-    return event
+    return (type(get("version")) is int and type(get("at")) is _str and type(get("kind")) is _str
+            and type(get("show_id")) is _str and type(get("episode_id")) is _str
+            and type(get("from_stage")) in _NONE_OR_STR and type(get("to_stage")) in _NONE_OR_STR
+            and type(get("message")) in _NONE_OR_STR and type(get("sha256")) in _NONE_OR_STR
+            and type(get("stage")) in _NONE_OR_STR and type(get("cost")) in _NONE_OR_NUMBER)
 
 
 def _committed_end(pread: Callable[[int, int], bytes], size: int, committed: int, path: str) -> int:
@@ -251,35 +257,43 @@ def read_events(path: str, committed: int, *, strict: bool = True, dir_fd: int |
     never shown). A damaged line before the tail raises ``CorruptFileError``.
     ``strict=False`` reads with the fastest parser, which does not look for
     duplicate keys (rebuilding the index; ``verify`` reads strictly)."""
-    return [event for event, _raw in read_lines(path, committed, strict=strict, dir_fd=dir_fd)]
+    return _read(path, committed, strict, dir_fd, False)  # type: ignore[return-value]
 
 
 def read_lines(path: str, committed: int, *, strict: bool = True, dir_fd: int | None = None
                ) -> list[tuple[dict[str, Any], bytes]]:
     """``read_events``, each event with its line's bytes (newline included: what the chain hashes)."""
+    return _read(path, committed, strict, dir_fd, True)  # type: ignore[return-value]
+
+
+def _read(path: str, committed: int, strict: bool, dir_fd: int | None, with_raw: bool) -> list[Any]:
+    """``read_lines`` (``with_raw``), else ``read_events`` (no line's bytes copied)."""
     raw = packed.read_either(path, None, dir_fd=dir_fd)  # a log grows with the episode's history
     if not raw:
         return []
     lines = raw.split(b"\n")
     lines.pop()  # after the last newline: empty, or a torn append
-    events: list[tuple[dict[str, Any], bytes]] = []
+    out: list[Any] = []
+    last = -1 << 63  # the version of the last event kept
     bad: int | None = None
     for number, line in enumerate(lines, 1):
         event = _parse_event_line(line, strict)
         if event is None:
             bad = bad or number
             continue
-        if event["version"] > committed:
+        version = event["version"]
+        if version > committed:
             continue
         if bad is not None:
             raise CorruptFileError(f"{path}:{bad}: unreadable event line", path=path, line=bad)
-        if events and event["version"] <= events[-1][0]["version"]:
-            raise CorruptFileError(f"{path}:{number}: event version {event['version']} comes after version "
-                                   f"{events[-1][0]['version']} (a repeated or misplaced line)", path=path, line=number)
-        events.append((event, line + b"\n"))
-    if bad is not None and committed and (not events or events[-1][0]["version"] < committed):
+        if out and version <= last:
+            raise CorruptFileError(f"{path}:{number}: event version {version} comes after version "
+                                   f"{last} (a repeated or misplaced line)", path=path, line=number)
+        last = version
+        out.append((event, line + b"\n") if with_raw else event)
+    if bad is not None and committed and (not out or last < committed):
         raise CorruptFileError(f"{path}:{bad}: unreadable event line", path=path, line=bad)
-    return events
+    return out
 
 
 def last_logged_version(path: str, *, dir_fd: int | None = None) -> int:

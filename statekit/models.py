@@ -26,7 +26,7 @@ from pydantic import (
 )
 
 from .errors import ValidationError
-from .ids import check_id
+from .ids import VALID_IDS, check_id
 from .pipeline import Pipeline
 
 PRIORITY_MAX = 1_000_000
@@ -68,7 +68,8 @@ numbers, times and nested models are still checked by pydantic's core."""
 
 
 def _id(value: str, info: ValidationInfo) -> str:
-    return value if info.context is TRUSTED else check_id(value)
+    # (a valid id seen before is found in ``VALID_IDS`` without a call: this runs for every id of every file read)
+    return value if info.context is TRUSTED or (type(value) is str and value in VALID_IDS) else check_id(value)
 
 
 Id = Annotated[str, AfterValidator(_id)]
@@ -96,7 +97,7 @@ def not_utf8(text: str) -> str | None:
 
 
 def _utf8(value: str, info: ValidationInfo) -> str:
-    if info.context is TRUSTED:
+    if info.context is TRUSTED or value.isascii():  # (ASCII: not_utf8's own first test, without the call)
         return value
     reason = not_utf8(value)
     if reason is not None:
@@ -148,7 +149,42 @@ MAX_METADATA_DEPTH = 64
 """Deepest nesting in free-form metadata (files are refused past 100 levels)."""
 
 
+_INT64 = (-(1 << 63), 1 << 63)
+
+
+def _plain_ok(value: Any, depth: int) -> bool:
+    """``_plain_json`` would take ``value`` (True), or may not (False: it decides and words
+    the error). Exact types only, and no path text built: it runs over every file's metadata."""
+    if depth > MAX_METADATA_DEPTH:
+        return False
+    t = type(value)
+    if t is str:
+        return value.isascii() or not_utf8(value) is None
+    if t is dict:
+        for k, v in value.items():
+            if type(k) is not str or not (k.isascii() or not_utf8(k) is None) or not _plain_ok(v, depth + 1):
+                return False
+        return True
+    if t is list:
+        for v in value:
+            if not _plain_ok(v, depth + 1):
+                return False
+        return True
+    if t is float:
+        return math.isfinite(value)
+    if t is int:
+        return _INT64[0] <= value < _INT64[1]
+    return t is bool or value is None
+
+
 def _plain_json(value: Any, where: str = "value", depth: int = 0) -> Any:
+    if _plain_ok(value, depth):
+        return value
+    return _plain_checked(value, where, depth)
+
+
+def _plain_checked(value: Any, where: str, depth: int) -> Any:
+    """``_plain_json`` value by value: the error names where the value is."""
     if depth > MAX_METADATA_DEPTH:
         raise ValueError(f"{where} is nested more than {MAX_METADATA_DEPTH} levels deep")
     if isinstance(value, float) and not math.isfinite(value):
@@ -161,10 +197,10 @@ def _plain_json(value: Any, where: str = "value", depth: int = 0) -> Any:
         for k, v in value.items():
             if not_utf8(k):
                 raise ValueError(f"{where} key {k!r} is {not_utf8(k)}")
-            _plain_json(v, f"{where}.{k}", depth + 1)
+            _plain_checked(v, f"{where}.{k}", depth + 1)
     elif isinstance(value, list):
         for i, v in enumerate(value):
-            _plain_json(v, f"{where}[{i}]", depth + 1)
+            _plain_checked(v, f"{where}[{i}]", depth + 1)
     return value
 
 

@@ -15,6 +15,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from concurrent.futures import ProcessPoolExecutor
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -593,8 +594,10 @@ def test_processes_share_the_cache_without_torn_or_wrong_values(root: Path) -> N
     """4 processes x 300 random operations on 16 keys, evicting all the time
     (the cap holds about 8 values), opening the cache at the same moment."""
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Pool(4) as pool:
-        results = pool.starmap(churn, [(str(root), seed, 300, 1000 * KB) for seed in range(4)])
+    # (not multiprocessing.Pool: its terminate() on leaving ``with`` races the pool's own
+    # repopulation and once left the test waiting forever on a worker it had just started)
+    with ProcessPoolExecutor(4, mp_context=ctx) as pool:
+        results = list(pool.map(churn, [str(root)] * 4, range(4), [300] * 4, [1000 * KB] * 4, timeout=300))
     assert sum(r[0] for r in results) == 0, results
     assert sum(r[1] for r in results) > 50 and sum(r[2] for r in results) > 400
     with make_cache(root) as cache:

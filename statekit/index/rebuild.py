@@ -37,18 +37,19 @@ from .leases import LeaseTable
 from .leases import kept as leases_kept
 from .leases import restore as restore_leases
 from .pool import ordered_map, workers_for
-from .rows import UNLISTED, claim_rows, json_text, pending_text, totals_delta
+from .rows import EVENT_COLUMNS, UNLISTED, claim_rows, json_text, pending_text, totals_delta
 from .scan import (
     REBUILD_BATCH,
     Problem,
     RebuildReport,
     committed_rows,
     dirs,
+    episode_file,
+    episode_folders,
     problem,
     rows_for,
     show_order,
     show_record,
-    walk,
 )
 from .tables import (
     INDEX_REVISION,
@@ -59,6 +60,7 @@ from .tables import (
     unique_keys,
     unique_values,
 )
+from .tables import episodes as episodes_table
 from .tables import leases as leases_table
 
 if TYPE_CHECKING:
@@ -157,11 +159,11 @@ def old_leases(index: Index) -> list[dict[str, Any]]:
 
 def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Progress | None,
           workers: int | None = None) -> None:
-    found = list(walk(writer.root))
+    found = list(episode_folders(writer.root))  # each worker looks for its folders' files (lstat is a cost)
     total = len(found)
     deltas: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
-    rows: list[dict[str, Any]] = []
-    event_rows: list[dict[str, Any]] = []
+    rows: list[tuple[Any, ...]] = []
+    event_rows: list[tuple[Any, ...]] = []
     show_rows = []
     claims: list[dict[str, Any]] = []
     order: dict[str, dict[str, int]] = {}
@@ -176,20 +178,29 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
             show_rows.append(show_record(writer, show, None, None))
         order[show] = listed  # the hand-set order's positions (the rest are UNLISTED)
     keys = writer.config.unique
+    pick = itemgetter(*EPISODE_COLUMNS)
+    inserts = (bulk(conn, "episodes"), bulk(conn, "events"))  # compiled once (each costs milliseconds)
 
-    def rows_of(item: tuple[str, str, str, os.stat_result]) -> Any:
-        """One file's rows, ready to insert (JSON as text), or its problem."""
-        show, ep, path, st = item
+    def rows_of(item: tuple[str, str, str]) -> Any:
+        """One folder's rows as tuples ready to insert (JSON as text), or its problem, or None
+        (no episode file). (Run in a pool's worker for a large store: what it returns is
+        pickled, so plain tuples.)"""
+        show, ep, base = item
+        located = episode_file(base)
+        if located is None:
+            return None
+        path, st = located
         pending: list[str] = []
         failure = None
         try:  # one damaged episode (or a fifo, a symlink where its file should be) is reported, not fatal
             raw = diskio.read_file(path)
             if raw is None:
                 return None
-            row, lines, model = rows_for(writer, show, ep, path, raw, st, None, pending=pending)
+            row, lines, model = rows_for(writer, show, ep, path, raw, st, None, pending=pending, values=True)
         except (CorruptFileError, ValidationError, SchemaVersionError, UnsafePathError, StorageError) as exc:
             failure = problem(exc, path, f"{show}/{ep}")
-            found_committed = committed_rows(writer, show, ep, path, st, exc.one_line())  # a chained log knows it
+            found_committed = committed_rows(writer, show, ep, path, st, exc.one_line(),  # a chained log knows it
+                                             values=True)
             if found_committed is None:
                 return failure
             row, lines, model = found_committed
@@ -197,32 +208,35 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
         claimed = claim_rows(keys, show, ep, row["data"])
         row["data"], row["costs"] = json_text(row["data"]), json_text(row["costs"])
         row["pending"] = pending_text(row["pending"])
-        for line in lines:
-            line["data"] = json_text(line["data"])
-        return row, lines, claimed, model.stage, model.costs, bool(pending), failure
+        row["position"] = order.get(show, {}).get(ep, UNLISTED)
+        try:
+            values = pick(row)
+        except KeyError:  # a row without some column: it is NULL
+            values = tuple(row.get(c) for c in EPISODE_COLUMNS)
+        return values, lines, claimed, model.stage, model.costs, bool(pending), failure
 
-    for done, ((show, ep, _path, _st), result) in enumerate(
+    for done, ((show, ep, _base), result) in enumerate(
             zip(found, ordered_map(rows_of, found, workers_for(total, workers))), 1):
         if result is None:
             continue
         if isinstance(result, Problem):
             report.problems.append(result)
             continue
-        row, lines, claimed, stage, costs, is_pending, failure = result
+        values, lines, claimed, stage, costs, is_pending, failure = result
         if failure is not None:  # reported, and indexed as the committed version its log rebuilds
             report.problems.append(failure)
         if is_pending:
             report.pending.append(f"{show}/{ep}")
-        row["position"] = order.get(show, {}).get(ep, UNLISTED)
-        rows.append(row)
+        rows.append(values)
         event_rows.extend(lines)
-        claims.extend(claimed)
+        if claimed:
+            claims.extend(claimed)
         totals_delta(deltas, show, None, (stage, costs))
         if len(rows) >= REBUILD_BATCH:
-            flush(conn, rows, event_rows, report)
+            flush(conn, rows, event_rows, report, inserts)
         if progress is not None:
             progress(done, total)
-    flush(conn, rows, event_rows, report)
+    flush(conn, rows, event_rows, report, inserts)
     if show_rows:
         conn.execute(shows_insert(), show_rows)
     report.shows = len(show_rows)
@@ -244,33 +258,37 @@ def shows_insert() -> Any:
     return show_table.insert()
 
 
-def flush(conn: Connection, rows: list[dict[str, Any]], event_rows: list[dict[str, Any]],
-           report: RebuildReport) -> None:
-    """Insert a batch whose JSON columns are text already (through the raw
-    cursor: SQLAlchemy's per-row work would cost more than SQLite's)."""
+EPISODE_COLUMNS = tuple(c.name for c in episodes_table.columns)
+"""The episodes columns in the order of a rebuild's row tuples."""
+
+
+def flush(conn: Connection, rows: list[tuple[Any, ...]], event_rows: list[tuple[Any, ...]],
+          report: RebuildReport, inserts: tuple[Compiled, Compiled] | None = None) -> None:
+    """Insert a batch of row tuples (``EPISODE_COLUMNS``, ``EVENT_COLUMNS``) whose JSON
+    columns are text already, through the raw cursor (SQLAlchemy's per-row work would
+    cost more than SQLite's)."""
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
     if rows:
-        insert = bulk(conn, "episodes")
-        cursor.executemany(insert.sql, tuples(insert, rows))
+        insert = inserts[0] if inserts else bulk(conn, "episodes")
+        cursor.executemany(insert.sql, arranged(insert, EPISODE_COLUMNS, rows))
         report.episodes += len(rows)
     if event_rows:
-        insert = bulk(conn, "events")
-        cursor.executemany(insert.sql, tuples(insert, event_rows))
+        insert = inserts[1] if inserts else bulk(conn, "events")
+        cursor.executemany(insert.sql, arranged(insert, EVENT_COLUMNS, event_rows))
         report.events += len(event_rows)
     rows.clear()
     event_rows.clear()
 
 
-def tuples(insert: Compiled, rows: list[dict[str, Any]]) -> Any:
-    """The rows as the statement's parameters: plain tuples picked in C
-    (``itemgetter``) when every row names every column, as ours do."""
-    if insert.order is None or insert.fixed or len(insert.order) < 2:
-        return [insert.params(r) for r in rows]
-    pick = itemgetter(*insert.order)
-    try:
+def arranged(insert: Compiled, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> Any:
+    """Row tuples (in ``columns`` order) as the statement's parameters: as they are
+    when the statement takes those columns in that order (SQLite's), else rearranged."""
+    if insert.order is not None and not insert.fixed and insert.order == columns:
+        return rows
+    if insert.order is not None and not insert.fixed and set(insert.order) <= set(columns):
+        pick = itemgetter(*(columns.index(c) for c in insert.order))
         return [pick(r) for r in rows]
-    except KeyError:  # a row without some column: it is NULL
-        return [insert.params(r) for r in rows]
+    return [insert.params(dict(zip(columns, r))) for r in rows]
 
 
 def bulk(conn: Connection, table: str) -> Compiled:

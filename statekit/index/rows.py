@@ -117,19 +117,23 @@ def spent_in(event: Mapping[str, Any], stage_before: str | None) -> str | None:
     return stage_before
 
 
+def event_time(at: Any) -> str:
+    """An event's ``at`` as the index's text (``ValueError`` if it is not a time)."""
+    if isinstance(at, datetime):
+        return iso(at)
+    if isinstance(at, str) and len(at) == 27 and at[-1] == "Z":
+        return at
+    return iso(datetime.fromisoformat(str(at).replace("Z", "+00:00")))
+
+
 def event_row(event: Mapping[str, Any], stage_before: str | None = None) -> dict[str, Any]:
     """The index row of one event line (as read from events.jsonl).
     ``stage_before``: where the episode was before it (see ``spent_in``)."""
-    at = event["at"]
-    if isinstance(at, datetime):
-        at = iso(at)
-    elif not (isinstance(at, str) and len(at) == 27 and at[-1] == "Z"):
-        at = iso(datetime.fromisoformat(str(at).replace("Z", "+00:00")))
     return {
         "show_id": event["show_id"],
         "episode_id": event["episode_id"],
         "version": event["version"],
-        "at": at,
+        "at": event_time(event["at"]),
         "kind": event["kind"],
         "from_stage": event.get("from_stage"),
         "to_stage": event.get("to_stage"),
@@ -151,6 +155,33 @@ def event_rows_of(lines: Iterable[Mapping[str, Any]]) -> list[dict[str, Any]]:
         if isinstance(moved, str) and moved:
             stage = moved
     return rows
+
+
+EVENT_COLUMNS = ("show_id", "episode_id", "version", "at", "kind", "from_stage", "to_stage", "message", "cost",
+                 "data", "stage")
+"""The events columns a rebuild inserts, in the order of ``event_values``' tuples (all but ``id``)."""
+
+
+def event_values(lines: Iterable[Mapping[str, Any]], show: str, ep: str) -> list[tuple[Any, ...]]:
+    """``event_rows_of(lines)`` as tuples in ``EVENT_COLUMNS`` order, ``data`` as JSON
+    text, ``show_id``/``episode_id`` those of the log's folder (a rebuild's bulk insert:
+    no dict per row, no copy of the event; ``tests/test_index_rows`` holds them equal)."""
+    out = []
+    append = out.append
+    dumps = orjson.dumps
+    stage: str | None = None
+    for line in lines:
+        get = line.get
+        at = line["at"]
+        if not (type(at) is str and len(at) == 27 and at[-1] == "Z"):
+            at = event_time(at)
+        cost = get("cost")
+        moved = get("to_stage")
+        append((show, ep, line["version"], at, line["kind"], get("from_stage"), moved, get("message"), cost,
+                dumps(line).decode(), None if cost is None else spent_in(line, stage)))
+        if isinstance(moved, str) and moved:
+            stage = moved
+    return out
 
 
 def show_row(data: Mapping[str, Any], *, path: str, size: int, mtime_ns: int, sha256: str,

@@ -23,7 +23,7 @@ from ..errors import (
 from ..ids import ID_PATTERN
 from ..models import Episode, Show
 from ..parsing import parse_show
-from .rows import episode_row, event_rows_of, positions_of, show_row
+from .rows import episode_row, event_rows_of, event_values, positions_of, show_row
 
 if TYPE_CHECKING:
     from ..writes import Writer
@@ -115,18 +115,30 @@ def dirs(path: str) -> list[str]:
 def walk(root: str) -> Iterator[tuple[str, str, str, os.stat_result]]:
     """(show, episode, path, stat) of every episode file, show by show.
     (Plain string paths: on 100,000 episodes ``os.path.join`` is a cost.)"""
+    for show, ep, base in episode_folders(root):
+        found = episode_file(base)
+        if found is not None:
+            yield show, ep, found[0], found[1]
+
+
+def episode_folders(root: str) -> Iterator[tuple[str, str, str]]:
+    """(show, episode, the folder's path + ``/episode.``) of every episode folder, show
+    by show (``walk`` without looking for the files: a rebuild's workers look)."""
     shows = root + "/shows"
     for show in dirs(shows):
         folder = f"{shows}/{show}/episodes"
         for ep in dirs(folder):
-            base = f"{folder}/{ep}/episode."
-            for path in (base + "yaml", base + "json"):
-                try:
-                    st = os.lstat(path)
-                except FileNotFoundError:
-                    continue
-                yield show, ep, path, st
-                break
+            yield show, ep, f"{folder}/{ep}/episode."
+
+
+def episode_file(base: str) -> tuple[str, os.stat_result] | None:
+    """The episode file (YAML first) of a folder (``base``: ``episode_folders``' path) and its stat."""
+    for path in (base + "yaml", base + "json"):
+        try:
+            return path, os.lstat(path)
+        except FileNotFoundError:
+            continue
+    return None
 
 
 def show_order(writer: Writer, show: str) -> tuple[dict[str, int], dict[str, Any] | None, bytes | None]:
@@ -152,12 +164,13 @@ def show_record(writer: Writer, show: str, data: dict[str, Any] | None, raw: byt
 
 
 def rows_for(writer: Writer, show: str, ep: str, path: str, raw: bytes, st: os.stat_result,
-              position: int | None, *, cache: bool = False, pending: list[str] | None = None
-              ) -> tuple[dict[str, Any], list[dict[str, Any]], Episode]:
+              position: int | None, *, cache: bool = False, pending: list[str] | None = None,
+              values: bool = False) -> tuple[dict[str, Any], list[Any], Episode]:
     """Index rows of one episode file. ``cache``: keep the parse in the store's
     cache (sync, whose adoption of an edit reads the file again; not a rebuild).
     ``pending`` (a rebuild): a file holding a pending hand edit is indexed as the
-    committed version its chained log rebuilds, and its episode is added to ``pending``."""
+    committed version its chained log rebuilds, and its episode is added to ``pending``.
+    ``values`` (a rebuild): the event rows as ``event_values`` tuples, not dicts."""
     parsed = writer.cached(path, raw) if cache else None
     if parsed is None:
         parsed = writer.parse_episode(path, raw, show, ep)
@@ -180,8 +193,8 @@ def rows_for(writer: Writer, show: str, ep: str, path: str, raw: bytes, st: os.s
         path=relative(path, writer.root), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
         checked_at_ns=time.time_ns(), position=position, pending=edit,  # type: ignore[arg-type]
     )
-    rows = event_rows(log_path, lines, show, ep)
-    if unadopted(rows, row["file_sha256"]):  # a hand edit sync has not adopted: never trust its stat
+    rows = event_rows(log_path, lines, show, ep, values=values)
+    if unadopted_log(lines, sha):  # a hand edit sync has not adopted: never trust its stat
         row["file_stamp"] = None
     return row, rows, model
 
@@ -210,8 +223,8 @@ def committed_lines(log_path: str, sha: str, file_version: int) -> tuple[list[di
     return lines, replayed[-1][1]
 
 
-def committed_rows(writer: Writer, show: str, ep: str, path: str, st: os.stat_result, error: str
-                   ) -> tuple[dict[str, Any], list[dict[str, Any]], Episode] | None:
+def committed_rows(writer: Writer, show: str, ep: str, path: str, st: os.stat_result, error: str,
+                   values: bool = False) -> tuple[dict[str, Any], list[Any], Episode] | None:
     """The rows of the committed version of an episode whose file cannot be read (``error``:
     why), from its chained log; None if the log cannot give it (none, unchained, or damaged)."""
     log_path = os.path.join(os.path.dirname(path), "events.jsonl")
@@ -227,20 +240,27 @@ def committed_rows(writer: Writer, show: str, ep: str, path: str, st: os.stat_re
                           size=st.st_size, mtime_ns=st.st_mtime_ns, sha256="", checked_at_ns=time.time_ns(),
                           position=None, pending={"fields": None, "error": error})  # type: ignore[arg-type]
         row["file_stamp"] = None
-        return row, event_rows(log_path, lines, show, ep), model
+        return row, event_rows(log_path, lines, show, ep, values=values), model
     except (StatekitError, ValueError):
         return None
 
 
 def unadopted(lines: list[dict[str, Any]], sha: str) -> bool:
-    """The file is not the one its last event says statekit wrote (a hand edit)."""
+    """The file is not the one its last event row says statekit wrote (a hand edit)."""
     return bool(lines) and lines[-1]["data"].get("sha256") not in (None, sha)
 
 
-def event_rows(log_path: str, lines: list[dict[str, Any]], show: str, ep: str) -> list[dict[str, Any]]:
+def unadopted_log(events: list[dict[str, Any]], sha: str) -> bool:
+    """``unadopted`` from the log's events themselves (an event row's ``data`` is its event)."""
+    return bool(events) and events[-1].get("sha256") not in (None, sha)
+
+
+def event_rows(log_path: str, lines: list[dict[str, Any]], show: str, ep: str, *, values: bool = False) -> list[Any]:
     """The index rows of a log's events (``verify`` derives them too, so it
-    passes only what a rebuild can index)."""
+    passes only what a rebuild can index). ``values``: as ``event_values`` tuples."""
     try:
+        if values:
+            return event_values(lines, show, ep)
         rows = event_rows_of(lines)
     except ValueError as exc:  # a damaged time: reported like any damaged line
         raise CorruptFileError(f"{log_path}: an event's time is not an ISO timestamp ({exc})", path=log_path) from None
