@@ -21,6 +21,8 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
+import yaml
+
 LONGEST = 1000
 """Longer texts go to PyYAML (it may fold a line past its width)."""
 
@@ -173,3 +175,16 @@ class BlockYaml:
                     out.append(head + "[]\n")
             else:
                 out.append(head + self.scalar(item) + "\n")
+
+
+_WRITERS: dict[type, BlockYaml] = {}
+
+
+def block_dump(data: dict[str, Any], dumper: type) -> bytes | None:
+    """``BlockYaml.dump`` asking ``yaml.dump`` with ``dumper`` and the options of
+    ``codecs.YamlCodec.dump_plain`` (block style, key order, unicode, width 4096)."""
+    writer = _WRITERS.get(dumper)
+    if writer is None:
+        writer = _WRITERS[dumper] = BlockYaml(lambda obj: yaml.dump(
+            obj, Dumper=dumper, sort_keys=False, allow_unicode=True, width=4096, default_flow_style=False))
+    return writer.dump(data)

@@ -30,13 +30,9 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.representer import RoundTripRepresenter
 from ruamel.yaml.scalarfloat import ScalarFloat
-from ruamel.yaml.scalarstring import (
-    DoubleQuotedScalarString,
-    LiteralScalarString,
-    SingleQuotedScalarString,
-)
+from ruamel.yaml.scalarstring import DoubleQuotedScalarString, LiteralScalarString, SingleQuotedScalarString
 
-from .blockyaml import BlockYaml
+from .blockyaml import block_dump
 from .errors import CorruptFileError
 
 log = logging.getLogger("statekit")
@@ -566,16 +562,12 @@ class YamlCodec:
 
     @staticmethod
     def dump_plain(data: dict[str, Any], *, flow_leaves: bool = False) -> bytes:
-        """Plain YAML in key order; ``flow_leaves`` writes lists of plain
-        values on one line (``[a, b]``), as in a hand-written config. Block style
-        is written by ``blockyaml`` (PyYAML's bytes at less cost) when it can."""
-        fast = None if flow_leaves else _BLOCK.dump(data)
-        return fast if fast is not None else YamlCodec.dump_with_pyyaml(data, flow_leaves=flow_leaves)
-
-    @staticmethod
-    def dump_with_pyyaml(data: Any, *, flow_leaves: bool = False, encoding: str | None = "utf-8") -> Any:
-        return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=4096,
-                         default_flow_style=None if flow_leaves else False, encoding=encoding)
+        """Plain YAML in key order (block style by ``blockyaml`` when it can); ``flow_leaves``
+        writes lists of plain values on one line (``[a, b]``), as in a hand-written config."""
+        return (None if flow_leaves else block_dump(data, _Dumper)) or yaml.dump(  # type: ignore[no-any-return]
+            data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=4096,
+            default_flow_style=None if flow_leaves else False, encoding="utf-8",
+        )
 
     def _round_trip(self) -> YAML:
         rt = getattr(self._local, "rt", None)
@@ -724,7 +716,6 @@ def exact_json(raw: bytes) -> dict[str, Any] | None:
     return data
 
 
-_BLOCK = BlockYaml(lambda obj: YamlCodec.dump_with_pyyaml(obj, encoding=None))  # asks PyYAML of each new text
 
 class JsonCodec:
     name = "json"

@@ -11,16 +11,17 @@ from hypothesis import strategies as st
 
 from statekit import Store
 from statekit.blockyaml import BlockYaml
-from statekit.codecs import CODECS, YamlCodec
+from statekit.codecs import CODECS, _Dumper
 
 
-BLOCK = BlockYaml(lambda obj: YamlCodec.dump_with_pyyaml(obj, encoding=None))
-"""As ``codecs`` makes it."""
-
-
-def pyyaml(data: dict[str, Any]) -> bytes:
+def pyyaml(data: dict[str, Any], encoding: str | None = "utf-8") -> Any:
     """What PyYAML writes (``YamlCodec.dump_plain`` without the block writer)."""
-    return YamlCodec.dump_with_pyyaml(data)
+    return yaml.dump(data, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=4096,
+                     default_flow_style=False, encoding=encoding)
+
+
+BLOCK = BlockYaml(lambda obj: pyyaml(obj, encoding=None))
+"""As ``codecs`` has it (``blockyaml.block_dump`` with its dumper)."""
 
 
 texts = st.one_of(
