@@ -1,0 +1,238 @@
+"""What ``verify`` found clean, remembered (``.statekit/verified.db``), so an unchanged
+episode is not parsed and replayed again by the next ``verify``.
+
+After a clean check of an episode, ``verify`` keeps a digest of everything that
+check read for it and the check's result (stage and costs for the totals, the
+unique values it holds, its assets, its checkpoint and backup counts, the unique
+values of its index row). The digest is of content, never of stat times: the
+episode file's bytes, the log's (plain or compressed), each checkpoint's and each
+backup's name and bytes, the file's and the log's kind and number of names (with,
+for a file of several names, whether the other is statekit's own backup), the
+index's row as stored, its pending mark and its events (``digest``). A store-wide
+``fingerprint`` (statekit's own code, the index's rows revision, ``statekit.yaml``,
+the recorded pipeline graphs, the unique keys, the ledger) drops every memo when it
+changes. Store-wide checks (duplicates, totals, the unique values table, rows
+without files) and the assets' objects are checked by every ``verify``.
+
+The file is a cache: missing or damaged, ``verify`` starts empty (logged, never an
+error) and checks everything. It is written once, at the end of a ``verify``, in one
+transaction, and only if something changed; a store opened read-only never writes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import stat
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from .. import files as diskio
+from ..graphs import graph_hash
+from ..models import AssetRecord
+from .tables import ROWS_REVISION
+
+if TYPE_CHECKING:
+    from ..writes import Writer
+
+log = logging.getLogger("statekit")
+
+MEMO_REVISION = "1"
+"""The form of what is remembered; a change drops every memo."""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS clean (episode TEXT PRIMARY KEY, digest BLOB NOT NULL, result BLOB NOT NULL);
+"""
+
+Remembered = dict[str, tuple[bytes, bytes]]
+"""Episode key ("show/ep") -> (digest of its inputs, its encoded clean result)."""
+
+_source: bytes | None = None
+
+
+def memo_path(root: str) -> str:
+    return os.path.join(root, ".statekit", "verified.db")
+
+
+def _code() -> bytes:
+    """The hash of statekit's own source: a verify of other code checks everything again."""
+    global _source
+    if _source is None:
+        h = hashlib.blake2b(digest_size=32)
+        package = Path(__file__).resolve().parent.parent
+        for path in sorted(package.rglob("*.py")):
+            h.update(str(path.relative_to(package)).encode() + b"\0")
+            h.update(path.read_bytes())
+        _source = h.digest()
+    return _source
+
+
+def fingerprint(writer: Writer) -> bytes:
+    """What every episode's check depends on besides its own inputs."""
+    h = hashlib.blake2b(digest_size=32)
+    for part in (MEMO_REVISION.encode(), _code(), ROWS_REVISION.encode(), graph_hash(writer.pipeline).encode(),
+                 repr(list(writer.config.unique)).encode(), repr(writer.chained).encode(),
+                 repr(writer.config.schema_version).encode(),
+                 repr(writer.config.format).encode()):
+        _put(h, part)
+    _put(h, _file_bytes(os.path.join(writer.root, "statekit.yaml")))
+    _folder(h, os.path.join(writer.root, ".statekit", "pipelines"))  # the graphs the store ran under
+    return h.digest()
+
+
+# --- an episode's digest ------------------------------------------------------------
+
+
+def _put(h: Any, part: bytes | None) -> None:
+    if part is None:
+        h.update(b"\xff" * 8)
+    else:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+
+
+def _file_bytes(path: str) -> bytes | None:
+    try:
+        return diskio.read_file(path, None)
+    except Exception:  # noqa: BLE001 - anything odd: a marker of its own, the check reports it
+        return b"\xfeunreadable"
+
+
+def _folder(h: Any, directory: str) -> None:
+    """Every entry of a folder: name, kind, and a regular file's bytes (None: no folder)."""
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        _put(h, None)
+        return
+    _put(h, str(stat.S_IFMT(st.st_mode)).encode())
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        est = os.lstat(path)
+        _put(h, name.encode(errors="surrogateescape"))
+        _put(h, f"{stat.S_IFMT(est.st_mode)} {est.st_nlink}".encode())
+        if stat.S_ISREG(est.st_mode):
+            _put(h, _file_bytes(path))
+
+
+def kept_files(root: str, show: str, ep: str, directory: str) -> bytes:
+    """The digest of an episode's checkpoints and backups (names, kinds, bytes)."""
+    h = hashlib.blake2b(digest_size=32)
+    _folder(h, directory + "/checkpoints")
+    _folder(h, f"{root}/.statekit/backups/episodes/{show}/{ep}")
+    return h.digest()
+
+
+def digest(*, raw: bytes, log_raw: bytes | None, links: tuple[Any, ...], kept: bytes, row: Any, mark: Any,
+           event_keys: Any) -> bytes:
+    """The digest of every input of one episode's check."""
+    h = hashlib.blake2b(raw, digest_size=32)
+    _put(h, b"")  # (the file's bytes end here)
+    _put(h, log_raw)
+    _put(h, repr(links).encode())
+    _put(h, kept)
+    _put(h, repr(row).encode())  # (version, file_sha256, data as stored) or None
+    _put(h, orjson.dumps(mark, option=orjson.OPT_SORT_KEYS) if mark is not None else None)
+    _put(h, repr(event_keys).encode())
+    return h.digest()
+
+
+# --- a clean result, encoded -------------------------------------------------------------
+
+
+def encode(state: tuple[str, Mapping[str, float]], held: list[tuple[str, str, Any]],
+           assets: tuple[str, Mapping[str, AssetRecord]] | None, counts: tuple[int, int],
+           row_claims: list[tuple[str, str, str, str]]) -> bytes | None:
+    """A clean check's result as bytes; None if it cannot be kept exactly (then it is not remembered)."""
+    try:
+        return orjson.dumps({
+            "state": [state[0], dict(state[1])], "held": held, "counts": counts, "row_claims": row_claims,
+            "assets": None if assets is None else [assets[0], {n: r.model_dump(mode="json")
+                                                               for n, r in assets[1].items()}],
+        })
+    except TypeError:  # e.g. an integer beyond 64 bits in a unique value
+        return None
+
+
+def decode(blob: bytes) -> tuple[Any, ...]:
+    """(state, held, assets, counts, row_claims) as ``encode`` had them."""
+    d = orjson.loads(blob)
+    assets = d["assets"]
+    return ((d["state"][0], d["state"][1]), [tuple(x) for x in d["held"]],
+            None if assets is None else (assets[0], {n: AssetRecord.model_validate(r) for n, r in assets[1].items()}),
+            tuple(d["counts"]), [tuple(x) for x in d["row_claims"]])
+
+
+# --- the file --------------------------------------------------------------------------
+
+
+def load(root: str, print_: bytes) -> Remembered:
+    """What the last verifies found clean, if made under the same fingerprint; {} if none,
+    or if the file is damaged (logged)."""
+    path = memo_path(root)
+    if not os.path.isfile(path) or os.path.islink(path):
+        return {}
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+            if row is None or row[0] != print_:
+                return {}
+            return {key: (bytes(d), bytes(r)) for key, d, r in conn.execute("SELECT episode, digest, result FROM clean")}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        log.warning("%s: cannot read what verify remembered (%s): checking every episode", path, exc)
+        return {}
+
+
+def save(root: str, print_: bytes, before: Remembered, clean: Mapping[str, tuple[bytes, bytes]]) -> None:
+    """Remember ``clean`` (this verify's clean episodes) in one transaction, and only them:
+    an episode remembered ``before`` that is not clean now (or whose file is gone) is forgotten.
+    Nothing is written when nothing changed. A failure is logged, never raised."""
+    path = memo_path(root)
+    fresh = not before
+    changed = [(k, d, r) for k, (d, r) in clean.items() if before.get(k) != (d, r)]
+    gone = [k for k in before if k not in clean]
+    if not changed and not gone and not fresh:
+        return
+    if not changed and not gone and fresh and not clean:
+        return  # nothing to remember, nothing remembered
+    try:
+        if os.path.islink(path):
+            log.warning("%s: is a symlink; not writing what verify found clean", path)
+            return
+        for attempt in range(2):
+            try:
+                conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+                try:
+                    conn.executescript(SCHEMA)
+                    conn.execute("BEGIN IMMEDIATE")
+                    row = conn.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+                    if fresh or row is None or row[0] != print_:
+                        conn.execute("DELETE FROM clean")
+                        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fingerprint', ?)", (print_,))
+                        rows: Iterable[tuple[str, bytes, bytes]] = ((k, d, r) for k, (d, r) in clean.items())
+                    else:
+                        conn.executemany("DELETE FROM clean WHERE episode = ?", [(k,) for k in gone])
+                        rows = changed
+                    conn.executemany("INSERT OR REPLACE INTO clean (episode, digest, result) VALUES (?, ?, ?)", rows)
+                    conn.execute("COMMIT")
+                    return
+                finally:
+                    conn.close()
+            except sqlite3.DatabaseError as exc:
+                if attempt or isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                    raise
+                log.warning("%s: damaged (%s): starting it again", path, exc)
+                os.unlink(path)  # a cache: what it held is checked again
+    except (sqlite3.Error, OSError) as exc:
+        log.warning("%s: cannot remember what verify found clean (%s)", path, exc)
