@@ -139,10 +139,18 @@ def digest(*, raw: bytes, log_raw: bytes | None, links: tuple[Any, ...], kept: b
     _put(h, log_raw)
     _put(h, repr(links).encode())
     _put(h, kept)
-    _put(h, repr(row).encode())  # (version, file_sha256, data as stored) or None
-    _put(h, orjson.dumps(mark, option=orjson.OPT_SORT_KEYS) if mark is not None else None)
-    _put(h, repr(event_keys).encode())
+    _put(h, _text(row))  # (version, file_sha256, data as stored) or None
+    _put(h, _text(mark))
+    _put(h, _text(event_keys))
     return h.digest()
+
+
+def _text(value: Any) -> bytes:
+    """Plain data (tuples, lists, dicts, text, numbers, None) as bytes that tell values apart."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME)
+    except TypeError:  # an integer beyond 64 bits, a time object: its repr (tells types apart too)
+        return b"repr:" + repr(value).encode()
 
 
 # --- a clean result, encoded -------------------------------------------------------------

@@ -87,7 +87,7 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
         (its digest, the result encoded) when it may be remembered, whether it
         was. Runs in a pool's worker: the assets are hashed by the caller,
         each stored object once."""
-        show, ep, path, _st = item
+        show, ep, path, st = item
         key = f"{show}/{ep}"
         directory = os.path.dirname(path)
         log_path = directory + "/events.jsonl"
@@ -95,7 +95,7 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
         try:  # every input of the check, read once (a problem here: the check below finds and words it)
             raw: bytes | None = diskio.read_file(path)
             log_raw = packed.read_either(log_path)
-            links = _links(path, log_path)
+            links = (_link(path, st), _link(log_path))  # (the walk's lstat of the file)
             kept = verified.kept_files(writer.root, show, ep, directory)
         except (StatekitError, OSError, ValueError):
             raw = None
@@ -192,15 +192,17 @@ def _document(text: Any) -> Any:
 def _links(*paths: str) -> tuple[Any, ...]:
     """(kind, number of names, whether the other name is statekit's own backup) of each
     path, None for a missing one: what ``_verify_links`` judges."""
-    out: list[Any] = []
-    for path in paths:
+    return tuple(_link(path) for path in paths)
+
+
+def _link(path: str, st: os.stat_result | None = None) -> tuple[int, int, bool] | None:
+    """``_links`` of one path (``st``: its ``lstat``, already taken)."""
+    if st is None:
         try:
             st = os.stat(path, follow_symlinks=False)
         except FileNotFoundError:
-            out.append(None)
-            continue
-        out.append((stat.S_IFMT(st.st_mode), st.st_nlink, st.st_nlink > 1 and _own_backup_link(path, st)))
-    return tuple(out)
+            return None
+    return stat.S_IFMT(st.st_mode), st.st_nlink, st.st_nlink > 1 and _own_backup_link(path, st)
 
 
 def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, str, Any] | None,
