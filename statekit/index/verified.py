@@ -123,12 +123,39 @@ def _folder(h: Any, directory: str) -> None:
             _put(h, _file_bytes(path))
 
 
-def kept_files(root: str, show: str, ep: str, directory: str) -> bytes:
-    """The digest of an episode's checkpoints and backups (names, kinds, bytes)."""
+def kept_files(root: str, show: str, ep: str, directory: str, backed_up: bool = True) -> bytes:
+    """The digest of an episode's checkpoints and backups (names, kinds, bytes).
+    ``backed_up=False``: its show's backup folder had no entry for it (``backed_up``)."""
     h = hashlib.blake2b(digest_size=32)
     _folder(h, directory + "/checkpoints")
-    _folder(h, f"{root}/.statekit/backups/episodes/{show}/{ep}")
+    if backed_up:
+        _folder(h, f"{root}/.statekit/backups/episodes/{show}/{ep}")
+    else:
+        _put(h, None)  # what _folder puts for a missing folder
     return h.digest()
+
+
+def backed_up(root: str) -> set[tuple[str, str]] | None:
+    """(show, episode) of every entry in the backup folders, listed once for all episodes
+    (None if they cannot be listed: then each episode's is looked at)."""
+    top = f"{root}/.statekit/backups/episodes"
+    found: set[tuple[str, str]] = set()
+    try:
+        if os.path.islink(top):
+            return None
+        shows = os.listdir(top)
+    except FileNotFoundError:
+        return found
+    except OSError:
+        return None
+    for show in shows:
+        try:
+            found.update((show, ep) for ep in os.listdir(f"{top}/{show}"))
+        except (NotADirectoryError, FileNotFoundError):
+            continue
+        except OSError:
+            return None
+    return found
 
 
 def digest(*, raw: bytes, log_raw: bytes | None, links: tuple[Any, ...], kept: bytes, row: Any, mark: Any,
