@@ -51,7 +51,7 @@ CREATE TABLE IF NOT EXISTS clean (episode TEXT PRIMARY KEY, digest BLOB NOT NULL
 """
 
 Remembered = dict[str, tuple[bytes, bytes]]
-"""Episode key ("show/ep") -> (digest of its inputs, its encoded clean result)."""
+"""Episode key ("show/ep") -> (digest of its inputs: ``file_digest`` + ``index_digest``, its encoded clean result)."""
 
 _source: bytes | None = None
 
@@ -158,15 +158,25 @@ def backed_up(root: str) -> set[tuple[str, str]] | None:
     return found
 
 
-def digest(*, raw: bytes, log_raw: bytes | None, links: tuple[Any, ...], kept: bytes, row: Any, mark: Any,
-           event_keys: Any) -> bytes:
-    """The digest of every input of one episode's check."""
+def file_digest(*, raw: bytes, log_raw: bytes | None, links: tuple[Any, ...], kept: bytes) -> bytes:
+    """The digest of the files an episode's check reads (32 bytes)."""
     h = hashlib.blake2b(raw, digest_size=32)
     _put(h, b"")  # (the file's bytes end here)
     _put(h, log_raw)
     _put(h, repr(links).encode())
     _put(h, kept)
-    _put(h, _text(row))  # (version, file_sha256, data as stored) or None
+    return h.digest()
+
+
+def index_digest(*, row: Any, mark: Any, event_keys: Any) -> bytes:
+    """The digest of what an episode's check reads from the index (32 bytes): its row
+    (version, file_sha256, data as stored), its pending mark, its events."""
+    h = hashlib.blake2b(digest_size=32)
+    if row is None:
+        _put(h, None)
+    else:
+        _put(h, _text(row[:2]))
+        _put(h, row[2].encode() if isinstance(row[2], str) else _text(row[2]))
     _put(h, _text(mark))
     _put(h, _text(event_keys))
     return h.digest()

@@ -4,6 +4,7 @@ checkpoints, backups and assets, and duplicates of unique metadata values.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import stat
@@ -58,11 +59,50 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
 
     report = VerifyReport()
     hashed: dict[str, str | None] = {}  # object sha256 -> its problem, if any
+    found = list(walk(writer.root))
+    print_ = verified.fingerprint(writer)
+    before = verified.load(writer.root, print_)
+    remembered = {} if full else before
+    backup_dirs = verified.backed_up(writer.root)  # (a clean check looks again, not trusting this listing)
+    total = len(found)
+
+    def files_of(item: tuple[str, str, str, os.stat_result]) -> tuple[bytes, bytes, bytes | None, Any, bytes] | None:
+        """(the digest of the files one episode's check reads, the file's bytes, the log's,
+        the links, the kept files' digest); None if something cannot be read (the check
+        finds it and words it)."""
+        show, ep, path, st = item
+        directory = os.path.dirname(path)
+        log_path = directory + "/events.jsonl"
+        try:
+            raw = diskio.read_file(path)
+            if raw is None:
+                return None
+            log_raw = packed.read_either(log_path)
+            links = (_link(path, st), _link(log_path))  # (the walk's lstat of the file)
+            kept = verified.kept_files(writer.root, show, ep, directory,
+                                       backup_dirs is None or (show, ep) in backup_dirs)
+        except (StatekitError, OSError, ValueError):
+            return None
+        return verified.file_digest(raw=raw, log_raw=log_raw, links=links, kept=kept), raw, log_raw, links, kept
+
+    def look(item: tuple[str, str, str, os.stat_result]) -> Any:
+        """First pass, while the index is read: the remembered result of an episode whose
+        files are those of its last clean check (its index rows are compared after)."""
+        memo = remembered.get(f"{item[0]}/{item[1]}")
+        if memo is None:
+            return None
+        files = files_of(item)
+        if files is None or files[0] != memo[0][:32]:
+            return None
+        return verified.decode(memo[1])
+
+    looked = ordered_map(look, found, workers_for(total, workers) if remembered else 1, eager=True)
+    first_look = next(looked, None)  # (the workers read the files while the index is read below)
     with writer.index.reading() as conn:
-        # the row's data as stored (text): parsed only for an episode checked in full
+        # the row's data as stored: parsed only for an episode checked in full
         indexed = {(s, e): (version, sha, data) for s, e, version, sha, data in _raw_rows(conn, select(
             episodes.c.show_id, episodes.c.episode_id, episodes.c.version, episodes.c.file_sha256,
-            cast(episodes.c.data, Text)))}
+            episodes.c.data if conn.dialect.name == "sqlite" else cast(episodes.c.data, Text)))}
         marked = {key: mark for key, (_path, mark) in writer.index.pending().items()} if writer.chained else {}
         indexed_events = _indexed_events(conn)
         totals = {(s, st): (n, c) for s, st, n, c in conn.execute(select(stage_totals))}
@@ -72,52 +112,50 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
     keys = writer.config.unique
     holders: dict[tuple[str, str], list[tuple[str, str, Any]]] = defaultdict(list)  # (key, sha) -> (ep, path, value)
     seen = set()
-    found = list(walk(writer.root))
-    print_ = verified.fingerprint(writer)
-    before = verified.load(writer.root, print_)
-    remembered = {} if full else before
-    backup_dirs = verified.backed_up(writer.root)  # (a clean check looks again, not trusting this listing)
+
+    def index_of(show: str, ep: str) -> bytes:
+        return verified.index_digest(row=indexed.get((show, ep)), mark=marked.get((show, ep)),
+                                     event_keys=indexed_events.get((show, ep)))
 
     def check(item: tuple[str, str, str, os.stat_result]) -> Any:
-        """What one episode's files say: (problems found before its assets are
-        hashed, after), its (stage, costs), its unique values, its assets, the
-        checkpoints and backups checked, its index row's unique values, and
-        (its digest, the result encoded) when it may be remembered, whether it
-        was. Runs in a pool's worker: the assets are hashed by the caller,
-        each stored object once."""
-        show, ep, path, st = item
-        key = f"{show}/{ep}"
-        directory = os.path.dirname(path)
-        log_path = directory + "/events.jsonl"
+        """One episode checked in full (``_check``), and (its digest, the result encoded)
+        when it may be remembered. Runs in a pool's worker: the assets are hashed by the
+        caller, each stored object once."""
+        show, ep, path, _st = item
         row = indexed.get((show, ep))
-        try:  # every input of the check, read once (a problem here: the check below finds and words it)
-            raw: bytes | None = diskio.read_file(path)
-            log_raw = packed.read_either(log_path)
-            links = (_link(path, st), _link(log_path))  # (the walk's lstat of the file)
-            kept = verified.kept_files(writer.root, show, ep, directory,
-                                       backup_dirs is None or (show, ep) in backup_dirs)
-        except (StatekitError, OSError, ValueError):
-            raw = None
-        if raw is not None:
-            digest = verified.digest(raw=raw, log_raw=log_raw, links=links, kept=kept, row=row,
-                                     mark=marked.get((show, ep)), event_keys=indexed_events.get((show, ep)))
-            memo = remembered.get(key)
-            if memo is not None and memo[0] == digest:
-                return ([], [], *verified.decode(memo[1]), memo, True)
-            result = _check(writer, show, ep, path, row, marked, indexed_events, keys, raw, log_raw, links)
-            first, then, state, held, assets, counts, row_claims = result
-            encoded = None
-            if not first and not then and state is not None and _kept(writer, show, ep, directory) == kept:
-                encoded = verified.encode(state, held, assets, counts, row_claims)  # (kept files unchanged meanwhile)
-            return (*result, (digest, encoded) if encoded is not None else None, False)
-        return (*_check(writer, show, ep, path, row, marked, indexed_events, keys), None, False)
+        files = files_of(item)
+        if files is None:
+            return (*_check(writer, show, ep, path, row, marked, indexed_events, keys), None, False)
+        digest, raw, log_raw, links, kept = files
+        result = _check(writer, show, ep, path, row, marked, indexed_events, keys, raw, log_raw, links)
+        first, then, state, held, assets, counts, row_claims = result
+        encoded = None
+        if not first and not then and state is not None and _kept(writer, show, ep, os.path.dirname(path)) == kept:
+            encoded = verified.encode(state, held, assets, counts, row_claims)  # (kept files unchanged meanwhile)
+        return (*result, (digest + index_of(show, ep), encoded) if encoded is not None else None, False)
 
-    clean: dict[str, tuple[bytes, bytes]] = {}
-    results = ordered_map(check, found, workers_for(len(found), workers))
-    row_claims_of: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
-    for done, ((show, ep, path, _st), result) in enumerate(zip(found, results)):
+    # the remembered results whose index rows are unchanged too; the rest are checked in full
+    outcome: list[Any] = [None] * total
+    done = 0
+    for i, hit in enumerate(itertools.chain([first_look] if total else [], looked)):
+        if hit is not None:
+            show, ep = found[i][0], found[i][1]
+            memo = remembered[f"{show}/{ep}"]
+            if memo[0][32:] == index_of(show, ep):
+                outcome[i] = ([], [], *hit, memo, True)
+                if progress is not None:
+                    progress(done, total)
+                done += 1
+    missed = [i for i in range(total) if outcome[i] is None]
+    for i, result in zip(missed, ordered_map(check, [found[i] for i in missed], workers_for(len(missed), workers))):
+        outcome[i] = result
         if progress is not None:
-            progress(done, len(found))
+            progress(done, total)
+        done += 1
+    clean: dict[str, tuple[bytes, bytes]] = {}
+    results = outcome
+    row_claims_of: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+    for (show, ep, path, _st), result in zip(found, results):
         key = f"{show}/{ep}"
         seen.add((show, ep))
         report.checked += 1
