@@ -10,6 +10,7 @@ import os
 import stat
 from collections import defaultdict
 from datetime import datetime
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -364,18 +365,11 @@ def _raw_rows(conn: Any, stmt: Any) -> list[tuple[Any, ...]]:
 
 def _indexed_events(conn: Any) -> dict[tuple[str, str], list[tuple[Any, ...]]]:
     """Each episode's indexed events, oldest first, as ``event_key`` gives them."""
-    out: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
     rows = _raw_rows(conn, select(events.c.show_id, events.c.episode_id, *event_columns(events)).order_by(
         events.c.show_id, events.c.episode_id, events.c.version))  # (the unique index's order: no sort)
-    last: tuple[str, str] | None = None
-    current: list[tuple[Any, ...]] = []
-    for row in rows:
-        key = row[:2]
-        if key != last:
-            current = out[key] = []
-            last = key
-        current.append(row[2:] if type(row[3]) is str else event_key(row[2:]))
-    return out
+    if conn.dialect.name == "sqlite":  # times are the stored text already
+        return {key: [row[2:] for row in group] for key, group in itertools.groupby(rows, itemgetter(0, 1))}
+    return {key: [event_key(row[2:]) for row in group] for key, group in itertools.groupby(rows, itemgetter(0, 1))}
 
 
 def event_key(values: Any) -> tuple[Any, ...]:
