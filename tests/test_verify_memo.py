@@ -224,3 +224,25 @@ def test_cli_full_and_json(memo_store: Store) -> None:
     data = json.loads(bad.output)
     assert (data["full"], data["unchanged"]) == (1, 3)
     assert [(p["kind"], p["episode"]) for p in data["problems"]] == [("invalid", "s/b")]
+
+
+def test_with_the_index_on_postgresql(tmp_path: Path, pg_url: str) -> None:
+    """The rows read through the driver's cursor (data as text, times as timestamps) digest and
+    compare as on SQLite: clean, remembered, and a changed row or event row is seen."""
+    store = made(Store.init(tmp_path / "store", index_url=pg_url))
+    from statekit.index import engine_for
+
+    engine = engine_for(pg_url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE events SET message = 'forged' WHERE episode_id = 'd' AND version = 2")
+        assert warm_equals_full(store) == [("index", "s/d")]
+        store.rebuild_index()
+        assert store.verify().clean
+        with engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE episodes SET data = jsonb_set(data, '{title}', '\"zzz\"') "
+                                 "WHERE episode_id = 'b'")
+        assert ("index", "s/b") in warm_equals_full(store)
+    finally:
+        engine.dispose()
+        store.close()
