@@ -135,6 +135,17 @@ def kept_files(root: str, show: str, ep: str, directory: str, backed_up: bool = 
     return h.digest()
 
 
+def nothing_kept() -> bytes:
+    """``kept_files`` of an episode with neither a checkpoints folder nor a backup folder."""
+    h = hashlib.blake2b(digest_size=32)
+    _put(h, None)
+    _put(h, None)
+    return h.digest()
+
+
+NOTHING_KEPT = nothing_kept()
+
+
 def backed_up(root: str) -> set[tuple[str, str]] | None:
     """(show, episode) of every entry in the backup folders, listed once for all episodes
     (None if they cannot be listed: then each episode's is looked at)."""

@@ -131,8 +131,12 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
         result = _check(writer, show, ep, path, row, marked, indexed_events, keys, raw, log_raw, links)
         first, then, state, held, assets, counts, row_claims = result
         encoded = None
-        if not first and not then and state is not None and _kept(writer, show, ep, os.path.dirname(path)) == kept:
-            encoded = verified.encode(state, held, assets, counts, row_claims)  # (kept files unchanged meanwhile)
+        # remembered only if the kept files the check saw are those digested: none (it counted none), or the
+        # same when looked at again
+        if not first and not then and state is not None and (
+                kept == verified.NOTHING_KEPT and counts == (0, 0)
+                or _kept(writer, show, ep, os.path.dirname(path)) == kept):
+            encoded = verified.encode(state, held, assets, counts, row_claims)
         return (*result, (digest + index_of(show, ep), encoded) if encoded is not None else None, False)
 
     # the remembered results whose index rows are unchanged too; the rest are checked in full
