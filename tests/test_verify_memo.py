@@ -246,3 +246,15 @@ def test_with_the_index_on_postgresql(tmp_path: Path, pg_url: str) -> None:
     finally:
         engine.dispose()
         store.close()
+
+
+def test_a_symlink_in_place_of_the_memo_is_never_followed(memo_store: Store, tmp_path: Path) -> None:
+    path = Path(memo_path(memo_store.root))
+    outside = tmp_path / "outside.db"
+    path.rename(outside)
+    before = outside.read_bytes()
+    path.symlink_to(outside)
+    for _ in range(2):
+        report = memo_store.verify()
+        assert report.clean and (report.full, report.unchanged) == (4, 0)  # not read through the link either
+    assert outside.read_bytes() == before and path.is_symlink()

@@ -226,11 +226,21 @@ def decode(blob: bytes) -> tuple[Any, ...]:
 # --- the file --------------------------------------------------------------------------
 
 
+def _linked(root: str) -> str | None:
+    """A symlink in place of ``.statekit`` or of the memo's files (SQLite would follow it: the
+    memo is then neither read nor written, as the index refuses to be opened)."""
+    path = memo_path(root)
+    for name in (os.path.dirname(path), path, path + "-journal", path + "-wal", path + "-shm"):
+        if os.path.islink(name):
+            return name
+    return None
+
+
 def load(root: str, print_: bytes) -> Remembered:
     """What the last verifies found clean, if made under the same fingerprint; {} if none,
     or if the file is damaged (logged)."""
     path = memo_path(root)
-    if not os.path.isfile(path) or os.path.islink(path):
+    if not os.path.isfile(path) or _linked(root) is not None:
         return {}
     try:
         conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
@@ -259,8 +269,9 @@ def save(root: str, print_: bytes, before: Remembered, clean: Mapping[str, tuple
     if not changed and not gone and fresh and not clean:
         return  # nothing to remember, nothing remembered
     try:
-        if os.path.islink(path):
-            log.warning("%s: is a symlink; not writing what verify found clean", path)
+        linked = _linked(root)
+        if linked is not None:
+            log.warning("%s: is a symlink; not writing what verify found clean", linked)
             return
         for attempt in range(2):
             try:
