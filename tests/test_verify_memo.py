@@ -258,3 +258,10 @@ def test_a_symlink_in_place_of_the_memo_is_never_followed(memo_store: Store, tmp
         report = memo_store.verify()
         assert report.clean and (report.full, report.unchanged) == (4, 0)  # not read through the link either
     assert outside.read_bytes() == before and path.is_symlink()
+
+
+def test_a_root_whose_path_a_uri_would_misread(tmp_path: Path) -> None:
+    store = Store.init(tmp_path / "a store?mode=rw#1%20")
+    store.create("s", "a")
+    assert store.verify().full == 1
+    assert store.verify().unchanged == 1

@@ -29,6 +29,7 @@ import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import orjson
 
@@ -243,7 +244,7 @@ def load(root: str, print_: bytes) -> Remembered:
     if not os.path.isfile(path) or _linked(root) is not None:
         return {}
     try:
-        conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30.0)
+        conn = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=30.0)  # (a root may hold ? or #)
         try:
             row = conn.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
             if row is None or row[0] != print_:
