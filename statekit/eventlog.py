@@ -257,18 +257,24 @@ def read_events(path: str, committed: int, *, strict: bool = True, dir_fd: int |
     never shown). A damaged line before the tail raises ``CorruptFileError``.
     ``strict=False`` reads with the fastest parser, which does not look for
     duplicate keys (rebuilding the index; ``verify`` reads strictly)."""
-    return _read(path, committed, strict, dir_fd, False)  # type: ignore[return-value]
+    return _read(packed.read_either(path, None, dir_fd=dir_fd), path, committed, strict, False)
 
 
 def read_lines(path: str, committed: int, *, strict: bool = True, dir_fd: int | None = None
                ) -> list[tuple[dict[str, Any], bytes]]:
     """``read_events``, each event with its line's bytes (newline included: what the chain hashes)."""
-    return _read(path, committed, strict, dir_fd, True)  # type: ignore[return-value]
+    return _read(packed.read_either(path, None, dir_fd=dir_fd), path, committed, strict,  # type: ignore[return-value]
+                 True)
 
 
-def _read(path: str, committed: int, strict: bool, dir_fd: int | None, with_raw: bool) -> list[Any]:
-    """``read_lines`` (``with_raw``), else ``read_events`` (no line's bytes copied)."""
-    raw = packed.read_either(path, None, dir_fd=dir_fd)  # a log grows with the episode's history
+def lines_of(raw: bytes | None, path: str, committed: int, *, strict: bool = True) -> list[tuple[dict[str, Any], bytes]]:
+    """``read_lines`` of a log's bytes already read (``verify`` reads each log once)."""
+    return _read(raw, path, committed, strict, True)  # type: ignore[return-value]
+
+
+def _read(raw: bytes | None, path: str, committed: int, strict: bool, with_raw: bool) -> list[Any]:
+    """The committed lines of a log's bytes: each event with its line's bytes (``with_raw``),
+    else the events alone (no line's bytes copied)."""
     if not raw:
         return []
     lines = raw.split(b"\n")
@@ -356,22 +362,34 @@ def read_tail(path: str, *, dir_fd: int | None = None, block: int = 8192) -> tup
     with opened:
         while True:
             start = max(0, size - block)
-            data = opened.pread(size - start, start)
-            found: list[TailLine] = []
-            end = start + data.rfind(b"\n") + 1 if b"\n" in data else start
-            cursor = end - start
-            while cursor > 0 and len(found) < 2:
-                begin = data.rfind(b"\n", 0, cursor - 1) + 1
-                if begin == 0 and start > 0:
-                    break  # this line starts before the block: read more
-                raw = data[begin:cursor]
-                event = _parse_event_line(raw[:-1], strict=False)
-                if event is not None:
-                    found.append(TailLine(event, line_hash(raw), start + cursor))
-                cursor = begin
+            found = _tail_in(opened.pread(size - start, start), start)
             if len(found) == 2 or start == 0:
                 return (found[0] if found else None), (found[1] if len(found) > 1 else None)
             block *= 4
+
+
+def tail_of(raw: bytes | None) -> tuple[TailLine | None, TailLine | None]:
+    """``read_tail`` of a log's bytes already read."""
+    found = _tail_in(raw or b"", 0)
+    return (found[0] if found else None), (found[1] if len(found) > 1 else None)
+
+
+def _tail_in(data: bytes, start: int) -> list[TailLine]:
+    """The last two readable lines of ``data`` (read from offset ``start`` of the log), last first;
+    fewer when a line begins before ``data`` (then the caller reads more)."""
+    found: list[TailLine] = []
+    end = start + data.rfind(b"\n") + 1 if b"\n" in data else start
+    cursor = end - start
+    while cursor > 0 and len(found) < 2:
+        begin = data.rfind(b"\n", 0, cursor - 1) + 1
+        if begin == 0 and start > 0:
+            break  # this line starts before the block: read more
+        raw = data[begin:cursor]
+        event = _parse_event_line(raw[:-1], strict=False)
+        if event is not None:
+            found.append(TailLine(event, line_hash(raw), start + cursor))
+        cursor = begin
+    return found
 
 
 def committing(last: dict[str, Any], before: dict[str, Any] | None, sha: str, file_version: int,
@@ -395,11 +413,13 @@ def committing(last: dict[str, Any], before: dict[str, Any] | None, sha: str, fi
 
 
 def replay(lines: list[dict[str, Any]], upto: int | None = None, path: str = "events.jsonl", *,
-           last_only: bool = False) -> list[tuple[int, dict[str, Any]]]:
+           last_only: bool = False, consume: bool = False) -> list[tuple[int, dict[str, Any]]]:
     """Every version's data a chained log rebuilds, oldest first: (version, data),
     from its last ``doc`` on (a seal starts the chain over). ``upto``: stop after that
     version. ``last_only``: only the last version (patched in place: linear in the
     log, where keeping every version copies the document once per event).
+    ``consume`` (with ``last_only``): the caller has no further use for the lines' ``doc``
+    and patch values, which become parts of the data instead of being copied (they may change).
     ``CorruptFileError`` (naming ``path``, the log) if a patch does not apply."""
     start = max((i for i, e in enumerate(lines) if "doc" in e), default=None)
     if start is None:
@@ -412,10 +432,11 @@ def replay(lines: list[dict[str, Any]], upto: int | None = None, path: str = "ev
         if "doc" in event:
             if not isinstance(event["doc"], dict):
                 raise CorruptFileError(f"{path}: version {event['version']}: doc is not an object", path=path)
-            data = copy.deepcopy(event["doc"])
+            data = event["doc"] if consume and last_only else copy.deepcopy(event["doc"])
         else:
             try:
-                data = patches.apply(data or {}, event.get("patch", []), in_place=last_only and data is not None)
+                data = patches.apply(data or {}, event.get("patch", []), in_place=last_only and data is not None,
+                                     copy_values=not (consume and last_only))
             except patches.PatchError as exc:
                 raise CorruptFileError(f"{path}: version {event['version']}: the patch does not apply ({exc})",
                                        path=path) from None

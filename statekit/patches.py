@@ -80,10 +80,12 @@ def _diff_value(old: Any, new: Any, where: str, ops: Patch) -> None:
         ops.append({"op": "replace", "path": where, "value": new})
 
 
-def apply(doc: dict[str, Any], patch: Any, *, in_place: bool = False) -> dict[str, Any]:
+def apply(doc: dict[str, Any], patch: Any, *, in_place: bool = False, copy_values: bool = True) -> dict[str, Any]:
     """``doc`` with ``patch`` applied (a new document; ``doc`` is not changed, unless
     ``in_place``: then ``doc`` itself is changed and returned, which saves copying the
-    whole document per patch when only the last version is wanted).
+    whole document per patch when only the last version is wanted). ``copy_values=False``:
+    the operations' values are put in the document as they are, not copied (for a patch
+    freshly parsed that nothing else uses: later patches may then change them).
     ``PatchError`` if the patch is not one or does not fit the document."""
     if not isinstance(patch, list):
         raise PatchError("a patch must be a list of operations")
@@ -92,7 +94,9 @@ def apply(doc: dict[str, Any], patch: Any, *, in_place: bool = False) -> dict[st
         if not isinstance(op, dict) or op.get("op") not in ("add", "remove", "replace") \
                 or not isinstance(op.get("path"), str) or not op["path"].startswith("/"):
             raise PatchError(f"not a supported patch operation: {op!r}")
-        tokens = [_unescape(t) for t in op["path"][1:].split("/")]
+        tokens = op["path"][1:].split("/")
+        if "~" in op["path"]:
+            tokens = [_unescape(t) for t in tokens]
         parent: Any = out
         for token in tokens[:-1]:
             parent = _child(parent, token, op)
@@ -106,17 +110,17 @@ def apply(doc: dict[str, Any], patch: Any, *, in_place: bool = False) -> dict[st
             if kind == "remove":
                 del parent[last]
             else:
-                parent[last] = copy.deepcopy(op["value"])
+                parent[last] = copy.deepcopy(op["value"]) if copy_values else op["value"]
         elif isinstance(parent, list):
             index = len(parent) if last == "-" and kind == "add" else _index(last, op)
             if index > len(parent) or (kind != "add" and index >= len(parent)):
                 raise PatchError(f"{kind} past the end of a list: {op['path']}")
             if kind == "add":
-                parent.insert(index, copy.deepcopy(op["value"]))
+                parent.insert(index, copy.deepcopy(op["value"]) if copy_values else op["value"])
             elif kind == "remove":
                 del parent[index]
             else:
-                parent[index] = copy.deepcopy(op["value"])
+                parent[index] = copy.deepcopy(op["value"]) if copy_values else op["value"]
         else:
             raise PatchError(f"{op['path']} does not lead into an object or a list")
     return out

@@ -723,11 +723,14 @@ class Store:
         """Pick up changes made outside statekit (new, edited, deleted files)."""
         return _sync(self.writer, self.show_files, progress)
 
-    def verify(self, progress: Progress | None = None) -> VerifyReport:
+    def verify(self, progress: Progress | None = None, *, full: bool = False) -> VerifyReport:
         """Compare the index with the files, the files with their event logs,
         and every asset with its hash; report every value of a unique key
-        that more than one episode file holds (``kind="duplicate"``)."""
-        return _verify(self.writer, progress)
+        that more than one episode file holds (``kind="duplicate"``). An episode
+        whose files, log and index rows are byte for byte those of its last clean
+        check is not checked again (``report.unchanged``; ``.statekit/verified.db``)
+        unless ``full``, which checks everything and refreshes what is remembered."""
+        return _verify(self.writer, progress, full=full)
 
     def upgrade_index(self) -> str:
         """Bring the index to the current schema revision (Alembic); returns it."""
@@ -786,10 +789,10 @@ def _sync(writer: Writer, shows: Shows, progress: Progress | None = None) -> Syn
     return sync(writer, shows, progress)
 
 
-def _verify(writer: Writer, progress: Progress | None = None) -> VerifyReport:
+def _verify(writer: Writer, progress: Progress | None = None, *, full: bool = False) -> VerifyReport:
     from .index.verify import verify
     from .signals.metrics import record_verify
 
-    report = verify(writer, progress)
+    report = verify(writer, progress, full=full)
     record_verify(writer, len(report.problems), writer.clock())  # statekit_index_drift
     return report

@@ -43,7 +43,8 @@ def snapshot(root: str | Path) -> dict[str, bytes]:
         for name in names:
             path = os.path.join(folder, name)
             rel = os.path.relpath(path, root)
-            if rel.startswith((os.path.join(".statekit", "locks"), os.path.join(".statekit", "index.db"))):
+            if rel.startswith((os.path.join(".statekit", "locks"), os.path.join(".statekit", "index.db"),
+                               os.path.join(".statekit", "verified.db"))):  # (caches, like the index)
                 continue
             with open(path, "rb") as f:
                 files[rel] = f.read()

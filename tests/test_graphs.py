@@ -215,6 +215,9 @@ def test_workers_under_the_old_graph_while_it_changes(shared: Store, tmp_path: P
                                "0.03"], cwd=REPO, env=env) for _ in range(2)]
     try:
         wait_for_lines(out, 6, procs)
+        deadline = time.monotonic() + 120  # each worker has finished a run: both run under the old graph
+        while time.monotonic() < deadline and len({line.split()[1] for line in out.read_text().splitlines()}) < 2:
+            time.sleep(0.02)
         save_graph(shared.root, renamed("downloaded", "fetched"))  # mid-run
         time.sleep(0.2)
     finally:

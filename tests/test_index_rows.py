@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -222,3 +223,39 @@ def test_the_yaml_loaders_scalar_resolution_is_pyyamls(value: str, implicit: tup
             assert loader.resolve(kind, value, implicit) == BaseResolver.resolve(loader, kind, value, implicit)
     finally:
         loader.dispose()
+
+
+def test_the_index_keeps_event_lines_without_the_ledgers_doc_and_patch(tmp_path: Path) -> None:
+    """events.data is the line without ``doc``/``patch`` (the data lives in events.jsonl), written
+    alike by a commit and by a rebuild; an index whose rows an older revision derived is rebuilt."""
+    import sqlite3
+
+    from statekit.index.tables import ROWS_REVISION
+
+    store = Store.init(tmp_path / "s")
+    store.create("sh", "e1", title="x")
+    store.advance("sh", "e1", "downloading", cost=0.5)
+    log = (tmp_path / "s/shows/sh/episodes/e1/events.jsonl").read_bytes().splitlines()
+    assert "doc" in orjson.loads(log[0]) and "patch" in orjson.loads(log[1])
+    db = tmp_path / "s/.statekit/index.db"
+
+    def stored() -> list[dict]:
+        with sqlite3.connect(db) as conn:
+            return [orjson.loads(d) for (d,) in conn.execute("SELECT data FROM events ORDER BY version")]
+
+    def lean_lines() -> list[dict]:
+        return [{k: v for k, v in orjson.loads(line).items() if k not in ("doc", "patch")} for line in log]
+
+    assert stored() == lean_lines()  # written by the commits
+    store.rebuild_index()
+    assert stored() == lean_lines()  # and by a rebuild
+    store.close()
+    with sqlite3.connect(db) as conn:  # rows as an older statekit derived them: the whole line
+        conn.execute("UPDATE events SET data = ? WHERE version = 1", (log[0].decode(),))
+        conn.execute("UPDATE index_meta SET value = '0009' WHERE key = 'rows_revision'")
+    reopened = Store.open(tmp_path / "s")
+    reopened.counts()
+    assert stored() == lean_lines()
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("SELECT value FROM index_meta WHERE key = 'rows_revision'").fetchone()[0] == ROWS_REVISION
+    reopened.close()

@@ -123,8 +123,14 @@ def test_verify_in_a_process_pool_reports_what_one_process_reports(store: Store)
     Path(store.root, "shows/show0/episodes/ep0003/events.jsonl").write_text("")  # a lost log
     episode = Path(store.root, "shows/show1/episodes/ep0004/episode.yaml")
     episode.write_text(episode.read_text().replace("title: ''", "title: edited by hand"))
-    one = verify(store.writer, workers=1)
-    pooled = verify(store.writer, workers=2)
+    one = verify(store.writer, workers=1, full=True)
+    pooled = verify(store.writer, workers=2, full=True)
     assert pooled == one
+    # what the first verify remembered, used by a pool and by one process alike
+    warm_pooled, warm_one = verify(store.writer, workers=2), verify(store.writer, workers=1)
+    assert warm_pooled == warm_one
+    assert warm_one.problems == one.problems and warm_one.unchanged == one.checked - len({p.episode for p in one.problems})
+    assert (warm_one.checked, warm_one.checkpoints, warm_one.backups, warm_one.assets) == \
+        (one.checked, one.checkpoints, one.backups, one.assets)
     assert {p.episode for p in one.problems} >= {"show2/ep0002", "show0/ep0003", "show1/ep0004"}
     assert one.checked == 404 and one.assets == 1

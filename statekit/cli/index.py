@@ -55,17 +55,33 @@ def sync(ctx: Context) -> None:
 
 
 @command()
+@click.option("--full", is_flag=True,
+              help="Check every episode again, also those unchanged since the last clean verify.")
+@click.option("--json", "as_json", is_flag=True, help="The report as JSON (exit status as without).")
 @pass_ctx
-def verify(ctx: Context) -> None:
-    """Check the index against the files, the files against their event logs, checkpoints, backups and assets."""
+def verify(ctx: Context, full: bool, as_json: bool) -> None:
+    """Check the index against the files, the files against their event logs, checkpoints, backups and assets.
+
+    An episode whose files, log and index rows are unchanged since its last clean
+    check (remembered in .statekit/verified.db) is not parsed again; --full checks it too."""
+    if as_json:
+        report = ctx.store.verify(full=full)
+        dump_json({"clean": report.clean, "checked": report.checked, "full": report.full,
+                   "unchanged": report.unchanged, "checkpoints": report.checkpoints, "backups": report.backups,
+                   "assets": report.assets, "problems": [vars(p) for p in report.problems]})
+        if not report.clean:
+            sys.exit(1)
+        return
     with progress_bar("verifying") as progress:
-        report = ctx.store.verify(progress)
+        report = ctx.store.verify(progress, full=full)
+    checked = f"{report.checked} episodes checked ({report.full} in full, {report.unchanged} unchanged since " \
+              "the last clean verify)"
     if report.clean:
-        out.print(f"ok: {report.checked} episodes checked; files, event logs and index agree; "
+        out.print(f"ok: {checked}; files, event logs and index agree; "
                   f"{report.checkpoints} checkpoints, {report.backups} backups and {report.assets} assets intact",
                   markup=False)
         return
-    out.print(f"{len(report.problems)} problem(s) in {report.checked} episodes:", markup=False)
+    out.print(f"{len(report.problems)} problem(s) in {checked}:", markup=False)
     print_problems(report.problems)
     sys.exit(1)
 

@@ -44,9 +44,11 @@ def _run_chunk(items: Sequence[Any]) -> list[Any]:
     return [_work(item) for item in items]
 
 
-def ordered_map(work: Callable[[T], R], items: Sequence[T], workers: int) -> Iterator[R]:
+def ordered_map(work: Callable[[T], R], items: Sequence[T], workers: int, *, eager: bool = False) -> Iterator[R]:
     """``work(item)`` for each item, in order; in ``workers`` forked processes
-    when more than one (``work`` may be a closure: the workers inherit it)."""
+    when more than one (``work`` may be a closure: the workers inherit it).
+    ``eager``: every item is handed out at the first ``next`` (the workers then go on
+    while the caller does other work; the results wait in memory), else a few chunks ahead."""
     global _work
     if workers <= 1:
         for item in items:
@@ -58,7 +60,7 @@ def ordered_map(work: Callable[[T], R], items: Sequence[T], workers: int) -> Ite
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             pending: deque[Future[list[R]]] = deque()
-            ahead = workers * 3  # chunks in flight: enough to keep every worker busy, bounded in memory
+            ahead = len(chunks) + 1 if eager else workers * 3  # in flight: every worker busy, memory bounded
             for chunk in chunks:
                 pending.append(pool.submit(_run_chunk, chunk))
                 if len(pending) >= ahead:

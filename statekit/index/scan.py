@@ -77,6 +77,10 @@ class SyncReport:
 @dataclass
 class VerifyReport:
     checked: int = 0
+    full: int = 0
+    """Episodes checked in full (parsed, their logs replayed)."""
+    unchanged: int = 0
+    """Episodes whose inputs were those of their last clean check: its result was used (``index/verified``)."""
     checkpoints: int = 0
     backups: int = 0
     assets: int = 0

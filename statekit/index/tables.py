@@ -253,7 +253,7 @@ INDEX_REVISION = "0009"
 """The Alembic head revision this code writes; a test keeps it equal to the
 head in migrations/versions (checked on every open without loading Alembic)."""
 
-ROWS_REVISION = "0009"  # 0009 adds ``pending`` (0008 added ``priority``: 0 was right for every file then)
+ROWS_REVISION = "0009.1"  # events.data without the ledger's doc and patch (0009 added ``pending``)
 """The latest revision that changed how rows are derived from the files (a
 column added and filled from them, or computed differently). An index whose
 rows were derived by another one (its ``index_meta`` says so, or says

@@ -4,15 +4,19 @@ checkpoints, backups and assets, and duplicates of unique metadata values.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
+import stat
 from collections import defaultdict
 from datetime import datetime
+from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import String, select, type_coerce
+import orjson
+from sqlalchemy import String, Text, cast, select, type_coerce
 
-from .. import eventlog
+from .. import eventlog, packed
 from .. import files as diskio
 from .. import objects as assets
 from ..codecs import same
@@ -25,6 +29,7 @@ from ..models import AssetRecord, Episode
 from ..parsing import read_checkpoint
 from ..unique import claims as claims_of
 from ..unique import shown
+from . import verified
 from .pool import ordered_map, workers_for
 from .rows import claim_rows, iso, totals_delta
 from .scan import Problem, Progress, VerifyReport, event_rows, index_path, problem, sha256_of, walk
@@ -44,24 +49,63 @@ log = logging.getLogger("statekit")
 # --- verify ------------------------------------------------------------------------
 
 
-def verify(writer: Writer, progress: Progress | None = None, *, workers: int | None = None) -> VerifyReport:
+def verify(writer: Writer, progress: Progress | None = None, *, workers: int | None = None,
+           full: bool = False) -> VerifyReport:
     """Every problem between files, their event logs and the index, every
     asset whose content no longer matches its hash, and every value of a
     unique key that more than one episode file holds. ``workers``: processes
     reading the files (None: the cores, for a large store); the report is the
-    same, problem for problem."""
+    same, problem for problem. An episode whose inputs are those of its last
+    clean check (``index/verified``) is not checked again, unless ``full``."""
 
     report = VerifyReport()
     hashed: dict[str, str | None] = {}  # object sha256 -> its problem, if any
+    found = list(walk(writer.root))
+    print_ = verified.fingerprint(writer)
+    before = verified.load(writer.root, print_)
+    remembered = {} if full else before
+    backup_dirs = verified.backed_up(writer.root)  # (a clean check looks again, not trusting this listing)
+    total = len(found)
+
+    def files_of(item: tuple[str, str, str, os.stat_result]) -> tuple[bytes, bytes, bytes | None, Any, bytes] | None:
+        """(the digest of the files one episode's check reads, the file's bytes, the log's,
+        the links, the kept files' digest); None if something cannot be read (the check
+        finds it and words it)."""
+        show, ep, path, st = item
+        directory = os.path.dirname(path)
+        log_path = directory + "/events.jsonl"
+        try:
+            raw = diskio.read_file(path)
+            if raw is None:
+                return None
+            log_raw = packed.read_either(log_path)
+            links = (_link(path, st), _link(log_path))  # (the walk's lstat of the file)
+            kept = verified.kept_files(writer.root, show, ep, directory,
+                                       backup_dirs is None or (show, ep) in backup_dirs)
+        except (StatekitError, OSError, ValueError):
+            return None
+        return verified.file_digest(raw=raw, log_raw=log_raw, links=links, kept=kept), raw, log_raw, links, kept
+
+    def look(item: tuple[str, str, str, os.stat_result]) -> Any:
+        """First pass, while the index is read: the remembered result of an episode whose
+        files are those of its last clean check (its index rows are compared after)."""
+        memo = remembered.get(f"{item[0]}/{item[1]}")
+        if memo is None:
+            return None
+        files = files_of(item)
+        if files is None or files[0] != memo[0][:32]:
+            return None
+        return verified.decode(memo[1])
+
+    looked = ordered_map(look, found, workers_for(total, workers) if remembered else 1, eager=True)
+    first_look = next(looked, None)  # (the workers read the files while the index is read below)
     with writer.index.reading() as conn:
-        indexed = {(s, e): (version, sha, data) for s, e, version, sha, data in conn.execute(
-            select(episodes.c.show_id, episodes.c.episode_id, episodes.c.version, episodes.c.file_sha256,
-                   episodes.c.data))}
-        marked = set(writer.index.pending()) if writer.chained else set()
-        indexed_events: dict[tuple[str, str], list[tuple[Any, ...]]] = defaultdict(list)
-        for s, e, *columns in conn.execute(select(events.c.show_id, events.c.episode_id, *event_columns(events))
-                                           .order_by(events.c.version)):
-            indexed_events[(s, e)].append(event_key(columns))
+        # the row's data as stored: parsed only for an episode checked in full
+        indexed = {(s, e): (version, sha, data) for s, e, version, sha, data in _raw_rows(conn, select(
+            episodes.c.show_id, episodes.c.episode_id, episodes.c.version, episodes.c.file_sha256,
+            episodes.c.data if conn.dialect.name == "sqlite" else cast(episodes.c.data, Text)))}
+        marked = {key: mark for key, (_path, mark) in writer.index.pending().items()} if writer.chained else {}
+        indexed_events = _indexed_events(conn)
         totals = {(s, st): (n, c) for s, st, n, c in conn.execute(select(stage_totals))}
         indexed_claims = {tuple(r) for r in conn.execute(select(
             unique_values.c.key, unique_values.c.value_sha256, unique_values.c.show_id, unique_values.c.episode_id))}
@@ -69,104 +113,64 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
     keys = writer.config.unique
     holders: dict[tuple[str, str], list[tuple[str, str, Any]]] = defaultdict(list)  # (key, sha) -> (ep, path, value)
     seen = set()
-    found = list(walk(writer.root))
+
+    def index_of(show: str, ep: str) -> bytes:
+        return verified.index_digest(row=indexed.get((show, ep)), mark=marked.get((show, ep)),
+                                     event_keys=indexed_events.get((show, ep)))
 
     def check(item: tuple[str, str, str, os.stat_result]) -> Any:
-        """What one episode's files say: (problems found before its assets are
-        hashed, after), its (stage, costs), its unique values, its assets, and
-        the checkpoints and backups checked. Runs in a pool's worker: the
-        assets are hashed by the caller, each stored object once."""
+        """One episode checked in full (``_check``), and (its digest, the result encoded)
+        when it may be remembered. Runs in a pool's worker: the assets are hashed by the
+        caller, each stored object once."""
         show, ep, path, _st = item
-        key = f"{show}/{ep}"
-        before = VerifyReport()
-        after: list[Problem] = []
-        _verify_kept_files(writer, before, show, ep, os.path.dirname(path))
-        counts = (before.checkpoints, before.backups)
-        try:
-            raw = diskio.read_file(path)
-            if raw is None:
-                return before.problems, after, None, [], None, counts
-            parsed = writer.parse_episode(path, raw, show, ep)
-        except StatekitError as exc:
-            before.problems.append(problem(exc, path, key))
-            kept = indexed.get((show, ep))  # the index rightly keeps the last good state: count that
-            state = (kept[2].get("stage"), kept[2].get("costs") or {}) if kept is not None else None
-            return before.problems, after, state, [], None, counts
-        model: Episode = parsed.model
-        held = [(claim.key, claim.sha256, claim.value) for claim in claims_of(keys, model.metadata)]
-        log_path = os.path.join(os.path.dirname(path), "events.jsonl")
-        _verify_links(before, key, path, log_path)
-        kept_row = indexed.get((show, ep))
-        committed_model = _committed_by_log(writer, before, key, path, log_path, model, raw,
-                                            kept_row[0] if kept_row is not None else None)
-        if committed_model is not None:  # a pending hand edit: the index must hold the committed version
-            model = committed_model
-        derived: list[tuple[Any, ...]] = []
-        try:
-            read = eventlog.read_lines(log_path, model.version)
-            lines = [event for event, _raw in read]
-            eventlog.validate_events(log_path, lines)  # what events() would refuse
-            derived = [event_key([r[c] for c in EVENT_FIELDS]) for r in event_rows(log_path, lines, show, ep)]
-            for message in eventlog.chain_problems(log_path, lines, [raw_line for _event, raw_line in read]):
-                after.append(Problem("chain", log_path, message, key))
-            if committed_model is None and any(eventlog.is_chained(e) for e in lines):
-                replayed = eventlog.replay(lines, path=log_path, last_only=True)
-                if not replayed or replayed[-1][0] != model.version or not same(replayed[-1][1],
-                                                                                 model.model_dump(mode="json")):
-                    after.append(Problem(
-                        "chain", log_path, f"{log_path}: replaying the log does not give the data of {path} "
-                        f"(version {model.version}): an event's patch was changed, or the file", key))
-        except StatekitError as exc:
-            after.append(problem(exc, log_path, key, "events"))
-            lines = []
-        after.extend(_graph_problems(writer, key, path, log_path, model, lines))
-        versions = [line["version"] for line in lines]
-        # (never range(1, version + 1): a hand-edited version can be huge)
-        if len(versions) != model.version or any(v != i for i, v in enumerate(versions, 1)):
-            missing = _missing(versions, model.version)
-            after.append(Problem(
-                "events", log_path, f"{log_path}: the log does not hold versions 1..{model.version} exactly"
-                + (f" (missing {missing})" if missing else " (out of order or repeated)"), key))
-        foreign = next((line for line in lines if (line["show_id"], line["episode_id"]) != (show, ep)), None)
-        if foreign is not None:
-            after.append(Problem(
-                "events", log_path, f"{log_path}: event version {foreign['version']} names "
-                f"{foreign['show_id']}/{foreign['episode_id']}, not {key}", key))
-        elif lines and lines[-1].get("sha256") != sha256_of(raw):
-            after.append(Problem(
-                "edited", path, f"{path}: changed outside statekit since version {model.version} "
-                f"(run 'statekit sync' to adopt the edit, or 'statekit revert {key}' to throw it away)", key))
         row = indexed.get((show, ep))
-        if row is None:
-            after.append(Problem("index", path, f"{key}: not in the index (run 'statekit sync')", key))
-        else:
-            if row[0] != model.version:
-                after.append(Problem(
-                    "index", path, f"{key}: the index holds version {row[0]}, the file version {model.version} "
-                    "(run 'statekit sync')", key))
-            elif not same(row[2], model.model_dump(mode="json")):
-                after.append(Problem(
-                    "index", path, f"{key}: the index's copy of version {row[0]} differs from the file "
-                    "(run 'statekit sync')", key))
-            if (show, ep) in marked and committed_model is None and lines and lines[-1].get("sha256") == sha256_of(raw):
-                after.append(Problem(
-                    "index", path, f"{key}: the index marks a pending hand edit, but the file is committed "
-                    "(run 'statekit rebuild-index')", key))
-            if lines and indexed_events.get((show, ep), []) != derived:
-                after.append(Problem(
-                    "index", log_path, f"{key}: the index's events differ from events.jsonl (run 'statekit sync')",
-                    key))
-        assets = (model.key, model.assets) if model.assets else None
-        return before.problems, after, (model.stage, model.costs), held, assets, counts
+        files = files_of(item)
+        if files is None:
+            return (*_check(writer, show, ep, path, row, marked, indexed_events, keys), None, False)
+        digest, raw, log_raw, links, kept = files
+        result = _check(writer, show, ep, path, row, marked, indexed_events, keys, raw, log_raw, links)
+        first, then, state, held, assets, counts, row_claims = result
+        encoded = None
+        # remembered only if the kept files the check saw are those digested: none (it counted none), or the
+        # same when looked at again
+        if not first and not then and state is not None and (
+                kept == verified.NOTHING_KEPT and counts == (0, 0)
+                or _kept(writer, show, ep, os.path.dirname(path)) == kept):
+            encoded = verified.encode(state, held, assets, counts, row_claims)
+        return (*result, (digest + index_of(show, ep), encoded) if encoded is not None else None, False)
 
-    results = ordered_map(check, found, workers_for(len(found), workers))
-    for done, ((show, ep, path, _st), result) in enumerate(zip(found, results)):
+    # the remembered results whose index rows are unchanged too; the rest are checked in full
+    outcome: list[Any] = [None] * total
+    done = 0
+    for i, hit in enumerate(itertools.chain([first_look] if total else [], looked)):
+        if hit is not None:
+            show, ep = found[i][0], found[i][1]
+            memo = remembered[f"{show}/{ep}"]
+            if memo[0][32:] == index_of(show, ep):
+                outcome[i] = ([], [], *hit, memo, True)
+                if progress is not None:
+                    progress(done, total)
+                done += 1
+    missed = [i for i in range(total) if outcome[i] is None]
+    for i, result in zip(missed, ordered_map(check, [found[i] for i in missed], workers_for(len(missed), workers))):
+        outcome[i] = result
         if progress is not None:
-            progress(done, len(found))
+            progress(done, total)
+        done += 1
+    clean: dict[str, tuple[bytes, bytes]] = {}
+    results = outcome
+    row_claims_of: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+    for (show, ep, path, _st), result in zip(found, results):
         key = f"{show}/{ep}"
         seen.add((show, ep))
         report.checked += 1
-        first, then, state, held, assets, (checkpoints, backups) = result
+        first, then, state, held, assets, (checkpoints, backups), row_claims, memo, unchanged = result
+        if unchanged:
+            report.unchanged += 1
+        else:
+            report.full += 1
+        if row_claims is not None:
+            row_claims_of[(show, ep)] = row_claims
         report.checkpoints += checkpoints
         report.backups += backups
         report.problems.extend(first)
@@ -174,9 +178,12 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
             totals_delta(expected, show, None, state)
         for claim_key, sha, value in held:
             holders[(claim_key, sha)].append((key, path, value))
+        n_problems = len(report.problems)
         if assets is not None:
             _verify_assets(writer, report, assets[0], assets[1], os.path.dirname(path), hashed)
         report.problems.extend(then)
+        if memo is not None and len(report.problems) == n_problems:  # clean, its assets too
+            clean[key] = memo
     for show, ep in sorted(indexed.keys() - seen):
         report.problems.append(Problem(
             "index", os.path.join(writer.root, "shows", show, "episodes", ep),
@@ -189,8 +196,12 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
                 f"episodes: {names} ({claim_key} is unique in statekit.yaml: give all but one another value)",
                 held[1][0], field=f"metadata.{claim_key}"))
     # the index's unique values must be those of its own rows (the rows are checked against the files above)
-    expected_claims = {(r["key"], r["value_sha256"], s, e) for (s, e), (_v, _sha, data) in indexed.items()
-                       for r in claim_rows(keys, s, e, data)}
+    expected_claims = set()
+    for (s, e), (_v, _sha, data) in indexed.items():
+        claimed = row_claims_of.get((s, e))
+        if claimed is None:
+            claimed = [(r["key"], r["value_sha256"], s, e) for r in claim_rows(keys, s, e, _document(data))]
+        expected_claims.update(claimed)
     if indexed_claims != expected_claims:
         report.problems.append(Problem(
             "index", index_path(writer.root), f"the index's unique values differ from its episode rows for "
@@ -203,7 +214,136 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
                 "index", index_path(writer.root),
                 f"stage totals for {pair[0]}/{pair[1]} are {n} episodes, {cost:g} cost; the files say "
                 f"{int(want_n)}, {want_cost:g} (run 'statekit rebuild-index')"))
+    if not isinstance(writer.disk, diskio.ReadOnlyDisk):  # a store opened read-only writes nothing
+        verified.save(writer.root, print_, before, clean)
     return report
+
+
+def _kept(writer: Writer, show: str, ep: str, directory: str) -> bytes | None:
+    try:
+        return verified.kept_files(writer.root, show, ep, directory)
+    except (OSError, ValueError):
+        return None
+
+
+def _document(text: Any) -> Any:
+    """An index row's data as stored (JSON text; a driver may hand over the document itself)."""
+    return orjson.loads(text) if isinstance(text, (str, bytes)) else text
+
+
+def _links(*paths: str) -> tuple[Any, ...]:
+    """(kind, number of names, whether the other name is statekit's own backup) of each
+    path, None for a missing one: what ``_verify_links`` judges."""
+    return tuple(_link(path) for path in paths)
+
+
+def _link(path: str, st: os.stat_result | None = None) -> tuple[int, int, bool] | None:
+    """``_links`` of one path (``st``: its ``lstat``, already taken)."""
+    if st is None:
+        try:
+            st = os.stat(path, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+    return stat.S_IFMT(st.st_mode), st.st_nlink, st.st_nlink > 1 and _own_backup_link(path, st)
+
+
+def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, str, Any] | None,
+           marked: dict[tuple[str, str], Any], indexed_events: dict[tuple[str, str], list[tuple[Any, ...]]],
+           keys: list[str], raw: bytes | None = None, log_raw: bytes | None = None,
+           links: tuple[Any, ...] | None = None) -> tuple[Any, ...]:
+    """One episode checked in full: (problems found before its assets are hashed, after),
+    its (stage, costs), its unique values, its assets, the checkpoints and backups checked,
+    its index row's unique values. ``raw``, ``log_raw``, ``links``: the file's and the log's
+    bytes and the links as already read (else read here)."""
+    key = f"{show}/{ep}"
+    before = VerifyReport()
+    after: list[Problem] = []
+    _verify_kept_files(writer, before, show, ep, os.path.dirname(path))
+    counts = (before.checkpoints, before.backups)
+    row_data = _document(kept_row[2]) if kept_row is not None else None
+    row_claims = None if kept_row is None else [
+        (r["key"], r["value_sha256"], show, ep) for r in claim_rows(keys, show, ep, row_data)]
+    try:
+        if raw is None:
+            raw = diskio.read_file(path)
+        if raw is None:
+            return before.problems, after, None, [], None, counts, row_claims
+        parsed = writer.parse_episode(path, raw, show, ep)
+    except StatekitError as exc:
+        before.problems.append(problem(exc, path, key))
+        # the index rightly keeps the last good state: count that
+        state = (row_data.get("stage"), row_data.get("costs") or {}) if row_data is not None else None
+        return before.problems, after, state, [], None, counts, row_claims
+    model: Episode = parsed.model
+    held = [(claim.key, claim.sha256, claim.value) for claim in claims_of(keys, model.metadata)]
+    log_path = os.path.join(os.path.dirname(path), "events.jsonl")
+    _verify_links(before, key, path, log_path, links=links)
+    read_log = links is not None  # the log's bytes are those given (None: no log)
+    committed_model = _committed_by_log(writer, before, key, path, log_path, model, raw,
+                                        kept_row[0] if kept_row is not None else None,
+                                        log_raw if read_log else False)
+    if committed_model is not None:  # a pending hand edit: the index must hold the committed version
+        model = committed_model
+    dumped: dict[str, Any] | None = None
+    derived: list[tuple[Any, ...]] = []
+    try:
+        read = eventlog.lines_of(log_raw, log_path, model.version) if read_log \
+            else eventlog.read_lines(log_path, model.version)
+        lines = [event for event, _raw in read]
+        eventlog.validate_events(log_path, lines)  # what events() would refuse
+        derived = [event_key([r[c] for c in EVENT_FIELDS]) for r in event_rows(log_path, lines, show, ep)]
+        for message in eventlog.chain_problems(log_path, lines, [raw_line for _event, raw_line in read]):
+            after.append(Problem("chain", log_path, message, key))
+        if committed_model is None and any(eventlog.is_chained(e) for e in lines):
+            # the last use of the lines' documents and patches: replayed without copying them
+            replayed = eventlog.replay(lines, path=log_path, last_only=True, consume=True)
+            dumped = model.model_dump(mode="json")
+            if not replayed or replayed[-1][0] != model.version or not same(replayed[-1][1], dumped):
+                after.append(Problem(
+                    "chain", log_path, f"{log_path}: replaying the log does not give the data of {path} "
+                    f"(version {model.version}): an event's patch was changed, or the file", key))
+    except StatekitError as exc:
+        after.append(problem(exc, log_path, key, "events"))
+        lines = []
+    after.extend(_graph_problems(writer, key, path, log_path, model, lines))
+    versions = [line["version"] for line in lines]
+    # (never range(1, version + 1): a hand-edited version can be huge)
+    if len(versions) != model.version or any(v != i for i, v in enumerate(versions, 1)):
+        missing = _missing(versions, model.version)
+        after.append(Problem(
+            "events", log_path, f"{log_path}: the log does not hold versions 1..{model.version} exactly"
+            + (f" (missing {missing})" if missing else " (out of order or repeated)"), key))
+    foreign = next((line for line in lines if (line["show_id"], line["episode_id"]) != (show, ep)), None)
+    raw_sha = sha256_of(raw)
+    if foreign is not None:
+        after.append(Problem(
+            "events", log_path, f"{log_path}: event version {foreign['version']} names "
+            f"{foreign['show_id']}/{foreign['episode_id']}, not {key}", key))
+    elif lines and lines[-1].get("sha256") != raw_sha:
+        after.append(Problem(
+            "edited", path, f"{path}: changed outside statekit since version {model.version} "
+            f"(run 'statekit sync' to adopt the edit, or 'statekit revert {key}' to throw it away)", key))
+    if kept_row is None:
+        after.append(Problem("index", path, f"{key}: not in the index (run 'statekit sync')", key))
+    else:
+        if kept_row[0] != model.version:
+            after.append(Problem(
+                "index", path, f"{key}: the index holds version {kept_row[0]}, the file version {model.version} "
+                "(run 'statekit sync')", key))
+        elif not same(row_data, dumped if dumped is not None else model.model_dump(mode="json")):
+            after.append(Problem(
+                "index", path, f"{key}: the index's copy of version {kept_row[0]} differs from the file "
+                "(run 'statekit sync')", key))
+        if (show, ep) in marked and committed_model is None and lines and lines[-1].get("sha256") == raw_sha:
+            after.append(Problem(
+                "index", path, f"{key}: the index marks a pending hand edit, but the file is committed "
+                "(run 'statekit rebuild-index')", key))
+        if lines and indexed_events.get((show, ep), []) != derived:
+            after.append(Problem(
+                "index", log_path, f"{key}: the index's events differ from events.jsonl (run 'statekit sync')",
+                key))
+    assets = (model.key, model.assets) if model.assets else None
+    return before.problems, after, (model.stage, model.costs), held, assets, counts, row_claims
 
 
 EVENT_FIELDS = ("version", "at", "kind", "from_stage", "to_stage", "message", "cost", "stage")
@@ -213,6 +353,27 @@ EVENT_FIELDS = ("version", "at", "kind", "from_stage", "to_stage", "message", "c
 def event_columns(table: Any) -> list[Any]:
     """The compared columns; times as the stored text (a damaged time must not stop verify)."""
     return [type_coerce(table.c[name], String) if name == "at" else table.c[name] for name in EVENT_FIELDS]
+
+
+def _raw_rows(conn: Any, stmt: Any) -> list[tuple[Any, ...]]:
+    """The rows of a plain SELECT through the driver's own cursor (SQLAlchemy's row
+    processing costs more than the query on 300,000 rows); only for columns whose
+    driver values are what SQLAlchemy would give (text, numbers; times go through ``event_key``)."""
+    cursor = conn.connection.driver_connection.cursor()
+    try:
+        cursor.execute(str(stmt.compile(dialect=conn.dialect)))
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+def _indexed_events(conn: Any) -> dict[tuple[str, str], list[tuple[Any, ...]]]:
+    """Each episode's indexed events, oldest first, as ``event_key`` gives them."""
+    rows = _raw_rows(conn, select(events.c.show_id, events.c.episode_id, *event_columns(events)).order_by(
+        events.c.show_id, events.c.episode_id, events.c.version))  # (the unique index's order: no sort)
+    if conn.dialect.name == "sqlite":  # times are the stored text already
+        return {key: [row[2:] for row in group] for key, group in itertools.groupby(rows, itemgetter(0, 1))}
+    return {key: [event_key(row[2:]) for row in group] for key, group in itertools.groupby(rows, itemgetter(0, 1))}
 
 
 def event_key(values: Any) -> tuple[Any, ...]:
@@ -241,17 +402,17 @@ def _graph_problems(writer: Writer, key: str, path: str, log_path: str, model: E
     return found
 
 
-def _verify_links(report: VerifyReport, key: str, *paths: str) -> None:
+def _verify_links(report: VerifyReport, key: str, *paths: str, links: tuple[Any, ...] | None = None) -> None:
     """An episode file or log with more than one name: a write through one name would
-    change the other too (statekit never writes through one: see ``writes``)."""
-    for path in paths:
-        try:
-            st = os.stat(path, follow_symlinks=False)
-        except FileNotFoundError:
+    change the other too (statekit never writes through one: see ``writes``).
+    ``links``: ``_links`` of the paths, already taken."""
+    for path, link in zip(paths, links or _links(*paths)):
+        if link is None:
             continue
-        if st.st_nlink > 1 and not _own_backup_link(path, st):
+        _kind, nlink, own = link
+        if nlink > 1 and not own:
             report.problems.append(Problem(
-                "hardlink", path, f"{path}: has {st.st_nlink} names (hard links); statekit will not write through "
+                "hardlink", path, f"{path}: has {nlink} names (hard links); statekit will not write through "
                 "it: replace the other names with copies", key))
 
 
@@ -270,12 +431,14 @@ def _own_backup_link(path: str, st: os.stat_result) -> bool:
 
 
 def _committed_by_log(writer: Writer, report: VerifyReport, key: str, path: str, log_path: str, model: Episode,
-                      raw: bytes, indexed_version: int | None) -> Episode | None:
-    """The committed version, when the file holds a pending edit and the chained log rebuilds it."""
+                      raw: bytes, indexed_version: int | None, log_raw: bytes | None | bool = False
+                      ) -> Episode | None:
+    """The committed version, when the file holds a pending edit and the chained log rebuilds it.
+    ``log_raw``: the log's bytes already read (None: there is none; False: read its end here)."""
     if not writer.chained:
         return None
     try:
-        last, before = eventlog.read_tail(log_path)
+        last, before = eventlog.read_tail(log_path) if log_raw is False else eventlog.tail_of(log_raw or None)
     except (StatekitError, OSError):
         return None  # reported when the log is read below
     if last is None or not eventlog.is_chained(last.event):

@@ -289,7 +289,9 @@ def snapshot_safe(root: Path) -> dict[str, bytes]:
         for name in names:
             p = os.path.join(folder, name)
             rel = os.path.relpath(p, root)
-            if rel.startswith((".statekit/locks", ".statekit/index.db")) or not stat.S_ISREG(os.lstat(p).st_mode):
+            # (the index and verify's memo are caches: the damaged episode leaves them, as it should)
+            if rel.startswith((".statekit/locks", ".statekit/index.db", ".statekit/verified.db")) \
+                    or not stat.S_ISREG(os.lstat(p).st_mode):
                 continue
             with open(p, "rb") as f:
                 out[rel] = f.read()

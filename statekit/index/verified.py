@@ -1,0 +1,302 @@
+"""What ``verify`` found clean, remembered (``.statekit/verified.db``), so an unchanged
+episode is not parsed and replayed again by the next ``verify``.
+
+After a clean check of an episode, ``verify`` keeps a digest of everything that
+check read for it and the check's result (stage and costs for the totals, the
+unique values it holds, its assets, its checkpoint and backup counts, the unique
+values of its index row). The digest is of content, never of stat times: the
+episode file's bytes, the log's (plain or compressed), each checkpoint's and each
+backup's name and bytes, the file's and the log's kind and number of names (with,
+for a file of several names, whether the other is statekit's own backup), the
+index's row as stored, its pending mark and its events (``digest``). A store-wide
+``fingerprint`` (statekit's own code, the index's rows revision, ``statekit.yaml``,
+the recorded pipeline graphs, the unique keys, the ledger) drops every memo when it
+changes. Store-wide checks (duplicates, totals, the unique values table, rows
+without files) and the assets' objects are checked by every ``verify``.
+
+The file is a cache: missing or damaged, ``verify`` starts empty (logged, never an
+error) and checks everything. It is written once, at the end of a ``verify``, in one
+transaction, and only if something changed; a store opened read-only never writes it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import sqlite3
+import stat
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
+
+import orjson
+
+from .. import files as diskio
+from ..graphs import graph_hash
+from ..models import AssetRecord
+from .tables import ROWS_REVISION
+
+if TYPE_CHECKING:
+    from ..writes import Writer
+
+log = logging.getLogger("statekit")
+
+MEMO_REVISION = "1"
+"""The form of what is remembered; a change drops every memo."""
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS clean (episode TEXT PRIMARY KEY, digest BLOB NOT NULL, result BLOB NOT NULL);
+"""
+
+Remembered = dict[str, tuple[bytes, bytes]]
+"""Episode key ("show/ep") -> (digest of its inputs: ``file_digest`` + ``index_digest``, its encoded clean result)."""
+
+_source: bytes | None = None
+
+
+def memo_path(root: str) -> str:
+    return os.path.join(root, ".statekit", "verified.db")
+
+
+def _code() -> bytes:
+    """The hash of statekit's own source: a verify of other code checks everything again."""
+    global _source
+    if _source is None:
+        h = hashlib.blake2b(digest_size=32)
+        package = Path(__file__).resolve().parent.parent
+        for path in sorted(package.rglob("*.py")):
+            h.update(str(path.relative_to(package)).encode() + b"\0")
+            h.update(path.read_bytes())
+        _source = h.digest()
+    return _source
+
+
+def fingerprint(writer: Writer) -> bytes:
+    """What every episode's check depends on besides its own inputs."""
+    h = hashlib.blake2b(digest_size=32)
+    for part in (MEMO_REVISION.encode(), _code(), ROWS_REVISION.encode(), graph_hash(writer.pipeline).encode(),
+                 repr(list(writer.config.unique)).encode(), repr(writer.chained).encode(),
+                 repr(writer.config.schema_version).encode(),
+                 repr(writer.config.format).encode()):
+        _put(h, part)
+    _put(h, _file_bytes(os.path.join(writer.root, "statekit.yaml")))
+    _folder(h, os.path.join(writer.root, ".statekit", "pipelines"))  # the graphs the store ran under
+    return h.digest()
+
+
+# --- an episode's digest ------------------------------------------------------------
+
+
+def _put(h: Any, part: bytes | None) -> None:
+    if part is None:
+        h.update(b"\xff" * 8)
+    else:
+        h.update(len(part).to_bytes(8, "little"))
+        h.update(part)
+
+
+def _file_bytes(path: str) -> bytes | None:
+    try:
+        return diskio.read_file(path, None)
+    except Exception:  # noqa: BLE001 - anything odd: a marker of its own, the check reports it
+        return b"\xfeunreadable"
+
+
+def _folder(h: Any, directory: str) -> None:
+    """Every entry of a folder: name, kind, and a regular file's bytes (None: no folder)."""
+    try:
+        st = os.lstat(directory)
+    except FileNotFoundError:
+        _put(h, None)
+        return
+    _put(h, str(stat.S_IFMT(st.st_mode)).encode())
+    if not stat.S_ISDIR(st.st_mode):
+        return
+    for name in sorted(os.listdir(directory)):
+        path = os.path.join(directory, name)
+        est = os.lstat(path)
+        _put(h, name.encode(errors="surrogateescape"))
+        _put(h, f"{stat.S_IFMT(est.st_mode)} {est.st_nlink}".encode())
+        if stat.S_ISREG(est.st_mode):
+            _put(h, _file_bytes(path))
+
+
+def kept_files(root: str, show: str, ep: str, directory: str, backed_up: bool = True) -> bytes:
+    """The digest of an episode's checkpoints and backups (names, kinds, bytes).
+    ``backed_up=False``: its show's backup folder had no entry for it (``backed_up``)."""
+    h = hashlib.blake2b(digest_size=32)
+    _folder(h, directory + "/checkpoints")
+    if backed_up:
+        _folder(h, f"{root}/.statekit/backups/episodes/{show}/{ep}")
+    else:
+        _put(h, None)  # what _folder puts for a missing folder
+    return h.digest()
+
+
+def nothing_kept() -> bytes:
+    """``kept_files`` of an episode with neither a checkpoints folder nor a backup folder."""
+    h = hashlib.blake2b(digest_size=32)
+    _put(h, None)
+    _put(h, None)
+    return h.digest()
+
+
+NOTHING_KEPT = nothing_kept()
+
+
+def backed_up(root: str) -> set[tuple[str, str]] | None:
+    """(show, episode) of every entry in the backup folders, listed once for all episodes
+    (None if they cannot be listed: then each episode's is looked at)."""
+    top = f"{root}/.statekit/backups/episodes"
+    found: set[tuple[str, str]] = set()
+    try:
+        if os.path.islink(top):
+            return None
+        shows = os.listdir(top)
+    except FileNotFoundError:
+        return found
+    except OSError:
+        return None
+    for show in shows:
+        try:
+            found.update((show, ep) for ep in os.listdir(f"{top}/{show}"))
+        except (NotADirectoryError, FileNotFoundError):
+            continue
+        except OSError:
+            return None
+    return found
+
+
+def file_digest(*, raw: bytes, log_raw: bytes | None, links: tuple[Any, ...], kept: bytes) -> bytes:
+    """The digest of the files an episode's check reads (32 bytes)."""
+    h = hashlib.blake2b(raw, digest_size=32)
+    _put(h, b"")  # (the file's bytes end here)
+    _put(h, log_raw)
+    _put(h, repr(links).encode())
+    _put(h, kept)
+    return h.digest()
+
+
+def index_digest(*, row: Any, mark: Any, event_keys: Any) -> bytes:
+    """The digest of what an episode's check reads from the index (32 bytes): its row
+    (version, file_sha256, data as stored), its pending mark, its events."""
+    if row is None:
+        return hashlib.blake2b(_text([None, mark, event_keys]) + b"\0no row", digest_size=32).digest()
+    h = hashlib.blake2b(_text([row[0], row[1], mark, event_keys]), digest_size=32)  # (a JSON array: it ends itself)
+    h.update(row[2].encode() if isinstance(row[2], str) else _text(row[2]))
+    return h.digest()
+
+
+def _text(value: Any) -> bytes:
+    """Plain data (tuples, lists, dicts, text, numbers, None) as bytes that tell values apart."""
+    try:
+        return orjson.dumps(value, option=orjson.OPT_SORT_KEYS | orjson.OPT_PASSTHROUGH_DATETIME)
+    except TypeError:  # an integer beyond 64 bits, a time object: its repr (tells types apart too)
+        return b"repr:" + repr(value).encode()
+
+
+# --- a clean result, encoded -------------------------------------------------------------
+
+
+def encode(state: tuple[str, Mapping[str, float]], held: list[tuple[str, str, Any]],
+           assets: tuple[str, Mapping[str, AssetRecord]] | None, counts: tuple[int, int],
+           row_claims: list[tuple[str, str, str, str]]) -> bytes | None:
+    """A clean check's result as bytes; None if it cannot be kept exactly (then it is not remembered)."""
+    try:
+        return orjson.dumps({
+            "state": [state[0], dict(state[1])], "held": held, "counts": counts, "row_claims": row_claims,
+            "assets": None if assets is None else [assets[0], {n: r.model_dump(mode="json")
+                                                               for n, r in assets[1].items()}],
+        })
+    except TypeError:  # e.g. an integer beyond 64 bits in a unique value
+        return None
+
+
+def decode(blob: bytes) -> tuple[Any, ...]:
+    """(state, held, assets, counts, row_claims) as ``encode`` had them."""
+    d = orjson.loads(blob)
+    assets = d["assets"]
+    return ((d["state"][0], d["state"][1]), [tuple(x) for x in d["held"]],
+            None if assets is None else (assets[0], {n: AssetRecord.model_validate(r) for n, r in assets[1].items()}),
+            tuple(d["counts"]), [tuple(x) for x in d["row_claims"]])
+
+
+# --- the file --------------------------------------------------------------------------
+
+
+def _linked(root: str) -> str | None:
+    """A symlink in place of ``.statekit`` or of the memo's files (SQLite would follow it: the
+    memo is then neither read nor written, as the index refuses to be opened)."""
+    path = memo_path(root)
+    for name in (os.path.dirname(path), path, path + "-journal", path + "-wal", path + "-shm"):
+        if os.path.islink(name):
+            return name
+    return None
+
+
+def load(root: str, print_: bytes) -> Remembered:
+    """What the last verifies found clean, if made under the same fingerprint; {} if none,
+    or if the file is damaged (logged)."""
+    path = memo_path(root)
+    if not os.path.isfile(path) or _linked(root) is not None:
+        return {}
+    try:
+        conn = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True, timeout=30.0)  # (a root may hold ? or #)
+        try:
+            row = conn.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+            if row is None or row[0] != print_:
+                return {}
+            return {key: (bytes(d), bytes(r)) for key, d, r in conn.execute("SELECT episode, digest, result FROM clean")}
+        finally:
+            conn.close()
+    except sqlite3.Error as exc:
+        log.warning("%s: cannot read what verify remembered (%s): checking every episode", path, exc)
+        return {}
+
+
+def save(root: str, print_: bytes, before: Remembered, clean: Mapping[str, tuple[bytes, bytes]]) -> None:
+    """Remember ``clean`` (this verify's clean episodes) in one transaction, and only them:
+    an episode remembered ``before`` that is not clean now (or whose file is gone) is forgotten.
+    Nothing is written when nothing changed. A failure is logged, never raised."""
+    path = memo_path(root)
+    fresh = not before
+    changed = [(k, d, r) for k, (d, r) in clean.items() if before.get(k) != (d, r)]
+    gone = [k for k in before if k not in clean]
+    if not changed and not gone and not fresh:
+        return
+    if not changed and not gone and fresh and not clean:
+        return  # nothing to remember, nothing remembered
+    try:
+        linked = _linked(root)
+        if linked is not None:
+            log.warning("%s: is a symlink; not writing what verify found clean", linked)
+            return
+        for attempt in range(2):
+            try:
+                conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
+                try:
+                    conn.executescript(SCHEMA)
+                    conn.execute("BEGIN IMMEDIATE")
+                    row = conn.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+                    if fresh or row is None or row[0] != print_:
+                        conn.execute("DELETE FROM clean")
+                        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fingerprint', ?)", (print_,))
+                        rows: Iterable[tuple[str, bytes, bytes]] = ((k, d, r) for k, (d, r) in clean.items())
+                    else:
+                        conn.executemany("DELETE FROM clean WHERE episode = ?", [(k,) for k in gone])
+                        rows = changed
+                    conn.executemany("INSERT OR REPLACE INTO clean (episode, digest, result) VALUES (?, ?, ?)", rows)
+                    conn.execute("COMMIT")
+                    return
+                finally:
+                    conn.close()
+            except sqlite3.DatabaseError as exc:
+                if attempt or isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+                    raise
+                log.warning("%s: damaged (%s): starting it again", path, exc)
+                os.unlink(path)  # a cache: what it held is checked again
+    except (sqlite3.Error, OSError) as exc:
+        log.warning("%s: cannot remember what verify found clean (%s)", path, exc)
