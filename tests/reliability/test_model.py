@@ -800,6 +800,10 @@ class StoreMachine(RuleBasedStateMachine):
                     chosen.replaced[v] = chosen.file
                     chosen.maybe.add(v)
                     chosen.shared = (v, chosen.file)
+                if v > KEEP and v - KEEP in chosen.replaced:
+                    # and it may have taken the backup its rotation drops as its temp file
+                    # (backups.Backups.spare): that one is gone though the write did not commit
+                    chosen.maybe.add(v - KEEP)
             else:
                 assert logged == v, (logged, v)
             if before is None or chosen.file != before.file:  # killed after its rename: maybe before rotating
