@@ -166,11 +166,11 @@ def bare_walk(root: str) -> None:
 def measure(size: int, calls: int, fmt: str, top: str, ledger: bool = True) -> dict[str, float]:
     root = os.path.join(top, f"n{size}")
     make_store(root, size, shows=1, events=5, fmt=fmt, ledger=ledger).close()
-    store = Store.open(root)
     # files changed within RACY_NS of the index's look are hashed again by every sync (the
     # racy-clean rule): a store made a moment ago would measure that, not a sync of a quiet store
     time.sleep(RACY_NS / 1e9)
-    store.counts()  # builds the index (not timed)
+    store = Store.open(root)  # builds the index (not timed)
+    store.counts()
     show = "show0000"
     ids = [f"ep{i:06d}" for i in range(size)]
     rng = random.Random(size)
