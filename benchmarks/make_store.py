@@ -19,8 +19,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from statekit import Store  # noqa: E402
-from statekit import patches  # noqa: E402
+from statekit import (
+    Store,  # noqa: E402
+    patches,  # noqa: E402
+)
 from statekit.codecs import JSON_CODEC, YAML_CODEC, compact_json  # noqa: E402
 from statekit.graphs import graph_hash  # noqa: E402
 from statekit.models import Episode, Show  # noqa: E402
