@@ -159,3 +159,28 @@ def test_killing_the_publisher_mid_stream_loses_nothing(tmp_path: Path, stream: 
     for ep, version in versions.items():
         mine = [m[2]["version"] for m in got if m[2]["episode_id"] == ep]
         assert mine == list(range(1, version + 1)), ep  # all of them, in order
+
+
+def test_a_refused_connection_fails_the_publish_instead_of_trying_for_ever() -> None:
+    """nats-py's connect retries a refused connection every 2 s for ever (even with
+    max_reconnect_attempts=0): the signals thread hung on it and outlived store.close()."""
+    import threading
+
+    from statekit.models import EventsConfig
+    from statekit.signals.stream import Publisher
+
+    publisher = Publisher(EventsConfig(publish="nats://127.0.0.1:1"))
+    outcome: list[BaseException | None] = []
+
+    def publish() -> None:
+        try:
+            publisher.publish([{"show_id": "sh", "episode_id": "e1", "version": 1, "kind": "create"}])
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - what it raised is the result
+            outcome.append(exc)
+
+    thread = threading.Thread(target=publish, daemon=True)
+    thread.start()
+    thread.join(120)  # a bound for a hang, far above the publisher's 5 s
+    assert not thread.is_alive(), "the publish is still trying to connect"
+    assert outcome and outcome[0] is not None  # it failed, and said so

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -20,9 +21,16 @@ from typing import Any
 from ..models import EventsConfig
 from .alerts import needs
 
+log = logging.getLogger("statekit")
+
 CONSUMER = "stream"
 TIMEOUT = 5.0
 _NOT_A_TOKEN = re.compile(r"[^A-Za-z0-9_-]")
+
+
+async def _quiet(exc: Exception) -> None:
+    """nats-py's error callback: the failure reaches the caller (and the log) as one line, not a traceback."""
+    log.debug("statekit: NATS: %s", exc)
 
 
 def subject_of(config: EventsConfig, event: Mapping[str, Any]) -> str:
@@ -60,8 +68,11 @@ class Publisher:
     async def _connect(self) -> Any:
         if self._js is None:
             nats = needs("nats", "events")
-            self._nc = await nats.connect(self.config.publish, connect_timeout=TIMEOUT, allow_reconnect=False,
-                                          max_reconnect_attempts=0)
+            # bounded as a whole: with a refused connection nats-py's connect tries again every
+            # 2 s for ever (max_reconnect_attempts=0 does not stop it), which hung the signals thread
+            self._nc = await asyncio.wait_for(
+                nats.connect(self.config.publish, connect_timeout=TIMEOUT, allow_reconnect=False,
+                             max_reconnect_attempts=0, error_cb=_quiet), TIMEOUT)
             js = self._nc.jetstream(timeout=TIMEOUT)
             from nats.js.errors import NotFoundError
 
