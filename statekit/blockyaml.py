@@ -161,18 +161,12 @@ class BlockYaml:
         for i, item in enumerate(items):
             head = ("" if inline and i == 0 else pad) + "- "
             kind = type(item)
-            if kind is dict:
+            if kind is dict or kind is list:
                 if item:
                     out.append(head)
-                    self._mapping(item, indent + 2, out, inline=True)
+                    (self._mapping if kind is dict else self._sequence)(item, indent + 2, out, inline=True)
                 else:
-                    out.append(head + "{}\n")
-            elif kind is list:
-                if item:
-                    out.append(head)
-                    self._sequence(item, indent + 2, out, inline=True)
-                else:
-                    out.append(head + "[]\n")
+                    out.append(head + ("{}\n" if kind is dict else "[]\n"))
             else:
                 out.append(head + self.scalar(item) + "\n")
 
