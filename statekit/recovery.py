@@ -19,9 +19,10 @@ from typing import TYPE_CHECKING, Any
 from . import eventlog
 from . import files as diskio
 from .codecs import json_lines
-from .errors import StatekitError, ValidationError
+from .errors import InvalidTransitionError, StatekitError, ValidationError
 from .failures import giving_up, interrupted, log_failure, plan_failure, plan_give_up
 from .models import Episode, check_optional_text, check_text
+from .pipeline import refuse_move
 from .taxonomy import ErrorKind
 from .writes import Writer
 
@@ -75,6 +76,16 @@ class Recovery:
         def change(m: Episode, now: datetime) -> tuple[Episode, dict[str, Any]] | None:
             if m.lease is None or self.writer.lease_live(m, now):
                 return None
+            failure = pipeline.failure_stage
+            refusal = refuse_move(pipeline, m.stage, failure, m.approvals) if failure is not None else None
+            if refusal is not None:  # the file holds a stage its run cannot fail from (a hand edit)
+                raise InvalidTransitionError(
+                    f"{m.key}'s worker stopped, but its file holds stage {m.stage!r}, from which the failure "
+                    f"stage {failure!r} cannot be reached ({refusal.message}); nothing was written",
+                    hint=f"put the stage the run was in back in the file (or another legal one), then run "
+                         f"'statekit recover' again; 'statekit history {m.key}' shows the moves",
+                    show_id=m.show_id, episode_id=m.episode_id, src=m.stage, dst=failure,
+                    allowed=list(pipeline.next_stages(m.stage)))
             why = interrupted(m)
             cause.append(why)
             new, event, record = plan_failure(pipeline, m, m.stage, why, now, kind=ErrorKind.INTERRUPTED,

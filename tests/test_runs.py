@@ -506,3 +506,26 @@ def test_an_interrupted_run_is_retried_at_once_and_says_so() -> None:
     _, event, _ = plan_failure(ARCHIVE, m, "downloading", RuntimeError("gone"), now, kind=ErrorKind.INTERRUPTED)
     assert event["due_at"] == now.isoformat() and "statekit will retry automatically." in event["message"]
     assert "after a backoff" not in event["message"]
+
+
+def test_recover_refuses_an_illegal_move_a_hand_edit_left_and_writes_nothing(tmp_path: Path, clock: Clock) -> None:
+    """A store before the ledger reads the file as it is: a dead worker's episode hand-edited
+    to a stage the failure stage cannot be reached from is reported, not moved illegally."""
+    store = Store.init(tmp_path / "old", pipeline=pipeline(), clock=clock, ledger=False)
+    store.create("s", "e")
+    store.run("s", "e", "downloading", owner="dead-worker", lease_seconds=60).__enter__()  # the process died
+    path = Path(store.root, "shows", "s", "episodes", "e", "episode.yaml")
+    path.write_text(path.read_text().replace("stage: downloading", "stage: discovered"))
+    assert [p.kind for p in store.sync().rejected] == ["illegal-move"]  # the file is left as it is
+    clock.tick(61)
+    before = snapshot(store.root)
+    report = store.recover()
+    assert report.recovered == [] and len(report.problems) == 1
+    assert report.problems[0].startswith("s/e: ") and "'discovered'" in report.problems[0]
+    assert "nothing was written" in report.problems[0]
+    assert snapshot(store.root) == before
+    assert "move" not in [p.kind for p in store.verify().problems]
+    path.write_text(path.read_text().replace("stage: discovered", "stage: downloading"))  # put back
+    report = store.recover()
+    assert [(r["episode"], r["action"]) for r in report.recovered] == [("s/e", "retry")]
+    assert store.get("s", "e").stage == "failed" and store.verify().clean

@@ -281,7 +281,7 @@ class StoreMachine(RuleBasedStateMachine):
     def init_store(self, fmt: str, first: list[tuple[str, str]]) -> None:
         """A new store with a few episodes (every rule has something to work on from the start)."""
         # a store at the format before the ledger: its rules (reads take the file as it is, refuse
-        # a damaged one; repair restores backups). The ledger's: tests/reliability/test_ledger_model.py
+        # a damaged one; repair restores backups). The ledger's: tests/test_ledger_model.py
         self.store = Store.init(os.path.join(self.tmp, "store"), format=fmt, clock=self.clock, ledger=False)
         FIGURES["format:" + fmt] += 1
         for show, ep in first:
@@ -595,16 +595,22 @@ class StoreMachine(RuleBasedStateMachine):
         report = self.s.recover()
         self.model_sync(report.synced)
         now = self.clock.now
-        recovered = []
+        recovered, refused = [], []
         for key in sorted(expired):
             e = self.eps[key]
             if e.file is None or e.file["lease"] is None or now < e.file["lease"][1]:
                 continue
             f = e.file
             stage = f["stage"]
+            failure = self.pipeline.failure_stage
+            if failure not in self.pipeline.next_stages(stage):
+                # a hand edit (which sync refused) left a stage the run cannot fail from: recovery
+                # refuses to write an illegal move and reports the episode; it stays as it is
+                refused.append(f"{key[0]}/{key[1]}")
+                FIGURES["recover refused: illegal stage"] += 1
+                continue
             used = f["attempts"].get(stage, 0)
             action = "retry" if used < self.pipeline.attempts_allowed(stage) else "give_up"
-            failure = self.pipeline.failure_stage
             new = self.base_write(f, stage=failure, previous_stage=stage, lease=None,
                                   attempts={**f["attempts"], failure: f["attempts"].get(failure, 0) + 1},
                                   errors=[*f["errors"], (stage, "interrupted", action)],
@@ -619,6 +625,7 @@ class StoreMachine(RuleBasedStateMachine):
             recovered.append((f"{key[0]}/{key[1]}", action))
             FIGURES["recovered: " + action] += 1
         assert sorted((r["episode"], r["action"]) for r in report.recovered) == recovered, report
+        assert sorted(p.split(":")[0] for p in report.problems if "cannot be reached" in p) == refused, report
 
     @rule()
     def sync(self) -> None:
