@@ -26,6 +26,8 @@ import os
 import threading
 import time
 from collections import OrderedDict
+from concurrent.futures import Future
+from concurrent.futures import wait as futures_wait
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from datetime import datetime
@@ -387,11 +389,39 @@ class Writer(Ledgers):
                     raise EpisodeExistsError(f"episode {show}/{ep} already exists", show_id=show, episode_id=ep)
                 with self.unique_claims(show, ep, None, model.metadata):  # before any folder is made
                     self.backups.to_trash(show, ep, stamp(self.clock()))  # left by an episode deleted by hand
-                    with self.folders.open(episode_parts(show, ep), create=True) as folder:
-                        return self.commit(self.paths(show, ep).files[0], None, model, event, folder=folder)
+                    parts = episode_parts(show, ep)
+                    with self.folders.open(parts[:-1], create=True) as parent, \
+                            self.folders.open(parts, create=True, durable=False) as folder:
+                        episode_dir = self.paths(show, ep).dir
+                        named = self._sync_new_folder(parent, os.path.dirname(episode_dir), episode_dir in made)
+                        try:
+                            return self.commit(self.paths(show, ep).files[0], None, model, event, folder=folder,
+                                               named=named)
+                        finally:
+                            if named is not None:  # never left syncing a descriptor the block closes
+                                futures_wait([named])
         except BaseException:
             self._undo_create_dirs(show, ep, made)
             raise
+
+    def _sync_new_folder(self, parent: int, directory: str, made: bool) -> Future[None] | None:
+        """The new episode folder's name made durable in its ``parent``: on a helper thread,
+        alongside the event's and the file's own fsyncs (the commit waits for it before its
+        rename, so a failure still aborts the create), or at once (a disk that does not
+        overlap its syncs). None: nothing to wait for."""
+        if not made:
+            return None
+
+        def sync() -> None:
+            try:
+                self.disk.fsync(parent)
+            except OSError as exc:
+                raise diskio.storage_error(exc, directory, "sync directory") from exc
+
+        if not self.disk.overlap_syncs:
+            sync()
+            return None
+        return diskio.in_background(sync)
 
     def _undo_create_dirs(self, show: str, ep: str, made: list[str]) -> None:
         """Remove the folders a failed create made (the caller holds the show
@@ -421,15 +451,16 @@ class Writer(Ledgers):
     def commit(self, path: str, current: Parsed | None, new: Episode, event: dict[str, Any],
                committed: int | None = None, template: Parsed | None = None,
                replaced: bytes | None = None, *, folder: int, ledger: Ledger | None = None,
-               base: dict[str, Any] | None = None) -> Episode:
+               base: dict[str, Any] | None = None, named: Future[None] | None = None) -> Episode:
         """``_commit``, returning the new episode (see there)."""
         return self._commit(path, current, new, event, committed, template, replaced, folder=folder,  # type: ignore[no-any-return]
-                            ledger=ledger, base=base).model
+                            ledger=ledger, base=base, named=named).model
 
     def _commit(self, path: str, current: Parsed | None, new: Episode, event: dict[str, Any],
                 committed: int | None = None, template: Parsed | None = None,
                 replaced: bytes | None = None, *, folder: int, ledger: Ledger | None = None,
-                base: dict[str, Any] | None = None, seal: bool = False) -> Parsed:
+                base: dict[str, Any] | None = None, seal: bool = False,
+                named: Future[None] | None = None) -> Parsed:
         """Event (durable) then file (atomic, durable), then the cache and the index.
         The caller holds the episode's lock.
 
@@ -441,7 +472,8 @@ class Writer(Ledgers):
         ``current``): a write that fails puts them back. In a chained store
         the event carries ``prev`` (``ledger.line_hash``) and the patch from
         ``base`` (the committed data; by default ``ledger``'s or ``current``'s),
-        or the whole data (``doc``) when the log has no chain yet."""
+        or the whole data (``doc``) when the log has no chain yet. ``named``: a new folder's
+        name being synced into its parent (a create): durable before the rename too."""
         directory = os.path.dirname(path)
         codec = CODECS[os.path.splitext(path)[1]]
         data = new.model_dump(mode="json")
@@ -488,6 +520,8 @@ class Writer(Ledgers):
                 except OSError as exc:
                     raise diskio.storage_error(exc, directory, "sync directory") from exc
             sizes.append(after)
+            if named is not None:  # (an error here aborts the write before its rename, as the append's does)
+                named.result()
 
         keep, backups = self.backups.keep_path(path, current)
         previous = current.raw if current is not None else replaced

@@ -12,6 +12,8 @@ from __future__ import annotations
 import errno
 import os
 import shutil
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -241,3 +243,63 @@ def test_a_failed_create_leaves_no_half_episode(template: dict[str, Path], tmp_p
             assert store.verify().clean, (step, persistent, created)
             assert snapshot(store.root) != before
             store.close()
+
+
+class OverlappingDisk(Disk):
+    """A disk that overlaps its syncs on helper threads, as the real one does (the
+    fault tests above take the steps in one fixed order): it records each fsync
+    when it has finished and each rename when it starts, and fails the fsync of
+    the folder ``fail_sync_of``."""
+
+    overlap_syncs = True
+
+    def __init__(self, fail_sync_of: str | None = None, slow_sync_of: str | None = None) -> None:
+        self.log: list[tuple[str, str]] = []
+        self.fail_sync_of = fail_sync_of
+        self.slow_sync_of = slow_sync_of
+        self.lock = threading.Lock()
+
+    def fsync(self, fd: int) -> None:
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if target == self.fail_sync_of:
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        if target == self.slow_sync_of:
+            time.sleep(0.3)  # a slow disk: the rename must still wait for it
+        super().fsync(fd)
+        with self.lock:
+            self.log.append(("fsync", target))
+
+    def replace(self, src: str, dst: str, **kw: Any) -> None:
+        with self.lock:
+            self.log.append(("replace", dst))
+        super().replace(src, dst, **kw)
+
+
+def test_a_new_episode_folder_is_synced_into_its_parent_before_the_files_rename(tmp_path: Path) -> None:
+    """A create syncs the new folder's name into ``episodes/`` alongside the event's and
+    the file's own fsyncs; all of them are done before the rename that commits it."""
+    root = tmp_path / "store"
+    Store.init(root).create("s", "e")
+    episodes = os.path.realpath(root / "shows" / "s" / "episodes")
+    disk = OverlappingDisk(slow_sync_of=episodes)
+    store = Store.open(root, disk=disk)
+    store.create("s", "new")
+    renamed = next(i for i, (call, what) in enumerate(disk.log) if call == "replace" and what.endswith("new/episode.yaml"))
+    assert ("fsync", episodes) in disk.log[:renamed]
+    assert store.get("s", "new").version == 1 and store.verify().clean
+
+
+def test_a_failed_sync_of_the_new_folders_name_aborts_the_create(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    Store.init(root).create("s", "e")
+    before = snapshot(root)
+    store = Store.open(root, disk=OverlappingDisk(fail_sync_of=os.path.realpath(root / "shows" / "s" / "episodes")))
+    with pytest.raises(StorageError) as caught:
+        store.create("s", "new")
+    assert caught.value.errno == errno.EIO and "sync directory" in str(caught.value)
+    assert snapshot(root) == before  # no folder, no event, no file left behind
+    assert store.get_show("s").episodes == ["e"] and store.verify().clean
+    store.close()
+    again = Store.open(root)
+    again.create("s", "new")
+    assert [e.kind for e in again.events("s", "new")] == ["create"]
