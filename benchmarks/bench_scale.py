@@ -1,7 +1,7 @@
 """One show of 1k, 10k (and with --full 100k) episodes: per-call costs, and ratios to same-run baselines.
 
     python benchmarks/bench_scale.py [--full] [--sizes 1000,10000] [--calls 100] [--format yaml|json]
-                                     [--no-ledger] [--procs] [--procs-only] [--proc-rounds 3] [--json]
+                                     [--runs 3] [--no-ledger] [--procs] [--procs-only] [--proc-rounds 3] [--json]
 
 ``--format json``: the store's files are JSON (the bare baseline then parses them
 with orjson). The store is a ledger store, its logs chained as statekit writes them
@@ -283,8 +283,12 @@ def main() -> None:
     parser.add_argument("--procs", action="store_true", help="also throughput of 1, 2 and 4 processes")
     parser.add_argument("--procs-only", action="store_true", help="only the throughput of 1, 2 and 4 processes")
     parser.add_argument("--proc-rounds", type=int, default=3, help="runs of each process count (medians)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="runs at each size (a new store each); every figure is the median of the runs")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
+    if args.runs < 1 or args.calls < 1:
+        parser.error("--runs and --calls must be at least 1")
     sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else \
         [1_000, 10_000] + ([100_000] if args.full else [])
     results: dict[str, object] = {"load": os.getloadavg()[0], "format": args.format, "ledger": args.ledger}
@@ -299,9 +303,12 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="bench_scale-") as top:
         for size in sizes:
-            results[str(size)] = measure(size, args.calls, args.format, top, args.ledger)
+            runs = [measure(size, args.calls, args.format, top, args.ledger) for _ in range(args.runs)]
+            results[str(size)] = {k: statistics.median(r[k] for r in runs) for k in runs[0]}
+            if args.runs > 1:
+                results[f"{size}_runs"] = runs
             if not args.json:
-                print_size(size, results[str(size)])  # type: ignore[arg-type]
+                print_size(size, results[str(size)], args.runs)  # type: ignore[arg-type]
         if args.procs:
             results["procs"] = processes(top, rounds=args.proc_rounds)
     small, large = results[str(sizes[0])], results[str(sizes[-1])]
@@ -334,9 +341,9 @@ def print_procs(rates: dict[str, dict[int, float]], rounds: int) -> None:
         f"{n}: {rates['statekit'][n] / rates['bare'][n]:.2f}x" for n in rates["statekit"]))
 
 
-def print_size(size: int, r: dict[str, float]) -> None:
+def print_size(size: int, r: dict[str, float], runs: int = 1) -> None:
     ms = {k: v * 1000 for k, v in r.items() if k != "rebuild_peak_mb"}
-    print(f"\n{size:,} episodes in one show")
+    print(f"\n{size:,} episodes in one show" + (f" (each figure the median of {runs} runs)" if runs > 1 else ""))
     print(f"  create   {ms['create']:7.2f} ms   bare durable create {ms['bare_create']:.2f} ms   "
           f"creates/s ratio {r['bare_create'] / r['create']:.2f}x (target >= 0.5x)")
     print(f"  advance  {ms['advance']:7.2f} ms   bare durable replace {ms['bare_replace']:.2f} ms   "
