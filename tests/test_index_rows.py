@@ -44,7 +44,9 @@ def events(draw: Any) -> dict[str, Any]:
         event["cost"] = draw(st.none() | st.integers(0, 5) | st.floats(0, 5))
     if draw(st.booleans()):
         event["patch"] = [{"op": "replace", "path": "/title", "value": draw(st.text(max_size=5))}]
-    return event
+    if draw(st.booleans()):
+        event["doc"] = {"title": draw(st.text(max_size=5)), "stage": "discovered"}
+    return dict(draw(st.permutations(list(event.items()))))  # the ledger's keys anywhere in the line
 
 
 def test_the_events_columns_are_the_tables_but_its_id() -> None:
@@ -57,7 +59,9 @@ def test_event_values_are_the_event_rows_as_tuples(lines: list[dict[str, Any]]) 
     for row in rows:  # the rebuild indexes a log's lines under its own folder's ids
         row["show_id"], row["episode_id"] = "s", "e"
         row["data"] = orjson.dumps(row["data"]).decode()
+    before = orjson.dumps(lines)
     assert event_values(lines, "s", "e") == [tuple(row[c] for c in EVENT_COLUMNS) for row in rows]
+    assert orjson.dumps(lines) == before  # the lines themselves are left as they were (doc, patch, key order)
 
 
 def test_event_values_refuse_a_time_that_is_not_one_as_event_rows_do() -> None:

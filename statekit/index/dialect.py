@@ -93,19 +93,14 @@ def make_read_only_engine(url: str | URL, *, busy_timeout: float = 5.0, **option
 
 
 def finish_build(engine: Engine) -> None:
-    """Statistics for the query planner; an SQLite build is made durable and
-    put in WAL mode, ready to be swapped in."""
+    """Statistics for the query planner; an SQLite build is put in WAL mode, ready
+    to be swapped in (``replace_database`` makes it durable if it is renamed in)."""
     raw = engine.raw_connection()
     try:
         if engine.dialect.name == "sqlite":
             raw.driver_connection.execute("ANALYZE")  # type: ignore[union-attr]
             raw.driver_connection.execute("PRAGMA journal_mode = WAL")  # type: ignore[union-attr]
             raw.driver_connection.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # type: ignore[union-attr]
-            fd = os.open(engine.url.database or "", os.O_RDONLY)  # built without syncing: sync it once now
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
         else:
             raw.cursor().execute("ANALYZE")
             raw.commit()
@@ -291,8 +286,13 @@ def replace_database(target: str, built: str) -> None:
     """Make the SQLite file ``target`` hold exactly what ``built`` holds.
 
     Other processes may have ``target`` open: the content is copied in with
-    SQLite's online backup, one transaction that readers see all at once. A
-    target that is missing or too damaged to copy into is replaced by rename.
+    SQLite's online backup, one transaction that readers see all at once (as
+    durable as any commit of the index: ``built``, thrown away after, is never
+    synced). A target that is missing or too damaged to copy into is replaced
+    by rename, ``built`` synced first (it was written without syncing).
+    (Not by rename in every case: a process holding the old file open keeps
+    using ``target-wal`` and ``target-shm`` by name, which a new file's readers
+    would share: SQLite's "do not rename a database in use".)
     """
     if os.path.exists(target):
         try:
@@ -309,6 +309,11 @@ def replace_database(target: str, built: str) -> None:
             for suffix in ("-wal", "-shm"):  # a damaged index: start clean
                 if os.path.exists(target + suffix):
                     os.unlink(target + suffix)
+    fd = os.open(built, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(built, target)
 
 
