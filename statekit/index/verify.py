@@ -21,6 +21,7 @@ from .. import files as diskio
 from .. import objects as assets
 from ..codecs import same
 from ..errors import (
+    CorruptFileError,
     StatekitError,
 )
 from ..graphs import illegal_move, stranding
@@ -31,8 +32,8 @@ from ..unique import claims as claims_of
 from ..unique import shown
 from . import verified
 from .pool import ordered_map, workers_for
-from .rows import claim_rows, iso, totals_delta
-from .scan import Problem, Progress, VerifyReport, event_rows, index_path, problem, sha256_of, walk
+from .rows import claim_rows, event_time, iso, spent_in, totals_delta
+from .scan import Problem, Progress, VerifyReport, index_path, problem, sha256_of, walk
 from .tables import (
     episodes,
     events,
@@ -66,6 +67,7 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
     remembered = {} if full else before
     backup_dirs = verified.backed_up(writer.root)  # (a clean check looks again, not trusting this listing)
     total = len(found)
+    plain = _plain_shows(writer.root, {item[0] for item in found}) if backup_dirs is not None else set()
 
     def files_of(item: tuple[str, str, str, os.stat_result]) -> tuple[bytes, bytes, bytes | None, Any, bytes] | None:
         """(the digest of the files one episode's check reads, the file's bytes, the log's,
@@ -128,7 +130,9 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
         if files is None:
             return (*_check(writer, show, ep, path, row, marked, indexed_events, keys), None, False)
         digest, raw, log_raw, links, kept = files
-        result = _check(writer, show, ep, path, row, marked, indexed_events, keys, raw, log_raw, links)
+        # neither checkpoints nor backups, as the one listing of the backup folders saw it: nothing to check there
+        none_kept = kept == verified.NOTHING_KEPT and show in plain and (show, ep) not in backup_dirs  # type: ignore[operator]
+        result = _check(writer, show, ep, path, row, marked, indexed_events, keys, raw, log_raw, links, none_kept)
         first, then, state, held, assets, counts, row_claims = result
         encoded = None
         # remembered only if the kept files the check saw are those digested: none (it counted none), or the
@@ -226,6 +230,49 @@ def _kept(writer: Writer, show: str, ep: str, directory: str) -> bytes | None:
         return None
 
 
+def _row_same(stored: Any, data: dict[str, Any]) -> bool:
+    """``same(_document(stored), data)``: first whether the row's stored text is ``data`` as orjson
+    writes it (what the index stores), which is the same data, since a checked model holds
+    no value orjson writes lossily (non-finite floats, integers past 64 bits: ``models``)."""
+    if isinstance(stored, str):
+        try:
+            if orjson.dumps(data) == stored.encode():
+                return True
+        except (TypeError, UnicodeEncodeError):
+            pass
+    return same(_document(stored), data)
+
+
+def _plain_shows(root: str, shows: set[str]) -> set[str]:
+    """The shows whose folders on the way to an episode's backups and to its folder are real
+    folders (or, for the backups, missing): for an episode of one without a checkpoints or
+    backup folder, ``_verify_kept_files`` finds nothing (``writes:Writer.backups_of``'s walk
+    meets no symlink, and its ``require_folders`` passes: the walk found the episode folder)."""
+    def real(path: str) -> bool | None:  # True: a folder; None: missing; False: anything else
+        try:
+            return stat.S_ISDIR(os.lstat(path).st_mode) or False
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return False
+
+    def backups_plain(parts: list[str]) -> bool:
+        path = root
+        for part in parts:
+            path += "/" + part
+            kind = real(path)
+            if kind is None:
+                return True
+            if not kind:
+                return False
+        return True
+
+    if not real(root + "/shows") or not backups_plain([".statekit", "backups", "episodes"]):
+        return set()
+    return {show for show in shows if real(f"{root}/shows/{show}") and real(f"{root}/shows/{show}/episodes")
+            and backups_plain([".statekit", "backups", "episodes", show])}
+
+
 def _document(text: Any) -> Any:
     """An index row's data as stored (JSON text; a driver may hand over the document itself)."""
     return orjson.loads(text) if isinstance(text, (str, bytes)) else text
@@ -250,19 +297,24 @@ def _link(path: str, st: os.stat_result | None = None) -> tuple[int, int, bool] 
 def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, str, Any] | None,
            marked: dict[tuple[str, str], Any], indexed_events: dict[tuple[str, str], list[tuple[Any, ...]]],
            keys: list[str], raw: bytes | None = None, log_raw: bytes | None = None,
-           links: tuple[Any, ...] | None = None) -> tuple[Any, ...]:
+           links: tuple[Any, ...] | None = None, none_kept: bool = False) -> tuple[Any, ...]:
     """One episode checked in full: (problems found before its assets are hashed, after),
     its (stage, costs), its unique values, its assets, the checkpoints and backups checked,
     its index row's unique values. ``raw``, ``log_raw``, ``links``: the file's and the log's
-    bytes and the links as already read (else read here)."""
+    bytes and the links as already read (else read here). ``none_kept``: the episode has
+    neither a checkpoints folder nor a backup folder, and the folders on the way to them
+    are plain (``_plain_shows``): then ``_verify_kept_files`` would find nothing."""
     key = f"{show}/{ep}"
     before = VerifyReport()
     after: list[Problem] = []
-    _verify_kept_files(writer, before, show, ep, os.path.dirname(path))
+    if not none_kept:
+        _verify_kept_files(writer, before, show, ep, os.path.dirname(path))
     counts = (before.checkpoints, before.backups)
-    row_data = _document(kept_row[2]) if kept_row is not None else None
+    # the row's data is read only when needed: for its unique values, a file that cannot be read, or
+    # when its stored text is not the file's data written out (``_row_same``)
+    row_data = _document(kept_row[2]) if kept_row is not None and keys else None
     row_claims = None if kept_row is None else [
-        (r["key"], r["value_sha256"], show, ep) for r in claim_rows(keys, show, ep, row_data)]
+        (r["key"], r["value_sha256"], show, ep) for r in claim_rows(keys, show, ep, row_data)] if keys else []
     try:
         if raw is None:
             raw = diskio.read_file(path)
@@ -272,6 +324,8 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
     except StatekitError as exc:
         before.problems.append(problem(exc, path, key))
         # the index rightly keeps the last good state: count that
+        if kept_row is not None and row_data is None:
+            row_data = _document(kept_row[2])
         state = (row_data.get("stage"), row_data.get("costs") or {}) if row_data is not None else None
         return before.problems, after, state, [], None, counts, row_claims
     model: Episode = parsed.model
@@ -279,19 +333,22 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
     log_path = os.path.join(os.path.dirname(path), "events.jsonl")
     _verify_links(before, key, path, log_path, links=links)
     read_log = links is not None  # the log's bytes are those given (None: no log)
+    parsed_log = eventlog.parse_log(log_raw) if read_log else None  # (None: each reading its own way)
     committed_model = _committed_by_log(writer, before, key, path, log_path, model, raw,
                                         kept_row[0] if kept_row is not None else None,
-                                        log_raw if read_log else False)
+                                        log_raw if read_log else False, parsed_log)
     if committed_model is not None:  # a pending hand edit: the index must hold the committed version
         model = committed_model
     dumped: dict[str, Any] | None = None
     derived: list[tuple[Any, ...]] = []
     try:
-        read = eventlog.lines_of(log_raw, log_path, model.version) if read_log \
+        read = parsed_log.committed(log_path, model.version) if parsed_log is not None \
+            else eventlog.lines_of(log_raw, log_path, model.version) if read_log \
             else eventlog.read_lines(log_path, model.version)
         lines = [event for event, _raw in read]
-        eventlog.validate_events(log_path, lines)  # what events() would refuse
-        derived = [event_key([r[c] for c in EVENT_FIELDS]) for r in event_rows(log_path, lines, show, ep)]
+        if not eventlog.events_valid(lines):  # (then certainly valid, without a model per line)
+            eventlog.validate_events(log_path, lines)  # what events() would refuse
+        derived = event_keys(log_path, lines)
         for message in eventlog.chain_problems(log_path, lines, [raw_line for _event, raw_line in read]):
             after.append(Problem("chain", log_path, message, key))
         if committed_model is None and any(eventlog.is_chained(e) for e in lines):
@@ -330,7 +387,7 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
             after.append(Problem(
                 "index", path, f"{key}: the index holds version {kept_row[0]}, the file version {model.version} "
                 "(run 'statekit sync')", key))
-        elif not same(row_data, dumped if dumped is not None else model.model_dump(mode="json")):
+        elif not _row_same(kept_row[2], dumped if dumped is not None else model.model_dump(mode="json")):
             after.append(Problem(
                 "index", path, f"{key}: the index's copy of version {kept_row[0]} differs from the file "
                 "(run 'statekit sync')", key))
@@ -348,6 +405,28 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
 
 EVENT_FIELDS = ("version", "at", "kind", "from_stage", "to_stage", "message", "cost", "stage")
 """The events columns verify compares with what the log says (``data`` is the line itself)."""
+
+
+def event_keys(log_path: str, lines: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+    """``event_key`` of the ``EVENT_FIELDS`` of each of a log's index rows (``index/scan:event_rows``),
+    built without the rows (``tests/test_verify_fast.py`` holds them equal)."""
+    out = []
+    stage: str | None = None
+    try:
+        for line in lines:
+            get = line.get
+            at = line["at"]
+            if not (type(at) is str and len(at) == 27 and at[-1] == "Z"):
+                at = event_time(at)
+            cost = get("cost")
+            moved = get("to_stage")
+            out.append((line["version"], at, line["kind"], get("from_stage"), moved, get("message"), cost,
+                        None if cost is None else spent_in(line, stage)))
+            if isinstance(moved, str) and moved:
+                stage = moved
+    except ValueError as exc:  # a damaged time: reported like any damaged line (as event_rows words it)
+        raise CorruptFileError(f"{log_path}: an event's time is not an ISO timestamp ({exc})", path=log_path) from None
+    return out
 
 
 def event_columns(table: Any) -> list[Any]:
@@ -431,14 +510,16 @@ def _own_backup_link(path: str, st: os.stat_result) -> bool:
 
 
 def _committed_by_log(writer: Writer, report: VerifyReport, key: str, path: str, log_path: str, model: Episode,
-                      raw: bytes, indexed_version: int | None, log_raw: bytes | None | bool = False
-                      ) -> Episode | None:
+                      raw: bytes, indexed_version: int | None, log_raw: bytes | None | bool = False,
+                      parsed_log: eventlog.ParsedLog | None = None) -> Episode | None:
     """The committed version, when the file holds a pending edit and the chained log rebuilds it.
-    ``log_raw``: the log's bytes already read (None: there is none; False: read its end here)."""
+    ``log_raw``: the log's bytes already read (None: there is none; False: read its end here);
+    ``parsed_log``: those bytes read once (``eventlog.parse_log``)."""
     if not writer.chained:
         return None
     try:
-        last, before = eventlog.read_tail(log_path) if log_raw is False else eventlog.tail_of(log_raw or None)
+        last, before = eventlog.read_tail(log_path) if log_raw is False else parsed_log.tail() \
+            if parsed_log is not None else eventlog.tail_of(log_raw or None)
     except (StatekitError, OSError):
         return None  # reported when the log is read below
     if last is None or not eventlog.is_chained(last.event):
