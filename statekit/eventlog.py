@@ -350,16 +350,20 @@ class ParsedLog:
         return (found[0] if found else None), (found[1] if len(found) > 1 else None)
 
 
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+"""A JSON text (of lines every one of which orjson read: none spans a line)."""
+
+
 def parse_log(raw: bytes | None) -> ParsedLog | None:
     """A log's bytes read once for both ``lines_of`` (strict) and ``tail_of`` (the fast parser):
     when orjson's reading of every line is exactly the strict one (``codecs.exact_json``'s
-    rules, judged over the whole log at once: no ``\\u`` escape, no 19-digit number, no line
+    rules, judged over the whole log at once: no ``\\u`` escape, no 19-digit number outside a text, no line
     nested past the limit, every line an object, as many colons written back as read: no
     duplicate key), both read each line alike. None when that is not so (then ``lines_of``
     and ``tail_of`` read it, each its own way)."""
     if not raw:
         return ParsedLog([], [])
-    if b"\\u" in raw or has_long_number(raw):
+    if b"\\u" in raw:
         return None
     lines = raw.split(b"\n")
     lines.pop()  # after the last newline: empty, or a torn append
@@ -376,8 +380,11 @@ def parse_log(raw: bytes | None) -> ParsedLog | None:
             read.append(event)
     except orjson.JSONDecodeError:
         return None
-    if orjson.dumps(read).count(b":") != raw.count(b":") - raw[raw.rfind(b"\n") + 1:].count(b":"):
+    body = raw[:raw.rfind(b"\n") + 1]
+    if orjson.dumps(read).count(b":") != body.count(b":"):
         return None  # a duplicate key somewhere (orjson kept one of the pair)
+    if has_long_number(body) and has_long_number(_STRINGS.sub(b"", body)):
+        return None  # a number of 19 digits (a run of digits inside a text, such as a hash, is no number)
     return ParsedLog(lines, [event if _typed(event) else None for event in read])
 
 
@@ -448,7 +455,7 @@ def line_hash(line: bytes) -> str:
 
 
 def is_chained(event: dict[str, Any]) -> bool:
-    return any(k in event for k in CHAIN_KEYS)
+    return "prev" in event or "doc" in event  # (CHAIN_KEYS, written out: no generator per line)
 
 
 @dataclass

@@ -99,7 +99,8 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
             return None
         return verified.decode(memo[1])
 
-    looked = ordered_map(look, found, workers_for(total, workers) if remembered else 1, eager=True)
+    looked = ordered_map(lambda i: look(found[i]), range(total), workers_for(total, workers) if remembered else 1,
+                         eager=True)  # (indices into ``found``, which the workers inherit: not pickled)
     first_look = next(looked, None)  # (the workers read the files while the index is read below)
     with writer.index.reading() as conn:
         # the row's data as stored: parsed only for an episode checked in full
@@ -156,7 +157,8 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
                     progress(done, total)
                 done += 1
     missed = [i for i in range(total) if outcome[i] is None]
-    for i, result in zip(missed, ordered_map(check, [found[i] for i in missed], workers_for(len(missed), workers))):
+    # the workers are handed indices into ``found`` (which they inherit): pickling each item's stat costs more
+    for i, result in zip(missed, ordered_map(lambda i: check(found[i]), missed, workers_for(len(missed), workers))):
         outcome[i] = result
         if progress is not None:
             progress(done, total)
@@ -334,9 +336,10 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
     _verify_links(before, key, path, log_path, links=links)
     read_log = links is not None  # the log's bytes are those given (None: no log)
     parsed_log = eventlog.parse_log(log_raw) if read_log else None  # (None: each reading its own way)
+    raw_sha = sha256_of(raw)
     committed_model = _committed_by_log(writer, before, key, path, log_path, model, raw,
                                         kept_row[0] if kept_row is not None else None,
-                                        log_raw if read_log else False, parsed_log)
+                                        log_raw if read_log else False, parsed_log, raw_sha)
     if committed_model is not None:  # a pending hand edit: the index must hold the committed version
         model = committed_model
     dumped: dict[str, Any] | None = None
@@ -371,7 +374,6 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
             "events", log_path, f"{log_path}: the log does not hold versions 1..{model.version} exactly"
             + (f" (missing {missing})" if missing else " (out of order or repeated)"), key))
     foreign = next((line for line in lines if (line["show_id"], line["episode_id"]) != (show, ep)), None)
-    raw_sha = sha256_of(raw)
     if foreign is not None:
         after.append(Problem(
             "events", log_path, f"{log_path}: event version {foreign['version']} names "
@@ -511,10 +513,10 @@ def _own_backup_link(path: str, st: os.stat_result) -> bool:
 
 def _committed_by_log(writer: Writer, report: VerifyReport, key: str, path: str, log_path: str, model: Episode,
                       raw: bytes, indexed_version: int | None, log_raw: bytes | None | bool = False,
-                      parsed_log: eventlog.ParsedLog | None = None) -> Episode | None:
+                      parsed_log: eventlog.ParsedLog | None = None, sha: str | None = None) -> Episode | None:
     """The committed version, when the file holds a pending edit and the chained log rebuilds it.
     ``log_raw``: the log's bytes already read (None: there is none; False: read its end here);
-    ``parsed_log``: those bytes read once (``eventlog.parse_log``)."""
+    ``parsed_log``: those bytes read once (``eventlog.parse_log``); ``sha``: the file's sha256."""
     if not writer.chained:
         return None
     try:
@@ -524,7 +526,8 @@ def _committed_by_log(writer: Writer, report: VerifyReport, key: str, path: str,
         return None  # reported when the log is read below
     if last is None or not eventlog.is_chained(last.event):
         return None
-    which, pending = eventlog.committing(last.event, before.event if before is not None else None, sha256_of(raw),
+    which, pending = eventlog.committing(last.event, before.event if before is not None else None,
+                                         sha if sha is not None else sha256_of(raw),
                                          model.version, lambda: indexed_version)
     if not pending:
         return None
