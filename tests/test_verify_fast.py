@@ -173,6 +173,23 @@ def test_row_same_is_same(a: dict[str, Any], b: dict[str, Any], equal: bool) -> 
     assert verify_module._row_same(orjson.loads(stored), a) == same(orjson.loads(stored), a)
 
 
+_ANY = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
+                              st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=4)),
+                    lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                            st.dictionaries(st.text(max_size=3), inner, max_size=3)), max_leaves=8)
+
+
+@given(st.dictionaries(st.text(max_size=3), _ANY, max_size=4), st.dictionaries(st.text(max_size=3), _JSON, max_size=4),
+       st.booleans())
+def test_data_same_is_same(replayed: dict[str, Any], data: dict[str, Any], equal: bool) -> None:
+    """(``data``, a checked model's, holds no non-finite number and no integer past 64 bits; ``replayed``,
+    read from a log, no non-finite number: no reading of a log line takes one)"""
+    if equal:
+        replayed = orjson.loads(orjson.dumps(data))
+    assert verify_module._data_same(replayed, data, verify_module._text_of(data)) == same(replayed, data)
+    assert verify_module._data_same(replayed, data, None) == same(replayed, data)
+
+
 # --- a full verify of a damaged store: every fast path on, then off --------------------------
 
 
@@ -181,7 +198,8 @@ def _slow(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(eventlog, "events_valid", lambda lines: False)
     monkeypatch.setattr(verify_module, "_plain_shows", lambda root, shows: set())
     monkeypatch.setattr(verify_module, "_row_same",
-                        lambda stored, data: same(verify_module._document(stored), data))
+                        lambda stored, data, text=None: same(verify_module._document(stored), data))
+    monkeypatch.setattr(verify_module, "_data_same", lambda replayed, data, text: same(replayed, data))
     monkeypatch.setattr(verify_module, "event_keys", lambda log_path, lines: [
         event_key([r[c] for c in EVENT_FIELDS]) for r in event_rows(log_path, lines, "s", "x")])
 

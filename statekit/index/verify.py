@@ -232,17 +232,39 @@ def _kept(writer: Writer, show: str, ep: str, directory: str) -> bytes | None:
         return None
 
 
-def _row_same(stored: Any, data: dict[str, Any]) -> bool:
+def _row_same(stored: Any, data: dict[str, Any], text: bytes | None = None) -> bool:
     """``same(_document(stored), data)``: first whether the row's stored text is ``data`` as orjson
     writes it (what the index stores), which is the same data, since a checked model holds
-    no value orjson writes lossily (non-finite floats, integers past 64 bits: ``models``)."""
+    no value orjson writes lossily (non-finite floats, integers past 64 bits: ``models``).
+    ``text``: ``_text_of(data)``, if made."""
     if isinstance(stored, str):
         try:
-            if orjson.dumps(data) == stored.encode():
+            if (text if text is not None else orjson.dumps(data)) == stored.encode():
                 return True
         except (TypeError, UnicodeEncodeError):
             pass
     return same(_document(stored), data)
+
+
+def _text_of(data: dict[str, Any]) -> bytes | None:
+    """orjson's writing of a model's data (None: it cannot write it)."""
+    try:
+        return orjson.dumps(data)
+    except TypeError:
+        return None
+
+
+def _data_same(replayed: Any, data: dict[str, Any], text: bytes | None) -> bool:
+    """``same(replayed, data)``; first whether orjson writes both alike (``text``: ``_text_of(data)``):
+    then they are the same (neither holds a value orjson writes lossily: ``data`` is a checked
+    model's, ``replayed`` was read from a log, where no reading takes a non-finite number)."""
+    if text is not None:
+        try:
+            if orjson.dumps(replayed) == text:
+                return True
+        except TypeError:
+            pass
+    return same(replayed, data)
 
 
 def _plain_shows(root: str, shows: set[str]) -> set[str]:
@@ -343,6 +365,7 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
     if committed_model is not None:  # a pending hand edit: the index must hold the committed version
         model = committed_model
     dumped: dict[str, Any] | None = None
+    dumped_text: bytes | None = None  # (orjson's writing of ``dumped``, when made)
     derived: list[tuple[Any, ...]] = []
     try:
         read = parsed_log.committed(log_path, model.version) if parsed_log is not None \
@@ -358,7 +381,9 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
             # the last use of the lines' documents and patches: replayed without copying them
             replayed = eventlog.replay(lines, path=log_path, last_only=True, consume=True)
             dumped = model.model_dump(mode="json")
-            if not replayed or replayed[-1][0] != model.version or not same(replayed[-1][1], dumped):
+            dumped_text = _text_of(dumped)
+            if not replayed or replayed[-1][0] != model.version or not _data_same(replayed[-1][1], dumped,
+                                                                                   dumped_text):
                 after.append(Problem(
                     "chain", log_path, f"{log_path}: replaying the log does not give the data of {path} "
                     f"(version {model.version}): an event's patch was changed, or the file", key))
@@ -389,7 +414,7 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
             after.append(Problem(
                 "index", path, f"{key}: the index holds version {kept_row[0]}, the file version {model.version} "
                 "(run 'statekit sync')", key))
-        elif not _row_same(kept_row[2], dumped if dumped is not None else model.model_dump(mode="json")):
+        elif not _row_same(kept_row[2], dumped if dumped is not None else model.model_dump(mode="json"), dumped_text):
             after.append(Problem(
                 "index", path, f"{key}: the index's copy of version {kept_row[0]} differs from the file "
                 "(run 'statekit sync')", key))
