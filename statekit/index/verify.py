@@ -108,7 +108,6 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
             episodes.c.show_id, episodes.c.episode_id, episodes.c.version, episodes.c.file_sha256,
             episodes.c.data if conn.dialect.name == "sqlite" else cast(episodes.c.data, Text)))}
         marked = {key: mark for key, (_path, mark) in writer.index.pending().items()} if writer.chained else {}
-        indexed_events = _indexed_events(conn)
         totals = {(s, st): (n, c) for s, st, n, c in conn.execute(select(stage_totals))}
         indexed_claims = {tuple(r) for r in conn.execute(select(
             unique_values.c.key, unique_values.c.value_sha256, unique_values.c.show_id, unique_values.c.episode_id))}
@@ -116,25 +115,38 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
     keys = writer.config.unique
     holders: dict[tuple[str, str], list[tuple[str, str, Any]]] = defaultdict(list)  # (key, sha) -> (ep, path, value)
     seen = set()
+    # the index's events are read once the pool is at work (the workers compare no events: the
+    # parent compares what they derive, ``_with_events``), unless the memo's look needs them first
+    indexed_events: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
+    events_read = []
+
+    def read_events() -> None:
+        if not events_read:
+            with writer.index.reading() as conn:
+                indexed_events.update(_indexed_events(conn))
+            events_read.append(True)
 
     def index_of(show: str, ep: str) -> bytes:
+        read_events()
         return verified.index_digest(row=indexed.get((show, ep)), mark=marked.get((show, ep)),
                                      event_keys=indexed_events.get((show, ep)))
 
     def check(item: tuple[str, str, str, os.stat_result]) -> Any:
         """One episode checked in full (``_check``), and (its digest, the result encoded)
         when it may be remembered. Runs in a pool's worker: the assets are hashed by the
-        caller, each stored object once."""
+        caller, each stored object once. The index's events are compared by the parent
+        (``_with_events``: the last of the episode's problems, if they differ), which also
+        completes the memo's digest with the index's part."""
         show, ep, path, _st = item
         row = indexed.get((show, ep))
         files = files_of(item)
         if files is None:
-            return (*_check(writer, show, ep, path, row, marked, indexed_events, keys), None, False)
+            return (*_check(writer, show, ep, path, row, marked, keys), None)
         digest, raw, log_raw, links, kept = files
         # neither checkpoints nor backups, as the one listing of the backup folders saw it: nothing to check there
         none_kept = kept == verified.NOTHING_KEPT and show in plain and (show, ep) not in backup_dirs  # type: ignore[operator]
-        result = _check(writer, show, ep, path, row, marked, indexed_events, keys, raw, log_raw, links, none_kept)
-        first, then, state, held, assets, counts, row_claims = result
+        result = _check(writer, show, ep, path, row, marked, keys, raw, log_raw, links, none_kept)
+        first, then, state, held, assets, counts, row_claims, _derived = result
         encoded = None
         # remembered only if the kept files the check saw are those digested: none (it counted none), or the
         # same when looked at again
@@ -142,7 +154,21 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
                 kept == verified.NOTHING_KEPT and counts == (0, 0)
                 or _kept(writer, show, ep, os.path.dirname(path)) == kept):
             encoded = verified.encode(state, held, assets, counts, row_claims)
-        return (*result, (digest + index_of(show, ep), encoded) if encoded is not None else None, False)
+        return (*result, (digest, encoded) if encoded is not None else None)
+
+    def with_events(item: tuple[str, str, str, os.stat_result], result: tuple[Any, ...]) -> tuple[Any, ...]:
+        """A worker's result with the index's events compared (the last check of ``_check``)
+        and the memo's digest completed: as the merge below takes it."""
+        first, then, state, held, assets, counts, row_claims, derived, memo = result
+        show, ep, path, _st = item
+        if derived is not None and indexed_events.get((show, ep), []) != derived:
+            then.append(Problem(
+                "index", os.path.join(os.path.dirname(path), "events.jsonl"),
+                f"{show}/{ep}: the index's events differ from events.jsonl (run 'statekit sync')", f"{show}/{ep}"))
+            memo = None
+        if memo is not None:
+            memo = (memo[0] + index_of(show, ep), memo[1])
+        return first, then, state, held, assets, counts, row_claims, memo, False
 
     # the remembered results whose index rows are unchanged too; the rest are checked in full
     outcome: list[Any] = [None] * total
@@ -157,9 +183,13 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
                     progress(done, total)
                 done += 1
     missed = [i for i in range(total) if outcome[i] is None]
-    # the workers are handed indices into ``found`` (which they inherit): pickling each item's stat costs more
-    for i, result in zip(missed, ordered_map(lambda i: check(found[i]), missed, workers_for(len(missed), workers))):
-        outcome[i] = result
+    # the workers are handed indices into ``found`` (which they inherit): pickling each item's stat costs more;
+    # every item is handed out at once, so the workers go on while the index's events are read here
+    checked = ordered_map(lambda i: check(found[i]), missed, workers_for(len(missed), workers), eager=True)
+    first_checked = next(checked, None)
+    read_events()
+    for i, result in zip(missed, itertools.chain([first_checked] if missed else [], checked)):
+        outcome[i] = with_events(found[i], result)
         if progress is not None:
             progress(done, total)
         done += 1
@@ -319,12 +349,12 @@ def _link(path: str, st: os.stat_result | None = None) -> tuple[int, int, bool] 
 
 
 def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, str, Any] | None,
-           marked: dict[tuple[str, str], Any], indexed_events: dict[tuple[str, str], list[tuple[Any, ...]]],
-           keys: list[str], raw: bytes | None = None, log_raw: bytes | None = None,
+           marked: dict[tuple[str, str], Any], keys: list[str], raw: bytes | None = None, log_raw: bytes | None = None,
            links: tuple[Any, ...] | None = None, none_kept: bool = False) -> tuple[Any, ...]:
     """One episode checked in full: (problems found before its assets are hashed, after),
     its (stage, costs), its unique values, its assets, the checkpoints and backups checked,
-    its index row's unique values. ``raw``, ``log_raw``, ``links``: the file's and the log's
+    its index row's unique values, the ``event_keys`` of its log that the index's events must
+    equal (None: not compared; the caller compares them, the last check). ``raw``, ``log_raw``, ``links``: the file's and the log's
     bytes and the links as already read (else read here). ``none_kept``: the episode has
     neither a checkpoints folder nor a backup folder, and the folders on the way to them
     are plain (``_plain_shows``): then ``_verify_kept_files`` would find nothing."""
@@ -343,7 +373,7 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
         if raw is None:
             raw = diskio.read_file(path)
         if raw is None:
-            return before.problems, after, None, [], None, counts, row_claims
+            return before.problems, after, None, [], None, counts, row_claims, None
         parsed = writer.parse_episode(path, raw, show, ep)
     except StatekitError as exc:
         before.problems.append(problem(exc, path, key))
@@ -351,7 +381,7 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
         if kept_row is not None and row_data is None:
             row_data = _document(kept_row[2])
         state = (row_data.get("stage"), row_data.get("costs") or {}) if row_data is not None else None
-        return before.problems, after, state, [], None, counts, row_claims
+        return before.problems, after, state, [], None, counts, row_claims, None
     model: Episode = parsed.model
     held = [(claim.key, claim.sha256, claim.value) for claim in claims_of(keys, model.metadata)]
     log_path = os.path.join(os.path.dirname(path), "events.jsonl")
@@ -422,12 +452,9 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
             after.append(Problem(
                 "index", path, f"{key}: the index marks a pending hand edit, but the file is committed "
                 "(run 'statekit rebuild-index')", key))
-        if lines and indexed_events.get((show, ep), []) != derived:
-            after.append(Problem(
-                "index", log_path, f"{key}: the index's events differ from events.jsonl (run 'statekit sync')",
-                key))
+    compare = derived if kept_row is not None and lines else None
     assets = (model.key, model.assets) if model.assets else None
-    return before.problems, after, (model.stage, model.costs), held, assets, counts, row_claims
+    return before.problems, after, (model.stage, model.costs), held, assets, counts, row_claims, compare
 
 
 EVENT_FIELDS = ("version", "at", "kind", "from_stage", "to_stage", "message", "cost", "stage")
