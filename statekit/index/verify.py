@@ -116,7 +116,7 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
     holders: dict[tuple[str, str], list[tuple[str, str, Any]]] = defaultdict(list)  # (key, sha) -> (ep, path, value)
     seen = set()
     # the index's events are read once the pool is at work (the workers compare no events: the
-    # parent compares what they derive, ``_with_events``), unless the memo's look needs them first
+    # parent compares what they derive, ``with_events``), unless the memo's look needs them first
     indexed_events: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
     events_read = []
 
@@ -135,7 +135,7 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
         """One episode checked in full (``_check``), and (its digest, the result encoded)
         when it may be remembered. Runs in a pool's worker: the assets are hashed by the
         caller, each stored object once. The index's events are compared by the parent
-        (``_with_events``: the last of the episode's problems, if they differ), which also
+        (``with_events``: the last of the episode's problems, if they differ), which also
         completes the memo's digest with the index's part."""
         show, ep, path, _st = item
         row = indexed.get((show, ep))
@@ -354,8 +354,9 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
     """One episode checked in full: (problems found before its assets are hashed, after),
     its (stage, costs), its unique values, its assets, the checkpoints and backups checked,
     its index row's unique values, the ``event_keys`` of its log that the index's events must
-    equal (None: not compared; the caller compares them, the last check). ``raw``, ``log_raw``, ``links``: the file's and the log's
-    bytes and the links as already read (else read here). ``none_kept``: the episode has
+    equal (None: not compared; the caller compares them, the last check). ``raw``, ``log_raw``,
+    ``links``: the file's and the log's bytes and the links as already read (else read here).
+    ``none_kept``: the episode has
     neither a checkpoints folder nor a backup folder, and the folders on the way to them
     are plain (``_plain_shows``): then ``_verify_kept_files`` would find nothing."""
     key = f"{show}/{ep}"
