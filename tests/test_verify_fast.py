@@ -10,6 +10,7 @@ and asks a full verify with every fast path on and with every one off for the sa
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -323,3 +324,14 @@ def test_a_full_verify_reports_what_the_plain_paths_report(tmp_path: Path, monke
 CLEAN = ("nothing", "a reordered index row", "a backup of another episode", "a show's backups a file",
          "garbage after the last line")
 """Changes a verify finds nothing wrong with (an uncommitted tail is not a problem)."""
+
+
+def test_verify_leaves_the_garbage_collector_as_it_was(tmp_path: Path) -> None:
+    store = _made(tmp_path / "store", "json")
+    assert gc.isenabled()
+    assert store.verify(full=True).clean and gc.isenabled()
+    gc.disable()
+    try:
+        assert store.verify(full=True).clean and not gc.isenabled()
+    finally:
+        gc.enable()

@@ -4,6 +4,7 @@ checkpoints, backups and assets, and duplicates of unique metadata values.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import os
@@ -57,8 +58,23 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
     unique key that more than one episode file holds. ``workers``: processes
     reading the files (None: the cores, for a large store); the report is the
     same, problem for problem. An episode whose inputs are those of its last
-    clean check (``index/verified``) is not checked again, unless ``full``."""
+    clean check (``index/verified``) is not checked again, unless ``full``.
 
+    Python's cyclic garbage collector is off meanwhile (as it was, after): what a
+    verify makes holds no cycles (rows, results, problems: reference counting frees
+    them), and each full collection walked every row read from the index and every
+    result kept, a quarter of the parent's time at 10k episodes (0.83 -> 0.61 s CPU)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        return _verify(writer, progress, workers=workers, full=full)
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, full: bool) -> VerifyReport:
+    """``verify``, with the collector as it is."""
     report = VerifyReport()
     hashed: dict[str, str | None] = {}  # object sha256 -> its problem, if any
     found = list(walk(writer.root))
