@@ -16,16 +16,18 @@ import errno
 import hashlib
 import json
 import os
+import re
 import stat
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
 from pydantic import ValidationError as PydanticValidationError
 
 from . import packed, patches
-from .codecs import compact_json, exact_json, int64, no_duplicates
+from .codecs import MAX_DEPTH, compact_json, exact_json, has_long_number, int64, no_duplicates
 from .errors import CorruptFileError, UnsafePathError
 from .files import O_CLOEXEC, O_NOFOLLOW, O_NONBLOCK, Disk, name_at, storage_error, unsafe_path, write_all
 from .models import EVENT_SCHEMA, UNCHAINED_EVENT_SCHEMA, Event
@@ -302,6 +304,90 @@ def _read(raw: bytes | None, path: str, committed: int, strict: bool, with_raw: 
     return out
 
 
+@dataclass
+class ParsedLog:
+    """Every line of a log's bytes read once (``parse_log``): what ``lines_of`` and ``tail_of``
+    give, without reading a line twice (``verify`` wants both of every log)."""
+
+    lines: list[bytes]
+    """The lines before the last newline, without their newlines."""
+    events: list[dict[str, Any] | None]
+    """Each line's event (None: not one), read strictly and by the fast parser alike."""
+
+    def committed(self, path: str, committed: int) -> list[tuple[dict[str, Any], bytes]]:
+        """``lines_of(raw, path, committed)`` (strict): the same lines, the same errors."""
+        out: list[tuple[dict[str, Any], bytes]] = []
+        last = -1 << 63
+        bad: int | None = None
+        for number, (line, event) in enumerate(zip(self.lines, self.events), 1):
+            if event is None:
+                bad = bad or number
+                continue
+            version = event["version"]
+            if version > committed:
+                continue
+            if bad is not None:
+                raise CorruptFileError(f"{path}:{bad}: unreadable event line", path=path, line=bad)
+            if out and version <= last:
+                raise CorruptFileError(f"{path}:{number}: event version {version} comes after version "
+                                       f"{last} (a repeated or misplaced line)", path=path, line=number)
+            last = version
+            out.append((event, line + b"\n"))
+        if bad is not None and committed and (not out or last < committed):
+            raise CorruptFileError(f"{path}:{bad}: unreadable event line", path=path, line=bad)
+        return out
+
+    def tail(self) -> tuple[TailLine | None, TailLine | None]:
+        """``tail_of(raw)``: the last two readable lines (last, the one before)."""
+        found: list[TailLine] = []
+        end = sum(len(line) for line in self.lines) + len(self.lines)
+        for line, event in zip(reversed(self.lines), reversed(self.events)):
+            if event is not None:
+                found.append(TailLine(event, hashlib.sha256(line).hexdigest(), end))
+                if len(found) == 2:
+                    break
+            end -= len(line) + 1
+        return (found[0] if found else None), (found[1] if len(found) > 1 else None)
+
+
+_STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
+"""A JSON text (of lines every one of which orjson read: none spans a line)."""
+
+
+def parse_log(raw: bytes | None) -> ParsedLog | None:
+    """A log's bytes read once for both ``lines_of`` (strict) and ``tail_of`` (the fast parser):
+    when orjson's reading of every line is exactly the strict one (``codecs.exact_json``'s
+    rules, judged over the whole log at once: no ``\\u`` escape, no 19-digit number outside a text, no line
+    nested past the limit, every line an object, as many colons written back as read: no
+    duplicate key), both read each line alike. None when that is not so (then ``lines_of``
+    and ``tail_of`` read it, each its own way)."""
+    if not raw:
+        return ParsedLog([], [])
+    if b"\\u" in raw:
+        return None
+    lines = raw.split(b"\n")
+    lines.pop()  # after the last newline: empty, or a torn append
+    whole = raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH  # (then no line can be nested past it)
+    loads = orjson.loads
+    read: list[Any] = []
+    try:
+        for line in lines:
+            if not whole and line.count(b"[") + line.count(b"{") > MAX_DEPTH:
+                return None
+            event = loads(line)
+            if type(event) is not dict:
+                return None
+            read.append(event)
+    except orjson.JSONDecodeError:
+        return None
+    body = raw[:raw.rfind(b"\n") + 1]
+    if orjson.dumps(read).count(b":") != body.count(b":"):
+        return None  # a duplicate key somewhere (orjson kept one of the pair)
+    if has_long_number(body) and has_long_number(_STRINGS.sub(b"", body)):
+        return None  # a number of 19 digits (a run of digits inside a text, such as a hash, is no number)
+    return ParsedLog(lines, [event if _typed(event) else None for event in read])
+
+
 def last_logged_version(path: str, *, dir_fd: int | None = None) -> int:
     """The highest version in a log (0 for none), committed or not."""
     return max((e["version"] for e in read_events(path, 1 << 62, dir_fd=dir_fd)), default=0)
@@ -327,6 +413,35 @@ def validate_events(path: str, lines: list[dict[str, Any]]) -> list[Event]:
     return events
 
 
+_AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z")
+"""The time every statekit event line carries (``rows.event_time``'s text)."""
+
+
+def events_valid(lines: list[dict[str, Any]]) -> bool:
+    """True only if ``validate_events`` passes every line, judged without building the models
+    (False: it may not; ``validate_events`` then decides and words the error). For lines as read
+    (``read_lines``: their indexed fields already of their JSON types, ``_typed``): what is
+    left of ``Event`` is ``schema_version`` (absent, or an integer of a schema read here),
+    ``at`` (a time in statekit's own form, a real date) and ``fields`` (absent, null or a list
+    of texts); any other key is allowed."""
+    fromisoformat = datetime.fromisoformat
+    for event in lines:
+        version = event.get("schema_version", EVENT_SCHEMA)
+        if type(version) is not int or version not in (UNCHAINED_EVENT_SCHEMA, EVENT_SCHEMA):
+            return False
+        fields = event.get("fields")
+        if fields is not None and (type(fields) is not list or any(type(f) is not str for f in fields)):
+            return False
+        at = event["at"]
+        if len(at) != 27 or not _AT.fullmatch(at):
+            return False
+        try:
+            fromisoformat(at)
+        except ValueError:
+            return False
+    return True
+
+
 # --- the ledger: a hash chain, and patches that rebuild every version ------------------
 
 
@@ -340,7 +455,7 @@ def line_hash(line: bytes) -> str:
 
 
 def is_chained(event: dict[str, Any]) -> bool:
-    return any(k in event for k in CHAIN_KEYS)
+    return "prev" in event or "doc" in event  # (CHAIN_KEYS, written out: no generator per line)
 
 
 @dataclass
