@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import sqlite3
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -335,3 +336,25 @@ def test_verify_leaves_the_garbage_collector_as_it_was(tmp_path: Path) -> None:
         assert store.verify(full=True).clean and not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_verify_on_another_thread_never_touches_the_garbage_collector(tmp_path: Path) -> None:
+    """A server verifying on a worker thread: the collector stays on for its other threads."""
+    store = _made(tmp_path / "store", "json")
+    seen: list[bool] = []
+    real = gc.disable
+
+    def watched() -> None:
+        seen.append(True)
+        real()
+
+    gc.disable = watched  # type: ignore[assignment]
+    try:
+        done: list[bool] = []
+        thread = threading.Thread(target=lambda: done.append(store.verify(full=True).clean))
+        thread.start()
+        thread.join()
+        assert done == [True] and seen == [] and gc.isenabled()
+        assert store.verify(full=True).clean and seen == [True] and gc.isenabled()  # the main thread's does
+    finally:
+        gc.disable = real  # type: ignore[assignment]
