@@ -239,10 +239,13 @@ def read_file(path: str, limit: int | None = MAX_FILE_BYTES, *, dir_fd: int | No
             raise CorruptFileError(f"{path}: {st.st_size} bytes is too large for a state file", path=path)
         chunks = []
         while True:
-            chunk = os.read(fd, max(st.st_size + 1, 65536))
+            want = max(st.st_size + 1, 65536)
+            chunk = os.read(fd, want)
             if not chunk:
                 break
             chunks.append(chunk)
+            if len(chunk) < want:  # a regular file reads short only at its end: no second read to say so
+                break
         return b"".join(chunks) if len(chunks) != 1 else chunks[0]
     except OSError as exc:
         raise storage_error(exc, path, "read") from exc
@@ -282,7 +285,7 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
                  alongside: Callable[[], None] | None = None, keep: str | None = None,
                  keep_dir_fd: int | None = None, previous: bytes | None = None,
                  created: bool = False, fence: Callable[[], None] | None = None,
-                 recycle: str | None = None) -> os.stat_result:
+                 recycle: str | None = None, recycled: list[str] | None = None) -> os.stat_result:
     """Replace ``path`` with ``data``: readers and crashes see old or new, never a mix.
 
     Temp file in the same directory, write, fsync, close (checked), rename,
@@ -314,7 +317,8 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
     backup that rotation drops): it is renamed in as the temp file and overwritten, so the
     write neither allocates a new file nor frees the old one (both wait on the file
     system's journal). Only a regular file with no other link is reused; otherwise, or if
-    it is gone, a new temp file is made as usual.
+    it is gone, a new temp file is made as usual. ``recycled``: a list that gets ``recycle``
+    appended when it was taken (it is then gone from its folder: rotation need not remove it).
     """
     directory, name = os.path.split(path)
     if dir_fd is None:
@@ -325,7 +329,7 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
         try:
             return atomic_write(disk, path, data, dir_fd=folder, alongside=alongside, keep=keep,
                                 keep_dir_fd=keep_dir_fd, previous=previous, created=created, fence=fence,
-                                recycle=recycle)
+                                recycle=recycle, recycled=recycled)
         finally:
             os.close(folder)
     fd: int | None = None
@@ -343,9 +347,12 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
         if recycle is not None and keep_dir_fd is not None:
             reused = _recycled_temp(disk, recycle, keep_dir_fd, directory or ".", name, dir_fd)
         if reused is not None:
-            fd, tmp = reused
+            fd, tmp, spare_size = reused
+            if recycled is not None:
+                recycled.append(recycle)  # type: ignore[arg-type]
             write_all(disk, fd, data)
-            disk.truncate(fd, len(data))  # the spare's own bytes may run longer
+            if spare_size > len(data):
+                disk.truncate(fd, len(data))  # the spare's own bytes run longer
         else:
             fd, tmp = disk.mkstemp(directory or ".", f"{TEMP_PREFIX}{name}.", TEMP_SUFFIX, dir_fd=dir_fd)
             write_all(disk, fd, data)
@@ -395,10 +402,11 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
 
 
 def _recycled_temp(disk: Disk, spare: str, spare_dir_fd: int, directory: str, name: str,
-                   dir_fd: int) -> tuple[int, str] | None:
+                   dir_fd: int) -> tuple[int, str, int] | None:
     """``spare`` (in the folder ``spare_dir_fd``) renamed to a new temp name next to ``name``
-    and opened for writing at its start, with a new file's mode; None (nothing changed, or
-    the renamed spare removed again) if it is gone or cannot be reused."""
+    and opened for writing at its start, with a new file's mode (set only if it has another),
+    and its size; None (nothing changed, or the renamed spare removed again) if it is gone or
+    cannot be reused."""
     tmp = f"{directory}/{TEMP_PREFIX}{name}.{random.getrandbits(48):012x}{TEMP_SUFFIX}"
     try:
         st = os.stat(name_at(spare, spare_dir_fd), dir_fd=spare_dir_fd, follow_symlinks=False)
@@ -412,8 +420,9 @@ def _recycled_temp(disk: Disk, spare: str, spare_dir_fd: int, directory: str, na
         fd = disk.open(tmp, os.O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, dir_fd=dir_fd)
         st = os.fstat(fd)
         if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:  # never write through another link to it
-            os.fchmod(fd, file_mode())
-            return fd, tmp
+            if stat.S_IMODE(st.st_mode) != file_mode():
+                os.fchmod(fd, file_mode())
+            return fd, tmp, st.st_size
     except OSError:
         pass
     discard_temp(fd, tmp, dir_fd)
@@ -550,6 +559,7 @@ class _Syncer:
                 work()  # type: ignore[misc]
             except BaseException as exc:  # handed to the writer, which raises it
                 self._error = exc
+            work = None  # an idle helper keeps nothing of its last job alive (its writer, its store)
             self._done.release()
 
     def start(self, work: Callable[[], None]) -> None:
@@ -576,15 +586,25 @@ class _Syncer:
 _SYNCERS_LOCK = threading.Lock()
 
 
-def _syncers_forked() -> None:
-    """In a forked child: the parent's helper threads are not there (nor its lock's holder)."""
-    global _SYNCERS_LOCK
+_PID = os.getpid()
+
+
+def process_id() -> int:
+    """``os.getpid()`` without its system call (kept by a fork hook): the write path asks it
+    of each per-process thing it reuses (the index's connection, the writers' gate)."""
+    return _PID
+
+
+def _forked() -> None:
+    """In a forked child: its own id; the parent's helper threads are not there (nor its lock's holder)."""
+    global _SYNCERS_LOCK, _PID
+    _PID = os.getpid()
     _SYNCERS_LOCK = threading.Lock()
     _Syncer._IDLE = []
     _Syncer._made = 0
 
 
-os.register_at_fork(after_in_child=_syncers_forked)
+os.register_at_fork(after_in_child=_forked)
 
 
 def in_background(work: Callable[[], None]) -> Future[None]:

@@ -491,14 +491,16 @@ class Writer(Ledgers):
 
         keep, backups = self.backups.keep_path(path, current)
         previous = current.raw if current is not None else replaced
+        taken: list[str] = []
         try:
             st = diskio.atomic_write(self.disk, path, raw, dir_fd=folder, alongside=append, keep=keep,
                                      keep_dir_fd=backups, previous=previous, created=previous is None,
                                      fence=self.fence,
                                      recycle=self.backups.spare(keep, current.model.version)  # type: ignore[union-attr]
-                                     if keep is not None else None)
+                                     if keep is not None else None, recycled=taken)
             if keep is not None and backups is not None:
-                self.backups.rotate(keep, current.model.version, backups)  # type: ignore[union-attr]
+                self.backups.rotate(keep, current.model.version, backups,  # type: ignore[union-attr]
+                                    spare_taken=bool(taken))
         finally:
             if backups is not None:
                 os.close(backups)
