@@ -21,7 +21,7 @@ from typing import Any
 from filelock import lock_descriptor, unlock_descriptor
 
 from .errors import LockTimeoutError
-from .files import O_CLOEXEC, O_NOFOLLOW, Disk, storage_error, unsafe_path
+from .files import O_CLOEXEC, O_NOFOLLOW, Disk, process_id, storage_error, unsafe_path
 from .folders import Folders
 from .objects import objects_lock
 
@@ -105,7 +105,7 @@ class Gate:
     def _fd(self) -> int:
         local = self._local
         fd = getattr(local, "fd", None)
-        if fd is None or local.pid != os.getpid() or local.generation != self._generation:
+        if fd is None or local.pid != process_id() or local.generation != self._generation:
             # a forked child opens its own (flock belongs to an open file); so does a thread after close()
             folders = self.locks.folders
             path = "/".join((folders.root, *LOCKS, self.name))

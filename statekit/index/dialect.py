@@ -12,8 +12,9 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from operator import itemgetter
 from typing import Any
 from urllib.parse import quote
 
@@ -139,14 +140,21 @@ def _sqlite_begin(conn: Connection) -> None:
 
 
 def upsert(dialect: str, table: Table, keys: Sequence[str], *, add: Sequence[str] = (),
-           keep: Sequence[str] = ()) -> Any:
+           keep: Sequence[str] = (), rows: int = 0) -> Any:
     """An INSERT that updates the row when ``keys`` already exist: columns in
     ``add`` are incremented by the new values, those in ``keep`` left as they
-    were, the others replaced. Parameters are named after the columns."""
+    were, the others replaced. Parameters are named after the columns; with
+    ``rows``, that many rows in one statement, their parameters ``<column>_<i>``
+    (their keys must differ: PostgreSQL updates a row once per statement)."""
     from sqlalchemy.dialects import postgresql, sqlite
 
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    stmt: Any = insert(table).values({c.name: bindparam(c.name) for c in table.columns if not _generated(c)})
+    columns = [c.name for c in table.columns if not _generated(c)]
+    stmt: Any = insert(table)
+    if rows:
+        stmt = stmt.values([{name: bindparam(f"{name}_{i}") for name in columns} for i in range(rows)])
+    else:
+        stmt = stmt.values({name: bindparam(name) for name in columns})
     changes = {
         c.name: (table.c[c.name] + stmt.excluded[c.name]) if c.name in add else stmt.excluded[c.name]
         for c in table.columns
@@ -170,11 +178,26 @@ class Compiled:
         self.sql = compiled.string
         self.order = tuple(compiled.positiontup) if compiled.positional else None
         self.fixed = {k: v for k, v in compiled.params.items() if v is not None}  # literals in the statement
+        order = self.order
+        self._all: Callable[[Mapping[str, Any]], Any] | None = None
+        if order and not self.fixed:  # every value, in order, picked in C (see ``params_of``)
+            pick = itemgetter(*order)
+            self._all = pick if len(order) > 1 else (lambda values: (pick(values),))
 
     def params(self, values: Mapping[str, Any]) -> Any:
         if self.fixed:
             values = {**self.fixed, **values}
         return [values.get(k) for k in self.order] if self.order is not None else dict(values)
+
+    def params_of(self, values: Mapping[str, Any]) -> Any:
+        """``params`` for ``values`` that name (nearly) every parameter (the write path's rows):
+        picked in one C call; a missing one is None, as in ``params``."""
+        if self._all is not None:
+            try:
+                return self._all(values)
+            except KeyError:
+                pass
+        return self.params(values)
 
 
 def joined(dialect: str, expression: Any, separator: str) -> Any:
