@@ -148,6 +148,14 @@ class Gate:
 
     @contextmanager
     def held(self) -> Iterator[None]:
+        fd = self.take()
+        try:
+            yield
+        finally:
+            unlock_descriptor(fd)
+
+    def take(self) -> int:
+        """Take the gate (``held`` without its generator); give it back with ``let_go(fd)``."""
         fd = self._fd()
         if not lock_descriptor(fd, blocking=False):
             timeout = self.locks.timeout
@@ -163,10 +171,11 @@ class Gate:
                             self._open.remove(fd)
                     raise LockTimeoutError(f"could not lock {self.what} within {timeout:g} s", path=path,
                                            timeout=timeout)
-        try:
-            yield
-        finally:
-            unlock_descriptor(fd)
+        return fd
+
+    @staticmethod
+    def let_go(fd: int) -> None:
+        unlock_descriptor(fd)
 
 
 def _close_all(fds: list[int], lock: threading.Lock, pid: int) -> None:

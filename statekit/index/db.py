@@ -235,8 +235,7 @@ class Index:
             self._write(rows, event_rows, show_rows, removed, removed_shows, positions)
             return
         try:
-            held = gate.held()
-            held.__enter__()
+            fd = gate.take()
         except LockTimeoutError as exc:  # a writer holds it past the lock timeout
             raise IndexUnavailableError(f"the index could not start a write: {exc.one_line()}") from exc
         except StatekitError:  # its file cannot be opened: SQLite's own wait for its lock does
@@ -245,7 +244,7 @@ class Index:
         try:
             self._write(rows, event_rows, show_rows, removed, removed_shows, positions)
         finally:
-            held.__exit__(None, None, None)
+            gate.let_go(fd)
 
     def _write(self, rows: Iterable[Mapping[str, Any]], event_rows: Iterable[Mapping[str, Any]],
                show_rows: Iterable[Mapping[str, Any]], removed: Iterable[tuple[str, str]],
