@@ -642,10 +642,11 @@ def _sweep(directory: str, nested: str | None, dir_fd: int, disk: Disk | None) -
     once; with ``disk``, removed, and only those this call removed returned."""
     found: list[str] = []
     for name in sorted(os.listdir(dir_fd)):
-        path = os.path.join(directory, name)
         if name == nested:
+            path = os.path.join(directory, name)
             found += _in_subfolder(dir_fd, name, lambda sub: _sweep(path, None, sub, disk))  # noqa: B023 - called at once
         elif name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+            path = os.path.join(directory, name)  # only for what is swept: most names are not
             try:
                 if not stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
                     continue
