@@ -145,6 +145,7 @@ class BlockYaml:
         heads = self._heads.get(indent)
         if heads is None:
             heads = self._heads.setdefault(indent, {})
+        known = self._values.get
         for i, (k, v) in enumerate(data.items()):
             first = inline and i == 0
             head = None if first else heads.get(k)  # only text keys are kept: another type never matches
@@ -157,7 +158,14 @@ class BlockYaml:
                         heads.clear()
                     heads[k] = head
             kind = type(v)
-            if kind is dict:
+            if kind is str:  # ``scalar``'s common cases inline: a text seen before, null, a whole number
+                form = known(v)
+                out.append(head + " " + (form if form else self.value(v)) + "\n")
+            elif v is None:
+                out.append(head + " null\n")
+            elif kind is int:
+                out.append(f"{head} {v}\n")
+            elif kind is dict:
                 if v:
                     out.append(head + "\n")
                     self._mapping(v, indent + 2, out, inline=False)
