@@ -136,11 +136,14 @@ class Writer(Ledgers):
         """Update the index after the files are durable. A failure here never
         touches the files and is not the caller's failure: it is logged, and
         the next ``sync`` repairs the index."""
-        from sqlalchemy.exc import SQLAlchemyError
-
         try:
             self.index.write(**changes)
-        except (IndexUnavailableError, SQLAlchemyError, OSError, TypeError, ValueError, OverflowError) as exc:
+        except Exception as exc:
+            from sqlalchemy.exc import SQLAlchemyError  # imported when needed, not on every write
+
+            if not isinstance(exc, (IndexUnavailableError, SQLAlchemyError, OSError, TypeError, ValueError,
+                                    OverflowError)):
+                raise
             log.warning("statekit: the index missed %s (%s); run 'statekit sync' to repair it", what, exc)
 
     @contextmanager
