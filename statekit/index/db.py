@@ -81,6 +81,9 @@ SQL_HINTS = {
 TOTALS = ("show_id", "stage", "episodes", "cost")
 """A ``stage_totals`` row's columns, in the order ``_apply`` builds them."""
 
+TOTALS_2 = tuple(f"{name}_{i}" for i in range(2) for name in TOTALS)
+"""The parameters of the two-row upsert of ``stage_totals`` (``dialect.upsert(..., rows=2)``)."""
+
 SHOW_ORDER = (episodes.c.show_id, episodes.c.position, episodes.c.created_at, episodes.c.episode_id)
 """Episodes in show order: the hand-set ones, then the rest by creation."""
 
@@ -324,8 +327,7 @@ class Index:
             run(self._delete_show, {"s": show})
         totals = [(show, stage, int(n), cost) for (show, stage), (n, cost) in sorted(deltas.items()) if n or cost]
         if len(totals) == 2:  # a move: both stages in one statement, in the same order
-            execute(self._add_totals_2.sql, self._add_totals_2.params_of(
-                {f"{name}_{i}": value for i, one in enumerate(totals) for name, value in zip(TOTALS, one)}))
+            execute(self._add_totals_2.sql, self._add_totals_2.params_of(dict(zip(TOTALS_2, (*totals[0], *totals[1])))))
         else:
             for show, stage, n, cost in totals:  # one order for all: two moves cannot deadlock
                 run(self._add_totals, {"show_id": show, "stage": stage, "episodes": n, "cost": cost})
