@@ -78,18 +78,18 @@ class Backups:
         suffix = kept[kept.rindex("."):]
         return f"{kept[:kept.rindex('.v')]}.v{version - self.keep}{suffix}"
 
-    def rotate(self, kept: str, version: int, folder: int) -> None:
+    def rotate(self, kept: str, version: int, folder: int, *, spare_taken: bool = False) -> None:
         """Keep the newest ``keep`` versions (a failure here only logs: the write is done).
 
         Versions go up one per write, so the backup that falls out is the one
-        ``keep`` versions back, removed by name. Every 16th version the
-        folder is listed instead, which also clears what versions that
-        jumped (a hand edit of ``version``) left behind."""
+        ``keep`` versions back, removed by name (``spare_taken``: the write took it as its
+        temp file, it is gone already). Every 16th version the folder is listed instead,
+        which also clears what versions that jumped (a hand edit of ``version``) left behind."""
         keep_n = self.keep
         disk = self.folders.disk
         try:
             if version % 16:
-                if version > keep_n:
+                if version > keep_n and not spare_taken:
                     suffix = kept[kept.rindex("."):]
                     try:
                         disk.unlink(f"{kept[:kept.rindex('.v')]}.v{version - keep_n}{suffix}", dir_fd=folder)

@@ -58,6 +58,8 @@ class BlockYaml:
         self.ask = ask
         self._values: dict[str, str | None] = {}
         self._keys: dict[str, str | None] = {}
+        self._heads: dict[int, dict[str, str]] = {}
+        """Indent -> key -> the key's line start (``<indent><key>:``): an episode's keys come back every write."""
         self._lock = threading.Lock()
 
     def dump(self, data: dict[str, Any]) -> bytes | None:
@@ -80,11 +82,16 @@ class BlockYaml:
 
     def value(self, text: str) -> str:
         """``text`` as a value (after ``key: `` or ``- ``)."""
+        form = self._values.get(text, "")  # the texts of the last writes (a timestamp is new each time)
+        if form:
+            return form
+        if form is None:
+            raise Fallback
         if len(text) <= LONGEST and _PLAIN.match(text) and text.lower() not in _WORDS:
+            self._remember(self._values, text, text)
             return text
         if _TIMESTAMP.match(text):
             return f"'{text}'"
-        form = self._values.get(text, "")
         if form == "":
             form = None
             if len(text) <= LONGEST and not _BREAKS.search(text):
@@ -135,12 +142,30 @@ class BlockYaml:
     def _mapping(self, data: dict[str, Any], indent: int, out: list[str], inline: bool) -> None:
         """A non-empty mapping's lines at ``indent``; ``inline``: its first key follows a ``- ``."""
         pad = " " * indent
+        heads = self._heads.get(indent)
+        if heads is None:
+            heads = self._heads.setdefault(indent, {})
+        known = self._values.get
         for i, (k, v) in enumerate(data.items()):
-            if type(k) is not str:
-                raise Fallback
-            head = ("" if inline and i == 0 else pad) + self.key(k) + ":"
+            first = inline and i == 0
+            head = None if first else heads.get(k)  # only text keys are kept: another type never matches
+            if head is None:
+                if type(k) is not str:
+                    raise Fallback
+                head = ("" if first else pad) + self.key(k) + ":"
+                if not first:
+                    if len(heads) >= REMEMBERED:
+                        heads.clear()
+                    heads[k] = head
             kind = type(v)
-            if kind is dict:
+            if kind is str:  # ``scalar``'s common cases inline: a text seen before, null, a whole number
+                form = known(v)
+                out.append(head + " " + (form if form else self.value(v)) + "\n")
+            elif v is None:
+                out.append(head + " null\n")
+            elif kind is int:
+                out.append(f"{head} {v}\n")
+            elif kind is dict:
                 if v:
                     out.append(head + "\n")
                     self._mapping(v, indent + 2, out, inline=False)

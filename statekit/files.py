@@ -18,7 +18,6 @@ import tempfile
 import threading
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as futures_wait
 
 from .errors import (
     CorruptFileError,
@@ -240,10 +239,13 @@ def read_file(path: str, limit: int | None = MAX_FILE_BYTES, *, dir_fd: int | No
             raise CorruptFileError(f"{path}: {st.st_size} bytes is too large for a state file", path=path)
         chunks = []
         while True:
-            chunk = os.read(fd, max(st.st_size + 1, 65536))
+            want = max(st.st_size + 1, 65536)
+            chunk = os.read(fd, want)
             if not chunk:
                 break
             chunks.append(chunk)
+            if len(chunk) < want:  # a regular file reads short only at its end: no second read to say so
+                break
         return b"".join(chunks) if len(chunks) != 1 else chunks[0]
     except OSError as exc:
         raise storage_error(exc, path, "read") from exc
@@ -283,7 +285,7 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
                  alongside: Callable[[], None] | None = None, keep: str | None = None,
                  keep_dir_fd: int | None = None, previous: bytes | None = None,
                  created: bool = False, fence: Callable[[], None] | None = None,
-                 recycle: str | None = None) -> os.stat_result:
+                 recycle: str | None = None, recycled: list[str] | None = None) -> os.stat_result:
     """Replace ``path`` with ``data``: readers and crashes see old or new, never a mix.
 
     Temp file in the same directory, write, fsync, close (checked), rename,
@@ -315,7 +317,8 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
     backup that rotation drops): it is renamed in as the temp file and overwritten, so the
     write neither allocates a new file nor frees the old one (both wait on the file
     system's journal). Only a regular file with no other link is reused; otherwise, or if
-    it is gone, a new temp file is made as usual.
+    it is gone, a new temp file is made as usual. ``recycled``: a list that gets ``recycle``
+    appended when it was taken (it is then gone from its folder: rotation need not remove it).
     """
     directory, name = os.path.split(path)
     if dir_fd is None:
@@ -326,7 +329,7 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
         try:
             return atomic_write(disk, path, data, dir_fd=folder, alongside=alongside, keep=keep,
                                 keep_dir_fd=keep_dir_fd, previous=previous, created=created, fence=fence,
-                                recycle=recycle)
+                                recycle=recycle, recycled=recycled)
         finally:
             os.close(folder)
     fd: int | None = None
@@ -334,8 +337,9 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
     kept: str | None = None
     job = None
     if alongside is not None:
-        if disk.overlap_syncs:
-            job = _HELPER.submit(alongside)
+        job = _Syncer.take() if disk.overlap_syncs else None
+        if job is not None:
+            job.start(alongside)
         else:
             alongside()
     try:
@@ -343,9 +347,12 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
         if recycle is not None and keep_dir_fd is not None:
             reused = _recycled_temp(disk, recycle, keep_dir_fd, directory or ".", name, dir_fd)
         if reused is not None:
-            fd, tmp = reused
+            fd, tmp, spare_size = reused
+            if recycled is not None:
+                recycled.append(recycle)  # type: ignore[arg-type]
             write_all(disk, fd, data)
-            disk.truncate(fd, len(data))  # the spare's own bytes may run longer
+            if spare_size > len(data):
+                disk.truncate(fd, len(data))  # the spare's own bytes run longer
         else:
             fd, tmp = disk.mkstemp(directory or ".", f"{TEMP_PREFIX}{name}.", TEMP_SUFFIX, dir_fd=dir_fd)
             write_all(disk, fd, data)
@@ -355,7 +362,7 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
         disk.close(closing)  # on some file systems close() reports the write error
         if job is not None:
             done, job = job, None
-            done.result()  # the event is durable, or its error stops the rename
+            done.finish()  # the event is durable, or its error stops the rename
         if fence is not None:
             fence()
         if keep is not None:
@@ -390,15 +397,16 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
             except OSError:
                 pass
         if job is not None:  # the temp file failed: still let the append finish under our lock
-            futures_wait([job])
+            job.wait()
         discard_temp(fd, tmp, dir_fd)
 
 
 def _recycled_temp(disk: Disk, spare: str, spare_dir_fd: int, directory: str, name: str,
-                   dir_fd: int) -> tuple[int, str] | None:
+                   dir_fd: int) -> tuple[int, str, int] | None:
     """``spare`` (in the folder ``spare_dir_fd``) renamed to a new temp name next to ``name``
-    and opened for writing at its start, with a new file's mode; None (nothing changed, or
-    the renamed spare removed again) if it is gone or cannot be reused."""
+    and opened for writing at its start, with a new file's mode (set only if it has another),
+    and its size; None (nothing changed, or the renamed spare removed again) if it is gone or
+    cannot be reused."""
     tmp = f"{directory}/{TEMP_PREFIX}{name}.{random.getrandbits(48):012x}{TEMP_SUFFIX}"
     try:
         st = os.stat(name_at(spare, spare_dir_fd), dir_fd=spare_dir_fd, follow_symlinks=False)
@@ -412,8 +420,9 @@ def _recycled_temp(disk: Disk, spare: str, spare_dir_fd: int, directory: str, na
         fd = disk.open(tmp, os.O_RDWR | O_NOFOLLOW | O_CLOEXEC | O_NONBLOCK, dir_fd=dir_fd)
         st = os.fstat(fd)
         if stat.S_ISREG(st.st_mode) and st.st_nlink == 1:  # never write through another link to it
-            os.fchmod(fd, file_mode())
-            return fd, tmp
+            if stat.S_IMODE(st.st_mode) != file_mode():
+                os.fchmod(fd, file_mode())
+            return fd, tmp, st.st_size
     except OSError:
         pass
     discard_temp(fd, tmp, dir_fd)
@@ -501,6 +510,103 @@ class _Helper:
 _HELPER = _Helper()
 
 
+class _Syncer:
+    """A helper thread that runs one job at a time: the event append that
+    ``atomic_write`` overlaps with the file's own fsync. Handed over with two
+    plain locks (a ``ThreadPoolExecutor`` job costs a ``Future``, its
+    ``Condition`` and a queue item: about 8 us more CPU per write); the idle
+    ones wait in ``_IDLE`` (per process: a forked child starts its own)."""
+
+    __slots__ = ("_go", "_done", "_work", "_error")
+    LIMIT = 16
+    """Helper threads a process keeps at most; a write finding none idle past that runs its append inline."""
+
+    _IDLE: list[_Syncer] = []
+    _made = 0
+
+    def __init__(self) -> None:
+        self._go = threading.Lock()
+        self._go.acquire()
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._work: Callable[[], None] | None = None
+        self._error: BaseException | None = None
+        threading.Thread(target=self._loop, name="statekit-sync", daemon=True).start()
+
+    @classmethod
+    def take(cls) -> _Syncer | None:
+        """An idle helper (a new one if none is idle and fewer than ``LIMIT`` exist), or None."""
+        try:
+            return cls._IDLE.pop()
+        except IndexError:
+            pass
+        with _SYNCERS_LOCK:
+            if cls._made >= cls.LIMIT:
+                return None
+            cls._made += 1
+        try:
+            return cls()
+        except RuntimeError:  # no thread could be started (the interpreter is shutting down)
+            with _SYNCERS_LOCK:
+                cls._made -= 1
+            return None
+
+    def _loop(self) -> None:
+        while True:
+            self._go.acquire()
+            work, self._work = self._work, None
+            try:
+                work()  # type: ignore[misc]
+            except BaseException as exc:  # handed to the writer, which raises it
+                self._error = exc
+            work = None  # an idle helper keeps nothing of its last job alive (its writer, its store)
+            self._done.release()
+
+    def start(self, work: Callable[[], None]) -> None:
+        self._work = work
+        self._go.release()
+
+    def wait(self) -> BaseException | None:
+        """Wait for the job; the helper goes back to the idle ones. The job's error, if it raised."""
+        self._done.acquire()
+        error, self._error = self._error, None
+        _Syncer._IDLE.append(self)
+        return error
+
+    def finish(self) -> None:
+        """``wait``, raising the job's error."""
+        error = self.wait()
+        if error is not None:
+            try:
+                raise error
+            finally:
+                error = None
+
+
+_SYNCERS_LOCK = threading.Lock()
+
+
+_PID = os.getpid()
+
+
+def process_id() -> int:
+    """``os.getpid()`` without its system call (kept by a fork hook): the write path asks it
+    of each per-process thing it reuses (the index's connection, the writers' gate)."""
+    return _PID
+
+
+def _forked() -> None:
+    """In a forked child: its own id; the parent's helper threads are not there (nor its lock's holder)."""
+    global _SYNCERS_LOCK, _PID
+    _PID = os.getpid()
+    _SYNCERS_LOCK = threading.Lock()
+    _Syncer._IDLE = []
+    _Syncer._made = 0
+
+
+os.register_at_fork(after_in_child=_forked)
+
+
 def in_background(work: Callable[[], None]) -> Future[None]:
     """Run ``work`` on a helper thread (for an fsync that can overlap other work)."""
     return _HELPER.submit(work)
@@ -536,10 +642,11 @@ def _sweep(directory: str, nested: str | None, dir_fd: int, disk: Disk | None) -
     once; with ``disk``, removed, and only those this call removed returned."""
     found: list[str] = []
     for name in sorted(os.listdir(dir_fd)):
-        path = os.path.join(directory, name)
         if name == nested:
+            path = os.path.join(directory, name)
             found += _in_subfolder(dir_fd, name, lambda sub: _sweep(path, None, sub, disk))  # noqa: B023 - called at once
         elif name.startswith(TEMP_PREFIX) and name.endswith(TEMP_SUFFIX):
+            path = os.path.join(directory, name)  # only for what is swept: most names are not
             try:
                 if not stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
                     continue

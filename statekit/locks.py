@@ -21,7 +21,7 @@ from typing import Any
 from filelock import lock_descriptor, unlock_descriptor
 
 from .errors import LockTimeoutError
-from .files import O_CLOEXEC, O_NOFOLLOW, Disk, storage_error, unsafe_path
+from .files import O_CLOEXEC, O_NOFOLLOW, Disk, process_id, storage_error, unsafe_path
 from .folders import Folders
 from .objects import objects_lock
 
@@ -40,15 +40,10 @@ class Locks:
         self.folders = folders
         self.timeout = timeout
 
-    @contextmanager
-    def hold(self, parts: tuple[str, ...], name: str, what: str, timeout: float | None = None) -> Iterator[None]:
+    def hold(self, parts: tuple[str, ...], name: str, what: str, timeout: float | None = None) -> _Hold:
         """The lock file ``<root>/<parts...>/<name>``, its folder made if missing
-        (not fsynced: a lock needs no durable folder entry)."""
-        wait = self.timeout if timeout is None else timeout
-        path = "/".join((self.folders.root, *parts, name))
-        with self.folders.open(parts, create=True, durable=False) as folder, \
-                hold_lock(self.folders.disk, path, wait, what, dir_fd=folder):
-            yield
+        (not fsynced: a lock needs no durable folder entry), held for a ``with`` block."""
+        return _Hold(self, parts, name, what, self.timeout if timeout is None else timeout)
 
     def fence(self) -> None:
         """Right before a commit's rename: a file lock cannot be lost while held."""
@@ -74,6 +69,35 @@ class Locks:
         folders = self.folders
         return objects_lock(folders.disk, folders.root, root_fd=folders.root_fd, exclusive=exclusive,
                             timeout=timeout)
+
+
+class _Hold:
+    """``Locks.hold``'s ``with`` block: ``hold_lock`` without its generator (every write
+    takes one); the folder is open only while the lock file is opened."""
+
+    __slots__ = ("_locks", "_parts", "_name", "_what", "_wait", "_taken")
+
+    def __init__(self, locks: Locks, parts: tuple[str, ...], name: str, what: str, wait: float) -> None:
+        self._locks = locks
+        self._parts = parts
+        self._name = name
+        self._what = what
+        self._wait = wait
+        self._taken: tuple[int, _LockWaiter | None] | None = None
+
+    def __enter__(self) -> None:
+        folders = self._locks.folders
+        folder = folders.walk(self._parts, create=True, durable=False)
+        try:
+            self._taken = _take(folders.disk, "/".join((folders.root, *self._parts, self._name)), self._wait,
+                                self._what, dir_fd=folder)
+        finally:
+            os.close(folder)
+
+    def __exit__(self, *_exc: object) -> None:
+        taken, self._taken = self._taken, None
+        if taken is not None:
+            _let_go(*taken)
 
 
 class Gate:
@@ -105,7 +129,7 @@ class Gate:
     def _fd(self) -> int:
         local = self._local
         fd = getattr(local, "fd", None)
-        if fd is None or local.pid != os.getpid() or local.generation != self._generation:
+        if fd is None or local.pid != process_id() or local.generation != self._generation:
             # a forked child opens its own (flock belongs to an open file); so does a thread after close()
             folders = self.locks.folders
             path = "/".join((folders.root, *LOCKS, self.name))
@@ -124,6 +148,14 @@ class Gate:
 
     @contextmanager
     def held(self) -> Iterator[None]:
+        fd = self.take()
+        try:
+            yield
+        finally:
+            unlock_descriptor(fd)
+
+    def take(self) -> int:
+        """Take the gate (``held`` without its generator); give it back with ``let_go(fd)``."""
         fd = self._fd()
         if not lock_descriptor(fd, blocking=False):
             timeout = self.locks.timeout
@@ -139,10 +171,11 @@ class Gate:
                             self._open.remove(fd)
                     raise LockTimeoutError(f"could not lock {self.what} within {timeout:g} s", path=path,
                                            timeout=timeout)
-        try:
-            yield
-        finally:
-            unlock_descriptor(fd)
+        return fd
+
+    @staticmethod
+    def let_go(fd: int) -> None:
+        unlock_descriptor(fd)
 
 
 def _close_all(fds: list[int], lock: threading.Lock, pid: int) -> None:
@@ -168,6 +201,16 @@ def hold_lock(disk: Disk, path: str, timeout: float, what: str, *, dir_fd: int |
     flock ``filelock.FileLock`` takes, without its per-call bookkeeping.
     Raises ``LockTimeoutError`` after ``timeout`` seconds.
     """
+    fd, waiter = _take(disk, path, timeout, what, dir_fd=dir_fd)
+    try:
+        yield
+    finally:
+        _let_go(fd, waiter)
+
+
+def _take(disk: Disk, path: str, timeout: float, what: str, *, dir_fd: int | None) -> tuple[int, _LockWaiter | None]:
+    """``hold_lock``'s first half: the lock file opened and locked (its descriptor, and the
+    waiter that got the lock, if one had to wait); nothing is left open if it raises."""
     try:
         fd = disk.open(path, os.O_RDWR | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o666, dir_fd=dir_fd)
     except OSError as exc:
@@ -183,10 +226,17 @@ def hold_lock(disk: Disk, path: str, timeout: float, what: str, *, dir_fd: int |
                 waiter = _LockWaiter(fd)
                 if not waiter.wait(timeout):
                     raise LockTimeoutError(f"could not lock {what} within {timeout:g} s", path=path, timeout=timeout)
-        try:
-            yield
-        finally:
-            unlock_descriptor(fd)
+    except BaseException:
+        if waiter is None or not waiter.abandoned:
+            os.close(fd)
+        raise
+    return fd, waiter
+
+
+def _let_go(fd: int, waiter: _LockWaiter | None) -> None:
+    """``hold_lock``'s second half: unlock, then close (unless an abandoned waiter owns the descriptor)."""
+    try:
+        unlock_descriptor(fd)
     finally:
         if waiter is None or not waiter.abandoned:
             os.close(fd)

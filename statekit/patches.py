@@ -41,7 +41,7 @@ def _same(a: Any, b: Any) -> bool:
     canonical texts are too (compared in C), else value by value."""
     if type(a) is not type(b) or a != b:
         return False
-    if type(a) is not dict and type(a) is not list:
+    if (type(a) is not dict and type(a) is not list) or not a:  # equal and empty: nothing to tell apart
         return True
     try:
         return orjson.dumps(a, option=orjson.OPT_SORT_KEYS) == orjson.dumps(b, option=orjson.OPT_SORT_KEYS)
@@ -58,15 +58,26 @@ def diff(before: dict[str, Any], after: dict[str, Any]) -> Patch:
     return ops
 
 
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+"""The types ``_same`` compares with ``==`` alone (checked inline: most of an episode's fields)."""
+
+
 def _diff_dict(a: dict[str, Any], b: dict[str, Any], path: str, ops: Patch) -> None:
-    for key in a:
-        if key not in b:
-            ops.append({"op": "remove", "path": f"{path}/{_escape(key)}"})
+    same_keys = a.keys() == b.keys()  # the usual case: no key comes or goes
+    if not same_keys:
+        for key in a:
+            if key not in b:
+                ops.append({"op": "remove", "path": f"{path}/{_escape(key)}"})
     for key, new in b.items():
-        if key not in a:
+        if not same_keys and key not in a:
             ops.append({"op": "add", "path": f"{path}/{_escape(key)}", "value": new})
-        elif not _same(a[key], new):  # the path is only built for what changed
-            _diff_value(a[key], new, f"{path}/{_escape(key)}", ops)
+            continue
+        old = a[key]
+        kind = type(new)
+        if kind is type(old) and kind in _SCALARS and old == new:  # ``_same`` for a scalar, without the call
+            continue
+        if not _same(old, new):  # the path is only built for what changed
+            _diff_value(old, new, f"{path}/{_escape(key)}", ops)
 
 
 def _diff_value(old: Any, new: Any, where: str, ops: Patch) -> None:

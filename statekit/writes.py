@@ -29,7 +29,7 @@ from collections import OrderedDict
 from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -77,6 +77,9 @@ log = logging.getLogger("statekit")
 
 CACHE_SIZE = 4096
 """Parsed files (and path sets) kept in memory, newest used last."""
+
+NO_CLAIMS: AbstractContextManager[None] = nullcontext()
+"""``unique_claims`` when the change takes no unique value (no generator per write)."""
 
 Change = Callable[[Episode, datetime], "tuple[Episode, dict[str, Any]] | None"]
 """``change(current, now)``: the new episode and its event's fields, or None for "nothing to do"."""
@@ -135,11 +138,14 @@ class Writer(Ledgers):
         """Update the index after the files are durable. A failure here never
         touches the files and is not the caller's failure: it is logged, and
         the next ``sync`` repairs the index."""
-        from sqlalchemy.exc import SQLAlchemyError
-
         try:
             self.index.write(**changes)
-        except (IndexUnavailableError, SQLAlchemyError, OSError, TypeError, ValueError, OverflowError) as exc:
+        except Exception as exc:
+            from sqlalchemy.exc import SQLAlchemyError  # imported when needed, not on every write
+
+            if not isinstance(exc, (IndexUnavailableError, SQLAlchemyError, OSError, TypeError, ValueError,
+                                    OverflowError)):
+                raise
             log.warning("statekit: the index missed %s (%s); run 'statekit sync' to repair it", what, exc)
 
     @contextmanager
@@ -263,17 +269,9 @@ class Writer(Ledgers):
         return parse_episode(path, raw, show, ep, self.pipeline, self.clock(),
                              retired=lambda: self.graphs.retired_stages(self.pipeline))
 
-    @contextmanager
-    def episode_folder(self, show: str, ep: str) -> Iterator[int]:
-        """The episode's folder, held open; the episode is missing if it is."""
-        try:
-            folder = self.folders.walk(episode_parts(show, ep))
-        except FileNotFoundError:
-            raise self.missing(show, ep) from None
-        try:
-            yield folder
-        finally:
-            os.close(folder)
+    def episode_folder(self, show: str, ep: str) -> _Folder:
+        """The episode's folder, held open for a ``with`` block; the episode is missing if it is."""
+        return _Folder(self, show, ep)
 
     def load(self, show: str, ep: str, folder: int | None = None) -> tuple[str, Parsed]:
         """Path and parsed content of an episode file (cached by its bytes),
@@ -525,14 +523,16 @@ class Writer(Ledgers):
 
         keep, backups = self.backups.keep_path(path, current)
         previous = current.raw if current is not None else replaced
+        taken: list[str] = []
         try:
             st = diskio.atomic_write(self.disk, path, raw, dir_fd=folder, alongside=append, keep=keep,
                                      keep_dir_fd=backups, previous=previous, created=previous is None,
                                      fence=self.fence,
                                      recycle=self.backups.spare(keep, current.model.version)  # type: ignore[union-attr]
-                                     if keep is not None else None)
+                                     if keep is not None else None, recycled=taken)
             if keep is not None and backups is not None:
-                self.backups.rotate(keep, current.model.version, backups)  # type: ignore[union-attr]
+                self.backups.rotate(keep, current.model.version, backups,  # type: ignore[union-attr]
+                                    spare_taken=bool(taken))
         finally:
             if backups is not None:
                 os.close(backups)
@@ -601,9 +601,8 @@ class Writer(Ledgers):
 
     # --- unique values ------------------------------------------------------------------
 
-    @contextmanager
     def unique_claims(self, show: str, ep: str, before: Mapping[str, Any] | None, after: Mapping[str, Any],
-                      edited: tuple[str, bytes] | None = None) -> Iterator[None]:
+                      edited: tuple[str, bytes] | None = None) -> AbstractContextManager[None]:
         """Hold the values of the store's unique keys that ``after`` (the
         episode's new metadata) takes and ``before`` did not, from the check to
         the end of the ``with`` block (the commit); ``DuplicateError`` if
@@ -627,8 +626,13 @@ class Writer(Ledgers):
         keys = self.config.unique
         wanted = uniq.new_claims(keys, before, after) if keys else []
         if not wanted:
-            yield
-            return
+            return NO_CLAIMS
+        return self._claims(show, ep, wanted, edited)
+
+    @contextmanager
+    def _claims(self, show: str, ep: str, wanted: list[uniq.Claim], edited: tuple[str, bytes] | None
+                ) -> Iterator[None]:
+        """``unique_claims`` for the values ``wanted``."""
         with ExitStack() as held:
             for bucket in sorted({c.bucket for c in wanted}):
                 held.enter_context(self.locks.unique(bucket))
@@ -658,3 +662,28 @@ class Writer(Ledgers):
             if uniq.canonical(metadata.get(claim.key)) == claim.text:
                 return f"{other_show}/{other_ep}"
         return None
+
+
+class _Folder:
+    """``Writer.episode_folder``'s ``with`` block (a plain context manager: every write takes one)."""
+
+    __slots__ = ("_writer", "_show", "_ep", "_fd")
+
+    def __init__(self, writer: Writer, show: str, ep: str) -> None:
+        self._writer = writer
+        self._show = show
+        self._ep = ep
+        self._fd: int | None = None
+
+    def __enter__(self) -> int:
+        writer = self._writer
+        try:
+            fd = self._fd = writer.folders.walk(episode_parts(self._show, self._ep))
+        except FileNotFoundError:
+            raise writer.missing(self._show, self._ep) from None
+        return fd
+
+    def __exit__(self, *_exc: object) -> None:
+        fd, self._fd = self._fd, None
+        if fd is not None:
+            os.close(fd)

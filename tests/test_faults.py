@@ -135,11 +135,11 @@ def count_steps(template: Path, tmp_path: Path, op: Callable[[Store], Any]) -> l
 def test_the_write_paths_make_the_calls_expected(template: dict[str, Path], tmp_path: Path) -> None:
     steps = count_steps(template["yaml"], tmp_path, op_advance)
     # the lock file, the event (open, write, fsync), the file (the backup rotation drops renamed in as the
-    # temp file, opened, written, truncated, fsync, close), the backup link, the rename and the fsync of
-    # the directory (held open since the lock); then the rotation's unlink of that backup's name (gone
-    # already), and the index writers' lock file, opened once per thread
-    assert steps == ["open", "open", "write", "fsync", "rename", "open", "write", "truncate", "fsync", "close",
-                     "link", "replace", "fsync", "unlink", "open"]
+    # temp file, opened, written (no truncate: the spare is not longer than the new bytes), fsync, close),
+    # the backup link, the rename and the fsync of the directory (held open since the lock); the rotation
+    # does not unlink the spare's name (gone already); the index writers' lock file, opened once per thread
+    assert steps == ["open", "open", "write", "fsync", "rename", "open", "write", "fsync", "close",
+                     "link", "replace", "fsync", "open"]
     assert count_steps(template["yaml"], tmp_path, op_advance)[-1] == "open"  # a new process: its own lock file
 
 

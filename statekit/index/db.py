@@ -9,7 +9,6 @@ events are durable, in one transaction per store write.
 from __future__ import annotations
 
 import math
-import os
 import threading
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -30,6 +29,7 @@ from ..errors import (
     StatekitError,
     ValidationError,
 )
+from ..files import process_id
 from ..locks import Gate
 from ..pipeline import Pipeline
 from .dialect import (
@@ -78,6 +78,12 @@ SQL_HINTS = {
 
 
 
+TOTALS = ("show_id", "stage", "episodes", "cost")
+"""A ``stage_totals`` row's columns, in the order ``_apply`` builds them."""
+
+TOTALS_2 = tuple(f"{name}_{i}" for i in range(2) for name in TOTALS)
+"""The parameters of the two-row upsert of ``stage_totals`` (``dialect.upsert(..., rows=2)``)."""
+
 SHOW_ORDER = (episodes.c.show_id, episodes.c.position, episodes.c.created_at, episodes.c.episode_id)
 """Episodes in show order: the hand-set ones, then the rest by creation."""
 
@@ -113,6 +119,9 @@ class Index:
         self._put_show = Compiled(upsert(dialect, shows, ["show_id"]), engine)
         self._add_totals = Compiled(upsert(dialect, stage_totals, ["show_id", "stage"], add=["episodes", "cost"]),
                                     engine)
+        self._add_totals_2 = Compiled(upsert(dialect, stage_totals, ["show_id", "stage"], add=["episodes", "cost"],
+                                             rows=2), engine)
+        """Two stages' totals in one statement (a move: the stage left, the stage entered)."""
         by_key = and_(episodes.c.show_id == bindparam("s"), episodes.c.episode_id == bindparam("e"))
         self._old_state = Compiled(select(episodes.c.stage, episodes.c.costs).where(by_key), engine)
         replaced = [c for c in episodes.columns if c.name not in ("show_id", "episode_id", "position")]
@@ -122,6 +131,17 @@ class Index:
             .values({c.name: bindparam("v_" + c.name) for c in replaced}),
             engine,
         )
+        order = self._replace_if_was.order
+        self._replace_from_row: Compiled | None = None
+        if order is not None and not self._replace_if_was.fixed:
+            # the same statement, its values picked from the row itself (no "v_" copy of each)
+            self._replace_from_row = Compiled(
+                episodes.update()
+                .where(and_(episodes.c.show_id == bindparam("show_id"), episodes.c.episode_id == bindparam("episode_id"),
+                            episodes.c.file_sha256 == bindparam("was")))
+                .values({c.name: bindparam(c.name) for c in replaced}),
+                engine,
+            )
         self._unlist_all = Compiled(
             episodes.update().where(and_(episodes.c.show_id == bindparam("s"), episodes.c.position != UNLISTED))
             .values(position=UNLISTED), engine)
@@ -177,9 +197,9 @@ class Index:
         swapped under it, opens a new one."""
         local = self._local
         conn = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid() or local.generation != self._generation:
+        if conn is None or local.pid != process_id() or local.generation != self._generation:
             conn = self.engine.connect()
-            local.conn, local.pid, local.generation = conn, os.getpid(), self._generation
+            local.conn, local.pid, local.generation = conn, process_id(), self._generation
             with self._connections_lock:
                 self._connections.append(conn)
         return conn
@@ -218,8 +238,7 @@ class Index:
             self._write(rows, event_rows, show_rows, removed, removed_shows, positions)
             return
         try:
-            held = gate.held()
-            held.__enter__()
+            fd = gate.take()
         except LockTimeoutError as exc:  # a writer holds it past the lock timeout
             raise IndexUnavailableError(f"the index could not start a write: {exc.one_line()}") from exc
         except StatekitError:  # its file cannot be opened: SQLite's own wait for its lock does
@@ -228,7 +247,7 @@ class Index:
         try:
             self._write(rows, event_rows, show_rows, removed, removed_shows, positions)
         finally:
-            held.__exit__(None, None, None)
+            gate.let_go(fd)
 
     def _write(self, rows: Iterable[Mapping[str, Any]], event_rows: Iterable[Mapping[str, Any]],
                show_rows: Iterable[Mapping[str, Any]], removed: Iterable[tuple[str, str]],
@@ -255,8 +274,10 @@ class Index:
     def _apply(self, cur: Any, rows: list[Mapping[str, Any]], event_rows: list[Mapping[str, Any]],
                show_rows: list[Mapping[str, Any]], removed: list[tuple[str, str]], removed_shows: list[str],
                positions: tuple[str, list[str]] | None) -> None:
+        execute = cur.execute
+
         def run(stmt: Compiled, values: Mapping[str, Any]) -> Any:
-            return cur.execute(stmt.sql, stmt.params(values))
+            return execute(stmt.sql, stmt.params(values))
 
         deltas: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
         for row in rows:
@@ -266,11 +287,17 @@ class Index:
                     run(self._put_claim, claim)
             was = row.get("was")
             if was is not None:  # the row holds exactly the file this write replaced: no need to read it
-                values = {"v_" + k: v for k, v in row.items()}
-                values.update(v_data=json_text(row["data"]), v_costs=json_text(row["costs"]),
-                              v_pending=pending_text(row.get("pending")), s=row["show_id"],
-                              e=row["episode_id"], was=was[0])
-                if run(self._replace_if_was, values).rowcount == 1:
+                if self._replace_from_row is not None:
+                    values = dict(row, data=json_text(row["data"]), costs=json_text(row["costs"]),
+                                  pending=pending_text(row.get("pending")), was=was[0])
+                    replaced = execute(self._replace_from_row.sql, self._replace_from_row.params_of(values))
+                else:
+                    values = {"v_" + k: v for k, v in row.items()}
+                    values.update(v_data=json_text(row["data"]), v_costs=json_text(row["costs"]),
+                                  v_pending=pending_text(row.get("pending")), s=row["show_id"],
+                                  e=row["episode_id"], was=was[0])
+                    replaced = run(self._replace_if_was, values)
+                if replaced.rowcount == 1:
                     totals_delta(deltas, row["show_id"], (was[1], was[2]), (row["stage"], row["costs"]))
                     continue
             old = run(self._old_state, {"s": row["show_id"], "e": row["episode_id"]}).fetchone()
@@ -291,15 +318,19 @@ class Index:
                 run(self._delete_episode, {"s": show, "e": ep})
                 run(self._delete_events, {"s": show, "e": ep})
                 run(self._drop_claims, {"s": show, "e": ep})
+        put_event = self._put_event
         for event in event_rows:
-            run(self._put_event, dict(event, data=json_text(event["data"])))
+            execute(put_event.sql, put_event.params_of(dict(event, data=json_text(event["data"]))))
         for show_row_ in show_rows:
             run(self._put_show, dict(show_row_, data=json_text(show_row_["data"])))
         for show in removed_shows:
             run(self._delete_show, {"s": show})
-        for (show, stage), (n, cost) in sorted(deltas.items()):  # one order for all: two moves cannot deadlock
-            if n or cost:
-                run(self._add_totals, {"show_id": show, "stage": stage, "episodes": int(n), "cost": cost})
+        totals = [(show, stage, int(n), cost) for (show, stage), (n, cost) in sorted(deltas.items()) if n or cost]
+        if len(totals) == 2:  # a move: both stages in one statement, in the same order
+            execute(self._add_totals_2.sql, self._add_totals_2.params_of(dict(zip(TOTALS_2, (*totals[0], *totals[1])))))
+        else:
+            for show, stage, n, cost in totals:  # one order for all: two moves cannot deadlock
+                run(self._add_totals, {"show_id": show, "stage": stage, "episodes": n, "cost": cost})
         if positions is not None:
             show, ordered = positions
             run(self._unlist_all, {"s": show})
