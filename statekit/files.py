@@ -491,8 +491,9 @@ def _write_back(disk: Disk, path: str, previous: bytes, dir_fd: int) -> None:
 
 
 class _Helper:
-    """Threads that sync the event log while the caller syncs the file
-    (one pool per process: a forked child starts its own)."""
+    """Threads for other fsyncs that overlap a caller's work (``in_background``: an
+    object's copy, a new episode folder's name; one pool per process: a forked child
+    starts its own). The event append beside a write's own fsync has ``_Syncer``."""
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
