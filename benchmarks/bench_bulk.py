@@ -70,9 +70,9 @@ def main() -> None:
             fill(store, n)
             keys = [("bench", f"e{i:05d}") for i in range(n)]
             # 1. the baseline: N advances; then one requeue moving the same N back
-            rows["advance"].append(timed(lambda: [store.advance(s, e, "downloading") for s, e in keys]))
-            rows["requeue"].append(timed(lambda: store.requeue("stage = 'downloading'", to="discovered",
-                                                                note="bench")))
+            rows["advance"].append(timed(lambda store=store, keys=keys: [store.advance(s, e, "downloading") for s, e in keys]))
+            rows["requeue"].append(timed(lambda store=store: store.requeue("stage = 'downloading'", to="discovered",
+                                                                            note="bench")))
             # 2. status, and the stranded question status now asks
             rows["status"].append(warm(store.status))
             rows["check_clean"].append(warm(store.stranded_counts))
@@ -88,7 +88,7 @@ def main() -> None:
             rows["status_renamed"].append(warm(renamed.status))
             rows["check_renamed"].append(warm(renamed.stranded_counts))
             rows["pipeline_check_renamed"].append(warm(renamed.pipeline_check, 3))
-            rows["verify_per_episode"].append(timed(lambda: renamed.verify()) / n)
+            rows["verify_per_episode"].append(timed(renamed.verify) / n)
             store.close()
             renamed.close()
     finally:

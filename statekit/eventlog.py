@@ -18,7 +18,7 @@ import json
 import os
 import re
 import stat
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -281,11 +281,17 @@ def _read(raw: bytes | None, path: str, committed: int, strict: bool, with_raw: 
         return []
     lines = raw.split(b"\n")
     lines.pop()  # after the last newline: empty, or a torn append
+    return _committed(((line, _parse_event_line(line, strict)) for line in lines), path, committed, with_raw)
+
+
+def _committed(parsed: Iterable[tuple[bytes, dict[str, Any] | None]], path: str, committed: int,
+               with_raw: bool) -> list[Any]:
+    """The committed events of a log's lines, each with its event (None: not one): a damaged
+    line before the tail raises ``CorruptFileError``; an uncommitted tail is left out."""
     out: list[Any] = []
     last = -1 << 63  # the version of the last event kept
     bad: int | None = None
-    for number, line in enumerate(lines, 1):
-        event = _parse_event_line(line, strict)
+    for number, (line, event) in enumerate(parsed, 1):
         if event is None:
             bad = bad or number
             continue
@@ -316,26 +322,7 @@ class ParsedLog:
 
     def committed(self, path: str, committed: int) -> list[tuple[dict[str, Any], bytes]]:
         """``lines_of(raw, path, committed)`` (strict): the same lines, the same errors."""
-        out: list[tuple[dict[str, Any], bytes]] = []
-        last = -1 << 63
-        bad: int | None = None
-        for number, (line, event) in enumerate(zip(self.lines, self.events), 1):
-            if event is None:
-                bad = bad or number
-                continue
-            version = event["version"]
-            if version > committed:
-                continue
-            if bad is not None:
-                raise CorruptFileError(f"{path}:{bad}: unreadable event line", path=path, line=bad)
-            if out and version <= last:
-                raise CorruptFileError(f"{path}:{number}: event version {version} comes after version "
-                                       f"{last} (a repeated or misplaced line)", path=path, line=number)
-            last = version
-            out.append((event, line + b"\n"))
-        if bad is not None and committed and (not out or last < committed):
-            raise CorruptFileError(f"{path}:{bad}: unreadable event line", path=path, line=bad)
-        return out
+        return _committed(zip(self.lines, self.events), path, committed, True)
 
     def tail(self) -> tuple[TailLine | None, TailLine | None]:
         """``tail_of(raw)``: the last two readable lines (last, the one before)."""

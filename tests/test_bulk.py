@@ -31,14 +31,14 @@ def cli(root: str | Path, *args: str, code: int = 0) -> subprocess.CompletedProc
 
 
 class Flaky(Exception):
-    def __init__(self, kind: ErrorKind) -> None:
-        super().__init__(f"failed as {kind.value}")
-        self.statekit_kind = kind
+    def __init__(self, error_kind: ErrorKind) -> None:
+        super().__init__(f"failed as {error_kind.value}")
+        self.statekit_kind = error_kind
 
 
-def fail_run(store: Store, key: str, stage: str, kind: ErrorKind) -> None:
+def fail_run(store: Store, key: str, stage: str, error_kind: ErrorKind) -> None:
     with store.run(*key.split("/"), stage, reraise=False):
-        raise Flaky(kind)
+        raise Flaky(error_kind)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from statekit import Store, StorageError
+from statekit import StorageError, Store
 from statekit.files import Disk
 
 EPISODE_COLUMNS = ("show_id", "episode_id", "title", "stage", "version", "created_at", "updated_at", "cost_total",
