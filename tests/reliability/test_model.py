@@ -1005,13 +1005,16 @@ def test_adopting_an_edit_puts_back_the_events_a_killed_writer_kept_from_the_ind
 
     store = Store.init(tmp_path / "s")
     store.create("s", "e")
-    for title in ("a", "b", "c"):  # version 4: the next write's rotation unlinks after the rename
+    for title in ("a", "b", "c"):
         store.update("s", "e", title=title)
     root = store.root
-    status = in_child(lambda: Store.open(root, disk=KillOnCall("unlink", after="replace")).advance(
+    # killed at the folder's fsync right after the rename (the write's last system call before the
+    # index: the rotation no longer unlinks the spare backup the write took as its temp file)
+    status = in_child(lambda: Store.open(root, disk=KillOnCall("fsync", after="replace")).advance(
         "s", "e", "downloading"))
     assert status == "killed"
     assert store.get("s", "e").version == 5  # renamed in; the index never heard of it
+    assert [e.version for e in store.list()] == [4]
     _set_line(store, ("s", "e"), "title", "by hand")
     report = store.sync()
     assert [c["episode"] for c in report.changed] == ["s/e"]
