@@ -8,7 +8,7 @@ deltas. Nothing here imports SQLAlchemy (the write path's import stays light).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -182,25 +182,34 @@ def event_values(lines: Iterable[Mapping[str, Any]], show: str, ep: str) -> list
     out = []
     append = out.append
     dumps = orjson.dumps
-    stage: str | None = None
-    for line in lines:
-        get = line.get
-        at = line["at"]
-        if not (type(at) is str and len(at) == 27 and at[-1] == "Z"):
-            at = event_time(at)
-        cost = get("cost")
-        moved = get("to_stage")
+    for line, at, moved, cost, spent in derived(lines):
         if "doc" in line or "patch" in line:  # ``lean``: a copy without them (a C copy, not a comprehension)
             data = line.copy()
             data.pop("doc", None)
             data.pop("patch", None)
         else:
             data = line
-        append((show, ep, line["version"], at, line["kind"], get("from_stage"), moved, get("message"), cost,
-                dumps(data).decode(), None if cost is None else spent_in(line, stage)))
+        append((show, ep, line["version"], at, line["kind"], line.get("from_stage"), moved, line.get("message"),
+                cost, dumps(data).decode(), spent))
+    return out
+
+
+def derived(lines: Iterable[Mapping[str, Any]]) -> Iterator[tuple[Mapping[str, Any], str, Any, Any, str | None]]:
+    """Each of a log's lines with the columns its events row derives from it (not copied
+    as they are): ``at`` as stored text, ``to_stage``, ``cost``, and the stage the money was
+    spent in (``spent_in``, from the stage the lines before left the episode in). What a
+    rebuild inserts (``event_values``) and verify compares (``index/verify:event_keys``).
+    ``ValueError``: a time that is not one."""
+    stage: str | None = None
+    for line in lines:
+        at = line["at"]
+        if not (type(at) is str and len(at) == 27 and at[-1] == "Z"):
+            at = event_time(at)
+        cost = line.get("cost")
+        moved = line.get("to_stage")
+        yield line, at, moved, cost, None if cost is None else spent_in(line, stage)
         if isinstance(moved, str) and moved:
             stage = moved
-    return out
 
 
 def show_row(data: Mapping[str, Any], *, path: str, size: int, mtime_ns: int, sha256: str,

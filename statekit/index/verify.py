@@ -34,7 +34,7 @@ from ..unique import claims as claims_of
 from ..unique import shown
 from . import verified
 from .pool import ordered_map, workers_for
-from .rows import claim_rows, event_time, iso, spent_in, totals_delta
+from .rows import claim_rows, derived, iso, totals_delta
 from .scan import Problem, Progress, VerifyReport, index_path, problem, sha256_of, walk
 from .tables import (
     episodes,
@@ -486,23 +486,11 @@ EVENT_FIELDS = ("version", "at", "kind", "from_stage", "to_stage", "message", "c
 def event_keys(log_path: str, lines: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """``event_key`` of the ``EVENT_FIELDS`` of each of a log's index rows (``index/scan:event_rows``),
     built without the rows (``tests/test_verify_fast.py`` holds them equal)."""
-    out = []
-    stage: str | None = None
     try:
-        for line in lines:
-            get = line.get
-            at = line["at"]
-            if not (type(at) is str and len(at) == 27 and at[-1] == "Z"):
-                at = event_time(at)
-            cost = get("cost")
-            moved = get("to_stage")
-            out.append((line["version"], at, line["kind"], get("from_stage"), moved, get("message"), cost,
-                        None if cost is None else spent_in(line, stage)))
-            if isinstance(moved, str) and moved:
-                stage = moved
+        return [(line["version"], at, line["kind"], line.get("from_stage"), moved, line.get("message"), cost, spent)
+                for line, at, moved, cost, spent in derived(lines)]
     except ValueError as exc:  # a damaged time: reported like any damaged line (as event_rows words it)
         raise CorruptFileError(f"{log_path}: an event's time is not an ISO timestamp ({exc})", path=log_path) from None
-    return out
 
 
 def event_columns(table: Any) -> list[Any]:
