@@ -68,7 +68,7 @@ from .models import (
 )
 from .parsing import parse_episode, sha256, stamp
 from .pending import Ledgers
-from .pipeline import Pipeline
+from .pipeline import Pipeline, ready_for
 
 if TYPE_CHECKING:
     from .index import Index
@@ -560,7 +560,11 @@ class Writer(Ledgers):
         if current is not None and not adopting:
             # what the index row holds if it is up to date (for a pending edit being adopted, the
             # row holds the committed version's stage and costs under the edited file's hash)
-            row["was"] = (current.sha256 or sha256(current.raw), current.model.stage, current.model.costs)
+            was = current.model
+            row["was"] = (current.sha256 or sha256(current.raw), was.stage, was.costs)
+            if was.stage == new.stage:  # and its ready_for: the index's UPDATE then leaves it alone if it stays
+                row["was"] += (ready_for(self.pipeline, was.stage, was.previous_stage, was.approvals,
+                                         done=was.stage_done, hold=was.hold),)
         event_rows = [event_row(record)]
         if current is None and committed:
             # a restore over a file that could not be read: a rebuild meanwhile dropped the

@@ -176,3 +176,85 @@ def test_a_forked_child_writes_with_helpers_of_its_own(tmp_path: Path) -> None:
     assert os.waitstatus_to_exitcode(status) == 0
     assert store.advance("s", "a", "downloaded").version == 3
     store.close()
+
+
+TAMPER = {  # an index row that no longer holds what a guarded UPDATE leaves out (a stale index, a hand-set value)
+    None: None,
+    "file_stamp": "UPDATE episodes SET file_stamp = 'e|1|2' WHERE episode_id = ?",
+    "priority": "UPDATE episodes SET priority = 7 WHERE episode_id = ?",
+    "pending": "UPDATE episodes SET pending = '{\"fields\": [\"title\"]}' WHERE episode_id = ?",
+    "stage": "UPDATE episodes SET stage = 'skipped' WHERE episode_id = ?",
+    "stage_entered_at": "UPDATE episodes SET stage_entered_at = '2000-01-01T00:00:00.000000Z' WHERE episode_id = ?",
+    "ready_for": "UPDATE episodes SET ready_for = 'published' WHERE episode_id = ?",
+}
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(steps=st.lists(st.tuples(st.integers(0, 1), st.integers(0, 3), st.booleans(), st.sampled_from(list(TAMPER))),
+                      min_size=1, max_size=10))
+def test_the_guarded_update_of_a_row_gives_the_full_updates_row(tmp_path_factory: pytest.TempPathFactory,
+                                                                 steps: list[Any]) -> None:
+    """The UPDATE that checks the indexed columns a write leaves alone (instead of setting
+    them) writes the row the full UPDATE writes, whether the row holds them (the guarded
+    UPDATE's own result) or not (it matches nothing; the full one runs)."""
+    root = tmp_path_factory.mktemp("guard") / "store"
+    store = Store.init(root)
+    try:
+        for ep in ("a", "b"):
+            store.create("s", ep, title=f"Episode {ep}")
+        for n, (which, pick, update, tamper) in enumerate(steps):
+            ep = "ab"[which]
+            if TAMPER[tamper] is not None:
+                conn = sqlite3.connect(root / ".statekit" / "index.db")
+                with conn:
+                    conn.execute(TAMPER[tamper], (ep,))
+                conn.close()
+            here = store.get("s", ep).stage
+            legal = MOVES.get(here)
+            if update or not legal:
+                store.update("s", ep, title=f"{ep} {n}")
+            else:
+                store.advance("s", ep, legal[pick % len(legal)], cost=0.5)
+            conn = sqlite3.connect(root / ".statekit" / "index.db")
+            stamp, priority, pending = conn.execute(
+                "SELECT file_stamp, priority, pending FROM episodes WHERE episode_id = ?", (ep,)).fetchone()
+            conn.close()
+            assert (stamp, priority, pending) == (None, 0, None)  # what the write's own row holds
+        written = tables(root)
+        store.rebuild_index()
+        rebuilt = tables(root)
+    finally:
+        store.close()
+    assert written == rebuilt
+
+
+def test_a_write_that_leaves_the_guarded_columns_alone_takes_the_guarded_update(tmp_path: Path) -> None:
+    """The fast form is the one that runs: a move, a write in the same stage."""
+    store = Store.init(tmp_path / "s")
+    try:
+        store.create("s", "e", title="t")
+        for stage in ("downloading", "failed", "downloading"):  # both stages have their totals' rows now
+            store.advance("s", "e", stage)
+        index = store.writer.index
+
+        class Refused:
+            sql = "SELECT no_such_column FROM episodes"
+
+            @staticmethod
+            def params_of(_values: Any) -> tuple[()]:
+                return ()
+
+        index._replace_from_row = Refused  # type: ignore[assignment]  # the full UPDATE would now fail
+        wal = tmp_path / "s" / ".statekit" / "index.db-wal"
+        before = wal.stat().st_size
+        store.advance("s", "e", "failed")
+        moved = wal.stat().st_size - before
+        store.update("s", "e", title="u")
+        updated = wal.stat().st_size - moved - before
+        assert store.list(stage="failed")[0].title == "u"
+    finally:
+        store.close()
+    frame = 4096 + 24
+    # a move: the row, its two stage indexes, the event and its key, the stages' totals; an
+    # update: the row, the event and its key (no index entry rewritten to the value it had)
+    assert (moved // frame, updated // frame) == (6, 3)

@@ -84,6 +84,25 @@ TOTALS = ("show_id", "stage", "episodes", "cost")
 TOTALS_2 = tuple(f"{name}_{i}" for i in range(2) for name in TOTALS)
 """The parameters of the two-row upsert of ``stage_totals`` (``dialect.upsert(..., rows=2)``)."""
 
+KEPT_INDEXED = ("file_stamp", "priority", "pending")
+"""Indexed columns (``episodes_files``, ``episodes_by_ready_for``, ``episodes_pending``) that
+a write rarely changes: a file's stamp is set by ``sync``, not by a write (a write's file is
+always racy-new), ``priority`` by ``prioritize``, and ``pending`` is NULL after every commit."""
+
+GUARDS = (
+    KEPT_INDEXED,
+    (*KEPT_INDEXED, "stage", "stage_entered_at"),
+    (*KEPT_INDEXED, "stage", "stage_entered_at", "ready_for"),
+)
+"""The columns a write's UPDATE of its episode row checks in its WHERE (``IS``: NULL
+included) rather than sets, by what the write changes: a move (stage, its time and
+``ready_for`` change), a write in the same stage whose ``ready_for`` changes (a run done,
+an approval), any other. SQLite rewrites an index entry (and its page: one WAL frame more
+per commit) when a column of the index is SET, even to the value it has; the guarded
+UPDATE leaves those pages alone. It matches only a row that already holds the values it
+leaves out, so its result is the full UPDATE's; a row that does not (a stale index, a
+hand-set priority), matches nothing, and the full UPDATE runs instead."""
+
 SHOW_ORDER = (episodes.c.show_id, episodes.c.position, episodes.c.created_at, episodes.c.episode_id)
 """Episodes in show order: the hand-set ones, then the rest by creation."""
 
@@ -142,6 +161,20 @@ class Index:
                 .values({c.name: bindparam(c.name) for c in replaced}),
                 engine,
             )
+        self._replace_guarded: dict[tuple[str, ...], Compiled] = {}
+        if self._replace_from_row is not None:
+            # the same statement again, with the indexed columns the write leaves as they are
+            # checked in its WHERE instead of set (see ``GUARDS``)
+            for guards in GUARDS:
+                self._replace_guarded[guards] = Compiled(
+                    episodes.update()
+                    .where(and_(episodes.c.show_id == bindparam("show_id"),
+                                episodes.c.episode_id == bindparam("episode_id"),
+                                episodes.c.file_sha256 == bindparam("was"),
+                                *[episodes.c[g].is_not_distinct_from(bindparam(g)) for g in guards]))
+                    .values({c.name: bindparam(c.name) for c in replaced if c.name not in guards}),
+                    engine,
+                )
         self._unlist_all = Compiled(
             episodes.update().where(and_(episodes.c.show_id == bindparam("s"), episodes.c.position != UNLISTED))
             .values(position=UNLISTED), engine)
@@ -290,7 +323,12 @@ class Index:
                 if self._replace_from_row is not None:
                     values = dict(row, data=json_text(row["data"]), costs=json_text(row["costs"]),
                                   pending=pending_text(row.get("pending")), was=was[0])
-                    replaced = execute(self._replace_from_row.sql, self._replace_from_row.params_of(values))
+                    # was[3]: the replaced file's ready_for, when its stage stays (see ``GUARDS``)
+                    guarded = self._replace_guarded[GUARDS[0 if row["stage"] != was[1] else
+                                                          2 if len(was) > 3 and was[3] == row["ready_for"] else 1]]
+                    replaced = execute(guarded.sql, guarded.params_of(values))
+                    if replaced.rowcount != 1:  # the row does not hold what the guards keep: set every column
+                        replaced = execute(self._replace_from_row.sql, self._replace_from_row.params_of(values))
                 else:
                     values = {"v_" + k: v for k, v in row.items()}
                     values.update(v_data=json_text(row["data"]), v_costs=json_text(row["costs"]),
