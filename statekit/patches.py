@@ -28,7 +28,9 @@ class PatchError(ValueError):
 
 
 def _escape(key: str) -> str:
-    return key.replace("~", "~0").replace("/", "~1")
+    if "~" in key or "/" in key:
+        return key.replace("~", "~0").replace("/", "~1")
+    return key  # (most keys: no new string)
 
 
 def _unescape(token: str) -> str:
@@ -62,8 +64,16 @@ _SCALARS = frozenset((str, int, float, bool, type(None)))
 """The types ``_same`` compares with ``==`` alone (checked inline: most of an episode's fields)."""
 
 
+_MISSING: Any = object()
+
+
 def _diff_dict(a: dict[str, Any], b: dict[str, Any], path: str, ops: Patch) -> None:
-    same_keys = a.keys() == b.keys()  # the usual case: no key comes or goes
+    if len(a) == len(b):  # the usual case: no key comes or goes (an episode's data, write after write)
+        found = _diff_same_keys(a, b, path)
+        if found is not None:
+            ops += found
+            return
+    same_keys = a.keys() == b.keys()
     if not same_keys:
         for key in a:
             if key not in b:
@@ -78,6 +88,26 @@ def _diff_dict(a: dict[str, Any], b: dict[str, Any], path: str, ops: Patch) -> N
             continue
         if not _same(old, new):  # the path is only built for what changed
             _diff_value(old, new, f"{path}/{_escape(key)}", ops)
+
+
+def _diff_same_keys(a: dict[str, Any], b: dict[str, Any], path: str) -> Patch | None:
+    """``_diff_dict``'s operations when ``a`` has every key of ``b`` (and as many keys: the
+    same ones), without comparing the key sets first; None as soon as a key of ``b`` is not
+    in ``a`` (the caller then takes the plain way). A scalar that changed is a ``replace``
+    without ``_same`` and ``_diff_value`` (what they would decide for it)."""
+    ops: Patch = []
+    get = a.get
+    for key, new in b.items():
+        old = get(key, _MISSING)
+        if old is _MISSING:
+            return None
+        kind = type(new)
+        if kind is type(old) and kind in _SCALARS:
+            if old != new:
+                ops.append({"op": "replace", "path": f"{path}/{_escape(key)}", "value": new})
+        elif not _same(old, new):
+            _diff_value(old, new, f"{path}/{_escape(key)}", ops)
+    return ops
 
 
 def _diff_value(old: Any, new: Any, where: str, ops: Patch) -> None:

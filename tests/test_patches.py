@@ -127,3 +127,14 @@ def test_the_diff_is_the_plain_key_by_key_one(before: dict[str, Any], after: dic
 
 def _same_as_text(ops: list[dict[str, Any]]) -> str:
     return json.dumps(ops, sort_keys=True)  # True, 1 and 1.0 told apart in the values
+
+
+@pytest.mark.parametrize(("before", "after"), [
+    ({"a": 1, "b": 2}, {"a": 1, "c": 2}),  # as many keys, not the same ones: the plain way
+    ({"a": 1, "b": {"x": 1, "y": 2}}, {"a": 2, "b": {"x": 1, "z": 2}}),  # ... one level down
+    ({"a/b": 1, "c~d": 2}, {"a/b": 2, "c~d": 3}),  # escaped keys on the same-keys way
+    ({"a": 1, "b": None}, {"a": 1.0, "b": "x"}),  # a scalar that changes type
+])
+def test_documents_with_as_many_keys_diff_as_the_plain_way(before: dict[str, Any], after: dict[str, Any]) -> None:
+    assert diff(before, after) == _reference_diff(before, after)
+    assert jsonpatch.apply_patch(before, diff(before, after)) == after
