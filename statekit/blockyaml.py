@@ -58,6 +58,8 @@ class BlockYaml:
         self.ask = ask
         self._values: dict[str, str | None] = {}
         self._keys: dict[str, str | None] = {}
+        self._floats: dict[float, str] = {}
+        """Float -> its text (not 0.0: -0.0 is a key equal to it, written otherwise)."""
         self._heads: dict[int, dict[str, str]] = {}
         """Indent -> key -> the key's line start (``<indent><key>:``): an episode's keys come back every write."""
         self._lock = threading.Lock()
@@ -87,11 +89,11 @@ class BlockYaml:
             return form
         if form is None:
             raise Fallback
+        if _TIMESTAMP.match(text):  # (first: a timestamp is new each write; no plain text starts with a digit)
+            return f"'{text}'"
         if len(text) <= LONGEST and _PLAIN.match(text) and text.lower() not in _WORDS:
             self._remember(self._values, text, text)
             return text
-        if _TIMESTAMP.match(text):
-            return f"'{text}'"
         if form == "":
             form = None
             if len(text) <= LONGEST and not _BREAKS.search(text):
@@ -130,10 +132,18 @@ class BlockYaml:
         if kind is int:
             return str(value)
         if kind is float:
+            text = self._floats.get(value)  # type: ignore[assignment]
+            if text is not None:
+                return text
             text = repr(value).lower()
             if "." not in text and "e" in text:
                 text = text.replace("e", ".0e", 1)
             if _FLOAT.match(text):  # not nan or inf (PyYAML's own spellings), nor anything unexpected
+                if value:
+                    with self._lock:
+                        if len(self._floats) >= REMEMBERED:
+                            self._floats.clear()
+                        self._floats[value] = text
                 return text
         raise Fallback
 
@@ -160,9 +170,9 @@ class BlockYaml:
             kind = type(v)
             if kind is str:  # ``scalar``'s common cases inline: a text seen before, null, a whole number
                 form = known(v)
-                out.append(head + " " + (form if form else self.value(v)) + "\n")
+                out.append(f"{head} {form if form else self.value(v)}\n")
             elif v is None:
-                out.append(head + " null\n")
+                out.append(f"{head} null\n")
             elif kind is int:
                 out.append(f"{head} {v}\n")
             elif kind is dict:
@@ -178,7 +188,7 @@ class BlockYaml:
                 else:
                     out.append(head + " []\n")
             else:
-                out.append(head + " " + self.scalar(v) + "\n")
+                out.append(f"{head} {self.scalar(v)}\n")
 
     def _sequence(self, items: list[Any], indent: int, out: list[str], inline: bool) -> None:
         """A non-empty list's items at ``indent``; ``inline``: its first item follows a ``- ``."""

@@ -64,3 +64,14 @@ def test_it_declines_what_pyyaml_writes_over_several_lines_or_spells_its_own_way
                  {"k": "x" * 1001}, {1: "a key that is not text"}):
         assert block.dump(data) is None, data
     assert block.dump({"k": "v", "l": [{"a": 1}, [], {}]}) == b"k: v\nl:\n- a: 1\n- []\n- {}\n"
+
+
+def test_a_remembered_float_is_written_as_pyyaml_writes_it_the_next_times() -> None:
+    """Floats' texts are remembered (not 0.0: -0.0 is the same key and written otherwise); a
+    timestamp is checked before the plain-text rule. Each text is PyYAML's, the first time and after."""
+    block = BlockYaml(lambda obj: pyyaml(obj, encoding=None))
+    for _ in range(2):
+        for value in (0.0, -0.0, 1.0, -1.0, 0.001, 1e16, 1.5e-7, 2.5, 1e300):
+            data = {"cost": value, "costs": {"a": value, "b": [value, value]}, "at": "2026-12-06T15:53:58.770011Z"}
+            assert block.dump(data) == pyyaml(data), value
+    assert 0.0 not in block._floats and 1e16 in block._floats
