@@ -355,6 +355,7 @@ def _keep_order(data: dict[str, Any], previous: Parsed | None) -> dict[str, Any]
 
 _SCALAR_TYPES = (str, int, float, bool, type(None))
 _HUGE = 1 << 30
+_BEFORE_COMMENT = re.compile(r"(?::\s*(?:[|>][-+0-9]*)?)?").fullmatch  # what a comment on a key's line may follow
 
 
 def _emit_scalars(values: list[Any]) -> list[str] | None:
@@ -413,8 +414,8 @@ class _Edits:
         return self.text[_line_start(self.text, start):start].strip() == ""
 
     def _replace_entry(self, key: yaml.Node, value_node: yaml.Node, name: str, value: Any) -> bool:
-        """Rewrite one ``key: value`` entry as block YAML, keeping a comment
-        that followed a one-line value on the key's line."""
+        """Rewrite one ``key: value`` entry as block YAML, keeping a comment on the key's line
+        (after the colon, a one-line value, or a block scalar's header such as ``|2+``)."""
         if not self._own_line(key):
             return False
         start = _line_start(self.text, key.start_mark.index)
@@ -424,7 +425,7 @@ class _Edits:
         after = value_node.end_mark.index if one_line else key.end_mark.index
         rest = self.text[after:_line_end(self.text, after)]
         mark = rest.find("#")
-        tail = "  " + rest[mark:].rstrip("\n") if mark >= 0 and rest[:mark].strip() in ("", ":") else ""
+        tail = "  " + rest[mark:].rstrip("\n") if mark >= 0 and _BEFORE_COMMENT(rest[:mark].strip()) else ""
         fragment = _emit_block({name: value}, key.start_mark.column)
         if tail:
             first, _, others = fragment.partition("\n")

@@ -326,3 +326,18 @@ def test_json_lines_skip_a_torn_or_foreign_line() -> None:
     raw = b'{"a": 1}\n{"b": 2\n[1, 2]\n\n{"c": 3}\n'  # a torn append, a line that is not an object
     assert json_lines(raw) == [{"a": 1}, {"c": 3}]
     assert json_lines(None) == [] and json_lines(b"") == []
+
+
+@pytest.mark.parametrize("header", ["|", "|-", "|2+", ">", ">-"])
+@pytest.mark.parametrize("change", [0, 1, 2])
+def test_a_comment_after_a_block_scalar_s_header_stays_when_the_value_is_rewritten(header: str, change: int) -> None:
+    # A person's comment on the header line of a block scalar (``title: |2+  # note``) is a
+    # comment like any other: a write that replaces the value keeps it on the key's line.
+    raw = (f"schema_version: 1\ntitle: {header}  # note on the title\n  two\n  lines\nstage: downloading\n"
+           "version: 2\nmessage: null\ncosts: {}\nmetadata: {}\n").encode()
+    previous = YAML_CODEC.parse(raw, "x")
+    changed = {**previous.data, "version": 3, **[{"title": "one line"}, {"title": "new\ntext\n"},
+                                                 {"title": "x", "message": "multi\nline\n"}][change]}
+    written = YAML_CODEC.dump(changed, previous)
+    assert written.raw.count(b"# note on the title") == 1
+    assert same(YAML_CODEC.load(written.raw, "x"), changed)
