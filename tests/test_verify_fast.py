@@ -193,12 +193,56 @@ def test_data_same_is_same(replayed: dict[str, Any], data: dict[str, Any], equal
     assert verify_module._data_same(replayed, data, None) == same(replayed, data)
 
 
+# --- _patch_in_place: patches.apply in place, the usual operations without it ----------------------
+
+_KEY = st.sampled_from(["a", "b", "c", "", "0", "-", "x~1", "a/b"])
+_POINTER = st.one_of(
+    st.lists(st.sampled_from(["a", "b", "c", "", "0", "1", "-", "01", "~0", "~1", "x~"]), min_size=0, max_size=3)
+    .map(lambda parts: "".join("/" + p for p in parts)),
+    st.sampled_from(["a", "", "a/b", 3, None, ["/a"]]))
+_OP = st.one_of(
+    st.fixed_dictionaries({"op": st.sampled_from(["add", "replace", "remove", "move", 1, None]), "path": _POINTER},
+                          optional={"value": _JSON}),
+    st.sampled_from([[], "add", None, 1, {"path": "/a", "value": 1}]))
+
+
+@given(st.dictionaries(_KEY, st.one_of(_JSON, st.dictionaries(_KEY, _JSON, max_size=3)), max_size=4),
+       st.one_of(st.lists(_OP, max_size=5), st.sampled_from([None, {}, "patch"])))
+def test_patch_in_place_is_apply(doc: dict[str, Any], patch: Any) -> None:
+    from statekit import patches
+    plain, fast = orjson.loads(orjson.dumps(doc)), orjson.loads(orjson.dumps(doc))
+    ops, ops_fast = orjson.loads(orjson.dumps(patch)), orjson.loads(orjson.dumps(patch))
+
+    def outcome(call: Callable[[], Any], data: dict[str, Any]) -> Any:
+        try:
+            call()
+        except patches.PatchError as exc:
+            return ("error", str(exc), orjson.dumps(data))
+        return ("ok", orjson.dumps(data))
+
+    assert outcome(lambda: eventlog._patch_in_place(fast, ops_fast), fast) == \
+        outcome(lambda: patches.apply(plain, ops, in_place=True, copy_values=False), plain)
+
+
+def test_patch_in_place_takes_statekit_patches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast form is the one in use: a statekit patch never reaches ``patches.apply``."""
+    from statekit import patches
+    before = {"stage": "a", "costs": {"a": 1.0}, "attempts": {}, "title": "T", "error_history": []}
+    after = {"stage": "b", "costs": {"a": 1.0, "b": 0.5}, "attempts": {"b": 1}, "title": "T two",
+             "error_history": []}
+    monkeypatch.setattr(patches, "apply", None)
+    eventlog._patch_in_place(before, patches.diff(before, after))
+    assert before == after
+
+
 # --- a full verify of a damaged store: every fast path on, then off --------------------------
 
 
 def _slow(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(eventlog, "parse_log", lambda raw: None)
     monkeypatch.setattr(eventlog, "events_valid", lambda lines: False)
+    monkeypatch.setattr(eventlog, "_patch_in_place", lambda data, patch: eventlog.patches.apply(
+        data, patch, in_place=True, copy_values=False))
     monkeypatch.setattr(verify_module, "_plain_shows", lambda root, shows: set())
     monkeypatch.setattr(verify_module, "_row_same",
                         lambda stored, data, text=None: same(verify_module._document(stored), data))
