@@ -1,11 +1,15 @@
 """Time only ``verify(full=True)`` on stores made once: wall, the parent's CPU and the workers'.
 
     python benchmarks/bench_verify_full.py STORE [STORE ...] [--runs 5] [--repo A --repo B] [--workers N]
+    python benchmarks/bench_verify_full.py STORE [--repo A --repo B] --callgrind [--out FILE]
 
 Each STORE is a store made by ``make_store.py`` (its index is built by the first open, not timed).
 With several ``--repo`` checkouts, the runs are interleaved (A, B, A, B ...) and each repo's
 median is printed: an A/B of two versions of statekit on the same files, on a noisy machine.
 Each run is a fresh process (``Store.open``, one full verify, nothing remembered).
+``--callgrind``: instead, the instructions of one full verify in one process (``workers=1``: the
+parent's work and every check; a store of 1-2k episodes takes a minute), counted by valgrind's
+callgrind around the call only (``bench_instructions.py``'s way): an A/B that load cannot blur.
 """
 
 from __future__ import annotations
@@ -13,10 +17,39 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+COUNTED = r"""
+import os, subprocess, sys
+sys.path.insert(0, sys.argv[1])
+from statekit import Store
+from statekit.index.verify import verify
+store = Store.open(sys.argv[2])
+store.counts()
+verify(store.writer, full=True, workers=1)  # warm: imports, caches
+subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], capture_output=True, check=False)
+report = verify(store.writer, full=True, workers=1)
+subprocess.run(["callgrind_control", "-i", "off", str(os.getpid())], capture_output=True, check=False)
+assert not report.problems, report.problems[:3]
+print(report.checked)
+"""
+
+
+def counted(repo: str, root: str, out: str | None) -> tuple[int, int]:
+    """(instructions of one full verify, episodes checked)."""
+    run = subprocess.run(
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out or os.devnull}",
+         str(Path(repo) / ".venv/bin/python"), "-c", COUNTED, repo, root],
+        capture_output=True, text=True, env=dict(os.environ, PYTHONHASHSEED="0"), check=False)
+    found = re.search(r"Collected : (\d+)", run.stderr)
+    if run.returncode or found is None:
+        raise SystemExit(run.stderr[-2000:])
+    return int(found.group(1)), int(run.stdout.split()[-1])
+
 
 PROBE = r"""
 import json, os, sys, time, logging
@@ -49,8 +82,17 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--repo", action="append", help="a checkout of statekit (default: this one)")
     parser.add_argument("--workers", default="-", help="processes (default: verify's own choice)")
+    parser.add_argument("--callgrind", action="store_true", help="count instructions instead (valgrind)")
+    parser.add_argument("--out", default=None, help="with --callgrind: keep callgrind's file (one repo)")
     args = parser.parse_args()
     repos = args.repo or [str(Path(__file__).resolve().parent.parent)]
+    if args.callgrind:
+        for root in args.stores:
+            one(repos[0], root, "1")  # the index built before counting
+            for repo in repos:
+                n, checked = counted(repo, root, args.out)
+                print(f"{root} {repo}: {n / checked:,.0f} instructions per episode ({checked} episodes, callgrind)")
+        return
     for root in args.stores:
         for repo in repos:  # the index built (and any migration) before timing
             one(repo, root, args.workers)
