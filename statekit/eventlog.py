@@ -19,7 +19,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -281,13 +281,15 @@ def _read(raw: bytes | None, path: str, committed: int, strict: bool, with_raw: 
         return []
     lines = raw.split(b"\n")
     lines.pop()  # after the last newline: empty, or a torn append
-    return _committed(((line, _parse_event_line(line, strict)) for line in lines), path, committed, with_raw)
+    return _committed(((line, _parse_event_line(line, strict)) for line in lines), path, committed,
+                      1 if with_raw else 0)
 
 
-def _committed(parsed: Iterable[tuple[bytes, dict[str, Any] | None]], path: str, committed: int,
-               with_raw: bool) -> list[Any]:
+def _committed(parsed: Iterable[tuple[Any, dict[str, Any] | None]], path: str, committed: int,
+               how: int) -> list[Any]:
     """The committed events of a log's lines, each with its event (None: not one): a damaged
-    line before the tail raises ``CorruptFileError``; an uncommitted tail is left out."""
+    line before the tail raises ``CorruptFileError``; an uncommitted tail is left out. ``how``:
+    0 the events, 1 each with its line and a newline, 2 each with what ``parsed`` paired it with."""
     out: list[Any] = []
     last = -1 << 63  # the version of the last event kept
     bad: int | None = None
@@ -304,7 +306,7 @@ def _committed(parsed: Iterable[tuple[bytes, dict[str, Any] | None]], path: str,
             raise CorruptFileError(f"{path}:{number}: event version {version} comes after version "
                                    f"{last} (a repeated or misplaced line)", path=path, line=number)
         last = version
-        out.append((event, line + b"\n") if with_raw else event)
+        out.append(event if not how else (event, line + b"\n") if how == 1 else (event, line))
     if bad is not None and committed and (not out or last < committed):
         raise CorruptFileError(f"{path}:{bad}: unreadable event line", path=path, line=bad)
     return out
@@ -319,21 +321,38 @@ class ParsedLog:
     """The lines before the last newline, without their newlines."""
     events: list[dict[str, Any] | None]
     """Each line's event (None: not one), read strictly and by the fast parser alike."""
+    hashes: dict[int, str] = field(default_factory=dict)
+    """``line_hash`` of the lines hashed so far, by their index."""
 
     def committed(self, path: str, committed: int) -> list[tuple[dict[str, Any], bytes]]:
         """``lines_of(raw, path, committed)`` (strict): the same lines, the same errors."""
-        return _committed(zip(self.lines, self.events), path, committed, True)
+        return _committed(zip(self.lines, self.events), path, committed, 1)
+
+    def hashed(self, path: str, committed: int) -> tuple[list[dict[str, Any]], list[str]]:
+        """``committed``'s events, and the ``line_hash`` of each of their lines (the same errors):
+        what ``chain_problems`` takes, no line copied, none hashed twice (``tail`` hashed the last two)."""
+        found = _committed(zip(range(len(self.events)), self.events), path, committed, 2)
+        return [event for event, _i in found], [self.hash(i) for _event, i in found]
+
+    def hash(self, i: int) -> str:
+        """``line_hash`` of line ``i``."""
+        known = self.hashes.get(i)
+        if known is None:
+            known = self.hashes[i] = hashlib.sha256(self.lines[i]).hexdigest()
+        return known
 
     def tail(self) -> tuple[TailLine | None, TailLine | None]:
         """``tail_of(raw)``: the last two readable lines (last, the one before)."""
         found: list[TailLine] = []
-        end = sum(len(line) for line in self.lines) + len(self.lines)
-        for line, event in zip(reversed(self.lines), reversed(self.events)):
+        end = sum(map(len, self.lines)) + len(self.lines)
+        lines, events = self.lines, self.events
+        for i in range(len(lines) - 1, -1, -1):
+            event = events[i]
             if event is not None:
-                found.append(TailLine(event, hashlib.sha256(line).hexdigest(), end))
+                found.append(TailLine(event, self.hash(i), end))
                 if len(found) == 2:
                     break
-            end -= len(line) + 1
+            end -= len(lines[i]) + 1
         return (found[0] if found else None), (found[1] if len(found) > 1 else None)
 
 
@@ -594,10 +613,12 @@ def _patch_in_place(data: dict[str, Any], patch: Any) -> None:
         patches.apply(data, [op], in_place=True, copy_values=False)
 
 
-def chain_problems(path: str, lines: list[dict[str, Any]], raws: list[bytes]) -> list[str]:
+def chain_problems(path: str, lines: list[dict[str, Any]], raws: list[bytes] | None = None, *,
+                   hashes: list[str] | None = None) -> list[str]:
     """What is wrong with a log's chain: a ``prev`` that is not the hash of the line
     before, versions that do not go up by one, a move that does not start where the
-    last one ended. Checked from the first chained line on (older lines predate it)."""
+    last one ended. Checked from the first chained line on (older lines predate it).
+    ``raws``: the lines' bytes; or ``hashes``: their ``line_hash`` already made."""
     problems: list[str] = []
     first = next((i for i, e in enumerate(lines) if is_chained(e)), None)
     if first is None:
@@ -607,7 +628,8 @@ def chain_problems(path: str, lines: list[dict[str, Any]], raws: list[bytes]) ->
         moved_to = event.get("to_stage")
         if i >= first:
             if i > first or "prev" in event:
-                expected = line_hash(raws[i - 1]) if i > 0 else None
+                expected = None if i == 0 else hashes[i - 1] if hashes is not None \
+                    else line_hash(raws[i - 1])  # type: ignore[index]
                 if event.get("prev") != expected:
                     problems.append(f"{path}:{i + 1}: the hash chain is broken (prev does not match line {i}): "
                                     "an earlier line was changed, removed or inserted")

@@ -114,6 +114,19 @@ def test_parse_log_reads_as_lines_of_and_tail_of(raw: bytes, committed: int) -> 
     assert _outcome(lambda: parsed.committed("log", committed)) == \
         _outcome(lambda: eventlog.lines_of(raw, "log", committed))
     assert _tail(parsed.tail()) == _tail(eventlog.tail_of(raw))
+    # hashed: the same events, each line's hash (before or after the tail hashed its lines), the same chain
+    for fresh in (eventlog.parse_log(raw), parsed):
+        assert fresh is not None
+        plain = _outcome(lambda: eventlog.lines_of(raw, "log", committed))
+        got = _outcome(lambda: fresh.hashed("log", committed))  # noqa: B023
+        if plain[0] == "error":
+            assert got == plain
+            continue
+        read = plain[1]
+        assert got == ("ok", ([e for e, _r in read], [eventlog.line_hash(r) for _e, r in read]))
+        lines, hashes = got[1]
+        assert eventlog.chain_problems("log", lines, hashes=hashes) == \
+            eventlog.chain_problems("log", lines, [r for _e, r in read])
 
 
 def test_parse_log_takes_the_plain_log_of_a_store(tmp_path: Path) -> None:

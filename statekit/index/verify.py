@@ -420,14 +420,19 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
     dumped_text: bytes | None = None  # (orjson's writing of ``dumped``, when made)
     derived: list[tuple[Any, ...]] = []
     try:
-        read = parsed_log.committed(log_path, model.version) if parsed_log is not None \
-            else eventlog.lines_of(log_raw, log_path, model.version) if read_log \
-            else eventlog.read_lines(log_path, model.version)
-        lines = [event for event, _raw in read]
+        hashes: list[str] | None = None
+        if parsed_log is not None:
+            lines, hashes = parsed_log.hashed(log_path, model.version)
+        else:
+            read = eventlog.lines_of(log_raw, log_path, model.version) if read_log \
+                else eventlog.read_lines(log_path, model.version)
+            lines = [event for event, _raw in read]
         if not eventlog.events_valid(lines):  # (then certainly valid, without a model per line)
             eventlog.validate_events(log_path, lines)  # what events() would refuse
         derived = event_keys(log_path, lines)
-        for message in eventlog.chain_problems(log_path, lines, [raw_line for _event, raw_line in read]):
+        chain = eventlog.chain_problems(log_path, lines, hashes=hashes) if hashes is not None \
+            else eventlog.chain_problems(log_path, lines, [raw_line for _event, raw_line in read])
+        for message in chain:
             after.append(Problem("chain", log_path, message, key))
         if committed_model is None and any(eventlog.is_chained(e) for e in lines):
             # the last use of the lines' documents and patches: replayed without copying them
