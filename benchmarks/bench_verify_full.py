@@ -6,7 +6,7 @@
 Each STORE is a store made by ``make_store.py`` (its index is built by the first open, not timed).
 With several ``--repo`` checkouts, the runs are interleaved (A, B, A, B ...) and each repo's
 median is printed: an A/B of two versions of statekit on the same files, on a noisy machine.
-Each run is a fresh process (``Store.open``, one full verify, nothing remembered).
+Each run is a fresh process (``Store.open``, one full verify, the memo removed first: cold).
 ``--callgrind``: instead, the instructions of one full verify in one process (``workers=1``: the
 parent's work and every check; a store of 1-2k episodes takes a minute), counted by valgrind's
 callgrind around the call only (``bench_instructions.py``'s way): an A/B that load cannot blur.
@@ -60,6 +60,9 @@ workers = None if sys.argv[2] == "-" else int(sys.argv[2])
 from statekit.index.verify import verify as V
 store = Store.open(root)
 store.counts()
+for name in ("verified.db", "verified.db-journal"):  # the memo cold, as a first verify finds it
+    if os.path.exists(os.path.join(root, ".statekit", name)):
+        os.unlink(os.path.join(root, ".statekit", name))
 t0, c0 = time.perf_counter(), os.times()
 report = V(store.writer, full=True, workers=workers)
 t1, c1 = time.perf_counter(), os.times()

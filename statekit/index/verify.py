@@ -84,8 +84,9 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
     hashed: dict[str, str | None] = {}  # object sha256 -> its problem, if any
     found = list(walk(writer.root))
     print_ = verified.fingerprint(writer)
-    before = verified.load(writer.root, print_)
-    remembered = {} if full else before
+    # (a full verify needs what is remembered only to save what changed: read while the workers check)
+    before = None if full else verified.load(writer.root, print_)
+    remembered = before or {}
     backup_dirs = verified.backed_up(writer.root)  # (a clean check looks again, not trusting this listing)
     total = len(found)
     plain = _plain_shows(writer.root, {item[0] for item in found}) if backup_dirs is not None else set()
@@ -189,35 +190,17 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
             memo = None
         if memo is not None:
             memo = (memo[0] + index_of(show, ep), memo[1])
+        indexed_events.pop((show, ep), None)  # (its last use: freed while the workers go on, not all at the end)
         return first, then, state, held, assets, counts, row_claims, memo, False
 
-    # the remembered results whose index rows are unchanged too; the rest are checked in full
-    outcome: list[Any] = [None] * total
-    done = 0
-    for i, hit in enumerate(itertools.chain([first_look] if total else [], looked)):
-        if hit is not None:
-            show, ep = found[i][0], found[i][1]
-            memo = remembered[f"{show}/{ep}"]
-            if memo[0][32:] == index_of(show, ep):
-                outcome[i] = ([], [], *hit, memo, True)
-                if progress is not None:
-                    progress(done, total)
-                done += 1
-    missed = [i for i in range(total) if outcome[i] is None]
-    # the workers are handed indices into ``found`` (which they inherit): pickling each item's stat costs more;
-    # every item is handed out at once, so the workers go on while the index's events are read here
-    checked = ordered_map(lambda i: check(found[i]), missed, workers_for(len(missed), workers), eager=True)
-    first_checked = next(checked, None)
-    read_events()
-    for i, result in zip(missed, itertools.chain([first_checked] if missed else [], checked)):
-        outcome[i] = with_events(found[i], result)
-        if progress is not None:
-            progress(done, total)
-        done += 1
     clean: dict[str, tuple[bytes, bytes]] = {}
-    results = outcome
     row_claims_of: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
-    for (show, ep, path, _st), result in zip(found, results):
+
+    def merge(i: int) -> None:
+        """Episode ``i``'s result into the report, in the order of ``found`` (``outcome[i]`` then freed)."""
+        show, ep, path, _st = found[i]
+        result = outcome[i]
+        outcome[i] = None
         key = f"{show}/{ep}"
         seen.add((show, ep))
         report.checked += 1
@@ -241,6 +224,41 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
         report.problems.extend(then)
         if memo is not None and len(report.problems) == n_problems:  # clean, its assets too
             clean[key] = memo
+
+    # the remembered results whose index rows are unchanged too; the rest are checked in full
+    outcome: list[Any] = [None] * total
+    done = 0
+    for i, hit in enumerate(itertools.chain([first_look] if total else [], looked)):
+        if hit is not None:
+            show, ep = found[i][0], found[i][1]
+            memo = remembered[f"{show}/{ep}"]
+            if memo[0][32:] == index_of(show, ep):
+                indexed_events.pop((show, ep), None)
+                outcome[i] = ([], [], *hit, memo, True)
+                if progress is not None:
+                    progress(done, total)
+                done += 1
+    missed = [i for i in range(total) if outcome[i] is None]
+    # each result is merged as soon as those before it in ``found`` are (while the workers go on)
+    merged = 0
+    # the workers are handed indices into ``found`` (which they inherit): pickling each item's stat costs more;
+    # every item is handed out at once, so the workers go on while the index's events are read here
+    checked = ordered_map(lambda i: check(found[i]), missed, workers_for(len(missed), workers), eager=True)
+    first_checked = next(checked, None)
+    read_events()
+    if full:
+        before = verified.load(writer.root, print_)
+    for i, result in zip(missed, itertools.chain([first_checked] if missed else [], checked)):
+        outcome[i] = with_events(found[i], result)
+        if progress is not None:
+            progress(done, total)
+        done += 1
+        while merged <= i and outcome[merged] is not None:
+            merge(merged)
+            merged += 1
+    while merged < total:  # (the remembered results after the last one checked)
+        merge(merged)
+        merged += 1
     for show, ep in sorted(indexed.keys() - seen):
         report.problems.append(Problem(
             "index", os.path.join(writer.root, "shows", show, "episodes", ep),
@@ -272,7 +290,7 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
                 f"stage totals for {pair[0]}/{pair[1]} are {n} episodes, {cost:g} cost; the files say "
                 f"{int(want_n)}, {want_cost:g} (run 'statekit rebuild-index')"))
     if not isinstance(writer.disk, diskio.ReadOnlyDisk):  # a store opened read-only writes nothing
-        verified.save(writer.root, print_, before, clean)
+        verified.save(writer.root, print_, before or {}, clean)
     return report
 
 
