@@ -5,6 +5,7 @@ checkpoints, backups and assets, and duplicates of unique metadata values.
 from __future__ import annotations
 
 import gc
+import hashlib
 import itertools
 import logging
 import os
@@ -91,10 +92,11 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
     total = len(found)
     plain = _plain_shows(writer.root, {item[0] for item in found}) if backup_dirs is not None else set()
 
-    def files_of(item: tuple[str, str, str, os.stat_result]) -> tuple[bytes, bytes, bytes | None, Any, bytes] | None:
+    def files_of(item: tuple[str, str, str, os.stat_result]
+                 ) -> tuple[bytes, bytes, bytes | None, Any, bytes, bytes] | None:
         """(the digest of the files one episode's check reads, the file's bytes, the log's,
-        the links, the kept files' digest); None if something cannot be read (the check
-        finds it and words it)."""
+        the links, the kept files' digest, the file's sha256); None if something cannot be read
+        (the check finds it and words it)."""
         show, ep, path, st = item
         directory = os.path.dirname(path)
         log_path = directory + "/events.jsonl"
@@ -108,7 +110,9 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
                                        backup_dirs is None or (show, ep) in backup_dirs)
         except (StatekitError, OSError, ValueError):
             return None
-        return verified.file_digest(raw=raw, log_raw=log_raw, links=links, kept=kept), raw, log_raw, links, kept
+        raw_sha = hashlib.sha256(raw).digest()
+        return (verified.file_digest(raw=raw, log_raw=log_raw, links=links, kept=kept, raw_sha=raw_sha), raw, log_raw,
+                links, kept, raw_sha)
 
     def look(item: tuple[str, str, str, os.stat_result]) -> Any:
         """First pass, while the index is read: the remembered result of an episode whose
@@ -164,10 +168,10 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
         files = files_of(item)
         if files is None:
             return (*_check(writer, show, ep, path, row, marked, keys), None)
-        digest, raw, log_raw, links, kept = files
+        digest, raw, log_raw, links, kept, raw_sha = files
         # neither checkpoints nor backups, as the one listing of the backup folders saw it: nothing to check there
         none_kept = kept == verified.NOTHING_KEPT and show in plain and (show, ep) not in backup_dirs  # type: ignore[operator]
-        result = _check(writer, show, ep, path, row, marked, keys, raw, log_raw, links, none_kept)
+        result = _check(writer, show, ep, path, row, marked, keys, raw, log_raw, links, none_kept, raw_sha.hex())
         first, then, state, held, assets, counts, row_claims, _derived = result
         encoded = None
         # remembered only if the kept files the check saw are those digested: none (it counted none), or the
@@ -389,7 +393,7 @@ def _link(path: str, st: os.stat_result | None = None) -> tuple[int, int, bool] 
 
 def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, str, Any] | None,
            marked: dict[tuple[str, str], Any], keys: list[str], raw: bytes | None = None, log_raw: bytes | None = None,
-           links: tuple[Any, ...] | None = None, none_kept: bool = False) -> tuple[Any, ...]:
+           links: tuple[Any, ...] | None = None, none_kept: bool = False, sha: str | None = None) -> tuple[Any, ...]:
     """One episode checked in full: (problems found before its assets are hashed, after),
     its (stage, costs), its unique values, its assets, the checkpoints and backups checked,
     its index row's unique values, the ``event_keys`` of its log that the index's events must
@@ -397,7 +401,8 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
     ``links``: the file's and the log's bytes and the links as already read (else read here).
     ``none_kept``: the episode has
     neither a checkpoints folder nor a backup folder, and the folders on the way to them
-    are plain (``_plain_shows``): then ``_verify_kept_files`` would find nothing."""
+    are plain (``_plain_shows``): then ``_verify_kept_files`` would find nothing. ``sha``: the
+    sha256 of ``raw`` (hex), if made."""
     key = f"{show}/{ep}"
     before = VerifyReport()
     after: list[Problem] = []
@@ -428,7 +433,7 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
     _verify_links(before, key, path, log_path, links=links)
     read_log = links is not None  # the log's bytes are those given (None: no log)
     parsed_log = eventlog.parse_log(log_raw) if read_log else None  # (None: each reading its own way)
-    raw_sha = sha256_of(raw)
+    raw_sha = sha if sha is not None else sha256_of(raw)
     committed_model = _committed_by_log(writer, before, key, path, log_path, model, raw,
                                         kept_row[0] if kept_row is not None else None,
                                         log_raw if read_log else False, parsed_log, raw_sha)
