@@ -186,8 +186,8 @@ def index_digest(*, row: Any, mark: Any, event_keys: Any) -> bytes:
     """The digest of what an episode's check reads from the index (32 bytes): its row
     (version, file_sha256, data as stored), its pending mark, its events."""
     if row is None:
-        return hashlib.blake2b(_text([None, mark, event_keys]) + b"\0no row", digest_size=32).digest()
-    h = hashlib.blake2b(_text([row[0], row[1], mark, event_keys]), digest_size=32)  # (a JSON array: it ends itself)
+        return hashlib.sha256(_text([None, mark, event_keys]) + b"\0no row").digest()
+    h = hashlib.sha256(_text([row[0], row[1], mark, event_keys]))  # (a JSON array: it ends itself)
     h.update(row[2].encode() if isinstance(row[2], str) else _text(row[2]))
     return h.digest()
 
