@@ -363,11 +363,12 @@ _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
 def parse_log(raw: bytes | None) -> ParsedLog | None:
     """A log's bytes read once for both ``lines_of`` (strict) and ``tail_of`` (the fast parser):
     when orjson's reading of every line is exactly the strict one (``codecs.exact_json``'s
-    rules, judged over the whole log at once: no 19-digit number outside a text, no line nested past
-    the limit, every line an object, and either each line is orjson's own writing of what it read (as
-    statekit writes them: then no duplicate key, and no escape either reader takes otherwise), or no
-    ``\\u`` escape and as many colons written back as read: no duplicate key), both read each line
-    alike. None when that is not so (then ``lines_of`` and ``tail_of`` read it, each its own way)."""
+    rules, judged over the whole log at once: no line nested past the limit, every line an object,
+    and either each line is orjson's own writing of what it read (as statekit writes them: then no
+    duplicate key, no escape either reader takes otherwise, and if every integer is below 2**53, none
+    past 64 bits), or no ``\\u`` escape, as many colons written back as read (no duplicate key) and no
+    19-digit number outside a text), both read each line alike. None when that is not so (then
+    ``lines_of`` and ``tail_of`` read it, each its own way)."""
     if not raw:
         return ParsedLog([], [])
     lines = raw.split(b"\n")
@@ -386,14 +387,17 @@ def parse_log(raw: bytes | None) -> ParsedLog | None:
     except orjson.JSONDecodeError:
         return None
     body = raw if raw[-1:] == b"\n" else raw[:raw.rfind(b"\n") + 1]
-    written = orjson.dumps(read)
+    try:  # (in one call: whether every integer is below 2**53, then no integer can pass 64 bits)
+        written, small = orjson.dumps(read, option=orjson.OPT_STRICT_INTEGER), True
+    except TypeError:
+        written, small = orjson.dumps(read), False
     joined = b",".join(lines)
     # each line orjson's writing of its reading: the lines and the written array's items begin alike, and a
     # JSON object ends where it ends (its text from its first brace on is one), so line by line they are equal
-    if len(written) != len(joined) + 2 or not written.startswith(joined, 1):
-        if b"\\u" in body or written.count(b":") != body.count(b":"):
-            return None  # an escape (one may spell a colon), or a duplicate key (orjson kept one of the pair)
-    if has_long_number(body) and has_long_number(_STRINGS.sub(b"", body)):
+    own = len(written) == len(joined) + 2 and written.startswith(joined, 1)
+    if not own and (b"\\u" in body or written.count(b":") != body.count(b":")):
+        return None  # an escape (one may spell a colon), or a duplicate key (orjson kept one of the pair)
+    if not (own and small) and has_long_number(body) and has_long_number(_STRINGS.sub(b"", body)):
         return None  # a number of 19 digits (a run of digits inside a text, such as a hash, is no number)
     return ParsedLog(lines, [event if _typed(event) else None for event in read])
 

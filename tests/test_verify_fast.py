@@ -146,6 +146,11 @@ def test_parse_log_takes_the_plain_log_of_a_store(tmp_path: Path) -> None:
     parsed = eventlog.parse_log(raw)
     assert parsed is not None and parsed.committed("log", 3) == eventlog.lines_of(raw, "log", 3)
     assert eventlog.parse_log(raw.replace(b'"kind":', b'"kind":"x","kind":', 1)) is None
+    for n, fast in ((2**53 + 1, True), (2**63 - 1, False), (2**63, False), (2**64 - 1, False)):
+        big = raw.replace(b'"kind":', b'"n":%d,"kind":' % n, 1)  # orjson's own writing still
+        assert (eventlog.parse_log(big) is not None) == fast
+        if fast:
+            assert eventlog.parse_log(big).committed("log", 3) == eventlog.lines_of(big, "log", 3)  # type: ignore[union-attr]
     hashed = raw.replace(b'"kind":', b'"h":"0123456789012345678901234","kind":', 1)  # digits in a hash: read fast
     assert eventlog.parse_log(hashed) is not None and eventlog.parse_log(hashed.replace(b'"kind":', b'"n":1234567890'
                                                                                         b'012345678901,"kind":', 1)) is None
