@@ -341,6 +341,10 @@ class ParsedLog:
             known = self.hashes[i] = hashlib.sha256(self.lines[i]).hexdigest()
         return known
 
+    def last_event(self) -> dict[str, Any] | None:
+        """The event of ``tail``'s last line, found without hashing a line."""
+        return next((event for event in reversed(self.events) if event is not None), None)
+
     def tail(self) -> tuple[TailLine | None, TailLine | None]:
         """``tail_of(raw)``: the last two readable lines (last, the one before)."""
         found: list[TailLine] = []

@@ -114,6 +114,8 @@ def test_parse_log_reads_as_lines_of_and_tail_of(raw: bytes, committed: int) -> 
     assert _outcome(lambda: parsed.committed("log", committed)) == \
         _outcome(lambda: eventlog.lines_of(raw, "log", committed))
     assert _tail(parsed.tail()) == _tail(eventlog.tail_of(raw))
+    last = eventlog.tail_of(raw)[0]
+    assert parsed.last_event() == (last.event if last is not None else None)
     # hashed: the same events, each line's hash (before or after the tail hashed its lines), the same chain
     for fresh in (eventlog.parse_log(raw), parsed):
         assert fresh is not None

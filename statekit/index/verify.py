@@ -609,6 +609,10 @@ def _committed_by_log(writer: Writer, report: VerifyReport, key: str, path: str,
     ``parsed_log``: those bytes read once (``eventlog.parse_log``); ``sha``: the file's sha256."""
     if not writer.chained:
         return None
+    if parsed_log is not None and sha is not None:  # the usual answer, without the tail's hashes
+        last_event = parsed_log.last_event()
+        if last_event is None or not eventlog.is_chained(last_event) or last_event.get("sha256") == sha:
+            return None  # (no chained line, or the last one commits the file: ``committing``'s first rule)
     try:
         last, before = eventlog.read_tail(log_path) if log_raw is False else parsed_log.tail() \
             if parsed_log is not None else eventlog.tail_of(log_raw or None)
