@@ -472,13 +472,17 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
         lines = []
     after.extend(_graph_problems(writer, key, path, log_path, model, lines))
     versions = [line["version"] for line in lines]
-    # (never range(1, version + 1): a hand-edited version can be huge)
-    if len(versions) != model.version or any(v != i for i, v in enumerate(versions, 1)):
+    # (range(1, version + 1) only once the lengths are equal: a hand-edited version can be huge)
+    if len(versions) != model.version or versions != list(range(1, len(versions) + 1)):
         missing = _missing(versions, model.version)
         after.append(Problem(
             "events", log_path, f"{log_path}: the log does not hold versions 1..{model.version} exactly"
             + (f" (missing {missing})" if missing else " (out of order or repeated)"), key))
-    foreign = next((line for line in lines if (line["show_id"], line["episode_id"]) != (show, ep)), None)
+    foreign = None
+    for line in lines:
+        if line["show_id"] != show or line["episode_id"] != ep:
+            foreign = line
+            break
     if foreign is not None:
         after.append(Problem(
             "events", log_path, f"{log_path}: event version {foreign['version']} names "
@@ -555,13 +559,20 @@ def event_key(values: Any) -> tuple[Any, ...]:
     return tuple(out)
 
 
+_NO_GRAPH = object()
+
+
 def _graph_problems(writer: Writer, key: str, path: str, log_path: str, model: Episode,
                     lines: list[dict[str, Any]]) -> list[Problem]:
     """Moves the graph they were made under (the event's ``graph``) does not allow,
     and an episode the current graph strands (``graphs.stranding``)."""
     found = []
+    digest: Any = _NO_GRAPH
+    graph = None
     for line in lines:
-        graph = writer.graphs.graph(line.get("graph"))
+        if line.get("graph") != digest:  # (a log's lines name one graph, mostly: looked up once each)
+            digest = line.get("graph")
+            graph = writer.graphs.graph(digest)
         reason = illegal_move(graph, line) if graph is not None else None
         if reason is not None:
             found.append(Problem("move", log_path, f"{log_path}: {reason}", key))
