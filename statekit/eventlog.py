@@ -377,12 +377,11 @@ def parse_log(raw: bytes | None) -> ParsedLog | None:
         return ParsedLog([], [])
     lines = raw.split(b"\n")
     lines.pop()  # after the last newline: empty, or a torn append
-    whole = raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH  # (then no line can be nested past it)
     loads = orjson.loads
     read: list[Any] = []
     try:
-        for line in lines:
-            if not whole and line.count(b"[") + line.count(b"{") > MAX_DEPTH:
+        for line in lines:  # (a line of MAX_DEPTH bytes or fewer cannot be nested past it; each byte counted once)
+            if len(line) > MAX_DEPTH and line.count(b"[") + line.count(b"{") > MAX_DEPTH:
                 return None
             event = loads(line)
             if type(event) is not dict:
