@@ -347,6 +347,8 @@ DAMAGES: dict[str, Callable[[Store], None]] = {
     "a show's backups symlinked": lambda store: _symlinked(Path(store.root, ".statekit", "backups", "episodes", "t")),
     "a show's backups a file": lambda store: _filed(Path(store.root, ".statekit", "backups", "episodes", "t")),
     "an episodes folder symlinked": lambda store: _symlinked(Path(store.root, "shows", "t", "episodes")),
+    "a folder without its file": lambda store: (_episode(store, "e").unlink(),
+                                                Path(store.root, "shows", "s", "episodes", "zz").mkdir()),
     "a backup of another episode": lambda store: shutil.copytree(
         Path(store.root, ".statekit", "backups", "episodes", "s", "a"),
         Path(store.root, ".statekit", "backups", "episodes", "s", "zz")),
@@ -429,3 +431,17 @@ def test_verify_on_another_thread_never_touches_the_garbage_collector(tmp_path: 
         assert store.verify(full=True).clean and seen == [True] and gc.isenabled()  # the main thread's does
     finally:
         gc.disable = real  # type: ignore[assignment]
+
+
+def test_folders_without_a_file_in_a_pool_and_in_one_process(tmp_path: Path) -> None:
+    """Each folder's file is looked for by the worker that checks it: a folder without one is no
+    episode (as the parent's walk had it), in a pool as in one process, memo cold or warm."""
+    store = _made(tmp_path / "store", "json")
+    _episode(store, "c").unlink()
+    Path(store.root, "shows", "s", "episodes", "zz").mkdir()
+    Path(store.root, "shows", "t", "episodes", "aa").mkdir()
+    one = verify(store.writer, full=True, workers=1)
+    pooled = verify(store.writer, full=True, workers=2)
+    assert pooled == one and one.checked == 5
+    assert [p.episode for p in one.problems if p.episode] == ["s/c"]  # in the index, its file gone (and totals)
+    assert verify(store.writer, workers=2) == verify(store.writer, workers=1)

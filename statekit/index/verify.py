@@ -36,7 +36,7 @@ from ..unique import shown
 from . import verified
 from .pool import ordered_map, workers_for
 from .rows import claim_rows, derived, iso, totals_delta
-from .scan import Problem, Progress, VerifyReport, index_path, problem, sha256_of, walk
+from .scan import Problem, Progress, VerifyReport, episode_file, episode_folders, index_path, problem, sha256_of
 from .tables import (
     episodes,
     events,
@@ -83,14 +83,23 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
     """``verify``, with the collector as it is."""
     report = VerifyReport()
     hashed: dict[str, str | None] = {}  # object sha256 -> its problem, if any
-    found = list(walk(writer.root))
+    # the episode folders, listed here; each folder's file is looked for (and lstat'ed) by the worker that
+    # checks it (``located``), as a rebuild's workers do: the parent's walk was serial time before the pool
+    folders = list(episode_folders(writer.root))
     print_ = verified.fingerprint(writer)
     # (a full verify needs what is remembered only to save what changed: read while the workers check)
     before = None if full else verified.load(writer.root, print_)
     remembered = before or {}
     backup_dirs = verified.backed_up(writer.root)  # (a clean check looks again, not trusting this listing)
-    total = len(found)
-    plain = _plain_shows(writer.root, {item[0] for item in found}) if backup_dirs is not None else set()
+    total = len(folders)
+    found: list[Any] = [None] * total  # (show, episode, path, stat) of each folder's file, as the workers find it
+    plain = _plain_shows(writer.root, {item[0] for item in folders}) if backup_dirs is not None else set()
+
+    def located(i: int) -> tuple[str, str, str, os.stat_result] | None:
+        """``walk``'s item for folder ``i``: None if it holds no episode file (then it is no episode)."""
+        show, ep, base = folders[i]
+        got = episode_file(base)
+        return None if got is None else (show, ep, got[0], got[1])
 
     def files_of(item: tuple[str, str, str, os.stat_result]
                  ) -> tuple[bytes, bytes, bytes | None, Any, bytes, bytes] | None:
@@ -105,7 +114,7 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
             if raw is None:
                 return None
             log_raw = packed.read_either(log_path)
-            links = (_link(path, st), _link(log_path))  # (the walk's lstat of the file)
+            links = (_link(path, st), _link(log_path))  # (the lstat that found the file)
             kept = verified.kept_files(writer.root, show, ep, directory,
                                        backup_dirs is None or (show, ep) in backup_dirs)
         except (StatekitError, OSError, ValueError):
@@ -114,19 +123,20 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
         return (verified.file_digest(raw=raw, log_raw=log_raw, links=links, kept=kept, raw_sha=raw_sha), raw, log_raw,
                 links, kept, raw_sha)
 
-    def look(item: tuple[str, str, str, os.stat_result]) -> Any:
-        """First pass, while the index is read: the remembered result of an episode whose
+    def look(i: int) -> Any:
+        """First pass, while the index is read: (the item, the remembered result) of an episode whose
         files are those of its last clean check (its index rows are compared after)."""
-        memo = remembered.get(f"{item[0]}/{item[1]}")
+        memo = remembered.get(f"{folders[i][0]}/{folders[i][1]}")
         if memo is None:
             return None
-        files = files_of(item)
+        item = located(i)
+        files = files_of(item) if item is not None else None
         if files is None or files[0] != memo[0][:32]:
             return None
-        return verified.decode(memo[1])
+        return item, verified.decode(memo[1])
 
-    looked = ordered_map(lambda i: look(found[i]), range(total), workers_for(total, workers) if remembered else 1,
-                         eager=True)  # (indices into ``found``, which the workers inherit: not pickled)
+    looked = ordered_map(look, range(total), workers_for(total, workers) if remembered else 1,
+                         eager=True)  # (indices into ``folders``, which the workers inherit: not pickled)
     first_look = next(looked, None)  # (the workers read the files while the index is read below)
     with writer.index.reading() as conn:
         # the row's data as stored: parsed only for an episode checked in full
@@ -157,17 +167,21 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
         return verified.index_digest(row=indexed.get((show, ep)), mark=marked.get((show, ep)),
                                      event_keys=indexed_events.get((show, ep)))
 
-    def check(item: tuple[str, str, str, os.stat_result]) -> Any:
-        """One episode checked in full (``_check``), and (its digest, the result encoded)
-        when it may be remembered. Runs in a pool's worker: the assets are hashed by the
+    def check(i: int) -> Any:
+        """(the episode file's path, folder ``i``'s episode checked in full (``_check``) and (its digest,
+        the result encoded) when it may be remembered); None if the folder holds no episode file.
+        Runs in a pool's worker: the assets are hashed by the
         caller, each stored object once. The index's events are compared by the parent
         (``with_events``: the last of the episode's problems, if they differ), which also
         completes the memo's digest with the index's part."""
+        item = located(i)
+        if item is None:
+            return None
         show, ep, path, _st = item
         row = indexed.get((show, ep))
         files = files_of(item)
         if files is None:
-            return (*_check(writer, show, ep, path, row, marked, keys), None)
+            return path, (*_check(writer, show, ep, path, row, marked, keys), None)
         digest, raw, log_raw, links, kept, raw_sha = files
         # neither checkpoints nor backups, as the one listing of the backup folders saw it: nothing to check there
         none_kept = kept == verified.NOTHING_KEPT and show in plain and (show, ep) not in backup_dirs  # type: ignore[operator]
@@ -180,7 +194,7 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
                 kept == verified.NOTHING_KEPT and counts == (0, 0)
                 or _kept(writer, show, ep, os.path.dirname(path)) == kept):
             encoded = verified.encode(state, held, assets, counts, row_claims)
-        return (*result, (digest, encoded) if encoded is not None else None)
+        return path, (*result, (digest, encoded) if encoded is not None else None)
 
     def with_events(item: tuple[str, str, str, os.stat_result], result: tuple[Any, ...]) -> tuple[Any, ...]:
         """A worker's result with the index's events compared (the last check of ``_check``)
@@ -201,10 +215,12 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
     row_claims_of: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
 
     def merge(i: int) -> None:
-        """Episode ``i``'s result into the report, in the order of ``found`` (``outcome[i]`` then freed)."""
-        show, ep, path, _st = found[i]
+        """Episode ``i``'s result into the report, in the order of ``folders`` (``outcome[i]`` then freed)."""
         result = outcome[i]
         outcome[i] = None
+        if result is _NO_FILE:
+            return
+        show, ep, path, _st = found[i]
         key = f"{show}/{ep}"
         seen.add((show, ep))
         report.checked += 1
@@ -234,10 +250,12 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
     done = 0
     for i, hit in enumerate(itertools.chain([first_look] if total else [], looked)):
         if hit is not None:
-            show, ep = found[i][0], found[i][1]
+            item, hit = hit
+            show, ep = item[0], item[1]
             memo = remembered[f"{show}/{ep}"]
             if memo[0][32:] == index_of(show, ep):
                 indexed_events.pop((show, ep), None)
+                found[i] = item
                 outcome[i] = ([], [], *hit, memo, True)
                 if progress is not None:
                     progress(done, total)
@@ -245,15 +263,19 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
     missed = [i for i in range(total) if outcome[i] is None]
     # each result is merged as soon as those before it in ``found`` are (while the workers go on)
     merged = 0
-    # the workers are handed indices into ``found`` (which they inherit): pickling each item's stat costs more;
+    # the workers are handed indices into ``folders`` (which they inherit): pickling each item costs more;
     # every item is handed out at once, so the workers go on while the index's events are read here
-    checked = ordered_map(lambda i: check(found[i]), missed, workers_for(len(missed), workers), eager=True)
+    checked = ordered_map(check, missed, workers_for(len(missed), workers), eager=True)
     first_checked = next(checked, None)
     read_events()
     if full:
         before = verified.load(writer.root, print_)
-    for i, result in zip(missed, itertools.chain([first_checked] if missed else [], checked)):
-        outcome[i] = with_events(found[i], result)
+    for i, got in zip(missed, itertools.chain([first_checked] if missed else [], checked)):
+        if got is None:
+            outcome[i] = _NO_FILE
+        else:
+            found[i] = (*folders[i][:2], got[0], None)
+            outcome[i] = with_events(found[i], got[1])
         if progress is not None:
             progress(done, total)
         done += 1
@@ -296,6 +318,10 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
     if not isinstance(writer.disk, diskio.ReadOnlyDisk):  # a store opened read-only writes nothing
         verified.save(writer.root, print_, before or {}, clean)
     return report
+
+
+_NO_FILE = ("no episode file",)
+"""A folder's outcome when it holds no episode file (``walk`` would not have named it)."""
 
 
 def _kept(writer: Writer, show: str, ep: str, directory: str) -> bytes | None:
