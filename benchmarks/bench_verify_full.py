@@ -20,7 +20,6 @@ import os
 import re
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
 COUNTED = r"""
