@@ -445,3 +445,23 @@ def test_folders_without_a_file_in_a_pool_and_in_one_process(tmp_path: Path) -> 
     assert pooled == one and one.checked == 5
     assert [p.episode for p in one.problems if p.episode] == ["s/c"]  # in the index, its file gone (and totals)
     assert verify(store.writer, workers=2) == verify(store.writer, workers=1)
+
+
+def test_the_memo_is_saved_on_a_helper_thread_before_verify_returns(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``verified.save`` runs beside the store-wide checks; verify returns once it is done, and raises
+    what it raised."""
+    from statekit.index import verified
+    store = _made(tmp_path / "store", "json")
+    saved: list[str] = []
+    real = verified.save
+    monkeypatch.setattr(verified, "save", lambda *args: (real(*args), saved.append(threading.current_thread().name)))
+    assert verify(store.writer, full=True).clean and saved == ["statekit-verify-memo"]
+    assert verify(store.writer).unchanged == 6
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(verified, "save", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        verify(store.writer, full=True)

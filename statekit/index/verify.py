@@ -285,6 +285,20 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
     while merged < total:  # (the remembered results after the last one checked)
         merge(merged)
         merged += 1
+    # what was found clean is remembered on a helper thread (its disk syncs overlap the store-wide checks
+    # below and the freeing of what was read); joined before returning, its failure raised as before
+    failed: list[BaseException] = []
+
+    def save() -> None:
+        try:
+            verified.save(writer.root, print_, before or {}, clean)
+        except BaseException as exc:  # noqa: BLE001 - raised by the caller, after the join
+            failed.append(exc)
+
+    saving = None
+    if not isinstance(writer.disk, diskio.ReadOnlyDisk):  # a store opened read-only writes nothing
+        saving = threading.Thread(target=save, name="statekit-verify-memo")
+        saving.start()
     for show, ep in sorted(indexed.keys() - seen):
         report.problems.append(Problem(
             "index", os.path.join(writer.root, "shows", show, "episodes", ep),
@@ -315,8 +329,12 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
                 "index", index_path(writer.root),
                 f"stage totals for {pair[0]}/{pair[1]} are {n} episodes, {cost:g} cost; the files say "
                 f"{int(want_n)}, {want_cost:g} (run 'statekit rebuild-index')"))
-    if not isinstance(writer.disk, diskio.ReadOnlyDisk):  # a store opened read-only writes nothing
-        verified.save(writer.root, print_, before or {}, clean)
+    for read in (indexed, folders, found, seen, row_claims_of, holders, expected_claims):
+        read.clear()  # (freed while the memo is saved, not after)
+    if saving is not None:
+        saving.join()
+        if failed:
+            raise failed[0]
     return report
 
 
