@@ -124,8 +124,8 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
                 links, kept, raw_sha)
 
     def look(i: int) -> Any:
-        """First pass, while the index is read: (the item, the remembered result) of an episode whose
-        files are those of its last clean check (its index rows are compared after)."""
+        """First pass, while the index is read: (the file's path, the remembered result) of an episode
+        whose files are those of its last clean check (its index rows are compared after)."""
         memo = remembered.get(f"{folders[i][0]}/{folders[i][1]}")
         if memo is None:
             return None
@@ -133,7 +133,7 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
         files = files_of(item) if item is not None else None
         if files is None or files[0] != memo[0][:32]:
             return None
-        return item, verified.decode(memo[1])
+        return item[2], verified.decode(memo[1])  # (the path alone: a stat pickles slowly)
 
     looked = ordered_map(look, range(total), workers_for(total, workers) if remembered else 1,
                          eager=True)  # (indices into ``folders``, which the workers inherit: not pickled)
@@ -250,12 +250,12 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
     done = 0
     for i, hit in enumerate(itertools.chain([first_look] if total else [], looked)):
         if hit is not None:
-            item, hit = hit
-            show, ep = item[0], item[1]
+            path, hit = hit
+            show, ep = folders[i][0], folders[i][1]
             memo = remembered[f"{show}/{ep}"]
             if memo[0][32:] == index_of(show, ep):
                 indexed_events.pop((show, ep), None)
-                found[i] = item
+                found[i] = (show, ep, path, None)
                 outcome[i] = ([], [], *hit, memo, True)
                 if progress is not None:
                     progress(done, total)
