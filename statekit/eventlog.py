@@ -19,7 +19,7 @@ import os
 import re
 import stat
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -281,13 +281,15 @@ def _read(raw: bytes | None, path: str, committed: int, strict: bool, with_raw: 
         return []
     lines = raw.split(b"\n")
     lines.pop()  # after the last newline: empty, or a torn append
-    return _committed(((line, _parse_event_line(line, strict)) for line in lines), path, committed, with_raw)
+    return _committed(((line, _parse_event_line(line, strict)) for line in lines), path, committed,
+                      1 if with_raw else 0)
 
 
-def _committed(parsed: Iterable[tuple[bytes, dict[str, Any] | None]], path: str, committed: int,
-               with_raw: bool) -> list[Any]:
+def _committed(parsed: Iterable[tuple[Any, dict[str, Any] | None]], path: str, committed: int,
+               how: int) -> list[Any]:
     """The committed events of a log's lines, each with its event (None: not one): a damaged
-    line before the tail raises ``CorruptFileError``; an uncommitted tail is left out."""
+    line before the tail raises ``CorruptFileError``; an uncommitted tail is left out. ``how``:
+    0 the events, 1 each with its line and a newline, 2 each with what ``parsed`` paired it with."""
     out: list[Any] = []
     last = -1 << 63  # the version of the last event kept
     bad: int | None = None
@@ -304,7 +306,7 @@ def _committed(parsed: Iterable[tuple[bytes, dict[str, Any] | None]], path: str,
             raise CorruptFileError(f"{path}:{number}: event version {version} comes after version "
                                    f"{last} (a repeated or misplaced line)", path=path, line=number)
         last = version
-        out.append((event, line + b"\n") if with_raw else event)
+        out.append(event if not how else (event, line + b"\n") if how == 1 else (event, line))
     if bad is not None and committed and (not out or last < committed):
         raise CorruptFileError(f"{path}:{bad}: unreadable event line", path=path, line=bad)
     return out
@@ -319,21 +321,42 @@ class ParsedLog:
     """The lines before the last newline, without their newlines."""
     events: list[dict[str, Any] | None]
     """Each line's event (None: not one), read strictly and by the fast parser alike."""
+    hashes: dict[int, str] = field(default_factory=dict)
+    """``line_hash`` of the lines hashed so far, by their index."""
 
     def committed(self, path: str, committed: int) -> list[tuple[dict[str, Any], bytes]]:
         """``lines_of(raw, path, committed)`` (strict): the same lines, the same errors."""
-        return _committed(zip(self.lines, self.events), path, committed, True)
+        return _committed(zip(self.lines, self.events), path, committed, 1)
+
+    def hashed(self, path: str, committed: int) -> tuple[list[dict[str, Any]], list[str]]:
+        """``committed``'s events, and the ``line_hash`` of each of their lines (the same errors):
+        what ``chain_problems`` takes, no line copied, none hashed twice (``tail`` hashed the last two)."""
+        found = _committed(zip(range(len(self.events)), self.events), path, committed, 2)
+        return [event for event, _i in found], [self.hash(i) for _event, i in found]
+
+    def hash(self, i: int) -> str:
+        """``line_hash`` of line ``i``."""
+        known = self.hashes.get(i)
+        if known is None:
+            known = self.hashes[i] = hashlib.sha256(self.lines[i]).hexdigest()
+        return known
+
+    def last_event(self) -> dict[str, Any] | None:
+        """The event of ``tail``'s last line, found without hashing a line."""
+        return next((event for event in reversed(self.events) if event is not None), None)
 
     def tail(self) -> tuple[TailLine | None, TailLine | None]:
         """``tail_of(raw)``: the last two readable lines (last, the one before)."""
         found: list[TailLine] = []
-        end = sum(len(line) for line in self.lines) + len(self.lines)
-        for line, event in zip(reversed(self.lines), reversed(self.events)):
+        end = sum(map(len, self.lines)) + len(self.lines)
+        lines, events = self.lines, self.events
+        for i in range(len(lines) - 1, -1, -1):
+            event = events[i]
             if event is not None:
-                found.append(TailLine(event, hashlib.sha256(line).hexdigest(), end))
+                found.append(TailLine(event, self.hash(i), end))
                 if len(found) == 2:
                     break
-            end -= len(line) + 1
+            end -= len(lines[i]) + 1
         return (found[0] if found else None), (found[1] if len(found) > 1 else None)
 
 
@@ -344,22 +367,21 @@ _STRINGS = re.compile(rb'"(?:[^"\\]|\\.)*"')
 def parse_log(raw: bytes | None) -> ParsedLog | None:
     """A log's bytes read once for both ``lines_of`` (strict) and ``tail_of`` (the fast parser):
     when orjson's reading of every line is exactly the strict one (``codecs.exact_json``'s
-    rules, judged over the whole log at once: no ``\\u`` escape, no 19-digit number outside a text, no line
-    nested past the limit, every line an object, as many colons written back as read: no
-    duplicate key), both read each line alike. None when that is not so (then ``lines_of``
-    and ``tail_of`` read it, each its own way)."""
+    rules, judged over the whole log at once: no line nested past the limit, every line an object,
+    and either each line is orjson's own writing of what it read (as statekit writes them: then no
+    duplicate key, no escape either reader takes otherwise, and if every integer is below 2**53, none
+    past 64 bits), or no ``\\u`` escape, as many colons written back as read (no duplicate key) and no
+    19-digit number outside a text), both read each line alike. None when that is not so (then
+    ``lines_of`` and ``tail_of`` read it, each its own way)."""
     if not raw:
         return ParsedLog([], [])
-    if b"\\u" in raw:
-        return None
     lines = raw.split(b"\n")
     lines.pop()  # after the last newline: empty, or a torn append
-    whole = raw.count(b"[") + raw.count(b"{") <= MAX_DEPTH  # (then no line can be nested past it)
     loads = orjson.loads
     read: list[Any] = []
     try:
-        for line in lines:
-            if not whole and line.count(b"[") + line.count(b"{") > MAX_DEPTH:
+        for line in lines:  # (a line of MAX_DEPTH bytes or fewer cannot be nested past it; each byte counted once)
+            if len(line) > MAX_DEPTH and line.count(b"[") + line.count(b"{") > MAX_DEPTH:
                 return None
             event = loads(line)
             if type(event) is not dict:
@@ -367,10 +389,18 @@ def parse_log(raw: bytes | None) -> ParsedLog | None:
             read.append(event)
     except orjson.JSONDecodeError:
         return None
-    body = raw[:raw.rfind(b"\n") + 1]
-    if orjson.dumps(read).count(b":") != body.count(b":"):
-        return None  # a duplicate key somewhere (orjson kept one of the pair)
-    if has_long_number(body) and has_long_number(_STRINGS.sub(b"", body)):
+    body = raw if raw[-1:] == b"\n" else raw[:raw.rfind(b"\n") + 1]
+    try:  # (in one call: whether every integer is below 2**53, then no integer can pass 64 bits)
+        written, small = orjson.dumps(read, option=orjson.OPT_STRICT_INTEGER), True
+    except TypeError:
+        written, small = orjson.dumps(read), False
+    joined = b",".join(lines)
+    # each line orjson's writing of its reading: the lines and the written array's items begin alike, and a
+    # JSON object ends where it ends (its text from its first brace on is one), so line by line they are equal
+    own = len(written) == len(joined) + 2 and written.startswith(joined, 1)
+    if not own and (b"\\u" in body or written.count(b":") != body.count(b":")):
+        return None  # an escape (one may spell a colon), or a duplicate key (orjson kept one of the pair)
+    if not (own and small) and has_long_number(body) and has_long_number(_STRINGS.sub(b"", body)):
         return None  # a number of 19 digits (a run of digits inside a text, such as a hash, is no number)
     return ParsedLog(lines, [event if _typed(event) else None for event in read])
 
@@ -537,8 +567,11 @@ def replay(lines: list[dict[str, Any]], upto: int | None = None, path: str = "ev
             data = event["doc"] if consume and last_only else copy.deepcopy(event["doc"])
         else:
             try:
-                data = patches.apply(data or {}, event.get("patch", []), in_place=last_only and data is not None,
-                                     copy_values=not (consume and last_only))
+                if consume and last_only and type(data) is dict:
+                    _patch_in_place(data, event.get("patch", []))
+                else:
+                    data = patches.apply(data or {}, event.get("patch", []), in_place=last_only and data is not None,
+                                         copy_values=not (consume and last_only))
             except patches.PatchError as exc:
                 raise CorruptFileError(f"{path}: version {event['version']}: the patch does not apply ({exc})",
                                        path=path) from None
@@ -546,10 +579,57 @@ def replay(lines: list[dict[str, Any]], upto: int | None = None, path: str = "ev
     return out[-1:] if last_only else out
 
 
-def chain_problems(path: str, lines: list[dict[str, Any]], raws: list[bytes]) -> list[str]:
+class _Paths(dict):  # type: ignore[type-arg]
+    """A pointer of one or two keys (no ``~``) -> (the first key, or None for one key; the last key);
+    None for any other pointer. Filled as pointers are met (statekit's patches name few), up to a bound."""
+
+    def __missing__(self, path: Any) -> tuple[str | None, str] | None:
+        found = None
+        if type(path) is str and path[:1] == "/" and "~" not in path:
+            first, _slash, key = path[1:].partition("/")
+            if not _slash:
+                found = (None, first)
+            elif "/" not in key:
+                found = (first, key)
+        if type(path) is str and len(self) < 4096:
+            self[path] = found
+        return found
+
+
+_SIMPLE_PATHS = _Paths()
+
+
+def _patch_in_place(data: dict[str, Any], patch: Any) -> None:
+    """``patches.apply(data, patch, in_place=True, copy_values=False)``, the usual operations done here
+    (an ``add`` or ``replace`` of a key of the document, or of an object one key down: what statekit's
+    own patches hold); any other operation is handed to ``patches.apply`` alone, which applies it, or
+    refuses it with the same words (operations apply one after another, so one at a time is the same;
+    ``tests/test_verify_fast.py`` holds both to the same documents and errors)."""
+    if type(patch) is not list:
+        patches.apply(data, patch, in_place=True, copy_values=False)  # (refuses it)
+        return
+    simple = _SIMPLE_PATHS
+    for op in patch:
+        try:
+            first, key = simple[op["path"]]
+            kind = op["op"]
+            value = op["value"]
+        except (KeyError, TypeError):  # not a dict, a pointer of another form, no value: the plain way
+            kind = None
+        if kind == "replace" or kind == "add":
+            parent = data if first is None else data.get(first)
+            if type(parent) is dict and (kind == "add" or key in parent):
+                parent[key] = value
+                continue
+        patches.apply(data, [op], in_place=True, copy_values=False)
+
+
+def chain_problems(path: str, lines: list[dict[str, Any]], raws: list[bytes] | None = None, *,
+                   hashes: list[str] | None = None) -> list[str]:
     """What is wrong with a log's chain: a ``prev`` that is not the hash of the line
     before, versions that do not go up by one, a move that does not start where the
-    last one ended. Checked from the first chained line on (older lines predate it)."""
+    last one ended. Checked from the first chained line on (older lines predate it).
+    ``raws``: the lines' bytes; or ``hashes``: their ``line_hash`` already made."""
     problems: list[str] = []
     first = next((i for i, e in enumerate(lines) if is_chained(e)), None)
     if first is None:
@@ -559,7 +639,8 @@ def chain_problems(path: str, lines: list[dict[str, Any]], raws: list[bytes]) ->
         moved_to = event.get("to_stage")
         if i >= first:
             if i > first or "prev" in event:
-                expected = line_hash(raws[i - 1]) if i > 0 else None
+                expected = None if i == 0 else hashes[i - 1] if hashes is not None \
+                    else line_hash(raws[i - 1])  # type: ignore[index]
                 if event.get("prev") != expected:
                     problems.append(f"{path}:{i + 1}: the hash chain is broken (prev does not match line {i}): "
                                     "an earlier line was changed, removed or inserted")

@@ -114,6 +114,21 @@ def test_parse_log_reads_as_lines_of_and_tail_of(raw: bytes, committed: int) -> 
     assert _outcome(lambda: parsed.committed("log", committed)) == \
         _outcome(lambda: eventlog.lines_of(raw, "log", committed))
     assert _tail(parsed.tail()) == _tail(eventlog.tail_of(raw))
+    last = eventlog.tail_of(raw)[0]
+    assert parsed.last_event() == (last.event if last is not None else None)
+    # hashed: the same events, each line's hash (before or after the tail hashed its lines), the same chain
+    for fresh in (eventlog.parse_log(raw), parsed):
+        assert fresh is not None
+        plain = _outcome(lambda: eventlog.lines_of(raw, "log", committed))
+        got = _outcome(lambda: fresh.hashed("log", committed))  # noqa: B023
+        if plain[0] == "error":
+            assert got == plain
+            continue
+        read = plain[1]
+        assert got == ("ok", ([e for e, _r in read], [eventlog.line_hash(r) for _e, r in read]))
+        lines, hashes = got[1]
+        assert eventlog.chain_problems("log", lines, hashes=hashes) == \
+            eventlog.chain_problems("log", lines, [r for _e, r in read])
 
 
 def test_parse_log_takes_the_plain_log_of_a_store(tmp_path: Path) -> None:
@@ -126,6 +141,18 @@ def test_parse_log_takes_the_plain_log_of_a_store(tmp_path: Path) -> None:
     assert parsed is not None and parsed.committed("log", 2) == eventlog.lines_of(raw, "log", 2)
     assert eventlog.parse_log(raw.replace(b'"kind":', b'"kind":"x","kind":', 1)) is None  # a duplicate key
     assert eventlog.parse_log(b"") is not None and eventlog.parse_log(None) is not None
+    # orjson's own writing, escapes included (a control character), is read fast; a duplicate in it is not
+    store.advance("s", "e", "downloaded", message="caf\u00e9 \x01 \\u003a")
+    raw = Path(store.root, "shows/s/episodes/e/events.jsonl").read_bytes()
+    assert b"\\u0001" in raw
+    parsed = eventlog.parse_log(raw)
+    assert parsed is not None and parsed.committed("log", 3) == eventlog.lines_of(raw, "log", 3)
+    assert eventlog.parse_log(raw.replace(b'"kind":', b'"kind":"x","kind":', 1)) is None
+    for n, fast in ((2**53 + 1, True), (2**63 - 1, False), (2**63, False), (2**64 - 1, False)):
+        big = raw.replace(b'"kind":', b'"n":%d,"kind":' % n, 1)  # orjson's own writing still
+        assert (eventlog.parse_log(big) is not None) == fast
+        if fast:
+            assert eventlog.parse_log(big).committed("log", 3) == eventlog.lines_of(big, "log", 3)  # type: ignore[union-attr]
     hashed = raw.replace(b'"kind":', b'"h":"0123456789012345678901234","kind":', 1)  # digits in a hash: read fast
     assert eventlog.parse_log(hashed) is not None and eventlog.parse_log(hashed.replace(b'"kind":', b'"n":1234567890'
                                                                                         b'012345678901,"kind":', 1)) is None
@@ -193,12 +220,56 @@ def test_data_same_is_same(replayed: dict[str, Any], data: dict[str, Any], equal
     assert verify_module._data_same(replayed, data, None) == same(replayed, data)
 
 
+# --- _patch_in_place: patches.apply in place, the usual operations without it ----------------------
+
+_KEY = st.sampled_from(["a", "b", "c", "", "0", "-", "x~1", "a/b"])
+_POINTER = st.one_of(
+    st.lists(st.sampled_from(["a", "b", "c", "", "0", "1", "-", "01", "~0", "~1", "x~"]), min_size=0, max_size=3)
+    .map(lambda parts: "".join("/" + p for p in parts)),
+    st.sampled_from(["a", "", "a/b", 3, None, ["/a"]]))
+_OP = st.one_of(
+    st.fixed_dictionaries({"op": st.sampled_from(["add", "replace", "remove", "move", 1, None]), "path": _POINTER},
+                          optional={"value": _JSON}),
+    st.sampled_from([[], "add", None, 1, {"path": "/a", "value": 1}]))
+
+
+@given(st.dictionaries(_KEY, st.one_of(_JSON, st.dictionaries(_KEY, _JSON, max_size=3)), max_size=4),
+       st.one_of(st.lists(_OP, max_size=5), st.sampled_from([None, {}, "patch"])))
+def test_patch_in_place_is_apply(doc: dict[str, Any], patch: Any) -> None:
+    from statekit import patches
+    plain, fast = orjson.loads(orjson.dumps(doc)), orjson.loads(orjson.dumps(doc))
+    ops, ops_fast = orjson.loads(orjson.dumps(patch)), orjson.loads(orjson.dumps(patch))
+
+    def outcome(call: Callable[[], Any], data: dict[str, Any]) -> Any:
+        try:
+            call()
+        except patches.PatchError as exc:
+            return ("error", str(exc), orjson.dumps(data))
+        return ("ok", orjson.dumps(data))
+
+    assert outcome(lambda: eventlog._patch_in_place(fast, ops_fast), fast) == \
+        outcome(lambda: patches.apply(plain, ops, in_place=True, copy_values=False), plain)
+
+
+def test_patch_in_place_takes_statekit_patches(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fast form is the one in use: a statekit patch never reaches ``patches.apply``."""
+    from statekit import patches
+    before = {"stage": "a", "costs": {"a": 1.0}, "attempts": {}, "title": "T", "error_history": []}
+    after = {"stage": "b", "costs": {"a": 1.0, "b": 0.5}, "attempts": {"b": 1}, "title": "T two",
+             "error_history": []}
+    monkeypatch.setattr(patches, "apply", None)
+    eventlog._patch_in_place(before, patches.diff(before, after))
+    assert before == after
+
+
 # --- a full verify of a damaged store: every fast path on, then off --------------------------
 
 
 def _slow(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(eventlog, "parse_log", lambda raw: None)
     monkeypatch.setattr(eventlog, "events_valid", lambda lines: False)
+    monkeypatch.setattr(eventlog, "_patch_in_place", lambda data, patch: eventlog.patches.apply(
+        data, patch, in_place=True, copy_values=False))
     monkeypatch.setattr(verify_module, "_plain_shows", lambda root, shows: set())
     monkeypatch.setattr(verify_module, "_row_same",
                         lambda stored, data, text=None: same(verify_module._document(stored), data))
@@ -276,6 +347,8 @@ DAMAGES: dict[str, Callable[[Store], None]] = {
     "a show's backups symlinked": lambda store: _symlinked(Path(store.root, ".statekit", "backups", "episodes", "t")),
     "a show's backups a file": lambda store: _filed(Path(store.root, ".statekit", "backups", "episodes", "t")),
     "an episodes folder symlinked": lambda store: _symlinked(Path(store.root, "shows", "t", "episodes")),
+    "a folder without its file": lambda store: (_episode(store, "e").unlink(),
+                                                Path(store.root, "shows", "s", "episodes", "zz").mkdir()),
     "a backup of another episode": lambda store: shutil.copytree(
         Path(store.root, ".statekit", "backups", "episodes", "s", "a"),
         Path(store.root, ".statekit", "backups", "episodes", "s", "zz")),
@@ -358,3 +431,37 @@ def test_verify_on_another_thread_never_touches_the_garbage_collector(tmp_path: 
         assert store.verify(full=True).clean and seen == [True] and gc.isenabled()  # the main thread's does
     finally:
         gc.disable = real  # type: ignore[assignment]
+
+
+def test_folders_without_a_file_in_a_pool_and_in_one_process(tmp_path: Path) -> None:
+    """Each folder's file is looked for by the worker that checks it: a folder without one is no
+    episode (as the parent's walk had it), in a pool as in one process, memo cold or warm."""
+    store = _made(tmp_path / "store", "json")
+    _episode(store, "c").unlink()
+    Path(store.root, "shows", "s", "episodes", "zz").mkdir()
+    Path(store.root, "shows", "t", "episodes", "aa").mkdir()
+    one = verify(store.writer, full=True, workers=1)
+    pooled = verify(store.writer, full=True, workers=2)
+    assert pooled == one and one.checked == 5
+    assert [p.episode for p in one.problems if p.episode] == ["s/c"]  # in the index, its file gone (and totals)
+    assert verify(store.writer, workers=2) == verify(store.writer, workers=1)
+
+
+def test_the_memo_is_saved_on_a_helper_thread_before_verify_returns(tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """``verified.save`` runs beside the store-wide checks; verify returns once it is done, and raises
+    what it raised."""
+    from statekit.index import verified
+    store = _made(tmp_path / "store", "json")
+    saved: list[str] = []
+    real = verified.save
+    monkeypatch.setattr(verified, "save", lambda *args: (real(*args), saved.append(threading.current_thread().name)))
+    assert verify(store.writer, full=True).clean and saved == ["statekit-verify-memo"]
+    assert verify(store.writer).unchanged == 6
+
+    def broken(*args: Any) -> None:
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(verified, "save", broken)
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        verify(store.writer, full=True)

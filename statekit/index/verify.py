@@ -5,6 +5,7 @@ checkpoints, backups and assets, and duplicates of unique metadata values.
 from __future__ import annotations
 
 import gc
+import hashlib
 import itertools
 import logging
 import os
@@ -35,7 +36,7 @@ from ..unique import shown
 from . import verified
 from .pool import ordered_map, workers_for
 from .rows import claim_rows, derived, iso, totals_delta
-from .scan import Problem, Progress, VerifyReport, index_path, problem, sha256_of, walk
+from .scan import Problem, Progress, VerifyReport, episode_file, episode_folders, index_path, problem, sha256_of
 from .tables import (
     episodes,
     events,
@@ -82,18 +83,29 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
     """``verify``, with the collector as it is."""
     report = VerifyReport()
     hashed: dict[str, str | None] = {}  # object sha256 -> its problem, if any
-    found = list(walk(writer.root))
+    # the episode folders, listed here; each folder's file is looked for (and lstat'ed) by the worker that
+    # checks it (``located``), as a rebuild's workers do: the parent's walk was serial time before the pool
+    folders = list(episode_folders(writer.root))
     print_ = verified.fingerprint(writer)
-    before = verified.load(writer.root, print_)
-    remembered = {} if full else before
+    # (a full verify needs what is remembered only to save what changed: read while the workers check)
+    before = None if full else verified.load(writer.root, print_)
+    remembered = before or {}
     backup_dirs = verified.backed_up(writer.root)  # (a clean check looks again, not trusting this listing)
-    total = len(found)
-    plain = _plain_shows(writer.root, {item[0] for item in found}) if backup_dirs is not None else set()
+    total = len(folders)
+    found: list[Any] = [None] * total  # (show, episode, path, stat) of each folder's file, as the workers find it
+    plain = _plain_shows(writer.root, {item[0] for item in folders}) if backup_dirs is not None else set()
 
-    def files_of(item: tuple[str, str, str, os.stat_result]) -> tuple[bytes, bytes, bytes | None, Any, bytes] | None:
+    def located(i: int) -> tuple[str, str, str, os.stat_result] | None:
+        """``walk``'s item for folder ``i``: None if it holds no episode file (then it is no episode)."""
+        show, ep, base = folders[i]
+        got = episode_file(base)
+        return None if got is None else (show, ep, got[0], got[1])
+
+    def files_of(item: tuple[str, str, str, os.stat_result]
+                 ) -> tuple[bytes, bytes, bytes | None, Any, bytes, bytes] | None:
         """(the digest of the files one episode's check reads, the file's bytes, the log's,
-        the links, the kept files' digest); None if something cannot be read (the check
-        finds it and words it)."""
+        the links, the kept files' digest, the file's sha256); None if something cannot be read
+        (the check finds it and words it)."""
         show, ep, path, st = item
         directory = os.path.dirname(path)
         log_path = directory + "/events.jsonl"
@@ -102,26 +114,29 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
             if raw is None:
                 return None
             log_raw = packed.read_either(log_path)
-            links = (_link(path, st), _link(log_path))  # (the walk's lstat of the file)
+            links = (_link(path, st), _link(log_path))  # (the lstat that found the file)
             kept = verified.kept_files(writer.root, show, ep, directory,
                                        backup_dirs is None or (show, ep) in backup_dirs)
         except (StatekitError, OSError, ValueError):
             return None
-        return verified.file_digest(raw=raw, log_raw=log_raw, links=links, kept=kept), raw, log_raw, links, kept
+        raw_sha = hashlib.sha256(raw).digest()
+        return (verified.file_digest(raw=raw, log_raw=log_raw, links=links, kept=kept, raw_sha=raw_sha), raw, log_raw,
+                links, kept, raw_sha)
 
-    def look(item: tuple[str, str, str, os.stat_result]) -> Any:
-        """First pass, while the index is read: the remembered result of an episode whose
-        files are those of its last clean check (its index rows are compared after)."""
-        memo = remembered.get(f"{item[0]}/{item[1]}")
+    def look(i: int) -> Any:
+        """First pass, while the index is read: (the file's path, the remembered result) of an episode
+        whose files are those of its last clean check (its index rows are compared after)."""
+        memo = remembered.get(f"{folders[i][0]}/{folders[i][1]}")
         if memo is None:
             return None
-        files = files_of(item)
+        item = located(i)
+        files = files_of(item) if item is not None else None
         if files is None or files[0] != memo[0][:32]:
             return None
-        return verified.decode(memo[1])
+        return item[2], verified.decode(memo[1])  # (the path alone: a stat pickles slowly)
 
-    looked = ordered_map(lambda i: look(found[i]), range(total), workers_for(total, workers) if remembered else 1,
-                         eager=True)  # (indices into ``found``, which the workers inherit: not pickled)
+    looked = ordered_map(look, range(total), workers_for(total, workers) if remembered else 1,
+                         eager=True)  # (indices into ``folders``, which the workers inherit: not pickled)
     first_look = next(looked, None)  # (the workers read the files while the index is read below)
     with writer.index.reading() as conn:
         # the row's data as stored: parsed only for an episode checked in full
@@ -152,21 +167,25 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
         return verified.index_digest(row=indexed.get((show, ep)), mark=marked.get((show, ep)),
                                      event_keys=indexed_events.get((show, ep)))
 
-    def check(item: tuple[str, str, str, os.stat_result]) -> Any:
-        """One episode checked in full (``_check``), and (its digest, the result encoded)
-        when it may be remembered. Runs in a pool's worker: the assets are hashed by the
+    def check(i: int) -> Any:
+        """(the episode file's path, folder ``i``'s episode checked in full (``_check``) and (its digest,
+        the result encoded) when it may be remembered); None if the folder holds no episode file.
+        Runs in a pool's worker: the assets are hashed by the
         caller, each stored object once. The index's events are compared by the parent
         (``with_events``: the last of the episode's problems, if they differ), which also
         completes the memo's digest with the index's part."""
+        item = located(i)
+        if item is None:
+            return None
         show, ep, path, _st = item
         row = indexed.get((show, ep))
         files = files_of(item)
         if files is None:
-            return (*_check(writer, show, ep, path, row, marked, keys), None)
-        digest, raw, log_raw, links, kept = files
+            return path, (*_check(writer, show, ep, path, row, marked, keys), None)
+        digest, raw, log_raw, links, kept, raw_sha = files
         # neither checkpoints nor backups, as the one listing of the backup folders saw it: nothing to check there
         none_kept = kept == verified.NOTHING_KEPT and show in plain and (show, ep) not in backup_dirs  # type: ignore[operator]
-        result = _check(writer, show, ep, path, row, marked, keys, raw, log_raw, links, none_kept)
+        result = _check(writer, show, ep, path, row, marked, keys, raw, log_raw, links, none_kept, raw_sha.hex())
         first, then, state, held, assets, counts, row_claims, _derived = result
         encoded = None
         # remembered only if the kept files the check saw are those digested: none (it counted none), or the
@@ -175,7 +194,7 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
                 kept == verified.NOTHING_KEPT and counts == (0, 0)
                 or _kept(writer, show, ep, os.path.dirname(path)) == kept):
             encoded = verified.encode(state, held, assets, counts, row_claims)
-        return (*result, (digest, encoded) if encoded is not None else None)
+        return path, (*result, (digest, encoded) if encoded is not None else None)
 
     def with_events(item: tuple[str, str, str, os.stat_result], result: tuple[Any, ...]) -> tuple[Any, ...]:
         """A worker's result with the index's events compared (the last check of ``_check``)
@@ -189,35 +208,19 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
             memo = None
         if memo is not None:
             memo = (memo[0] + index_of(show, ep), memo[1])
+        indexed_events.pop((show, ep), None)  # (its last use: freed while the workers go on, not all at the end)
         return first, then, state, held, assets, counts, row_claims, memo, False
 
-    # the remembered results whose index rows are unchanged too; the rest are checked in full
-    outcome: list[Any] = [None] * total
-    done = 0
-    for i, hit in enumerate(itertools.chain([first_look] if total else [], looked)):
-        if hit is not None:
-            show, ep = found[i][0], found[i][1]
-            memo = remembered[f"{show}/{ep}"]
-            if memo[0][32:] == index_of(show, ep):
-                outcome[i] = ([], [], *hit, memo, True)
-                if progress is not None:
-                    progress(done, total)
-                done += 1
-    missed = [i for i in range(total) if outcome[i] is None]
-    # the workers are handed indices into ``found`` (which they inherit): pickling each item's stat costs more;
-    # every item is handed out at once, so the workers go on while the index's events are read here
-    checked = ordered_map(lambda i: check(found[i]), missed, workers_for(len(missed), workers), eager=True)
-    first_checked = next(checked, None)
-    read_events()
-    for i, result in zip(missed, itertools.chain([first_checked] if missed else [], checked)):
-        outcome[i] = with_events(found[i], result)
-        if progress is not None:
-            progress(done, total)
-        done += 1
     clean: dict[str, tuple[bytes, bytes]] = {}
-    results = outcome
     row_claims_of: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
-    for (show, ep, path, _st), result in zip(found, results):
+
+    def merge(i: int) -> None:
+        """Episode ``i``'s result into the report, in the order of ``folders`` (``outcome[i]`` then freed)."""
+        result = outcome[i]
+        outcome[i] = None
+        if result is _NO_FILE:
+            return
+        show, ep, path, _st = found[i]
         key = f"{show}/{ep}"
         seen.add((show, ep))
         report.checked += 1
@@ -241,6 +244,61 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
         report.problems.extend(then)
         if memo is not None and len(report.problems) == n_problems:  # clean, its assets too
             clean[key] = memo
+
+    # the remembered results whose index rows are unchanged too; the rest are checked in full
+    outcome: list[Any] = [None] * total
+    done = 0
+    for i, hit in enumerate(itertools.chain([first_look] if total else [], looked)):
+        if hit is not None:
+            path, hit = hit
+            show, ep = folders[i][0], folders[i][1]
+            memo = remembered[f"{show}/{ep}"]
+            if memo[0][32:] == index_of(show, ep):
+                indexed_events.pop((show, ep), None)
+                found[i] = (show, ep, path, None)
+                outcome[i] = ([], [], *hit, memo, True)
+                if progress is not None:
+                    progress(done, total)
+                done += 1
+    missed = [i for i in range(total) if outcome[i] is None]
+    # each result is merged as soon as those before it in ``found`` are (while the workers go on)
+    merged = 0
+    # the workers are handed indices into ``folders`` (which they inherit): pickling each item costs more;
+    # every item is handed out at once, so the workers go on while the index's events are read here
+    checked = ordered_map(check, missed, workers_for(len(missed), workers), eager=True)
+    first_checked = next(checked, None)
+    read_events()
+    if full:
+        before = verified.load(writer.root, print_)
+    for i, got in zip(missed, itertools.chain([first_checked] if missed else [], checked)):
+        if got is None:
+            outcome[i] = _NO_FILE
+        else:
+            found[i] = (*folders[i][:2], got[0], None)
+            outcome[i] = with_events(found[i], got[1])
+        if progress is not None:
+            progress(done, total)
+        done += 1
+        while merged <= i and outcome[merged] is not None:
+            merge(merged)
+            merged += 1
+    while merged < total:  # (the remembered results after the last one checked)
+        merge(merged)
+        merged += 1
+    # what was found clean is remembered on a helper thread (its disk syncs overlap the store-wide checks
+    # below and the freeing of what was read); joined before returning, its failure raised as before
+    failed: list[BaseException] = []
+
+    def save() -> None:
+        try:
+            verified.save(writer.root, print_, before or {}, clean)
+        except BaseException as exc:  # noqa: BLE001 - raised by the caller, after the join
+            failed.append(exc)
+
+    saving = None
+    if not isinstance(writer.disk, diskio.ReadOnlyDisk):  # a store opened read-only writes nothing
+        saving = threading.Thread(target=save, name="statekit-verify-memo")
+        saving.start()
     for show, ep in sorted(indexed.keys() - seen):
         report.problems.append(Problem(
             "index", os.path.join(writer.root, "shows", show, "episodes", ep),
@@ -271,9 +329,17 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
                 "index", index_path(writer.root),
                 f"stage totals for {pair[0]}/{pair[1]} are {n} episodes, {cost:g} cost; the files say "
                 f"{int(want_n)}, {want_cost:g} (run 'statekit rebuild-index')"))
-    if not isinstance(writer.disk, diskio.ReadOnlyDisk):  # a store opened read-only writes nothing
-        verified.save(writer.root, print_, before, clean)
+    for read in (indexed, folders, found, seen, row_claims_of, holders, expected_claims):
+        read.clear()  # (freed while the memo is saved, not after)
+    if saving is not None:
+        saving.join()
+        if failed:
+            raise failed[0]
     return report
+
+
+_NO_FILE = ("no episode file",)
+"""A folder's outcome when it holds no episode file (``walk`` would not have named it)."""
 
 
 def _kept(writer: Writer, show: str, ep: str, directory: str) -> bytes | None:
@@ -371,7 +437,7 @@ def _link(path: str, st: os.stat_result | None = None) -> tuple[int, int, bool] 
 
 def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, str, Any] | None,
            marked: dict[tuple[str, str], Any], keys: list[str], raw: bytes | None = None, log_raw: bytes | None = None,
-           links: tuple[Any, ...] | None = None, none_kept: bool = False) -> tuple[Any, ...]:
+           links: tuple[Any, ...] | None = None, none_kept: bool = False, sha: str | None = None) -> tuple[Any, ...]:
     """One episode checked in full: (problems found before its assets are hashed, after),
     its (stage, costs), its unique values, its assets, the checkpoints and backups checked,
     its index row's unique values, the ``event_keys`` of its log that the index's events must
@@ -379,7 +445,8 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
     ``links``: the file's and the log's bytes and the links as already read (else read here).
     ``none_kept``: the episode has
     neither a checkpoints folder nor a backup folder, and the folders on the way to them
-    are plain (``_plain_shows``): then ``_verify_kept_files`` would find nothing."""
+    are plain (``_plain_shows``): then ``_verify_kept_files`` would find nothing. ``sha``: the
+    sha256 of ``raw`` (hex), if made."""
     key = f"{show}/{ep}"
     before = VerifyReport()
     after: list[Problem] = []
@@ -410,7 +477,7 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
     _verify_links(before, key, path, log_path, links=links)
     read_log = links is not None  # the log's bytes are those given (None: no log)
     parsed_log = eventlog.parse_log(log_raw) if read_log else None  # (None: each reading its own way)
-    raw_sha = sha256_of(raw)
+    raw_sha = sha if sha is not None else sha256_of(raw)
     committed_model = _committed_by_log(writer, before, key, path, log_path, model, raw,
                                         kept_row[0] if kept_row is not None else None,
                                         log_raw if read_log else False, parsed_log, raw_sha)
@@ -420,14 +487,19 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
     dumped_text: bytes | None = None  # (orjson's writing of ``dumped``, when made)
     derived: list[tuple[Any, ...]] = []
     try:
-        read = parsed_log.committed(log_path, model.version) if parsed_log is not None \
-            else eventlog.lines_of(log_raw, log_path, model.version) if read_log \
-            else eventlog.read_lines(log_path, model.version)
-        lines = [event for event, _raw in read]
+        hashes: list[str] | None = None
+        if parsed_log is not None:
+            lines, hashes = parsed_log.hashed(log_path, model.version)
+        else:
+            read = eventlog.lines_of(log_raw, log_path, model.version) if read_log \
+                else eventlog.read_lines(log_path, model.version)
+            lines = [event for event, _raw in read]
         if not eventlog.events_valid(lines):  # (then certainly valid, without a model per line)
             eventlog.validate_events(log_path, lines)  # what events() would refuse
         derived = event_keys(log_path, lines)
-        for message in eventlog.chain_problems(log_path, lines, [raw_line for _event, raw_line in read]):
+        chain = eventlog.chain_problems(log_path, lines, hashes=hashes) if hashes is not None \
+            else eventlog.chain_problems(log_path, lines, [raw_line for _event, raw_line in read])
+        for message in chain:
             after.append(Problem("chain", log_path, message, key))
         if committed_model is None and any(eventlog.is_chained(e) for e in lines):
             # the last use of the lines' documents and patches: replayed without copying them
@@ -444,13 +516,17 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
         lines = []
     after.extend(_graph_problems(writer, key, path, log_path, model, lines))
     versions = [line["version"] for line in lines]
-    # (never range(1, version + 1): a hand-edited version can be huge)
-    if len(versions) != model.version or any(v != i for i, v in enumerate(versions, 1)):
+    # (range(1, version + 1) only once the lengths are equal: a hand-edited version can be huge)
+    if len(versions) != model.version or versions != list(range(1, len(versions) + 1)):
         missing = _missing(versions, model.version)
         after.append(Problem(
             "events", log_path, f"{log_path}: the log does not hold versions 1..{model.version} exactly"
             + (f" (missing {missing})" if missing else " (out of order or repeated)"), key))
-    foreign = next((line for line in lines if (line["show_id"], line["episode_id"]) != (show, ep)), None)
+    foreign = None
+    for line in lines:
+        if line["show_id"] != show or line["episode_id"] != ep:
+            foreign = line
+            break
     if foreign is not None:
         after.append(Problem(
             "events", log_path, f"{log_path}: event version {foreign['version']} names "
@@ -527,13 +603,20 @@ def event_key(values: Any) -> tuple[Any, ...]:
     return tuple(out)
 
 
+_NO_GRAPH = object()
+
+
 def _graph_problems(writer: Writer, key: str, path: str, log_path: str, model: Episode,
                     lines: list[dict[str, Any]]) -> list[Problem]:
     """Moves the graph they were made under (the event's ``graph``) does not allow,
     and an episode the current graph strands (``graphs.stranding``)."""
     found = []
+    digest: Any = _NO_GRAPH
+    graph = None
     for line in lines:
-        graph = writer.graphs.graph(line.get("graph"))
+        if line.get("graph") != digest:  # (a log's lines name one graph, mostly: looked up once each)
+            digest = line.get("graph")
+            graph = writer.graphs.graph(digest)
         reason = illegal_move(graph, line) if graph is not None else None
         if reason is not None:
             found.append(Problem("move", log_path, f"{log_path}: {reason}", key))
@@ -581,6 +664,10 @@ def _committed_by_log(writer: Writer, report: VerifyReport, key: str, path: str,
     ``parsed_log``: those bytes read once (``eventlog.parse_log``); ``sha``: the file's sha256."""
     if not writer.chained:
         return None
+    if parsed_log is not None and sha is not None:  # the usual answer, without the tail's hashes
+        last_event = parsed_log.last_event()
+        if last_event is None or not eventlog.is_chained(last_event) or last_event.get("sha256") == sha:
+            return None  # (no chained line, or the last one commits the file: ``committing``'s first rule)
     try:
         last, before = eventlog.read_tail(log_path) if log_raw is False else parsed_log.tail() \
             if parsed_log is not None else eventlog.tail_of(log_raw or None)
