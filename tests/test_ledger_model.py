@@ -91,6 +91,15 @@ class Ledger(RuleBasedStateMachine):
         expected = self.store.get("s", ep).version if checked else None
         self.try_("advance", lambda: self.store.advance("s", ep, stage, cost=0.5, expected_version=expected))
 
+    @rule(ep=st.sampled_from(EPISODES), pick=st.integers(0, 3))
+    def advance_legally(self, ep: str, pick: int) -> None:
+        """A move the graph allows from the stage the store reports (most random moves are
+        refused, and a run of examples must still see writes succeed)."""
+        stage = self.store.get("s", ep).stage
+        allowed = self.store.writer.pipeline.next_stages(stage)
+        if allowed:
+            self.try_("advance", lambda: self.store.advance("s", ep, allowed[pick % len(allowed)], cost=0.5))
+
     @rule(ep=st.sampled_from(EPISODES), title=st.text(alphabet="abc ", max_size=5))
     def update(self, ep: str, title: str) -> None:
         self.try_("update", lambda: self.store.update("s", ep, title=title))
