@@ -192,8 +192,10 @@ def rows_for(writer: Writer, show: str, ep: str, path: str, raw: bytes, st: os.s
             edit = {"fields": writer.pending_fields(data, model)}
             model = Episode.model_validate(data)
             pending.append(f"{show}/{ep}")
+    if data is None:  # the model's JSON data: the file's own when it is in that form (``parsing.dumped_episode``)
+        data = parsed.dumped if parsed.dumped is not None else model.model_dump(mode="json")
     row = episode_row(
-        model, data if data is not None else model.model_dump(mode="json"), writer.pipeline,
+        model, data, writer.pipeline,
         path=relative(path, writer.root), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
         checked_at_ns=time.time_ns(), position=position, pending=edit,  # type: ignore[arg-type]
     )

@@ -1,0 +1,285 @@
+"""The episode file's fast form (``parsing.dumped_episode``) against the model itself.
+
+``dumped_episode(data)`` may say True only where ``Episode.model_validate`` takes ``data``
+and its ``model_dump(mode="json")`` is ``data`` again (same keys in the same order, same
+types: compared as orjson writes them), and where the trusted validation gives the same
+model. Checked on valid episodes of every form the model writes, and on each of them
+mutated one field at a time (a wrong type, a bad id, a time in another form, ...).
+``parse_episode`` with the fast form on and off gives the same model, or the same error.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError as PydanticValidationError
+
+from statekit import parsing
+from statekit.codecs import JSON_CODEC, YAML_CODEC
+from statekit.errors import StatekitError
+from statekit.models import TRUSTED, Episode
+from statekit.parsing import dumped_episode, parse_episode
+from statekit.pipeline import load_pipeline
+
+_ID = st.sampled_from(["show1", "ep1", "downloading", "converted", "a", "x" * 128, "a.b-c_d", "0"])
+_BAD_ID = st.sampled_from(["", "A", "-a", "a/b", "x" * 129, "con", "aux.v2", "a\n", "é", 1, None, True])
+_TEXT = st.text(alphabet=st.sampled_from("az é\n\"\\:\x00\ud800"), max_size=6)
+_GOOD_TEXT = st.text(alphabet=st.sampled_from("az é\n\"\\:\x00"), max_size=6)
+_TIMES = st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                      timezones=st.sampled_from([timezone.utc] * 9 + [timezone(timedelta(hours=2))]))
+_JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**64, 2**64),
+                               st.floats(allow_nan=True, allow_infinity=True), _TEXT),
+                     lambda inner: st.one_of(st.lists(inner, max_size=3),
+                                             st.dictionaries(_TEXT, inner, max_size=3)), max_leaves=8)
+_EDGES = [
+    "\ud800", "a\udfff", "", "x" * 200, "x" * 201, "é" * 200, "é" * 201, -1, -2**63, 2**63 - 1, 1e-300, -1e-300,
+    math.inf, -math.inf, math.nan, "0123abcd", "0123abc", "0123ABCD", "0123abcd" * 8 + "0", None, True, False, "1",
+    1.5, -0.0, 0.0, 1.0, -1.0, 0, 1, 2**63, 1e308, 1_000_001, -1_000_000, {}, [], {"a": 1}, [1], "a" * 64, "0" * 64,
+    "A" * 64, "0" * 63, "deadbeef", "2026-01-01T00:00:00Z", "2026-01-01T00:00:00.000000Z", "2026-02-30T00:00:00Z",
+    "a", "a/b", "con", "x" * 129, 3, 4, 2]
+_ODD = st.one_of(_BAD_ID, _JSON, st.sampled_from(_EDGES), st.sampled_from([
+    "2026-01-01T00:00:00Z", "2026-01-01T00:00:00.000000Z", "2026-02-30T00:00:00Z", "2026-01-01T24:00:00Z",
+    "2026-01-01T00:00:00.5Z", "2026-01-01T00:00:00+00:00", "2026-01-01 00:00:00Z", "2026-01-01T00:00:00.123456z",
+    "0000-01-01T00:00:00Z", "a" * 64, "0" * 64, "A" * 64, "0" * 63, "deadbeef", -0.0, 0.0, 1.0, -1.0, 0, -1,
+    2**63, 1e308, 1_000_001, -1_000_000, {}, [], {"a": 1}]))
+
+
+@st.composite
+def episodes(draw: Any) -> dict[str, Any]:
+    """An episode's data as ``model_dump(mode="json")`` writes it (often in the fast form)."""
+    costs = draw(st.dictionaries(_ID, st.one_of(st.floats(0, 1e6), st.integers(0, 10)), max_size=3))
+    created = draw(_TIMES)
+    fields: dict[str, Any] = {
+        "show_id": draw(_ID), "episode_id": draw(_ID), "stage": draw(_ID), "version": draw(st.integers(0, 2**63 - 1)),
+        "created_at": created, "updated_at": draw(_TIMES), "stage_entered_at": draw(_TIMES), "costs": costs,
+        "title": draw(_GOOD_TEXT),
+        "attempts": draw(st.dictionaries(_ID, st.integers(0, 5), max_size=3)),
+        "metadata": draw(st.dictionaries(st.text(max_size=3), _JSON, max_size=3).filter(_plain)),
+        "files": draw(st.dictionaries(st.text(max_size=3), st.text(max_size=3), max_size=2)),
+        "priority": draw(st.sampled_from([0, 0, 1, -1_000_000, 1_000_000])),
+    }
+    if draw(st.booleans()):
+        fields["previous_stage"] = draw(_ID)
+        fields["message"] = draw(st.text(max_size=4))
+        fields["hold"] = draw(st.one_of(st.none(), st.text(max_size=4)))
+        fields["stage_done"] = draw(st.booleans())
+        fields["due_at"] = draw(st.one_of(st.none(), _TIMES))
+    if draw(st.booleans()):
+        fields["checkpoints"] = {draw(_ID): {"sha256": "ab" * 32, "size": draw(st.integers(0, 2**40)),
+                                            "at": draw(_TIMES)}}
+    if draw(st.booleans()):
+        fields["lease"] = {"owner": draw(st.text(min_size=1, max_size=4)), "run_id": "0123abcd" * draw(
+            st.integers(1, 8)), "acquired_at": created, "expires_at": draw(_TIMES)}
+    if draw(st.integers(0, 9)) == 9:  # forms the fast check leaves to the model
+        fields["approvals"] = {"gate": {"by": "me", "at": created, "given_at_stage": "x"}}
+    if draw(st.integers(0, 9)) == 9:
+        fields["error_history"] = [{"at": created, "message": "boom"}]
+    model = Episode.model_validate(fields)
+    return model.model_dump(mode="json")
+
+
+def _plain(metadata: dict[str, Any]) -> bool:
+    try:
+        Episode.model_validate({"show_id": "a", "episode_id": "b", "stage": "c", "version": 1, "metadata": metadata,
+                                "created_at": datetime.now(timezone.utc), "updated_at": datetime.now(timezone.utc),
+                                "stage_entered_at": datetime.now(timezone.utc)})
+    except PydanticValidationError:
+        return False
+    return True
+
+
+def _same_as_the_model(data: Any) -> None:
+    """What ``dumped_episode(data)`` promises, checked against the model."""
+    before = copy.deepcopy(data)
+    sure = dumped_episode(data)
+    assert data == before  # only looked at
+    if not sure:
+        return
+    model = Episode.model_validate(copy.deepcopy(data))  # (raises if the fast form took an invalid episode)
+    dumped = model.model_dump(mode="json")
+    assert orjson.dumps(dumped) == orjson.dumps(data)  # keys, order, types, values
+    trusted = Episode.model_validate(data, context=TRUSTED)
+    assert trusted == model
+    assert trusted.model_fields_set == model.model_fields_set
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(episodes())
+def test_dumped_episode_takes_only_what_the_model_dumps(data: dict[str, Any]) -> None:
+    _same_as_the_model(data)
+
+
+def test_dumped_episode_takes_statekit_files() -> None:
+    now = datetime(2026, 1, 1, 12, 30, 5, 123456, tzinfo=timezone.utc)
+    model = Episode(show_id="s", episode_id="e", stage="downloading", version=3, created_at=now, updated_at=now,
+                    stage_entered_at=now, costs={"discovered": 0.1, "downloading": 0.2}, cost_total=0.3,
+                    attempts={"downloading": 1}, metadata={"tags": ["a", 1, 2.5, None, True], "n": {"x": "é"}},
+                    files={"audio": "a.mp3"}, message="ok", priority=5)
+    data = model.model_dump(mode="json")
+    assert dumped_episode(data)
+    assert dumped_episode(JSON_CODEC.load(JSON_CODEC.dump_plain(data), "x.json"))
+    assert dumped_episode(YAML_CODEC.load(YAML_CODEC.dump_plain(data), "x.yaml"))
+    _same_as_the_model(data)
+
+
+@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@given(episodes(), st.data())
+def test_dumped_episode_refuses_what_the_model_would_not_dump_the_same(data: dict[str, Any], draw: Any) -> None:
+    """One field (or a nested one) changed to something else, removed, or a key added."""
+    how = draw.draw(st.integers(0, 9))
+    keys = list(data)
+    if how == 0:
+        del data[draw.draw(st.sampled_from(keys))]
+    elif how == 1:
+        data[draw.draw(st.sampled_from(["extra", "priority", "episodes"]))] = draw.draw(_ODD)
+    elif how == 2:  # the same data, keys in another order
+        key = draw.draw(st.sampled_from(keys))
+        data[key] = data.pop(key)
+    else:
+        key = draw.draw(st.sampled_from(keys))
+        value = data[key]
+        if isinstance(value, dict) and value and draw.draw(st.booleans()):
+            inner = draw.draw(st.sampled_from(list(value)))
+            if isinstance(value[inner], dict) and value[inner] and draw.draw(st.booleans()):
+                value[inner][draw.draw(st.sampled_from(list(value[inner])))] = draw.draw(_ODD)
+            elif draw.draw(st.booleans()):
+                value[draw.draw(st.one_of(_BAD_ID.filter(lambda k: isinstance(k, str)), _TEXT))] = value.pop(inner)
+            else:
+                value[inner] = draw.draw(_ODD)
+        else:
+            data[key] = draw.draw(_ODD)
+    _same_as_the_model(data)
+
+
+_FIELDS = [*Episode.model_fields, "lease.owner", "lease.run_id", "lease.acquired_at", "lease.expires_at",
+           "checkpoints.*.sha256", "checkpoints.*.size", "checkpoints.*.at", "costs.*", "attempts.*", "files.*",
+           "metadata.*", "costs", "attempts", "files", "checkpoints", "metadata"]
+
+
+@pytest.mark.parametrize("field", _FIELDS)
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(data=episodes(), value=_ODD, as_key=st.booleans())
+def test_each_field_in_another_form(field: str, data: dict[str, Any], value: Any, as_key: bool) -> None:
+    """``field`` (``a.b``: nested; ``*``: an entry of the mapping) set to an odd value, or
+    (``as_key``, an entry of a mapping) an entry's key changed to it."""
+    *parents, last = field.split(".")
+    target: Any = data
+    for part in parents:
+        if not isinstance(target, dict):
+            return
+        if part == "*":
+            if not target:
+                return
+            part = sorted(target)[0]
+        if part not in target:
+            target[part] = {}
+        target = target[part]
+    if not isinstance(target, dict):
+        return
+    if last == "*":
+        if as_key and target and isinstance(value, str):
+            key = sorted(target)[0]
+            target[value] = target.pop(key)
+        else:
+            target[sorted(target)[0] if target else "x"] = value
+    elif isinstance(value, dict) and as_key:  # a mapping of that one odd entry
+        target[last] = {"k": value}
+    else:
+        target[last] = value
+    _same_as_the_model(data)
+
+
+def test_each_field_at_the_edges() -> None:
+    """Every field of ``_FIELDS`` set to every value of ``_EDGES`` (as in ``test_each_field_in_another_form``)."""
+    now = datetime(2026, 1, 1, 12, 0, 0, 1, tzinfo=timezone.utc)
+    base = Episode(show_id="s", episode_id="e", stage="a", version=1, created_at=now, updated_at=now,
+                   stage_entered_at=now, costs={"a": 0.5}, cost_total=0.5, attempts={"a": 1}, files={"f": "g"},
+                   metadata={"m": [1]}, checkpoints={"c": {"sha256": "ab" * 32, "size": 1, "at": now}},
+                   lease={"owner": "o", "run_id": "0123abcd", "acquired_at": now, "expires_at": now},
+                   ).model_dump(mode="json")
+    assert dumped_episode(base)
+    for field in _FIELDS:
+        for value in _EDGES:
+            for as_key in (False, True):
+                data = copy.deepcopy(base)
+                *parents, last = field.split(".")
+                target = data
+                for part in parents:
+                    target = target[sorted(target)[0] if part == "*" else part]
+                if last == "*" and as_key:
+                    if isinstance(value, str):
+                        target[value] = target.pop(sorted(target)[0])
+                elif last == "*":
+                    target[sorted(target)[0]] = value
+                else:
+                    target[last] = value
+                _same_as_the_model(data)
+
+
+@pytest.mark.parametrize("field", ["created_at", "updated_at", "stage_entered_at", "due_at"])
+@pytest.mark.parametrize("text", [
+    "2026-01-01T00:00:00Z", "2026-01-01T00:00:00.000000Z", "2026-01-01T00:00:00.000001Z", "2026-01-01T00:00:00.100000Z",
+    "2026-02-29T00:00:00Z", "2024-02-29T00:00:00Z", "2026-04-31T00:00:00Z", "2026-13-01T00:00:00Z",
+    "2026-01-01T24:00:00Z", "2026-01-01T23:59:60Z", "2026-01-01T00:00:00.5Z", "2026-01-01T00:00:00+00:00",
+    "2026-01-01T00:00:00", "2026-01-01 00:00:00Z", "2026-01-01t00:00:00Z", "20260101T000000Z", "0000-01-01T00:00:00Z",
+    "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z", "2026-01-01T00:00:00.1234567Z", "2026-01-01T00:00:00,123456Z",
+    "2026-01-01T00:00:00Z\n", "２０２６-01-01T00:00:00Z"])
+def test_times_in_every_form(field: str, text: str) -> None:
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    data = Episode(show_id="s", episode_id="e", stage="a", version=1, created_at=now, updated_at=now,
+                   stage_entered_at=now).model_dump(mode="json")
+    data[field] = text
+    _same_as_the_model(data)
+    if text in ("2026-01-01T00:00:00Z", "2026-01-01T00:00:00.100000Z", "9999-12-31T23:59:59.999999Z"):
+        assert dumped_episode(data)
+
+
+@pytest.mark.parametrize("total", [0.3, 0.3 + 0.99e-6, 0.3 + 1.01e-6, 0.3 - 1e-6, math.nextafter(0.3 + 1e-6, 1)])
+def test_cost_total_at_the_model_s_margin(total: float) -> None:
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    data = Episode(show_id="s", episode_id="e", stage="a", version=1, created_at=now, updated_at=now,
+                   stage_entered_at=now, costs={"a": 0.1, "b": 0.2}, cost_total=0.3).model_dump(mode="json")
+    data["cost_total"] = total
+    _same_as_the_model(data)
+    try:
+        Episode.model_validate(data)
+    except PydanticValidationError:
+        assert not dumped_episode(data)
+
+
+_PIPELINE = load_pipeline("archive")
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(episodes(), st.sampled_from(["json", "yaml"]), st.booleans())
+def test_parse_episode_is_the_same_with_the_fast_form_off(data: dict[str, Any], fmt: str, valid_stage: bool) -> None:
+    if valid_stage:
+        data["stage"] = "downloading"
+    codec = JSON_CODEC if fmt == "json" else YAML_CODEC
+    raw = codec.dump_plain(data)
+    path = f"/store/shows/{data['show_id']}/episodes/{data['episode_id']}/episode.{fmt}"
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+
+    def outcome() -> Any:
+        try:
+            parsed = parse_episode(path, raw, data["show_id"], data["episode_id"], _PIPELINE, now)
+        except StatekitError as exc:
+            return type(exc), str(exc)
+        dumped = parsed.dumped if parsed.dumped is not None else parsed.model.model_dump(mode="json")
+        return parsed.model, parsed.model.model_fields_set, orjson.dumps(dumped), parsed.data
+
+    fast = outcome()
+    original = parsing.dumped_episode
+    parsing.dumped_episode = lambda data: False  # type: ignore[assignment]
+    try:
+        plain = outcome()
+    finally:
+        parsing.dumped_episode = original
+    assert fast == plain
