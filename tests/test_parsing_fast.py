@@ -11,6 +11,7 @@ mutated one field at a time (a wrong type, a bad id, a time in another form, ...
 from __future__ import annotations
 
 import copy
+import json
 import math
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -21,9 +22,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError as PydanticValidationError
 
-from statekit import parsing
-from statekit.codecs import JSON_CODEC, YAML_CODEC
-from statekit.errors import StatekitError
+from statekit import codecs, parsing
+from statekit.codecs import JSON_CODEC, YAML_CODEC, exact_json
+from statekit.errors import CorruptFileError, StatekitError
 from statekit.models import TRUSTED, Episode
 from statekit.parsing import dumped_episode, parse_episode
 from statekit.pipeline import load_pipeline
@@ -283,3 +284,75 @@ def test_parse_episode_is_the_same_with_the_fast_form_off(data: dict[str, Any], 
     finally:
         parsing.dumped_episode = original
     assert fast == plain
+
+
+# --- codecs.exact_json: orjson's reading only where it is the strict one -------------------------------
+
+
+def _strict(raw: bytes) -> Any:
+    """The strict reader's reading of ``raw`` (``JsonCodec.load`` without its fast path), or None if it refuses."""
+    original = codecs.exact_json
+    codecs.exact_json = lambda raw: None  # type: ignore[assignment]
+    try:
+        return JSON_CODEC.load(raw, "x.json")
+    except CorruptFileError:
+        return None
+    finally:
+        codecs.exact_json = original
+
+
+def _typed(value: Any) -> Any:
+    """``value`` with each scalar's type beside it (``1 == 1.0 == True`` otherwise)."""
+    if isinstance(value, dict):
+        return [(k, _typed(v)) for k, v in value.items()]
+    if isinstance(value, list):
+        return [_typed(v) for v in value]
+    return type(value).__name__, repr(value)
+
+
+_KEYS = st.sampled_from(["a", "b", "a:b", "é", "\x01", "\\u0061", "version"])
+_VALUES = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**65, 2**65), st.floats(allow_nan=False),
+                                 st.text(alphabet="ab:\"\\\x01é{[", max_size=4)),
+                       lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(_KEYS, inner, max_size=3)),
+                       max_leaves=10)
+
+
+@st.composite
+def json_texts(draw: Any) -> bytes:
+    data = draw(st.dictionaries(_KEYS, _VALUES, max_size=4))
+    try:
+        raw = orjson.dumps(data, option=draw(st.sampled_from([0, orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE])))
+    except TypeError:  # an integer past 64 bits: written by the standard library
+        raw = json.dumps(data, ensure_ascii=False).encode()
+    how = draw(st.integers(0, 6))
+    if how == 1 and raw.startswith(b"{") and len(raw) > 2:  # a duplicate key
+        raw = b'{"a":1,' + raw[1:] if b'"a"' in raw else b'{"b":1,"b":2,' + raw[1:]
+    elif how == 2:  # an escape for a letter
+        raw = raw.replace(b"a", b"\\u0061", 1)
+    elif how == 3:  # another spacing
+        raw = raw.replace(b":", b": ").replace(b",", b", ")
+    elif how == 4:
+        raw = raw.replace(b"1", b"12345678901234567890", 1)
+    elif how == 5:
+        raw = b"[" * 60 + raw + b"]" * 60 if draw(st.booleans()) else raw.replace(b"{", b'{"d":' + b"[" * 101 + b"]" * 101
+                                                                                + b",", 1)
+    return raw
+
+
+@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+@given(json_texts())
+def test_exact_json_reads_only_as_the_strict_reader_does(raw: bytes) -> None:
+    fast = exact_json(raw)
+    if fast is not None:
+        strict = _strict(raw)
+        assert strict is not None and _typed(fast) == _typed(strict)
+
+
+def test_exact_json_takes_what_statekit_writes() -> None:
+    data = {"version": 3, "at": "2026-01-01T00:00:00Z", "n": [1, 2.5, None, True, {"x": "é\x01\""}], "e": {}}
+    for raw in (orjson.dumps(data), JSON_CODEC.dump_plain(data)):
+        assert exact_json(raw) == data
+    assert exact_json(b'{"a":1,"a":2}') is None
+    assert exact_json(b'{"a":1,"a":2}\n') is None
+    assert exact_json(b'{\n  "a": 1,\n  "a": 2\n}\n') is None
+    assert exact_json(b'{"a":9223372036854775808}') is None
