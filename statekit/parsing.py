@@ -63,36 +63,49 @@ def invalid(exc: PydanticValidationError, raw: bytes | None, path: str | None, w
 
 
 def parse_episode(path: str, raw: bytes, show: str, ep: str, pipeline: Pipeline, now: datetime,
-                  retired: Callable[[], Collection[str]] | None = None) -> Parsed:
+                  retired: Callable[[], Collection[str]] | None = None, *, model: bool = True) -> Parsed:
     """An episode file's bytes as a ``Parsed`` whose ``model`` is the checked
     ``Episode`` (``now``: the time an upgrade of a schema-0 file stamps).
     ``retired()``: stages an older graph of the store had (an episode left in
-    one is stranded, not invalid: ``graphs``)."""
+    one is stranded, not invalid: ``graphs``). A file in the form ``model_dump``
+    writes (``dumped_episode``) has its data as ``dumped`` too; ``model=False``: it
+    is checked without building its model (``model`` None: ``episode_model`` builds it)."""
     codec = CODECS[os.path.splitext(path)[1]]
     parsed = codec.parse(raw, path)
     upgraded, _ = upgrade_episode(parsed.data, path=path, show_id=show, episode_id=ep, now=now)
+    checked: Any = None
     try:
         if upgraded is parsed.data and dumped_episode(upgraded):  # the checks in Python are passed: not again
-            model = Episode.model_validate(upgraded, context=TRUSTED)
             parsed.dumped = upgraded  # what ``model_dump(mode="json")`` gives, key for key
+            if model:
+                checked = parsed.model = Episode.model_validate(upgraded, context=TRUSTED)
+            names = upgraded["show_id"], upgraded["episode_id"], upgraded["stage"]
         else:
-            model = Episode.model_validate(upgraded)
+            checked = parsed.model = Episode.model_validate(upgraded)
     except PydanticValidationError as exc:
         raise invalid(exc, raw, path, "episode") from None
-    if (model.show_id, model.episode_id) != (show, ep):
+    if checked is not None:
+        names = checked.show_id, checked.episode_id, checked.stage
+    if names[:2] != (show, ep):
         raise ValidationError(
-            f"{path}: the file says {model.show_id}/{model.episode_id} but lives in {show}/{ep}",
+            f"{path}: the file says {names[0]}/{names[1]} but lives in {show}/{ep}",
             path=path, field="episode_id", line=line_of(raw, ("episode_id",)),
             hint="fix show_id/episode_id in the file, or move it to the matching directory",
         )
-    if model.stage not in pipeline.stages and (retired is None or model.stage not in retired()):
+    if names[2] not in pipeline.stages and (retired is None or names[2] not in retired()):
         raise ValidationError(
-            f"{path}: stage {model.stage!r} is not a stage of pipeline {pipeline.name!r}",
+            f"{path}: stage {names[2]!r} is not a stage of pipeline {pipeline.name!r}",
             path=path, field="stage", line=line_of(raw, ("stage",)),
             hint="stages: " + ", ".join(pipeline.stages),
         )
-    parsed.model = model
     return parsed
+
+
+def episode_model(parsed: Parsed) -> Episode:
+    """The model of an episode ``parse_episode`` read (built now if it was read with ``model=False``)."""
+    if parsed.model is None:
+        parsed.model = Episode.model_validate(parsed.dumped, context=TRUSTED)
+    return parsed.model  # type: ignore[no-any-return]
 
 
 # --- the form statekit writes, recognized without the model -------------------------------
@@ -128,7 +141,10 @@ def _sure_ids(mapping: dict[Any, Any]) -> bool:
 
 def _sure_total(costs: dict[str, float], given: float) -> bool:
     """``cost_total`` is what the model's check takes (within 1e-6 of ``cost_sum``, which is finite)."""
-    total = math.fsum(costs.values())  # (cost_sum rounds it to 9 places: a margin for that first)
+    try:
+        total = math.fsum(costs.values())  # (cost_sum rounds it to 9 places: a margin for that first)
+    except OverflowError:  # past the largest float: the model says so
+        return False
     if abs(given - total) <= 0.99e-6 and total < math.inf:
         return True
     total = cost_sum(costs)

@@ -25,6 +25,7 @@ from pydantic import ValidationError as PydanticValidationError
 from statekit import codecs, parsing
 from statekit.codecs import JSON_CODEC, YAML_CODEC, exact_json
 from statekit.errors import CorruptFileError, StatekitError
+from statekit.index.rows import dumped_row, episode_row
 from statekit.models import TRUSTED, Episode
 from statekit.parsing import dumped_episode, parse_episode
 from statekit.pipeline import load_pipeline
@@ -249,6 +250,8 @@ def test_cost_total_at_the_model_s_margin(total: float) -> None:
                    stage_entered_at=now, costs={"a": 0.1, "b": 0.2}, cost_total=0.3).model_dump(mode="json")
     data["cost_total"] = total
     _same_as_the_model(data)
+    data["costs"] = {"a": 1.7e308, "b": 1.7e308}  # past the largest float
+    _same_as_the_model(data)
     try:
         Episode.model_validate(data)
     except PydanticValidationError:
@@ -356,3 +359,36 @@ def test_exact_json_takes_what_statekit_writes() -> None:
     assert exact_json(b'{"a":1,"a":2}\n') is None
     assert exact_json(b'{\n  "a": 1,\n  "a": 2\n}\n') is None
     assert exact_json(b'{"a":9223372036854775808}') is None
+
+
+# --- index/rows.dumped_row: a rebuild's row without the model --------------------------------------------
+
+_STAGES = st.sampled_from(list(_PIPELINE.stages))
+
+
+@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@given(episodes(), _STAGES, st.one_of(st.none(), _STAGES), st.integers(0, 3 * 10**9), st.sampled_from([None, 0, 7]),
+       st.sampled_from([None, {"fields": ["title"]}]))
+def test_dumped_row_is_the_model_s_row(data: dict[str, Any], stage: str, previous: str | None, age: int,
+                                       position: int | None, pending: Any) -> None:
+    data["stage"], data["previous_stage"] = stage, previous
+    if not dumped_episode(data):
+        return
+    model = Episode.model_validate(data)
+    where = {"path": "shows/s/episodes/e/episode.json", "size": 1234, "mtime_ns": 10**18, "sha256": "ab" * 32,
+             "checked_at_ns": 10**18 + age, "position": position, "pending": pending}
+    plain = episode_row(model, model.model_dump(mode="json"), _PIPELINE, **where)
+    fast = dumped_row(data, _PIPELINE, **where)
+    assert list(fast) == list(plain)
+    assert _typed(fast) == _typed(plain)
+
+
+def test_dumped_row_of_a_lease_and_a_due_time() -> None:
+    now = datetime(2026, 1, 1, 12, 0, 0, tzinfo=timezone.utc)
+    data = Episode(show_id="s", episode_id="e", stage="downloading", version=2, created_at=now, updated_at=now,
+                   stage_entered_at=now, due_at=now + timedelta(microseconds=5), priority=-3, stage_done=True,
+                   lease={"owner": "w", "run_id": "0123abcd", "acquired_at": now, "expires_at": now}).model_dump(
+                       mode="json")
+    assert dumped_episode(data)
+    where = {"path": "p", "size": 1, "mtime_ns": 1, "sha256": "", "checked_at_ns": 5, "position": None}
+    assert dumped_row(data, _PIPELINE, **where) == episode_row(Episode.model_validate(data), data, _PIPELINE, **where)

@@ -22,8 +22,8 @@ from ..errors import (
 )
 from ..ids import ID_PATTERN
 from ..models import Episode, Show
-from ..parsing import parse_show
-from .rows import episode_row, event_rows_of, event_values, positions_of, show_row
+from ..parsing import episode_model, parse_episode, parse_show
+from .rows import dumped_row, episode_row, event_rows_of, event_values, positions_of, show_row
 
 if TYPE_CHECKING:
     from ..writes import Writer
@@ -169,36 +169,41 @@ def show_record(writer: Writer, show: str, data: dict[str, Any] | None, raw: byt
 
 def rows_for(writer: Writer, show: str, ep: str, path: str, raw: bytes, st: os.stat_result,
               position: int | None, *, cache: bool = False, pending: list[str] | None = None,
-              values: bool = False) -> tuple[dict[str, Any], list[Any], Episode]:
-    """Index rows of one episode file. ``cache``: keep the parse in the store's
+              values: bool = False) -> tuple[dict[str, Any], list[Any], Episode | None]:
+    """Index rows of one episode file (and its model; None for a rebuild's file in the form
+    the model writes, whose row comes from its data: ``rows:dumped_row``). ``cache``: keep the parse in the store's
     cache (sync, whose adoption of an edit reads the file again; not a rebuild).
     ``pending`` (a rebuild): a file holding a pending hand edit is indexed as the
     committed version its chained log rebuilds, and its episode is added to ``pending``.
     ``values`` (a rebuild): the event rows as ``event_values`` tuples, not dicts."""
     parsed = writer.cached(path, raw) if cache else None
     if parsed is None:
-        parsed = writer.parse_episode(path, raw, show, ep)
+        # a rebuild's (``values``): a file in the form the model writes is checked without its model
+        parsed = parse_episode(path, raw, show, ep, writer.pipeline, writer.clock(), model=not values,
+                               retired=lambda: writer.graphs.retired_stages(writer.pipeline))
         if cache:
             writer.remember(path, parsed)
-    model: Episode = parsed.model
+    model: Episode | None = parsed.model
     sha = sha256_of(raw)
     log_path = os.path.join(os.path.dirname(path), "events.jsonl")
-    lines = eventlog.read_events(log_path, model.version, strict=False)
+    lines = eventlog.read_events(log_path, parsed.dumped["version"] if model is None else model.version, strict=False)
     data = None
     edit = None
     if pending is not None and lines and eventlog.is_chained(lines[-1]) and lines[-1].get("sha256") != sha:
+        model = episode_model(parsed)
         lines, data = committed_lines(log_path, sha, model.version)
         if data is not None:
             edit = {"fields": writer.pending_fields(data, model)}
             model = Episode.model_validate(data)
             pending.append(f"{show}/{ep}")
-    if data is None:  # the model's JSON data: the file's own when it is in that form (``parsing.dumped_episode``)
-        data = parsed.dumped if parsed.dumped is not None else model.model_dump(mode="json")
-    row = episode_row(
-        model, data, writer.pipeline,
-        path=relative(path, writer.root), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
-        checked_at_ns=time.time_ns(), position=position, pending=edit,  # type: ignore[arg-type]
-    )
+    where = {"path": relative(path, writer.root), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha,
+             "checked_at_ns": time.time_ns(), "position": position, "pending": edit}
+    if model is None:  # (``dumped_row`` is ``episode_row`` of the model from its dump)
+        row = dumped_row(parsed.dumped, writer.pipeline, **where)  # type: ignore[arg-type]
+    else:  # the model's JSON data: the file's own when it is in that form (``parsing.dumped_episode``)
+        if data is None:
+            data = parsed.dumped if parsed.dumped is not None else model.model_dump(mode="json")
+        row = episode_row(model, data, writer.pipeline, **where)  # type: ignore[arg-type]
     rows = event_rows(log_path, lines, show, ep, values=values)
     if unadopted_log(lines, sha):  # a hand edit sync has not adopted: never trust its stat
         row["file_stamp"] = None
