@@ -22,13 +22,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError as PydanticValidationError
 
-from statekit import codecs, parsing
+from statekit import Store, codecs, eventlog, parsing
 from statekit.codecs import JSON_CODEC, YAML_CODEC, exact_json
 from statekit.errors import CorruptFileError, StatekitError
-from statekit.index.rows import dumped_row, episode_row
+from statekit.index.rows import dumped_row, episode_row, event_values
+from statekit.index.scan import log_values
 from statekit.models import TRUSTED, Episode
 from statekit.parsing import dumped_episode, parse_episode
 from statekit.pipeline import load_pipeline
+
+from .test_verify_fast import logs
 
 _ID = st.sampled_from(["show1", "ep1", "downloading", "converted", "a", "x" * 128, "a.b-c_d", "0"])
 _BAD_ID = st.sampled_from(["", "A", "-a", "a/b", "x" * 129, "con", "aux.v2", "a\n", "é", 1, None, True])
@@ -392,3 +395,55 @@ def test_dumped_row_of_a_lease_and_a_due_time() -> None:
     assert dumped_episode(data)
     where = {"path": "p", "size": 1, "mtime_ns": 1, "sha256": "", "checked_at_ns": 5, "position": None}
     assert dumped_row(data, _PIPELINE, **where) == episode_row(Episode.model_validate(data), data, _PIPELINE, **where)
+
+
+# --- index/scan.log_values: a clean log's events and rows in one pass ----------------------------------
+
+
+def _plain_log(path: str, committed: int) -> Any:
+    try:
+        lines = eventlog.read_events(path, committed, strict=False)
+        return lines, event_values(lines, "s", "e")
+    except (StatekitError, ValueError) as exc:
+        return type(exc)
+
+
+@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(raw=logs(), committed=st.integers(0, 9))
+def test_log_values_reads_as_read_events_and_event_values(tmp_path_factory: Any, raw: bytes, committed: int) -> None:
+    path = str(tmp_path_factory.mktemp("log") / "events.jsonl")
+    with open(path, "wb") as f:
+        f.write(raw)
+    fast = log_values(path, committed, "s", "e")
+    if fast is not None:
+        plain = _plain_log(path, committed)
+        assert isinstance(plain, tuple)
+        assert fast[0] == plain[0] and _typed(fast[1]) == _typed(plain[1])
+
+
+def test_log_values_takes_a_statekit_log(tmp_path: Any) -> None:
+    store = Store.init(tmp_path / "store", format="json")
+    store.create("s", "e", title="t", metadata={"m": 1})
+    store.advance("s", "e", "downloading", cost=0.5, message="go")
+    store.advance("s", "e", "downloaded")
+    path = str(tmp_path / "store" / "shows" / "s" / "episodes" / "e" / "events.jsonl")
+    fast = log_values(path, 3, "s", "e")
+    assert fast is not None and len(fast[1]) == 3
+    assert (fast[0], fast[1]) == _plain_log(path, 3)
+    assert log_values(path, 2, "s", "e") == _plain_log(path, 2)  # the tail beyond the file's version
+    store.close()
+
+
+def test_log_values_follows_the_stage_for_old_cost_lines(tmp_path: Any) -> None:
+    """A cost line that names no stage was spent in the stage the lines before left the episode in."""
+    at = "2026-01-01T00:00:00.000000Z"
+    lines = [{"version": 1, "at": at, "kind": "create", "show_id": "s", "episode_id": "e", "to_stage": "a"},
+             {"version": 2, "at": at, "kind": "cost", "show_id": "s", "episode_id": "e", "cost": 0.5},
+             {"version": 3, "at": at, "kind": "advance", "show_id": "s", "episode_id": "e", "to_stage": "b",
+              "from_stage": "a", "doc": {"x": 1}},
+             {"version": 4, "at": at, "kind": "cost", "show_id": "s", "episode_id": "e", "cost": 1, "patch": []}]
+    path = tmp_path / "events.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(line) + b"\n" for line in lines))
+    fast = log_values(str(path), 4, "s", "e")
+    assert fast is not None and [row[-1] for row in fast[1]] == [None, "a", None, "b"]
+    assert (fast[0], fast[1]) == _plain_log(str(path), 4)
