@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from ..ids import ID_PATTERN
+from ..ids import ID_PATTERN, VALID_IDS
 from ..models import Episode
 from ..pipeline import Pipeline, ready_for
 from ..unique import claims
@@ -160,8 +160,8 @@ def spent_in(event: Mapping[str, Any], stage_before: str | None) -> str | None:
     if event.get("cost") is None:
         return None
     for key in ("stage", "from_stage", "checkpoint"):
-        value = event.get(key)
-        if isinstance(value, str) and ID_PATTERN.fullmatch(value):
+        value = event.get(key)  # (an id seen valid matches the pattern: ``VALID_IDS``, without the call)
+        if (type(value) is str and value in VALID_IDS) or (isinstance(value, str) and ID_PATTERN.fullmatch(value)):
             return value
     return stage_before
 
