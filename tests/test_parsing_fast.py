@@ -134,7 +134,7 @@ def test_dumped_episode_takes_statekit_files() -> None:
     _same_as_the_model(data)
 
 
-@settings(max_examples=1500, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=800, suppress_health_check=[HealthCheck.too_slow])
 @given(episodes(), st.data())
 def test_dumped_episode_refuses_what_the_model_would_not_dump_the_same(data: dict[str, Any], draw: Any) -> None:
     """One field (or a nested one) changed to something else, removed, or a key added."""
