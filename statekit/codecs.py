@@ -703,19 +703,20 @@ def has_long_number(raw: bytes) -> bool:  # 19 digits in a row: an integer past 
 def exact_json(raw: bytes) -> dict[str, Any] | None:
     """``raw`` read by orjson (a tenth of the standard library's time) when that reading is exactly the strict
     one, else None (the strict reader then decides, and words the error): an object, not nested past the limit, no
-    integer beyond 64 bits (``has_long_number``: ``re``'s ``[0-9]{19}`` in C), and no duplicate key. A duplicate is
-    seen by its colon: orjson keeps one of the pair, so writing back what it read gives fewer colons (outside
-    strings, one per key; inside, the same as written, unless a ``\\u`` escape spelled one: the strict reader then)."""
-    if b"\\u" in raw or raw.count(b"[") + raw.count(b"{") > MAX_DEPTH or has_long_number(raw):
+    integer beyond 64 bits (``has_long_number``: ``re``'s ``[0-9]{19}`` in C), and no duplicate key: orjson writes
+    back what it read as ``raw`` (statekit's lines and files: no key dropped), or with as many colons (one per key
+    outside strings; inside, as written, unless a ``\\u`` escape spelled one: the strict reader then)."""
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH or has_long_number(raw):
         return None
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError:
         return None
-    if type(data) is not dict or orjson.dumps(data).count(b":") != raw.count(b":"):
+    as_file = orjson.OPT_INDENT_2 | orjson.OPT_APPEND_NEWLINE if raw[-1:] == b"\n" else 0  # (``dump_plain``'s)
+    again = orjson.dumps(data, option=as_file) if type(data) is dict else b""
+    if again != raw and (not again or b"\\u" in raw or orjson.dumps(data).count(b":") != raw.count(b":")):
         return None
     return data
-
 
 
 class JsonCodec:

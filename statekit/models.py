@@ -177,6 +177,11 @@ def _plain_ok(value: Any, depth: int) -> bool:
     return t is bool or value is None
 
 
+def plain_json_ok(value: Any) -> bool:
+    """Free-form metadata ``FreeJson`` surely takes as it is (False: maybe not; the model decides)."""
+    return _plain_ok(value, 0)
+
+
 def _plain_json(value: Any, where: str = "value", depth: int = 0) -> Any:
     if _plain_ok(value, depth):
         return value

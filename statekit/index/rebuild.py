@@ -196,24 +196,25 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
             raw = diskio.read_file(path)
             if raw is None:
                 return None
-            row, lines, model = rows_for(writer, show, ep, path, raw, st, None, pending=pending, values=True)
+            row, lines, _model = rows_for(writer, show, ep, path, raw, st, None, pending=pending, values=True)
         except (CorruptFileError, ValidationError, SchemaVersionError, UnsafePathError, StorageError) as exc:
             failure = problem(exc, path, f"{show}/{ep}")
             found_committed = committed_rows(writer, show, ep, path, st, exc.one_line(),  # a chained log knows it
                                              values=True)
             if found_committed is None:
                 return failure
-            row, lines, model = found_committed
+            row, lines, _model = found_committed
             pending.append(f"{show}/{ep}")
         claimed = claim_rows(keys, show, ep, row["data"])
-        row["data"], row["costs"] = json_text(row["data"]), json_text(row["costs"])
+        stage, costs = row["stage"], row["costs"]  # (the model's: ``episode_row``)
+        row["data"], row["costs"] = json_text(row["data"]), json_text(costs)
         row["pending"] = pending_text(row["pending"])
         row["position"] = order.get(show, {}).get(ep, UNLISTED)
         try:
             values = pick(row)
         except KeyError:  # a row without some column: it is NULL
             values = tuple(row.get(c) for c in EPISODE_COLUMNS)
-        return values, lines, claimed, model.stage, model.costs, bool(pending), failure
+        return values, lines, claimed, stage, costs, bool(pending), failure
 
     for done, ((show, ep, _base), result) in enumerate(
             zip(found, ordered_map(rows_of, found, workers_for(total, workers))), 1):

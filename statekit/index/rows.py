@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from ..ids import ID_PATTERN
+from ..ids import ID_PATTERN, VALID_IDS
 from ..models import Episode
 from ..pipeline import Pipeline, ready_for
 from ..unique import claims
@@ -102,6 +102,55 @@ def episode_row(
     }
 
 
+def dumped_row(
+    data: Mapping[str, Any], pipeline: Pipeline, *, path: str, size: int, mtime_ns: int, sha256: str,
+    checked_at_ns: int, position: int | None, pending: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """``episode_row(model, data, ...)`` from ``data`` alone, for data in the form ``model_dump``
+    writes (``parsing.dumped_episode``: no model built; ``tests/test_parsing_fast`` holds them equal)."""
+    lease, due = data["lease"], data["due_at"]
+    episode_id, stage, previous = data["episode_id"], data["stage"], data["previous_stage"]
+    return {
+        "show_id": data["show_id"],
+        "episode_id": episode_id,
+        "title": data["title"],
+        "stage": stage,
+        "version": data["version"],
+        "created_at": _dumped_time(data["created_at"]),
+        "updated_at": _dumped_time(data["updated_at"]),
+        "cost_total": data["cost_total"],
+        "attempts_total": sum(data["attempts"].values()),
+        "error_count": len(data["error_history"]),
+        "path": path,
+        "position": position,
+        "stage_entered_at": _dumped_time(data["stage_entered_at"]),
+        "previous_stage": previous,
+        "ready_for": ready_for(pipeline, stage, previous, data["approvals"], done=data["stage_done"],
+                               hold=data["hold"]),
+        "message": data["message"],
+        "costs": data["costs"],
+        "data": data,
+        "file_size": size,
+        "file_mtime_ns": mtime_ns,
+        "file_sha256": sha256,
+        "checked_at_ns": checked_at_ns,
+        "file_stamp": f"{episode_id}|{size}|{mtime_ns}" if checked_at_ns - mtime_ns >= RACY_NS else None,
+        "lease_owner": lease["owner"] if lease is not None else None,
+        "lease_expires_at": iso(_from_text(lease["expires_at"])) if lease is not None else None,
+        "due_at": iso(_from_text(due)) if due is not None else None,
+        "priority": data.get("priority", 0),
+        "pending": pending,
+    }
+
+
+def _dumped_time(text: str) -> str:
+    """``time_text`` of a time as ``model_dump`` writes one in UTC (``...Z``; no fraction when it is 0)."""
+    return text if len(text) == 27 else iso(_from_text(text))
+
+
+_from_text = datetime.fromisoformat
+
+
 def spent_in(event: Mapping[str, Any], stage_before: str | None) -> str | None:
     """The stage an event's cost was spent in; None for an event without a cost.
 
@@ -111,8 +160,8 @@ def spent_in(event: Mapping[str, Any], stage_before: str | None) -> str | None:
     if event.get("cost") is None:
         return None
     for key in ("stage", "from_stage", "checkpoint"):
-        value = event.get(key)
-        if isinstance(value, str) and ID_PATTERN.fullmatch(value):
+        value = event.get(key)  # (an id seen valid matches the pattern: ``VALID_IDS``, without the call)
+        if (type(value) is str and value in VALID_IDS) or (isinstance(value, str) and ID_PATTERN.fullmatch(value)):
             return value
     return stage_before
 

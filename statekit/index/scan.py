@@ -14,7 +14,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from .. import eventlog
+import orjson
+
+from .. import eventlog, packed
 from .. import files as diskio
 from ..errors import (
     CorruptFileError,
@@ -22,8 +24,8 @@ from ..errors import (
 )
 from ..ids import ID_PATTERN
 from ..models import Episode, Show
-from ..parsing import parse_show
-from .rows import episode_row, event_rows_of, event_values, positions_of, show_row
+from ..parsing import episode_model, parse_episode, parse_show
+from .rows import dumped_row, episode_row, event_rows_of, event_values, positions_of, show_row, spent_in
 
 if TYPE_CHECKING:
     from ..writes import Writer
@@ -169,38 +171,103 @@ def show_record(writer: Writer, show: str, data: dict[str, Any] | None, raw: byt
 
 def rows_for(writer: Writer, show: str, ep: str, path: str, raw: bytes, st: os.stat_result,
               position: int | None, *, cache: bool = False, pending: list[str] | None = None,
-              values: bool = False) -> tuple[dict[str, Any], list[Any], Episode]:
-    """Index rows of one episode file. ``cache``: keep the parse in the store's
+              values: bool = False) -> tuple[dict[str, Any], list[Any], Episode | None]:
+    """Index rows of one episode file (and its model; None for a rebuild's file in the form
+    the model writes, whose row comes from its data: ``rows:dumped_row``). ``cache``: keep the parse in the store's
     cache (sync, whose adoption of an edit reads the file again; not a rebuild).
     ``pending`` (a rebuild): a file holding a pending hand edit is indexed as the
     committed version its chained log rebuilds, and its episode is added to ``pending``.
     ``values`` (a rebuild): the event rows as ``event_values`` tuples, not dicts."""
     parsed = writer.cached(path, raw) if cache else None
     if parsed is None:
-        parsed = writer.parse_episode(path, raw, show, ep)
+        # a rebuild's (``values``): a file in the form the model writes is checked without its model
+        parsed = parse_episode(path, raw, show, ep, writer.pipeline, writer.clock(), model=not values,
+                               retired=lambda: writer.graphs.retired_stages(writer.pipeline))
         if cache:
             writer.remember(path, parsed)
-    model: Episode = parsed.model
+    model: Episode | None = parsed.model
     sha = sha256_of(raw)
     log_path = os.path.join(os.path.dirname(path), "events.jsonl")
-    lines = eventlog.read_events(log_path, model.version, strict=False)
+    version = parsed.dumped["version"] if model is None else model.version
+    found = log_values(log_path, version, show, ep) if values else None
+    lines, rows = found if found is not None else (eventlog.read_events(log_path, version, strict=False), None)
     data = None
     edit = None
     if pending is not None and lines and eventlog.is_chained(lines[-1]) and lines[-1].get("sha256") != sha:
+        model = episode_model(parsed)
         lines, data = committed_lines(log_path, sha, model.version)
+        rows = None
         if data is not None:
             edit = {"fields": writer.pending_fields(data, model)}
             model = Episode.model_validate(data)
             pending.append(f"{show}/{ep}")
-    row = episode_row(
-        model, data if data is not None else model.model_dump(mode="json"), writer.pipeline,
-        path=relative(path, writer.root), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=sha,
-        checked_at_ns=time.time_ns(), position=position, pending=edit,  # type: ignore[arg-type]
-    )
-    rows = event_rows(log_path, lines, show, ep, values=values)
+    where = {"path": relative(path, writer.root), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha,
+             "checked_at_ns": time.time_ns(), "position": position, "pending": edit}
+    if model is None:  # (``dumped_row`` is ``episode_row`` of the model from its dump)
+        row = dumped_row(parsed.dumped, writer.pipeline, **where)  # type: ignore[arg-type]
+    else:  # the model's JSON data: the file's own when it is in that form (``parsing.dumped_episode``)
+        if data is None:
+            data = parsed.dumped if parsed.dumped is not None else model.model_dump(mode="json")
+        row = episode_row(model, data, writer.pipeline, **where)  # type: ignore[arg-type]
+    if rows is None:
+        rows = event_rows(log_path, lines, show, ep, values=values)
     if unadopted_log(lines, sha):  # a hand edit sync has not adopted: never trust its stat
         row["file_stamp"] = None
     return row, rows, model
+
+
+_NONE_OR_STR = frozenset((type(None), str))
+_NONE_OR_NUMBER = frozenset((type(None), int, float))
+
+
+def log_values(log_path: str, committed: int, show: str, ep: str) -> tuple[list[dict[str, Any]], list[Any]] | None:
+    """``(read_events(log_path, committed, strict=False), event_values(those, show, ep))`` of a clean
+    log in one pass: every line an event of the types the index stores (``eventlog``'s check), the
+    committed ones in rising versions, their times as stored. None for any other log (the plain
+    reading then decides, and words the error). (``tests/test_parsing_fast`` holds them equal.)"""
+    raw = packed.read_either(log_path, None)
+    if not raw:
+        return [], []
+    lines = raw.split(b"\n")
+    lines.pop()  # after the last newline: empty, or a torn append
+    events: list[dict[str, Any]] = []
+    out: list[Any] = []
+    append, add = events.append, out.append
+    loads, dumps = orjson.loads, orjson.dumps
+    last = -1 << 63
+    stage: str | None = None
+    for line in lines:
+        try:
+            event = loads(line)
+        except (ValueError, RecursionError):
+            return None
+        if type(event) is not dict:
+            return None
+        get = event.get
+        version, at, kind, moved, cost, left = get("version"), get("at"), get("kind"), get("to_stage"), get("cost"), \
+            get("from_stage")
+        if not (type(version) is int and type(at) is str and type(kind) is str and type(get("show_id")) is str
+                and type(get("episode_id")) is str and type(left) in _NONE_OR_STR and type(moved) in _NONE_OR_STR
+                and type(get("message")) in _NONE_OR_STR and type(get("sha256")) in _NONE_OR_STR
+                and type(get("stage")) in _NONE_OR_STR and type(cost) in _NONE_OR_NUMBER):
+            return None
+        if version > committed:  # an uncommitted tail
+            continue
+        if (events and version <= last) or not (len(at) == 27 and at[-1] == "Z"):
+            return None
+        last = version
+        append(event)
+        if "doc" in event or "patch" in event:  # ``rows.lean``
+            data = event.copy()
+            data.pop("doc", None)
+            data.pop("patch", None)
+        else:
+            data = event
+        add((show, ep, version, at, kind, left, moved, get("message"), cost, dumps(data).decode(),
+             None if cost is None else spent_in(event, stage)))
+        if moved:
+            stage = moved
+    return events, out
 
 
 def relative(path: str, root: str) -> str:
