@@ -504,7 +504,7 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
         if committed_model is None and any(eventlog.is_chained(e) for e in lines):
             # the last use of the lines' documents and patches: replayed without copying them
             replayed = eventlog.replay(lines, path=log_path, last_only=True, consume=True)
-            dumped = model.model_dump(mode="json")
+            dumped = parsed.dumped if parsed.dumped is not None else model.model_dump(mode="json")
             dumped_text = _text_of(dumped)
             if not replayed or replayed[-1][0] != model.version or not _data_same(replayed[-1][1], dumped,
                                                                                    dumped_text):
@@ -542,7 +542,9 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
             after.append(Problem(
                 "index", path, f"{key}: the index holds version {kept_row[0]}, the file version {model.version} "
                 "(run 'statekit sync')", key))
-        elif not _row_same(kept_row[2], dumped if dumped is not None else model.model_dump(mode="json"), dumped_text):
+        elif not _row_same(kept_row[2], dumped if dumped is not None else parsed.dumped
+                           if committed_model is None and parsed.dumped is not None
+                           else model.model_dump(mode="json"), dumped_text):
             after.append(Problem(
                 "index", path, f"{key}: the index's copy of version {kept_row[0]} differs from the file "
                 "(run 'statekit sync')", key))
