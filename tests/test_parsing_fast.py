@@ -11,8 +11,10 @@ mutated one field at a time (a wrong type, a bad id, a time in another form, ...
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
+import re
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -447,3 +449,29 @@ def test_log_values_follows_the_stage_for_old_cost_lines(tmp_path: Any) -> None:
     fast = log_values(str(path), 4, "s", "e")
     assert fast is not None and [row[-1] for row in fast[1]] == [None, "a", None, "b"]
     assert (fast[0], fast[1]) == _plain_log(str(path), 4)
+
+
+def _model_shape() -> str:
+    """Episode's fields (name, type, constraints, default) and validators, and those of the models
+    inside it: what ``dumped_episode`` mirrors in plain Python."""
+    from statekit import models
+
+    shape = []
+    for cls in (Episode, models.Lease, models.CheckpointRecord, models.Approval, models.ErrorRecord,
+                models.AssetRecord, models.UploadRecord):
+        decorators = cls.__pydantic_decorators__
+        shape.append([cls.__name__, repr(cls.model_config.get("extra")),
+                      [[name, repr(f.annotation), repr(f.metadata), repr(f.default)] for name, f in cls.model_fields.items()],
+                      sorted(decorators.field_validators), sorted(decorators.model_validators),
+                      sorted(decorators.field_serializers), sorted(decorators.model_serializers)])
+    text = re.sub(r" at 0x[0-9a-f]+", "", json.dumps(shape))  # (a function's repr names its address)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def test_dumped_episode_is_reviewed_when_the_model_changes() -> None:
+    # dumped_episode repeats the model's checks; a new field, type, bound or validator the
+    # fast check does not know could let it take a file the model refuses. Change the model,
+    # then read parsing.dumped_episode (and extend the strategies above) before updating this.
+    assert _model_shape() == "3f8dfa82d36c1e03d1ac05692c3ed4d1c0a9f2f2f8072c0ff4a85bbe789e08d6", (
+        "statekit.models.Episode (or a model inside it) changed: review parsing.dumped_episode so it takes "
+        f"only what the model takes, then set this test's expected shape to {_model_shape()!r}")
