@@ -33,6 +33,7 @@ from statekit.models import TRUSTED, Episode
 from statekit.parsing import dumped_episode, parse_episode
 from statekit.pipeline import load_pipeline
 
+from .reliability.conftest import size
 from .test_verify_fast import logs
 
 _ID = st.sampled_from(["show1", "ep1", "downloading", "converted", "a", "x" * 128, "a.b-c_d", "0"])
@@ -117,7 +118,7 @@ def _same_as_the_model(data: Any) -> None:
     assert trusted.model_fields_set == model.model_fields_set
 
 
-@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=size(100, 300), suppress_health_check=[HealthCheck.too_slow])
 @given(episodes())
 def test_dumped_episode_takes_only_what_the_model_dumps(data: dict[str, Any]) -> None:
     _same_as_the_model(data)
@@ -136,7 +137,7 @@ def test_dumped_episode_takes_statekit_files() -> None:
     _same_as_the_model(data)
 
 
-@settings(max_examples=800, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=size(200, 800), suppress_health_check=[HealthCheck.too_slow])
 @given(episodes(), st.data())
 def test_dumped_episode_refuses_what_the_model_would_not_dump_the_same(data: dict[str, Any], draw: Any) -> None:
     """One field (or a nested one) changed to something else, removed, or a key added."""
@@ -171,7 +172,7 @@ _FIELDS = [*Episode.model_fields, "lease.owner", "lease.run_id", "lease.acquired
 
 
 @pytest.mark.parametrize("field", _FIELDS)
-@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=size(25, 100), suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(data=episodes(), value=_ODD, as_key=st.booleans())
 def test_each_field_in_another_form(field: str, data: dict[str, Any], value: Any, as_key: bool) -> None:
     """``field`` (``a.b``: nested; ``*``: an entry of the mapping) set to an odd value, or
@@ -266,7 +267,7 @@ def test_cost_total_at_the_model_s_margin(total: float) -> None:
 _PIPELINE = load_pipeline("archive")
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=size(60, 200), suppress_health_check=[HealthCheck.too_slow])
 @given(episodes(), st.sampled_from(["json", "yaml"]), st.booleans())
 def test_parse_episode_is_the_same_with_the_fast_form_off(data: dict[str, Any], fmt: str, valid_stage: bool) -> None:
     if valid_stage:
@@ -347,7 +348,7 @@ def json_texts(draw: Any) -> bytes:
     return raw
 
 
-@settings(max_examples=1000, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=size(300, 1000), suppress_health_check=[HealthCheck.too_slow])
 @given(json_texts())
 def test_exact_json_reads_only_as_the_strict_reader_does(raw: bytes) -> None:
     fast = exact_json(raw)
@@ -371,7 +372,7 @@ def test_exact_json_takes_what_statekit_writes() -> None:
 _STAGES = st.sampled_from(list(_PIPELINE.stages))
 
 
-@settings(max_examples=400, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=size(100, 400), suppress_health_check=[HealthCheck.too_slow])
 @given(episodes(), _STAGES, st.one_of(st.none(), _STAGES), st.integers(0, 3 * 10**9), st.sampled_from([None, 0, 7]),
        st.sampled_from([None, {"fields": ["title"]}]))
 def test_dumped_row_is_the_model_s_row(data: dict[str, Any], stage: str, previous: str | None, age: int,
@@ -410,7 +411,7 @@ def _plain_log(path: str, committed: int) -> Any:
         return type(exc)
 
 
-@settings(max_examples=500, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@settings(max_examples=size(120, 500), suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(raw=logs(), committed=st.integers(0, 9))
 def test_log_values_reads_as_read_events_and_event_values(tmp_path_factory: Any, raw: bytes, committed: int) -> None:
     path = str(tmp_path_factory.mktemp("log") / "events.jsonl")
