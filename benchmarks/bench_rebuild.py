@@ -23,6 +23,8 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 sys.path.insert(0, str(HERE))
 
+from bench_scale import BARE_WALK  # noqa: E402  (the same bare walk as bench_scale's)
+
 PROBE = r"""
 import json, os, resource, sys, time
 sys.path.insert(0, {repo!r})
@@ -33,19 +35,7 @@ def cpu():
 if what == "bare":
     import orjson, yaml
     start, c0 = time.perf_counter(), cpu()
-    folder = os.path.join(root, "shows", "show0000", "episodes")
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            for name in ("episode.yaml", "episode.json"):
-                try:
-                    with open(os.path.join(entry.path, name), "rb") as f:
-                        raw = f.read()
-                except FileNotFoundError:
-                    continue
-                yaml.load(raw, Loader=yaml.CSafeLoader) if name.endswith("yaml") else orjson.loads(raw)
-            with open(os.path.join(entry.path, "events.jsonl"), "rb") as f:
-                [orjson.loads(line) for line in f.read().splitlines()]
-else:
+""" + BARE_WALK.lstrip("\n") + r"""else:
     from statekit import Store
     store = Store.open(root)
     store.counts()  # the index is open (not timed)

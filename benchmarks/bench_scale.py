@@ -58,13 +58,7 @@ from make_store import make_store  # noqa: E402
 from statekit import Store  # noqa: E402
 from statekit.index.rows import RACY_NS  # noqa: E402
 
-PROBE = r"""
-import json, os, resource, sys, time
-sys.path.insert(0, {repo!r})
-root, what = sys.argv[1], sys.argv[2]
-if what == "bare":
-    import orjson, yaml
-    start = time.perf_counter()
+BARE_WALK = r"""
     folder = os.path.join(root, "shows", "show0000", "episodes")
     with os.scandir(folder) as entries:
         for entry in entries:
@@ -77,7 +71,18 @@ if what == "bare":
                 yaml.load(raw, Loader=yaml.CSafeLoader) if name.endswith("yaml") else orjson.loads(raw)
             with open(os.path.join(entry.path, "events.jsonl"), "rb") as f:
                 [orjson.loads(line) for line in f.read().splitlines()]
-else:
+"""
+"""The bare baseline of a rebuild or a verify (a child's code, inside ``if what == "bare":``):
+the one show's folders walked, each file read and parsed (C YAML loader, orjson), each log's lines."""
+
+PROBE = r"""
+import json, os, resource, sys, time
+sys.path.insert(0, {repo!r})
+root, what = sys.argv[1], sys.argv[2]
+if what == "bare":
+    import orjson, yaml
+    start = time.perf_counter()
+""" + BARE_WALK.lstrip("\n") + r"""else:
     from statekit import Store
     store = Store.open(root)
     store.counts()  # the index is open (not timed)
