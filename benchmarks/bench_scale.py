@@ -59,21 +59,22 @@ from statekit import Store  # noqa: E402
 from statekit.index.rows import RACY_NS  # noqa: E402
 
 BARE_WALK = r"""
-    folder = os.path.join(root, "shows", "show0000", "episodes")
-    with os.scandir(folder) as entries:
-        for entry in entries:
-            for name in ("episode.yaml", "episode.json"):
-                try:
-                    with open(os.path.join(entry.path, name), "rb") as f:
-                        raw = f.read()
-                except FileNotFoundError:
-                    continue
-                yaml.load(raw, Loader=yaml.CSafeLoader) if name.endswith("yaml") else orjson.loads(raw)
-            with open(os.path.join(entry.path, "events.jsonl"), "rb") as f:
-                [orjson.loads(line) for line in f.read().splitlines()]
+    for show in sorted(os.listdir(os.path.join(root, "shows"))):
+        folder = os.path.join(root, "shows", show, "episodes")
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                for name in ("episode.yaml", "episode.json"):
+                    try:
+                        with open(os.path.join(entry.path, name), "rb") as f:
+                            raw = f.read()
+                    except FileNotFoundError:
+                        continue
+                    yaml.load(raw, Loader=yaml.CSafeLoader) if name.endswith("yaml") else orjson.loads(raw)
+                with open(os.path.join(entry.path, "events.jsonl"), "rb") as f:
+                    [orjson.loads(line) for line in f.read().splitlines()]
 """
-"""The bare baseline of a rebuild or a verify (a child's code, inside ``if what == "bare":``):
-the one show's folders walked, each file read and parsed (C YAML loader, orjson), each log's lines."""
+"""The bare baseline of a rebuild or a verify (a child's code, inside ``if what == "bare":``): every
+show's episode folders walked, each file read and parsed (C YAML loader, orjson), each log's lines."""
 
 PROBE = r"""
 import json, os, resource, sys, time
