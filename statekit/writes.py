@@ -264,10 +264,10 @@ class Writer(Ledgers):
             for path in [p for p in self._cache if p.startswith(prefix)]:
                 del self._cache[path]
 
-    def parse_episode(self, path: str, raw: bytes, show: str, ep: str) -> Parsed:
+    def parse_episode(self, path: str, raw: bytes, show: str, ep: str, *, model: bool = True) -> Parsed:
         """``parsing.parse_episode`` with this store's pipeline and clock."""
         return parse_episode(path, raw, show, ep, self.pipeline, self.clock(),
-                             retired=lambda: self.graphs.retired_stages(self.pipeline))
+                             retired=lambda: self.graphs.retired_stages(self.pipeline), model=model)
 
     def episode_folder(self, show: str, ep: str) -> _Folder:
         """The episode's folder, held open for a ``with`` block; the episode is missing if it is."""

@@ -435,6 +435,28 @@ def _link(path: str, st: os.stat_result | None = None) -> tuple[int, int, bool] 
     return stat.S_IFMT(st.st_mode), st.st_nlink, st.st_nlink > 1 and _own_backup_link(path, st)
 
 
+class _Dumped:
+    """What ``_check`` reads of an episode's model, read from its data in the form the model writes
+    (``parsing.dumped_episode``: the model would hold these same values), without building the model."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: dict[str, Any]) -> None:
+        self.data = data
+
+    def __getattr__(self, name: str) -> Any:
+        if name not in Episode.model_fields:
+            raise AttributeError(name)
+        return self.data.get(name, 0)  # (only ``priority`` may be left out: it is then 0)
+
+    @property
+    def key(self) -> str:
+        return f"{self.data['show_id']}/{self.data['episode_id']}"
+
+    def model_dump(self, mode: str = "json") -> dict[str, Any]:
+        return self.data
+
+
 def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, str, Any] | None,
            marked: dict[tuple[str, str], Any], keys: list[str], raw: bytes | None = None, log_raw: bytes | None = None,
            links: tuple[Any, ...] | None = None, none_kept: bool = False, sha: str | None = None) -> tuple[Any, ...]:
@@ -463,7 +485,7 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
             raw = diskio.read_file(path)
         if raw is None:
             return before.problems, after, None, [], None, counts, row_claims, None
-        parsed = writer.parse_episode(path, raw, show, ep)
+        parsed = writer.parse_episode(path, raw, show, ep, model=False)
     except StatekitError as exc:
         before.problems.append(problem(exc, path, key))
         # the index rightly keeps the last good state: count that
@@ -471,7 +493,7 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
             row_data = _document(kept_row[2])
         state = (row_data.get("stage"), row_data.get("costs") or {}) if row_data is not None else None
         return before.problems, after, state, [], None, counts, row_claims, None
-    model: Episode = parsed.model
+    model: Any = parsed.model if parsed.model is not None else _Dumped(parsed.dumped)
     held = [(claim.key, claim.sha256, claim.value) for claim in claims_of(keys, model.metadata)]
     log_path = os.path.join(os.path.dirname(path), "events.jsonl")
     _verify_links(before, key, path, log_path, links=links)
