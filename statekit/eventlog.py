@@ -567,61 +567,13 @@ def replay(lines: list[dict[str, Any]], upto: int | None = None, path: str = "ev
             data = event["doc"] if consume and last_only else copy.deepcopy(event["doc"])
         else:
             try:
-                if consume and last_only and type(data) is dict:
-                    _patch_in_place(data, event.get("patch", []))
-                else:
-                    data = patches.apply(data or {}, event.get("patch", []), in_place=last_only and data is not None,
-                                         copy_values=not (consume and last_only))
+                data = patches.apply(data or {}, event.get("patch", []), in_place=last_only and data is not None,
+                                     copy_values=not (consume and last_only))
             except patches.PatchError as exc:
                 raise CorruptFileError(f"{path}: version {event['version']}: the patch does not apply ({exc})",
                                        path=path) from None
         out.append((event["version"], data))
     return out[-1:] if last_only else out
-
-
-class _Paths(dict):  # type: ignore[type-arg]
-    """A pointer of one or two keys (no ``~``) -> (the first key, or None for one key; the last key);
-    None for any other pointer. Filled as pointers are met (statekit's patches name few), up to a bound."""
-
-    def __missing__(self, path: Any) -> tuple[str | None, str] | None:
-        found = None
-        if type(path) is str and path[:1] == "/" and "~" not in path:
-            first, _slash, key = path[1:].partition("/")
-            if not _slash:
-                found = (None, first)
-            elif "/" not in key:
-                found = (first, key)
-        if type(path) is str and len(self) < 4096:
-            self[path] = found
-        return found
-
-
-_SIMPLE_PATHS = _Paths()
-
-
-def _patch_in_place(data: dict[str, Any], patch: Any) -> None:
-    """``patches.apply(data, patch, in_place=True, copy_values=False)``, the usual operations done here
-    (an ``add`` or ``replace`` of a key of the document, or of an object one key down: what statekit's
-    own patches hold); any other operation is handed to ``patches.apply`` alone, which applies it, or
-    refuses it with the same words (operations apply one after another, so one at a time is the same;
-    ``tests/test_verify_fast.py`` holds both to the same documents and errors)."""
-    if type(patch) is not list:
-        patches.apply(data, patch, in_place=True, copy_values=False)  # (refuses it)
-        return
-    simple = _SIMPLE_PATHS
-    for op in patch:
-        try:
-            first, key = simple[op["path"]]
-            kind = op["op"]
-            value = op["value"]
-        except (KeyError, TypeError):  # not a dict, a pointer of another form, no value: the plain way
-            kind = None
-        if kind == "replace" or kind == "add":
-            parent = data if first is None else data.get(first)
-            if type(parent) is dict and (kind == "add" or key in parent):
-                parent[key] = value
-                continue
-        patches.apply(data, [op], in_place=True, copy_values=False)
 
 
 def chain_problems(path: str, lines: list[dict[str, Any]], raws: list[bytes] | None = None, *,

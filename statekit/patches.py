@@ -121,50 +121,93 @@ def _diff_value(old: Any, new: Any, where: str, ops: Patch) -> None:
         ops.append({"op": "replace", "path": where, "value": new})
 
 
+class _Pointers(dict):  # type: ignore[type-arg]
+    """A pointer of one or two keys (no ``~``) -> (the first key, or None for one key; the last key);
+    None for any other pointer. Filled as pointers are met (statekit's patches name few), up to a bound."""
+
+    def __missing__(self, path: str) -> tuple[str | None, str] | None:
+        found = None  # (a pointer that is no text raises TypeError, or is no key of a dict)
+        if path[:1] == "/" and "~" not in path:
+            first, slash, key = path[1:].partition("/")
+            if not slash:
+                found = (None, first)
+            elif "/" not in key:
+                found = (first, key)
+        if len(self) < 4096:
+            self[path] = found
+        return found
+
+
+_PLAIN_POINTERS = _Pointers()
+
+
 def apply(doc: dict[str, Any], patch: Any, *, in_place: bool = False, copy_values: bool = True) -> dict[str, Any]:
     """``doc`` with ``patch`` applied (a new document; ``doc`` is not changed, unless
     ``in_place``: then ``doc`` itself is changed and returned, which saves copying the
     whole document per patch when only the last version is wanted). ``copy_values=False``:
     the operations' values are put in the document as they are, not copied (for a patch
     freshly parsed that nothing else uses: later patches may then change them).
-    ``PatchError`` if the patch is not one or does not fit the document."""
+    ``PatchError`` if the patch is not one or does not fit the document.
+
+    The usual operation (an ``add`` or ``replace`` of a key of the document, or of an object one
+    key down: what statekit's own patches hold) is done without walking its pointer
+    (``_PLAIN_POINTERS``); any other goes through ``_apply_op`` (``tests/test_patches.py`` holds
+    both ways to the same documents and errors)."""
     if not isinstance(patch, list):
         raise PatchError("a patch must be a list of operations")
     out = doc if in_place else copy.deepcopy(doc)
+    pointers = _PLAIN_POINTERS
+    whole = type(out) is dict
     for op in patch:
-        if not isinstance(op, dict) or op.get("op") not in ("add", "remove", "replace") \
-                or not isinstance(op.get("path"), str) or not op["path"].startswith("/"):
-            raise PatchError(f"not a supported patch operation: {op!r}")
-        tokens = op["path"][1:].split("/")
-        if "~" in op["path"]:
-            tokens = [_unescape(t) for t in tokens]
-        parent: Any = out
-        for token in tokens[:-1]:
-            parent = _child(parent, token, op)
-        last = tokens[-1]
-        kind = op["op"]
-        if kind != "remove" and "value" not in op:
-            raise PatchError(f"{kind} without a value: {op!r}")
-        if isinstance(parent, dict):
-            if kind != "add" and last not in parent:
-                raise PatchError(f"{kind} of a missing key: {op['path']}")
-            if kind == "remove":
-                del parent[last]
-            else:
-                parent[last] = copy.deepcopy(op["value"]) if copy_values else op["value"]
-        elif isinstance(parent, list):
-            index = len(parent) if last == "-" and kind == "add" else _index(last, op)
-            if index > len(parent) or (kind != "add" and index >= len(parent)):
-                raise PatchError(f"{kind} past the end of a list: {op['path']}")
-            if kind == "add":
-                parent.insert(index, copy.deepcopy(op["value"]) if copy_values else op["value"])
-            elif kind == "remove":
-                del parent[index]
-            else:
-                parent[index] = copy.deepcopy(op["value"]) if copy_values else op["value"]
-        else:
-            raise PatchError(f"{op['path']} does not lead into an object or a list")
+        if whole and type(op) is dict:
+            try:
+                split, kind, value = pointers[op["path"]], op["op"], op["value"]
+            except (KeyError, TypeError):  # a part missing, or a pointer that is no text: ``_apply_op`` says so
+                split = None
+            if split is not None and (kind == "replace" or kind == "add"):
+                first, key = split
+                parent = out if first is None else out.get(first)
+                if type(parent) is dict and (kind == "add" or key in parent):
+                    parent[key] = copy.deepcopy(value) if copy_values else value
+                    continue
+        _apply_op(out, op, copy_values)
     return out
+
+
+def _apply_op(out: dict[str, Any], op: Any, copy_values: bool) -> None:
+    """One operation of a patch applied to ``out`` in place (``PatchError`` if it does not fit)."""
+    if not isinstance(op, dict) or op.get("op") not in ("add", "remove", "replace") \
+            or not isinstance(op.get("path"), str) or not op["path"].startswith("/"):
+        raise PatchError(f"not a supported patch operation: {op!r}")
+    tokens = op["path"][1:].split("/")
+    if "~" in op["path"]:
+        tokens = [_unescape(t) for t in tokens]
+    parent: Any = out
+    for token in tokens[:-1]:
+        parent = _child(parent, token, op)
+    last = tokens[-1]
+    kind = op["op"]
+    if kind != "remove" and "value" not in op:
+        raise PatchError(f"{kind} without a value: {op!r}")
+    if isinstance(parent, dict):
+        if kind != "add" and last not in parent:
+            raise PatchError(f"{kind} of a missing key: {op['path']}")
+        if kind == "remove":
+            del parent[last]
+        else:
+            parent[last] = copy.deepcopy(op["value"]) if copy_values else op["value"]
+    elif isinstance(parent, list):
+        index = len(parent) if last == "-" and kind == "add" else _index(last, op)
+        if index > len(parent) or (kind != "add" and index >= len(parent)):
+            raise PatchError(f"{kind} past the end of a list: {op['path']}")
+        if kind == "add":
+            parent.insert(index, copy.deepcopy(op["value"]) if copy_values else op["value"])
+        elif kind == "remove":
+            del parent[index]
+        else:
+            parent[index] = copy.deepcopy(op["value"]) if copy_values else op["value"]
+    else:
+        raise PatchError(f"{op['path']} does not lead into an object or a list")
 
 
 def _index(token: str, op: dict[str, Any]) -> int:

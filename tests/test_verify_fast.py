@@ -12,17 +12,16 @@ from __future__ import annotations
 
 import gc
 import json
-import os
 import shutil
-import sqlite3
 import threading
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from statekit import Store, eventlog, parsing
@@ -31,6 +30,8 @@ from statekit.errors import StatekitError
 from statekit.index import verify as verify_module
 from statekit.index.scan import event_rows
 from statekit.index.verify import EVENT_FIELDS, event_key, event_keys, verify
+
+from .test_verify_memo import sql
 
 # --- parse_log: lines_of and tail_of from one reading ------------------------------------------
 
@@ -220,7 +221,7 @@ def test_data_same_is_same(replayed: dict[str, Any], data: dict[str, Any], equal
     assert verify_module._data_same(replayed, data, None) == same(replayed, data)
 
 
-# --- _patch_in_place: patches.apply in place, the usual operations without it ----------------------
+# --- patches.apply: the usual operations without walking their pointers, any other by _apply_op ----
 
 _KEY = st.sampled_from(["a", "b", "c", "", "0", "-", "x~1", "a/b"])
 _POINTER = st.one_of(
@@ -233,8 +234,16 @@ _OP = st.one_of(
     st.sampled_from([[], "add", None, 1, {"path": "/a", "value": 1}]))
 
 
+_NO_POINTERS = defaultdict(lambda: None)
+"""In place of ``patches._PLAIN_POINTERS``: no pointer taken the short way (every operation by ``_apply_op``)."""
+
+
 @given(st.dictionaries(_KEY, st.one_of(_JSON, st.dictionaries(_KEY, _JSON, max_size=3)), max_size=4),
        st.one_of(st.lists(_OP, max_size=5), st.sampled_from([None, {}, "patch"])))
+@example({"a": {}}, [{"op": "replace", "path": "/b", "value": 1}])  # a missing key: refused either way
+@example({"a": {}}, [{"op": "replace", "path": "/a/b", "value": 1}])
+@example({"a": [1]}, [{"op": "add", "path": "/a/0", "value": 2}])  # into a list: _apply_op
+@example({"a": 1}, [{"op": "add", "path": 3, "value": 2}, {"op": "add", "path": ["/a"], "value": 2}])
 def test_patch_in_place_is_apply(doc: dict[str, Any], patch: Any) -> None:
     from statekit import patches
     plain, fast = orjson.loads(orjson.dumps(doc)), orjson.loads(orjson.dumps(doc))
@@ -247,18 +256,25 @@ def test_patch_in_place_is_apply(doc: dict[str, Any], patch: Any) -> None:
             return ("error", str(exc), orjson.dumps(data))
         return ("ok", orjson.dumps(data))
 
-    assert outcome(lambda: eventlog._patch_in_place(fast, ops_fast), fast) == \
-        outcome(lambda: patches.apply(plain, ops, in_place=True, copy_values=False), plain)
+    def plain_way() -> None:  # every operation by _apply_op
+        kept, patches._PLAIN_POINTERS = patches._PLAIN_POINTERS, _NO_POINTERS
+        try:
+            patches.apply(plain, ops, in_place=True, copy_values=False)
+        finally:
+            patches._PLAIN_POINTERS = kept
+
+    assert outcome(lambda: patches.apply(fast, ops_fast, in_place=True, copy_values=False), fast) == \
+        outcome(plain_way, plain)
 
 
 def test_patch_in_place_takes_statekit_patches(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The fast form is the one in use: a statekit patch never reaches ``patches.apply``."""
+    """The fast form is the one in use: a statekit patch never reaches ``patches._apply_op``."""
     from statekit import patches
     before = {"stage": "a", "costs": {"a": 1.0}, "attempts": {}, "title": "T", "error_history": []}
     after = {"stage": "b", "costs": {"a": 1.0, "b": 0.5}, "attempts": {"b": 1}, "title": "T two",
              "error_history": []}
-    monkeypatch.setattr(patches, "apply", None)
-    eventlog._patch_in_place(before, patches.diff(before, after))
+    monkeypatch.setattr(patches, "_apply_op", None)
+    patches.apply(before, patches.diff(before, after), in_place=True, copy_values=False)
     assert before == after
 
 
@@ -269,8 +285,7 @@ def _slow(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(parsing, "dumped_episode", lambda data: False)  # (every file checked by its model)
     monkeypatch.setattr(eventlog, "parse_log", lambda raw: None)
     monkeypatch.setattr(eventlog, "events_valid", lambda lines: False)
-    monkeypatch.setattr(eventlog, "_patch_in_place", lambda data, patch: eventlog.patches.apply(
-        data, patch, in_place=True, copy_values=False))
+    monkeypatch.setattr(eventlog.patches, "_PLAIN_POINTERS", _NO_POINTERS)
     monkeypatch.setattr(verify_module, "_plain_shows", lambda root, shows: set())
     monkeypatch.setattr(verify_module, "_row_same",
                         lambda stored, data, text=None: same(verify_module._document(stored), data))
@@ -337,11 +352,11 @@ DAMAGES: dict[str, Callable[[Store], None]] = {
     "a repeated line": lambda store: _log(store, "e").write_bytes(
         _log(store, "e").read_bytes() + _log(store, "e").read_bytes().splitlines(keepends=True)[-1]),
     "no log": lambda store: _log(store, "a").unlink(),
-    "a changed index row": lambda store: _sql(store, "UPDATE episodes SET data = json_set(data, '$.title', 'x') "
+    "a changed index row": lambda store: sql(store, "UPDATE episodes SET data = json_set(data, '$.title', 'x') "
                                                      "WHERE episode_id = 'a'"),
-    "a reordered index row": lambda store: _sql(store, "UPDATE episodes SET data = json_remove(json_set(data, "
+    "a reordered index row": lambda store: sql(store, "UPDATE episodes SET data = json_remove(json_set(data, "
                                                        "'$.zz', 1), '$.zz') WHERE episode_id = 'b'"),
-    "a changed indexed event": lambda store: _sql(store, "UPDATE events SET message = 'x' WHERE episode_id = 'c'"),
+    "a changed indexed event": lambda store: sql(store, "UPDATE events SET message = 'x' WHERE episode_id = 'c'"),
     "a damaged checkpoint": lambda store: Path(store.root, "shows/s/episodes/b/checkpoints/downloading.json")
     .write_text("{}"),
     "a backup folder symlinked": lambda store: _symlinked(Path(store.root, ".statekit", "backups")),
@@ -354,13 +369,6 @@ DAMAGES: dict[str, Callable[[Store], None]] = {
         Path(store.root, ".statekit", "backups", "episodes", "s", "a"),
         Path(store.root, ".statekit", "backups", "episodes", "s", "zz")),
 }
-
-
-def _sql(store: Store, statement: str) -> None:
-    conn = sqlite3.connect(os.path.join(store.root, ".statekit", "index.db"))
-    with conn:
-        conn.execute(statement)
-    conn.close()
 
 
 def _symlinked(path: Path) -> None:
