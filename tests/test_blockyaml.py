@@ -38,7 +38,11 @@ documents = st.dictionaries(texts, st.recursive(
     max_leaves=12), max_size=8)
 
 
-@settings(max_examples=int(os.environ.get("STATEKIT_BLOCKYAML_EXAMPLES", "400")), deadline=None)
+# 150 examples in the default suite (each run draws new ones); STATEKIT_STRESS=1 runs 1,000
+EXAMPLES = os.environ.get("STATEKIT_BLOCKYAML_EXAMPLES", "1000" if os.environ.get("STATEKIT_STRESS") else "150")
+
+
+@settings(max_examples=int(EXAMPLES), deadline=None)
 @given(documents)
 def test_it_writes_pyyamls_bytes_or_declines(data: dict[str, Any]) -> None:
     ours = BLOCK.dump(data)
