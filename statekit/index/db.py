@@ -435,12 +435,14 @@ class Index:
     def pending(self, show: str | None = None) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
         """(its file's path, relative to the root; the ``pending`` column) of each episode whose
         file holds a pending hand edit: read through ``episodes_pending``, which has only them."""
-        stmt = select(episodes.c.show_id, episodes.c.episode_id, episodes.c.path, episodes.c.pending).where(
-            episodes.c.pending.is_not(None))
-        if show is not None:
-            stmt = stmt.where(episodes.c.show_id == show)
-        with self.reading() as conn:
-            return {(s, e): (path, json_doc(p)) for s, e, path, p in conn.execute(stmt) if json_doc(p) is not None}
+        def build() -> Any:
+            stmt = select(episodes.c.show_id, episodes.c.episode_id, episodes.c.path, episodes.c.pending).where(
+                episodes.c.pending.is_not(None))
+            return stmt if show is None else stmt.where(episodes.c.show_id == bindparam("show"))
+
+        # asked by every query that returns episodes (``Queries.marked``): on the raw cursor
+        rows = self._raw_rows(f"pending:{show is None}", build, {"show": show})
+        return {(s, e): (path, json_doc(p)) for s, e, path, p in rows if json_doc(p) is not None}
 
     def remove_show(self, show: str) -> None:
         self.write(removed_shows=[show])
@@ -457,6 +459,10 @@ class Index:
         cursor (compiled once per ``name``: SQLAlchemy's per-row work costs more
         than the query); decoded from JSON text in SQLite, as is in PostgreSQL.
         ``by_stage``: SQLite reads the rows through the stage index (``BY_STAGE``)."""
+        return [json_doc(row[0]) for row in self._raw_rows(name, build, values, by_stage)]
+
+    def _raw_rows(self, name: str, build: Any, values: Mapping[str, Any], by_stage: bool = False) -> list[Any]:
+        """The rows of a query run on the raw cursor, compiled once per ``name`` (``_raw_docs``)."""
         stmt = self.queries.get(name)
         if stmt is None:
             stmt = Compiled(build(), self.engine)
@@ -466,7 +472,7 @@ class Index:
         with self.reading():
             cursor = self._writer().cursor()
             cursor.execute(stmt.sql, stmt.params(values))
-            return [json_doc(row[0]) for row in cursor.fetchall()]
+            return cursor.fetchall()
 
     def _at(self, moment: datetime) -> Any:
         """A time as a raw-cursor parameter (ISO text in SQLite)."""
