@@ -248,7 +248,10 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
             insert_rows(cursor, chunk, inserts)
             cursor.execute("COMMIT")
         except BaseException:
-            cursor.execute("ROLLBACK")  # (no journal: the build is thrown away after this failure)
+            try:  # (no journal: the build is thrown away after this failure; the first error is the one told)
+                cursor.execute("ROLLBACK")
+            except Exception:  # noqa: BLE001
+                pass
             raise
         chunk.rows, chunk.events = [], []
         return chunk
