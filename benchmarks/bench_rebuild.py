@@ -5,8 +5,8 @@
 Makes the store in DIR (one show, 5 events an episode, as ``bench_scale``) unless it is
 there, then runs, interleaved, the bare walk (orjson / C YAML loader) and ``rebuild-index``
 of each ``--repo`` (a checkout of statekit: A/B of two branches on the same files), each in
-a fresh process. Prints the medians of wall time, CPU (the process and its children) and
-the ratios to the bare walk, with the load average.
+a fresh process. Prints the medians of wall time, CPU (the process and its children; the parent's
+alone) and the ratios to the bare walk, with the load average.
 """
 
 from __future__ import annotations
@@ -32,18 +32,22 @@ root, what = sys.argv[1], sys.argv[2]
 def cpu():
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime
+def own():
+    s = resource.getrusage(resource.RUSAGE_SELF)
+    return s.ru_utime + s.ru_stime
 if what == "bare":
     import orjson, yaml
-    start, c0 = time.perf_counter(), cpu()
+    start, c0, p0 = time.perf_counter(), cpu(), own()
 """ + BARE_WALK.lstrip("\n") + r"""else:
     from statekit import Store
     store = Store.open(root)
     store.counts()  # the index is open (not timed)
-    start, c0 = time.perf_counter(), cpu()
+    start, c0, p0 = time.perf_counter(), cpu(), own()
     report = store.rebuild_index()
     assert not report.problems, report.problems[:3]
-print(json.dumps({{"seconds": time.perf_counter() - start, "cpu": cpu() - c0,
-                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}}))
+print(json.dumps({{"seconds": time.perf_counter() - start, "cpu": cpu() - c0, "parent_cpu": own() - p0,
+                  "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "worker_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}}))
 """
 
 
@@ -85,10 +89,12 @@ def main() -> None:
     for r in repos:
         wall = statistics.median(s["seconds"] for s in samples[r])
         c = statistics.median(s["cpu"] for s in samples[r])
+        parent = statistics.median(s["parent_cpu"] for s in samples[r])
         peak = max(s["peak_mb"] for s in samples[r])
+        worker_peak = max(s.get("worker_peak_mb", 0) for s in samples[r])
         walls = " ".join(f"{s['seconds'] / b['seconds']:.2f}" for s, b in zip(samples[r], samples["bare"]))
         print(f"  {r}: wall {wall:6.3f} s ({wall / bare_s:.2f}x; each run {walls})  cpu {c:6.3f} s "
-              f"({c / bare_c:.2f}x)  peak {peak:.0f} MB")
+              f"({c / bare_c:.2f}x; the parent's {parent:.3f} s)  peak {peak:.0f} MB (a worker's {worker_peak:.0f} MB)")
 
 
 if __name__ == "__main__":

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
@@ -36,10 +36,9 @@ from .dialect import (
 from .leases import LeaseTable
 from .leases import kept as leases_kept
 from .leases import restore as restore_leases
-from .pool import ordered_map, workers_for
-from .rows import EVENT_COLUMNS, UNLISTED, claim_rows, json_text, pending_text, totals_delta
+from .pool import ordered_chunks, workers_for
+from .rows import EVENT_COLUMNS, UNLISTED, claim_rows, json_text, pending_text
 from .scan import (
-    REBUILD_BATCH,
     Problem,
     RebuildReport,
     committed_rows,
@@ -73,6 +72,9 @@ Progress = Callable[[int, int], None]
 
 REBUILD_WAIT_S = 600.0
 """How long a rebuild waits for another process's rebuild of the same index."""
+
+REBUILD_CHUNK = 256
+"""Episode folders a rebuild hands a worker at a time (their rows inserted at once)."""
 
 
 def index_lock(writer: Writer) -> Any:
@@ -132,7 +134,7 @@ def rebuild_locked(writer: Writer, index: Index, progress: Progress | None, repo
                 create_schema(conn)
                 stamp_revision(conn)
             with conn.begin():
-                _fill(writer, conn, report, progress, workers)
+                _fill(writer, conn, report, progress, workers, built)
             with conn.begin():  # read last, so that few renewals or claims fall between this and the swap
                 restore_leases(conn, old_leases(index), writer.clock())
         finish_build(engine)
@@ -158,12 +160,14 @@ def old_leases(index: Index) -> list[dict[str, Any]]:
 
 
 def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Progress | None,
-          workers: int | None = None) -> None:
+          workers: int | None = None, built: str | None = None) -> None:
+    """The rows of every file into ``conn``'s database. ``built``: its SQLite file (a
+    rebuild's, no one else's), which a pool's workers then write their rows into themselves,
+    in their chunks' order (``pool.ordered_chunks``), while ``conn`` holds no lock;
+    else this process inserts them (one process, or a server database)."""
     found = list(episode_folders(writer.root))  # each worker looks for its folders' files (lstat is a cost)
     total = len(found)
     deltas: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
-    rows: list[tuple[Any, ...]] = []
-    event_rows: list[tuple[Any, ...]] = []
     show_rows = []
     claims: list[dict[str, Any]] = []
     order: dict[str, dict[str, int]] = {}
@@ -183,8 +187,7 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
 
     def rows_of(item: tuple[str, str, str]) -> Any:
         """One folder's rows as tuples ready to insert (JSON as text), or its problem, or None
-        (no episode file). (Run in a pool's worker for a large store: what it returns is
-        pickled, so plain tuples.)"""
+        (no episode file)."""
         show, ep, base = item
         located = episode_file(base)
         if located is None:
@@ -216,28 +219,71 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
             values = tuple(row.get(c) for c in EPISODE_COLUMNS)
         return values, lines, claimed, stage, costs, bool(pending), failure
 
-    for done, ((show, ep, _base), result) in enumerate(
-            zip(found, ordered_map(rows_of, found, workers_for(total, workers))), 1):
-        if result is None:
-            continue
-        if isinstance(result, Problem):
-            report.problems.append(result)
-            continue
-        values, lines, claimed, stage, costs, is_pending, failure = result
-        if failure is not None:  # reported, and indexed as the committed version its log rebuilds
-            report.problems.append(failure)
-        if is_pending:
-            report.pending.append(f"{show}/{ep}")
-        rows.append(values)
-        event_rows.extend(lines)
-        if claimed:
-            claims.extend(claimed)
-        totals_delta(deltas, show, None, (stage, costs))
-        if len(rows) >= REBUILD_BATCH:
-            flush(conn, rows, event_rows, report, inserts)
+    def chunk_of(items: Sequence[tuple[str, str, str]]) -> Chunk:
+        """A chunk of folders' rows, and what the parent needs of them (in a pool's worker
+        for a large store: what it returns is pickled)."""
+        chunk = Chunk()
+        for i, item in enumerate(items):
+            result = rows_of(item)
+            if result is None or isinstance(result, Problem):
+                chunk.skipped.append(i)
+                if result is not None:
+                    chunk.notes.append((item[0], item[1], result, False, None))
+                continue
+            values, lines, claimed, stage, costs, is_pending, failure = result
+            if failure is not None or is_pending or claimed:
+                chunk.notes.append((item[0], item[1], failure, is_pending, claimed))
+            chunk.rows.append(values)
+            chunk.events.extend(lines)
+            chunk.count(item[0], stage, costs)
+        chunk.size, chunk.episodes, chunk.n_events = len(items), len(chunk.rows), len(chunk.events)
+        return chunk
+
+    def written(chunk: Chunk) -> Chunk:
+        """``chunk``'s rows inserted into ``built`` by this worker (its turn: the chunks
+        before it are in), and dropped from what goes back to the parent."""
+        cursor = _build_cursor(built)  # type: ignore[arg-type]
+        cursor.execute("BEGIN IMMEDIATE")
+        try:
+            insert_rows(cursor, chunk, inserts)
+            cursor.execute("COMMIT")
+        except BaseException:
+            try:  # (no journal: the build is thrown away after this failure; the first error is the one told)
+                cursor.execute("ROLLBACK")
+            except Exception:  # noqa: BLE001
+                pass
+            raise
+        chunk.rows, chunk.events = [], []
+        return chunk
+
+    n = workers_for(total, workers)
+    pooled = n > 1 and built is not None  # ``conn`` holds no lock until the workers are done (BEGIN DEFERRED)
+    done = 0
+    for chunk in ordered_chunks(chunk_of, found, n, written if pooled else None, size=REBUILD_CHUNK):
+        if chunk.rows or chunk.events:  # this process inserts them
+            insert_rows(conn.connection.driver_connection.cursor(), chunk, inserts)  # type: ignore[union-attr]
+        report.episodes += chunk.episodes
+        report.events += chunk.n_events
+        for show, ep, failure, is_pending, claimed in chunk.notes:
+            if failure is not None:  # reported (and, with rows, indexed as the committed version its log rebuilds)
+                report.problems.append(failure)
+            if is_pending:
+                report.pending.append(f"{show}/{ep}")
+            if claimed:
+                claims.extend(claimed)
+        for key, (n_episodes, amounts) in chunk.deltas.items():  # in the order one process adds them
+            totals = deltas[key]
+            totals[0] += n_episodes
+            cost = totals[1]
+            for amount in amounts:
+                cost += amount
+            totals[1] = cost
         if progress is not None:
-            progress(done, total)
-    flush(conn, rows, event_rows, report, inserts)
+            skipped = set(chunk.skipped)
+            for i in range(chunk.size):
+                if i not in skipped:
+                    progress(done + i + 1, total)
+        done += chunk.size
     if show_rows:
         conn.execute(shows_insert(), show_rows)
     report.shows = len(show_rows)
@@ -251,6 +297,63 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
     windows = {stage: limit.window[1] for stage, limit in writer.config.limits.items() if limit.window is not None}
     if windows:  # the rate limits' windows, from the start events (the table is coordination state)
         LeaseTable(conn.engine).refill_starts(conn, windows, writer.clock())
+
+
+class Chunk:
+    """What a chunk of episode folders gives a rebuild: the rows (tuples in ``EPISODE_COLUMNS``
+    and ``EVENT_COLUMNS`` order), the folders without rows (``skipped``: their indexes in the
+    chunk), ``notes`` (show, episode, problem, pending, unique claims) of the folders that have
+    any, in order, and the per-stage totals' deltas: per (show, stage), in the order first met,
+    the episodes and the costs one by one (the parent adds them up in the order one process
+    does, so the sums are the same floats)."""
+
+    __slots__ = ("rows", "events", "skipped", "notes", "deltas", "episodes", "n_events", "size")
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[Any, ...]] = []
+        self.events: list[tuple[Any, ...]] = []
+        self.skipped: list[int] = []
+        self.notes: list[tuple[str, str, Problem | None, bool, list[dict[str, Any]] | None]] = []
+        self.deltas: dict[tuple[str, str], list[Any]] = {}
+        self.episodes = self.n_events = self.size = 0
+
+    def count(self, show: str, stage: str, costs: dict[str, float]) -> None:
+        """``totals_delta(deltas, show, None, (stage, costs))``, the costs kept one by one."""
+        deltas = self.deltas
+        key = (show, stage)
+        if key not in deltas:
+            deltas[key] = [0, []]
+        deltas[key][0] += 1
+        for cost_stage, amount in costs.items():
+            key = (show, cost_stage)
+            if key not in deltas:
+                deltas[key] = [0, []]
+            deltas[key][1].append(1 * amount)
+
+    def __getstate__(self) -> tuple[Any, ...]:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple[Any, ...]) -> None:
+        for name, value in zip(self.__slots__, state):
+            setattr(self, name, value)
+
+
+_build: tuple[int, str, Any] | None = None
+"""A pool worker's connection to the build file: (its process, the file, the cursor)."""
+
+
+def _build_cursor(path: str) -> Any:
+    """This process's cursor on the build file ``path`` (opened once: no journal, no syncing, as
+    the parent's ``engine_for(scratch=True)``; a worker writes it only in its chunk's turn)."""
+    global _build
+    if _build is None or _build[0] != os.getpid() or _build[1] != path:
+        import sqlite3
+
+        connection = sqlite3.connect(path, isolation_level=None, timeout=REBUILD_WAIT_S)
+        for pragma in ("journal_mode = OFF", "synchronous = OFF"):
+            connection.execute(f"PRAGMA {pragma}")
+        _build = (os.getpid(), path, connection.cursor())
+    return _build[2]
 
 
 def shows_insert() -> Any:
@@ -269,16 +372,23 @@ def flush(conn: Connection, rows: list[tuple[Any, ...]], event_rows: list[tuple[
     columns are text already, through the raw cursor (SQLAlchemy's per-row work would
     cost more than SQLite's)."""
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    inserts = inserts or (bulk(conn, "episodes"), bulk(conn, "events"))
     if rows:
-        insert = inserts[0] if inserts else bulk(conn, "episodes")
-        cursor.executemany(insert.sql, arranged(insert, EPISODE_COLUMNS, rows))
+        cursor.executemany(inserts[0].sql, arranged(inserts[0], EPISODE_COLUMNS, rows))
         report.episodes += len(rows)
     if event_rows:
-        insert = inserts[1] if inserts else bulk(conn, "events")
-        cursor.executemany(insert.sql, arranged(insert, EVENT_COLUMNS, event_rows))
+        cursor.executemany(inserts[1].sql, arranged(inserts[1], EVENT_COLUMNS, event_rows))
         report.events += len(event_rows)
     rows.clear()
     event_rows.clear()
+
+
+def insert_rows(cursor: Any, chunk: Chunk, inserts: tuple[Compiled, Compiled]) -> None:
+    """A chunk's rows through a raw cursor (``flush``'s inserts)."""
+    if chunk.rows:
+        cursor.executemany(inserts[0].sql, arranged(inserts[0], EPISODE_COLUMNS, chunk.rows))
+    if chunk.events:
+        cursor.executemany(inserts[1].sql, arranged(inserts[1], EVENT_COLUMNS, chunk.events))
 
 
 def arranged(insert: Compiled, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> Any:
