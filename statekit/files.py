@@ -298,9 +298,11 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
     such as a report's output, not a store file).
 
     ``alongside``: other work that must be durable before the rename (the
-    event append). It runs on a helper thread while the temp file is written
-    and synced, so the two fsyncs overlap; its error aborts the write, and it
-    has always finished when this returns or raises.
+    fsync of the event line the caller wrote). It runs on a helper thread while
+    the temp file is written and synced, so the two fsyncs overlap; its error
+    aborts the write, and it has always finished when this returns or raises.
+    Keep it to system calls: Python beside the writer's own costs the GIL's
+    handoffs.
 
     ``fence``: called (on the caller's thread) right before the rename, once
     everything else is durable; its error aborts the write (a lock or lease
@@ -493,7 +495,7 @@ def _write_back(disk: Disk, path: str, previous: bytes, dir_fd: int) -> None:
 class _Helper:
     """Threads for other fsyncs that overlap a caller's work (``in_background``: an
     object's copy, a new episode folder's name; one pool per process: a forked child
-    starts its own). The event append beside a write's own fsync has ``_Syncer``."""
+    starts its own). The event log's fsync beside a write's own has ``_Syncer``."""
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
@@ -512,8 +514,8 @@ _HELPER = _Helper()
 
 
 class _Syncer:
-    """A helper thread that runs one job at a time: the event append that
-    ``atomic_write`` overlaps with the file's own fsync. Handed over with two
+    """A helper thread that runs one job at a time: the event log's fsync that
+    ``atomic_write`` overlaps with the file's own. Handed over with two
     plain locks (a ``ThreadPoolExecutor`` job costs a ``Future``, its
     ``Condition`` and a queue item: about 8 us more CPU per write); the idle
     ones wait in ``_IDLE`` (per process: a forked child starts its own)."""

@@ -124,7 +124,7 @@ def test_a_longer_spare_taken_as_the_temp_file_is_cut_to_the_new_bytes(tmp_path:
 
 
 class FailingLog(Disk):
-    """Fails every write to the event log (the append runs on the helper thread)."""
+    """Fails every write to the event log (the line is written on the writer's thread, its fsync on a helper)."""
 
     def __init__(self) -> None:
         self.log_fds: set[int] = set()
