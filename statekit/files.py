@@ -89,7 +89,7 @@ class Disk:
     overlap_syncs = True
 
     def open(self, path: str, flags: int, mode: int = 0o666, *, dir_fd: int | None = None) -> int:
-        return os.open(name_at(path, dir_fd), flags, mode, dir_fd=dir_fd)
+        return os.open(path if dir_fd is None else path[path.rfind("/") + 1:], flags, mode, dir_fd=dir_fd)
 
     def mkstemp(self, directory: str, prefix: str, suffix: str, *, dir_fd: int | None = None) -> tuple[int, str]:
         if dir_fd is None:
@@ -118,10 +118,12 @@ class Disk:
         os.close(fd)
 
     def replace(self, src: str, dst: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
-        os.replace(name_at(src, src_dir_fd), name_at(dst, dst_dir_fd), src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+        os.replace(src if src_dir_fd is None else src[src.rfind("/") + 1:],  # (name_at, inline: every write)
+                   dst if dst_dir_fd is None else dst[dst.rfind("/") + 1:], src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
     def rename(self, src: str, dst: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
-        os.rename(name_at(src, src_dir_fd), name_at(dst, dst_dir_fd), src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+        os.rename(src if src_dir_fd is None else src[src.rfind("/") + 1:],
+                  dst if dst_dir_fd is None else dst[dst.rfind("/") + 1:], src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
     def truncate(self, fd: int, size: int) -> None:
         os.ftruncate(fd, size)
@@ -133,7 +135,8 @@ class Disk:
         os.mkdir(name_at(path, dir_fd), 0o777, dir_fd=dir_fd)  # less the umask, as for any folder
 
     def link(self, src: str, dst: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
-        os.link(name_at(src, src_dir_fd), name_at(dst, dst_dir_fd), src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd,
+        os.link(src if src_dir_fd is None else src[src.rfind("/") + 1:],
+                dst if dst_dir_fd is None else dst[dst.rfind("/") + 1:], src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd,
                 follow_symlinks=False)
 
 
@@ -322,7 +325,8 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
     it is gone, a new temp file is made as usual. ``recycled``: a list that gets ``recycle``
     appended when it was taken (it is then gone from its folder: rotation need not remove it).
     """
-    directory, name = os.path.split(path)
+    cut = path.rfind("/") + 1  # (os.path.split, for a path that does not end in "/")
+    directory, name = path[:cut].rstrip("/") or path[:cut], path[cut:]
     if dir_fd is None:
         try:
             folder = os.open(directory or ".", os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)

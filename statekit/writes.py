@@ -472,8 +472,8 @@ class Writer(Ledgers):
         ``base`` (the committed data; by default ``ledger``'s or ``current``'s),
         or the whole data (``doc``) when the log has no chain yet. ``named``: a new folder's
         name being synced into its parent (a create): durable before the rename too."""
-        directory = os.path.dirname(path)
-        codec = CODECS[os.path.splitext(path)[1]]
+        directory = path[:path.rfind("/")]  # (os.path's dirname and splitext, for an episode file's path)
+        codec = CODECS[path[path.rfind("."):]]
         data = new.model_dump(mode="json")
         if committed is None:
             committed = current.model.version if current is not None else 0
