@@ -301,11 +301,14 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
     such as a report's output, not a store file).
 
     ``alongside``: other work that must be durable before the rename (the
-    fsync of the event line the caller wrote). It runs on a helper thread while
-    the temp file is written and synced, so the two fsyncs overlap; its error
-    aborts the write, and it has always finished when this returns or raises.
-    Keep it to system calls: Python beside the writer's own costs the GIL's
-    handoffs.
+    fsync of the event line the caller wrote). It runs on a helper thread,
+    started once the temp file is written, while the temp file is synced: the
+    two fsyncs are issued together, and the file system commits them in one
+    journal commit (a log fsync started earlier commits alone, and the file's
+    then needs a second one). Its error aborts the write, and it has always
+    finished when this returns or raises; if the temp file fails first it is
+    not run (the line it would sync is an uncommitted tail). Keep it to system
+    calls: Python beside the writer's own costs the GIL's handoffs.
 
     ``fence``: called (on the caller's thread) right before the rename, once
     everything else is durable; its error aborts the write (a lock or lease
@@ -342,10 +345,10 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
     tmp: str | None = None
     kept: str | None = None
     job = None
+    later = None  # the helper's job, started when the temp file is ready for its own fsync
     if alongside is not None:
-        job = _Syncer.take() if disk.overlap_syncs else None
-        if job is not None:
-            job.start(alongside)
+        if disk.overlap_syncs:
+            later = alongside
         else:
             alongside()
     try:
@@ -362,6 +365,13 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
         else:
             fd, tmp = disk.mkstemp(directory or ".", f"{TEMP_PREFIX}{name}.", TEMP_SUFFIX, dir_fd=dir_fd)
             write_all(disk, fd, data)
+        if later is not None:  # both fsyncs issued together: the file system commits them as one
+            job = _Syncer.take()
+            if job is not None:
+                job.start(later)
+            else:
+                later()
+            later = None
         disk.fsync(fd)
         written = os.fstat(fd)
         closing, fd = fd, None

@@ -1,5 +1,5 @@
 """The event line of a write is written on the writer's thread; only its fsync goes to a
-helper, overlapping the file's own. The contract still holds: the event is durable before
+helper, started once the temp file is written, overlapping the file's own fsync. The contract still holds: the event is durable before
 the rename, a failed fsync of the log stops the write (and cuts the line), and the calls a
 disk without overlap sees come in the order they always did."""
 
@@ -55,6 +55,7 @@ class Recording(Disk):
 
     def fsync(self, fd: int) -> None:
         target = self._target(fd)
+        self._note("fsync-start", target)
         if target == "events.jsonl":
             if self.fail_log_sync:
                 raise OSError(errno.EIO, os.strerror(errno.EIO))
@@ -91,6 +92,10 @@ def test_the_events_fsync_is_done_before_the_rename_even_when_slow(tmp_path: Pat
         assert log_write < temp
         sync = next(t for c, w, t in disk.calls if (c, w) == ("fsync", "events.jsonl"))
         assert sync != main
+        # ... started once the temp file is written, so both fsyncs reach the file system together
+        temp_written = next(i for i, (c, w, _t) in enumerate(disk.calls) if c == "write" and w.endswith(".tmp"))
+        log_sync = calls.index(("fsync-start", "events.jsonl"))
+        assert temp_written < log_sync
     assert store.get("s", "e").version == 4 and store.verify().clean
     store.close()
 
@@ -100,7 +105,7 @@ def test_a_disk_that_does_not_overlap_sees_the_calls_in_their_old_order(tmp_path
     store = _store(tmp_path, disk)
     disk.calls.clear()
     store.advance("s", "e", "downloading")
-    calls = [(c, w) for c, w, _t in disk.calls]
+    calls = [(c, w) for c, w, _t in disk.calls if c != "fsync-start"]
     log = [i for i, (_c, w) in enumerate(calls) if w == "events.jsonl"]
     assert [calls[i][0] for i in log] == ["open", "write", "fsync"]
     temp = next(i for i, (c, _w) in enumerate(calls) if c in ("mkstemp", "rename-spare"))
