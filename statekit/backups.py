@@ -66,7 +66,9 @@ class Backups:
         parts = backup_parts(model.show_id, model.episode_id)
         # not fsynced: a backup folder needs no durable entry (the backup is a spare)
         folder = self.folders.walk(parts, create=True, durable=False)
-        stem, ext = os.path.splitext(os.path.basename(path))
+        name = path[path.rfind("/") + 1:]  # (os.path's basename and splitext: episode.<ext>)
+        dot = name.rfind(".")
+        stem, ext = (name[:dot], name[dot:]) if dot > len(name) - len(name.lstrip(".")) else (name, "")
         return "/".join((self.root, *parts, f"{stem}.v{model.version}{ext}")), folder
 
     def spare(self, kept: str, version: int) -> str | None:

@@ -133,8 +133,58 @@ def append_event(disk: Disk, path: str, line: bytes, committed: int, known_size:
     to look for; ``committed_end``: where the committed events end, when the
     caller found it (``read_tail``): the rest is cut. Returns the log's size before and after (a size of 0 before
     means a new log, whose directory entry needs an fsync). ``dir_fd``: its
-    folder, held open.
+    folder, held open. ``write_event`` then ``Appended.sync``.
     """
+    appended = write_event(disk, path, line, committed, known_size, dir_fd=dir_fd, committed_end=committed_end)
+    appended.sync()
+    return appended.before, appended.after
+
+
+class Appended:
+    """An event line written to its log (``write_event``) but not yet durable: ``sync``
+    makes it so (on any thread: a write hands it to a helper, to overlap the file's own
+    fsync) and closes the log; ``close`` only closes it (the write stopped first).
+    ``before``/``after``: the log's size before the append and after it."""
+
+    __slots__ = ("disk", "path", "fd", "keep", "before", "after")
+
+    def __init__(self, disk: Disk, path: str, fd: int, keep: int, before: int, after: int) -> None:
+        self.disk, self.path, self.fd, self.keep, self.before, self.after = disk, path, fd, keep, before, after
+
+    def sync(self) -> None:
+        """fsync the log and close it; on failure the line is cut again (best effort) and
+        ``StorageError`` raised."""
+        fd = self.fd
+        if fd is None:
+            raise RuntimeError(f"{self.path}: the append was closed already")
+        self.fd = None
+        try:
+            self.disk.fsync(fd)
+        except OSError as exc:
+            _cut(fd, self.keep)
+            raise storage_error(exc, self.path, "append to") from exc
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        """Close the log if ``sync`` did not (the write stopped first: the line left is an
+        uncommitted tail, dropped by the next write)."""
+        fd, self.fd = self.fd, None
+        if fd is not None:
+            os.close(fd)
+
+
+def _cut(fd: int, size: int) -> None:
+    try:  # best effort: a failed append leaves no partial line behind
+        os.ftruncate(fd, size)
+    except OSError:
+        pass
+
+
+def write_event(disk: Disk, path: str, line: bytes, committed: int, known_size: int | None = None, *,
+                dir_fd: int | None = None, committed_end: int | None = None) -> Appended:
+    """``append_event`` up to its fsync: the uncommitted tail dropped, the line written,
+    the log left open; the caller calls ``sync`` (or ``close``) on what it returns."""
     try:
         try:
             fd = disk.open(path, os.O_RDWR | os.O_APPEND | O_NOFOLLOW | O_CLOEXEC, dir_fd=dir_fd)
@@ -161,17 +211,14 @@ def append_event(disk: Disk, path: str, line: bytes, committed: int, known_size:
         if keep < size:
             disk.truncate(fd, keep)
         write_all(disk, fd, line)
-        disk.fsync(fd)
-        return size, keep + len(line)
-    except OSError as exc:
+    except BaseException as exc:
         if keep is not None:
-            try:  # best effort: a failed append leaves no partial line behind
-                os.ftruncate(fd, keep)
-            except OSError:
-                pass
-        raise storage_error(exc, path, "append to") from exc
-    finally:
+            _cut(fd, keep)
         os.close(fd)
+        if isinstance(exc, OSError):
+            raise storage_error(exc, path, "append to") from exc
+        raise
+    return Appended(disk, path, fd, keep, size, keep + len(line))
 
 
 def uncommitted_tail(path: str, committed: int, *, dir_fd: int | None = None) -> int:

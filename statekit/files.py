@@ -89,7 +89,7 @@ class Disk:
     overlap_syncs = True
 
     def open(self, path: str, flags: int, mode: int = 0o666, *, dir_fd: int | None = None) -> int:
-        return os.open(name_at(path, dir_fd), flags, mode, dir_fd=dir_fd)
+        return os.open(path if dir_fd is None else path[path.rfind("/") + 1:], flags, mode, dir_fd=dir_fd)
 
     def mkstemp(self, directory: str, prefix: str, suffix: str, *, dir_fd: int | None = None) -> tuple[int, str]:
         if dir_fd is None:
@@ -118,10 +118,12 @@ class Disk:
         os.close(fd)
 
     def replace(self, src: str, dst: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
-        os.replace(name_at(src, src_dir_fd), name_at(dst, dst_dir_fd), src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+        os.replace(src if src_dir_fd is None else src[src.rfind("/") + 1:],  # (name_at, inline: every write)
+                   dst if dst_dir_fd is None else dst[dst.rfind("/") + 1:], src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
     def rename(self, src: str, dst: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
-        os.rename(name_at(src, src_dir_fd), name_at(dst, dst_dir_fd), src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
+        os.rename(src if src_dir_fd is None else src[src.rfind("/") + 1:],
+                  dst if dst_dir_fd is None else dst[dst.rfind("/") + 1:], src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd)
 
     def truncate(self, fd: int, size: int) -> None:
         os.ftruncate(fd, size)
@@ -133,7 +135,8 @@ class Disk:
         os.mkdir(name_at(path, dir_fd), 0o777, dir_fd=dir_fd)  # less the umask, as for any folder
 
     def link(self, src: str, dst: str, *, src_dir_fd: int | None = None, dst_dir_fd: int | None = None) -> None:
-        os.link(name_at(src, src_dir_fd), name_at(dst, dst_dir_fd), src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd,
+        os.link(src if src_dir_fd is None else src[src.rfind("/") + 1:],
+                dst if dst_dir_fd is None else dst[dst.rfind("/") + 1:], src_dir_fd=src_dir_fd, dst_dir_fd=dst_dir_fd,
                 follow_symlinks=False)
 
 
@@ -298,9 +301,14 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
     such as a report's output, not a store file).
 
     ``alongside``: other work that must be durable before the rename (the
-    event append). It runs on a helper thread while the temp file is written
-    and synced, so the two fsyncs overlap; its error aborts the write, and it
-    has always finished when this returns or raises.
+    fsync of the event line the caller wrote). It runs on a helper thread,
+    started once the temp file is written, while the temp file is synced: the
+    two fsyncs are issued together, and the file system commits them in one
+    journal commit (a log fsync started earlier commits alone, and the file's
+    then needs a second one). Its error aborts the write, and it has always
+    finished when this returns or raises; if the temp file fails first it is
+    not run (the line it would sync is an uncommitted tail). Keep it to system
+    calls: Python beside the writer's own costs the GIL's handoffs.
 
     ``fence``: called (on the caller's thread) right before the rename, once
     everything else is durable; its error aborts the write (a lock or lease
@@ -320,7 +328,8 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
     it is gone, a new temp file is made as usual. ``recycled``: a list that gets ``recycle``
     appended when it was taken (it is then gone from its folder: rotation need not remove it).
     """
-    directory, name = os.path.split(path)
+    cut = path.rfind("/") + 1  # (os.path.split, for a path that does not end in "/")
+    directory, name = path[:cut].rstrip("/") or path[:cut], path[cut:]
     if dir_fd is None:
         try:
             folder = os.open(directory or ".", os.O_RDONLY | O_DIRECTORY | O_CLOEXEC)
@@ -336,10 +345,10 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
     tmp: str | None = None
     kept: str | None = None
     job = None
+    later = None  # the helper's job, started when the temp file is ready for its own fsync
     if alongside is not None:
-        job = _Syncer.take() if disk.overlap_syncs else None
-        if job is not None:
-            job.start(alongside)
+        if disk.overlap_syncs:
+            later = alongside
         else:
             alongside()
     try:
@@ -356,6 +365,13 @@ def atomic_write(disk: Disk, path: str, data: bytes, *, dir_fd: int | None = Non
         else:
             fd, tmp = disk.mkstemp(directory or ".", f"{TEMP_PREFIX}{name}.", TEMP_SUFFIX, dir_fd=dir_fd)
             write_all(disk, fd, data)
+        if later is not None:  # both fsyncs issued together: the file system commits them as one
+            job = _Syncer.take()
+            if job is not None:
+                job.start(later)
+            else:
+                later()
+            later = None
         disk.fsync(fd)
         written = os.fstat(fd)
         closing, fd = fd, None
@@ -493,7 +509,7 @@ def _write_back(disk: Disk, path: str, previous: bytes, dir_fd: int) -> None:
 class _Helper:
     """Threads for other fsyncs that overlap a caller's work (``in_background``: an
     object's copy, a new episode folder's name; one pool per process: a forked child
-    starts its own). The event append beside a write's own fsync has ``_Syncer``."""
+    starts its own). The event log's fsync beside a write's own has ``_Syncer``."""
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
@@ -512,8 +528,8 @@ _HELPER = _Helper()
 
 
 class _Syncer:
-    """A helper thread that runs one job at a time: the event append that
-    ``atomic_write`` overlaps with the file's own fsync. Handed over with two
+    """A helper thread that runs one job at a time: the event log's fsync that
+    ``atomic_write`` overlaps with the file's own. Handed over with two
     plain locks (a ``ThreadPoolExecutor`` job costs a ``Future``, its
     ``Condition`` and a queue item: about 8 us more CPU per write); the idle
     ones wait in ``_IDLE`` (per process: a forked child starts its own)."""

@@ -472,8 +472,8 @@ class Writer(Ledgers):
         ``base`` (the committed data; by default ``ledger``'s or ``current``'s),
         or the whole data (``doc``) when the log has no chain yet. ``named``: a new folder's
         name being synced into its parent (a create): durable before the rename too."""
-        directory = os.path.dirname(path)
-        codec = CODECS[os.path.splitext(path)[1]]
+        directory = path[:path.rfind("/")]  # (os.path's dirname and splitext, for an episode file's path)
+        codec = CODECS[path[path.rfind("."):]]
         data = new.model_dump(mode="json")
         if committed is None:
             committed = current.model.version if current is not None else 0
@@ -509,15 +509,15 @@ class Writer(Ledgers):
         log_path = directory + "/events.jsonl"
         sizes: list[int] = []
 
-        def append() -> None:  # runs alongside the file's own fsync; done before the rename
-            before, after = eventlog.append_event(self.disk, log_path, line, committed, known, dir_fd=folder,
-                                                  committed_end=ledger.end if ledger is not None else None)
-            if before == 0:  # a new events.jsonl: its name must be durable before the file's
+        appended: eventlog.Appended | None = None
+
+        def sync() -> None:  # the line is written: its fsync runs alongside the file's; done before the rename
+            appended.sync()  # type: ignore[union-attr]
+            if appended.before == 0:  # type: ignore[union-attr]  # a new events.jsonl: its name durable before the file's
                 try:
                     self.disk.fsync(folder)
                 except OSError as exc:
                     raise diskio.storage_error(exc, directory, "sync directory") from exc
-            sizes.append(after)
             if named is not None:  # (an error here aborts the write before its rename, as the append's does)
                 named.result()
 
@@ -525,7 +525,12 @@ class Writer(Ledgers):
         previous = current.raw if current is not None else replaced
         taken: list[str] = []
         try:
-            st = diskio.atomic_write(self.disk, path, raw, dir_fd=folder, alongside=append, keep=keep,
+            # the line is written here, on this thread (a helper running Python beside it costs the GIL's
+            # handoffs); only its fsync goes to the helper, overlapping the file's own
+            appended = eventlog.write_event(self.disk, log_path, line, committed, known, dir_fd=folder,
+                                            committed_end=ledger.end if ledger is not None else None)
+            sizes.append(appended.after)
+            st = diskio.atomic_write(self.disk, path, raw, dir_fd=folder, alongside=sync, keep=keep,
                                      keep_dir_fd=backups, previous=previous, created=previous is None,
                                      fence=self.fence,
                                      recycle=self.backups.spare(keep, current.model.version)  # type: ignore[union-attr]
@@ -534,6 +539,8 @@ class Writer(Ledgers):
                 self.backups.rotate(keep, current.model.version, backups,  # type: ignore[union-attr]
                                     spare_taken=bool(taken))
         finally:
+            if appended is not None:
+                appended.close()  # (synced and closed already, unless the write stopped first)
             if backups is not None:
                 os.close(backups)
         return self._after_rename(path, current, new, written, data, record, line, sizes, st, committed,

@@ -3,8 +3,8 @@
 The index written after each commit (one UPDATE picked from the row in C, one
 statement for both stages' totals, None bound without the adaptation protocol)
 holds what a rebuild derives from the files; the spare backup reused as the
-temp file is cut to the new bytes; the event append on the helper thread still
-stops a write when it fails; a forked child gets helpers of its own.
+temp file is cut to the new bytes; a failed event append (its line written on the
+writer's thread, its fsync on a helper) still stops a write; a forked child gets helpers of its own.
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ def test_a_longer_spare_taken_as_the_temp_file_is_cut_to_the_new_bytes(tmp_path:
 
 
 class FailingLog(Disk):
-    """Fails every write to the event log (the append runs on the helper thread)."""
+    """Fails every write to the event log (the line is written on the writer's thread, its fsync on a helper)."""
 
     def __init__(self) -> None:
         self.log_fds: set[int] = set()
