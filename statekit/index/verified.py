@@ -105,6 +105,9 @@ def _file_bytes(path: str) -> bytes | None:
         return b"\xfeunreadable"
 
 
+_exists = os.access
+
+
 def _folder(h: Any, directory: str) -> None:
     """Every entry of a folder: name, kind, and a regular file's bytes (None: no folder)."""
     try:
@@ -126,9 +129,16 @@ def _folder(h: Any, directory: str) -> None:
 
 def kept_files(root: str, show: str, ep: str, directory: str, backed_up: bool = True) -> bytes:
     """The digest of an episode's checkpoints and backups (names, kinds, bytes).
-    ``backed_up=False``: its show's backup folder had no entry for it (``backed_up``)."""
+    ``backed_up=False``: its show's backup folder had no entry for it (``backed_up``).
+    ``directory``: the episode's folder, in which the caller has just read the episode file: a
+    missing checkpoints folder is told by ``os.access`` (no ``FileNotFoundError`` made, as
+    ``_folder``'s ``lstat`` makes one), since a lookup there can then fail only for a missing name."""
     h = hashlib.blake2b(digest_size=32)
-    _folder(h, directory + "/checkpoints")
+    checkpoints = directory + "/checkpoints"
+    if _exists(checkpoints, os.F_OK, follow_symlinks=False):
+        _folder(h, checkpoints)
+    else:
+        _put(h, None)  # (what _folder puts for a missing folder)
     if backed_up:
         _folder(h, f"{root}/.statekit/backups/episodes/{show}/{ep}")
     else:

@@ -35,7 +35,7 @@ from ..unique import claims as claims_of
 from ..unique import shown
 from . import verified
 from .pool import ordered_map, workers_for
-from .rows import claim_rows, derived, iso, totals_delta
+from .rows import claim_rows, event_time, iso, spent_in, totals_delta
 from .scan import Problem, Progress, VerifyReport, episode_file, episode_folders, index_path, problem, sha256_of
 from .tables import (
     episodes,
@@ -82,6 +82,7 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
 def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, full: bool) -> VerifyReport:
     """``verify``, with the collector as it is."""
     report = VerifyReport()
+    _STRANDINGS.clear()  # (the graphs' answers of this verify only)
     hashed: dict[str, str | None] = {}  # object sha256 -> its problem, if any
     # the episode folders, listed here; each folder's file is looked for (and lstat'ed) by the worker that
     # checks it (``located``), as a rebuild's workers do: the parent's walk was serial time before the pool
@@ -135,8 +136,9 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
             return None
         return item[2], verified.decode(memo[1])  # (the path alone: a stat pickles slowly)
 
-    looked = ordered_map(look, range(total), workers_for(total, workers) if remembered else 1,
-                         eager=True)  # (indices into ``folders``, which the workers inherit: not pickled)
+    # (indices into ``folders``, which the workers inherit: not pickled; nothing remembered: no look)
+    looked = ordered_map(look, range(total), workers_for(total, workers), eager=True) if remembered and total \
+        else iter(())
     first_look = next(looked, None)  # (the workers read the files while the index is read below)
     with writer.index.reading() as conn:
         # the row's data as stored: parsed only for an episode checked in full
@@ -248,7 +250,7 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
     # the remembered results whose index rows are unchanged too; the rest are checked in full
     outcome: list[Any] = [None] * total
     done = 0
-    for i, hit in enumerate(itertools.chain([first_look] if total else [], looked)):
+    for i, hit in enumerate(itertools.chain([first_look] if remembered and total else [], looked)):
         if hit is not None:
             path, hit = hit
             show, ep = folders[i][0], folders[i][1]
@@ -437,24 +439,23 @@ def _link(path: str, st: os.stat_result | None = None) -> tuple[int, int, bool] 
 
 class _Dumped:
     """What ``_check`` reads of an episode's model, read from its data in the form the model writes
-    (``parsing.dumped_episode``: the model would hold these same values), without building the model."""
+    (``parsing.dumped_episode``: the model would hold these same values), without building the model.
+    Each field is an attribute of its own (the data's keys are the model's fields, ``priority`` left
+    out when it is 0): a field is read as fast as a model's, not through ``__getattr__``, which Python
+    calls only after a failed lookup has made its ``AttributeError`` (2 us each, 11 reads an episode)."""
 
-    __slots__ = ("data",)
+    priority = 0  # (the one field the form leaves out: when it is 0)
 
     def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
-
-    def __getattr__(self, name: str) -> Any:
-        if name not in Episode.model_fields:
-            raise AttributeError(name)
-        return self.data.get(name, 0)  # (only ``priority`` may be left out: it is then 0)
+        vars(self).update(data)
+        self._data = data  # (no field's name starts with "_")
 
     @property
     def key(self) -> str:
-        return f"{self.data['show_id']}/{self.data['episode_id']}"
+        return f"{self.show_id}/{self.episode_id}"
 
     def model_dump(self, mode: str = "json") -> dict[str, Any]:
-        return self.data
+        return self._data
 
 
 def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, str, Any] | None,
@@ -585,12 +586,25 @@ EVENT_FIELDS = ("version", "at", "kind", "from_stage", "to_stage", "message", "c
 
 def event_keys(log_path: str, lines: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """``event_key`` of the ``EVENT_FIELDS`` of each of a log's index rows (``index/scan:event_rows``),
-    built without the rows (``tests/test_verify_fast.py`` holds them equal)."""
+    built without the rows, in one loop (``rows.derived``'s columns, without a generator's step and a
+    tuple per line; ``tests/test_verify_fast.py`` holds them equal to the rows')."""
+    out = []
+    append = out.append
+    stage: str | None = None
     try:
-        return [(line["version"], at, line["kind"], line.get("from_stage"), moved, line.get("message"), cost, spent)
-                for line, at, moved, cost, spent in derived(lines)]
+        for line in lines:
+            at = line["at"]
+            if not (type(at) is str and len(at) == 27 and at[-1] == "Z"):
+                at = event_time(at)
+            get = line.get
+            cost, moved = get("cost"), get("to_stage")
+            append((line["version"], at, line["kind"], get("from_stage"), moved, get("message"), cost,
+                    None if cost is None else spent_in(line, stage)))
+            if isinstance(moved, str) and moved:
+                stage = moved
     except ValueError as exc:  # a damaged time: reported like any damaged line (as event_rows words it)
         raise CorruptFileError(f"{log_path}: an event's time is not an ISO timestamp ({exc})", path=log_path) from None
+    return out
 
 
 def event_columns(table: Any) -> list[Any]:
@@ -629,6 +643,25 @@ def event_key(values: Any) -> tuple[Any, ...]:
 
 _NO_GRAPH = object()
 
+_STRANDINGS: dict[tuple[Any, ...], tuple[Any, Any, str | None]] = {}
+"""``_stranding``'s answers, with the graphs they were for; emptied by each verify."""
+
+
+def _stranding(new: Any, stage: str, previous: str | None, done: bool, old: Any) -> str | None:
+    """``graphs.stranding(new, stage, previous, done=done, old=old)``, worked out once for each
+    (graphs, stage, previous stage, done) a verify meets (a fifth of an episode's graph checks' time,
+    the same few questions asked of every episode). The graphs are frozen models, the answer a
+    function of these; an entry names its graphs by identity and holds them (no id reused)."""
+    key = (id(new), id(old), stage, previous, done)
+    hit = _STRANDINGS.get(key)
+    if hit is not None and hit[0] is new and hit[1] is old:
+        return hit[2]
+    why = stranding(new, stage, previous, done=done, old=old)
+    if len(_STRANDINGS) >= 4096:
+        _STRANDINGS.clear()
+    _STRANDINGS[key] = (new, old, why)
+    return why
+
 
 def _graph_problems(writer: Writer, key: str, path: str, log_path: str, model: Episode,
                     lines: list[dict[str, Any]]) -> list[Problem]:
@@ -644,8 +677,8 @@ def _graph_problems(writer: Writer, key: str, path: str, log_path: str, model: E
         reason = illegal_move(graph, line) if graph is not None else None
         if reason is not None:
             found.append(Problem("move", log_path, f"{log_path}: {reason}", key))
-    old = writer.graphs.graph(lines[-1].get("graph")) if lines else None
-    why = stranding(writer.pipeline, model.stage, model.previous_stage, done=model.stage_done, old=old)
+    old = graph if lines else None  # (the last line's graph: ``digest`` is its graph's name)
+    why = _stranding(writer.pipeline, model.stage, model.previous_stage, model.stage_done, old)
     if why is not None:
         found.append(Problem("stranded", path, f"{key}: stranded by a change of the pipeline: {why} (move it with "
                              "'statekit pipeline migrate --map OLD=NEW' or 'statekit requeue')", key))
