@@ -27,10 +27,13 @@ from hypothesis import strategies as st
 from statekit import Store, eventlog, parsing
 from statekit.codecs import same
 from statekit.errors import StatekitError
+from statekit.graphs import stranding
+from statekit.index import verified
 from statekit.index import verify as verify_module
 from statekit.index.scan import event_rows
 from statekit.index.verify import EVENT_FIELDS, event_key, event_keys, verify
 
+from .test_verify_lookups import _plain_episode_file
 from .test_verify_memo import sql
 
 # --- parse_log: lines_of and tail_of from one reading ------------------------------------------
@@ -290,6 +293,10 @@ def _slow(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(verify_module, "_row_same",
                         lambda stored, data, text=None: same(verify_module._document(stored), data))
     monkeypatch.setattr(verify_module, "_data_same", lambda replayed, data, text: same(replayed, data))
+    monkeypatch.setattr(verify_module, "_stranding", lambda new, stage, previous, done, old: stranding(
+        new, stage, previous, done=done, old=old))
+    monkeypatch.setattr(verify_module, "episode_file", _plain_episode_file)
+    monkeypatch.setattr(verified, "_exists", lambda path, mode, follow_symlinks: True)  # (then _folder's lstat)
     monkeypatch.setattr(verify_module, "event_keys", lambda log_path, lines: [
         event_key([r[c] for c in EVENT_FIELDS]) for r in event_rows(log_path, lines, "s", "x")])
 

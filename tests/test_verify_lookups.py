@@ -1,0 +1,159 @@
+"""The lookups a full ``verify`` makes without an exception against the plain ones that make one.
+
+``index/scan:episode_file`` asks whether ``episode.yaml`` is there with ``os.access``, and
+``index/verified:kept_files`` whether the checkpoints folder is; ``index/verify:_stranding``
+answers ``graphs.stranding`` once per question; ``index/verify:_Dumped`` reads a field as an
+attribute. Each is compared with its plain form on every kind of entry a folder may hold.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import pytest
+
+from statekit import Store
+from statekit.graphs import stranding
+from statekit.index import scan, verified
+from statekit.index import verify as verify_module
+from statekit.index.verify import verify
+
+KINDS = ("missing", "file", "folder", "symlink", "dangling symlink", "fifo")
+
+
+def _make(path: Path, kind: str) -> None:
+    if kind == "file":
+        path.write_bytes(b"{}")
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "symlink":
+        path.with_name(path.name + ".target").write_bytes(b"{}")
+        path.symlink_to(path.with_name(path.name + ".target"))
+    elif kind == "dangling symlink":
+        path.symlink_to(path.with_name("nowhere"))
+    elif kind == "fifo":
+        os.mkfifo(path)
+
+
+def _plain_episode_file(base: str) -> tuple[str, os.stat_result] | None:
+    """``episode_file`` as it was: an ``lstat`` of each name, YAML first."""
+    for path in (base + "yaml", base + "json"):
+        try:
+            return path, os.lstat(path)
+        except FileNotFoundError:
+            continue
+    return None
+
+
+def _outcome(call: object, *args: object) -> object:
+    try:
+        found = call(*args)  # type: ignore[operator]
+    except OSError as exc:
+        return type(exc), exc.errno, exc.filename
+    return None if found is None else (found[0], found[1].st_ino, found[1].st_mode)
+
+
+@pytest.mark.parametrize("yaml_kind", KINDS)
+@pytest.mark.parametrize("json_kind", KINDS)
+def test_episode_file_finds_what_an_lstat_of_each_name_finds(tmp_path: Path, yaml_kind: str, json_kind: str) -> None:
+    folder = tmp_path / "ep"
+    folder.mkdir()
+    _make(folder / "episode.yaml", yaml_kind)
+    _make(folder / "episode.json", json_kind)
+    base = f"{folder}/episode."
+    assert _outcome(scan.episode_file, base) == _outcome(_plain_episode_file, base)
+
+
+@pytest.mark.parametrize("where", ["no folder", "a file in place of the folder", "a symlink in the path"])
+def test_episode_file_where_the_folder_is_not_one(tmp_path: Path, where: str) -> None:
+    """Lookups that fail for another reason than a missing name: the YAML file's error, as before."""
+    if where == "no folder":
+        base = f"{tmp_path}/gone/episode."
+    elif where == "a file in place of the folder":
+        (tmp_path / "ep").write_bytes(b"")
+        base = f"{tmp_path}/ep/episode."
+    else:
+        (tmp_path / "loop").symlink_to(tmp_path / "loop")
+        base = f"{tmp_path}/loop/episode."
+    assert _outcome(scan.episode_file, base) == _outcome(_plain_episode_file, base)
+
+
+def _plain_kept_files(root: str, show: str, ep: str, directory: str, backed_up: bool = True) -> bytes:
+    """``kept_files`` as it was: ``_folder``'s ``lstat`` of the checkpoints folder."""
+    h = hashlib.blake2b(digest_size=32)
+    verified._folder(h, directory + "/checkpoints")
+    if backed_up:
+        verified._folder(h, f"{root}/.statekit/backups/episodes/{show}/{ep}")
+    else:
+        verified._put(h, None)
+    return h.digest()
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("backed_up", [True, False])
+def test_kept_files_digests_what_an_lstat_finds(tmp_path: Path, kind: str, backed_up: bool) -> None:
+    folder = tmp_path / "shows" / "s" / "episodes" / "e"
+    folder.mkdir(parents=True)
+    (folder / "episode.json").write_bytes(b"{}")
+    _make(folder / "checkpoints", kind)
+    if kind == "folder":
+        (folder / "checkpoints" / "downloading.json").write_bytes(b"{}")
+    args = (str(tmp_path), "s", "e", str(folder), backed_up)
+    assert verified.kept_files(*args) == _plain_kept_files(*args)
+    assert (verified.kept_files(*args) == verified.NOTHING_KEPT) == (kind == "missing")  # (no backups here)
+
+
+def test_stranding_once_per_question_is_stranding(tmp_path: Path) -> None:
+    """Each answer is ``graphs.stranding``'s for the same graphs, whichever were asked before."""
+    store = Store.init(tmp_path / "store")
+    new = store.writer.pipeline
+    # (no "downloaded", and no way on from "downloading" or "failed": many answers differ by graph and by done)
+    other = new.model_copy(update={"stages": {**{k: v for k, v in new.stages.items() if k != "downloaded"},
+                                              "downloading": (), "failed": ("skipped",)}})
+    verify_module._STRANDINGS.clear()
+    answers = set()
+    for old in (None, new, other, None, other, new):
+        for p in (new, other):
+            for stage in [*new.stages, "gone"]:
+                for previous in (None, "downloading", "converting", "gone"):
+                    for done in (False, True):
+                        why = stranding(p, stage, previous, done=done, old=old)
+                        assert verify_module._stranding(p, stage, previous, done, old) == why, (stage, previous, done)
+                        answers.add((stage, previous, done, why))
+    assert verify_module._STRANDINGS
+    assert {(s, p, w) for s, p, d, w in answers if d} != {(s, p, w) for s, p, d, w in answers if not d}
+
+
+def test_a_dumped_episode_reads_as_its_model(tmp_path: Path) -> None:
+    """Every field ``_Dumped`` gives is the model's (the model's own JSON form of it), ``priority``
+    given or left out, and a name that is no field is no attribute."""
+    store = Store.init(tmp_path / "store", format="json")
+    store.create("s", "a", title="A", metadata={"k": [1, 2]})
+    store.create("s", "b", title="B")
+    store.prioritize("s", "b", 3)
+    for ep in ("a", "b"):
+        model = store.get("s", ep)
+        data = model.model_dump(mode="json")
+        assert ("priority" in data) == (ep == "b")
+        dumped = verify_module._Dumped(data)
+        for name in type(model).model_fields:
+            assert getattr(dumped, name) == data.get(name, 0) == model.model_dump(mode="json").get(name, 0), name
+        assert dumped.key == model.key and dumped.model_dump() is data
+        with pytest.raises(AttributeError):
+            dumped.no_such_field  # noqa: B018
+
+
+def test_a_json_store_with_a_yaml_file_and_a_checkpoint(tmp_path: Path) -> None:
+    """A full verify finds the YAML file of a folder that holds both, and the checkpoint folder."""
+    store = Store.init(tmp_path / "store", format="json")
+    store.create("s", "a", title="A")
+    store.create("s", "b", title="B")
+    store.advance("s", "b", "downloading")
+    store.save_checkpoint("s", "b", "downloading", {"part": 1})
+    folder = Path(store.root, "shows", "s", "episodes", "a")
+    (folder / "episode.yaml").write_text("not: [an episode\n")
+    report = verify(store.writer, full=True, workers=1)
+    assert report.checkpoints == 1 and report.checked == 2
+    assert [p.path for p in report.problems if p.kind == "invalid"] == [str(folder / "episode.yaml")]
