@@ -465,19 +465,30 @@ def test_folders_without_a_file_in_a_pool_and_in_one_process(tmp_path: Path) -> 
 
 def test_the_memo_is_saved_on_a_helper_thread_before_verify_returns(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """``verified.save`` runs beside the store-wide checks; verify returns once it is done, and raises
-    what it raised."""
+    """What is clean is written on a helper thread as the merge goes (``verified.Streamed``); verify
+    returns once it is committed, and raises what the thread raised; ``verified.save`` does it all
+    when the way there fails."""
     from statekit.index import verified
     store = _made(tmp_path / "store", "json")
     saved: list[str] = []
-    real = verified.save
-    monkeypatch.setattr(verified, "save", lambda *args: (real(*args), saved.append(threading.current_thread().name)))
+    real, real_save = verified._stream, verified.save
+    monkeypatch.setattr(verified, "_stream", lambda *args: (saved.append(threading.current_thread().name),
+                                                            real(*args))[1])
     assert verify(store.writer, full=True).clean and saved == ["statekit-verify-memo"]
     assert verify(store.writer).unchanged == 6
 
     def broken(*args: Any) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(verified, "save", broken)
+    monkeypatch.setattr(verified, "_stream", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
         verify(store.writer, full=True)
+    # the way there fails with a database error: save writes it all, on the same thread
+    monkeypatch.setattr(verified, "_stream", lambda root, print_, before, clean, batches: (verified._drain(batches),
+                                                                                          False))
+    monkeypatch.setattr(verified, "save", lambda *args: (saved.append(threading.current_thread().name),
+                                                         real_save(*args)))
+    Path(verified.memo_path(store.root)).unlink()
+    saved.clear()
+    assert verify(store.writer, full=True).clean and saved == ["statekit-verify-memo"]
+    assert verify(store.writer).unchanged == 6

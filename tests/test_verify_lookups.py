@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
 from pathlib import Path
 
 import pytest
@@ -157,3 +158,106 @@ def test_a_json_store_with_a_yaml_file_and_a_checkpoint(tmp_path: Path) -> None:
     report = verify(store.writer, full=True, workers=1)
     assert report.checkpoints == 1 and report.checked == 2
     assert [p.path for p in report.problems if p.kind == "invalid"] == [str(folder / "episode.yaml")]
+
+
+# --- the memo written as the merge goes, against save -----------------------------------------
+
+
+def _memo_rows(root: Path) -> object:
+    path = verified.memo_path(str(root))
+    if not os.path.exists(path):
+        return None
+    conn = sqlite3.connect(path)
+    try:
+        return (conn.execute("SELECT key, value FROM meta ORDER BY key").fetchall(),
+                conn.execute("SELECT episode, digest, result FROM clean ORDER BY episode").fetchall())
+    except sqlite3.DatabaseError as exc:
+        return f"damaged: {exc}"
+    finally:
+        conn.close()
+
+
+def _entries(n: int, salt: bytes) -> dict[str, tuple[bytes, bytes]]:
+    return {f"s/e{i}": (hashlib.sha256(salt + bytes([i])).digest(), b"r" + salt) for i in range(n)}
+
+
+def _memo_case(case: str, root: Path) -> tuple[bytes, dict[str, tuple[bytes, bytes]], dict[str, tuple[bytes, bytes]]]:
+    """(fingerprint, before, clean) of a case, the memo file made as ``before`` was read from it."""
+    (root / ".statekit").mkdir(parents=True)
+    print_ = b"p" * 32
+    old = _entries(6, b"a")
+    if case == "fresh":
+        return print_, {}, _entries(5, b"a")
+    if case == "nothing clean, nothing before":
+        return print_, {}, {}
+    verified.save(str(root), print_ if case not in ("another fingerprint", "rewritten since read") else b"q" * 32,
+                  {}, old)
+    if case == "damaged file":
+        Path(verified.memo_path(str(root))).write_bytes(b"not a database" * 100)
+    if case == "symlinked":
+        memo = Path(verified.memo_path(str(root)))
+        memo.rename(root / "elsewhere.db")
+        memo.symlink_to(root / "elsewhere.db")
+    before = old if case not in ("another fingerprint", "damaged file") else {}
+    clean = dict(old)
+    if case in ("some changed, some gone", "another fingerprint", "damaged file", "symlinked",
+                "rewritten since read"):
+        clean["s/e1"] = (b"x" * 32, b"changed")
+        del clean["s/e4"]
+        clean["s/new"] = (b"y" * 32, b"added")
+    elif case == "some gone only":
+        del clean["s/e0"]
+    return print_, before, clean
+
+
+MEMO_CASES = ("fresh", "nothing clean, nothing before", "nothing changed", "some changed, some gone",
+              "some gone only", "another fingerprint", "damaged file", "symlinked", "rewritten since read")
+"""(``rewritten since read``: ``before`` read under this fingerprint, the file since written under another:
+every result is written, those that came before the first changed one too.)"""
+
+
+@pytest.mark.parametrize("case", MEMO_CASES)
+@pytest.mark.parametrize("batch", [1, 2, 100])
+def test_the_memo_streamed_is_the_memo_saved(tmp_path: Path, case: str, batch: int) -> None:
+    """``_stream`` (given its batches) and then, if it did not write it all, ``save``: the same file
+    as ``save`` alone makes, from the same start; nothing written where ``save`` writes nothing."""
+    plain, streamed = tmp_path / "plain", tmp_path / "streamed"
+    print_, before, clean = _memo_case(case, plain)
+    _memo_case(case, streamed)
+    verified.save(str(plain), print_, before, clean)
+    items = list(clean.items())
+    batches = iter([items[i:i + batch] for i in range(0, len(items), batch)] + [verified._DONE])
+    stamp = os.stat(verified.memo_path(str(streamed)), follow_symlinks=False) \
+        if os.path.lexists(verified.memo_path(str(streamed))) else None
+    ended, done = verified._stream(str(streamed), print_, before, clean, batches)
+    assert ended is verified._DONE
+    if not done:
+        verified.save(str(streamed), print_, before, clean)
+    assert _memo_rows(streamed) == _memo_rows(plain)
+    if case in ("nothing changed", "nothing clean, nothing before", "symlinked"):
+        assert not done
+    if case == "nothing changed":  # not written at all
+        assert os.stat(verified.memo_path(str(streamed))).st_mtime_ns == stamp.st_mtime_ns  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("case", ["fresh", "some changed, some gone"])
+def test_the_memo_streamed_on_its_thread(tmp_path: Path, case: str) -> None:
+    """``Streamed``: added one by one from this thread, the same file as ``save``'s; abandoned: nothing
+    remembered (a fresh memo's file may be left made, empty, as by a ``save`` that failed)."""
+    plain, streamed, abandoned = tmp_path / "plain", tmp_path / "streamed", tmp_path / "abandoned"
+    print_, before, clean = _memo_case(case, plain)
+    _memo_case(case, streamed)
+    _memo_case(case, abandoned)
+    start = _memo_rows(abandoned)
+    verified.save(str(plain), print_, before, clean)
+    for root in (streamed, abandoned):
+        writing = verified.Streamed(str(root), print_, before, clean)
+        for item in clean.items():
+            writing.add(item)
+        if root == streamed:
+            writing.finish()
+        else:
+            writing.abandon()
+        writing.join()
+    assert _memo_rows(streamed) == _memo_rows(plain) != start
+    assert _memo_rows(abandoned) == start or start is None and _memo_rows(abandoned) == ([], [])

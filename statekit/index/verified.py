@@ -24,8 +24,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import sqlite3
 import stat
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -180,6 +182,36 @@ def backed_up(root: str) -> set[tuple[str, str]] | None:
     return found
 
 
+def plain_shows(root: str, shows: set[str]) -> set[str]:
+    """The shows whose folders on the way to an episode's backups and to its folder are real
+    folders (or, for the backups, missing): for an episode of one without a checkpoints or
+    backup folder, ``index/verify:_verify_kept_files`` finds nothing (``writes:Writer.backups_of``'s walk
+    meets no symlink, and its ``require_folders`` passes: the walk found the episode folder)."""
+    def real(path: str) -> bool | None:  # True: a folder; None: missing; False: anything else
+        try:
+            return stat.S_ISDIR(os.lstat(path).st_mode) or False
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return False
+
+    def backups_plain(parts: list[str]) -> bool:
+        path = root
+        for part in parts:
+            path += "/" + part
+            kind = real(path)
+            if kind is None:
+                return True
+            if not kind:
+                return False
+        return True
+
+    if not real(root + "/shows") or not backups_plain([".statekit", "backups", "episodes"]):
+        return set()
+    return {show for show in shows if real(f"{root}/shows/{show}") and real(f"{root}/shows/{show}/episodes")
+            and backups_plain([".statekit", "backups", "episodes", show])}
+
+
 def file_digest(*, raw: bytes, log_raw: bytes | None, links: tuple[Any, ...], kept: bytes,
                 raw_sha: bytes | None = None) -> bytes:
     """The digest of the files an episode's check reads (32 bytes): sha256, which the processor
@@ -312,3 +344,125 @@ def save(root: str, print_: bytes, before: Remembered, clean: Mapping[str, tuple
                 os.unlink(path)  # a cache: what it held is checked again
     except (sqlite3.Error, OSError) as exc:
         log.warning("%s: cannot remember what verify found clean (%s)", path, exc)
+
+
+# --- written while verify goes on ---------------------------------------------------------
+
+
+_DONE = object()
+_ABANDONED = object()
+
+
+class Streamed:
+    """``save(root, print_, before, clean)``, written while verify goes on: on a thread of its
+    own (``statekit-verify-memo``), each clean result as the merge finds it (``add``), in one
+    transaction committed once ``clean`` is complete (``finish``), so what is left after the last
+    result is the commit (at 50k episodes, half a second of inserts was after it, serial).
+
+    Written exactly as ``save`` writes it: nothing until a result differs from ``before`` (or the
+    memo is fresh); then, in the transaction, every result (a fresh memo, or another fingerprint) or
+    only those that differ, and the forgotten ones deleted at the end. If anything goes wrong on
+    the way (a damaged or locked file, a symlink, any database error), nothing is committed and
+    ``save`` does it all at the end, its own way, with its own errors and logging; so does it when
+    nothing was written on the way (then it writes only what was forgotten, or nothing). ``abandon``:
+    verify failed; nothing is committed (a fresh memo's file may be left made, empty: read as none). ``join`` raises what the thread raised (not a database error:
+    those are logged, as ``save`` logs them)."""
+
+    def __init__(self, root: str, print_: bytes, before: Remembered, clean: Mapping[str, tuple[bytes, bytes]]) -> None:
+        self.root, self.print_, self.before, self.clean = root, print_, before, clean
+        self.failed: list[BaseException] = []
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.add = self._queue.put  # (key, (digest, result)) of a clean result, once it is in ``clean``
+        self._thread = threading.Thread(target=self._run, name="statekit-verify-memo", daemon=True)
+        self._thread.start()
+
+    def finish(self) -> None:
+        """``clean`` is complete: commit (or ``save``)."""
+        self._queue.put(_DONE)
+
+    def abandon(self) -> None:
+        self._queue.put(_ABANDONED)
+
+    def join(self) -> None:
+        self._thread.join()
+        if self.failed:
+            raise self.failed[0]
+
+    def _batches(self) -> Any:
+        """Lists of what ``add`` was given, as it comes; then the last item (``_DONE`` or ``_ABANDONED``)."""
+        get, get_nowait = self._queue.get, self._queue.get_nowait
+        while True:
+            batch = [get()]
+            try:
+                while len(batch) < 1024 and batch[-1] is not _DONE and batch[-1] is not _ABANDONED:
+                    batch.append(get_nowait())
+            except queue.Empty:
+                pass
+            end = batch[-1] is _DONE or batch[-1] is _ABANDONED
+            yield batch[:-1] if end else batch
+            if end:
+                yield batch[-1]
+                return
+
+    def _run(self) -> None:
+        try:
+            ended, streamed = _stream(self.root, self.print_, self.before, self.clean, self._batches())
+            if ended is _DONE and not streamed:
+                save(self.root, self.print_, self.before, self.clean)
+        except BaseException as exc:  # noqa: BLE001 - raised by ``join``
+            self.failed.append(exc)
+
+
+def _stream(root: str, print_: bytes, before: Remembered, clean: Mapping[str, tuple[bytes, bytes]],
+            batches: Any) -> tuple[Any, bool]:
+    """(how the batches ended, whether all of ``save``'s writing was done and committed)."""
+    fresh = not before
+    conn = None
+    everything = False
+    arrived: list[tuple[str, bytes, bytes]] = []
+    ended: Any = None
+    insert = "INSERT OR REPLACE INTO clean (episode, digest, result) VALUES (?, ?, ?)"
+    try:
+        for batch in batches:
+            if batch is _DONE or batch is _ABANDONED:
+                ended = batch
+                break
+            rows = [(k, d, r) for k, (d, r) in batch]
+            if conn is None:
+                arrived.extend(rows)
+                rows = [row for row in rows if before.get(row[0]) != (row[1], row[2])]
+                if not rows:
+                    continue
+                if _linked(root) is not None:
+                    return _drain(batches), False
+                conn = sqlite3.connect(memo_path(root), timeout=30.0, isolation_level=None)
+                conn.executescript(SCHEMA)
+                conn.execute("BEGIN IMMEDIATE")
+                row = conn.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+                everything = fresh or row is None or row[0] != print_
+                if everything:
+                    conn.execute("DELETE FROM clean")
+                    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fingerprint', ?)", (print_,))
+                    rows = arrived
+            elif not everything:
+                rows = [row for row in rows if before.get(row[0]) != (row[1], row[2])]
+            conn.executemany(insert, rows)
+        if conn is None or ended is not _DONE:
+            return ended, False
+        if not everything:
+            conn.executemany("DELETE FROM clean WHERE episode = ?", [(k,) for k in before if k not in clean])
+        conn.execute("COMMIT")
+        return ended, True
+    except (sqlite3.Error, OSError):
+        return (ended if ended is not None else _drain(batches)), False
+    finally:
+        if conn is not None:
+            conn.close()  # (a transaction not committed is rolled back)
+
+
+def _drain(batches: Any) -> Any:
+    """The rest of the batches, up to how they end (which is returned)."""
+    for batch in batches:
+        if batch is _DONE or batch is _ABANDONED:
+            return batch
+    return None

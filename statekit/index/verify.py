@@ -43,6 +43,7 @@ from .tables import (
     stage_totals,
     unique_values,
 )
+from .verified import plain_shows as _plain_shows
 
 if TYPE_CHECKING:
     from ..writes import Writer
@@ -214,6 +215,7 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
         return first, then, state, held, assets, counts, row_claims, memo, False
 
     clean: dict[str, tuple[bytes, bytes]] = {}
+    streamed: verified.Streamed | None = None  # (what is clean, written while the merge goes on)
     row_claims_of: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
 
     def merge(i: int) -> None:
@@ -246,6 +248,8 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
         report.problems.extend(then)
         if memo is not None and len(report.problems) == n_problems:  # clean, its assets too
             clean[key] = memo
+            if streamed is not None:
+                streamed.add((key, memo))
 
     # the remembered results whose index rows are unchanged too; the rest are checked in full
     outcome: list[Any] = [None] * total
@@ -272,35 +276,33 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
     read_events()
     if full:
         before = verified.load(writer.root, print_)
-    for i, got in zip(missed, itertools.chain([first_checked] if missed else [], checked)):
-        if got is None:
-            outcome[i] = _NO_FILE
-        else:
-            found[i] = (*folders[i][:2], got[0], None)
-            outcome[i] = with_events(found[i], got[1])
-        if progress is not None:
-            progress(done, total)
-        done += 1
-        while merged <= i and outcome[merged] is not None:
+    # what is found clean is remembered on a helper thread as the merge finds it (``verified.Streamed``:
+    # its inserts overlap the workers, its commit the store-wide checks below and the freeing of what was
+    # read); joined before returning, its failure raised as before. A store opened read-only writes nothing.
+    if not isinstance(writer.disk, diskio.ReadOnlyDisk):
+        streamed = verified.Streamed(writer.root, print_, before or {}, clean)
+    try:
+        for i, got in zip(missed, itertools.chain([first_checked] if missed else [], checked)):
+            if got is None:
+                outcome[i] = _NO_FILE
+            else:
+                found[i] = (*folders[i][:2], got[0], None)
+                outcome[i] = with_events(found[i], got[1])
+            if progress is not None:
+                progress(done, total)
+            done += 1
+            while merged <= i and outcome[merged] is not None:
+                merge(merged)
+                merged += 1
+        while merged < total:  # (the remembered results after the last one checked)
             merge(merged)
             merged += 1
-    while merged < total:  # (the remembered results after the last one checked)
-        merge(merged)
-        merged += 1
-    # what was found clean is remembered on a helper thread (its disk syncs overlap the store-wide checks
-    # below and the freeing of what was read); joined before returning, its failure raised as before
-    failed: list[BaseException] = []
-
-    def save() -> None:
-        try:
-            verified.save(writer.root, print_, before or {}, clean)
-        except BaseException as exc:  # noqa: BLE001 - raised by the caller, after the join
-            failed.append(exc)
-
-    saving = None
-    if not isinstance(writer.disk, diskio.ReadOnlyDisk):  # a store opened read-only writes nothing
-        saving = threading.Thread(target=save, name="statekit-verify-memo")
-        saving.start()
+    except BaseException:
+        if streamed is not None:
+            streamed.abandon()  # (nothing written)
+        raise
+    if streamed is not None:
+        streamed.finish()
     for show, ep in sorted(indexed.keys() - seen):
         report.problems.append(Problem(
             "index", os.path.join(writer.root, "shows", show, "episodes", ep),
@@ -333,10 +335,8 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
                 f"{int(want_n)}, {want_cost:g} (run 'statekit rebuild-index')"))
     for read in (indexed, folders, found, seen, row_claims_of, holders, expected_claims):
         read.clear()  # (freed while the memo is saved, not after)
-    if saving is not None:
-        saving.join()
-        if failed:
-            raise failed[0]
+    if streamed is not None:
+        streamed.join()
     return report
 
 
@@ -384,36 +384,6 @@ def _data_same(replayed: Any, data: dict[str, Any], text: bytes | None) -> bool:
         except TypeError:
             pass
     return same(replayed, data)
-
-
-def _plain_shows(root: str, shows: set[str]) -> set[str]:
-    """The shows whose folders on the way to an episode's backups and to its folder are real
-    folders (or, for the backups, missing): for an episode of one without a checkpoints or
-    backup folder, ``_verify_kept_files`` finds nothing (``writes:Writer.backups_of``'s walk
-    meets no symlink, and its ``require_folders`` passes: the walk found the episode folder)."""
-    def real(path: str) -> bool | None:  # True: a folder; None: missing; False: anything else
-        try:
-            return stat.S_ISDIR(os.lstat(path).st_mode) or False
-        except FileNotFoundError:
-            return None
-        except OSError:
-            return False
-
-    def backups_plain(parts: list[str]) -> bool:
-        path = root
-        for part in parts:
-            path += "/" + part
-            kind = real(path)
-            if kind is None:
-                return True
-            if not kind:
-                return False
-        return True
-
-    if not real(root + "/shows") or not backups_plain([".statekit", "backups", "episodes"]):
-        return set()
-    return {show for show in shows if real(f"{root}/shows/{show}") and real(f"{root}/shows/{show}/episodes")
-            and backups_plain([".statekit", "backups", "episodes", show])}
 
 
 def _document(text: Any) -> Any:
