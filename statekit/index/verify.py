@@ -35,7 +35,7 @@ from ..unique import claims as claims_of
 from ..unique import shown
 from . import verified
 from .pool import ordered_map, workers_for
-from .rows import claim_rows, event_time, iso, spent_in, totals_delta
+from .rows import claim_rows, event_time, iso, spent_in
 from .scan import Problem, Progress, VerifyReport, episode_file, episode_folders, index_path, problem, sha256_of
 from .tables import (
     episodes,
@@ -204,14 +204,16 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
         and the memo's digest completed: as the merge below takes it."""
         first, then, state, held, assets, counts, row_claims, derived, memo = result
         show, ep, path, _st = item
-        if derived is not None and indexed_events.get((show, ep), []) != derived:
+        key = (show, ep)
+        mine = indexed_events.pop(key, None)  # (its last use: freed while the workers go on, not all at the end)
+        if derived is not None and (mine if mine is not None else []) != derived:
             then.append(Problem(
                 "index", os.path.join(os.path.dirname(path), "events.jsonl"),
                 f"{show}/{ep}: the index's events differ from events.jsonl (run 'statekit sync')", f"{show}/{ep}"))
             memo = None
-        if memo is not None:
-            memo = (memo[0] + index_of(show, ep), memo[1])
-        indexed_events.pop((show, ep), None)  # (its last use: freed while the workers go on, not all at the end)
+        if memo is not None:  # (``index_of``, the events read already)
+            memo = (memo[0] + verified.index_digest(row=indexed.get(key), mark=marked.get(key), event_keys=mine),
+                    memo[1])
         return first, then, state, held, assets, counts, row_claims, memo, False
 
     clean: dict[str, tuple[bytes, bytes]] = {}
@@ -238,8 +240,11 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
         report.checkpoints += checkpoints
         report.backups += backups
         report.problems.extend(first)
-        if state is not None:
-            totals_delta(expected, show, None, state)
+        if state is not None:  # (``totals_delta(expected, show, None, state)``, without its loop over two states)
+            stage, costs = state
+            expected[(show, stage)][0] += 1
+            for cost_stage, amount in costs.items():
+                expected[(show, cost_stage)][1] += amount
         for claim_key, sha, value in held:
             holders[(claim_key, sha)].append((key, path, value))
         n_problems = len(report.problems)
