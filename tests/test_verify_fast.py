@@ -24,7 +24,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from statekit import Store, eventlog, parsing
+from statekit import Store, eventlog, packed, parsing
 from statekit.codecs import same
 from statekit.errors import StatekitError
 from statekit.graphs import stranding
@@ -297,6 +297,7 @@ def _slow(monkeypatch: pytest.MonkeyPatch) -> None:
         new, stage, previous, done=done, old=old))
     monkeypatch.setattr(verify_module, "episode_file", _plain_episode_file)
     monkeypatch.setattr(verified, "_exists", lambda path, mode, follow_symlinks: True)  # (then _folder's lstat)
+    monkeypatch.setattr(verified, "read_log", lambda path: (packed.read_either(path), None))  # (then an lstat)
     monkeypatch.setattr(verify_module, "event_keys", lambda log_path, lines: [
         event_key([r[c] for c in EVENT_FIELDS]) for r in event_rows(log_path, lines, "s", "x")])
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from statekit import Store
+from statekit import Store, packed
+from statekit.errors import StatekitError
 from statekit.graphs import stranding
 from statekit.index import scan, verified
 from statekit.index import verify as verify_module
@@ -261,3 +262,45 @@ def test_the_memo_streamed_on_its_thread(tmp_path: Path, case: str) -> None:
         writing.join()
     assert _memo_rows(streamed) == _memo_rows(plain) != start
     assert _memo_rows(abandoned) == start or start is None and _memo_rows(abandoned) == ([], [])
+
+
+# --- the log read with its stat, against read_either and an lstat -------------------------------
+
+
+@pytest.mark.parametrize("kind", [*KINDS, "empty", "large", "compressed", "compressed and plain"])
+def test_read_log_reads_what_read_either_reads_and_its_stat_is_the_lstat(tmp_path: Path, kind: str) -> None:
+    """The bytes ``packed.read_either`` gives (or "cannot be read" where it raises), and a stat that
+    ``_link`` judges as it judges the log's ``lstat`` (None: the caller takes the ``lstat``)."""
+    log = tmp_path / "events.jsonl"
+    if kind in ("compressed", "compressed and plain"):
+        Path(str(log) + ".gz").write_bytes(packed.pack(b'{"version": 1}\n'))
+        if kind == "compressed and plain":
+            log.write_bytes(b'{"version": 2}\n')
+    elif kind == "empty":
+        log.write_bytes(b"")
+    elif kind == "large":
+        log.write_bytes(b'{"v": 1}\n' * 40_000)
+    else:
+        _make(log, kind)
+    try:
+        plain: object = packed.read_either(str(log))
+    except (StatekitError, OSError, ValueError):
+        plain = "cannot be read"
+    try:
+        raw, st = verified.read_log(str(log))
+    except (StatekitError, OSError, ValueError):
+        raw, st = "cannot be read", None
+    assert raw == plain
+    if raw != "cannot be read":
+        assert verify_module._link(str(log), st) == verify_module._link(str(log))
+        assert (st is None) == (kind in ("missing", "compressed"))
+
+
+def test_read_log_sees_a_second_name(tmp_path: Path) -> None:
+    """A log with another name: the fstat counts it, as the lstat does."""
+    log = tmp_path / "events.jsonl"
+    log.write_bytes(b"{}\n")
+    os.link(log, tmp_path / "other")
+    raw, st = verified.read_log(str(log))
+    assert raw == b"{}\n" and st is not None and st.st_nlink == 2
+    assert verify_module._link(str(log), st) == verify_module._link(str(log))

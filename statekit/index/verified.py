@@ -36,6 +36,7 @@ from urllib.parse import quote
 import orjson
 
 from .. import files as diskio
+from .. import packed
 from ..graphs import graph_hash
 from ..models import AssetRecord
 from .tables import ROWS_REVISION
@@ -210,6 +211,34 @@ def plain_shows(root: str, shows: set[str]) -> set[str]:
         return set()
     return {show for show in shows if real(f"{root}/shows/{show}") and real(f"{root}/shows/{show}/episodes")
             and backups_plain([".statekit", "backups", "episodes", show])}
+
+
+def read_log(path: str) -> tuple[bytes | None, os.stat_result | None]:
+    """``packed.read_either(path)`` (an episode's log), and the stat of the plain file if it was read:
+    its ``fstat`` (opened without following a symlink: the ``lstat`` verify takes of the log, without
+    a call of its own); None when it was not (missing: the compressed log, or none, read the plain way,
+    and the caller looks with ``lstat``). A log that is no regular file, or cannot be read: an ``OSError``
+    or ``ValueError`` (``read_either`` raises a ``StatekitError``: to ``verify``, both "cannot be read")."""
+    try:
+        fd = os.open(path, os.O_RDONLY | diskio.O_NOFOLLOW | diskio.O_CLOEXEC | diskio.O_NONBLOCK)
+    except FileNotFoundError:
+        return packed.read_either(path), None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path}: not a regular file")
+        chunks = []
+        while True:  # (``files.read_file``'s reading)
+            want = max(st.st_size + 1, 65536)
+            chunk = os.read(fd, want)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if len(chunk) < want:
+                break
+        return b"".join(chunks) if len(chunks) != 1 else chunks[0], st
+    finally:
+        os.close(fd)
 
 
 def file_digest(*, raw: bytes, log_raw: bytes | None, links: tuple[Any, ...], kept: bytes,

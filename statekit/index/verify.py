@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from sqlalchemy import String, Text, cast, select, type_coerce
 
-from .. import eventlog, packed
+from .. import eventlog
 from .. import files as diskio
 from .. import objects as assets
 from ..codecs import same
@@ -115,8 +115,8 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
             raw = diskio.read_file(path)
             if raw is None:
                 return None
-            log_raw = packed.read_either(log_path)
-            links = (_link(path, st), _link(log_path))  # (the lstat that found the file)
+            log_raw, log_st = verified.read_log(log_path)  # (the log's fstat, if read, for its lstat)
+            links = (_link(path, st), _link(log_path, log_st))  # (the lstat that found the file)
             kept = verified.kept_files(writer.root, show, ep, directory,
                                        backup_dirs is None or (show, ep) in backup_dirs)
         except (StatekitError, OSError, ValueError):
