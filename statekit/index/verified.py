@@ -136,9 +136,12 @@ def kept_files(root: str, show: str, ep: str, directory: str, backed_up: bool = 
     ``directory``: the episode's folder, in which the caller has just read the episode file: a
     missing checkpoints folder is told by ``os.access`` (no ``FileNotFoundError`` made, as
     ``_folder``'s ``lstat`` makes one), since a lookup there can then fail only for a missing name."""
-    h = hashlib.blake2b(digest_size=32)
     checkpoints = directory + "/checkpoints"
-    if _exists(checkpoints, os.F_OK, follow_symlinks=False):
+    there = _exists(checkpoints, os.F_OK, follow_symlinks=False)
+    if not there and not backed_up:
+        return NOTHING_KEPT  # (what is digested below then: the usual episode, its digest made once)
+    h = hashlib.blake2b(digest_size=32)
+    if there:
         _folder(h, checkpoints)
     else:
         _put(h, None)  # (what _folder puts for a missing folder)
