@@ -179,7 +179,7 @@ def _memo_rows(root: Path) -> object:
 
 
 def _entries(n: int, salt: bytes) -> dict[str, tuple[bytes, bytes]]:
-    return {f"s/e{i}": (hashlib.sha256(salt + bytes([i])).digest(), b"r" + salt) for i in range(n)}
+    return {f"s/e{i}": (hashlib.sha256(salt + i.to_bytes(4, "little")).digest(), b"r" + salt) for i in range(n)}
 
 
 def _memo_case(case: str, root: Path) -> tuple[bytes, dict[str, tuple[bytes, bytes]], dict[str, tuple[bytes, bytes]]]:
@@ -189,6 +189,8 @@ def _memo_case(case: str, root: Path) -> tuple[bytes, dict[str, tuple[bytes, byt
     old = _entries(6, b"a")
     if case == "fresh":
         return print_, {}, _entries(5, b"a")
+    if case == "fresh, many":  # (more than ``Streamed`` hands over at a time)
+        return print_, {}, _entries(1300, b"a")
     if case == "nothing clean, nothing before":
         return print_, {}, {}
     verified.save(str(root), print_ if case not in ("another fingerprint", "rewritten since read") else b"q" * 32,
@@ -241,7 +243,7 @@ def test_the_memo_streamed_is_the_memo_saved(tmp_path: Path, case: str, batch: i
         assert os.stat(verified.memo_path(str(streamed))).st_mtime_ns == stamp.st_mtime_ns  # type: ignore[union-attr]
 
 
-@pytest.mark.parametrize("case", ["fresh", "some changed, some gone"])
+@pytest.mark.parametrize("case", ["fresh", "fresh, many", "some changed, some gone"])
 def test_the_memo_streamed_on_its_thread(tmp_path: Path, case: str) -> None:
     """``Streamed``: added one by one from this thread, the same file as ``save``'s; abandoned: nothing
     remembered (a fresh memo's file may be left made, empty, as by a ``save`` that failed)."""
