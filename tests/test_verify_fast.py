@@ -24,13 +24,16 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from statekit import Store, eventlog, parsing
+from statekit import Store, eventlog, packed, parsing
 from statekit.codecs import same
 from statekit.errors import StatekitError
+from statekit.graphs import stranding
+from statekit.index import verified
 from statekit.index import verify as verify_module
 from statekit.index.scan import event_rows
 from statekit.index.verify import EVENT_FIELDS, event_key, event_keys, verify
 
+from .test_verify_lookups import _plain_episode_file
 from .test_verify_memo import sql
 
 # --- parse_log: lines_of and tail_of from one reading ------------------------------------------
@@ -290,6 +293,11 @@ def _slow(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(verify_module, "_row_same",
                         lambda stored, data, text=None: same(verify_module._document(stored), data))
     monkeypatch.setattr(verify_module, "_data_same", lambda replayed, data, text: same(replayed, data))
+    monkeypatch.setattr(verify_module, "_stranding", lambda new, stage, previous, done, old: stranding(
+        new, stage, previous, done=done, old=old))
+    monkeypatch.setattr(verify_module, "episode_file", _plain_episode_file)
+    monkeypatch.setattr(verified, "_exists", lambda path, mode, follow_symlinks: True)  # (then _folder's lstat)
+    monkeypatch.setattr(verified, "read_log", lambda path: (packed.read_either(path), None))  # (then an lstat)
     monkeypatch.setattr(verify_module, "event_keys", lambda log_path, lines: [
         event_key([r[c] for c in EVENT_FIELDS]) for r in event_rows(log_path, lines, "s", "x")])
 
@@ -458,19 +466,30 @@ def test_folders_without_a_file_in_a_pool_and_in_one_process(tmp_path: Path) -> 
 
 def test_the_memo_is_saved_on_a_helper_thread_before_verify_returns(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    """``verified.save`` runs beside the store-wide checks; verify returns once it is done, and raises
-    what it raised."""
+    """What is clean is written on a helper thread as the merge goes (``verified.Streamed``); verify
+    returns once it is committed, and raises what the thread raised; ``verified.save`` does it all
+    when the way there fails."""
     from statekit.index import verified
     store = _made(tmp_path / "store", "json")
     saved: list[str] = []
-    real = verified.save
-    monkeypatch.setattr(verified, "save", lambda *args: (real(*args), saved.append(threading.current_thread().name)))
+    real, real_save = verified._stream, verified.save
+    monkeypatch.setattr(verified, "_stream", lambda *args: (saved.append(threading.current_thread().name),
+                                                            real(*args))[1])
     assert verify(store.writer, full=True).clean and saved == ["statekit-verify-memo"]
     assert verify(store.writer).unchanged == 6
 
     def broken(*args: Any) -> None:
         raise RuntimeError("disk on fire")
 
-    monkeypatch.setattr(verified, "save", broken)
+    monkeypatch.setattr(verified, "_stream", broken)
     with pytest.raises(RuntimeError, match="disk on fire"):
         verify(store.writer, full=True)
+    # the way there fails with a database error: save writes it all, on the same thread
+    monkeypatch.setattr(verified, "_stream", lambda root, print_, before, clean, batches: (verified._drain(batches),
+                                                                                          False))
+    monkeypatch.setattr(verified, "save", lambda *args: (saved.append(threading.current_thread().name),
+                                                         real_save(*args)))
+    Path(verified.memo_path(store.root)).unlink()
+    saved.clear()
+    assert verify(store.writer, full=True).clean and saved == ["statekit-verify-memo"]
+    assert verify(store.writer).unchanged == 6

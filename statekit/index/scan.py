@@ -138,13 +138,29 @@ def episode_folders(root: str) -> Iterator[tuple[str, str, str]]:
 
 
 def episode_file(base: str) -> tuple[str, os.stat_result] | None:
-    """The episode file (YAML first) of a folder (``base``: ``episode_folders``' path) and its stat."""
-    for path in (base + "yaml", base + "json"):
+    """The episode file (YAML first) of a folder (``base``: ``episode_folders``' path) and its stat.
+
+    Whether ``episode.yaml`` is there is asked without its ``lstat``'s ``FileNotFoundError`` in a
+    store of JSON files (``os.access``: no exception made, half a failed ``lstat``'s time). A lookup
+    that fails there fails for a missing name, since the JSON file's lookup in the same folder, with
+    a name of the same length, goes through: else the YAML file's ``lstat`` raises as it did."""
+    yaml = base + "yaml"
+    if _exists(yaml, F_OK, follow_symlinks=False):
         try:
-            return path, os.lstat(path)
-        except FileNotFoundError:
-            continue
-    return None
+            return yaml, os.lstat(yaml)
+        except FileNotFoundError:  # (gone since)
+            pass
+    json = base + "json"
+    try:
+        return json, os.lstat(json)
+    except FileNotFoundError:
+        return None
+    except OSError:  # (not a missing name: the YAML file's lookup fails alike, and says so first, as before)
+        return yaml, os.lstat(yaml)
+
+
+_exists = os.access
+F_OK = os.F_OK
 
 
 def show_order(writer: Writer, show: str) -> tuple[dict[str, int], dict[str, Any] | None, bytes | None]:

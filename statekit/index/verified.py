@@ -24,8 +24,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import sqlite3
 import stat
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -34,6 +36,7 @@ from urllib.parse import quote
 import orjson
 
 from .. import files as diskio
+from .. import packed
 from ..graphs import graph_hash
 from ..models import AssetRecord
 from .tables import ROWS_REVISION
@@ -105,6 +108,9 @@ def _file_bytes(path: str) -> bytes | None:
         return b"\xfeunreadable"
 
 
+_exists = os.access
+
+
 def _folder(h: Any, directory: str) -> None:
     """Every entry of a folder: name, kind, and a regular file's bytes (None: no folder)."""
     try:
@@ -126,9 +132,19 @@ def _folder(h: Any, directory: str) -> None:
 
 def kept_files(root: str, show: str, ep: str, directory: str, backed_up: bool = True) -> bytes:
     """The digest of an episode's checkpoints and backups (names, kinds, bytes).
-    ``backed_up=False``: its show's backup folder had no entry for it (``backed_up``)."""
+    ``backed_up=False``: its show's backup folder had no entry for it (``backed_up``).
+    ``directory``: the episode's folder, in which the caller has just read the episode file: a
+    missing checkpoints folder is told by ``os.access`` (no ``FileNotFoundError`` made, as
+    ``_folder``'s ``lstat`` makes one), since a lookup there can then fail only for a missing name."""
+    checkpoints = directory + "/checkpoints"
+    there = _exists(checkpoints, os.F_OK, follow_symlinks=False)
+    if not there and not backed_up:
+        return NOTHING_KEPT  # (what is digested below then: the usual episode, its digest made once)
     h = hashlib.blake2b(digest_size=32)
-    _folder(h, directory + "/checkpoints")
+    if there:
+        _folder(h, checkpoints)
+    else:
+        _put(h, None)  # (what _folder puts for a missing folder)
     if backed_up:
         _folder(h, f"{root}/.statekit/backups/episodes/{show}/{ep}")
     else:
@@ -168,6 +184,64 @@ def backed_up(root: str) -> set[tuple[str, str]] | None:
         except OSError:
             return None
     return found
+
+
+def plain_shows(root: str, shows: set[str]) -> set[str]:
+    """The shows whose folders on the way to an episode's backups and to its folder are real
+    folders (or, for the backups, missing): for an episode of one without a checkpoints or
+    backup folder, ``index/verify:_verify_kept_files`` finds nothing (``writes:Writer.backups_of``'s walk
+    meets no symlink, and its ``require_folders`` passes: the walk found the episode folder)."""
+    def real(path: str) -> bool | None:  # True: a folder; None: missing; False: anything else
+        try:
+            return stat.S_ISDIR(os.lstat(path).st_mode) or False
+        except FileNotFoundError:
+            return None
+        except OSError:
+            return False
+
+    def backups_plain(parts: list[str]) -> bool:
+        path = root
+        for part in parts:
+            path += "/" + part
+            kind = real(path)
+            if kind is None:
+                return True
+            if not kind:
+                return False
+        return True
+
+    if not real(root + "/shows") or not backups_plain([".statekit", "backups", "episodes"]):
+        return set()
+    return {show for show in shows if real(f"{root}/shows/{show}") and real(f"{root}/shows/{show}/episodes")
+            and backups_plain([".statekit", "backups", "episodes", show])}
+
+
+def read_log(path: str) -> tuple[bytes | None, os.stat_result | None]:
+    """``packed.read_either(path)`` (an episode's log), and the stat of the plain file if it was read:
+    its ``fstat`` (opened without following a symlink: the ``lstat`` verify takes of the log, without
+    a call of its own); None when it was not (missing: the compressed log, or none, read the plain way,
+    and the caller looks with ``lstat``). A log that is no regular file, or cannot be read: an ``OSError``
+    or ``ValueError`` (``read_either`` raises a ``StatekitError``: to ``verify``, both "cannot be read")."""
+    try:
+        fd = os.open(path, os.O_RDONLY | diskio.O_NOFOLLOW | diskio.O_CLOEXEC | diskio.O_NONBLOCK)
+    except FileNotFoundError:
+        return packed.read_either(path), None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path}: not a regular file")
+        chunks = []
+        while True:  # (``files.read_file``'s reading)
+            want = max(st.st_size + 1, 65536)
+            chunk = os.read(fd, want)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            if len(chunk) < want:
+                break
+        return b"".join(chunks) if len(chunks) != 1 else chunks[0], st
+    finally:
+        os.close(fd)
 
 
 def file_digest(*, raw: bytes, log_raw: bytes | None, links: tuple[Any, ...], kept: bytes,
@@ -302,3 +376,126 @@ def save(root: str, print_: bytes, before: Remembered, clean: Mapping[str, tuple
                 os.unlink(path)  # a cache: what it held is checked again
     except (sqlite3.Error, OSError) as exc:
         log.warning("%s: cannot remember what verify found clean (%s)", path, exc)
+
+
+# --- written while verify goes on ---------------------------------------------------------
+
+
+_DONE = object()
+_ABANDONED = object()
+
+
+class Streamed:
+    """``save(root, print_, before, clean)``, written while verify goes on: on a thread of its
+    own (``statekit-verify-memo``), each clean result as the merge finds it (``add``), in one
+    transaction committed once ``clean`` is complete (``finish``), so what is left after the last
+    result is the commit (at 50k episodes, half a second of inserts was after it, serial).
+
+    Written exactly as ``save`` writes it: nothing until a result differs from ``before`` (or the
+    memo is fresh); then, in the transaction, every result (a fresh memo, or another fingerprint) or
+    only those that differ, and the forgotten ones deleted at the end. If anything goes wrong on
+    the way (a damaged or locked file, a symlink, any database error), nothing is committed and
+    ``save`` does it all at the end, its own way, with its own errors and logging; so does it when
+    nothing was written on the way (then it writes only what was forgotten, or nothing). ``abandon``:
+    verify failed; nothing is committed (a fresh memo's file may be left made, empty: read as none). ``join`` raises what the thread raised (not a database error:
+    those are logged, as ``save`` logs them)."""
+
+    def __init__(self, root: str, print_: bytes, before: Remembered, clean: Mapping[str, tuple[bytes, bytes]]) -> None:
+        self.root, self.print_, self.before, self.clean = root, print_, before, clean
+        self.failed: list[BaseException] = []
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self._batch: list[tuple[str, tuple[bytes, bytes]]] = []
+        self._thread = threading.Thread(target=self._run, name="statekit-verify-memo", daemon=True)
+        self._thread.start()
+
+    def add(self, item: tuple[str, tuple[bytes, bytes]]) -> None:
+        """(key, (digest, result)) of a clean result, once it is in ``clean``; handed over 512 at a time
+        (one at a time, the thread woke for each: one ``executemany`` per result, 10% more CPU)."""
+        self._batch.append(item)
+        if len(self._batch) >= 512:
+            self._queue.put(self._batch)
+            self._batch = []
+
+    def finish(self) -> None:
+        """``clean`` is complete: commit (or ``save``)."""
+        self._queue.put(self._batch)
+        self._queue.put(_DONE)
+
+    def abandon(self) -> None:
+        self._queue.put(_ABANDONED)
+
+    def join(self) -> None:
+        self._thread.join()
+        if self.failed:
+            raise self.failed[0]
+
+    def _batches(self) -> Any:
+        """Lists of what ``add`` was given, as they come; then the last item (``_DONE`` or ``_ABANDONED``)."""
+        while True:
+            batch = self._queue.get()
+            yield batch
+            if batch is _DONE or batch is _ABANDONED:
+                return
+
+    def _run(self) -> None:
+        try:
+            ended, streamed = _stream(self.root, self.print_, self.before, self.clean, self._batches())
+            if ended is _DONE and not streamed:
+                save(self.root, self.print_, self.before, self.clean)
+        except BaseException as exc:  # noqa: BLE001 - raised by ``join``
+            self.failed.append(exc)
+
+
+def _stream(root: str, print_: bytes, before: Remembered, clean: Mapping[str, tuple[bytes, bytes]],
+            batches: Any) -> tuple[Any, bool]:
+    """(how the batches ended, whether all of ``save``'s writing was done and committed)."""
+    fresh = not before
+    conn = None
+    everything = False
+    arrived: list[tuple[str, bytes, bytes]] = []
+    ended: Any = None
+    insert = "INSERT OR REPLACE INTO clean (episode, digest, result) VALUES (?, ?, ?)"
+    try:
+        for batch in batches:
+            if batch is _DONE or batch is _ABANDONED:
+                ended = batch
+                break
+            rows = [(k, d, r) for k, (d, r) in batch]
+            if conn is None:
+                arrived.extend(rows)
+                rows = [row for row in rows if before.get(row[0]) != (row[1], row[2])]
+                if not rows:
+                    continue
+                if _linked(root) is not None:
+                    return _drain(batches), False
+                conn = sqlite3.connect(memo_path(root), timeout=30.0, isolation_level=None)
+                conn.executescript(SCHEMA)
+                conn.execute("BEGIN IMMEDIATE")
+                row = conn.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+                everything = fresh or row is None or row[0] != print_
+                if everything:
+                    conn.execute("DELETE FROM clean")
+                    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fingerprint', ?)", (print_,))
+                    rows = arrived
+            elif not everything:
+                rows = [row for row in rows if before.get(row[0]) != (row[1], row[2])]
+            conn.executemany(insert, rows)
+        if conn is None or ended is not _DONE:
+            return ended, False
+        if not everything:
+            conn.executemany("DELETE FROM clean WHERE episode = ?", [(k,) for k in before if k not in clean])
+        conn.execute("COMMIT")
+        return ended, True
+    except (sqlite3.Error, OSError):
+        return (ended if ended is not None else _drain(batches)), False
+    finally:
+        if conn is not None:
+            conn.close()  # (a transaction not committed is rolled back)
+
+
+def _drain(batches: Any) -> Any:
+    """The rest of the batches, up to how they end (which is returned)."""
+    for batch in batches:
+        if batch is _DONE or batch is _ABANDONED:
+            return batch
+    return None

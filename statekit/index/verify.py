@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from sqlalchemy import String, Text, cast, select, type_coerce
 
-from .. import eventlog, packed
+from .. import eventlog
 from .. import files as diskio
 from .. import objects as assets
 from ..codecs import same
@@ -35,7 +35,7 @@ from ..unique import claims as claims_of
 from ..unique import shown
 from . import verified
 from .pool import ordered_map, workers_for
-from .rows import claim_rows, derived, iso, totals_delta
+from .rows import claim_rows, event_time, iso, spent_in
 from .scan import Problem, Progress, VerifyReport, episode_file, episode_folders, index_path, problem, sha256_of
 from .tables import (
     episodes,
@@ -43,6 +43,7 @@ from .tables import (
     stage_totals,
     unique_values,
 )
+from .verified import plain_shows as _plain_shows
 
 if TYPE_CHECKING:
     from ..writes import Writer
@@ -82,6 +83,7 @@ def verify(writer: Writer, progress: Progress | None = None, *, workers: int | N
 def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, full: bool) -> VerifyReport:
     """``verify``, with the collector as it is."""
     report = VerifyReport()
+    _STRANDINGS.clear()  # (the graphs' answers of this verify only)
     hashed: dict[str, str | None] = {}  # object sha256 -> its problem, if any
     # the episode folders, listed here; each folder's file is looked for (and lstat'ed) by the worker that
     # checks it (``located``), as a rebuild's workers do: the parent's walk was serial time before the pool
@@ -113,8 +115,8 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
             raw = diskio.read_file(path)
             if raw is None:
                 return None
-            log_raw = packed.read_either(log_path)
-            links = (_link(path, st), _link(log_path))  # (the lstat that found the file)
+            log_raw, log_st = verified.read_log(log_path)  # (the log's fstat, if read, for its lstat)
+            links = (_link(path, st), _link(log_path, log_st))  # (the lstat that found the file)
             kept = verified.kept_files(writer.root, show, ep, directory,
                                        backup_dirs is None or (show, ep) in backup_dirs)
         except (StatekitError, OSError, ValueError):
@@ -135,8 +137,9 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
             return None
         return item[2], verified.decode(memo[1])  # (the path alone: a stat pickles slowly)
 
-    looked = ordered_map(look, range(total), workers_for(total, workers) if remembered else 1,
-                         eager=True)  # (indices into ``folders``, which the workers inherit: not pickled)
+    # (indices into ``folders``, which the workers inherit: not pickled; nothing remembered: no look)
+    looked = ordered_map(look, range(total), workers_for(total, workers), eager=True) if remembered and total \
+        else iter(())
     first_look = next(looked, None)  # (the workers read the files while the index is read below)
     with writer.index.reading() as conn:
         # the row's data as stored: parsed only for an episode checked in full
@@ -201,17 +204,20 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
         and the memo's digest completed: as the merge below takes it."""
         first, then, state, held, assets, counts, row_claims, derived, memo = result
         show, ep, path, _st = item
-        if derived is not None and indexed_events.get((show, ep), []) != derived:
+        key = (show, ep)
+        mine = indexed_events.pop(key, None)  # (its last use: freed while the workers go on, not all at the end)
+        if derived is not None and (mine if mine is not None else []) != derived:
             then.append(Problem(
                 "index", os.path.join(os.path.dirname(path), "events.jsonl"),
                 f"{show}/{ep}: the index's events differ from events.jsonl (run 'statekit sync')", f"{show}/{ep}"))
             memo = None
-        if memo is not None:
-            memo = (memo[0] + index_of(show, ep), memo[1])
-        indexed_events.pop((show, ep), None)  # (its last use: freed while the workers go on, not all at the end)
+        if memo is not None:  # (``index_of``, the events read already)
+            memo = (memo[0] + verified.index_digest(row=indexed.get(key), mark=marked.get(key), event_keys=mine),
+                    memo[1])
         return first, then, state, held, assets, counts, row_claims, memo, False
 
     clean: dict[str, tuple[bytes, bytes]] = {}
+    streamed: verified.Streamed | None = None  # (what is clean, written while the merge goes on)
     row_claims_of: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
 
     def merge(i: int) -> None:
@@ -234,8 +240,11 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
         report.checkpoints += checkpoints
         report.backups += backups
         report.problems.extend(first)
-        if state is not None:
-            totals_delta(expected, show, None, state)
+        if state is not None:  # (``totals_delta(expected, show, None, state)``, without its loop over two states)
+            stage, costs = state
+            expected[(show, stage)][0] += 1
+            for cost_stage, amount in costs.items():
+                expected[(show, cost_stage)][1] += amount
         for claim_key, sha, value in held:
             holders[(claim_key, sha)].append((key, path, value))
         n_problems = len(report.problems)
@@ -244,11 +253,13 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
         report.problems.extend(then)
         if memo is not None and len(report.problems) == n_problems:  # clean, its assets too
             clean[key] = memo
+            if streamed is not None:
+                streamed.add((key, memo))
 
     # the remembered results whose index rows are unchanged too; the rest are checked in full
     outcome: list[Any] = [None] * total
     done = 0
-    for i, hit in enumerate(itertools.chain([first_look] if total else [], looked)):
+    for i, hit in enumerate(itertools.chain([first_look] if remembered and total else [], looked)):
         if hit is not None:
             path, hit = hit
             show, ep = folders[i][0], folders[i][1]
@@ -270,35 +281,33 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
     read_events()
     if full:
         before = verified.load(writer.root, print_)
-    for i, got in zip(missed, itertools.chain([first_checked] if missed else [], checked)):
-        if got is None:
-            outcome[i] = _NO_FILE
-        else:
-            found[i] = (*folders[i][:2], got[0], None)
-            outcome[i] = with_events(found[i], got[1])
-        if progress is not None:
-            progress(done, total)
-        done += 1
-        while merged <= i and outcome[merged] is not None:
+    # what is found clean is remembered on a helper thread as the merge finds it (``verified.Streamed``:
+    # its inserts overlap the workers, its commit the store-wide checks below and the freeing of what was
+    # read); joined before returning, its failure raised as before. A store opened read-only writes nothing.
+    if not isinstance(writer.disk, diskio.ReadOnlyDisk):
+        streamed = verified.Streamed(writer.root, print_, before or {}, clean)
+    try:
+        for i, got in zip(missed, itertools.chain([first_checked] if missed else [], checked)):
+            if got is None:
+                outcome[i] = _NO_FILE
+            else:
+                found[i] = (*folders[i][:2], got[0], None)
+                outcome[i] = with_events(found[i], got[1])
+            if progress is not None:
+                progress(done, total)
+            done += 1
+            while merged <= i and outcome[merged] is not None:
+                merge(merged)
+                merged += 1
+        while merged < total:  # (the remembered results after the last one checked)
             merge(merged)
             merged += 1
-    while merged < total:  # (the remembered results after the last one checked)
-        merge(merged)
-        merged += 1
-    # what was found clean is remembered on a helper thread (its disk syncs overlap the store-wide checks
-    # below and the freeing of what was read); joined before returning, its failure raised as before
-    failed: list[BaseException] = []
-
-    def save() -> None:
-        try:
-            verified.save(writer.root, print_, before or {}, clean)
-        except BaseException as exc:  # noqa: BLE001 - raised by the caller, after the join
-            failed.append(exc)
-
-    saving = None
-    if not isinstance(writer.disk, diskio.ReadOnlyDisk):  # a store opened read-only writes nothing
-        saving = threading.Thread(target=save, name="statekit-verify-memo")
-        saving.start()
+    except BaseException:
+        if streamed is not None:
+            streamed.abandon()  # (nothing written)
+        raise
+    if streamed is not None:
+        streamed.finish()
     for show, ep in sorted(indexed.keys() - seen):
         report.problems.append(Problem(
             "index", os.path.join(writer.root, "shows", show, "episodes", ep),
@@ -331,10 +340,8 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
                 f"{int(want_n)}, {want_cost:g} (run 'statekit rebuild-index')"))
     for read in (indexed, folders, found, seen, row_claims_of, holders, expected_claims):
         read.clear()  # (freed while the memo is saved, not after)
-    if saving is not None:
-        saving.join()
-        if failed:
-            raise failed[0]
+    if streamed is not None:
+        streamed.join()
     return report
 
 
@@ -384,36 +391,6 @@ def _data_same(replayed: Any, data: dict[str, Any], text: bytes | None) -> bool:
     return same(replayed, data)
 
 
-def _plain_shows(root: str, shows: set[str]) -> set[str]:
-    """The shows whose folders on the way to an episode's backups and to its folder are real
-    folders (or, for the backups, missing): for an episode of one without a checkpoints or
-    backup folder, ``_verify_kept_files`` finds nothing (``writes:Writer.backups_of``'s walk
-    meets no symlink, and its ``require_folders`` passes: the walk found the episode folder)."""
-    def real(path: str) -> bool | None:  # True: a folder; None: missing; False: anything else
-        try:
-            return stat.S_ISDIR(os.lstat(path).st_mode) or False
-        except FileNotFoundError:
-            return None
-        except OSError:
-            return False
-
-    def backups_plain(parts: list[str]) -> bool:
-        path = root
-        for part in parts:
-            path += "/" + part
-            kind = real(path)
-            if kind is None:
-                return True
-            if not kind:
-                return False
-        return True
-
-    if not real(root + "/shows") or not backups_plain([".statekit", "backups", "episodes"]):
-        return set()
-    return {show for show in shows if real(f"{root}/shows/{show}") and real(f"{root}/shows/{show}/episodes")
-            and backups_plain([".statekit", "backups", "episodes", show])}
-
-
 def _document(text: Any) -> Any:
     """An index row's data as stored (JSON text; a driver may hand over the document itself)."""
     return orjson.loads(text) if isinstance(text, (str, bytes)) else text
@@ -437,24 +414,23 @@ def _link(path: str, st: os.stat_result | None = None) -> tuple[int, int, bool] 
 
 class _Dumped:
     """What ``_check`` reads of an episode's model, read from its data in the form the model writes
-    (``parsing.dumped_episode``: the model would hold these same values), without building the model."""
+    (``parsing.dumped_episode``: the model would hold these same values), without building the model.
+    Each field is an attribute of its own (the data's keys are the model's fields, ``priority`` left
+    out when it is 0): a field is read as fast as a model's, not through ``__getattr__``, which Python
+    calls only after a failed lookup has made its ``AttributeError`` (2 us each, 11 reads an episode)."""
 
-    __slots__ = ("data",)
+    priority = 0  # (the one field the form leaves out: when it is 0)
 
     def __init__(self, data: dict[str, Any]) -> None:
-        self.data = data
-
-    def __getattr__(self, name: str) -> Any:
-        if name not in Episode.model_fields:
-            raise AttributeError(name)
-        return self.data.get(name, 0)  # (only ``priority`` may be left out: it is then 0)
+        vars(self).update(data)
+        self._data = data  # (no field's name starts with "_")
 
     @property
     def key(self) -> str:
-        return f"{self.data['show_id']}/{self.data['episode_id']}"
+        return f"{self.show_id}/{self.episode_id}"
 
     def model_dump(self, mode: str = "json") -> dict[str, Any]:
-        return self.data
+        return self._data
 
 
 def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, str, Any] | None,
@@ -585,12 +561,25 @@ EVENT_FIELDS = ("version", "at", "kind", "from_stage", "to_stage", "message", "c
 
 def event_keys(log_path: str, lines: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
     """``event_key`` of the ``EVENT_FIELDS`` of each of a log's index rows (``index/scan:event_rows``),
-    built without the rows (``tests/test_verify_fast.py`` holds them equal)."""
+    built without the rows, in one loop (``rows.derived``'s columns, without a generator's step and a
+    tuple per line; ``tests/test_verify_fast.py`` holds them equal to the rows')."""
+    out = []
+    append = out.append
+    stage: str | None = None
     try:
-        return [(line["version"], at, line["kind"], line.get("from_stage"), moved, line.get("message"), cost, spent)
-                for line, at, moved, cost, spent in derived(lines)]
+        for line in lines:
+            at = line["at"]
+            if not (type(at) is str and len(at) == 27 and at[-1] == "Z"):
+                at = event_time(at)
+            get = line.get
+            cost, moved = get("cost"), get("to_stage")
+            append((line["version"], at, line["kind"], get("from_stage"), moved, get("message"), cost,
+                    None if cost is None else spent_in(line, stage)))
+            if isinstance(moved, str) and moved:
+                stage = moved
     except ValueError as exc:  # a damaged time: reported like any damaged line (as event_rows words it)
         raise CorruptFileError(f"{log_path}: an event's time is not an ISO timestamp ({exc})", path=log_path) from None
+    return out
 
 
 def event_columns(table: Any) -> list[Any]:
@@ -629,6 +618,25 @@ def event_key(values: Any) -> tuple[Any, ...]:
 
 _NO_GRAPH = object()
 
+_STRANDINGS: dict[tuple[Any, ...], tuple[Any, Any, str | None]] = {}
+"""``_stranding``'s answers, with the graphs they were for; emptied by each verify."""
+
+
+def _stranding(new: Any, stage: str, previous: str | None, done: bool, old: Any) -> str | None:
+    """``graphs.stranding(new, stage, previous, done=done, old=old)``, worked out once for each
+    (graphs, stage, previous stage, done) a verify meets (a fifth of an episode's graph checks' time,
+    the same few questions asked of every episode). The graphs are frozen models, the answer a
+    function of these; an entry names its graphs by identity and holds them (no id reused)."""
+    key = (id(new), id(old), stage, previous, done)
+    hit = _STRANDINGS.get(key)
+    if hit is not None and hit[0] is new and hit[1] is old:
+        return hit[2]
+    why = stranding(new, stage, previous, done=done, old=old)
+    if len(_STRANDINGS) >= 4096:
+        _STRANDINGS.clear()
+    _STRANDINGS[key] = (new, old, why)
+    return why
+
 
 def _graph_problems(writer: Writer, key: str, path: str, log_path: str, model: Episode,
                     lines: list[dict[str, Any]]) -> list[Problem]:
@@ -644,8 +652,8 @@ def _graph_problems(writer: Writer, key: str, path: str, log_path: str, model: E
         reason = illegal_move(graph, line) if graph is not None else None
         if reason is not None:
             found.append(Problem("move", log_path, f"{log_path}: {reason}", key))
-    old = writer.graphs.graph(lines[-1].get("graph")) if lines else None
-    why = stranding(writer.pipeline, model.stage, model.previous_stage, done=model.stage_done, old=old)
+    old = graph if lines else None  # (the last line's graph: ``digest`` is its graph's name)
+    why = _stranding(writer.pipeline, model.stage, model.previous_stage, model.stage_done, old)
     if why is not None:
         found.append(Problem("stranded", path, f"{key}: stranded by a change of the pipeline: {why} (move it with "
                              "'statekit pipeline migrate --map OLD=NEW' or 'statekit requeue')", key))
