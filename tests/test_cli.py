@@ -19,6 +19,7 @@ from statekit.cli import main
 from statekit.index.tables import INDEX_REVISION
 
 from .conftest import episode_file, snapshot
+from .test_demo import small_data
 
 LEGACY = Path(__file__).resolve().parent.parent / "data" / "legacy" / "processed"
 
@@ -173,7 +174,10 @@ def test_console_script_runs_as_a_real_process(tmp_path: Path) -> None:
     bad = subprocess.run([*command, "--root", str(root), "advance", "s/e", "x"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert bad.stderr.count("\n") == 1 and "Traceback" not in bad.stderr
-    demo = subprocess.run([*command, "demo", str(tmp_path / "demo")], capture_output=True, text=True, check=True)
+    # (a small generated set: the shipped sample data's demo runs in test_demo and the README's session)
+    data = small_data(tmp_path / "data")
+    demo = subprocess.run([*command, "demo", str(tmp_path / "demo"), "--data", str(data)],
+                          capture_output=True, text=True, check=True)
     assert "-> published" in demo.stdout and "refused: illegal move" in demo.stdout
 
 
