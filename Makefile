@@ -22,9 +22,8 @@ $(BIN)/statekit: pyproject.toml $(LOCK) | $(BIN)/python
 demo: $(BIN)/statekit
 	$(BIN)/statekit demo
 
-# 4 workers on 2 cores: much of the suite waits (fsyncs, real processes starting, leases running out)
 test: $(BIN)/statekit
-	$(BIN)/python -m pytest -q -n 4 --dist worksteal --cov --cov-report=term --cov-fail-under=85
+	$(BIN)/python -m pytest -q -n auto --dist worksteal --cov --cov-report=term --cov-fail-under=85
 
 # the reliability harness at full size (RELIABILITY.md), then the other tests the default suite runs
 # smaller (kill -9 writers, the hypothesis comparisons); the default suite runs their fast tier
