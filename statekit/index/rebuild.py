@@ -245,7 +245,7 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
         cursor = _build_cursor(built)  # type: ignore[arg-type]
         cursor.execute("BEGIN IMMEDIATE")
         try:
-            insert_rows(cursor, chunk, inserts)
+            insert_rows(cursor, chunk.rows, chunk.events, inserts)
             cursor.execute("COMMIT")
         except BaseException:
             try:  # (no journal: the build is thrown away after this failure; the first error is the one told)
@@ -261,7 +261,7 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
     done = 0
     for chunk in ordered_chunks(chunk_of, found, n, written if pooled else None, size=REBUILD_CHUNK):
         if chunk.rows or chunk.events:  # this process inserts them
-            insert_rows(conn.connection.driver_connection.cursor(), chunk, inserts)  # type: ignore[union-attr]
+            insert_rows(conn.connection.driver_connection.cursor(), chunk.rows, chunk.events, inserts)  # type: ignore[union-attr]
         report.episodes += chunk.episodes
         report.events += chunk.n_events
         for show, ep, failure, is_pending, claimed in chunk.notes:
@@ -372,23 +372,20 @@ def flush(conn: Connection, rows: list[tuple[Any, ...]], event_rows: list[tuple[
     columns are text already, through the raw cursor (SQLAlchemy's per-row work would
     cost more than SQLite's)."""
     cursor = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
-    inserts = inserts or (bulk(conn, "episodes"), bulk(conn, "events"))
-    if rows:
-        cursor.executemany(inserts[0].sql, arranged(inserts[0], EPISODE_COLUMNS, rows))
-        report.episodes += len(rows)
-    if event_rows:
-        cursor.executemany(inserts[1].sql, arranged(inserts[1], EVENT_COLUMNS, event_rows))
-        report.events += len(event_rows)
+    insert_rows(cursor, rows, event_rows, inserts or (bulk(conn, "episodes"), bulk(conn, "events")))
+    report.episodes += len(rows)
+    report.events += len(event_rows)
     rows.clear()
     event_rows.clear()
 
 
-def insert_rows(cursor: Any, chunk: Chunk, inserts: tuple[Compiled, Compiled]) -> None:
-    """A chunk's rows through a raw cursor (``flush``'s inserts)."""
-    if chunk.rows:
-        cursor.executemany(inserts[0].sql, arranged(inserts[0], EPISODE_COLUMNS, chunk.rows))
-    if chunk.events:
-        cursor.executemany(inserts[1].sql, arranged(inserts[1], EVENT_COLUMNS, chunk.events))
+def insert_rows(cursor: Any, rows: list[tuple[Any, ...]], event_rows: list[tuple[Any, ...]],
+                inserts: tuple[Compiled, Compiled]) -> None:
+    """Episode and event row tuples through a raw cursor (a chunk's, or ``flush``'s batch)."""
+    if rows:
+        cursor.executemany(inserts[0].sql, arranged(inserts[0], EPISODE_COLUMNS, rows))
+    if event_rows:
+        cursor.executemany(inserts[1].sql, arranged(inserts[1], EVENT_COLUMNS, event_rows))
 
 
 def arranged(insert: Compiled, columns: tuple[str, ...], rows: list[tuple[Any, ...]]) -> Any:
