@@ -26,10 +26,10 @@ test: $(BIN)/statekit
 	$(BIN)/python -m pytest -q -n auto --dist worksteal --cov --cov-report=term --cov-fail-under=85
 
 # the reliability harness at full size (RELIABILITY.md), then the other tests the default suite runs
-# smaller (kill -9 writers, the hypothesis comparisons); the default suite runs their fast tier
+# smaller (kill -9 writers, the I/O faults' errnos, the hypothesis comparisons); the default suite runs their fast tier
 stress: $(BIN)/statekit
 	STATEKIT_STRESS=1 $(BIN)/python -m pytest -q -m reliability tests/reliability
-	STATEKIT_STRESS=1 $(BIN)/python -m pytest -q -n auto tests/test_processes.py tests/test_blockyaml.py \
+	STATEKIT_STRESS=1 $(BIN)/python -m pytest -q -n auto tests/test_processes.py tests/test_faults.py tests/test_blockyaml.py \
 		tests/test_ledger_model.py tests/test_parsing_fast.py
 
 bench: $(BIN)/statekit

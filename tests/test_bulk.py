@@ -13,19 +13,21 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
 from statekit import Store
 from statekit.bulk import check_where
+from statekit.cli import main
 from statekit.errors import QueryError, UnknownStageError, ValidationError
 from statekit.taxonomy import ErrorKind
 from tests.test_workers import REPO, fill, kind, shared  # noqa: F401  (fixtures: SQLite and PostgreSQL)
 
-STATEKIT = [sys.executable, "-m", "statekit.cli"]
-
 
 def cli(root: str | Path, *args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([*STATEKIT, "--root", str(root), *args], capture_output=True, text=True, cwd=REPO,
-                          env=dict(os.environ, PYTHONPATH=str(REPO)))
+    """The command line in this process (click's runner: the same parsing, errors and output as
+    ``statekit``; test_cli runs the real console script), stdout and stderr apart."""
+    result = CliRunner().invoke(main, ["--root", str(root), *args], catch_exceptions=False)
+    done = subprocess.CompletedProcess(["statekit", *args], result.exit_code, result.stdout, result.stderr)
     assert done.returncode == code, (done.stdout, done.stderr)
     return done
 
