@@ -10,6 +10,9 @@ Each run is a fresh process (``Store.open``, one full verify, the memo removed f
 ``--callgrind``: instead, the instructions of one full verify in one process (``workers=1``: the
 parent's work and every check; a store of 1-2k episodes takes a minute), counted by valgrind's
 callgrind around the call only (``bench_instructions.py``'s way): an A/B that load cannot blur.
+With ``--workers N`` (N > 1) the pool's forked workers are counted too (they inherit the counting;
+their sum with the parent's: what the pool's hand-over costs is in it). Callgrind's CPU has no SHA
+instructions: sha256 counts several times what it costs on a processor with them.
 """
 
 from __future__ import annotations
@@ -29,25 +32,28 @@ from statekit import Store
 from statekit.index.verify import verify
 store = Store.open(sys.argv[2])
 store.counts()
+workers = int(sys.argv[3])
 verify(store.writer, full=True, workers=1)  # warm: imports, caches
 subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], capture_output=True, check=False)
-report = verify(store.writer, full=True, workers=1)
+report = verify(store.writer, full=True, workers=workers)
 subprocess.run(["callgrind_control", "-i", "off", str(os.getpid())], capture_output=True, check=False)
 assert not report.problems, report.problems[:3]
 print(report.checked)
 """
 
 
-def counted(repo: str, root: str, out: str | None) -> tuple[int, int]:
-    """(instructions of one full verify, episodes checked)."""
+def counted(repo: str, root: str, out: str | None, workers: int = 1) -> tuple[int, int]:
+    """(instructions of one full verify, episodes checked); with ``workers`` > 1, the parent's
+    and every forked worker's (each process's own count, summed)."""
     run = subprocess.run(
-        ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out or os.devnull}",
-         str(Path(repo) / ".venv/bin/python"), "-c", COUNTED, repo, root],
+        ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+         f"--callgrind-out-file={out + '.%p' if out else os.devnull}",
+         str(Path(repo) / ".venv/bin/python"), "-c", COUNTED, repo, root, str(workers)],
         capture_output=True, text=True, env=dict(os.environ, PYTHONHASHSEED="0"), check=False)
-    found = re.search(r"Collected : (\d+)", run.stderr)
-    if run.returncode or found is None:
+    found = re.findall(r"Collected : (\d+)", run.stderr)
+    if run.returncode or not found:
         raise SystemExit(run.stderr[-2000:])
-    return int(found.group(1)), int(run.stdout.split()[-1])
+    return sum(map(int, found)), int(run.stdout.split()[-1])
 
 
 PROBE = r"""
@@ -92,8 +98,9 @@ def main() -> None:
         for root in args.stores:
             one(repos[0], root, "1")  # the index built before counting
             for repo in repos:
-                n, checked = counted(repo, root, args.out)
-                print(f"{root} {repo}: {n / checked:,.0f} instructions per episode ({checked} episodes, callgrind)")
+                n, checked = counted(repo, root, args.out, 1 if args.workers == "-" else int(args.workers))
+                print(f"{root} {repo}: {n / checked:,.0f} instructions per episode ({checked} episodes, "
+                      f"workers {args.workers}, callgrind)")
         return
     for root in args.stores:
         for repo in repos:  # the index built (and any migration) before timing

@@ -377,8 +377,19 @@ class ParsedLog:
 
     def hashed(self, path: str, committed: int) -> tuple[list[dict[str, Any]], list[str]]:
         """``committed``'s events, and the ``line_hash`` of each of their lines (the same errors):
-        what ``chain_problems`` takes, no line copied, none hashed twice (``tail`` hashed the last two)."""
-        found = _committed(zip(range(len(self.events)), self.events), path, committed, 2)
+        what ``chain_problems`` takes, no line copied, none hashed twice (``tail`` hashed the last two).
+        The usual log (every line an event, versions going up by one to ``committed`` at most: all of
+        its lines are committed, in order) is taken whole, without ``_committed``'s look at each line."""
+        events = self.events
+        if events and None not in events:
+            versions = [event["version"] for event in events]
+            first = versions[0]
+            if versions[-1] <= committed and versions == list(range(first, first + len(versions))):
+                if not self.hashes:
+                    sha256 = hashlib.sha256
+                    return events[:], [sha256(line).hexdigest() for line in self.lines]
+                return events[:], [self.hash(i) for i in range(len(events))]
+        found = _committed(zip(range(len(events)), events), path, committed, 2)
         return [event for event, _i in found], [self.hash(i) for _event, i in found]
 
     def hash(self, i: int) -> str:

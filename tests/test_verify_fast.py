@@ -3,7 +3,7 @@
 Each fast path has a plain form it must agree with exactly: ``eventlog.parse_log`` with
 ``lines_of`` and ``tail_of`` (same lines, same errors), ``eventlog.events_valid`` with
 ``validate_events`` (True only where it passes), ``verify.event_keys`` with the index rows
-``event_rows`` derives, ``verify._row_same`` with ``same``, and the kept-files shortcut
+``event_rows`` derives, ``compare.row_same`` with ``same``, and the kept-files shortcut
 (``_plain_shows``) with ``_verify_kept_files``. The last test damages a store in many ways
 and asks a full verify with every fast path on and with every one off for the same report.
 """
@@ -28,10 +28,11 @@ from statekit import Store, eventlog, packed, parsing
 from statekit.codecs import same
 from statekit.errors import StatekitError
 from statekit.graphs import stranding
-from statekit.index import verified
+from statekit.index import compare, verified
 from statekit.index import verify as verify_module
+from statekit.index.compare import EVENT_FIELDS, event_key, event_keys
 from statekit.index.scan import event_rows
-from statekit.index.verify import EVENT_FIELDS, event_key, event_keys, verify
+from statekit.index.verify import verify
 
 from .test_verify_lookups import _plain_episode_file
 from .test_verify_memo import sql
@@ -135,6 +136,25 @@ def test_parse_log_reads_as_lines_of_and_tail_of(raw: bytes, committed: int) -> 
             eventlog.chain_problems("log", lines, [r for _e, r in read])
 
 
+def test_hashed_takes_a_whole_log_only_when_all_of_it_is_committed(tmp_path: Path) -> None:
+    """``ParsedLog.hashed``'s short way (every line an event, versions up by one, the last committed)
+    against ``lines_of`` for every committed version, an uncommitted last line among them."""
+    store = _made(tmp_path / "store", "json")
+    raw = _log(store, "a").read_bytes()
+    for log in (raw, raw + raw.splitlines(keepends=True)[-1], raw.replace(b'"version":2,', b'"version":4,', 1)):
+        for committed in range(0, 6):
+            for fresh in (eventlog.parse_log(log), eventlog.parse_log(log)):
+                assert fresh is not None
+                if committed == 3:
+                    fresh.tail()  # (its last lines hashed first)
+                plain = _outcome(lambda: eventlog.lines_of(log, "log", committed))  # noqa: B023
+                got = _outcome(lambda: fresh.hashed("log", committed))  # noqa: B023
+                if plain[0] == "error":
+                    assert got == plain
+                else:
+                    assert got == ("ok", ([e for e, _r in plain[1]], [eventlog.line_hash(r) for _e, r in plain[1]]))
+
+
 def test_parse_log_takes_the_plain_log_of_a_store(tmp_path: Path) -> None:
     """The fast reading is the one in use (statekit's own logs are read by it)."""
     store = Store.init(tmp_path / "store")
@@ -190,7 +210,7 @@ def test_event_keys_are_those_of_the_index_rows(lines: list[dict[str, Any]]) -> 
     assert _outcome(lambda: event_keys("log", lines)) == plain
 
 
-# --- _row_same: same, from the stored text ------------------------------------------------------
+# --- row_same: same, from the stored text ------------------------------------------------------
 
 
 _JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**63 - 1),
@@ -203,8 +223,8 @@ _JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**63, 2**
                                                                                   max_size=4), st.booleans())
 def test_row_same_is_same(a: dict[str, Any], b: dict[str, Any], equal: bool) -> None:
     stored = orjson.dumps(b if not equal else a).decode()
-    assert verify_module._row_same(stored, a) == same(orjson.loads(stored), a)
-    assert verify_module._row_same(orjson.loads(stored), a) == same(orjson.loads(stored), a)
+    assert compare.row_same(stored, a) == same(orjson.loads(stored), a)
+    assert compare.row_same(orjson.loads(stored), a) == same(orjson.loads(stored), a)
 
 
 _ANY = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
@@ -220,8 +240,8 @@ def test_data_same_is_same(replayed: dict[str, Any], data: dict[str, Any], equal
     read from a log, no non-finite number: no reading of a log line takes one)"""
     if equal:
         replayed = orjson.loads(orjson.dumps(data))
-    assert verify_module._data_same(replayed, data, verify_module._text_of(data)) == same(replayed, data)
-    assert verify_module._data_same(replayed, data, None) == same(replayed, data)
+    assert compare.data_same(replayed, data, compare.text_of(data)) == same(replayed, data)
+    assert compare.data_same(replayed, data, None) == same(replayed, data)
 
 
 # --- patches.apply: the usual operations without walking their pointers, any other by _apply_op ----
@@ -290,9 +310,9 @@ def _slow(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(eventlog, "events_valid", lambda lines: False)
     monkeypatch.setattr(eventlog.patches, "_PLAIN_POINTERS", _NO_POINTERS)
     monkeypatch.setattr(verify_module, "_plain_shows", lambda root, shows: set())
-    monkeypatch.setattr(verify_module, "_row_same",
-                        lambda stored, data, text=None: same(verify_module._document(stored), data))
-    monkeypatch.setattr(verify_module, "_data_same", lambda replayed, data, text: same(replayed, data))
+    monkeypatch.setattr(verify_module, "row_same",
+                        lambda stored, data, text=None: same(compare.document(stored), data))
+    monkeypatch.setattr(verify_module, "data_same", lambda replayed, data, text: same(replayed, data))
     monkeypatch.setattr(verify_module, "_stranding", lambda new, stage, previous, done, old: stranding(
         new, stage, previous, done=done, old=old))
     monkeypatch.setattr(verify_module, "episode_file", _plain_episode_file)
@@ -410,6 +430,19 @@ def test_a_full_verify_reports_what_the_plain_paths_report(tmp_path: Path, monke
     assert (fast.checked, fast.checkpoints, fast.backups, fast.assets) == \
         (plain.checked, plain.checkpoints, plain.backups, plain.assets)
     assert bool(fast.problems) == (damage not in CLEAN), fast.problems
+
+
+@pytest.mark.parametrize("damage", ["nothing", "a changed indexed event", "a forged patch"])
+def test_a_pooled_verify_reports_what_the_plain_paths_report(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             damage: str) -> None:
+    """In forked workers (their results pickled to the parent, which compares the index's events)."""
+    store = _made(tmp_path / "store", "json")
+    DAMAGES[damage](store)
+    fast = verify(store.writer, full=True, workers=2)
+    with monkeypatch.context() as m:
+        _slow(m)
+        plain = verify(store.writer, full=True, workers=1)
+    assert fast.problems == plain.problems and fast.checked == plain.checked
 
 
 CLEAN = ("nothing", "a reordered index row", "a backup of another episode", "a show's backups a file",

@@ -2,7 +2,7 @@
 
 ``index/scan:episode_file`` asks whether ``episode.yaml`` is there with ``os.access``, and
 ``index/verified:kept_files`` whether the checkpoints folder is; ``index/verify:_stranding``
-answers ``graphs.stranding`` once per question; ``index/verify:_Dumped`` reads a field as an
+answers ``graphs.stranding`` once per question; ``index/compare:Dumped`` reads a field as an
 attribute. Each is compared with its plain form on every kind of entry a folder may hold.
 """
 
@@ -18,7 +18,7 @@ import pytest
 from statekit import Store, packed
 from statekit.errors import StatekitError
 from statekit.graphs import stranding
-from statekit.index import scan, verified
+from statekit.index import compare, scan, verified
 from statekit.index import verify as verify_module
 from statekit.index.verify import verify
 
@@ -129,7 +129,7 @@ def test_stranding_once_per_question_is_stranding(tmp_path: Path) -> None:
 
 
 def test_a_dumped_episode_reads_as_its_model(tmp_path: Path) -> None:
-    """Every field ``_Dumped`` gives is the model's (the model's own JSON form of it), ``priority``
+    """Every field ``Dumped`` gives is the model's (the model's own JSON form of it), ``priority``
     given or left out, and a name that is no field is no attribute."""
     store = Store.init(tmp_path / "store", format="json")
     store.create("s", "a", title="A", metadata={"k": [1, 2]})
@@ -139,7 +139,7 @@ def test_a_dumped_episode_reads_as_its_model(tmp_path: Path) -> None:
         model = store.get("s", ep)
         data = model.model_dump(mode="json")
         assert ("priority" in data) == (ep == "b")
-        dumped = verify_module._Dumped(data)
+        dumped = compare.Dumped(data)
         for name in type(model).model_fields:
             assert getattr(dumped, name) == data.get(name, 0) == model.model_dump(mode="json").get(name, 0), name
         assert dumped.key == model.key and dumped.model_dump() is data

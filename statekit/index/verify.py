@@ -12,21 +12,14 @@ import os
 import stat
 import threading
 from collections import defaultdict
-from datetime import datetime
-from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
-import orjson
-from sqlalchemy import String, Text, cast, select, type_coerce
+from sqlalchemy import Text, cast, select
 
 from .. import eventlog
 from .. import files as diskio
 from .. import objects as assets
-from ..codecs import same
-from ..errors import (
-    CorruptFileError,
-    StatekitError,
-)
+from ..errors import StatekitError
 from ..graphs import illegal_move, stranding
 from ..layout import checkpoint_stages
 from ..models import AssetRecord, Episode
@@ -34,15 +27,20 @@ from ..parsing import read_checkpoint
 from ..unique import claims as claims_of
 from ..unique import shown
 from . import verified
-from .pool import ordered_map, workers_for
-from .rows import claim_rows, event_time, iso, spent_in
-from .scan import Problem, Progress, VerifyReport, episode_file, episode_folders, index_path, problem, sha256_of
-from .tables import (
-    episodes,
-    events,
-    stage_totals,
-    unique_values,
+from .compare import (
+    Dumped,
+    data_same,
+    document,
+    event_keys,
+    events_by_episode,
+    raw_rows,
+    row_same,
+    text_of,
 )
+from .pool import ordered_map, workers_for
+from .rows import claim_rows
+from .scan import Problem, Progress, VerifyReport, episode_file, episode_folders, index_path, problem, sha256_of
+from .tables import episodes, stage_totals, unique_values
 from .verified import plain_shows as _plain_shows
 
 if TYPE_CHECKING:
@@ -143,7 +141,7 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
     first_look = next(looked, None)  # (the workers read the files while the index is read below)
     with writer.index.reading() as conn:
         # the row's data as stored: parsed only for an episode checked in full
-        indexed = {(s, e): (version, sha, data) for s, e, version, sha, data in _raw_rows(conn, select(
+        indexed = {(s, e): (version, sha, data) for s, e, version, sha, data in raw_rows(conn, select(
             episodes.c.show_id, episodes.c.episode_id, episodes.c.version, episodes.c.file_sha256,
             episodes.c.data if conn.dialect.name == "sqlite" else cast(episodes.c.data, Text)))}
         marked = {key: mark for key, (_path, mark) in writer.index.pending().items()} if writer.chained else {}
@@ -162,7 +160,7 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
     def read_events() -> None:
         if not events_read:
             with writer.index.reading() as conn:
-                indexed_events.update(_indexed_events(conn))
+                indexed_events.update(events_by_episode(conn))
             events_read.append(True)
 
     def index_of(show: str, ep: str) -> bytes:
@@ -324,7 +322,7 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
     for (s, e), (_v, _sha, data) in indexed.items():
         claimed = row_claims_of.get((s, e))
         if claimed is None:
-            claimed = [(r["key"], r["value_sha256"], s, e) for r in claim_rows(keys, s, e, _document(data))]
+            claimed = [(r["key"], r["value_sha256"], s, e) for r in claim_rows(keys, s, e, document(data))]
         expected_claims.update(claimed)
     if indexed_claims != expected_claims:
         report.problems.append(Problem(
@@ -356,46 +354,6 @@ def _kept(writer: Writer, show: str, ep: str, directory: str) -> bytes | None:
         return None
 
 
-def _row_same(stored: Any, data: dict[str, Any], text: bytes | None = None) -> bool:
-    """``same(_document(stored), data)``: first whether the row's stored text is ``data`` as orjson
-    writes it (what the index stores), which is the same data, since a checked model holds
-    no value orjson writes lossily (non-finite floats, integers past 64 bits: ``models``).
-    ``text``: ``_text_of(data)``, if made."""
-    if isinstance(stored, str):
-        try:
-            if (text if text is not None else orjson.dumps(data)) == stored.encode():
-                return True
-        except (TypeError, UnicodeEncodeError):
-            pass
-    return same(_document(stored), data)
-
-
-def _text_of(data: dict[str, Any]) -> bytes | None:
-    """orjson's writing of a model's data (None: it cannot write it)."""
-    try:
-        return orjson.dumps(data)
-    except TypeError:
-        return None
-
-
-def _data_same(replayed: Any, data: dict[str, Any], text: bytes | None) -> bool:
-    """``same(replayed, data)``; first whether orjson writes both alike (``text``: ``_text_of(data)``):
-    then they are the same (neither holds a value orjson writes lossily: ``data`` is a checked
-    model's, ``replayed`` was read from a log, where no reading takes a non-finite number)."""
-    if text is not None:
-        try:
-            if orjson.dumps(replayed) == text:
-                return True
-        except TypeError:
-            pass
-    return same(replayed, data)
-
-
-def _document(text: Any) -> Any:
-    """An index row's data as stored (JSON text; a driver may hand over the document itself)."""
-    return orjson.loads(text) if isinstance(text, (str, bytes)) else text
-
-
 def _links(*paths: str) -> tuple[Any, ...]:
     """(kind, number of names, whether the other name is statekit's own backup) of each
     path, None for a missing one: what ``_verify_links`` judges."""
@@ -410,27 +368,6 @@ def _link(path: str, st: os.stat_result | None = None) -> tuple[int, int, bool] 
         except FileNotFoundError:
             return None
     return stat.S_IFMT(st.st_mode), st.st_nlink, st.st_nlink > 1 and _own_backup_link(path, st)
-
-
-class _Dumped:
-    """What ``_check`` reads of an episode's model, read from its data in the form the model writes
-    (``parsing.dumped_episode``: the model would hold these same values), without building the model.
-    Each field is an attribute of its own (the data's keys are the model's fields, ``priority`` left
-    out when it is 0): a field is read as fast as a model's, not through ``__getattr__``, which Python
-    calls only after a failed lookup has made its ``AttributeError`` (2 us each, 11 reads an episode)."""
-
-    priority = 0  # (the one field the form leaves out: when it is 0)
-
-    def __init__(self, data: dict[str, Any]) -> None:
-        vars(self).update(data)
-        self._data = data  # (no field's name starts with "_")
-
-    @property
-    def key(self) -> str:
-        return f"{self.show_id}/{self.episode_id}"
-
-    def model_dump(self, mode: str = "json") -> dict[str, Any]:
-        return self._data
 
 
 def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, str, Any] | None,
@@ -452,8 +389,8 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
         _verify_kept_files(writer, before, show, ep, os.path.dirname(path))
     counts = (before.checkpoints, before.backups)
     # the row's data is read only when needed: for its unique values, a file that cannot be read, or
-    # when its stored text is not the file's data written out (``_row_same``)
-    row_data = _document(kept_row[2]) if kept_row is not None and keys else None
+    # when its stored text is not the file's data written out (``row_same``)
+    row_data = document(kept_row[2]) if kept_row is not None and keys else None
     row_claims = None if kept_row is None else [
         (r["key"], r["value_sha256"], show, ep) for r in claim_rows(keys, show, ep, row_data)] if keys else []
     try:
@@ -466,10 +403,10 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
         before.problems.append(problem(exc, path, key))
         # the index rightly keeps the last good state: count that
         if kept_row is not None and row_data is None:
-            row_data = _document(kept_row[2])
+            row_data = document(kept_row[2])
         state = (row_data.get("stage"), row_data.get("costs") or {}) if row_data is not None else None
         return before.problems, after, state, [], None, counts, row_claims, None
-    model: Any = parsed.model if parsed.model is not None else _Dumped(parsed.dumped)
+    model: Any = parsed.model if parsed.model is not None else Dumped(parsed.dumped)
     held = [(claim.key, claim.sha256, claim.value) for claim in claims_of(keys, model.metadata)]
     log_path = os.path.join(os.path.dirname(path), "events.jsonl")
     _verify_links(before, key, path, log_path, links=links)
@@ -503,8 +440,8 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
             # the last use of the lines' documents and patches: replayed without copying them
             replayed = eventlog.replay(lines, path=log_path, last_only=True, consume=True)
             dumped = parsed.dumped if parsed.dumped is not None else model.model_dump(mode="json")
-            dumped_text = _text_of(dumped)
-            if not replayed or replayed[-1][0] != model.version or not _data_same(replayed[-1][1], dumped,
+            dumped_text = text_of(dumped)
+            if not replayed or replayed[-1][0] != model.version or not data_same(replayed[-1][1], dumped,
                                                                                    dumped_text):
                 after.append(Problem(
                     "chain", log_path, f"{log_path}: replaying the log does not give the data of {path} "
@@ -540,7 +477,7 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
             after.append(Problem(
                 "index", path, f"{key}: the index holds version {kept_row[0]}, the file version {model.version} "
                 "(run 'statekit sync')", key))
-        elif not _row_same(kept_row[2], dumped if dumped is not None else parsed.dumped
+        elif not row_same(kept_row[2], dumped if dumped is not None else parsed.dumped
                            if committed_model is None and parsed.dumped is not None
                            else model.model_dump(mode="json"), dumped_text):
             after.append(Problem(
@@ -553,67 +490,6 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
     compare = derived if kept_row is not None and lines else None
     assets = (model.key, model.assets) if model.assets else None
     return before.problems, after, (model.stage, model.costs), held, assets, counts, row_claims, compare
-
-
-EVENT_FIELDS = ("version", "at", "kind", "from_stage", "to_stage", "message", "cost", "stage")
-"""The events columns verify compares with what the log says (``data`` is the line itself)."""
-
-
-def event_keys(log_path: str, lines: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
-    """``event_key`` of the ``EVENT_FIELDS`` of each of a log's index rows (``index/scan:event_rows``),
-    built without the rows, in one loop (``rows.derived``'s columns, without a generator's step and a
-    tuple per line; ``tests/test_verify_fast.py`` holds them equal to the rows')."""
-    out = []
-    append = out.append
-    stage: str | None = None
-    try:
-        for line in lines:
-            at = line["at"]
-            if not (type(at) is str and len(at) == 27 and at[-1] == "Z"):
-                at = event_time(at)
-            get = line.get
-            cost, moved = get("cost"), get("to_stage")
-            append((line["version"], at, line["kind"], get("from_stage"), moved, get("message"), cost,
-                    None if cost is None else spent_in(line, stage)))
-            if isinstance(moved, str) and moved:
-                stage = moved
-    except ValueError as exc:  # a damaged time: reported like any damaged line (as event_rows words it)
-        raise CorruptFileError(f"{log_path}: an event's time is not an ISO timestamp ({exc})", path=log_path) from None
-    return out
-
-
-def event_columns(table: Any) -> list[Any]:
-    """The compared columns; times as the stored text (a damaged time must not stop verify)."""
-    return [type_coerce(table.c[name], String) if name == "at" else table.c[name] for name in EVENT_FIELDS]
-
-
-def _raw_rows(conn: Any, stmt: Any) -> list[tuple[Any, ...]]:
-    """The rows of a plain SELECT through the driver's own cursor (SQLAlchemy's row
-    processing costs more than the query on 300,000 rows); only for columns whose
-    driver values are what SQLAlchemy would give (text, numbers; times go through ``event_key``)."""
-    cursor = conn.connection.driver_connection.cursor()
-    try:
-        cursor.execute(str(stmt.compile(dialect=conn.dialect)))
-        return cursor.fetchall()
-    finally:
-        cursor.close()
-
-
-def _indexed_events(conn: Any) -> dict[tuple[str, str], list[tuple[Any, ...]]]:
-    """Each episode's indexed events, oldest first, as ``event_key`` gives them."""
-    rows = _raw_rows(conn, select(events.c.show_id, events.c.episode_id, *event_columns(events)).order_by(
-        events.c.show_id, events.c.episode_id, events.c.version))  # (the unique index's order: no sort)
-    if conn.dialect.name == "sqlite":  # times are the stored text already
-        return {key: [row[2:] for row in group] for key, group in itertools.groupby(rows, itemgetter(0, 1))}
-    return {key: [event_key(row[2:]) for row in group] for key, group in itertools.groupby(rows, itemgetter(0, 1))}
-
-
-def event_key(values: Any) -> tuple[Any, ...]:
-    """An event row's compared columns, with times as text (SQLite and PostgreSQL alike)."""
-    out = list(values)
-    at = out[1]
-    out[1] = iso(at) if isinstance(at, datetime) else at
-    return tuple(out)
 
 
 _NO_GRAPH = object()
