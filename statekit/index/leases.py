@@ -33,7 +33,7 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, delete, func, not_, or_, select, text
+from sqlalchemy import and_, delete, func, not_, or_, select, text, tuple_
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
@@ -380,26 +380,43 @@ class LeaseTable:
 LEASE_COLUMNS = ("show_id", "episode_id", "run_id", "owner", "stage", "lease_seconds", "expires_at")
 
 
+RESTORE_BATCH = 400
+"""Episodes looked up per query when a rebuild restores the leases its files record."""
+
+
 def kept(conn: Connection) -> list[dict[str, Any]]:
     """Every lease row of the index ``conn`` reads (to carry into a rebuilt one)."""
     return [dict(zip(LEASE_COLUMNS, row)) for row in conn.execute(select(*(leases.c[c] for c in LEASE_COLUMNS)))]
 
 
-def restore(conn: Connection, rows: Sequence[dict[str, Any]], local: datetime) -> int:
+def restore(conn: Connection, rows: Sequence[dict[str, Any]], local: datetime,
+            among: Sequence[tuple[str, str]] | None = None) -> int:
     """In a freshly built index (``conn``, in its transaction): the lease
     ``rows`` of the index it replaces, then a row from the file for each
     episode whose file records a live lease and that has none. How many rows
-    the files gave."""
+    the files gave. ``among``: (show, episode) of every episode whose row has a lease,
+    in the rows' order (a rebuild's fill saw them: only those are looked up, by key,
+    not the whole table; None: every row is looked at)."""
     server = conn.dialect.name != "sqlite"
     insert = postgresql.insert if server else sqlite.insert
     if rows:
         conn.execute(insert(leases).on_conflict_do_nothing(), list(rows))
     now = LeaseTable.now_of(conn, server, local)
-    found = conn.execute(
-        select(episodes.c.show_id, episodes.c.episode_id, episodes.c.stage, episodes.c.data)
-        .select_from(episodes.outerjoin(leases, and_(leases.c.show_id == episodes.c.show_id,
-                                                     leases.c.episode_id == episodes.c.episode_id)))
-        .where(episodes.c.lease_expires_at > now, leases.c.show_id.is_(None))).all()
+    query = (select(episodes.c.show_id, episodes.c.episode_id, episodes.c.stage, episodes.c.data)
+             .select_from(episodes.outerjoin(leases, and_(leases.c.show_id == episodes.c.show_id,
+                                                          leases.c.episode_id == episodes.c.episode_id)))
+             .where(episodes.c.lease_expires_at > now, leases.c.show_id.is_(None)))
+    found: list[Any]
+    if among is None:
+        found = list(conn.execute(query))
+    else:  # by key, a batch at a time; in ``among``'s order (the rows' order, as a scan of the table gives them)
+        place = {key: i for i, key in enumerate(among)}
+        keys = list(place)
+        found = []
+        for start in range(0, len(keys), RESTORE_BATCH):
+            batch = keys[start:start + RESTORE_BATCH]
+            found.extend(conn.execute(query.where(tuple_(episodes.c.show_id, episodes.c.episode_id).in_(batch))))
+        found.sort(key=lambda r: place[(r[0], r[1])])
     restored = []
     for show, ep, stage, data in found:
         lease = (json.loads(data) if isinstance(data, str) else data or {}).get("lease") or {}

@@ -119,8 +119,8 @@ def rebuild_locked(writer: Writer, index: Index, progress: Progress | None, repo
             for table in metadata.sorted_tables:
                 if table is not leases_table:
                     conn.execute(table.delete())
-            _fill(writer, conn, report, progress, workers)
-            restore_leases(conn, (), writer.clock())
+            leased = _fill(writer, conn, report, progress, workers)
+            restore_leases(conn, (), writer.clock(), leased)
             mark_rows_derived(conn)
         return
     built = f"{target}.build-{os.getpid()}"
@@ -134,9 +134,9 @@ def rebuild_locked(writer: Writer, index: Index, progress: Progress | None, repo
                 create_schema(conn)
                 stamp_revision(conn)
             with conn.begin():
-                _fill(writer, conn, report, progress, workers, built)
+                leased = _fill(writer, conn, report, progress, workers, built)
             with conn.begin():  # read last, so that few renewals or claims fall between this and the swap
-                restore_leases(conn, old_leases(index), writer.clock())
+                restore_leases(conn, old_leases(index), writer.clock(), leased)
         finish_build(engine)
     finally:
         engine.dispose()
@@ -160,16 +160,18 @@ def old_leases(index: Index) -> list[dict[str, Any]]:
 
 
 def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Progress | None,
-          workers: int | None = None, built: str | None = None) -> None:
+          workers: int | None = None, built: str | None = None) -> list[tuple[str, str]]:
     """The rows of every file into ``conn``'s database. ``built``: its SQLite file (a
     rebuild's, no one else's), which a pool's workers then write their rows into themselves,
     in their chunks' order (``pool.ordered_chunks``), while ``conn`` holds no lock;
-    else this process inserts them (one process, or a server database)."""
+    else this process inserts them (one process, or a server database). Returns (show,
+    episode) of the rows with a lease, in the rows' order (``leases.restore`` looks up only those)."""
     found = list(episode_folders(writer.root))  # each worker looks for its folders' files (lstat is a cost)
     total = len(found)
     deltas: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
     show_rows = []
     claims: list[dict[str, Any]] = []
+    leased: list[tuple[str, str]] = []
     order: dict[str, dict[str, int]] = {}
     for show in dirs(os.path.join(writer.root, "shows")):  # every show, with or without episodes
         try:
@@ -234,6 +236,8 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
             if failure is not None or is_pending or claimed:
                 chunk.notes.append((item[0], item[1], failure, is_pending, claimed))
             chunk.rows.append(values)
+            if values[LEASE_AT] is not None:
+                chunk.leased.append((item[0], item[1]))
             chunk.events.extend(lines)
             chunk.count(item[0], stage, costs)
         chunk.size, chunk.episodes, chunk.n_events = len(items), len(chunk.rows), len(chunk.events)
@@ -264,6 +268,7 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
             insert_rows(conn.connection.driver_connection.cursor(), chunk.rows, chunk.events, inserts)  # type: ignore[union-attr]
         report.episodes += chunk.episodes
         report.events += chunk.n_events
+        leased.extend(chunk.leased)
         for show, ep, failure, is_pending, claimed in chunk.notes:
             if failure is not None:  # reported (and, with rows, indexed as the committed version its log rebuilds)
                 report.problems.append(failure)
@@ -297,23 +302,25 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
     windows = {stage: limit.window[1] for stage, limit in writer.config.limits.items() if limit.window is not None}
     if windows:  # the rate limits' windows, from the start events (the table is coordination state)
         LeaseTable(conn.engine).refill_starts(conn, windows, writer.clock())
+    return leased
 
 
 class Chunk:
     """What a chunk of episode folders gives a rebuild: the rows (tuples in ``EPISODE_COLUMNS``
     and ``EVENT_COLUMNS`` order), the folders without rows (``skipped``: their indexes in the
     chunk), ``notes`` (show, episode, problem, pending, unique claims) of the folders that have
-    any, in order, and the per-stage totals' deltas: per (show, stage), in the order first met,
-    the episodes and the costs one by one (the parent adds them up in the order one process
+    any, in order, ``leased`` (show, episode) of the rows with a lease, and the per-stage totals'
+    deltas: per (show, stage), in the order first met, the episodes and the costs one by one (the parent adds them up in the order one process
     does, so the sums are the same floats)."""
 
-    __slots__ = ("rows", "events", "skipped", "notes", "deltas", "episodes", "n_events", "size")
+    __slots__ = ("rows", "events", "skipped", "notes", "leased", "deltas", "episodes", "n_events", "size")
 
     def __init__(self) -> None:
         self.rows: list[tuple[Any, ...]] = []
         self.events: list[tuple[Any, ...]] = []
         self.skipped: list[int] = []
         self.notes: list[tuple[str, str, Problem | None, bool, list[dict[str, Any]] | None]] = []
+        self.leased: list[tuple[str, str]] = []
         self.deltas: dict[tuple[str, str], list[Any]] = {}
         self.episodes = self.n_events = self.size = 0
 
@@ -364,6 +371,7 @@ def shows_insert() -> Any:
 
 EPISODE_COLUMNS = tuple(c.name for c in episodes_table.columns)
 """The episodes columns in the order of a rebuild's row tuples."""
+LEASE_AT = EPISODE_COLUMNS.index("lease_expires_at")
 
 
 def flush(conn: Connection, rows: list[tuple[Any, ...]], event_rows: list[tuple[Any, ...]],
