@@ -21,7 +21,14 @@ from statekit.demo import SAMPLE_DATA, DemoResult, Plan, read_catalog, run_demo
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "make_sample_data.py"
-NOT_AUDIO = "clip-23.wav"
+# The demo the tests look at runs on a generated set, smaller than the shipped one (200 episodes) but
+# with every case they check: 75 episodes is the fewest with >= 3 injected transient failures per stage,
+# and an episode (number 51) names the clip that is not audio; 9 clips keep clip-07 (the stereo one) a
+# real clip. The `plan` fixture asserts all of it, so a change of the generator or the plan fails there.
+EPISODES, CLIPS = 75, 9
+STEREO = "clip-07.wav"
+
+
 def git_status() -> str | None:
     if shutil.which("git") is None or not (REPO / ".git").exists():
         return None
@@ -37,13 +44,74 @@ def tree(folder: Path) -> dict[str, str]:
 Checkout = tuple[str | None, dict[str, str]]
 
 
+def small_data(folder: Path, episodes: int = 40, clips: int = 6) -> Path:
+    subprocess.run([sys.executable, str(SCRIPT), "--episodes", str(episodes), "--clips", str(clips),
+                    "--seconds", "0.5", "--out", str(folder)], check=True, capture_output=True)
+    return folder
+
+
+def not_wav(audio: Path) -> set[str]:
+    """The clips in ``audio`` that are not WAV files."""
+    bad = set()
+    for path in audio.glob("*.wav"):
+        try:
+            wave.open(str(path), "rb").close()
+        except (wave.Error, EOFError):
+            bad.add(path.name)
+    return bad
+
+
 @pytest.fixture(scope="module")
-def demo_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoResult, list[str], Checkout, Checkout]:
-    """One demo run (module-wide: it takes seconds), with the checkout's state before and after."""
-    before = git_status(), tree(SAMPLE_DATA)
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The generated set the demo runs on (once for the module)."""
+    return small_data(tmp_path_factory.mktemp("data") / "archive", EPISODES, CLIPS)
+
+
+@pytest.fixture(scope="module")
+def not_audio(data: Path) -> str:
+    (name,) = not_wav(data / "audio")  # exactly one clip is not audio
+    return name
+
+
+@pytest.fixture(scope="module")
+def plan(data: Path, not_audio: str) -> Plan:
+    """The plan of the generated set, checked to hold every case the tests below look at."""
+    catalog = read_catalog(data)
+    plan = Plan.of(catalog)
+    assert len(plan.entries) == len(catalog) == EPISODES
+    broken = {k for k, e in plan.entries.items() if e.audio == not_audio}
+    assert broken, f"no episode names {not_audio}, the clip that is not audio"
+    assert plan.never_uploads not in broken, "the upload that never gets through must convert first"
+    assert 0 < len(plan.held_back) < len(plan.entries) - len(broken) - 1, "held-back and published episodes"
+    with wave.open(str(data / "audio" / STEREO)) as w:
+        assert (w.getnchannels(), w.getframerate()) == (2, 22050), f"{STEREO} is not the stereo clip"
+    # at least two (the kill may take one) stereo episodes that are neither skipped nor the never-upload
+    assert len({k for k, e in plan.entries.items() if e.audio == STEREO} - {plan.never_uploads}) >= 2, STEREO
+    for stage in ("downloading", "uploading"):  # >= 3 injected transient failures a stage
+        injected = {k for k in plan.entries if k != plan.never_uploads and plan.fault(k, stage, 1) is not None}
+        assert len(injected) >= 3, f"{len(injected)} injected transient failure(s) in {stage}"
+    # the episodes that never convert never reach an upload, so none has an upload fault to retry
+    assert not {k for k in broken if plan.fault(k, "uploading", 1) is not None}, "an upload fault never injected"
+    assert 0 < plan.crash_at < len(plan.entries) - len(broken), "the kill happens in pass 1"
+    return plan
+
+
+def expected_skipped(plan: Plan, not_audio: str) -> set[str]:
+    return {k for k, e in plan.entries.items() if e.audio == not_audio} | {plan.never_uploads}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory: pytest.TempPathFactory, data: Path, plan: Plan
+             ) -> tuple[DemoResult, list[str], Checkout, Checkout]:
+    """One demo run on the generated set (module-wide: it takes seconds), with the checkout's state
+    and the data folder's before and after."""
+    def checkout() -> Checkout:
+        return git_status(), {**tree(SAMPLE_DATA), **{f"data:{k}": v for k, v in tree(data).items()}}
+
+    before = checkout()
     lines: list[str] = []
-    result = run_demo(tmp_path_factory.mktemp("demo") / "run", say=lines.append)
-    return result, lines, before, (git_status(), tree(SAMPLE_DATA))
+    result = run_demo(tmp_path_factory.mktemp("demo") / "run", data=data, say=lines.append)
+    return result, lines, before, checkout()
 
 
 @pytest.fixture
@@ -53,27 +121,24 @@ def demo(demo_run: tuple[DemoResult, list[str], Checkout, Checkout]) -> tuple[De
 
 def test_the_demo_leaves_the_checkout_alone(demo_run: tuple[DemoResult, list[str], Checkout, Checkout]) -> None:
     result, _, (status_before, data_before), (status_after, data_after) = demo_run
-    assert data_after == data_before  # the sample data is read, never written
+    assert data_after == data_before  # the shipped sample data and the data the demo reads are never written
+    assert "data:catalog.csv" in data_before
     assert status_after == status_before  # nothing tracked changed, nothing new appeared (git status --porcelain)
     assert REPO not in result.directory.parents
 
 
-@pytest.fixture(scope="module")
-def plan() -> Plan:
-    return Plan.of(read_catalog(SAMPLE_DATA))
-
-
-def test_every_episode_ends_where_the_demo_sends_it(demo: tuple[DemoResult, list[str]], plan: Plan) -> None:
+def test_every_episode_ends_where_the_demo_sends_it(demo: tuple[DemoResult, list[str]], plan: Plan,
+                                                   not_audio: str) -> None:
     result, _ = demo
     store = Store.open(result.root)
     episodes = {m.key: m for m in store.list()}
-    assert len(episodes) == result.episodes == len(plan.entries) == 200
+    assert len(episodes) == result.episodes == len(plan.entries) == EPISODES
     for key, m in episodes.items():
         entry = plan.entries[key]
-        if entry.audio == NOT_AUDIO:
+        if entry.audio == not_audio:
             assert m.stage == "skipped", key
             assert m.error_history[-1].kind == "permanent_file_corruption"
-            assert f"{NOT_AUDIO} is not a WAV file" in (m.message or "")
+            assert f"{not_audio} is not a WAV file" in (m.message or "")
         elif key == plan.never_uploads:
             assert m.stage == "skipped", key
             assert m.attempts["uploading"] == 3 and "3 of 3 attempts used" in (m.message or "")
@@ -82,7 +147,7 @@ def test_every_episode_ends_where_the_demo_sends_it(demo: tuple[DemoResult, list
         else:
             assert m.stage == "published", key
     skipped = [k for k, m in episodes.items() if m.stage == "skipped"]
-    assert len(skipped) == 3 and Counter(m.stage for m in episodes.values()) == Counter(result.counts)
+    assert set(skipped) == expected_skipped(plan, not_audio) and Counter(m.stage for m in episodes.values()) == Counter(result.counts)
 
 
 def test_the_killed_worker_is_the_one_interrupted_run_and_is_recovered(demo: tuple[DemoResult, list[str]]) -> None:
@@ -101,7 +166,8 @@ def test_the_killed_worker_is_the_one_interrupted_run_and_is_recovered(demo: tup
         (result.root / ".statekit" / "tmp" / "runs").iterdir())  # the dead run's temp file was collected
 
 
-def test_transient_failures_are_retried_as_injected(demo: tuple[DemoResult, list[str]], plan: Plan) -> None:
+def test_transient_failures_are_retried_as_injected(demo: tuple[DemoResult, list[str]], plan: Plan,
+                                                    not_audio: str) -> None:
     result, _ = demo
     store = Store.open(result.root)
     for stage in ("downloading", "uploading"):
@@ -112,7 +178,7 @@ def test_transient_failures_are_retried_as_injected(demo: tuple[DemoResult, list
         for key in injected:
             m = store.get(*key.split("/"))
             assert m.attempts[stage] == 2 and m.error_history[0].action == "retry"
-            assert m.stage in ("published", "scheduled") or plan.entries[key].audio == NOT_AUDIO
+            assert m.stage in ("published", "scheduled") or plan.entries[key].audio == not_audio
     retried = sum(sum(p.retried.values()) for p in result.passes)
     assert retried == sum(1 for m in store.list() for e in m.error_history
                           if e.action == "retry" and e.kind != "interrupted")
@@ -130,7 +196,8 @@ def test_the_restart_redoes_no_finished_stage(demo: tuple[DemoResult, list[str]]
         assert all(n == 1 for n in finishes.values()), (m.key, finishes)
 
 
-def test_assets_are_stored_once_and_uploads_match_them(demo: tuple[DemoResult, list[str]], plan: Plan) -> None:
+def test_assets_are_stored_once_and_uploads_match_them(demo: tuple[DemoResult, list[str]], plan: Plan,
+                                                       data: Path, not_audio: str) -> None:
     result, _ = demo
     store = Store.open(result.root)
     objects = {sha for sha, path, _ in object_store.stored_objects(str(result.root)) if sha and not path.endswith(".json")}
@@ -138,9 +205,9 @@ def test_assets_are_stored_once_and_uploads_match_them(demo: tuple[DemoResult, l
     assert result.objects == len(objects) == 2 * len(clips) - 1  # each clip once, each converted clip once
     uploaded = sorted(result.uploads.rglob("audio.wav"))
     done = [m for m in store.list() if m.stage in ("published", "scheduled")]
-    assert len(uploaded) == len(done) == 197
+    assert len(uploaded) == len(done) == len(plan.entries) - len(expected_skipped(plan, not_audio))
     for m in done:
-        source = SAMPLE_DATA / "audio" / plan.entries[m.key].audio
+        source = data / "audio" / plan.entries[m.key].audio
         assert m.assets["source.wav"].sha256 == hashlib.sha256(source.read_bytes()).hexdigest()
         target = result.uploads / m.show_id / m.episode_id / "audio.wav"
         assert hashlib.sha256(target.read_bytes()).hexdigest() == m.assets["audio.wav"].sha256
@@ -148,10 +215,11 @@ def test_assets_are_stored_once_and_uploads_match_them(demo: tuple[DemoResult, l
     assert store.verify().clean and result.verify_clean
 
 
-def test_convert_downmixes_resamples_and_normalises(demo: tuple[DemoResult, list[str]], plan: Plan) -> None:
+def test_convert_downmixes_resamples_and_normalises(demo: tuple[DemoResult, list[str]], plan: Plan,
+                                                    data: Path) -> None:
     result, _ = demo
     store = Store.open(result.root)
-    stereo = next(k for k, e in plan.entries.items() if e.audio == "clip-07.wav" and k not in
+    stereo = next(k for k, e in plan.entries.items() if e.audio == STEREO and k not in
                   (plan.never_uploads, result.crashed))
     show, ep = stereo.split("/")
     measured = store.load_checkpoint(show, ep, "converting")
@@ -164,26 +232,20 @@ def test_convert_downmixes_resamples_and_normalises(demo: tuple[DemoResult, list
         assert abs(w.getnframes() - measured["duration_s"] * 16000) < 16000 / 100
     samples = memoryview(pcm).cast("h")
     assert 0.88 < max(abs(s) for s in samples) / 32767 <= 0.892  # -1 dBFS
-    with wave.open(str(SAMPLE_DATA / "audio" / "clip-07.wav")) as w:
+    with wave.open(str(data / "audio" / STEREO)) as w:
         rate = w.getframerate()
         assert abs(w.getnframes() - measured["duration_s"] * rate) < rate / 100
 
 
-def test_the_report_is_written(demo: tuple[DemoResult, list[str]]) -> None:
+def test_the_report_is_written(demo: tuple[DemoResult, list[str]], plan: Plan, not_audio: str) -> None:
     result, _ = demo
     assert result.report == result.directory / "report.html"
     page = result.report.read_text()
     assert page.lower().startswith("<!doctype html") and page.count("<svg") == 3
-    assert ">200<" in page  # the episodes card
-    for skipped in ("hooting-yard/hy-2005-03-30", "hooting-yard/hy-2005-07-20", "tidal-notes/tn-2006-02-06"):
+    assert f'<div class="label">Episodes</div><div class="value">{len(plan.entries)}<' in page  # the episodes card
+    for skipped in sorted(expected_skipped(plan, not_audio)):
         show, ep = skipped.split("/")  # listed under "needs attention"
         assert f'{show}/</span><wbr><span class="nowrap">{ep}<' in page
-
-
-def small_data(folder: Path) -> Path:
-    subprocess.run([sys.executable, str(SCRIPT), "--episodes", "40", "--clips", "6", "--seconds", "0.5",
-                    "--out", str(folder)], check=True, capture_output=True)
-    return folder
 
 
 def test_cli_demo_on_a_small_generated_set(tmp_path: Path) -> None:
