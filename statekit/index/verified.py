@@ -354,17 +354,12 @@ def save(root: str, print_: bytes, before: Remembered, clean: Mapping[str, tuple
             try:
                 conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
                 try:
-                    conn.executescript(SCHEMA)
-                    conn.execute("BEGIN IMMEDIATE")
-                    row = conn.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
-                    if fresh or row is None or row[0] != print_:
-                        conn.execute("DELETE FROM clean")
-                        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fingerprint', ?)", (print_,))
+                    if _begin(conn, fresh, print_):
                         rows: Iterable[tuple[str, bytes, bytes]] = ((k, d, r) for k, (d, r) in clean.items())
                     else:
                         conn.executemany("DELETE FROM clean WHERE episode = ?", [(k,) for k in gone])
                         rows = changed
-                    conn.executemany("INSERT OR REPLACE INTO clean (episode, digest, result) VALUES (?, ?, ?)", rows)
+                    conn.executemany(_INSERT, rows)
                     conn.execute("COMMIT")
                     return
                 finally:
@@ -376,6 +371,22 @@ def save(root: str, print_: bytes, before: Remembered, clean: Mapping[str, tuple
                 os.unlink(path)  # a cache: what it held is checked again
     except (sqlite3.Error, OSError) as exc:
         log.warning("%s: cannot remember what verify found clean (%s)", path, exc)
+
+
+def _begin(conn: sqlite3.Connection, fresh: bool, print_: bytes) -> bool:
+    """The memo's schema, then its write transaction; whether every result is to be written (a
+    fresh memo, or one made under another fingerprint: what it held is dropped, ``print_`` set)."""
+    conn.executescript(SCHEMA)
+    conn.execute("BEGIN IMMEDIATE")
+    row = conn.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
+    everything = fresh or row is None or row[0] != print_
+    if everything:
+        conn.execute("DELETE FROM clean")
+        conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fingerprint', ?)", (print_,))
+    return everything
+
+
+_INSERT = "INSERT OR REPLACE INTO clean (episode, digest, result) VALUES (?, ?, ?)"
 
 
 # --- written while verify goes on ---------------------------------------------------------
@@ -454,7 +465,6 @@ def _stream(root: str, print_: bytes, before: Remembered, clean: Mapping[str, tu
     everything = False
     arrived: list[tuple[str, bytes, bytes]] = []
     ended: Any = None
-    insert = "INSERT OR REPLACE INTO clean (episode, digest, result) VALUES (?, ?, ?)"
     try:
         for batch in batches:
             if batch is _DONE or batch is _ABANDONED:
@@ -469,17 +479,12 @@ def _stream(root: str, print_: bytes, before: Remembered, clean: Mapping[str, tu
                 if _linked(root) is not None:
                     return _drain(batches), False
                 conn = sqlite3.connect(memo_path(root), timeout=30.0, isolation_level=None)
-                conn.executescript(SCHEMA)
-                conn.execute("BEGIN IMMEDIATE")
-                row = conn.execute("SELECT value FROM meta WHERE key = 'fingerprint'").fetchone()
-                everything = fresh or row is None or row[0] != print_
+                everything = _begin(conn, fresh, print_)
                 if everything:
-                    conn.execute("DELETE FROM clean")
-                    conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('fingerprint', ?)", (print_,))
                     rows = arrived
             elif not everything:
                 rows = [row for row in rows if before.get(row[0]) != (row[1], row[2])]
-            conn.executemany(insert, rows)
+            conn.executemany(_INSERT, rows)
         if conn is None or ended is not _DONE:
             return ended, False
         if not everything:
