@@ -29,12 +29,12 @@ from .models import (
     EPISODE_SCHEMA,
     PRIORITY_MAX,
     SHOW_SCHEMA,
-    TRUSTED,
     Episode,
     Show,
     cost_sum,
     not_utf8,
     plain_json_ok,
+    trusted_episode,
 )
 from .packed import read_either
 from .pipeline import Pipeline
@@ -78,7 +78,7 @@ def parse_episode(path: str, raw: bytes, show: str, ep: str, pipeline: Pipeline,
         if upgraded is parsed.data and dumped_episode(upgraded):  # the checks in Python are passed: not again
             parsed.dumped = upgraded  # what ``model_dump(mode="json")`` gives, key for key
             if model:
-                checked = parsed.model = Episode.model_validate(upgraded, context=TRUSTED)
+                checked = parsed.model = trusted_episode(upgraded)
             names = upgraded["show_id"], upgraded["episode_id"], upgraded["stage"]
         else:
             checked = parsed.model = Episode.model_validate(upgraded)
@@ -104,7 +104,7 @@ def parse_episode(path: str, raw: bytes, show: str, ep: str, pipeline: Pipeline,
 def episode_model(parsed: Parsed) -> Episode:
     """The model of an episode ``parse_episode`` read (built now if it was read with ``model=False``)."""
     if parsed.model is None:
-        parsed.model = Episode.model_validate(parsed.dumped, context=TRUSTED)
+        parsed.model = trusted_episode(parsed.dumped)
     return parsed.model  # type: ignore[no-any-return]
 
 
@@ -188,7 +188,7 @@ def dumped_episode(data: Any) -> bool:
     if ``Episode.model_validate(data)`` takes it and its ``model_dump(mode="json")`` equals
     it, key for key in the same order, value for value of the same type. The checks the
     model makes in Python (ids, UTF-8 text, plain metadata, ``cost_total`` against ``costs``)
-    are then passed, so ``Episode.model_validate(data, context=TRUSTED)`` gives the same
+    are then passed, so ``Episode.model_validate(data, context=TRUSTED)`` (``trusted_episode``) gives the same
     model, and ``data`` serves as its dump. False when not sure (approvals, errors, assets
     or uploads present; a time, a number or the key order in another form than the model
     writes; anything invalid): the model then decides, and words the error.
