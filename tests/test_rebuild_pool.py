@@ -135,6 +135,18 @@ def test_finish_runs_in_the_chunks_order_however_long_each_prepare_takes(tmp_pat
     assert list(pool.ordered_chunks(prepare, list(range(5)), 1, finish, size=2)) == [0, 2, 4]
 
 
+def test_ordered_map_gives_each_item_s_result_in_order_from_the_workers() -> None:
+    offset = 7  # (a closure: the forked workers inherit it)
+    items = list(range(2 * pool.CHUNK + 5))  # three chunks, the last one short
+    for eager in (False, True):
+        got = list(pool.ordered_map(lambda i: (i + offset, os.getpid()), items, 2, eager=eager))
+        assert [value for value, _pid in got] == [i + offset for i in items]
+        assert os.getpid() not in {pid for _value, pid in got}  # done in the forked workers
+    assert list(pool.ordered_map(lambda i: (i + offset, os.getpid()), items[:3], 1)) == [
+        (7, os.getpid()), (8, os.getpid()), (9, os.getpid())]  # one process: here
+    assert pool._prepare is None  # nothing left for a later pool's fork to inherit
+
+
 @pytest.mark.skipif(not os.environ.get("STATEKIT_TEST_PG_URL"), reason="STATEKIT_TEST_PG_URL is not set")
 def test_a_pool_on_a_server_index_sends_its_rows_to_this_process(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:

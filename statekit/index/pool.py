@@ -25,10 +25,6 @@ POOL_MIN_ITEMS = 4000
 CHUNK = 256
 """Items per task sent to a worker."""
 
-_work: Callable[[Any], Any] | None = None
-"""The function a forked worker runs (inherited from the parent at fork)."""
-
-
 def workers_for(n_items: int, workers: int | None = None) -> int:
     """How many processes to use for ``n_items`` (``workers``: asked for; None: the cores, if worth it)."""
     if workers is not None:
@@ -39,36 +35,17 @@ def workers_for(n_items: int, workers: int | None = None) -> int:
                       8))
 
 
-def _run_chunk(items: Sequence[Any]) -> list[Any]:
-    assert _work is not None
-    return [_work(item) for item in items]
-
-
 def ordered_map(work: Callable[[T], R], items: Sequence[T], workers: int, *, eager: bool = False) -> Iterator[R]:
     """``work(item)`` for each item, in order; in ``workers`` forked processes
-    when more than one (``work`` may be a closure: the workers inherit it).
-    ``eager``: every item is handed out at the first ``next`` (the workers then go on
-    while the caller does other work; the results wait in memory), else a few chunks ahead."""
-    global _work
+    when more than one (``work`` may be a closure: the workers inherit it), a chunk
+    of items a task (``ordered_chunks``). ``eager``: every item is handed out at the
+    first ``next`` (the workers then go on while the caller does other work; the
+    results wait in memory), else a few chunks ahead."""
     if workers <= 1:
-        for item in items:
-            yield work(item)
+        yield from map(work, items)
         return
-    _work = work
-    context = multiprocessing.get_context("fork")
-    chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
-    try:
-        with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
-            pending: deque[Future[list[R]]] = deque()
-            ahead = len(chunks) + 1 if eager else workers * 3  # in flight: every worker busy, memory bounded
-            for chunk in chunks:
-                pending.append(pool.submit(_run_chunk, chunk))
-                if len(pending) >= ahead:
-                    yield from pending.popleft().result()
-            while pending:
-                yield from pending.popleft().result()
-    finally:
-        _work = None
+    for results in ordered_chunks(lambda chunk: [work(item) for item in chunk], items, workers, eager=eager):
+        yield from results
 
 
 class Turns:
@@ -126,12 +103,14 @@ def _run_prepare(chunk: Sequence[Any]) -> Any:
 
 
 def ordered_chunks(prepare: Callable[[Sequence[T]], Any], items: Sequence[T], workers: int,
-                   finish: Callable[[Any], R] | None = None, *, size: int = CHUNK) -> Iterator[Any]:
+                   finish: Callable[[Any], R] | None = None, *, size: int = CHUNK, eager: bool = False
+                   ) -> Iterator[Any]:
     """``prepare(chunk)`` for each chunk of ``size`` items, in ``workers`` forked processes when
     more than one (a closure: the workers inherit it), then ``finish(prepared)`` in the same
     process, one chunk at a time in the chunks' order (``Turns``: the next chunk's ``finish``
     waits for this one's, a failed ``prepare`` passes its turn); the results of ``finish`` (or of
-    ``prepare`` without one) in the chunks' order. In one process: each in turn, here."""
+    ``prepare`` without one) in the chunks' order. In one process: each in turn, here.
+    ``eager``: every chunk is handed out at the first ``next``, else a few ahead (memory bounded)."""
     global _prepare, _finish, _turns
     chunks = [items[i:i + size] for i in range(0, len(items), size)]
     if workers <= 1:
@@ -145,10 +124,11 @@ def ordered_chunks(prepare: Callable[[Sequence[T]], Any], items: Sequence[T], wo
     try:
         with ProcessPoolExecutor(max_workers=workers, mp_context=context) as pool:
             pending: deque[Future[Any]] = deque()
+            ahead = len(chunks) + 1 if eager else workers * 3  # in flight: every worker busy, memory bounded
             for k, chunk in enumerate(chunks):  # submitted in order: chunk k is taken before chunk k + 1
                 pending.append(pool.submit(_run_turn, k, chunk) if finish is not None
                                else pool.submit(_run_prepare, chunk))
-                if len(pending) >= workers * 3:  # in flight: every worker busy, memory bounded
+                if len(pending) >= ahead:
                     yield pending.popleft().result()
             while pending:
                 yield pending.popleft().result()
