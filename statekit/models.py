@@ -546,7 +546,8 @@ _FAST: list[_Fast] = []
 def _fast() -> _Fast:
     """Built on first use (it costs ~10 ms; the command line's start-up does not pay it). The fast
     form needs the schema pydantic makes of ``Episode``: its ``_derive_cost_total`` (a no-op when
-    ``TRUSTED``) around the fields, private attributes whose defaults are None; otherwise None."""
+    ``TRUSTED``) around the fields, private attributes whose defaults are None and no
+    ``model_post_init`` of its own; otherwise None."""
     if not _FAST:
         from pydantic_core import SchemaValidator
 
@@ -558,7 +559,9 @@ def _fast() -> _Fast:
             private = {name: attr.default for name, attr in Episode.__private_attributes__.items()}
             if (model["type"] == "model" and model["cls"] is Episode and before["type"] == "function-before"
                     and before["function"]["function"].__func__ is Episode._derive_cost_total.__func__
-                    and fields["type"] == "model-fields" and all(v is None for v in private.values())):
+                    and fields["type"] == "model-fields" and all(v is None for v in private.values())
+                    # (nothing after the fields but pydantic's own setting of the private attributes)
+                    and getattr(Episode.model_post_init, "__name__", None) == "init_private_attributes"):
                 validate = SchemaValidator({"type": "definitions", "schema": _unchecked(fields),  # (extra="forbid":)
                                             "definitions": _unchecked(core.get("definitions", []))},
                                            model["config"]).validate_python

@@ -9,6 +9,7 @@ each of them with one field changed to something odd.
 from __future__ import annotations
 
 import copy
+import pickle
 from typing import Any
 
 import pytest
@@ -81,6 +82,8 @@ def test_models_are_their_own() -> None:
     one._pending = {"path": "p", "fields": None, "error": None}  # each model's private attributes are its own
     assert two.pending is None and trusted_episode(data).pending is None
     assert one.model_copy(update={"title": "t"}).title == "t"
+    again = pickle.loads(pickle.dumps(two))  # (as a pool's worker would send one)
+    assert again == two and again.model_fields_set == two.model_fields_set and again.pending is None
 
 
 def test_without_the_fast_form_it_asks_the_model(monkeypatch: pytest.MonkeyPatch) -> None:
