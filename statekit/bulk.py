@@ -193,7 +193,7 @@ class Bulk:
         now = writer.clock()
         found: dict[tuple[str, str], None] = {}
         for where in dict.fromkeys(s for s in (stage, p.failure_stage, p.give_up_stage) if s is not None):
-            for m in models(writer.index.episode_data(show, where)):
+            for m in models(writer.index.episode_data(show, where, decoded=False)):
                 if retry_action(p, m, stage, now) is not None and _matches(m, kind, since):
                     found[(m.show_id, m.episode_id)] = None
 

@@ -564,7 +564,7 @@ def _fast() -> _Fast:
                     and getattr(Episode.model_post_init, "__name__", None) == "init_private_attributes"):
                 validate = SchemaValidator({"type": "definitions", "schema": _unchecked(fields),  # (extra="forbid":)
                                             "definitions": _unchecked(core.get("definitions", []))},
-                                           model["config"]).validate_python
+                                           model["config"])
         except (KeyError, TypeError, AttributeError):  # another pydantic's schema: the plain form
             private = {}
         _FAST.append(_Fast(validate, private))
@@ -575,13 +575,18 @@ def trusted_episode(data: Any) -> Episode:
     """``Episode.model_validate(data, context=TRUSTED)``, about twice as fast: the fields are
     validated by pydantic's core without calling the checks ``TRUSTED`` skips, and the model is
     made from them as pydantic makes it (``__dict__``, fields set, no extra, private attributes).
+    ``data`` as JSON text (``str`` or ``bytes``: the index's column as SQLite gives it) is read
+    by pydantic's core itself, as ``Episode.model_validate_json(data, context=TRUSTED)`` reads it.
     For data statekit derived from a checked model (the index's copy of a file, ``dumped_episode``'s).
     Raises pydantic's ``ValidationError`` as the model does. ``tests/test_trusted.py`` holds it to
     the model."""
     fast = _fast()
+    text = isinstance(data, (str, bytes))
     if fast.validate is None:
-        return Episode.model_validate(data, context=TRUSTED)
-    values, extra, fields_set = fast.validate(data, context=TRUSTED)
+        return Episode.model_validate_json(data, context=TRUSTED) if text else Episode.model_validate(
+            data, context=TRUSTED)
+    validate = fast.validate.validate_json if text else fast.validate.validate_python
+    values, extra, fields_set = validate(data, context=TRUSTED)
     model = object.__new__(Episode)
     object.__setattr__(model, "__dict__", values)
     object.__setattr__(model, "__pydantic_fields_set__", fields_set)

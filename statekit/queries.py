@@ -13,9 +13,10 @@ from .shows import Shows
 from .writes import Writer
 
 
-def models(docs: list[dict[str, Any]]) -> list[Episode]:
+def models(docs: list[Any]) -> list[Episode]:
     """Episodes from the index's copies of their files (each made from a
-    checked model: ``trusted_episode``, which skips the checks in Python)."""
+    checked model: ``trusted_episode``, which skips the checks in Python;
+    a copy as JSON text, ``decoded=False``, is read by pydantic's core)."""
     return [trusted_episode(d) for d in docs]
 
 
@@ -57,7 +58,7 @@ class Queries:
             refused, skip = self.controls.refusal(stage)
             if refused is not None:
                 return []
-        return self.marked(models(self.writer.index.next(stage, limit, self.writer.clock(), skip)))
+        return self.marked(models(self.writer.index.next(stage, limit, self.writer.clock(), skip, decoded=False)))
 
     def costs(self, by: str = "stage", show: str | None = None) -> dict[str, float]:
         if by not in ("stage", "show"):
@@ -67,19 +68,19 @@ class Queries:
 
     def with_errors(self, show: str | None = None) -> list[Episode]:
         self.shows.known(show)
-        return self.marked(models(self.writer.index.with_errors(show)), show)
+        return self.marked(models(self.writer.index.with_errors(show, decoded=False)), show)
 
     def stuck(self, older_than: timedelta, show: str | None = None) -> list[Episode]:
         if not isinstance(older_than, timedelta) or older_than.total_seconds() < 0:
             raise ValidationError(f"older_than must be a non-negative timedelta, got {older_than!r}")
         self.shows.known(show)
-        return self.marked(models(self.writer.index.stuck(self.writer.clock() - older_than, show)), show)
+        return self.marked(models(self.writer.index.stuck(self.writer.clock() - older_than, show, decoded=False)), show)
 
     def episodes(self, show: str | None = None, stage: str | None = None) -> list[Episode]:
         if stage is not None:
             self.writer.check_stage(stage)
         self.shows.known(show)
-        return self.marked(models(self.writer.index.episode_data(show, stage)), show)
+        return self.marked(models(self.writer.index.episode_data(show, stage, decoded=False)), show)
 
     def live_runs(self) -> set[str]:
         """Run ids whose lease has not expired (by the store's clock)."""

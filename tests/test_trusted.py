@@ -9,6 +9,7 @@ each of them with one field changed to something odd.
 from __future__ import annotations
 
 import copy
+import json
 import pickle
 from typing import Any
 
@@ -38,6 +39,16 @@ def _same(data: Any) -> None:
     assert _outcome(trusted_episode, data) == _outcome(lambda d: Episode.model_validate(d, context=TRUSTED), data)
 
 
+def _same_text(text: str | bytes) -> Any:
+    """JSON text (the index's column as SQLite gives it) read as ``model_validate_json`` reads it:
+    the same model, or an error (the model reads text through its before-validator, as Python
+    objects, so an invalid value's error may be worded as another type of error)."""
+    got = _outcome(trusted_episode, text)
+    want = _outcome(lambda d: Episode.model_validate_json(d, context=TRUSTED), text)
+    assert got == want or got[0] == want[0] == "error"
+    return got
+
+
 def test_the_fast_form_is_in_use() -> None:
     # with the pinned pydantic the schema is the one the fast form knows; an upgrade that changes it
     # falls back to the model (correct, slower): this says so rather than let the list queries slow down
@@ -60,11 +71,21 @@ def test_each_field_changed_is_the_model_or_its_error(data: dict[str, Any], draw
     else:
         changed[field] = draw.draw(_ODD)
     _same(changed)
+    _same_text(json.dumps(changed))  # (NaN, big numbers and all, as the strict reader sees them)
+
+
+@settings(max_examples=size(100, 400), suppress_health_check=[HealthCheck.too_slow])
+@given(episodes())
+def test_json_text_is_the_same_model_as_its_data(data: dict[str, Any]) -> None:
+    text = json.dumps(data)
+    assert _same_text(text) == _same_text(text.encode()) == _outcome(trusted_episode, data)
 
 
 def test_not_a_dict_and_the_edges() -> None:
-    for data in (None, [], "x", 1, {}, {"show_id": "a"}):
+    for data in (None, [], 1, {}, {"show_id": "a"}):
         _same(data)
+    for text in ("x", "", "[]", "null", "{}", b"{", '{"show_id": "a"}'):  # text is JSON
+        assert _same_text(text)[0] == "error"
     assert _outcome(trusted_episode, None)[0] == "error"
 
 
@@ -92,3 +113,6 @@ def test_without_the_fast_form_it_asks_the_model(monkeypatch: pytest.MonkeyPatch
                    updated_at="2026-01-01T00:00:00Z", stage_entered_at="2026-01-01T00:00:00Z").model_dump(mode="json")
     assert _outcome(trusted_episode, data) == _outcome(lambda d: Episode.model_validate(d, context=TRUSTED), data)
     assert _outcome(trusted_episode, {**data, "version": "1"})[0] == "error"
+    text = json.dumps(data)
+    assert _outcome(trusted_episode, text) == _outcome(lambda d: Episode.model_validate_json(d, context=TRUSTED), text)
+    assert _outcome(trusted_episode, text) == _outcome(trusted_episode, data)

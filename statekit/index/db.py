@@ -454,12 +454,16 @@ class Index:
 
     # --- reading --------------------------------------------------------------------
 
-    def _raw_docs(self, name: str, build: Any, values: Mapping[str, Any], by_stage: bool = False) -> list[Any]:
+    def _raw_docs(self, name: str, build: Any, values: Mapping[str, Any], by_stage: bool = False,
+                  decoded: bool = True) -> list[Any]:
         """The ``data`` documents a query of episodes returns, run on the raw
         cursor (compiled once per ``name``: SQLAlchemy's per-row work costs more
-        than the query); decoded from JSON text in SQLite, as is in PostgreSQL.
-        ``by_stage``: SQLite reads the rows through the stage index (``BY_STAGE``)."""
-        return [json_doc(row[0]) for row in self._raw_rows(name, build, values, by_stage)]
+        than the query); decoded from JSON text in SQLite, as is in PostgreSQL
+        (``decoded=False``: as the driver gives them, JSON text in SQLite, for
+        ``models.trusted_episode`` to read). ``by_stage``: SQLite reads the rows
+        through the stage index (``BY_STAGE``)."""
+        rows = self._raw_rows(name, build, values, by_stage)
+        return [json_doc(row[0]) for row in rows] if decoded else [row[0] for row in rows]
 
     def _raw_rows(self, name: str, build: Any, values: Mapping[str, Any], by_stage: bool = False) -> list[Any]:
         """The rows of a query run on the raw cursor, compiled once per ``name`` (``_raw_docs``)."""
@@ -479,8 +483,9 @@ class Index:
         at = moment.astimezone(timezone.utc)
         return at if self.dialect == "postgresql" else iso(at)
 
-    def episode_data(self, show: str | None = None, stage: str | None = None) -> list[dict[str, Any]]:
-        """File data of episodes, in show order."""
+    def episode_data(self, show: str | None = None, stage: str | None = None, *,
+                     decoded: bool = True) -> list[Any]:
+        """File data of episodes, in show order (``decoded``: see ``_raw_docs``)."""
         def build() -> Any:
             stmt = select(episodes.c.data).order_by(*SHOW_ORDER)
             if show is not None:
@@ -490,7 +495,7 @@ class Index:
             return stmt
 
         return self._raw_docs(f"episodes:{show is None}:{stage is None}", build, {"show": show, "stage": stage},
-                              by_stage=stage is not None)
+                              by_stage=stage is not None, decoded=decoded)
 
     def created(self, show: str) -> dict[str, str]:
         """``created_at`` of each indexed episode of ``show`` (UTC text that sorts as time)."""
@@ -509,7 +514,8 @@ class Index:
                     out[stage] = int(n)
         return out
 
-    def next(self, stage: str, limit: int, now: datetime, skip_shows: Sequence[str] = ()) -> list[dict[str, Any]]:
+    def next(self, stage: str, limit: int, now: datetime, skip_shows: Sequence[str] = (), *,
+             decoded: bool = True) -> list[Any]:
         """File data of the episodes ready for ``stage`` at ``now`` (not leased
         by a live worker, not waiting for a retry's backoff), higher priority
         first, then longest-waiting; none of the shows ``skip_shows`` (paused).
@@ -537,7 +543,8 @@ class Index:
                 .limit(bindparam("limit"))
             )
 
-        return self._raw_docs("next:" + ",".join(skip), build, {"stage": stage, "at": self._at(now), "limit": limit})
+        return self._raw_docs("next:" + ",".join(skip), build, {"stage": stage, "at": self._at(now), "limit": limit},
+                              decoded=decoded)
 
     def expired_leases(self, now: datetime) -> list[tuple[str, str]]:
         """Episodes whose run's lease ran out by ``now``: their worker stopped
@@ -560,15 +567,15 @@ class Index:
         with self.reading() as conn:
             return {k: round(v or 0.0, 9) for k, v in conn.execute(stmt) if v}
 
-    def with_errors(self, show: str | None = None) -> list[dict[str, Any]]:
+    def with_errors(self, show: str | None = None, *, decoded: bool = True) -> list[Any]:
         def build() -> Any:
             stmt = select(episodes.c.data).where(episodes.c.error_count > 0).order_by(
                 episodes.c.updated_at.desc(), episodes.c.show_id, episodes.c.episode_id)
             return stmt if show is None else stmt.where(episodes.c.show_id == bindparam("show"))
 
-        return self._raw_docs(f"errors:{show is None}", build, {"show": show})
+        return self._raw_docs(f"errors:{show is None}", build, {"show": show}, decoded=decoded)
 
-    def stuck(self, since: datetime, show: str | None = None) -> list[dict[str, Any]]:
+    def stuck(self, since: datetime, show: str | None = None, *, decoded: bool = True) -> list[Any]:
         """Episodes in a non-terminal stage they entered before ``since``, oldest first."""
         stages = [s for s in self.pipeline.stages if s not in self.pipeline.terminal]
 
@@ -584,7 +591,7 @@ class Index:
 
         values = {f"stage{i}": stage for i, stage in enumerate(stages)}
         return self._raw_docs(f"stuck:{show is None}", build, {**values, "since": self._at(since), "show": show},
-                              by_stage=True)
+                              by_stage=True, decoded=decoded)
 
     def status(self) -> list[dict[str, Any]]:
         """Per show: episodes per stage, cost so far, titles."""
