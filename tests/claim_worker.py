@@ -4,6 +4,8 @@ none is ready, appending "SHOW/EP PID RUN_ID" to OUT for each run it finishes.
     python -m tests.claim_worker ROOT STAGE OUT [SLEEP_S [LEASE_S [STARTED]]]
 
 CLAIM_WORKER_IDLE: how many looks (0.05 s apart) find nothing before it stops (3).
+CLAIM_WORKER_DONE: a file; once it exists, the first look that finds nothing stops the worker
+(the test has seen all the work done: no need to wait out the idle looks).
 STARTED, if given, gets "SHOW/EP HOST PID" as each run starts (before its work).
 
 The index comes from statekit.yaml or STATEKIT_INDEX_URL, as for any worker.
@@ -30,6 +32,9 @@ def main() -> None:
         if run is None:
             idle += 1
             if idle > int(os.environ.get("CLAIM_WORKER_IDLE", "3")):  # nothing ready, several looks running: done
+                return
+            done = os.environ.get("CLAIM_WORKER_DONE")
+            if done and os.path.exists(done):
                 return
             time.sleep(0.05)
             continue

@@ -121,7 +121,7 @@ def test_pause_stops_new_claims_while_running_ones_finish(shared: Store, tmp_pat
         time.sleep(0.5)
         settled = intervals(log)
         assert all(end > 0 for _, end in settled.values()) and len(settled) < len(keys)
-        time.sleep(1.5)
+        time.sleep(0.5)  # each worker looks again every 0.05 s (--poll): ten looks each, and nothing may start
         assert intervals(log) == settled  # and nothing new started while paused
         # at most one claim per worker can have read the file just before the pause and start after it
         assert sum(start > paused_at for start, _ in settled.values()) <= len(workers)
@@ -275,7 +275,7 @@ def test_rate_limit_counts_starts_in_the_sliding_window(shared: Store, tmp_path:
         deadline = time.monotonic() + 60
         while len(store.list(stage="downloaded")) < 3 and time.monotonic() < deadline:
             time.sleep(0.05)
-        time.sleep(1.5)  # time enough for any fourth start
+        time.sleep(0.5)  # time enough for any fourth start (a worker past the limit claims at its next look, 0.05 s)
     finally:
         for w in workers:
             w.terminate()

@@ -23,12 +23,21 @@ from starlette.middleware import Middleware  # noqa: E402
 from starlette.testclient import TestClient  # noqa: E402
 
 from statekit import IndexUnavailableError, ReadOnlyStoreError, Store  # noqa: E402
+from statekit.dashboard import view  # noqa: E402
 from statekit.dashboard.access import CSP, Guard  # noqa: E402
 from statekit.dashboard.pages import routes  # noqa: E402
 from statekit.dashboard.view import VERSION_SECONDS, Dashboard  # noqa: E402
 from statekit.serve import make_app  # noqa: E402
 
 TOKEN = "s3cret-token-123"
+QUICK = 0.1
+"""The dashboards made in this process ask the index for the version at most this often (``quick_version``),
+not every VERSION_SECONDS (0.5 s): the tests wait it out after each write. 'statekit serve' processes keep 0.5 s."""
+
+
+@pytest.fixture(autouse=True)
+def quick_version(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(view, "VERSION_SECONDS", QUICK)
 
 
 def fill(store: Store) -> None:
@@ -151,7 +160,7 @@ def test_version_moves_after_a_write_and_the_partial_page_has_the_change(client:
     writer = Store.open(root)
     writer.advance("oliver", "ep002", "downloading")
     writer.close()
-    time.sleep(VERSION_SECONDS + 0.1)
+    time.sleep(QUICK + 0.05)
     after = client.get("/api/version").json()["version"]
     assert after != before
     part = client.get("/", headers={"X-Statekit-Partial": "1"})
@@ -163,13 +172,13 @@ def test_version_moves_after_a_write_and_the_partial_page_has_the_change(client:
 def test_version_moves_after_a_delete_and_text_is_escaped(client: TestClient, root: str) -> None:
     writer = Store.open(root)
     writer.create("oliver", "ep009", title="<script>alert('x')</script> & co")
-    time.sleep(VERSION_SECONDS + 0.1)
+    time.sleep(QUICK + 0.05)
     before = client.get("/api/version").json()["version"]
     html = client.get("/episodes", params={"q": "script"}).text + client.get("/episodes/oliver/ep009").text
     assert "<script>alert" not in html and "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; co" in html
     writer.delete("oliver", "ep009")  # no event is left behind: the stage totals move the version
     writer.close()
-    time.sleep(VERSION_SECONDS + 0.1)
+    time.sleep(QUICK + 0.05)
     assert client.get("/api/version").json()["version"] != before
     assert client.get("/episodes/oliver/ep009").status_code == 404
 
@@ -181,7 +190,7 @@ def test_version_follows_a_rebuilt_index(client: TestClient, root: str) -> None:
     writer.rebuild_index()
     writer.advance("oliver", "ep002", "downloading")
     writer.close()
-    time.sleep(VERSION_SECONDS + 0.1)
+    time.sleep(QUICK + 0.05)
     assert client.get("/api/version").json()["version"] != before
     assert client.get("/api/report").json()["totals"]["stages"]["downloading"] == 3
 
@@ -193,7 +202,7 @@ def test_an_index_that_cannot_be_read_is_a_503_in_one_line(root: str) -> None:
         damaged = Path(root, ".statekit", "damaged.db")
         damaged.write_bytes(b"not a database " * 500)
         os.replace(damaged, Path(root, ".statekit", "index.db"))  # a new file: the dashboard reconnects to it
-        time.sleep(VERSION_SECONDS + 0.1)
+        time.sleep(QUICK + 0.05)
         r = c.get("/api/version")
         assert r.status_code == 503 and "could not be read" in r.json()["error"] and r.json()["hint"]
         r = c.get("/")
@@ -268,7 +277,7 @@ def test_the_dashboard_writes_nothing_under_the_store(root: str) -> None:
         for _ in range(3):
             for path in PATHS:
                 assert c.get(path).status_code in (200, 404), path
-            time.sleep(VERSION_SECONDS)
+            time.sleep(QUICK)
     board.close()
     assert tree(root) == before
     assert wal_is_empty(root)  # nothing was committed to the index either
@@ -376,7 +385,7 @@ def test_the_dashboard_on_a_server_index_reads_through_read_only_sessions(tmp_pa
             assert c.get("/api/report").json()["totals"]["stages"]["downloading"] == 2
             before = c.get("/api/version").json()["version"]
             store.advance("oliver", "ep002", "downloading")
-            time.sleep(VERSION_SECONDS + 0.1)
+            time.sleep(QUICK + 0.05)
             assert c.get("/api/version").json()["version"] != before
             assert re.search(r'id="total-episodes">4<', c.get("/").text)
             assert c.get("/api/episodes", params={"stage": "downloading"}).json()["total"] == 3

@@ -33,13 +33,14 @@ needs_pg = pytest.mark.skipif(not PG, reason="STATEKIT_TEST_PG_URL is not set (.
 ENV = dict(os.environ, PYTHONPATH=str(REPO))
 
 HANG = r"""
-import sys, time
+import select, sys
 from statekit import Store
 root, lease, hang = sys.argv[1], float(sys.argv[2]), float(sys.argv[3])
 store = Store.open(root)
 run = store.run("s", "e000", "downloading", owner="stuck", lease_seconds=lease).__enter__()
 print("started", run.run_id, flush=True)
-time.sleep(hang)  # busy (or stuck) in the stage: no write of its own all this time
+# busy (or stuck) in the stage: no write of its own all this time, until the test writes a line (or `hang` s)
+select.select([sys.stdin], [], [], hang)
 run.__exit__(None, None, None)
 print("done", flush=True)
 """
@@ -80,7 +81,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
 
 def start_hanging(store: Store, lease: float, hang: float) -> tuple[subprocess.Popen[str], str]:
     proc = subprocess.Popen([sys.executable, "-c", HANG, store.root, str(lease), str(hang)], cwd=REPO, env=ENV,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert proc.stdout is not None
     ready, _, _ = select.select([proc.stdout], [], [], 60)
     line = proc.stdout.readline() if ready else ""
@@ -97,7 +98,7 @@ def test_a_worker_stuck_in_a_stage_keeps_its_lease(store: Store) -> None:
         assert store.recover().recovered == []
         holder, _ = store.index.leases.holder("s", "e000", store.clock())
         assert holder is not None and holder.run_id == run_id and holder.alive
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate("go\n", timeout=60)  # its work is done: it finishes now
     finally:
         proc.kill()
     assert proc.returncode == 0 and out.split() == ["done"], err  # its finish was not refused
@@ -136,8 +137,10 @@ def test_a_killed_worker_loses_its_lease_within_its_length(store: Store) -> None
 
 def test_a_dropped_run_handle_stops_renewing(store: Store) -> None:
     store.run("s", "e000", "downloading", lease_seconds=0.3).__enter__()  # the handle is dropped at once
-    time.sleep(0.9)
-    taken = store.claim("downloading", owner="second")
+    deadline = time.monotonic() + 0.9  # three lease lengths: taken by then (looked for every 0.05 s until then)
+    while (taken := store.claim("downloading", owner="second")) is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    taken = taken or store.claim("downloading", owner="second")
     assert taken is not None
     with taken:
         pass
@@ -152,7 +155,7 @@ def test_a_rebuild_keeps_a_live_runs_lease(store: Store) -> None:
         assert holder is not None and holder.run_id == run_id and holder.alive
         time.sleep(1.2)
         assert store.claim("downloading") is None
-        out, err = proc.communicate(timeout=60)
+        out, err = proc.communicate("go\n", timeout=60)  # its work is done: it finishes now
     finally:
         proc.kill()
     assert proc.returncode == 0 and out.split() == ["done"], err

@@ -50,7 +50,7 @@ pytestmark = pytest.mark.skipif(namespaces_work() is not None, reason=str(namesp
 
 
 def machine(name: str, skew: str, store: Store, url: str, out: Path, *, pause: float, lease: float,
-            started: Path) -> subprocess.Popen[bytes]:
+            started: Path, done: Path) -> subprocess.Popen[bytes]:
     locks = os.path.join(store.root, ".statekit", "locks")
     os.makedirs(locks, exist_ok=True)
     script = (f"hostname {name} && mount -t tmpfs tmpfs /tmp && mount -t tmpfs tmpfs {locks} && "
@@ -58,7 +58,9 @@ def machine(name: str, skew: str, store: Store, url: str, out: Path, *, pause: f
     argv = ["unshare", "--uts", "--mount", "--fork", "--kill-child", "sh", "-c", script, "sh",
             sys.executable, "-m", "tests.claim_worker", store.root, "downloading", str(out), str(pause), str(lease),
             str(started)]
-    env = dict(os.environ, PYTHONPATH=str(REPO), STATEKIT_INDEX_URL=url, CLAIM_WORKER_IDLE="200")  # 10 s
+    # idle: 200 looks (10 s), or until ``done`` exists (the test saw every episode finished)
+    env = dict(os.environ, PYTHONPATH=str(REPO), STATEKIT_INDEX_URL=url, CLAIM_WORKER_IDLE="200",
+               CLAIM_WORKER_DONE=str(done))
     return subprocess.Popen(argv, cwd=REPO, env=env, start_new_session=True)
 
 
@@ -82,10 +84,11 @@ def test_machines_share_the_work_and_survive_a_machine_killed(shared: Path, pg_u
     tmp_path = shared
     store = Store.init(tmp_path / "store", index_url=pg_url)
     keys = fill(store, 24)
-    out, started = tmp_path / "done.txt", tmp_path / "started.txt"
+    out, started, finished = tmp_path / "done.txt", tmp_path / "started.txt", tmp_path / "all-finished"
     lease = 3.0
     # the victim machine takes one episode and works on it "forever"
-    victim = machine("victim", "+20s", store, pg_url, out, pause=600, lease=lease, started=started)
+    victim = machine("victim", "+20s", store, pg_url, out, pause=600, lease=lease, started=started,
+                     done=finished)
     deadline = time.monotonic() + 60
     while (not started.exists() or not started.read_text()) and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -93,8 +96,14 @@ def test_machines_share_the_work_and_survive_a_machine_killed(shared: Path, pg_u
     os.killpg(victim.pid, signal.SIGKILL)  # the whole machine, mid-run
     victim.wait()
     killed_at = time.monotonic()
-    machines = [machine(f"m{i}", skew, store, pg_url, out, pause=0.05, lease=lease, started=started)
+    machines = [machine(f"m{i}", skew, store, pg_url, out, pause=0.05, lease=lease, started=started, done=finished)
                 for i, skew in enumerate(SKEWS)]
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and any(m.poll() is None for m in machines):
+        if out.exists() and {line.split()[0] for line in out.read_text().splitlines()} >= set(keys):
+            finished.touch()  # every episode's run finished: the machines stop at their next empty look
+            break
+        time.sleep(0.05)
     for m in machines:
         assert m.wait(timeout=300) == 0
     lines = [line.split() for line in out.read_text().splitlines()]

@@ -210,7 +210,7 @@ def test_the_cli_prints_the_space_saved(tmp_path: Path) -> None:
     data = json.loads(cli("--root", root, "compact", "--json"))
     assert data["episodes"] == 3 and data["files"] == 4 and data["bytes_saved"] == data["bytes_before"] - data[
         "bytes_after"] > 0
-    time.sleep(1.1)  # "recent" was touched less than a second ago
+    age(root, days=2 / DAY, only="s/recent")  # "recent" was touched 2 s ago (not 40 days): older than 1s now
     assert cli("--root", root, "compact", "--older-than", "1s").startswith("compressed 2 files of 1 episodes")
     result = CliRunner().invoke(main, ["--root", root, "compact", "--older-than", "soon"])
     assert result.exit_code == 2 and "expected an age" in result.output and "Traceback" not in result.output

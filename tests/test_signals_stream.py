@@ -68,6 +68,16 @@ def read_stream(name: str) -> list[tuple[str, str, dict]]:
     return asyncio.run(read())
 
 
+@pytest.fixture
+def short_connect(monkeypatch: pytest.MonkeyPatch) -> None:
+    """This process's publisher gives up on a refused connection after 0.3 s instead of its 5 s
+    (``stream.TIMEOUT``, the bound on nats-py's endless retries): the outages below cost a test
+    (and the store's close, which waits for its signals) 5 s otherwise. Subprocesses keep the 5 s."""
+    from statekit.signals import stream as stream_module
+
+    monkeypatch.setattr(stream_module, "TIMEOUT", 0.3)
+
+
 def open_store(tmp_path: Path, stream: tuple[str, str]) -> Store:
     Store.init(tmp_path / "s", "archive").close()
     with open(tmp_path / "s" / "statekit.yaml", "a") as f:
@@ -88,7 +98,8 @@ def test_every_committed_event_is_published_in_order(tmp_path: Path, stream: tup
     assert got[1][2]["to_stage"] == "downloading" and got[1][2]["show_id"] == "news.daily"
 
 
-def test_a_nats_outage_loses_nothing(tmp_path: Path, stream: tuple[str, str]) -> None:
+def test_a_nats_outage_loses_nothing(tmp_path: Path, stream: tuple[str, str],
+                                     short_connect: None) -> None:
     store = open_store(tmp_path, stream)
     store.config = store.config.model_copy(update={"events": store.config.events.model_copy(
         update={"publish": "nats://127.0.0.1:1"})})  # nobody there: every publish fails
@@ -102,7 +113,8 @@ def test_a_nats_outage_loses_nothing(tmp_path: Path, stream: tuple[str, str]) ->
     assert [m[1] for m in read_stream(stream[0])] == ["sh/e1/1", "sh/e1/2"]
 
 
-def test_a_commit_whose_index_write_was_lost_is_still_published(tmp_path: Path, stream: tuple[str, str]) -> None:
+def test_a_commit_whose_index_write_was_lost_is_still_published(tmp_path: Path, stream: tuple[str, str],
+                                                                short_connect: None) -> None:
     """A writer killed between the rename and its index write leaves the index a version behind;
     ``events publish`` mends the index first, so the catch-up (which reads versions from the index)
     publishes that version too."""
@@ -161,7 +173,7 @@ def test_killing_the_publisher_mid_stream_loses_nothing(tmp_path: Path, stream: 
         assert mine == list(range(1, version + 1)), ep  # all of them, in order
 
 
-def test_a_refused_connection_fails_the_publish_instead_of_trying_for_ever() -> None:
+def test_a_refused_connection_fails_the_publish_instead_of_trying_for_ever(short_connect: None) -> None:
     """nats-py's connect retries a refused connection every 2 s for ever (even with
     max_reconnect_attempts=0): the signals thread hung on it and outlived store.close()."""
     import threading
@@ -181,6 +193,6 @@ def test_a_refused_connection_fails_the_publish_instead_of_trying_for_ever() -> 
 
     thread = threading.Thread(target=publish, daemon=True)
     thread.start()
-    thread.join(120)  # a bound for a hang, far above the publisher's 5 s
+    thread.join(120)  # a bound for a hang, far above the publisher's (here 0.3 s: short_connect)
     assert not thread.is_alive(), "the publish is still trying to connect"
     assert outcome and outcome[0] is not None  # it failed, and said so
