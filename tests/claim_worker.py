@@ -6,6 +6,9 @@ none is ready, appending "SHOW/EP PID RUN_ID" to OUT for each run it finishes.
 CLAIM_WORKER_IDLE: how many looks (0.05 s apart) find nothing before it stops (3).
 CLAIM_WORKER_DONE: a file; once it exists, the first look that finds nothing stops the worker
 (the test has seen all the work done: no need to wait out the idle looks).
+CLAIM_WORKER_GO: a file; the worker, once its store is open, writes GO.ready.PID and claims
+nothing until GO exists (the test starts every worker's claims at once: process start-up
+under load can let the first worker do all the work before the others look).
 STARTED, if given, gets "SHOW/EP HOST PID" as each run starts (before its work).
 
 The index comes from statekit.yaml or STATEKIT_INDEX_URL, as for any worker.
@@ -26,6 +29,12 @@ def main() -> None:
     lease = float(sys.argv[5]) if len(sys.argv) > 5 else None
     started = sys.argv[6] if len(sys.argv) > 6 else None
     store = Store.open(root)
+    go = os.environ.get("CLAIM_WORKER_GO")
+    if go:
+        note(f"{go}.ready.{os.getpid()}", "")
+        deadline = time.monotonic() + 120
+        while not os.path.exists(go) and time.monotonic() < deadline:
+            time.sleep(0.01)
     idle = 0
     while True:
         run = store.claim(stage, owner=f"{os.uname().nodename}:{os.getpid()}", lease_seconds=lease)

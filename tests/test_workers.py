@@ -143,9 +143,20 @@ def test_lease_renews_itself_and_expires_when_its_worker_stops(shared: Store) ->
     assert kinds.count("start") == 2 and "recovered" in kinds and kinds[-1] == "finish"
 
 
-def run_workers(store: Store, n: int, out: Path, env: dict[str, str], pause: float = 0.0) -> list[str]:
+def run_workers(store: Store, n: int, out: Path, env: dict[str, str], pause: float = 0.0,
+                together: bool = False) -> list[str]:
+    """``n`` claim workers until the stage is done; ``together``: none claims before all are started."""
+    go = out.parent / f"{out.name}.go"
+    if together:
+        env = dict(env, CLAIM_WORKER_GO=str(go))
     procs = [subprocess.Popen([sys.executable, "-m", "tests.claim_worker", store.root, "downloading", str(out),
                                str(pause)], cwd=REPO, env=env) for _ in range(n)]
+    if together:
+        deadline = time.monotonic() + 120
+        while len(list(out.parent.glob(f"{go.name}.ready.*"))) < n and time.monotonic() < deadline:
+            assert all(p.poll() is None for p in procs), "a claim worker stopped before its start"
+            time.sleep(0.02)
+        go.touch()
     for p in procs:
         assert p.wait(timeout=300) == 0
     return out.read_text().splitlines() if out.exists() else []
@@ -154,7 +165,8 @@ def run_workers(store: Store, n: int, out: Path, env: dict[str, str], pause: flo
 def test_many_processes_claim_each_episode_exactly_once(shared: Store, tmp_path: Path) -> None:
     keys = fill(shared, 40)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    lines = run_workers(shared, 4, tmp_path / "done.txt", env)
+    # all four claim at once, each run 0.02 s long: one worker alone would take 0.8 s (its share)
+    lines = run_workers(shared, 4, tmp_path / "done.txt", env, pause=0.02, together=True)
     done = Counter(line.split()[0] for line in lines)
     assert sorted(done) == keys and set(done.values()) == {1}, done  # no episode lost, none twice
     assert len({line.split()[1] for line in lines}) > 1  # the work was shared

@@ -24,8 +24,10 @@ parent about every write that returned. Modes:
         N compare-and-set advances on one episode (downloading <-> failed).
     own ROOT SHOW EP N GO
         N advances on an episode only this worker writes.
-    update ROOT SHOW EP N GO
-        N metadata updates of one episode (every call writes; no compare-and-set).
+    update ROOT SHOW EP N GO [yield]
+        N metadata updates of one episode (every call writes; no compare-and-set);
+        ``yield``: the core yielded after each write (``os.sched_yield``), as a worker goes on
+        to other work between its writes.
 
 ``cas``, ``own`` and ``update`` say "ready", wait until the file GO exists (so all
 workers start together), then say one JSON summary: outcomes, the slowest
@@ -249,7 +251,7 @@ def die_before_index(root: str, show: str, ep: str, stage: str) -> None:
 # --- cas / own: one episode, many processes ---------------------------------------------------
 
 
-def hammer(root: str, show: str, ep: str, n: int, go: str, mode: str) -> dict[str, Any]:
+def hammer(root: str, show: str, ep: str, n: int, go: str, mode: str, pause: str = "") -> dict[str, Any]:
     """``n`` writes on one episode: ``cas`` advances under expected_version,
     ``own`` advances (the episode is this worker's alone), ``update``
     metadata updates (always a write; ``versions`` says which ones were ours)."""
@@ -281,6 +283,8 @@ def hammer(root: str, show: str, ep: str, n: int, go: str, mode: str) -> dict[st
         if took > out["slowest_s"]:
             out["slowest_s"], out["slowest_at"] = took, len(times)
         times.append(took)
+        if pause == "yield":
+            os.sched_yield()
     out["seconds"] = time.monotonic() - start
     times.sort()
     out["median_s"], out["p99_s"] = times[len(times) // 2], times[len(times) * 99 // 100]
@@ -302,7 +306,7 @@ def main(argv: list[str]) -> None:
         die_before_index(root, show, ep, stage)
     elif mode in ("cas", "own", "update"):
         root, show, ep, n, go = argv[1:6]
-        say(json.dumps(hammer(root, show, ep, int(n), go, mode)))
+        say(json.dumps(hammer(root, show, ep, int(n), go, mode, argv[6] if len(argv) > 6 else "")))
     else:
         raise SystemExit(f"unknown mode {mode!r}")
 
