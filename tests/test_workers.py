@@ -165,7 +165,7 @@ def run_workers(store: Store, n: int, out: Path, env: dict[str, str], pause: flo
 def test_many_processes_claim_each_episode_exactly_once(shared: Store, tmp_path: Path) -> None:
     keys = fill(shared, 40)
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    # all four claim at once, each run 0.02 s long: one worker alone would take 0.8 s (its share)
+    # all four claim at once, each run 0.02 s long (one worker alone would need 0.8 s for the 40)
     lines = run_workers(shared, 4, tmp_path / "done.txt", env, pause=0.02, together=True)
     done = Counter(line.split()[0] for line in lines)
     assert sorted(done) == keys and set(done.values()) == {1}, done  # no episode lost, none twice
