@@ -30,7 +30,7 @@ test: $(BIN)/statekit
 stress: $(BIN)/statekit
 	STATEKIT_STRESS=1 $(BIN)/python -m pytest -q -m reliability tests/reliability
 	STATEKIT_STRESS=1 $(BIN)/python -m pytest -q -n auto tests/test_processes.py tests/test_faults.py tests/test_blockyaml.py \
-		tests/test_ledger_model.py tests/test_parsing_fast.py
+		tests/test_ledger_model.py tests/test_parsing_fast.py tests/test_trusted.py
 
 bench: $(BIN)/statekit
 	$(BIN)/python benchmarks/bench_writes.py
