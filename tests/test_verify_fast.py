@@ -31,6 +31,7 @@ from statekit.graphs import stranding
 from statekit.index import compare, verified
 from statekit.index import verify as verify_module
 from statekit.index.compare import EVENT_FIELDS, event_key, event_keys
+from statekit.index.rows import json_doc
 from statekit.index.scan import event_rows
 from statekit.index.verify import verify
 
@@ -311,7 +312,7 @@ def _slow(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(eventlog.patches, "_PLAIN_POINTERS", _NO_POINTERS)
     monkeypatch.setattr(verify_module, "_plain_shows", lambda root, shows: set())
     monkeypatch.setattr(verify_module, "row_same",
-                        lambda stored, data, text=None: same(compare.document(stored), data))
+                        lambda stored, data, text=None: same(json_doc(stored), data))
     monkeypatch.setattr(verify_module, "data_same", lambda replayed, data, text: same(replayed, data))
     monkeypatch.setattr(verify_module, "_stranding", lambda new, stage, previous, done, old: stranding(
         new, stage, previous, done=done, old=old))

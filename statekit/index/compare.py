@@ -16,14 +16,14 @@ from sqlalchemy import String, select, type_coerce
 
 from ..codecs import same
 from ..errors import CorruptFileError
-from .rows import event_time, iso, spent_in
+from .rows import event_time, iso, json_doc, spent_in
 from .tables import events
 
 # --- an episode's data --------------------------------------------------------------------
 
 
 def row_same(stored: Any, data: dict[str, Any], text: bytes | None = None) -> bool:
-    """``same(document(stored), data)``: first whether the row's stored text is ``data`` as orjson
+    """``same(json_doc(stored), data)``: first whether the row's stored text is ``data`` as orjson
     writes it (what the index stores), which is the same data, since a checked model holds
     no value orjson writes lossily (non-finite floats, integers past 64 bits: ``models``).
     ``text``: ``text_of(data)``, if made."""
@@ -33,7 +33,7 @@ def row_same(stored: Any, data: dict[str, Any], text: bytes | None = None) -> bo
                 return True
         except (TypeError, UnicodeEncodeError):
             pass
-    return same(document(stored), data)
+    return same(json_doc(stored), data)
 
 
 def text_of(data: dict[str, Any]) -> bytes | None:
@@ -55,11 +55,6 @@ def data_same(replayed: Any, data: dict[str, Any], text: bytes | None) -> bool:
         except TypeError:
             pass
     return same(replayed, data)
-
-
-def document(text: Any) -> Any:
-    """An index row's data as stored (JSON text; a driver may hand over the document itself)."""
-    return orjson.loads(text) if isinstance(text, (str, bytes)) else text
 
 
 class Dumped:

@@ -310,8 +310,8 @@ class Chunk:
     and ``EVENT_COLUMNS`` order), the folders without rows (``skipped``: their indexes in the
     chunk), ``notes`` (show, episode, problem, pending, unique claims) of the folders that have
     any, in order, ``leased`` (show, episode) of the rows with a lease, and the per-stage totals'
-    deltas: per (show, stage), in the order first met, the episodes and the costs one by one (the parent adds them up in the order one process
-    does, so the sums are the same floats)."""
+    deltas: per (show, stage), in the order first met, the episodes and the costs one by one (the
+    parent adds them up in the order one process does, so the sums are the same floats)."""
 
     __slots__ = ("rows", "events", "skipped", "notes", "leased", "deltas", "episodes", "n_events", "size")
 

@@ -30,7 +30,6 @@ from . import verified
 from .compare import (
     Dumped,
     data_same,
-    document,
     event_keys,
     events_by_episode,
     raw_rows,
@@ -38,7 +37,7 @@ from .compare import (
     text_of,
 )
 from .pool import ordered_map, workers_for
-from .rows import claim_rows
+from .rows import claim_rows, json_doc
 from .scan import Problem, Progress, VerifyReport, episode_file, episode_folders, index_path, problem, sha256_of
 from .tables import episodes, stage_totals, unique_values
 from .verified import plain_shows as _plain_shows
@@ -322,7 +321,7 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
     for (s, e), (_v, _sha, data) in indexed.items():
         claimed = row_claims_of.get((s, e))
         if claimed is None:
-            claimed = [(r["key"], r["value_sha256"], s, e) for r in claim_rows(keys, s, e, document(data))]
+            claimed = [(r["key"], r["value_sha256"], s, e) for r in claim_rows(keys, s, e, json_doc(data))]
         expected_claims.update(claimed)
     if indexed_claims != expected_claims:
         report.problems.append(Problem(
@@ -390,7 +389,7 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
     counts = (before.checkpoints, before.backups)
     # the row's data is read only when needed: for its unique values, a file that cannot be read, or
     # when its stored text is not the file's data written out (``row_same``)
-    row_data = document(kept_row[2]) if kept_row is not None and keys else None
+    row_data = json_doc(kept_row[2]) if kept_row is not None and keys else None
     row_claims = None if kept_row is None else [
         (r["key"], r["value_sha256"], show, ep) for r in claim_rows(keys, show, ep, row_data)] if keys else []
     try:
@@ -403,7 +402,7 @@ def _check(writer: Writer, show: str, ep: str, path: str, kept_row: tuple[int, s
         before.problems.append(problem(exc, path, key))
         # the index rightly keeps the last good state: count that
         if kept_row is not None and row_data is None:
-            row_data = document(kept_row[2])
+            row_data = json_doc(kept_row[2])
         state = (row_data.get("stage"), row_data.get("costs") or {}) if row_data is not None else None
         return before.problems, after, state, [], None, counts, row_claims, None
     model: Any = parsed.model if parsed.model is not None else Dumped(parsed.dumped)
