@@ -182,15 +182,25 @@ def _cut(fd: int, size: int) -> None:
 
 
 def write_event(disk: Disk, path: str, line: bytes, committed: int, known_size: int | None = None, *,
-                dir_fd: int | None = None, committed_end: int | None = None) -> Appended:
+                dir_fd: int | None = None, committed_end: int | None = None, new: bool = False) -> Appended:
     """``append_event`` up to its fsync: the uncommitted tail dropped, the line written,
-    the log left open; the caller calls ``sync`` (or ``close``) on what it returns."""
+    the log left open; the caller calls ``sync`` (or ``close``) on what it returns. ``new``:
+    the log is not expected to be there (a folder the caller just made): made at once."""
     try:
-        try:
-            fd = disk.open(path, os.O_RDWR | os.O_APPEND | O_NOFOLLOW | O_CLOEXEC, dir_fd=dir_fd)
-        except FileNotFoundError:  # a new log, or one retention compressed: a write makes it plain again
-            packed.inflate(disk, path, dir_fd=dir_fd)
-            fd = disk.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o666, dir_fd=dir_fd)
+        fd = None
+        if new:
+            try:
+                fd = disk.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0o666,
+                               dir_fd=dir_fd)
+            except FileExistsError:
+                pass  # there after all: looked at as any log
+        if fd is None:
+            try:
+                fd = disk.open(path, os.O_RDWR | os.O_APPEND | O_NOFOLLOW | O_CLOEXEC, dir_fd=dir_fd)
+            except FileNotFoundError:  # a new log, or one retention compressed: a write makes it plain again
+                packed.inflate(disk, path, dir_fd=dir_fd)
+                fd = disk.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0o666,
+                               dir_fd=dir_fd)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise unsafe_path(path) from None

@@ -603,6 +603,40 @@ class _Syncer:
 _SYNCERS_LOCK = threading.Lock()
 
 
+class Background:
+    """``work`` (system calls: an fsync) on an idle helper thread (``_Syncer``: cheaper than
+    ``in_background``'s pool), or done at once when ``_Syncer.LIMIT`` are busy. ``result()``
+    waits and raises its error; ``wait()`` only waits. Waited once: later calls return at once
+    (call them from one thread at a time)."""
+
+    __slots__ = ("_job", "_error")
+
+    def __init__(self, work: Callable[[], None]) -> None:
+        self._error: BaseException | None = None
+        self._job = _Syncer.take()
+        if self._job is not None:
+            self._job.start(work)
+        else:
+            try:
+                work()
+            except BaseException as exc:  # (told by ``result``, as a helper's would be)
+                self._error = exc
+
+    def wait(self) -> None:
+        job, self._job = self._job, None
+        if job is not None:
+            self._error = job.wait()
+
+    def result(self) -> None:
+        self.wait()
+        error, self._error = self._error, None
+        if error is not None:
+            try:
+                raise error
+            finally:
+                error = None
+
+
 _PID = os.getpid()
 
 

@@ -236,6 +236,25 @@ def _open_child(disk: Disk, parent: int, path: str, name: str, create: bool, dur
     raise StorageError(f"could not open directory {path}: it keeps changing", path=path)
 
 
+def make_folder(disk: Disk, parent: int, path: str) -> tuple[int, bool]:
+    """The folder ``path`` in ``parent`` (held open), made if it is missing, its entry not
+    synced (the caller syncs ``parent``): (a new descriptor the caller closes, whether this
+    call made it: then it is empty, unless a writer that takes the caller's locks wrote in it)."""
+    name = path[path.rfind("/") + 1:]
+    try:
+        disk.mkdir(path, dir_fd=parent)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise storage_error(exc, path, "create directory") from exc
+    else:
+        try:
+            return os.open(name, DIR_FLAGS, dir_fd=parent), True
+        except OSError:
+            pass  # swapped for something else meanwhile: looked at as any folder there is
+    return _open_child(disk, parent, path, name, True, False), False
+
+
 def ensure_dirs(disk: Disk, root: str, parts: tuple[str, ...], *, durable: bool = True) -> str:
     """Create ``root/parts...`` one level at a time, refusing symlinks (see
     ``walk_dir``); returns the path. For folders written by path afterwards

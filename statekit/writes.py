@@ -27,8 +27,6 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import Future
-from concurrent.futures import wait as futures_wait
 from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -53,7 +51,7 @@ from .errors import (
     VersionConflictError,
 )
 from .eventlog import Ledger
-from .folders import Folders, real_dirs
+from .folders import Folders, make_folder, real_dirs
 from .ids import check_id
 from .index.rows import episode_row, event_row, event_rows_of
 from .layout import EpisodePaths, episode_parts
@@ -379,30 +377,35 @@ class Writer(Ledgers):
         that fails leaves no folder it made behind (an empty episode folder,
         or a new show's), so a failed create changes nothing."""
         show, ep = model.show_id, model.episode_id
-        self.folders.exists(("shows", show, "episodes"))  # refuses a symlink; folders come later
-        made = [d for d in self.paths(show, ep).chain[1:] if not os.path.lexists(d)]
+        paths = self.paths(show, ep)
+        if self.folders.exists(("shows", show, "episodes")):  # refuses a symlink; folders come later
+            made = [] if os.path.lexists(paths.dir) else [paths.dir]
+        else:
+            made = [d for d in paths.chain[1:] if not os.path.lexists(d)]
         try:
             with self.locks.episode(show, ep):
                 if self.exists(show, ep):
                     raise EpisodeExistsError(f"episode {show}/{ep} already exists", show_id=show, episode_id=ep)
                 with self.unique_claims(show, ep, None, model.metadata):  # before any folder is made
                     self.backups.to_trash(show, ep, stamp(self.clock()))  # left by an episode deleted by hand
-                    parts = episode_parts(show, ep)
-                    with self.folders.open(parts[:-1], create=True) as parent, \
-                            self.folders.open(parts, create=True, durable=False) as folder:
-                        episode_dir = self.paths(show, ep).dir
-                        named = self._sync_new_folder(parent, os.path.dirname(episode_dir), episode_dir in made)
+                    with self.folders.open(episode_parts(show, ep)[:-1], create=True) as parent:
+                        folder, fresh = make_folder(self.disk, parent, paths.dir)
                         try:
-                            return self.commit(self.paths(show, ep).files[0], None, model, event, folder=folder,
-                                               named=named)
+                            named = self._sync_new_folder(parent, os.path.dirname(paths.dir),
+                                                          fresh or paths.dir in made)
+                            try:
+                                return self.commit(paths.files[0], None, model, event, folder=folder, named=named,
+                                                   fresh=fresh)
+                            finally:
+                                if named is not None:  # never left syncing a descriptor the block closes
+                                    named.wait()
                         finally:
-                            if named is not None:  # never left syncing a descriptor the block closes
-                                futures_wait([named])
+                            os.close(folder)
         except BaseException:
             self._undo_create_dirs(show, ep, made)
             raise
 
-    def _sync_new_folder(self, parent: int, directory: str, made: bool) -> Future[None] | None:
+    def _sync_new_folder(self, parent: int, directory: str, made: bool) -> diskio.Background | None:
         """The new episode folder's name made durable in its ``parent``: on a helper thread,
         alongside the event's and the file's own fsyncs (the commit waits for it before its
         rename, so a failure still aborts the create), or at once (a disk that does not
@@ -419,7 +422,7 @@ class Writer(Ledgers):
         if not self.disk.overlap_syncs:
             sync()
             return None
-        return diskio.in_background(sync)
+        return diskio.Background(sync)
 
     def _undo_create_dirs(self, show: str, ep: str, made: list[str]) -> None:
         """Remove the folders a failed create made (the caller holds the show
@@ -449,16 +452,17 @@ class Writer(Ledgers):
     def commit(self, path: str, current: Parsed | None, new: Episode, event: dict[str, Any],
                committed: int | None = None, template: Parsed | None = None,
                replaced: bytes | None = None, *, folder: int, ledger: Ledger | None = None,
-               base: dict[str, Any] | None = None, named: Future[None] | None = None) -> Episode:
+               base: dict[str, Any] | None = None, named: diskio.Background | None = None,
+               fresh: bool = False) -> Episode:
         """``_commit``, returning the new episode (see there)."""
         return self._commit(path, current, new, event, committed, template, replaced, folder=folder,  # type: ignore[no-any-return]
-                            ledger=ledger, base=base, named=named).model
+                            ledger=ledger, base=base, named=named, fresh=fresh).model
 
     def _commit(self, path: str, current: Parsed | None, new: Episode, event: dict[str, Any],
                 committed: int | None = None, template: Parsed | None = None,
                 replaced: bytes | None = None, *, folder: int, ledger: Ledger | None = None,
                 base: dict[str, Any] | None = None, seal: bool = False,
-                named: Future[None] | None = None) -> Parsed:
+                named: diskio.Background | None = None, fresh: bool = False) -> Parsed:
         """Event (durable) then file (atomic, durable), then the cache and the index.
         The caller holds the episode's lock.
 
@@ -471,7 +475,9 @@ class Writer(Ledgers):
         the event carries ``prev`` (``ledger.line_hash``) and the patch from
         ``base`` (the committed data; by default ``ledger``'s or ``current``'s),
         or the whole data (``doc``) when the log has no chain yet. ``named``: a new folder's
-        name being synced into its parent (a create): durable before the rename too."""
+        name being synced into its parent (a create): durable before the rename too. ``fresh``:
+        ``folder`` was made by this create, under its locks (empty: no leftovers to look for,
+        no log yet)."""
         directory = path[:path.rfind("/")]  # (os.path's dirname and splitext, for an episode file's path)
         codec = CODECS[path[path.rfind("."):]]
         data = new.model_dump(mode="json")
@@ -503,21 +509,35 @@ class Writer(Ledgers):
                 raise
             raise ValidationError(f"{new.key}: {where}", show_id=new.show_id, episode_id=new.episode_id,
                                   hint=NOT_UTF8_HINT) from None
-        # an interrupted write's leftovers
-        diskio.remove_temp_files(self.disk, directory, nested="checkpoints", dir_fd=folder)
+        if not fresh:  # an interrupted write's leftovers
+            diskio.remove_temp_files(self.disk, directory, nested="checkpoints", dir_fd=folder)
         known = current.log_size if current is not None and current.model.version == committed else None
         log_path = directory + "/events.jsonl"
         sizes: list[int] = []
 
         appended: eventlog.Appended | None = None
 
+        def sync_folder() -> None:
+            try:
+                self.disk.fsync(folder)
+            except OSError as exc:
+                raise diskio.storage_error(exc, directory, "sync directory") from exc
+
         def sync() -> None:  # the line is written: its fsync runs alongside the file's; done before the rename
-            appended.sync()  # type: ignore[union-attr]
-            if appended.before == 0:  # type: ignore[union-attr]  # a new events.jsonl: its name durable before the file's
-                try:
-                    self.disk.fsync(folder)
-                except OSError as exc:
-                    raise diskio.storage_error(exc, directory, "sync directory") from exc
+            new_log = appended.before == 0  # type: ignore[union-attr]  # its name durable before the file's too
+            # the folder's fsync issued with the log's and the file's (one after the other, each its own
+            # journal commit and disk flush)
+            beside = diskio.Background(sync_folder) if new_log and self.disk.overlap_syncs else None
+            try:
+                appended.sync()  # type: ignore[union-attr]
+            except BaseException:
+                if beside is not None:  # never left syncing a descriptor the caller closes
+                    beside.wait()
+                raise
+            if beside is not None:
+                beside.result()
+            elif new_log:
+                sync_folder()
             if named is not None:  # (an error here aborts the write before its rename, as the append's does)
                 named.result()
 
@@ -528,7 +548,8 @@ class Writer(Ledgers):
             # the line is written here, on this thread (a helper running Python beside it costs the GIL's
             # handoffs); only its fsync goes to the helper, overlapping the file's own
             appended = eventlog.write_event(self.disk, log_path, line, committed, known, dir_fd=folder,
-                                            committed_end=ledger.end if ledger is not None else None)
+                                            committed_end=ledger.end if ledger is not None else None,
+                                            new=fresh)
             sizes.append(appended.after)
             st = diskio.atomic_write(self.disk, path, raw, dir_fd=folder, alongside=sync, keep=keep,
                                      keep_dir_fd=backups, previous=previous, created=previous is None,

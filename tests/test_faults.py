@@ -300,6 +300,38 @@ def test_a_new_episode_folder_is_synced_into_its_parent_before_the_files_rename(
     assert store.get("s", "new").version == 1 and store.verify().clean
 
 
+def test_a_new_logs_name_is_synced_alongside_its_line_before_the_files_rename(tmp_path: Path) -> None:
+    """The new episode folder's own fsync (the new log's name in it) runs on a helper thread
+    beside the log's fsync, not after it; the rename still waits for both."""
+    root = tmp_path / "store"
+    Store.init(root).create("s", "e")
+    folder = os.path.realpath(root / "shows" / "s" / "episodes") + "/new"
+    disk = OverlappingDisk(slow_sync_of=folder + "/events.jsonl")
+    store = Store.open(root, disk=disk)
+    store.create("s", "new")
+    renamed = next(i for i, (call, what) in enumerate(disk.log) if call == "replace" and what.endswith("new/episode.yaml"))
+    synced = [call for call in disk.log[:renamed] if call[0] == "fsync"]
+    assert ("fsync", folder) in synced and ("fsync", folder + "/events.jsonl") in synced
+    # the folder's fsync did not wait for the log's slow one (0.3 s): it ended first
+    assert synced.index(("fsync", folder)) < synced.index(("fsync", folder + "/events.jsonl"))
+    assert store.get("s", "new").version == 1 and store.verify().clean
+    store.close()
+
+
+def test_a_failed_sync_of_the_new_logs_name_aborts_the_create(tmp_path: Path) -> None:
+    root = tmp_path / "store"
+    Store.init(root).create("s", "e")
+    before = snapshot(root)
+    folder = os.path.realpath(root / "shows" / "s" / "episodes") + "/new"
+    store = Store.open(root, disk=OverlappingDisk(fail_sync_of=folder))
+    with pytest.raises(StorageError) as caught:
+        store.create("s", "new")
+    assert caught.value.errno == errno.EIO and "sync directory" in str(caught.value)
+    assert snapshot(root) == before  # no folder, no event, no file left behind
+    assert store.get_show("s").episodes == ["e"] and store.verify().clean
+    store.close()
+
+
 def test_a_failed_sync_of_the_new_folders_name_aborts_the_create(tmp_path: Path) -> None:
     root = tmp_path / "store"
     Store.init(root).create("s", "e")
