@@ -222,12 +222,8 @@ def _open_child(disk: Disk, parent: int, path: str, name: str, create: bool, dur
             if exc.errno not in (errno.ENOTDIR, errno.ELOOP, getattr(errno, "EMLINK", 0)):
                 raise storage_error(exc, path, "open directory") from exc
             continue  # a folder again by now: swapped meanwhile, look again
-        try:
-            disk.mkdir(path, dir_fd=parent)
-        except FileExistsError:
+        if not _mkdir(disk, parent, path):
             continue
-        except OSError as exc:
-            raise storage_error(exc, path, "create directory") from exc
         if durable:
             try:
                 disk.fsync(parent)
@@ -241,18 +237,23 @@ def make_folder(disk: Disk, parent: int, path: str) -> tuple[int, bool]:
     synced (the caller syncs ``parent``): (a new descriptor the caller closes, whether this
     call made it: then it is empty, unless a writer that takes the caller's locks wrote in it)."""
     name = path[path.rfind("/") + 1:]
-    try:
-        disk.mkdir(path, dir_fd=parent)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise storage_error(exc, path, "create directory") from exc
-    else:
+    if _mkdir(disk, parent, path):
         try:
             return os.open(name, DIR_FLAGS, dir_fd=parent), True
         except OSError:
             pass  # swapped for something else meanwhile: looked at as any folder there is
     return _open_child(disk, parent, path, name, True, False), False
+
+
+def _mkdir(disk: Disk, parent: int, path: str) -> bool:
+    """Make the folder ``path`` in ``parent``: True if this call made it, False if it was there."""
+    try:
+        disk.mkdir(path, dir_fd=parent)
+    except FileExistsError:
+        return False
+    except OSError as exc:
+        raise storage_error(exc, path, "create directory") from exc
+    return True
 
 
 def ensure_dirs(disk: Disk, root: str, parts: tuple[str, ...], *, durable: bool = True) -> str:

@@ -318,25 +318,13 @@ def test_a_new_logs_name_is_synced_alongside_its_line_before_the_files_rename(tm
     store.close()
 
 
-def test_a_failed_sync_of_the_new_logs_name_aborts_the_create(tmp_path: Path) -> None:
+@pytest.mark.parametrize("folder", ["episodes", "episodes/new"])  # the new folder's name; the new log's
+def test_a_failed_sync_of_a_new_name_aborts_the_create(tmp_path: Path, folder: str) -> None:
     root = tmp_path / "store"
     Store.init(root).create("s", "e")
     before = snapshot(root)
-    folder = os.path.realpath(root / "shows" / "s" / "episodes") + "/new"
-    store = Store.open(root, disk=OverlappingDisk(fail_sync_of=folder))
-    with pytest.raises(StorageError) as caught:
-        store.create("s", "new")
-    assert caught.value.errno == errno.EIO and "sync directory" in str(caught.value)
-    assert snapshot(root) == before  # no folder, no event, no file left behind
-    assert store.get_show("s").episodes == ["e"] and store.verify().clean
-    store.close()
-
-
-def test_a_failed_sync_of_the_new_folders_name_aborts_the_create(tmp_path: Path) -> None:
-    root = tmp_path / "store"
-    Store.init(root).create("s", "e")
-    before = snapshot(root)
-    store = Store.open(root, disk=OverlappingDisk(fail_sync_of=os.path.realpath(root / "shows" / "s" / "episodes")))
+    failing = os.path.realpath(root / "shows" / "s" / "episodes") + folder[len("episodes"):]
+    store = Store.open(root, disk=OverlappingDisk(fail_sync_of=failing))
     with pytest.raises(StorageError) as caught:
         store.create("s", "new")
     assert caught.value.errno == errno.EIO and "sync directory" in str(caught.value)
