@@ -13,6 +13,8 @@
     python proc_worker.py claim ROOT SHOW OP N START
                                                   at time START, for i < N: gives SHOW/e<i> the archive_identifier
                                                   v<i> by OP (create, update or advance); prints {i: won|duplicate}
+    python proc_worker.py race ROOT SHOW N START  at time START, creates SHOW/r<i> for i < N, as the other
+                                                  racers do; prints {i: won|exists}
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import time
 
 from statekit import (
     DuplicateError,
+    EpisodeExistsError,
     LeaseExpiredError,
     LockTimeoutError,
     NotReadyError,
@@ -127,6 +130,18 @@ def claim(store: Store, show: str, op: str, n: int, start: float) -> dict[int, s
     return done
 
 
+def race(store: Store, show: str, n: int, start: float) -> dict[int, str]:
+    time.sleep(max(0.0, start - time.time()))  # every process starts at once
+    done = {}
+    for i in range(n):
+        try:
+            store.create(show, f"r{i:03d}")
+            done[i] = "won"
+        except EpisodeExistsError:
+            done[i] = "exists"
+    return done
+
+
 def churn(store: Store, show: str, prefix: str, n: int) -> dict[str, list[str]]:
     kept: list[str] = []
     deleted: list[str] = []
@@ -152,6 +167,8 @@ if __name__ == "__main__":
         print(json.dumps(churn(s, show, ep, int(sys.argv[5]))))
     elif mode == "claim":
         print(json.dumps(claim(s, show, ep, int(sys.argv[5]), float(sys.argv[6]))))
+    elif mode == "race":
+        print(json.dumps(race(s, show, int(ep), float(sys.argv[5]))))
     elif mode == "stale":
         stale(s, show, ep, sys.argv[5], float(sys.argv[6]), float(sys.argv[7]))
     else:

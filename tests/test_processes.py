@@ -258,3 +258,25 @@ def test_the_show_order_is_right_under_concurrent_creates_and_deletes(tmp_path: 
     assert store.verify().clean
     store.rebuild_index()
     assert [e.episode_id for e in store.list(show="s")] == want  # and a rebuild from the files alone
+
+
+def test_processes_racing_to_create_the_same_episodes_make_each_once(tmp_path: Path) -> None:
+    """Four processes create the same 30 new episodes at once: each is made by exactly one of
+    them, the others are told it exists, and no folder holds more than the episode and its one event."""
+    store = Store.init(tmp_path / "s", format="json")
+    store.create("s", "first")
+    start = time.time() + 1.5  # after every process has opened the store
+    procs = [spawn("race", store.root, "s", "30", str(start)) for _ in range(4)]
+    outcomes: dict[str, list[str]] = {}
+    for p in procs:
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        for i, what in json.loads(out).items():
+            outcomes.setdefault(i, []).append(what)
+    assert len(outcomes) == 30 and all(sorted(o) == ["exists"] * 3 + ["won"] for o in outcomes.values())
+    folder = Path(store.root, "shows/s/episodes")
+    for i in range(30):
+        assert sorted(os.listdir(folder / f"r{i:03d}")) == ["episode.json", "events.jsonl"]
+        assert [e.kind for e in store.events("s", f"r{i:03d}")] == ["create"]
+    assert len(store.list(show="s")) == 31
+    assert store.verify().clean
