@@ -525,8 +525,8 @@ class Writer(Ledgers):
 
         def sync() -> None:  # the line is written: its fsync runs alongside the file's; done before the rename
             new_log = appended.before == 0  # type: ignore[union-attr]  # its name durable before the file's too
-            # the folder's fsync issued with the log's and the file's (one after the other, each its own
-            # journal commit and disk flush)
+            # the folder's fsync is issued beside the log's and the file's, not after the log's (one
+            # after the other, each would be its own journal commit and disk flush)
             beside = diskio.Background(sync_folder) if new_log and self.disk.overlap_syncs else None
             try:
                 appended.sync()  # type: ignore[union-attr]
