@@ -355,6 +355,20 @@ def test_sync_rejects_an_illegal_stage_move_by_hand(store: Store) -> None:
     assert store.counts()["downloading"] == 1
 
 
+def test_sync_reports_an_edit_of_an_episode_the_index_missed_as_a_change(store: Store) -> None:
+    """A writer killed between its file and its index write leaves an episode the index lacks;
+    a person then edits it. Sync adopts the edit and says so (``changed``, the field named
+    against the committed version), not ``added``: the episode was statekit's already."""
+    store.create("s", "e", title="alpha")
+    store.writer.index.write(removed=[("s", "e")])  # what the killed writer's index write left
+    path = Path(store.root, "shows/s/episodes/e/episode.yaml")
+    path.write_text(path.read_text().replace("title: alpha", "title: bravo"))
+    report = store.sync()
+    assert report.added == [] and report.changed == [{"episode": "s/e", "fields": ["title"], "version": 2}]
+    assert [e.kind for e in store.events("s", "e")] == ["create", "external_edit"]
+    assert store.get("s", "e").title == "bravo" and store.verify().clean
+
+
 def test_sync_finds_new_and_deleted_episodes(store: Store, tmp_path: Path) -> None:
     store.create("s", "keep")
     store.create("s", "gone")

@@ -182,9 +182,9 @@ def _sync_one(writer: Writer, report: SyncReport, touched: list[dict[str, Any]],
         # the index missed earlier events of the log (a writer stopped between its file and
         # its index write): they go in with the adopted edit's own
         writer.index.write(event_rows=lines)
-    if before is not None:
+    if before is not None or lines:  # an edit of an episode statekit wrote (the index may have missed it)
         report.changed.append({"episode": key, "fields": fields, "version": adopted.version})
-    else:
+    else:  # a file a person made (a copied folder): new to the store
         report.added.append(key)
 
 
