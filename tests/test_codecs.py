@@ -105,6 +105,23 @@ def test_invalid_utf8_names_the_line() -> None:
         YAML_CODEC.load(b"a: 1\nb: \xff\xfe\n", "ep.yaml")
 
 
+@pytest.mark.parametrize("text", [
+    b"x: !\n", b"x:\n- !\n- 2\n", b"x: ! 1\n", b"x: ! true\n", b"x: ! abc\n", b'x: ! ""\n', b"x: !!str\n",
+    b"x: !!str 1\n", b"x: ''\n", b"x:\n", b"x: ~\n", b"x: !!null\n", b"x:\n- !\n- ! x\n",
+])
+def test_tagged_and_empty_scalars_read_as_pythons_yaml_and_ruamel_read_them(text: bytes) -> None:
+    """libyaml makes an empty node tagged ``!`` alone the text ""; PyYAML's own parser and
+    ruamel.yaml (the round trip that rewrites the file) read null: statekit reads what they do."""
+    import io
+
+    import yaml
+    from ruamel.yaml import YAML
+
+    plain = yaml.load(text, Loader=yaml.SafeLoader)  # PyYAML's parser in Python, not libyaml's
+    rewritten = YAML(typ="safe", pure=True).load(io.BytesIO(text))
+    assert YAML_CODEC.load(text, "x.yaml") == plain == rewritten
+
+
 def test_timestamps_and_dates_stay_text() -> None:
     data = YAML_CODEC.load(b"d: 2004-04-14\nt: 2026-01-01T10:00:00Z\n", "x.yaml")
     assert data == {"d": "2004-04-14", "t": "2026-01-01T10:00:00Z"}
