@@ -33,7 +33,10 @@ def cli_problems(result: Cli, allowed: tuple[int, ...] = (0, 1, 2), *, only_stat
     ``only_statekit_lines``: every other stderr line is statekit's log too
     (off for commands that report per file on stderr, like ``import``)."""
     found = []
-    if "Traceback" in result.out + result.err:
+    # a line that starts a Python traceback (an episode's own error history, which ``show`` prints,
+    # holds a worker's traceback as text, inside a JSON value: not one)
+    if any(line.startswith("Traceback (most recent call last):")
+           for line in (result.out + "\n" + result.err).splitlines()):
         found.append("a traceback")
     if result.code not in allowed:
         found.append(f"exit {result.code}, expected one of {allowed}: {result.err.strip()[:300]}")

@@ -92,3 +92,18 @@ def test_repair_removes_temp_files_an_interrupted_migrate_left_in_its_backup(tmp
     report = store.repair()
     assert any("remove temp file" in a and "migrate-" in a for a in report.actions)
     assert sorted(os.listdir(folder)) == ["episode.yaml"]
+
+
+def test_the_cli_traceback_check_tells_a_crash_from_an_error_history_shown() -> None:
+    """``cli_problems`` flags a Python traceback, on either stream, and not a worker's traceback
+    kept as text in an episode's error history, which ``show`` prints inside a JSON value."""
+    from .cli import Cli, cli_problems
+
+    shown = ' error_history  [{"traceback": "Traceback (most recent call last):\\n  File ..."}]\n'
+    crash = "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\nKeyError: 'a'\n"
+    def traceback_found(result: Cli) -> bool:
+        return any(p.endswith(": a traceback") for p in cli_problems(result))
+
+    assert not traceback_found(Cli(("show", "c/e"), 0, shown, ""))
+    assert traceback_found(Cli(("show", "c/e"), 1, "", crash))
+    assert traceback_found(Cli(("show", "c/e"), 0, crash, ""))
