@@ -57,13 +57,10 @@ class _Loader(_BaseLoader):  # type: ignore[misc,valid-type]
     """PyYAML's C parser and composer; ``_build`` turns its nodes into data."""
 
     def resolve(self, kind: Any, value: Any, implicit: Any) -> Any:
-        """PyYAML's, building no list per scalar (``_RESOLVERS``, its order); a quoted scalar is text.
-        An empty node tagged ``!`` alone (``x: !``) comes from libyaml as neither plain nor quoted;
-        PyYAML's own parser and ruamel.yaml (which rewrites the file) read it as a plain empty
-        scalar, null: so does this (libyaml alone would make it the text "")."""
+        """PyYAML's, no list per scalar (``_RESOLVERS``); quoted is text; empty tagged ``!`` is null (as ruamel)."""
         if kind is not _ScalarKind or self.yaml_path_resolvers:
             return super().resolve(kind, value, implicit)
-        if implicit[0] or not (implicit[1] or value):
+        if implicit[0] or not (implicit[1] or value):  # (False, False) and "": libyaml's empty node tagged "!"
             for tag, regexp in _RESOLVERS.get(value[:1], _WILDCARD):
                 if regexp.match(value):
                     return tag
