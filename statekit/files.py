@@ -276,6 +276,14 @@ def fsync_dir(disk: Disk, directory: str) -> None:
         disk.close(fd)
 
 
+def sync_folder(disk: Disk, dir_fd: int, directory: str) -> None:
+    """fsync the folder ``directory``, held open as ``dir_fd``; ``StorageError`` ("sync directory") if it fails."""
+    try:
+        disk.fsync(dir_fd)
+    except OSError as exc:
+        raise storage_error(exc, directory, "sync directory") from exc
+
+
 def _sync_folder(disk: Disk, directory: str, dir_fd: int | None) -> None:
     """fsync a folder: through ``dir_fd`` if it is held open, else opened by its path."""
     if dir_fd is None:

@@ -18,7 +18,7 @@ from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 from .errors import CorruptFileError, StorageError
-from .files import DIR_FLAGS, DISK, O_CLOEXEC, O_DIRECTORY, Disk, storage_error, unsafe_path
+from .files import DIR_FLAGS, DISK, O_CLOEXEC, O_DIRECTORY, Disk, storage_error, sync_folder, unsafe_path
 
 
 class Folders:
@@ -225,10 +225,7 @@ def _open_child(disk: Disk, parent: int, path: str, name: str, create: bool, dur
         if not _mkdir(disk, parent, path):
             continue
         if durable:
-            try:
-                disk.fsync(parent)
-            except OSError as exc:
-                raise storage_error(exc, os.path.dirname(path), "sync directory") from exc
+            sync_folder(disk, parent, os.path.dirname(path))
     raise StorageError(f"could not open directory {path}: it keeps changing", path=path)
 
 

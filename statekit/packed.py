@@ -23,7 +23,7 @@ import os
 import zlib
 
 from .errors import CorruptFileError, UnsafePathError
-from .files import Disk, atomic_write, lexists, read_file, remove_file, storage_error
+from .files import Disk, atomic_write, lexists, read_file, remove_file, storage_error, sync_folder
 
 GZ = ".gz"
 
@@ -90,10 +90,7 @@ def existing(path: str, *, dir_fd: int | None = None) -> str | None:
 
 
 def _sync(disk: Disk, dir_fd: int, path: str) -> None:
-    try:
-        disk.fsync(dir_fd)
-    except OSError as exc:
-        raise storage_error(exc, os.path.dirname(path), "sync directory") from exc
+    sync_folder(disk, dir_fd, os.path.dirname(path))
 
 
 def _plain_file(path: str, dir_fd: int) -> None:

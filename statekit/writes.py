@@ -412,17 +412,10 @@ class Writer(Ledgers):
         overlap its syncs). None: nothing to wait for."""
         if not made:
             return None
-
-        def sync() -> None:
-            try:
-                self.disk.fsync(parent)
-            except OSError as exc:
-                raise diskio.storage_error(exc, directory, "sync directory") from exc
-
         if not self.disk.overlap_syncs:
-            sync()
+            diskio.sync_folder(self.disk, parent, directory)
             return None
-        return diskio.Background(sync)
+        return diskio.Background(lambda: diskio.sync_folder(self.disk, parent, directory))
 
     def _undo_create_dirs(self, show: str, ep: str, made: list[str]) -> None:
         """Remove the folders a failed create made (the caller holds the show
@@ -518,10 +511,7 @@ class Writer(Ledgers):
         appended: eventlog.Appended | None = None
 
         def sync_folder() -> None:
-            try:
-                self.disk.fsync(folder)
-            except OSError as exc:
-                raise diskio.storage_error(exc, directory, "sync directory") from exc
+            diskio.sync_folder(self.disk, folder, directory)
 
         def sync() -> None:  # the line is written: its fsync runs alongside the file's; done before the rename
             new_log = appended.before == 0  # type: ignore[union-attr]  # its name durable before the file's too
