@@ -7,7 +7,8 @@ from datetime import timedelta
 from typing import Any
 
 from .controls import Controls
-from .errors import ValidationError
+from .errors import EpisodeNotFoundError, ValidationError
+from .ids import check_id
 from .models import Episode, trusted_episode
 from .shows import Shows
 from .writes import Writer
@@ -76,11 +77,35 @@ class Queries:
         self.shows.known(show)
         return self.marked(models(self.writer.index.stuck(self.writer.clock() - older_than, show, decoded=False)), show)
 
-    def episodes(self, show: str | None = None, stage: str | None = None) -> list[Episode]:
+    def episodes(self, show: str | None = None, stage: str | None = None, *, limit: int | None = None,
+                 after: str | None = None) -> list[Episode]:
         if stage is not None:
             self.writer.check_stage(stage)
         self.shows.known(show)
-        return self.marked(models(self.writer.index.episode_data(show, stage, decoded=False)), show)
+        if limit is not None and (type(limit) is not int or limit < 1):
+            raise ValidationError(f"limit must be a positive integer, got {limit!r}")
+        start = None
+        if after is not None:
+            start = self.page_start(after, show)
+        return self.marked(models(self.writer.index.episode_data(show, stage, decoded=False, limit=limit,
+                                                                 after=start)), show)
+
+    def page_start(self, after: str, show: str | None) -> tuple[str, str]:
+        """(show, episode) of ``after`` ("SHOW/EP": the last episode of the page before), checked."""
+        if not isinstance(after, str) or after.count("/") != 1:
+            raise ValidationError(f"after must name an episode as SHOW/EP, got {after!r}",
+                                  hint="pass the last episode of the page before, e.g. 'oliver/ep020'")
+        after_show, after_ep = after.split("/")
+        check_id(after_show, "show id")
+        check_id(after_ep, "episode id")
+        if show is not None and after_show != show:
+            raise ValidationError(f"after names {after}, an episode of another show than {show!r}",
+                                  hint=f"pass the last episode of the page before, one of {show!r}")
+        if self.writer.index.version_of(after_show, after_ep) is None:
+            raise EpisodeNotFoundError(f"episode {after} is not in the index, so no page can start after it",
+                                       show_id=after_show, episode_id=after_ep,
+                                       hint="it was deleted, or the name is wrong: list again from the start, without 'after'")
+        return after_show, after_ep
 
     def live_runs(self) -> set[str]:
         """Run ids whose lease has not expired (by the store's clock)."""

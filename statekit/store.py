@@ -772,9 +772,11 @@ class Store:
 
     # Last in the class: a method named ``list`` hides the builtin for the
     # annotations of every method written after it.
-    def list(self, show: str | None = None, stage: str | None = None) -> list[Episode]:
-        """Episodes in show order, optionally of one show and/or one stage (from the index)."""
-        return self.queries.episodes(show, stage)
+    def list(self, show: str | None = None, stage: str | None = None, *, limit: int | None = None,
+             after: str | None = None) -> list[Episode]:
+        """Episodes in show order, optionally of one show and/or one stage (from the index); a page:
+        at most ``limit``, after the episode ``after`` ("SHOW/EP": the page before's ``[-1].key``)."""
+        return self.queries.episodes(show, stage, limit=limit, after=after)
 
 
 def _rebuild(writer: Writer, progress: Progress | None = None) -> RebuildReport:

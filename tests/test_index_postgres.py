@@ -151,3 +151,23 @@ def test_unique_values_on_the_server(pg: Index, tmp_path: Path) -> None:
     # another key list: the values are derived again from the rows, in one transaction
     other = Index(pg.engine, ARCHIVE, unique=[])
     assert other.refresh_unique() is True and holders(1) == [] and unique.unique_current() is False
+
+
+def test_pages_in_show_order_on_the_server(pg: Index, tmp_path: Path) -> None:
+    """The row-value comparison a page starts with (``list(limit=, after=)``) in PostgreSQL's own terms."""
+    store = Store.init(tmp_path / "files")
+    for show in ("b", "a"):
+        for i in range(7):
+            store.create(show, f"e{i}")
+    rebuild(store.writer, index=pg)
+    pg.write(positions=("b", ["e5", "e2"]))  # a hand-set order first, then by creation
+    whole = [(d["show_id"], d["episode_id"]) for d in pg.episode_data()]
+    assert whole[:9] == [("a", f"e{i}") for i in range(7)] + [("b", "e5"), ("b", "e2")]
+    for show in (None, "b"):
+        expected = [k for k in whole if show is None or k[0] == show]
+        found: list[tuple[str, str]] = []
+        after = None
+        while page := [(d["show_id"], d["episode_id"]) for d in pg.episode_data(show, limit=3, after=after)]:
+            found += page
+            after = page[-1]
+        assert found == expected

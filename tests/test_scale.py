@@ -78,9 +78,17 @@ def test_queries_of_a_few_rows_read_them_through_an_index_not_the_table(store: S
     index.with_errors()
     index.stuck(store.writer.clock())
     index.next("downloading", 10, store.writer.clock())
+    assert len(index.episode_data("many", limit=5, after=("many", "e100"))) == 5
+    assert len(index.episode_data(limit=5, after=("many", "e100"))) == 5
     plans = {name: plan(store, stmt.sql, *stmt.params({}) or ()) for name, stmt in index.queries.items()
              if ":" in name or name == "next"}
-    assert "episodes_by_stage" in plans["episodes:True:False"]
+    assert "episodes_by_stage" in plans["episodes:True:False:True:True"]
+    # a page starts where it starts: a range of the show-order index, from the episode it follows
+    assert "episodes_in_order (show_id=? AND (position,created_at,episode_id)>(?,?,?))" in \
+        plans["episodes:False:True:False:False"]
+    assert "episodes_in_order ((show_id,position,created_at,episode_id)>(?,?,?,?))" in \
+        plans["episodes:True:True:False:False"]
+    assert "TEMP B-TREE" not in plans["episodes:False:True:False:False"]  # read in order, not sorted
     assert "episodes_with_errors" in plans["errors:True"]
     assert "episodes_by_stage" in plans["stuck:True"]
     assert "episodes_by_ready_for" in plans["next:"]  # no show paused

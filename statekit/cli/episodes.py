@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 from typing import Any
 
 import click
@@ -257,18 +258,30 @@ def pending_note(episodes: list[Episode]) -> None:
 @command("list")
 @click.option("--show", "show_id", default=None, help="Only this show.")
 @click.option("--stage", default=None, help="Only episodes at this stage.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="At most this many (a page).")
+@click.option("--after", default=None, metavar="SHOW/EP", callback=lambda _c, _p, v: v if v is None else split_ref(v) and v,
+              help="Start after this episode (the last of the page before).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @pass_ctx
-def list_(ctx: Context, show_id: str | None, stage: str | None, as_json: bool) -> None:
-    """Episodes, optionally of one show and/or at one stage."""
-    episodes = ctx.store.list(show=show_id, stage=stage)
+def list_(ctx: Context, show_id: str | None, stage: str | None, limit: int | None, after: str | None,
+          as_json: bool) -> None:
+    """Episodes in show order, optionally of one show and/or at one stage; a page
+    of them with --limit (the next page: --after the last one shown)."""
+    episodes = ctx.store.list(show=show_id, stage=stage, limit=None if limit is None else limit + 1, after=after)
+    more = limit is not None and len(episodes) > limit
+    if more:
+        del episodes[limit:]
     if as_json:
         dump_json(listed(episodes))
     elif episodes:
         out.print(episode_rows(episodes), markup=False)
         pending_note(episodes)
     else:
-        err.print("no episodes", markup=False)
+        err.print("no episodes" + (f" after {after}" if after else ""), markup=False)
+    if more and not as_json:  # the command that shows the next page
+        words = ["statekit", "list", *(["--show", show_id] if show_id else []), *(["--stage", stage] if stage else []),
+                 "--limit", str(limit), "--after", episodes[-1].key]
+        err.print(f"{limit} shown, more follow: {shlex.join(words)}", markup=False)
 
 
 @command("next")

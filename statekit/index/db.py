@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, delete, func, or_, select
+from sqlalchemy import and_, bindparam, delete, func, or_, select, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -84,10 +84,11 @@ TOTALS = ("show_id", "stage", "episodes", "cost")
 TOTALS_2 = tuple(f"{name}_{i}" for i in range(2) for name in TOTALS)
 """The parameters of the two-row upsert of ``stage_totals`` (``dialect.upsert(..., rows=2)``)."""
 
-KEPT_INDEXED = ("file_stamp", "priority", "pending")
-"""Indexed columns (``episodes_files``, ``episodes_by_ready_for``, ``episodes_pending``) that
-a write rarely changes: a file's stamp is set by ``sync``, not by a write (a write's file is
-always racy-new), ``priority`` by ``prioritize``, and ``pending`` is NULL after every commit."""
+KEPT_INDEXED = ("file_stamp", "priority", "pending", "created_at")
+"""Indexed columns (``episodes_files``, ``episodes_by_ready_for``, ``episodes_pending``,
+``episodes_in_order``) that a write rarely changes: a file's stamp is set by ``sync``, not by a
+write (a write's file is always racy-new), ``priority`` by ``prioritize``, ``pending`` is NULL
+after every commit, and ``created_at`` stays what the create made it."""
 
 GUARDS = (
     KEPT_INDEXED,
@@ -105,6 +106,9 @@ hand-set priority), matches nothing, and the full UPDATE runs instead."""
 
 SHOW_ORDER = (episodes.c.show_id, episodes.c.position, episodes.c.created_at, episodes.c.episode_id)
 """Episodes in show order: the hand-set ones, then the rest by creation."""
+
+AFTER = ("after_show", "after_position", "after_created", "after_episode")
+"""The parameters of a page's start: the ``SHOW_ORDER`` values of the episode it follows."""
 
 
 BY_STAGE = "INDEXED BY episodes_by_stage"
@@ -483,19 +487,34 @@ class Index:
         at = moment.astimezone(timezone.utc)
         return at if self.dialect == "postgresql" else iso(at)
 
-    def episode_data(self, show: str | None = None, stage: str | None = None, *,
-                     decoded: bool = True) -> list[Any]:
-        """File data of episodes, in show order (``decoded``: see ``_raw_docs``)."""
+    def episode_data(self, show: str | None = None, stage: str | None = None, *, decoded: bool = True,
+                     limit: int | None = None, after: tuple[str, str] | None = None) -> list[Any]:
+        """File data of episodes, in show order (``decoded``: see ``_raw_docs``). A page of them:
+        at most ``limit``, those after the episode ``after`` (show, episode) in that order, which
+        ``episodes_in_order`` finds at once however deep the page is ([] if it is not indexed)."""
+        values: dict[str, Any] = {"show": show, "stage": stage, "limit": limit}
+        if after is not None:
+            found = self._raw_rows("order_key", lambda: select(*SHOW_ORDER).where(
+                episodes.c.show_id == bindparam("s"), episodes.c.episode_id == bindparam("e")),
+                {"s": after[0], "e": after[1]})
+            if not found:
+                return []
+            values.update(zip(AFTER, found[0]))
+
         def build() -> Any:
             stmt = select(episodes.c.data).order_by(*SHOW_ORDER)
             if show is not None:
                 stmt = stmt.where(episodes.c.show_id == bindparam("show"))
             if stage is not None:
                 stmt = stmt.where(episodes.c.stage == bindparam("stage"))
-            return stmt
+            if after is not None:  # a row value with the show's own (a range of the index), bound as read
+                start = 0 if show is None else 1
+                stmt = stmt.where(text(f"({', '.join(f'episodes.{c.name}' for c in SHOW_ORDER[start:])}) > "
+                                       f"({', '.join(':' + a for a in AFTER[start:])})"))
+            return stmt.limit(bindparam("limit")) if limit is not None else stmt
 
-        return self._raw_docs(f"episodes:{show is None}:{stage is None}", build, {"show": show, "stage": stage},
-                              by_stage=stage is not None, decoded=decoded)
+        name = f"episodes:{show is None}:{stage is None}:{after is None}:{limit is None}"
+        return self._raw_docs(name, build, values, by_stage=stage is not None, decoded=decoded)
 
     def created(self, show: str) -> dict[str, str]:
         """``created_at`` of each indexed episode of ``show`` (UTC text that sorts as time)."""

@@ -148,6 +148,10 @@ episodes = Table(
 )
 # what next() and claims ask (revision 0008: priority first); every other index costs each write a page more
 Index("episodes_by_ready_for", episodes.c.ready_for, episodes.c.priority.desc(), episodes.c.stage_entered_at)
+# revision 0010: list() in show order, a page at a time (``limit``, ``after``): each page found at
+# once, however deep. A create adds an entry; a write leaves it alone (its columns never change
+# there: ``db.KEPT_INDEXED``), as it does when show.yaml's hand-set order moves an episode
+Index("episodes_in_order", episodes.c.show_id, episodes.c.position, episodes.c.created_at, episodes.c.episode_id)
 
 events = Table(
     "events",
@@ -249,7 +253,7 @@ STAGE_COUNTS_VIEW = (
     "SELECT show_id, stage, episodes AS n FROM stage_totals WHERE episodes > 0"
 )
 
-INDEX_REVISION = "0009"
+INDEX_REVISION = "0010"
 """The Alembic head revision this code writes; a test keeps it equal to the
 head in migrations/versions (checked on every open without loading Alembic)."""
 
