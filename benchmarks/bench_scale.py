@@ -15,7 +15,8 @@ Targets (issue 16), each against a baseline measured in the same run:
   fsync, an fsynced event append);
 - advance: per-call cost flat; printed against a bare durable replace;
 - get, counts, next, list(stage=) of up to 100 rows, a page of 100 anywhere in
-  the show (``list(show, limit=100, after=...)``), with_errors and a failed-list
+  the show (``list(show, limit=100, after=...)``; ``list_stage_page_100``: of the
+  stage nearly every episode is in), with_errors and a failed-list
   (30 episodes with a failed run each, at every size), stuck (about 100 rows):
   <= 2 ms median, flat;
 - sync with nothing changed: against a bare stat walk of the episode files;
@@ -196,6 +197,10 @@ def measure(size: int, calls: int, fmt: str, top: str, ledger: bool = True) -> d
     out["list_page_100"] = per_call(lambda i: store.list(show, limit=100, after=f"{show}/{rng.choice(ids[:-100])}"),
                                     calls)
     assert len(store.list(show, limit=100, after=f"{show}/{ids[0]}")) == 100
+    # and of the stage nearly every generated episode is in (walked in show order, not sorted)
+    out["list_stage_page_100"] = per_call(
+        lambda i: store.list(show, stage="converted", limit=100, after=f"{show}/{rng.choice(ids[:-200])}"), calls)
+    assert len(store.list(show, stage="converted", limit=100, after=f"{show}/{ids[0]}")) == 100
     assert len(store.list(stage="downloading")) == calls
     logging.getLogger("statekit").setLevel(logging.ERROR)  # the failures below are not news
     for i in range(FAILED):  # episodes with recorded errors, the same number at every size (not timed)
@@ -324,8 +329,8 @@ def main() -> None:
             results["procs"] = processes(top, rounds=args.proc_rounds)
     small, large = results[str(sizes[0])], results[str(sizes[-1])]
     growth = {}
-    for op in ("create", "advance", "get", "counts", "next", "list_stage_100", "list_page_100", "with_errors",
-               "list_failed", "stuck_100", "sync", "verify_full", "verify", "rebuild"):
+    for op in ("create", "advance", "get", "counts", "next", "list_stage_100", "list_page_100",
+               "list_stage_page_100", "with_errors", "list_failed", "stuck_100", "sync", "verify_full", "verify", "rebuild"):
         scale = 1 if op not in ("sync", "verify_full", "verify", "rebuild") else sizes[-1] / sizes[0]
         growth[op] = large[op] / scale / small[op]  # type: ignore[index]
     results["growth"] = growth
@@ -359,8 +364,8 @@ def print_size(size: int, r: dict[str, float], runs: int = 1) -> None:
           f"creates/s ratio {r['bare_create'] / r['create']:.2f}x (target >= 0.5x)")
     print(f"  advance  {ms['advance']:7.2f} ms   bare durable replace {ms['bare_replace']:.2f} ms   "
           f"ratio {r['bare_replace'] / r['advance']:.2f}x")
-    for op in ("get", "counts", "next", "list_stage_100", "list_page_100", "with_errors", "list_failed",
-               "stuck_100"):
+    for op in ("get", "counts", "next", "list_stage_100", "list_page_100", "list_stage_page_100", "with_errors",
+               "list_failed", "stuck_100"):
         print(f"  {op:14s} {ms[op]:7.3f} ms median")
     print(f"  sync (nothing changed) {ms['sync']:8.1f} ms   bare stat walk {ms['bare_stat_walk']:.1f} ms   "
           f"{r['sync'] / r['bare_stat_walk']:.2f}x")

@@ -90,8 +90,8 @@ class Queries:
         return self.marked(models(self.writer.index.episode_data(show, stage, decoded=False, limit=limit,
                                                                  after=start)), show)
 
-    def page_start(self, after: str, show: str | None) -> tuple[str, str]:
-        """(show, episode) of ``after`` ("SHOW/EP": the last episode of the page before), checked."""
+    def page_start(self, after: str, show: str | None) -> tuple[Any, ...]:
+        """The place in show order of ``after`` ("SHOW/EP": the last episode of the page before), checked."""
         if not isinstance(after, str) or after.count("/") != 1:
             raise ValidationError(f"after must name an episode as SHOW/EP, got {after!r}",
                                   hint="pass the last episode of the page before, e.g. 'oliver/ep020'")
@@ -101,11 +101,12 @@ class Queries:
         if show is not None and after_show != show:
             raise ValidationError(f"after names {after}, an episode of another show than {show!r}",
                                   hint=f"pass the last episode of the page before, one of {show!r}")
-        if self.writer.index.version_of(after_show, after_ep) is None:
+        key = self.writer.index.order_key(after_show, after_ep)
+        if key is None:
             raise EpisodeNotFoundError(f"episode {after} is not in the index, so no page can start after it",
                                        show_id=after_show, episode_id=after_ep,
                                        hint="it was deleted, or the name is wrong: list again from the start, without 'after'")
-        return after_show, after_ep
+        return key
 
     def live_runs(self) -> set[str]:
         """Run ids whose lease has not expired (by the store's clock)."""

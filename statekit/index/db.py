@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
-from sqlalchemy import and_, bindparam, delete, func, or_, select, text
+from sqlalchemy import and_, bindparam, case, delete, func, or_, select, text
 from sqlalchemy.engine import URL, Connection, Engine
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
@@ -110,6 +110,9 @@ SHOW_ORDER = (episodes.c.show_id, episodes.c.position, episodes.c.created_at, ep
 AFTER = ("after_show", "after_position", "after_created", "after_episode")
 """The parameters of a page's start: the ``SHOW_ORDER`` values of the episode it follows."""
 
+
+IN_ORDER = "INDEXED BY episodes_in_order"
+"""A page of a stage that holds most episodes: walked in show order (``Index._common``)."""
 
 BY_STAGE = "INDEXED BY episodes_by_stage"
 """SQLite plans from the statistics of the last ANALYZE: taken when most rows
@@ -458,24 +461,24 @@ class Index:
 
     # --- reading --------------------------------------------------------------------
 
-    def _raw_docs(self, name: str, build: Any, values: Mapping[str, Any], by_stage: bool = False,
+    def _raw_docs(self, name: str, build: Any, values: Mapping[str, Any], hint: str | None = None,
                   decoded: bool = True) -> list[Any]:
         """The ``data`` documents a query of episodes returns, run on the raw
         cursor (compiled once per ``name``: SQLAlchemy's per-row work costs more
         than the query); decoded from JSON text in SQLite, as is in PostgreSQL
         (``decoded=False``: as the driver gives them, JSON text in SQLite, for
-        ``models.trusted_episode`` to read). ``by_stage``: SQLite reads the rows
-        through the stage index (``BY_STAGE``)."""
-        rows = self._raw_rows(name, build, values, by_stage)
+        ``models.trusted_episode`` to read). ``hint``: the index SQLite reads the rows
+        through (``BY_STAGE``, ``IN_ORDER``)."""
+        rows = self._raw_rows(name, build, values, hint)
         return [json_doc(row[0]) for row in rows] if decoded else [row[0] for row in rows]
 
-    def _raw_rows(self, name: str, build: Any, values: Mapping[str, Any], by_stage: bool = False) -> list[Any]:
+    def _raw_rows(self, name: str, build: Any, values: Mapping[str, Any], hint: str | None = None) -> list[Any]:
         """The rows of a query run on the raw cursor, compiled once per ``name`` (``_raw_docs``)."""
         stmt = self.queries.get(name)
         if stmt is None:
             stmt = Compiled(build(), self.engine)
-            if by_stage and self.dialect == "sqlite":
-                stmt.sql = stmt.sql.replace("\nFROM episodes \n", f"\nFROM episodes {BY_STAGE} \n", 1)
+            if hint is not None and self.dialect == "sqlite":
+                stmt.sql = stmt.sql.replace("\nFROM episodes \n", f"\nFROM episodes {hint} \n", 1)
             self.queries[name] = stmt
         with self.reading():
             cursor = self._writer().cursor()
@@ -488,18 +491,13 @@ class Index:
         return at if self.dialect == "postgresql" else iso(at)
 
     def episode_data(self, show: str | None = None, stage: str | None = None, *, decoded: bool = True,
-                     limit: int | None = None, after: tuple[str, str] | None = None) -> list[Any]:
+                     limit: int | None = None, after: tuple[Any, ...] | None = None) -> list[Any]:
         """File data of episodes, in show order (``decoded``: see ``_raw_docs``). A page of them:
-        at most ``limit``, those after the episode ``after`` (show, episode) in that order, which
-        ``episodes_in_order`` finds at once however deep the page is ([] if it is not indexed)."""
+        at most ``limit``, those after ``after`` in that order (the ``order_key`` of the episode the
+        page follows), which ``episodes_in_order`` finds at once however deep the page is."""
         values: dict[str, Any] = {"show": show, "stage": stage, "limit": limit}
         if after is not None:
-            found = self._raw_rows("order_key", lambda: select(*SHOW_ORDER).where(
-                episodes.c.show_id == bindparam("s"), episodes.c.episode_id == bindparam("e")),
-                {"s": after[0], "e": after[1]})
-            if not found:
-                return []
-            values.update(zip(AFTER, found[0]))
+            values.update(zip(AFTER, after))
 
         def build() -> Any:
             stmt = select(episodes.c.data).order_by(*SHOW_ORDER)
@@ -513,8 +511,31 @@ class Index:
                                        f"({', '.join(':' + a for a in AFTER[start:])})"))
             return stmt.limit(bindparam("limit")) if limit is not None else stmt
 
-        name = f"episodes:{show is None}:{stage is None}:{after is None}:{limit is None}"
-        return self._raw_docs(name, build, values, by_stage=stage is not None, decoded=decoded)
+        # a page of a stage that holds many of the episodes: read in show order until the page is full
+        # (about limit * total / in-stage rows), rather than every row of the stage sorted
+        hint = None if stage is None else IN_ORDER if limit is not None and self._common(stage, show, limit) \
+            else BY_STAGE
+        name = f"episodes:{show is None}:{stage is None}:{after is None}:{limit is None}:{hint}"
+        return self._raw_docs(name, build, values, hint=hint, decoded=decoded)
+
+    def _common(self, stage: str, show: str | None, limit: int) -> bool:
+        """True if ``stage`` holds so many of the episodes (of ``show``) that a walk in show order
+        fills a page of ``limit`` sooner than the stage's rows are sorted: in_stage² >= total * limit
+        (the maintained totals, one small query)."""
+        def build() -> Any:
+            in_stage = func.sum(case((stage_totals.c.stage == bindparam("stage"), stage_totals.c.episodes), else_=0))
+            stmt = select(in_stage, func.sum(stage_totals.c.episodes))
+            return stmt if show is None else stmt.where(stage_totals.c.show_id == bindparam("show"))
+
+        found = self._raw_rows(f"common:{show is None}", build, {"stage": stage, "show": show})
+        in_stage, total = (int(n or 0) for n in found[0]) if found else (0, 0)
+        return in_stage * in_stage >= total * limit > 0
+
+    def order_key(self, show: str, ep: str) -> tuple[Any, ...] | None:
+        """The ``SHOW_ORDER`` values of an indexed episode, as stored (None: not indexed)."""
+        found = self._raw_rows("order_key", lambda: select(*SHOW_ORDER).where(
+            episodes.c.show_id == bindparam("s"), episodes.c.episode_id == bindparam("e")), {"s": show, "e": ep})
+        return tuple(found[0]) if found else None
 
     def created(self, show: str) -> dict[str, str]:
         """``created_at`` of each indexed episode of ``show`` (UTC text that sorts as time)."""
@@ -617,7 +638,7 @@ class Index:
 
         values = {f"stage{i}": stage for i, stage in enumerate(stages)}
         return self._raw_docs(f"stuck:{show is None}", build, {**values, "since": self._at(since), "show": show},
-                              by_stage=True, decoded=decoded)
+                              hint=BY_STAGE, decoded=decoded)
 
     def status(self) -> list[dict[str, Any]]:
         """Per show: episodes per stage, cost so far, titles."""
