@@ -111,5 +111,5 @@ class Queries:
     def live_runs(self) -> set[str]:
         """Run ids whose lease has not expired (by the store's clock)."""
         now = self.writer.clock()
-        return {e.lease.run_id for e in models(self.writer.index.leased_data(now))
+        return {e.lease.run_id for e in models(self.writer.index.leased_data(now, decoded=False))
                 if e.lease is not None and e.lease.expires_at > now}

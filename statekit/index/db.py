@@ -586,12 +586,11 @@ class Index:
         return self._raw_docs("next:" + ",".join(skip), build, {"stage": stage, "at": self._at(now), "limit": limit},
                               decoded=decoded)
 
-    def leased_data(self, now: datetime) -> list[Any]:
-        """File data (JSON text in SQLite) of the episodes whose file records a lease that runs past
-        ``now``: the few a live worker holds, read without a model for every other row."""
-        stmt = select(episodes.c.data).where(episodes.c.lease_expires_at > now.astimezone(timezone.utc))
-        with self.reading() as conn:
-            return [data for (data,) in conn.execute(stmt)]
+    def leased_data(self, now: datetime, *, decoded: bool = True) -> list[Any]:
+        """File data of the episodes whose file records a lease that runs past ``now``: the few a
+        live worker holds, read without a model for every other row (``decoded``: see ``_raw_docs``)."""
+        return self._raw_docs("leased", lambda: select(episodes.c.data).where(
+            episodes.c.lease_expires_at > bindparam("at")), {"at": self._at(now)}, decoded=decoded)
 
     def expired_leases(self, now: datetime) -> list[tuple[str, str]]:
         """Episodes whose run's lease ran out by ``now``: their worker stopped
