@@ -20,7 +20,7 @@ from statekit.codecs import has_long_number
 from statekit.errors import InvalidIdError
 from statekit.eventlog import _EVENT_OPTIONAL_TEXT, _EVENT_TEXT, _parse_event_line, read_events, read_lines
 from statekit.ids import VALID_IDS, check_id
-from statekit.index.rows import EVENT_COLUMNS, event_rows_of, event_values
+from statekit.index.rows import EVENT_COLUMNS, ISO, event_rows_of, event_values, from_iso, iso
 from statekit.index.tables import events as events_table
 from statekit.models import MAX_METADATA_DEPTH, _plain_checked, _plain_json, _plain_ok
 
@@ -47,6 +47,29 @@ def events(draw: Any) -> dict[str, Any]:
     if draw(st.booleans()):
         event["doc"] = {"title": draw(st.text(max_size=5)), "stage": "discovered"}
     return dict(draw(st.permutations(list(event.items()))))  # the ledger's keys anywhere in the line
+
+
+@given(st.datetimes(min_value=datetime(1000, 1, 1), max_value=datetime(9999, 12, 31), timezones=st.just(timezone.utc)))
+def test_an_index_time_is_read_back_as_strptime_reads_it(moment: datetime) -> None:
+    text = iso(moment)
+    read = from_iso(text)
+    assert read == moment == datetime.strptime(text, ISO).replace(tzinfo=timezone.utc)
+    assert read.tzinfo is timezone.utc
+
+
+@pytest.mark.parametrize("text", ["2026-01-01T01:00:04Z", "2026-01-01 01:00:04.191325Z", "2026-01-01T01:00:04.191325",
+                                  "2026-01-01T01:00:04.191325+00:00", "2026-13-01T01:00:04.191325Z",
+                                  "2026-01-01T01:00:04.191325Zx", "\u0662026-01-01T01:00:04.191325Z", ""])
+def test_an_index_time_in_another_form_is_read_or_refused_as_strptime_does(text: str) -> None:
+    try:
+        expected: Any = datetime.strptime(text, ISO).replace(tzinfo=timezone.utc)
+    except ValueError:
+        expected = ValueError
+    if expected is ValueError:
+        with pytest.raises(ValueError):
+            from_iso(text)
+    else:
+        assert from_iso(text) == expected
 
 
 def test_the_events_columns_are_the_tables_but_its_id() -> None:

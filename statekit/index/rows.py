@@ -8,6 +8,7 @@ deltas. Nothing here imports SQLAlchemy (the write path's import stays light).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -25,6 +26,19 @@ ISO = "%Y-%m-%dT%H:%M:%S.%fZ"
 def iso(moment: datetime) -> str:
     """The index's fixed-width UTC text form of a timestamp (sorts as time)."""
     return moment.astimezone(timezone.utc).strftime(ISO)
+
+
+_ISO_TEXT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z", re.ASCII).fullmatch
+_from_iso_text = datetime.fromisoformat
+
+
+def from_iso(text: str) -> datetime:
+    """``iso``'s text as an aware UTC datetime. Its fixed form is read by ``fromisoformat``
+    (about 50x faster than ``strptime``: a report reads thousands); other text is read, or
+    refused, by ``strptime`` with ``ISO``, as before."""
+    if _ISO_TEXT(text) is not None:
+        return _from_iso_text(text)
+    return datetime.strptime(text, ISO).replace(tzinfo=timezone.utc)
 
 
 UNLISTED = 2_147_483_647

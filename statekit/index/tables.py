@@ -13,7 +13,7 @@ Timestamps are UTC. In SQLite they are ISO-8601 text with microseconds and a
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -34,7 +34,7 @@ from sqlalchemy.dialects.postgresql import JSONB, TIMESTAMP
 from sqlalchemy.engine import Dialect
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
-from .rows import ISO, iso
+from .rows import from_iso, iso
 
 
 class UTCTime(TypeDecorator[datetime]):
@@ -56,7 +56,7 @@ class UTCTime(TypeDecorator[datetime]):
     def process_result_value(self, value: Any, dialect: Dialect) -> datetime | None:
         if value is None or isinstance(value, datetime):
             return value
-        return datetime.strptime(value, ISO).replace(tzinfo=timezone.utc)
+        return from_iso(value)
 
 
 class Document(TypeDecorator[Any]):
