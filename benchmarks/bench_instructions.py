@@ -1,13 +1,14 @@
 """Instructions per durable ``advance`` (or ``create``), counted by valgrind's callgrind: an A/B that load cannot blur.
 
-    python benchmarks/bench_instructions.py [--ops 200] [--format json|yaml] [--op advance|create]
+    python benchmarks/bench_instructions.py [--ops 200] [--format json|yaml] [--op advance|create|run]
                                             [--repo PATH ...] [--out FILE]
 
 A shared machine makes CPU and wall times of a change of a few per cent
 unreadable; the instructions the process executes are the same run after
 run (within about 0.01 %). The store advances one episode back and forth
 (downloading <-> failed, with a cost and a message), as ``bench_cpu.py``
-does (``--op create``: it creates new episodes in one show, with some already there); only the loop is counted (callgrind's instrumentation is switched on
+does (``--op create``: it creates new episodes in one show, with some already there; ``--op run``:
+each operation is a worker's run of a stage that ends well, its start and its finish); only the loop is counted (callgrind's instrumentation is switched on
 and off around it with ``callgrind_control``), and the count per advance
 is printed. System calls are not counted (the kernel's work is not
 instructions of the process): count them with ``strace -c``. Needs
@@ -40,9 +41,15 @@ stages = ("downloading", "failed")
 for i in range(20):  # warm: caches, the index connection, the helper threads
     store.advance("bench", "ep1", stages[i % 2], cost=0.001, message="benchmark step")
     store.create("bench", f"warm{i:03d}", title="Benchmark episode", metadata={"source": "https://archive.org/x"})
+if op == "run":  # each operation a worker's run of a stage that ends well: its start and finish written
+    for i in range(ops):
+        store.create("bench", f"run{i:05d}", title="Benchmark episode", metadata={"source": "https://archive.org/x"})
 subprocess.run(["callgrind_control", "-i", "on", str(os.getpid())], capture_output=True, check=False)
 for i in range(ops):
-    if op == "create":
+    if op == "run":
+        with store.run("bench", f"run{i:05d}", "downloading"):
+            pass
+    elif op == "create":
         store.create("bench", f"new{i:05d}", title="Benchmark episode", metadata={"source": "https://archive.org/x"})
     else:
         store.advance("bench", "ep1", stages[i % 2], cost=0.001, message="benchmark step")
@@ -78,7 +85,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ops", type=int, default=200)
     parser.add_argument("--format", choices=("json", "yaml"), default="json")
-    parser.add_argument("--op", choices=("advance", "create"), default="advance")
+    parser.add_argument("--op", choices=("advance", "create", "run"), default="advance")
     parser.add_argument("--repo", action="append", help="statekit checkouts to count (default: this one)")
     parser.add_argument("--out", default=None, help="keep callgrind's output file here")
     parser.add_argument("--dir", default=None, help="where the store is made (default: the system temp dir)")

@@ -500,9 +500,14 @@ class Run:
         """Extend this run's live lease in the index (no file write, no
         event) to ``lease_seconds`` after ``at`` (now; the database's time on
         a server); False if it is not this run's any more."""
+        return self._renew(at)
+
+    def _renew(self, at: datetime | None = None, *, fresh: bool = False) -> bool:
+        """``renew``; ``fresh``: on a connection of its own (the ``Renewer``'s thread ends with the
+        run, so it keeps none), else on the thread's kept one."""
         writer = self.runs.writer
         return writer.index.leases.renew(self.show_id, self.episode_id, self.run_id, self.lease_seconds,
-                                         at or writer.clock(), owner=self.owner, stage=self.stage)
+                                         at or writer.clock(), owner=self.owner, stage=self.stage, fresh=fresh)
 
     def _written(self, episode: Episode) -> Episode:
         """After a write of this run: the lease row renewed from the time the
@@ -665,7 +670,7 @@ class Renewer:
             if run is None:  # the run's handle was dropped unfinished: let the lease run out
                 return
             try:
-                if not run.renew():
+                if not run._renew(fresh=True):
                     self.lost = True
                     log.warning("statekit: run %s of %s/%s lost its lease; its writes will be refused",
                                 run.run_id, run.show_id, run.episode_id)

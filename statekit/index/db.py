@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import threading
+import weakref
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -207,7 +208,8 @@ class Index:
         self.queries: dict[str, Compiled] = {}
         """The questions about many episodes, compiled on first use, by name."""
         self._dbapi_error: type[Exception] = engine.dialect.loaded_dbapi.Error
-        self.leases = LeaseTable(engine)
+        this = weakref.ref(self)  # (no cycle: an Index no one holds is freed, its connections closed, at once)
+        self.leases = LeaseTable(engine, lambda: index._conn() if (index := this()) is not None else None)
         """The live leases of stage runs (coordination state, ``index.leases``)."""
         self.write_gate: Gate | None = None
         """Taken around each ``write`` (SQLite: the store's ``locks.Gate`` for its index writers,
@@ -252,6 +254,8 @@ class Index:
             yield conn
         finally:
             conn.rollback()
+            if self.dialect != "sqlite":  # a read on the driver's cursor (``compare.raw_rows``) began one too
+                conn.connection.driver_connection.rollback()
 
     def _writer(self) -> Any:
         """This thread's writing connection, raw (see ``Compiled``)."""
