@@ -19,6 +19,9 @@ Targets (issue 16), each against a baseline measured in the same run:
   stage nearly every episode is in), with_errors and a failed-list
   (30 episodes with a failed run each, at every size), stuck (about 100 rows):
   <= 2 ms median, flat;
+- metrics: a Prometheus scrape (``/metrics``), no target of the issue's: its run and failure
+  counters read ``run_totals`` (flat); the leases and the oldest-waiting gauges still read
+  every episode row (they grow with the store);
 - sync with nothing changed: against a bare stat walk of the episode files;
 - verify, rebuild: against a bare walk + read + parse of the same files
   (PyYAML's C loader or orjson, and orjson for the event lines); rebuild
@@ -212,6 +215,11 @@ def measure(size: int, calls: int, fmt: str, top: str, ledger: bool = True) -> d
     # the generated episodes entered their stage an hour apart from 2026-01-01: about 100 are older than this
     older = datetime.now(timezone.utc) - (datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(hours=100))
     out["stuck_100"] = per_call(lambda i: store.stuck(older, show), calls)
+    # a Prometheus scrape (``statekit serve``'s /metrics), each value read from the index
+    from statekit.signals.metrics import exposition
+
+    out["metrics"] = per_call(lambda i: exposition(store.writer, "bench"), max(3, calls // 10))
+    assert b'statekit_failures_total{kind="transient_network",stage="downloading"}' in exposition(store.writer, "x")
     assert len(store.with_errors(show)) == FAILED and len(store.list(stage="failed")) == FAILED
     assert 90 <= len(store.stuck(older, show)) <= 110, len(store.stuck(older, show))
     start = time.perf_counter()
@@ -330,7 +338,8 @@ def main() -> None:
     small, large = results[str(sizes[0])], results[str(sizes[-1])]
     growth = {}
     for op in ("create", "advance", "get", "counts", "next", "list_stage_100", "list_page_100",
-               "list_stage_page_100", "with_errors", "list_failed", "stuck_100", "sync", "verify_full", "verify", "rebuild"):
+               "list_stage_page_100", "with_errors", "list_failed", "stuck_100", "metrics", "sync", "verify_full", "verify",
+               "rebuild"):
         scale = 1 if op not in ("sync", "verify_full", "verify", "rebuild") else sizes[-1] / sizes[0]
         growth[op] = large[op] / scale / small[op]  # type: ignore[index]
     results["growth"] = growth
@@ -365,7 +374,7 @@ def print_size(size: int, r: dict[str, float], runs: int = 1) -> None:
     print(f"  advance  {ms['advance']:7.2f} ms   bare durable replace {ms['bare_replace']:.2f} ms   "
           f"ratio {r['bare_replace'] / r['advance']:.2f}x")
     for op in ("get", "counts", "next", "list_stage_100", "list_page_100", "list_stage_page_100", "with_errors",
-               "list_failed", "stuck_100"):
+               "list_failed", "stuck_100", "metrics"):
         print(f"  {op:14s} {ms[op]:7.3f} ms median")
     print(f"  sync (nothing changed) {ms['sync']:8.1f} ms   bare stat walk {ms['bare_stat_walk']:.1f} ms   "
           f"{r['sync'] / r['bare_stat_walk']:.2f}x")

@@ -49,11 +49,13 @@ from .dialect import (
 from .leases import LeaseTable
 from .rows import UNLISTED, claim_rows, json_doc, json_text, pending_text, positions_of, totals_delta
 from .tables import (
+    RUN_ENDS,
     episodes,
     events,
     iso,
     leases,
     metadata,
+    run_end_added,
     shows,
     stage_totals,
     unique_keys,
@@ -144,6 +146,7 @@ class Index:
         self._put_episode = Compiled(upsert(dialect, episodes, ["show_id", "episode_id"], keep=["position"]), engine)
         self._put_event = Compiled(upsert(dialect, events, ["show_id", "episode_id", "version"]), engine)
         self._put_show = Compiled(upsert(dialect, shows, ["show_id"]), engine)
+        self._add_run_end = Compiled(text(run_end_added(dialect)), engine)
         self._add_totals = Compiled(upsert(dialect, stage_totals, ["show_id", "stage"], add=["episodes", "cost"]),
                                     engine)
         self._add_totals_2 = Compiled(upsert(dialect, stage_totals, ["show_id", "stage"], add=["episodes", "cost"],
@@ -370,6 +373,8 @@ class Index:
         put_event = self._put_event
         for event in event_rows:
             execute(put_event.sql, put_event.params_of(dict(event, data=json_text(event["data"]))))
+            if event["kind"] in RUN_ENDS:  # a run's end: counted in ``run_totals`` (an update's trigger took the old row off)
+                run(self._add_run_end, {"s": event["show_id"], "e": event["episode_id"], "v": event["version"]})
         for show_row_ in show_rows:
             run(self._put_show, dict(show_row_, data=json_text(show_row_["data"])))
         for show in removed_shows:
@@ -711,12 +716,24 @@ class Index:
             raise QueryError(f"the index refused the query: {reason}", reason=kind, hint=SQL_HINTS[kind]) from exc
 
 
-def create_schema(conn: Connection) -> None:
-    """Tables, indexes and the view, as the initial Alembic revision makes them."""
+def create_schema(conn: Connection, *, triggers: bool = True) -> None:
+    """Tables, indexes, the view and the triggers, as the Alembic revisions make them.
+    ``triggers=False`` (a rebuild, whose events go in first): ``follow_events`` adds them."""
     metadata.create_all(conn)
     from .tables import STAGE_COUNTS_VIEW
 
     conn.exec_driver_sql(STAGE_COUNTS_VIEW)
+    if triggers:
+        follow_events(conn)
+
+
+def follow_events(conn: Connection) -> None:
+    """``run_totals`` counted from the events, and the triggers that keep it in step from now on."""
+    from .tables import fill_run_totals, run_totals_ddl
+
+    fill_run_totals(conn)
+    for statement in run_totals_ddl(conn.dialect.name):
+        conn.exec_driver_sql(statement)
 
 
 def revision_of(conn: Connection) -> str | None:

@@ -24,7 +24,7 @@ from ..errors import (
     UnsafePathError,
     ValidationError,
 )
-from .db import Index, create_schema, engine_for
+from .db import Index, create_schema, engine_for, follow_events
 from .dialect import (
     WRITE,
     Compiled,
@@ -53,6 +53,7 @@ from .scan import (
 from .tables import (
     INDEX_REVISION,
     ROWS_REVISION,
+    fill_run_totals,
     index_meta,
     metadata,
     stage_totals,
@@ -116,10 +117,15 @@ def rebuild_locked(writer: Writer, index: Index, progress: Progress | None, repo
     target = database_path(index.engine)
     if target is None:  # a server database: rebuild in one transaction (the live leases stay)
         with index.engine.connect().execution_options(**WRITE) as conn, conn.begin():
+            # the run totals are counted once the events are in, not row by row (the trigger is off
+            # in this transaction only; it takes a lock that lets readers read)
+            conn.exec_driver_sql("ALTER TABLE events DISABLE TRIGGER run_totals_follow")
             for table in metadata.sorted_tables:
                 if table is not leases_table:
                     conn.execute(table.delete())
             leased = _fill(writer, conn, report, progress, workers)
+            fill_run_totals(conn)
+            conn.exec_driver_sql("ALTER TABLE events ENABLE TRIGGER run_totals_follow")
             restore_leases(conn, (), writer.clock(), leased)
             mark_rows_derived(conn)
         return
@@ -131,10 +137,11 @@ def rebuild_locked(writer: Writer, index: Index, progress: Progress | None, repo
     try:
         with engine.connect() as conn:
             with conn.begin():
-                create_schema(conn)
+                create_schema(conn, triggers=False)  # (no trigger runs for each event inserted)
                 stamp_revision(conn)
             with conn.begin():
                 leased = _fill(writer, conn, report, progress, workers, built)
+                follow_events(conn)
             with conn.begin():  # read last, so that few renewals or claims fall between this and the swap
                 restore_leases(conn, old_leases(index), writer.clock(), leased)
         finish_build(engine)

@@ -185,6 +185,88 @@ stage_totals = Table(
     Column("cost", Float, nullable=False),
 )
 
+# revision 0011: how many runs ended, per show, stage, kind of end ('finish', or a failure:
+# ``RUN_FAILED``) and error kind ('' for a finish): the events of those kinds counted as
+# ``run_totals_select`` counts them. The write path adds each run's end with its event
+# (``run_end_added``, from the row just written); the database's own triggers
+# (``run_totals_ddl``) take off what an update or a delete of an event row removes; a rebuild
+# counts them all at once. A metrics scrape reads a few rows, not every event. A row that
+# falls to 0 stays: its rows of more than 0 are exactly that count (``verify`` checks it).
+run_totals = Table(
+    "run_totals",
+    metadata,
+    Column("show_id", Id, primary_key=True),
+    Column("stage", Id, primary_key=True),
+    Column("kind", String(64), primary_key=True),
+    Column("error_kind", Text, primary_key=True),
+    Column("runs", Integer, nullable=False),
+)
+
+RUN_FAILED = ("fail", "recovered")
+"""The events' kinds that end a run in failure (``finish`` ends one that succeeded)."""
+RUN_ENDS = frozenset(("finish", *RUN_FAILED))
+_RUN_KINDS = "('finish', 'fail', 'recovered')"
+_RUN_COLUMNS = "(show_id, stage, kind, error_kind, runs)"
+
+
+def _run_key(row: str, dialect: str) -> str:
+    """The stage, kind and error kind ``run_totals`` counts an event ``row`` under (SQL)."""
+    field = (lambda name: f"{row}.data ->> '{name}'") if dialect == "postgresql" else \
+        (lambda name: f"json_extract({row}.data, '$.{name}')")
+    return (f"coalesce({row}.from_stage, {field('run_stage')}, 'unknown'), {row}.kind, "
+            f"CASE WHEN {row}.kind = 'finish' THEN '' ELSE coalesce({field('error_kind')}, 'unknown') END")
+
+
+def run_totals_select(dialect: str) -> str:
+    """Every run's end in ``events`` counted: what ``run_totals`` holds."""
+    return (f"SELECT e.show_id, {_run_key('e', dialect)}, count(*) FROM events AS e "
+            f"WHERE e.kind IN {_RUN_KINDS} GROUP BY 1, 2, 3, 4")
+
+
+def run_end_added(dialect: str) -> str:
+    """The statement (parameters ``:s``, ``:e``, ``:v``) that counts the event row of that episode
+    and version if it ends a run: the write path's, right after it writes the row."""
+    plus = "run_totals.runs + 1" if dialect == "postgresql" else "runs + 1"
+    return (f"INSERT INTO run_totals {_RUN_COLUMNS} SELECT e.show_id, {_run_key('e', dialect)}, 1 FROM events AS e "
+            f"WHERE e.show_id = :s AND e.episode_id = :e AND e.version = :v AND e.kind IN {_RUN_KINDS} "
+            f"ON CONFLICT (show_id, stage, kind, error_kind) DO UPDATE SET runs = {plus}")
+
+
+def run_totals_ddl(dialect: str) -> list[str]:
+    """The statements that take a run's end off ``run_totals`` when its event row is updated
+    (the write path's upsert then adds the new row's) or deleted: a trigger in SQLite for each;
+    one plpgsql function and trigger in PostgreSQL, bound to the schema it is made in. (No
+    trigger on insert: one costs every event written, a run's end or not, about 4 us in SQLite;
+    and short ones, as every new SQLite connection parses them.)"""
+    take = (f"UPDATE run_totals SET runs = runs - 1 WHERE show_id = OLD.show_id AND (stage, kind, error_kind) = "
+            f"({_run_key('OLD', dialect)});")
+    if dialect == "postgresql":
+        return [
+            "CREATE FUNCTION run_totals_follow() RETURNS trigger LANGUAGE plpgsql SET search_path FROM CURRENT AS "
+            f"$$ BEGIN IF OLD.kind IN {_RUN_KINDS} THEN {take} END IF; RETURN NULL; END $$",
+            "CREATE TRIGGER run_totals_follow AFTER UPDATE OR DELETE ON events "
+            "FOR EACH ROW EXECUTE FUNCTION run_totals_follow()",
+        ]
+    return [f"CREATE TRIGGER run_totals_{when} AFTER {when.upper()} ON events WHEN OLD.kind IN {_RUN_KINDS} "
+            f"BEGIN {take} END" for when in ("update", "delete")]
+
+
+def fill_run_totals(conn: Any) -> None:
+    """``run_totals`` counted again from ``events`` (a rebuild's, after its events are in;
+    the upgrade to 0011)."""
+    conn.exec_driver_sql("DELETE FROM run_totals")
+    conn.exec_driver_sql(f"INSERT INTO run_totals {_RUN_COLUMNS} "
+                         f"{run_totals_select(conn.dialect.name)}")
+
+
+def run_totals_drift(conn: Any) -> int:
+    """How many rows of ``run_totals`` differ from the events counted again (``verify``)."""
+    rows = "SELECT show_id, stage, kind, error_kind, runs FROM run_totals WHERE runs <> 0"
+    kept, counted = ({tuple(r[:4]): r[4] for r in conn.exec_driver_sql(sql)}
+                     for sql in (rows, run_totals_select(conn.dialect.name)))
+    return sum(1 for key in kept.keys() | counted.keys() if kept.get(key) != counted.get(key))
+
+
 # revision 0004: one row per value of a unique metadata key (``unique:`` in
 # statekit.yaml), so a write finds who else holds a value with one lookup.
 # Not a UNIQUE constraint: the index mirrors the files, duplicates included.
@@ -253,7 +335,7 @@ STAGE_COUNTS_VIEW = (
     "SELECT show_id, stage, episodes AS n FROM stage_totals WHERE episodes > 0"
 )
 
-INDEX_REVISION = "0010"
+INDEX_REVISION = "0011"
 """The Alembic head revision this code writes; a test keeps it equal to the
 head in migrations/versions (checked on every open without loading Alembic)."""
 

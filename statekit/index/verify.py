@@ -39,7 +39,7 @@ from .compare import (
 from .pool import ordered_map, workers_for
 from .rows import claim_rows, json_doc
 from .scan import Problem, Progress, VerifyReport, episode_file, episode_folders, index_path, problem, sha256_of
-from .tables import episodes, stage_totals, unique_values
+from .tables import episodes, run_totals_drift, stage_totals, unique_values
 from .verified import plain_shows as _plain_shows
 
 if TYPE_CHECKING:
@@ -145,6 +145,7 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
             episodes.c.data if conn.dialect.name == "sqlite" else cast(episodes.c.data, Text)))}
         marked = {key: mark for key, (_path, mark) in writer.index.pending().items()} if writer.chained else {}
         totals = {(s, st): (n, c) for s, st, n, c in conn.execute(select(stage_totals))}
+        runs_differ = run_totals_drift(conn)
         indexed_claims = {tuple(r) for r in conn.execute(select(
             unique_values.c.key, unique_values.c.value_sha256, unique_values.c.show_id, unique_values.c.episode_id))}
     expected: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0, 0.0])
@@ -335,6 +336,10 @@ def _verify(writer: Writer, progress: Progress | None, *, workers: int | None, f
                 "index", index_path(writer.root),
                 f"stage totals for {pair[0]}/{pair[1]} are {n} episodes, {cost:g} cost; the files say "
                 f"{int(want_n)}, {want_cost:g} (run 'statekit rebuild-index')"))
+    if runs_differ:
+        report.problems.append(Problem(
+            "index", index_path(writer.root), f"the index's run totals differ from its events in {runs_differ} "
+            "row(s) (run 'statekit rebuild-index')"))
     for read in (indexed, folders, found, seen, row_claims_of, holders, expected_claims):
         read.clear()  # (freed while the memo is saved, not after)
     if streamed is not None:

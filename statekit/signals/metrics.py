@@ -10,7 +10,8 @@ state, and a scrape after a restart sees the same values. Names:
   for a stage has waited for it;
 - ``statekit_leases{state="live|expired"}``;
 - ``statekit_runs_total{stage,outcome="succeeded|failed"}`` and
-  ``statekit_failures_total{stage,kind}`` (the index's events);
+  ``statekit_failures_total{stage,kind}`` (the index's events, as ``run_totals``
+  counts them when they are written: a scrape reads a few rows, not every event);
 - ``statekit_index_drift`` (0/1 from the last ``verify``, kept in the index, with
   ``statekit_index_verified_timestamp_seconds``);
 - ``statekit_alerts_pending``; ``statekit_build_info{version,python,index}``.
@@ -22,14 +23,15 @@ import json
 import logging
 import os
 import platform
+from collections import defaultdict
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import and_, func, select
+from sqlalchemy import func, select
 from sqlalchemy.exc import SQLAlchemyError
 
-from ..index.tables import episodes, events, index_meta, stage_totals
+from ..index.tables import RUN_FAILED, episodes, index_meta, run_totals, stage_totals
 from .alerts import needs
 from .state import State, db_path
 
@@ -46,7 +48,6 @@ NAMES = (
 log = logging.getLogger("statekit")
 
 VERIFY_KEY = "last_verify"
-FAILED_KINDS = ("fail", "recovered")
 
 
 def record_verify(writer: Writer, problems: int, at: datetime) -> None:
@@ -81,8 +82,7 @@ class Collector:
         leases = gauge("statekit_leases", "Episodes held by a run, by lease state.", labels=["state"])
         runs = counter("statekit_runs", "Stage runs that ended, by outcome.", labels=["stage", "outcome"])
         failures = counter("statekit_failures", "Failed stage runs, by error kind.", labels=["stage", "kind"])
-        e, v = episodes.c, events.c
-        stage_of_run = func.coalesce(v.from_stage, v.data["run_stage"].as_string(), "unknown")
+        e, r = episodes.c, run_totals.c
         with self.writer.index.reading() as conn:
             for show, stage, n, spent in conn.execute(select(stage_totals)):
                 count.add_metric([show, stage], n)
@@ -100,15 +100,18 @@ class Collector:
                     expired += 1
             leases.add_metric(["live"], live)
             leases.add_metric(["expired"], expired)
-            for kind, stage, n in conn.execute(
-                    select(v.kind, stage_of_run, func.count()).where(v.kind.in_(("finish", *FAILED_KINDS)))
-                    .group_by(v.kind, stage_of_run)):
-                runs.add_metric([stage, "succeeded" if kind == "finish" else "failed"], n)
-            error_kind = func.coalesce(v.data["error_kind"].as_string(), "unknown")
-            for stage, kind, n in conn.execute(
-                    select(stage_of_run, error_kind, func.count()).where(and_(v.kind.in_(FAILED_KINDS)))
-                    .group_by(stage_of_run, error_kind)):
-                failures.add_metric([stage, kind], n)
+            ended: dict[tuple[str, str], int] = defaultdict(int)
+            failed: dict[tuple[str, str], int] = defaultdict(int)
+            for stage, kind, error_kind, n in conn.execute(  # (a few rows: the events counted as written)
+                    select(r.stage, r.kind, r.error_kind, func.sum(r.runs)).where(r.runs > 0)
+                    .group_by(r.stage, r.kind, r.error_kind)):
+                ended[stage, "succeeded" if kind == "finish" else "failed"] += int(n)
+                if kind in RUN_FAILED:
+                    failed[stage, error_kind] += int(n)
+            for labels, n in sorted(ended.items()):
+                runs.add_metric(list(labels), n)
+            for labels, n in sorted(failed.items()):
+                failures.add_metric(list(labels), n)
             drift = list(self._drift(conn, gauge))
         yield from (count, cost, waiting, leases, runs, failures, *drift)
         yield from self._signals(gauge)
