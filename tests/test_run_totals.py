@@ -206,3 +206,43 @@ def test_verify_finds_run_totals_that_differ_from_the_events(tmp_path: Path, clo
     assert len(problems) == 1 and "run totals differ from its events in 3 row(s)" in problems[0]
     store.rebuild_index()
     assert store.verify(full=True).clean
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_rebuild_counts_the_runs_as_the_sql_does(tmp_path: Path, clock: list[datetime], workers: int) -> None:
+    from statekit.index.rebuild import Chunk, rebuild
+
+    store = Store.init(tmp_path / "s", clock=lambda: clock[0])
+    ends(store, clock)
+    expected = agree(store)
+    rebuild(store.writer, workers=workers)  # the chunks count them (in the pool's workers too)
+    assert agree(store) == expected
+    with store.index.engine.connect() as conn:
+        rows = [tuple(r) for r in conn.exec_driver_sql(
+            "SELECT show_id, episode_id, version, at, kind, from_stage, to_stage, message, cost, data, stage "
+            "FROM events")]
+    chunk = Chunk()
+    chunk.count_runs(rows)
+    assert chunk.runs is not None
+    assert sorted((*key, n) for key, n in chunk.runs.items()) == expected
+    odd = [r[:9] + (r[9].replace('"error_kind":"transient_network"', '"error_kind":7'), r[10]) for r in rows]
+    assert odd != rows
+    chunk = Chunk()
+    chunk.count_runs(odd)  # a value that is not text: left to the SQL, which counts it in its own way
+    assert chunk.runs is None
+
+
+def test_a_rebuild_whose_chunks_leave_the_count_to_the_sql_counts_them_too(
+        tmp_path: Path, clock: list[datetime], monkeypatch: pytest.MonkeyPatch) -> None:
+    from statekit.index.rebuild import Chunk
+
+    store = Store.init(tmp_path / "s", clock=lambda: clock[0])
+    ends(store, clock)
+    expected = agree(store)
+
+    def unsure(chunk: Chunk, lines: list[tuple[Any, ...]]) -> None:
+        chunk.runs = None
+
+    monkeypatch.setattr(Chunk, "count_runs", unsure)
+    store.rebuild_index()
+    assert agree(store) == expected

@@ -718,20 +718,19 @@ class Index:
 
 def create_schema(conn: Connection, *, triggers: bool = True) -> None:
     """Tables, indexes, the view and the triggers, as the Alembic revisions make them.
-    ``triggers=False`` (a rebuild, whose events go in first): ``follow_events`` adds them."""
+    ``triggers=False`` (a rebuild, whose events go in first): ``add_triggers`` adds them."""
     metadata.create_all(conn)
     from .tables import STAGE_COUNTS_VIEW
 
     conn.exec_driver_sql(STAGE_COUNTS_VIEW)
     if triggers:
-        follow_events(conn)
+        add_triggers(conn)
 
 
-def follow_events(conn: Connection) -> None:
-    """``run_totals`` counted from the events, and the triggers that keep it in step from now on."""
-    from .tables import fill_run_totals, run_totals_ddl
+def add_triggers(conn: Connection) -> None:
+    """The triggers that keep ``run_totals`` in step with the events (``tables.run_totals_ddl``)."""
+    from .tables import run_totals_ddl
 
-    fill_run_totals(conn)
     for statement in run_totals_ddl(conn.dialect.name):
         conn.exec_driver_sql(statement)
 

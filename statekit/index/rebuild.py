@@ -11,6 +11,7 @@ from collections.abc import Callable, Sequence
 from operator import itemgetter
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from sqlalchemy import inspect
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,7 +25,7 @@ from ..errors import (
     UnsafePathError,
     ValidationError,
 )
-from .db import Index, create_schema, engine_for, follow_events
+from .db import Index, add_triggers, create_schema, engine_for
 from .dialect import (
     WRITE,
     Compiled,
@@ -53,9 +54,11 @@ from .scan import (
 from .tables import (
     INDEX_REVISION,
     ROWS_REVISION,
+    RUN_ENDS,
     fill_run_totals,
     index_meta,
     metadata,
+    run_totals,
     stage_totals,
     unique_keys,
     unique_values,
@@ -117,14 +120,13 @@ def rebuild_locked(writer: Writer, index: Index, progress: Progress | None, repo
     target = database_path(index.engine)
     if target is None:  # a server database: rebuild in one transaction (the live leases stay)
         with index.engine.connect().execution_options(**WRITE) as conn, conn.begin():
-            # the run totals are counted once the events are in, not row by row (the trigger is off
-            # in this transaction only; it takes a lock that lets readers read)
+            # the run totals are counted by the fill, not by the trigger for each row deleted (it is off
+            # in this transaction only; that takes a lock that lets readers read)
             conn.exec_driver_sql("ALTER TABLE events DISABLE TRIGGER run_totals_follow")
             for table in metadata.sorted_tables:
                 if table is not leases_table:
                     conn.execute(table.delete())
             leased = _fill(writer, conn, report, progress, workers)
-            fill_run_totals(conn)
             conn.exec_driver_sql("ALTER TABLE events ENABLE TRIGGER run_totals_follow")
             restore_leases(conn, (), writer.clock(), leased)
             mark_rows_derived(conn)
@@ -141,7 +143,7 @@ def rebuild_locked(writer: Writer, index: Index, progress: Progress | None, repo
                 stamp_revision(conn)
             with conn.begin():
                 leased = _fill(writer, conn, report, progress, workers, built)
-                follow_events(conn)
+                add_triggers(conn)
             with conn.begin():  # read last, so that few renewals or claims fall between this and the swap
                 restore_leases(conn, old_leases(index), writer.clock(), leased)
         finish_build(engine)
@@ -180,6 +182,7 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
     claims: list[dict[str, Any]] = []
     leased: list[tuple[str, str]] = []
     order: dict[str, dict[str, int]] = {}
+    run_ends: dict[tuple[str, str, str, str], int] | None = {}  # ``run_totals``' rows, as the chunks count them
     for show in dirs(os.path.join(writer.root, "shows")):  # every show, with or without episodes
         try:
             listed, data, raw = show_order(writer, show)
@@ -247,6 +250,8 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
                 chunk.leased.append((item[0], item[1]))
             chunk.events.extend(lines)
             chunk.count(item[0], stage, costs)
+            if chunk.runs is not None:
+                chunk.count_runs(lines)
         chunk.size, chunk.episodes, chunk.n_events = len(items), len(chunk.rows), len(chunk.events)
         return chunk
 
@@ -283,6 +288,11 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
                 report.pending.append(f"{show}/{ep}")
             if claimed:
                 claims.extend(claimed)
+        if chunk.runs is None:
+            run_ends = None
+        elif run_ends is not None:
+            for key, n in chunk.runs.items():
+                run_ends[key] = run_ends.get(key, 0) + n
         for key, (n_episodes, amounts) in chunk.deltas.items():  # in the order one process adds them
             totals = deltas[key]
             totals[0] += n_episodes
@@ -306,6 +316,11 @@ def _fill(writer: Writer, conn: Connection, report: RebuildReport, progress: Pro
         conn.execute(unique_keys.insert(), [{"key": k} for k in writer.config.unique])
     if claims:
         conn.execute(unique_values.insert(), claims)
+    if run_ends is None:  # a value the SQL counts in its own way: counted from the rows
+        fill_run_totals(conn)
+    elif run_ends:
+        conn.execute(run_totals.insert(), [{"show_id": s, "stage": st, "kind": k, "error_kind": e, "runs": n}
+                                           for (s, st, k, e), n in run_ends.items()])
     windows = {stage: limit.window[1] for stage, limit in writer.config.limits.items() if limit.window is not None}
     if windows:  # the rate limits' windows, from the start events (the table is coordination state)
         LeaseTable(conn.engine).refill_starts(conn, windows, writer.clock())
@@ -320,7 +335,7 @@ class Chunk:
     deltas: per (show, stage), in the order first met, the episodes and the costs one by one (the
     parent adds them up in the order one process does, so the sums are the same floats)."""
 
-    __slots__ = ("rows", "events", "skipped", "notes", "leased", "deltas", "episodes", "n_events", "size")
+    __slots__ = ("rows", "events", "skipped", "notes", "leased", "deltas", "runs", "episodes", "n_events", "size")
 
     def __init__(self) -> None:
         self.rows: list[tuple[Any, ...]] = []
@@ -329,7 +344,34 @@ class Chunk:
         self.notes: list[tuple[str, str, Problem | None, bool, list[dict[str, Any]] | None]] = []
         self.leased: list[tuple[str, str]] = []
         self.deltas: dict[tuple[str, str], list[Any]] = {}
+        self.runs: dict[tuple[str, str, str, str], int] | None = {}
+        """``run_totals``' rows of the chunk's events; None if one holds a value (not text) that
+        only the SQL counts alike (``tables.run_totals_select``: the parent then counts them all)."""
         self.episodes = self.n_events = self.size = 0
+
+    def count_runs(self, lines: list[tuple[Any, ...]]) -> None:
+        """Each run's end among event rows (``EVENT_COLUMNS`` tuples) counted under its
+        ``run_totals`` key, as ``tables.run_totals_select`` counts it (for text values)."""
+        runs = self.runs
+        assert runs is not None
+        for values in lines:
+            kind = values[_KIND]
+            if kind not in RUN_ENDS:
+                continue
+            data = orjson.loads(values[_DATA])
+            stage = values[_FROM]
+            if stage is None:
+                stage = data.get("run_stage", None) if type(data) is dict else None
+                if stage is None:
+                    stage = "unknown"
+            error = "" if kind == "finish" else data.get("error_kind", None) if type(data) is dict else None
+            if error is None:
+                error = "unknown"
+            if type(stage) is not str or type(error) is not str:
+                self.runs = None
+                return
+            key = (values[0], stage, kind, error)
+            runs[key] = runs.get(key, 0) + 1
 
     def count(self, show: str, stage: str, costs: dict[str, float]) -> None:
         """``totals_delta(deltas, show, None, (stage, costs))``, the costs kept one by one."""
@@ -376,6 +418,7 @@ def shows_insert() -> Any:
     return show_table.insert()
 
 
+_KIND, _FROM, _DATA = (EVENT_COLUMNS.index(name) for name in ("kind", "from_stage", "data"))
 EPISODE_COLUMNS = tuple(c.name for c in episodes_table.columns)
 """The episodes columns in the order of a rebuild's row tuples."""
 LEASE_AT = EPISODE_COLUMNS.index("lease_expires_at")
