@@ -189,8 +189,8 @@ stage_totals = Table(
 # ``RUN_FAILED``) and error kind ('' for a finish): the events of those kinds counted as
 # ``run_totals_select`` counts them. The write path adds each run's end with its event
 # (``run_end_added``, from the row just written); the database's own triggers
-# (``run_totals_ddl``) take off what an update or a delete of an event row removes; a rebuild
-# counts them all at once. A metrics scrape reads a few rows, not every event. A row that
+# (``run_totals_ddl``) take off what an update or a delete of an event row removes; a rebuild's
+# chunks count them with their events. A metrics scrape reads a few rows, not every event. A row that
 # falls to 0 stays: its rows of more than 0 are exactly that count (``verify`` checks it).
 run_totals = Table(
     "run_totals",
