@@ -569,3 +569,20 @@ def test_index_after_random_operations_and_sync_equals_a_rebuild(tmp_path_factor
     store.rebuild_index()
     assert index_rows(store) == synced
     assert store.verify().clean, store.verify().problems
+
+
+def test_opening_an_index_at_the_current_revision_does_not_load_alembic(tmp_path: Path) -> None:
+    """Alembic (with Mako and Pygments) loads only for an upgrade: every command opens the
+    index; and an upgrade Alembic refuses, in a process that had not loaded it, still rebuilds."""
+    store = Store.init(tmp_path / "s")
+    store.create("s", "e")
+    store.close()
+    script = ("import sys\nfrom statekit import Store\nstore = Store.open(sys.argv[1])\n"
+              "print(store.counts()['discovered'], 'alembic' in sys.modules)")
+    opened = subprocess.run([sys.executable, "-c", script, str(store.root)], capture_output=True, text=True)
+    assert opened.returncode == 0 and opened.stdout.split() == ["1", "False"], opened.stderr
+    with db(store) as conn:
+        conn.execute("UPDATE alembic_version SET version_num = '9999'")
+    rebuilt = subprocess.run([sys.executable, "-c", script, str(store.root)], capture_output=True, text=True)
+    assert rebuilt.returncode == 0 and rebuilt.stdout.split() == ["1", "True"], rebuilt.stderr
+    assert "rebuilding it from the files" in rebuilt.stderr

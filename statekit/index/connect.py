@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from alembic.util import CommandError
 from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
@@ -62,6 +62,18 @@ def alembic_upgrade(conn: Connection, revision: str = "head") -> None:
     command.upgrade(config, revision)
 
 
+class _NoAlembicError(Exception):
+    """Never raised: what ``upgrade_error`` names while Alembic is not loaded."""
+
+
+def upgrade_error() -> type[Exception]:
+    """Alembic's ``CommandError`` once an upgrade loaded Alembic (none can be raised before):
+    Alembic is not imported to open an index at the current revision, every command's case
+    (with Mako and Pygments, about 40 ms of a command's start)."""
+    util = sys.modules.get("alembic.util")
+    return getattr(util, "CommandError", _NoAlembicError)
+
+
 def open_index(writer: Writer, url: str | None = None) -> Index:
     """The store's index, at the current revision and filled from the files.
 
@@ -95,7 +107,7 @@ def open_index(writer: Writer, url: str | None = None) -> Index:
                         alembic_upgrade(conn)
             filled = conn.execute(select(episodes.c.show_id).limit(1)).first() is not None
             derived = rows_revision(conn)
-    except (SQLAlchemyError, CommandError, StatekitError, OSError) as exc:  # cannot be upgraded: rebuild
+    except (SQLAlchemyError, upgrade_error(), StatekitError, OSError) as exc:  # cannot be upgraded: rebuild
         if url is not None:
             raise
         log.warning("statekit: the index could not be opened or upgraded (%s); rebuilding it from the files", exc)
