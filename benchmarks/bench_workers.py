@@ -133,7 +133,7 @@ def main() -> None:
                 row["ratio_to_1"] = round(float(row["runs_per_s"]) / float(one), 2)
             kill_times = takeover(base, pg, args.kills)
             results[name] = {"runs": rows, "kill_to_running_s": [round(t, 2) for t in kill_times],
-                             "median_kill_to_running_s": round(statistics.median(kill_times), 2)}
+                             "median_kill_to_running_s": round(statistics.median(kill_times), 2) if kill_times else None}
     if args.json:
         print(json.dumps(results, indent=2))
         return
@@ -142,8 +142,9 @@ def main() -> None:
         for row in r["runs"]:  # type: ignore[union-attr]
             print(f"  {row['workers']} worker(s): {row['runs_per_s']:7.1f} runs/s  x{row['ratio_to_1']:.2f}  "
                   f"lost claims {row['lost_claims']}")
-        print(f"  kill -9 to running again (3 s lease): median {r['median_kill_to_running_s']} s "
-              f"{r['kill_to_running_s']}")
+        if r["kill_to_running_s"]:  # (none with --kills 0)
+            print(f"  kill -9 to running again (3 s lease): median {r['median_kill_to_running_s']} s "
+                  f"{r['kill_to_running_s']}")
 
 
 if __name__ == "__main__":
