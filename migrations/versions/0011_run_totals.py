@@ -1,11 +1,12 @@
 """Runs that ended, counted as they end: ``run_totals``.
 
 Per show, stage, kind of end (``finish``, ``fail``, ``recovered``) and error
-kind, how many runs ended: the events of those kinds, counted by the
-database's triggers on ``events`` as they are written (and taken off when
-they are deleted), so the metrics' run and failure counters read a few rows
-instead of every event. Filled here from the events already indexed; the
-rows of the other tables are not changed (``rows_revision`` stays).
+kind, how many runs ended: the events of those kinds, counted by the write
+path as it writes them, and taken off by the database's triggers on
+``events`` when such a row is updated or deleted, so the metrics' run and
+failure counters read a few rows instead of every event. Filled here from
+the events already indexed; the rows of the other tables are not changed
+(``rows_revision`` stays).
 
 The triggers' statements are the code's (``statekit.index.tables``), so a
 store upgraded here and one whose index was rebuilt hold the same ones.
