@@ -1,7 +1,8 @@
-"""``run_totals`` (index revision 0011): the runs that ended, counted by the database's own
-triggers as the events are written, are always what counting every event gives, whatever
-wrote the events (a run's end, a recovery, a delete, a sync of a hand edit, a rebuild, an
-upgrade), in SQLite and in PostgreSQL; the metrics' run and failure counters read them."""
+"""``run_totals`` (index revision 0011): the runs that ended, added by the write path with their
+events and taken off by the database's triggers when an event row is updated or deleted, are
+always what counting every event gives, whatever wrote the events (a run's end, a recovery, a
+delete, a sync of a hand edit, a rebuild, an upgrade), in SQLite and in PostgreSQL; the
+metrics' run and failure counters read them."""
 
 from __future__ import annotations
 
