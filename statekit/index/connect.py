@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import os
-import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -52,26 +51,21 @@ def migrations_dir() -> str:
 
 
 def alembic_upgrade(conn: Connection, revision: str = "head") -> None:
-    """Run the Alembic migrations on ``conn`` (handed to env.py)."""
+    """Run the Alembic migrations on ``conn`` (handed to env.py). Alembic is imported only here:
+    an index at the current revision, every command's case, never loads it (with Mako and
+    Pygments, about 0.1 s of a command's start). ``IndexUnavailableError`` if Alembic refuses."""
     from alembic import command
     from alembic.config import Config
+    from alembic.util import CommandError
 
     config = Config()
     config.set_main_option("script_location", migrations_dir())
     config.attributes["connection"] = conn
-    command.upgrade(config, revision)
-
-
-class _NoAlembicError(Exception):
-    """Never raised: what ``upgrade_error`` names while Alembic is not loaded."""
-
-
-def upgrade_error() -> type[Exception]:
-    """Alembic's ``CommandError`` once an upgrade loaded Alembic (none can be raised before):
-    Alembic is not imported to open an index at the current revision, every command's case
-    (with Mako and Pygments, about 0.1 s of a command's start)."""
-    util = sys.modules.get("alembic.util")
-    return getattr(util, "CommandError", _NoAlembicError)
+    try:
+        command.upgrade(config, revision)
+    except CommandError as exc:  # (an unknown revision, a broken history)
+        raise IndexUnavailableError(f"Alembic cannot upgrade it: {exc}",
+                                    hint="'statekit rebuild-index' builds it again from the files") from exc
 
 
 def open_index(writer: Writer, url: str | None = None) -> Index:
@@ -107,7 +101,7 @@ def open_index(writer: Writer, url: str | None = None) -> Index:
                         alembic_upgrade(conn)
             filled = conn.execute(select(episodes.c.show_id).limit(1)).first() is not None
             derived = rows_revision(conn)
-    except (SQLAlchemyError, upgrade_error(), StatekitError, OSError) as exc:  # cannot be upgraded: rebuild
+    except (SQLAlchemyError, StatekitError, OSError) as exc:  # cannot be upgraded: rebuild
         if url is not None:
             raise
         log.warning("statekit: the index could not be opened or upgraded (%s); rebuilding it from the files", exc)

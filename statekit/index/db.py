@@ -56,6 +56,7 @@ from .tables import (
     leases,
     metadata,
     run_end_added,
+    run_totals_ddl,
     shows,
     stage_totals,
     unique_keys,
@@ -729,8 +730,6 @@ def create_schema(conn: Connection, *, triggers: bool = True) -> None:
 
 def add_triggers(conn: Connection) -> None:
     """The triggers that keep ``run_totals`` in step with the events (``tables.run_totals_ddl``)."""
-    from .tables import run_totals_ddl
-
     for statement in run_totals_ddl(conn.dialect.name):
         conn.exec_driver_sql(statement)
 
