@@ -4,8 +4,9 @@ process finds."""
 
 from __future__ import annotations
 
+import random
 import sqlite3
-from datetime import timedelta
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import pytest
@@ -101,6 +102,119 @@ def test_queries_of_a_few_rows_read_them_through_an_index_not_the_table(store: S
             continue
         assert text.startswith(("SEARCH episodes USING INDEX", "SCAN episodes USING INDEX episodes_with_errors",
                                 "SCAN episodes USING INDEX episodes_in_order")), (name, text)
+
+
+def test_the_leased_rows_are_read_through_their_partial_index(store: Store) -> None:
+    """The leases gauge, recover's expired leases and gc's live runs read the few rows whose file
+    records a lease (``episodes_leased``, revision 0012), not every row; and find them all."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from statekit.signals.metrics import exposition
+
+    rich(store)  # t/held: a run's lease of 600 s
+    for i in range(300):
+        store.create("many", f"e{i}")
+    conn = sqlite3.connect(Path(store.root, ".statekit/index.db"))
+    conn.execute("ANALYZE")
+    conn.close()
+    index = store.writer.index
+    seen: list[str] = []
+    driver = index._writer()  # this thread's connection: every read below runs on it
+    driver.set_trace_callback(seen.append)
+    try:
+        expired = index.expired_leases(store.writer.clock() + timedelta(seconds=601))
+        live = store.queries.live_runs()
+        samples = {(s.name, s.labels.get("state")): s.value
+                   for f in text_string_to_metric_families(exposition(store.writer, "x").decode())
+                   for s in f.samples if s.name == "statekit_leases"}
+    finally:
+        driver.set_trace_callback(None)
+    assert expired == [("t", "held")]
+    assert live == {store.get("t", "held").lease.run_id}  # type: ignore[union-attr]
+    assert samples == {("statekit_leases", "live"): 1, ("statekit_leases", "expired"): 0}
+    asked = [sql for sql in seen if sql.lstrip().startswith("SELECT") and "lease_expires_at" in sql
+             and "ready_for" not in sql]
+    assert len(asked) == 3, asked
+    for sql in asked:
+        assert "INDEX episodes_leased" in plan(store, sql), sql
+
+
+OLD_OLDEST_WAITING = (  # the gauge's query before revision 0012: it read every ready row
+    "SELECT ready_for, min(coalesce(due_at, stage_entered_at)) FROM episodes "
+    "WHERE ready_for IS NOT NULL AND lease_owner IS NULL GROUP BY ready_for")
+
+
+def waiting_store(store: Store, clock: list[datetime], seed: int) -> None:
+    """Episodes ready for several stages, created at different times, some with a priority
+    set, some held by a run (live or expired), some failed and waiting for a retry's backoff."""
+    rng = random.Random(seed)
+    for i in range(120):
+        clock[0] += timedelta(seconds=rng.randint(1, 600))
+        show, ep = f"s{i % 3}", f"e{i:03d}"
+        store.create(show, ep)
+        roll = rng.random()
+        if roll < 0.3:
+            store.advance(show, ep, "downloading")
+            store.advance(show, ep, "downloaded")
+        if rng.random() < 0.3:
+            store.prioritize(show, ep, rng.choice([-2, 1, 5]))
+        stage = "converting" if roll < 0.3 else "downloading"
+        kind = rng.random()
+        if kind < 0.15:  # a failed run: waits for its backoff (due_at), or gave up
+            with store.run(show, ep, stage, reraise=False):
+                raise ConnectionError("timed out")
+        elif kind < 0.3:  # held by a run that is still going (its lease expires later, or already has)
+            store.run(show, ep, stage, owner=f"w{i}", lease_seconds=rng.choice([1, 3600])).__enter__()
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_the_oldest_waiting_gauge_reads_steps_of_the_indexes_and_finds_what_every_row_gives(
+        tmp_path: Path, seed: int) -> None:
+    from statekit.signals.metrics import oldest_waiting
+
+    clock = [datetime(2026, 1, 1, tzinfo=timezone.utc)]
+    store = Store.init(tmp_path / "store", clock=lambda: clock[0])
+    waiting_store(store, clock, seed)
+    clock[0] += timedelta(seconds=30)
+    db = sqlite3.connect(Path(store.root, ".statekit/index.db"))
+    try:
+        due, leased = db.execute("SELECT count(due_at), count(lease_owner) FROM episodes").fetchone()
+        assert due and leased  # the store holds what the gauge passes over
+        assert len({p for (p,) in db.execute("SELECT DISTINCT priority FROM episodes")}) > 2
+        expected = {stage: datetime.fromisoformat(t.replace("Z", "+00:00"))
+                    for stage, t in db.execute(OLD_OLDEST_WAITING)}
+        assert len(expected) >= 2
+    finally:
+        db.close()
+    index = store.writer.index
+    seen: list[str] = []
+    driver = index._writer()
+    driver.set_trace_callback(seen.append)
+    try:
+        with index.reading() as conn:
+            assert oldest_waiting(conn) == expected
+    finally:
+        driver.set_trace_callback(None)
+    asked = [sql for sql in seen if sql.lstrip().startswith("SELECT")]
+    assert len(asked) > 5
+    for sql in asked:  # every step a range of an index: no read of every row
+        text = plan(store, sql)
+        assert "INDEX episodes_by_ready_for" in text or "INDEX episodes_due" in text, (sql, text)
+        assert "SCAN episodes " not in text.replace("SCAN episodes USING INDEX episodes_due", ""), (sql, text)
+
+
+def test_the_oldest_waiting_gauge_finds_the_same_in_postgresql(tmp_path: Path, pg_url: str) -> None:
+    from sqlalchemy import text
+
+    from statekit.signals.metrics import oldest_waiting
+
+    clock = [datetime(2026, 1, 1, tzinfo=timezone.utc)]
+    store = Store.init(tmp_path / "store", clock=lambda: clock[0], index_url=pg_url)
+    waiting_store(store, clock, 3)
+    with store.writer.index.reading() as conn:
+        expected = {stage: at for stage, at in conn.execute(text(OLD_OLDEST_WAITING))}
+        assert len(expected) >= 2
+        assert oldest_waiting(conn) == expected
 
 
 def busy_store(store: Store, n: int = 700) -> None:

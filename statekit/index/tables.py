@@ -145,6 +145,13 @@ episodes = Table(
     # revision 0009: the few rows with a pending edit (no entry for the others: a write pays nothing)
     Index("episodes_pending", "show_id", "episode_id", sqlite_where=text("pending IS NOT NULL"),
           postgresql_where=text("pending IS NOT NULL")),
+    # revision 0012: the few rows whose file records a run's lease (the leases gauge, recover's
+    # expired leases, gc's live runs), and those waiting for a retry's backoff (the oldest-waiting
+    # gauge); no entry for the others: a write outside a run or a backoff pays nothing
+    Index("episodes_leased", "lease_expires_at", sqlite_where=text("lease_expires_at IS NOT NULL"),
+          postgresql_where=text("lease_expires_at IS NOT NULL")),
+    Index("episodes_due", "due_at", sqlite_where=text("due_at IS NOT NULL"),
+          postgresql_where=text("due_at IS NOT NULL")),
 )
 # what next() and claims ask (revision 0008: priority first); every other index costs each write a page more
 Index("episodes_by_ready_for", episodes.c.ready_for, episodes.c.priority.desc(), episodes.c.stage_entered_at)
@@ -335,7 +342,7 @@ STAGE_COUNTS_VIEW = (
     "SELECT show_id, stage, episodes AS n FROM stage_totals WHERE episodes > 0"
 )
 
-INDEX_REVISION = "0011"
+INDEX_REVISION = "0012"
 """The Alembic head revision this code writes; a test keeps it equal to the
 head in migrations/versions (checked on every open without loading Alembic)."""
 
