@@ -19,9 +19,9 @@ Targets (issue 16), each against a baseline measured in the same run:
   stage nearly every episode is in), with_errors and a failed-list
   (30 episodes with a failed run each, at every size), stuck (about 100 rows):
   <= 2 ms median, flat;
-- metrics: a Prometheus scrape (``/metrics``), no target of the issue's: its run and failure
-  counters read ``run_totals`` (flat); the leases and the oldest-waiting gauges still read
-  every episode row (they grow with the store);
+- metrics: a Prometheus scrape (``/metrics``), no target of the issue's: flat (its run and
+  failure counters read ``run_totals``; the leases and the oldest-waiting gauges the partial
+  indexes of revision 0012 and steps of ``episodes_by_ready_for``);
 - sync with nothing changed: against a bare stat walk of the episode files;
 - verify, rebuild: against a bare walk + read + parse of the same files
   (PyYAML's C loader or orjson, and orjson for the event lines); rebuild
