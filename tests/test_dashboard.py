@@ -123,6 +123,44 @@ def test_episodes_per_stage_and_search(client: TestClient) -> None:
     assert 'id="search"' in html and "2 episode(s)" in html
 
 
+def test_the_search_reads_the_show_order_index_not_every_row(root: str) -> None:
+    """A search and its count read ``episodes_in_order``, which holds the title (revision 0013):
+    SQLite's LIKE ignores the case of ASCII letters itself, so the columns need no lower()."""
+    import sqlite3
+
+    writer = Store.open(root)
+    writer.create("tidal", "tn2", title="Café Ünïcode")
+    writer.close()
+    board = Dashboard(Store.open(root, read_only=True))
+    seen: list[str] = []
+    driver = board.store.index._writer()  # this thread's connection: the reads below run on it
+    driver.set_trace_callback(seen.append)
+    try:
+        found = {q: [e.episode_id for e in board.episodes(query=q).rows]
+                 for q in ("STARS", "stars", "café", "CAFÉ", "Ünï", "ünïcode", "ÜNÏ", "TN", "Oliver", "nothing")}
+        staged = board.episodes(stage="downloading", query="TIDAL")
+    finally:
+        driver.set_trace_callback(None)
+        board.close()
+    assert found == {"STARS": ["ep001"], "stars": ["ep001"], "café": ["tn2"], "CAFÉ": ["tn2"], "Ünï": ["tn2"],
+                     "ünïcode": ["tn2"], "ÜNÏ": ["tn2"], "TN": ["tn1", "tn2"], "Oliver": ["ep001", "ep002", "ep003"],
+                     "nothing": []}  # (SQLite's LIKE minds the case of "Ü": "ÜNÏ" is tried as "Ünï" too)
+    assert [e.episode_id for e in staged.rows] == ["tn1"] and staged.total == 1
+    searched = [sql for sql in seen if " LIKE " in sql]
+    assert len(searched) == 22 and not any("lower(" in sql for sql in searched)
+    db = sqlite3.connect(Path(root, ".statekit/index.db"))
+    try:
+        plans = [" | ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + sql)) for sql in searched]
+    finally:
+        db.close()
+    for sql, plan in zip(searched, plans):
+        if "stage =" in sql:  # (the stage is in the row: its rows from the stage's index)
+            continue
+        assert "INDEX episodes_in_order" in plan, (sql, plan)
+        if sql.startswith("SELECT count(*)"):  # the count never reads a row of the table
+            assert "COVERING INDEX episodes_in_order" in plan, (sql, plan)
+
+
 def test_episode_page_has_state_assets_lease_and_full_history(client: TestClient, root: str) -> None:
     html = client.get("/episodes/oliver/ep001").text
     assert "Journey to the Stars" in html and "source.wav" in html and "audio/x-wav" in html
@@ -389,6 +427,9 @@ def test_the_dashboard_on_a_server_index_reads_through_read_only_sessions(tmp_pa
             assert c.get("/api/version").json()["version"] != before
             assert re.search(r'id="total-episodes">4<', c.get("/").text)
             assert c.get("/api/episodes", params={"stage": "downloading"}).json()["total"] == 3
+            # PostgreSQL's LIKE minds the case: the columns are folded with lower() there
+            assert [e["episode_id"] for e in c.get("/api/episodes", params={"q": "STARS"}).json()["episodes"]] == [
+                "ep001"]
         with pytest.raises(DBAPIError, match="read-only"), board.store.index.engine.connect() as conn:
             conn.exec_driver_sql("DELETE FROM episodes")
         board.close()

@@ -244,17 +244,22 @@ def test_a_write_that_leaves_the_guarded_columns_alone_takes_the_guarded_update(
             def params_of(_values: Any) -> tuple[()]:
                 return ()
 
-        index._replace_from_row = Refused  # type: ignore[assignment]  # the full UPDATE would now fail
-        wal = tmp_path / "s" / ".statekit" / "index.db-wal"
+        full, index._replace_from_row = index._replace_from_row, Refused  # type: ignore[assignment]
+        wal = tmp_path / "s" / ".statekit" / "index.db-wal"  # (the full UPDATE would now fail)
         before = wal.stat().st_size
         store.advance("s", "e", "failed")
         moved = wal.stat().st_size - before
-        store.update("s", "e", title="u")
+        store.update("s", "e", metadata={"k": "v"})
         updated = wal.stat().st_size - moved - before
+        assert store.list(stage="failed")[0].metadata == {"k": "v"}
+        index._replace_from_row = full  # a new title (rare): the full UPDATE, as the index holds it (0013)
+        store.update("s", "e", title="u")
+        retitled = wal.stat().st_size - updated - moved - before
         assert store.list(stage="failed")[0].title == "u"
     finally:
         store.close()
     frame = 4096 + 24
     # a move: the row, its two stage indexes, the event and its key, the stages' totals; an
-    # update: the row, the event and its key (no index entry rewritten to the value it had)
-    assert (moved // frame, updated // frame) == (6, 3)
+    # update: the row, the event and its key (no index entry rewritten to the value it had);
+    # a new title: the full UPDATE writes every index entry of the row again (4 of them)
+    assert (moved // frame, updated // frame, retitled // frame) == (6, 3, 7)

@@ -92,6 +92,16 @@ def _like(text: str) -> str:
     return "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
 
 
+def search_patterns(text: str) -> list[str]:
+    """The LIKE patterns a search for ``text`` tries (any one matching will do), any case of it
+    meant. The database's LIKE (SQLite's; ILIKE in PostgreSQL) ignores the case of ASCII letters
+    itself, but not always of the others (SQLite never does; PostgreSQL by its locale): a text
+    with other letters is tried as typed, and in lower, upper and title case."""
+    if text.isascii():
+        return [_like(text)]
+    return list(dict.fromkeys(_like(t) for t in (text, text.lower(), text.upper(), text.title())))
+
+
 class Dashboard:
     """The dashboard's reads of one read-only ``store``; safe to share between threads."""
 
@@ -175,10 +185,13 @@ class Dashboard:
             where.append(episodes.c.show_id == show)
         if stage is not None:
             where.append(episodes.c.stage == stage)
-        text = query.strip().lower()
+        text = query.strip()
         if text:
-            pattern = _like(text)
-            where.append(or_(*(func.lower(c).like(pattern, escape="\\")
+            # the columns as they are (no lower() on each row): SQLite reads them from the show-order
+            # index, which holds the title (revision 0013)
+            sqlite = self.store.index.dialect == "sqlite"
+            where.append(or_(*((c.like(p, escape="\\") if sqlite else c.ilike(p, escape="\\"))
+                               for p in search_patterns(text)
                                for c in (episodes.c.episode_id, episodes.c.title, episodes.c.show_id))))
         columns = [episodes.c.show_id, episodes.c.episode_id, episodes.c.title, episodes.c.stage,
                    episodes.c.version, episodes.c.updated_at, episodes.c.cost_total, episodes.c.attempts_total,

@@ -88,11 +88,12 @@ TOTALS = ("show_id", "stage", "episodes", "cost")
 TOTALS_2 = tuple(f"{name}_{i}" for i in range(2) for name in TOTALS)
 """The parameters of the two-row upsert of ``stage_totals`` (``dialect.upsert(..., rows=2)``)."""
 
-KEPT_INDEXED = ("file_stamp", "priority", "pending", "created_at")
+KEPT_INDEXED = ("file_stamp", "priority", "pending", "created_at", "title")
 """Indexed columns (``episodes_files``, ``episodes_by_ready_for``, ``episodes_pending``,
 ``episodes_in_order``) that a write rarely changes: a file's stamp is set by ``sync``, not by a
 write (a write's file is always racy-new), ``priority`` by ``prioritize``, ``pending`` is NULL
-after every commit, and ``created_at`` stays what the create made it."""
+after every commit, ``created_at`` stays what the create made it, and ``title`` what an update
+last set."""
 
 GUARDS = (
     KEPT_INDEXED,

@@ -157,8 +157,10 @@ episodes = Table(
 Index("episodes_by_ready_for", episodes.c.ready_for, episodes.c.priority.desc(), episodes.c.stage_entered_at)
 # revision 0010: list() in show order, a page at a time (``limit``, ``after``): each page found at
 # once, however deep. A create adds an entry; a write leaves it alone (its columns never change
-# there: ``db.KEPT_INDEXED``), as it does when show.yaml's hand-set order moves an episode
-Index("episodes_in_order", episodes.c.show_id, episodes.c.position, episodes.c.created_at, episodes.c.episode_id)
+# there: ``db.KEPT_INDEXED``), as it does when show.yaml's hand-set order moves an episode.
+# Revision 0013: with the title, the dashboard's search reads the index, not every row
+Index("episodes_in_order", episodes.c.show_id, episodes.c.position, episodes.c.created_at, episodes.c.episode_id,
+      episodes.c.title)
 
 events = Table(
     "events",
@@ -342,7 +344,7 @@ STAGE_COUNTS_VIEW = (
     "SELECT show_id, stage, episodes AS n FROM stage_totals WHERE episodes > 0"
 )
 
-INDEX_REVISION = "0012"
+INDEX_REVISION = "0013"
 """The Alembic head revision this code writes; a test keeps it equal to the
 head in migrations/versions (checked on every open without loading Alembic)."""
 
