@@ -159,8 +159,8 @@ def oldest_waiting(conn: Any) -> dict[str, datetime]:
     episodes ready for it and not leased, the earliest of each one's ``due_at`` (a retry's
     backoff) or else its ``stage_entered_at``. Read in steps of the indexes, not from every
     ready row: ``episodes_by_ready_for`` gives the stages, each stage's priorities and, in
-    each, the first row that waits for no backoff (a row held by a run or in backoff is
-    passed over: a few); ``episodes_due`` the rows in backoff (revision 0012)."""
+    each, the first row in that order held by no run and in no backoff (the walk passes over
+    the others before it); ``episodes_due`` the rows in backoff (revision 0012)."""
     found: dict[str, datetime] = {}
 
     def earliest(stage: str, moment: Any) -> None:
