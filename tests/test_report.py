@@ -208,6 +208,18 @@ def test_failed_and_stuck_episodes_need_attention(data: dict[str, Any]) -> None:
     assert (data["attention_total"], data["attention_truncated"]) == (5, False)
 
 
+def test_a_long_attention_list_is_cut_to_the_most_urgent_items(store: Store,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the items listed are made (a large store may have thousands); all are counted."""
+    from statekit.report import compute
+
+    full = build_report(store, days=7, now=NOW)
+    monkeypatch.setattr(compute, "ATTENTION_LIMIT", 2)
+    cut = build_report(store, days=7, now=NOW)
+    assert cut.attention == full.attention[:2] and len(full.attention) == 5
+    assert (cut.attention_total, cut.attention_truncated, cut.attention_counts) == (5, True, full.attention_counts)
+
+
 def test_one_show(store: Store) -> None:
     only = json.loads(render(build_report(store, show="oliver", days=7, now=NOW), "json"))
     assert [s["show_id"] for s in only["shows"]] == ["oliver"] and only["scope"]["show"] == "oliver"

@@ -110,7 +110,7 @@ def build_report(store: Store, *, show: str | None = None, days: int = DEFAULT_D
                               failure_stage=p.failure_stage, give_up_stage=p.give_up_stage),
         scope=Scope(show=show, days=days, start=start, end=today,
                     stuck_after_hours=round(stuck_after.total_seconds() / 3600, 3)),
-        totals=totals, shows=summaries, attention=[a[4] for a in found[:ATTENTION_LIMIT]],
+        totals=totals, shows=summaries, attention=[_item(*a) for a in found[:ATTENTION_LIMIT]],
         attention_counts={r: counts[r] for r in REASONS if counts[r]}, attention_total=len(found),
         attention_truncated=len(found) > ATTENTION_LIMIT,
         paused=[PausedStage(stage=x.stage, show=x.show, since=x.at, by=x.by, note=x.note) for x in store.paused()
@@ -126,8 +126,9 @@ class _Reading:
         self.conn, self.p, self.show, self.now, self.cutoff = conn, p, show, now, cutoff
         self.start, self.today = start, today
         self.tallies: defaultdict[str, _Tally] = defaultdict(_Tally)
-        self.attention: list[tuple[int, datetime, str, str, AttentionItem]] = []
-        """(rank of the reason, since, show, episode, item): sorted, the most urgent first."""
+        self.attention: list[tuple[int, datetime, str, str, tuple[Any, ...]]] = []
+        """(rank of the reason, since, show, episode, what else its item shows): sorted, the most
+        urgent first; only the items listed are made (``_item``: a large store may have thousands)."""
 
     def _rows(self, stmt: Any, table: Any) -> Any:
         return self.conn.execute(stmt if self.show is None else stmt.where(table.c.show_id == self.show))
@@ -193,12 +194,18 @@ class _Reading:
         if found is None:
             return
         reason, since = found
-        item = AttentionItem(
-            show_id=show_id, episode_id=ep_id, title=title or "", stage=stage, reason=reason, since=since,
-            updated_at=updated_at, error_count=len(errors),
-            last_error_kind=str(last["kind"]) if last.get("kind") else None,
-            message=_short(data.get("hold")) or _short(last.get("message")) or _short(data.get("message")))
-        self.attention.append((REASONS.index(reason), since, show_id, ep_id, item))
+        self.attention.append((REASONS.index(reason), since, show_id, ep_id,
+                               (title, stage, updated_at, len(errors), last.get("kind"),
+                                (data.get("hold"), last.get("message"), data.get("message")))))
+
+
+def _item(rank: int, since: datetime, show_id: str, ep_id: str, seen: tuple[Any, ...]) -> AttentionItem:
+    """An entry of ``_Reading.attention`` as the report lists it."""
+    title, stage, updated_at, error_count, kind, messages = seen
+    return AttentionItem(
+        show_id=show_id, episode_id=ep_id, title=title or "", stage=stage, reason=REASONS[rank], since=since,
+        updated_at=updated_at, error_count=error_count, last_error_kind=str(kind) if kind else None,
+        message=next((short for short in map(_short, messages) if short), None))
 
 
 def attention_reason(p: Pipeline, now: datetime, cutoff: datetime, stage: str, updated_at: datetime,
