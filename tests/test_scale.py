@@ -104,6 +104,66 @@ def test_queries_of_a_few_rows_read_them_through_an_index_not_the_table(store: S
                                 "SCAN episodes USING INDEX episodes_in_order")), (name, text)
 
 
+def test_a_store_grown_by_its_creates_has_no_statistics_and_still_reads_few_rows(store: Store) -> None:
+    """A store filled by ``create`` has no ANALYZE statistics (its index was made empty); an index
+    an upgrade made again has lost its own. The questions of a show's marked rows and rows with
+    errors still read their partial indexes, not the show's every row through ``episodes_in_order``."""
+    rich(store)
+    for i in range(300):
+        store.create("s", f"e{i}")
+    conn = sqlite3.connect(Path(store.root, ".statekit/index.db"))
+    try:
+        assert conn.execute("SELECT count(*) FROM sqlite_stat1 WHERE idx = 'episodes_in_order'").fetchone() == (0,)
+    finally:
+        conn.close()
+    index = store.writer.index
+    seen: list[str] = []
+    driver = index._writer()
+    driver.set_trace_callback(seen.append)
+    try:
+        assert [e.key for e in store.with_errors(show="s")] == ["s/failing"]
+        assert len(store.list(show="s", limit=5, after="s/e100")) == 5
+    finally:
+        driver.set_trace_callback(None)
+    plans = {sql: plan(store, sql) for sql in seen if sql.lstrip().startswith("SELECT")}
+    errors = [p for sql, p in plans.items() if "error_count > 0" in sql]
+    marked = [p for sql, p in plans.items() if "pending IS NOT NULL" in sql]
+    assert errors and all("INDEX episodes_with_errors" in p for p in errors), errors
+    assert marked and all("INDEX episodes_pending" in p for p in marked), marked
+
+
+def test_an_upgrade_that_makes_indexes_leaves_their_statistics(tmp_path: Path) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    from statekit.index.connect import migrations_dir
+
+    store = Store.init(tmp_path / "s")
+    for i in range(50):
+        store.create("s", f"e{i}")
+    store.rebuild_index()  # its ANALYZE: statistics of every index with rows
+    config = Config()
+    config.set_main_option("script_location", migrations_dir())
+    with store.index.engine.connect() as conn, conn.begin():
+        config.attributes["connection"] = conn
+        command.downgrade(config, "0011")
+    store.close()
+    path = Path(store.root, ".statekit/index.db")
+
+    def analyzed() -> set[str]:
+        db = sqlite3.connect(path)
+        try:
+            return {idx for (idx,) in db.execute("SELECT idx FROM sqlite_stat1 WHERE tbl = 'episodes'")}
+        finally:
+            db.close()
+
+    assert "episodes_in_order" not in analyzed()  # made again by 0013's downgrade, without them
+    reopened = Store.open(store.root)  # upgraded to the head on open
+    assert reopened.counts()["discovered"] == 50
+    assert {"episodes_in_order", "episodes_by_stage", "episodes_files"} <= analyzed()
+    reopened.close()
+
+
 def test_the_leased_rows_are_read_through_their_partial_index(store: Store) -> None:
     """The leases gauge, recover's expired leases and gc's live runs read the few rows whose file
     records a lease (``episodes_leased``, revision 0012), not every row; and find them all."""
