@@ -19,6 +19,8 @@ Targets (issue 16), each against a baseline measured in the same run:
   stage nearly every episode is in), with_errors and a failed-list
   (30 episodes with a failed run each, at every size), stuck (about 100 rows):
   <= 2 ms median, flat;
+- the list questions again on the same index without the query planner's statistics (a store
+  filled by its creates has none; only a rebuild runs ANALYZE): flagged SLOW above 2 ms;
 - metrics: a Prometheus scrape (``/metrics``), no target of the issue's: flat (its run and
   failure counters read ``run_totals``; the leases and the oldest-waiting gauges the partial
   indexes of revision 0012 and steps of ``episodes_by_ready_for``);
@@ -45,6 +47,7 @@ import logging
 import os
 import random
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -222,6 +225,24 @@ def measure(size: int, calls: int, fmt: str, top: str, ledger: bool = True) -> d
     assert b'statekit_failures_total{kind="transient_network",stage="downloading"}' in exposition(store.writer, "x")
     assert len(store.with_errors(show)) == FAILED and len(store.list(stage="failed")) == FAILED
     assert 90 <= len(store.stuck(older, show)) <= 110, len(store.stuck(older, show))
+    # the same questions of the index without the query planner's statistics: a store filled by its
+    # creates has none (its index was made empty; only a rebuild runs ANALYZE)
+    store.close()
+    db = sqlite3.connect(os.path.join(root, ".statekit", "index.db"))
+    db.execute("DELETE FROM sqlite_stat1")
+    db.commit()
+    db.close()
+    store = Store.open(root)
+    store.counts()
+    for op, ask in (("list_page_100", lambda i: store.list(show, limit=100, after=f"{show}/{rng.choice(ids[:-100])}")),
+                    ("list_stage_page_100", lambda i: store.list(show, stage="converted", limit=100,
+                                                                 after=f"{show}/{rng.choice(ids[:-200])}")),
+                    ("list_stage_100", lambda i: store.list(stage="downloading")),
+                    ("next", lambda i: store.next("downloading", 10)),
+                    ("with_errors", lambda i: store.with_errors(show)),
+                    ("list_failed", lambda i: store.list(stage="failed")),
+                    ("stuck_100", lambda i: store.stuck(older, show))):
+        out[f"{op}_unanalyzed"] = per_call(ask, calls)
     start = time.perf_counter()
     bare_walk(root)
     out["bare_stat_walk"] = time.perf_counter() - start
@@ -375,7 +396,9 @@ def print_size(size: int, r: dict[str, float], runs: int = 1) -> None:
           f"ratio {r['bare_replace'] / r['advance']:.2f}x")
     for op in ("get", "counts", "next", "list_stage_100", "list_page_100", "list_stage_page_100", "with_errors",
                "list_failed", "stuck_100", "metrics"):
-        print(f"  {op:14s} {ms[op]:7.3f} ms median")
+        unanalyzed = ms.get(f"{op}_unanalyzed")
+        print(f"  {op:14s} {ms[op]:7.3f} ms median" + ("" if unanalyzed is None else
+              f"   without statistics {unanalyzed:7.3f} ms" + ("   SLOW (> 2 ms)" if unanalyzed > 2 else "")))
     print(f"  sync (nothing changed) {ms['sync']:8.1f} ms   bare stat walk {ms['bare_stat_walk']:.1f} ms   "
           f"{r['sync'] / r['bare_stat_walk']:.2f}x")
     print(f"  verify --full {r['verify_full']:7.2f} s    bare parse {r['bare_parse']:.2f} s   "
