@@ -6,8 +6,11 @@ from __future__ import annotations
 
 import random
 import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -66,6 +69,18 @@ def plan(store: Store, sql: str, *args: object) -> str:
         conn.close()
 
 
+@contextmanager
+def statements(index: Any) -> Iterator[list[str]]:
+    """The SQL the index runs on this thread's connection meanwhile (its values written in)."""
+    seen: list[str] = []
+    driver = index._writer()  # this thread's connection: the index's every read on it runs there
+    driver.set_trace_callback(seen.append)
+    try:
+        yield seen
+    finally:
+        driver.set_trace_callback(None)
+
+
 def test_queries_of_a_few_rows_read_them_through_an_index_not_the_table(store: Store) -> None:
     rich(store)
     for i in range(300):  # most rows in one stage, and statistics that say so (a scan would look cheaper)
@@ -116,15 +131,9 @@ def test_a_store_grown_by_its_creates_has_no_statistics_and_still_reads_few_rows
         assert conn.execute("SELECT count(*) FROM sqlite_stat1 WHERE idx = 'episodes_in_order'").fetchone() == (0,)
     finally:
         conn.close()
-    index = store.writer.index
-    seen: list[str] = []
-    driver = index._writer()
-    driver.set_trace_callback(seen.append)
-    try:
+    with statements(store.writer.index) as seen:
         assert [e.key for e in store.with_errors(show="s")] == ["s/failing"]
         assert len(store.list(show="s", limit=5, after="s/e100")) == 5
-    finally:
-        driver.set_trace_callback(None)
     plans = {sql: plan(store, sql) for sql in seen if sql.lstrip().startswith("SELECT")}
     errors = [p for sql, p in plans.items() if "error_count > 0" in sql]
     marked = [p for sql, p in plans.items() if "pending IS NOT NULL" in sql]
@@ -177,18 +186,12 @@ def test_the_leased_rows_are_read_through_their_partial_index(store: Store) -> N
     conn = sqlite3.connect(Path(store.root, ".statekit/index.db"))
     conn.execute("ANALYZE")
     conn.close()
-    index = store.writer.index
-    seen: list[str] = []
-    driver = index._writer()  # this thread's connection: every read below runs on it
-    driver.set_trace_callback(seen.append)
-    try:
-        expired = index.expired_leases(store.writer.clock() + timedelta(seconds=601))
+    with statements(store.writer.index) as seen:
+        expired = store.writer.index.expired_leases(store.writer.clock() + timedelta(seconds=601))
         live = store.queries.live_runs()
         samples = {(s.name, s.labels.get("state")): s.value
                    for f in text_string_to_metric_families(exposition(store.writer, "x").decode())
                    for s in f.samples if s.name == "statekit_leases"}
-    finally:
-        driver.set_trace_callback(None)
     assert expired == [("t", "held")]
     assert live == {store.get("t", "held").lease.run_id}  # type: ignore[union-attr]
     assert samples == {("statekit_leases", "live"): 1, ("statekit_leases", "expired"): 0}
@@ -246,15 +249,8 @@ def test_the_oldest_waiting_gauge_reads_steps_of_the_indexes_and_finds_what_ever
         assert len(expected) >= 2
     finally:
         db.close()
-    index = store.writer.index
-    seen: list[str] = []
-    driver = index._writer()
-    driver.set_trace_callback(seen.append)
-    try:
-        with index.reading() as conn:
-            assert oldest_waiting(conn) == expected
-    finally:
-        driver.set_trace_callback(None)
+    with statements(store.writer.index) as seen, store.writer.index.reading() as conn:
+        assert oldest_waiting(conn) == expected
     asked = [sql for sql in seen if sql.lstrip().startswith("SELECT")]
     assert len(asked) > 5
     for sql in asked:  # every step a range of an index: no read of every row
