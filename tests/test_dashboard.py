@@ -161,6 +161,41 @@ def test_the_search_reads_the_show_order_index_not_every_row(root: str) -> None:
             assert "COVERING INDEX episodes_in_order" in plan, (sql, plan)
 
 
+def test_a_stage_page_names_its_index_and_counts_from_the_totals(root: str) -> None:
+    """A stage of a few rows among a show's many is read through the stage's index, whatever the
+    statistics say (a store filled by its creates has none), and counted from ``stage_totals``."""
+    import sqlite3
+
+    writer = Store.open(root)
+    for i in range(60):  # most of oliver's rows in its first stage
+        writer.create("oliver", f"bulk{i:02d}")
+    writer.close()
+    board = Dashboard(Store.open(root, read_only=True))
+    seen: list[str] = []
+    driver = board.store.index._writer()  # this thread's connection: the reads below run on it
+    driver.set_trace_callback(seen.append)
+    try:
+        few = board.episodes(show="oliver", stage="downloading")
+        many = board.episodes(show="oliver", stage="discovered")
+        everything = board.episodes()
+    finally:
+        driver.set_trace_callback(None)
+        board.close()
+    assert ([r.episode_id for r in few.rows], few.total) == (["ep001"], 1)
+    assert (len(many.rows), many.total) == (60, 60) and many.rows[0].updated_at.tzinfo is not None
+    assert (len(everything.rows), everything.total) == (64, 64)
+    asked = [sql for sql in seen if sql.lstrip().startswith("SELECT")]
+    assert not any("count(" in sql for sql in asked)  # no search text: the kept totals, no row counted
+    rows = [sql for sql in asked if "FROM episodes" in sql]
+    # (a page of a stage holding most of a show's 200 or more rows walks episodes_in_order instead: ``_common``)
+    assert "INDEXED BY episodes_by_stage" in rows[0] and "INDEXED BY episodes_" in rows[1], rows
+    db = sqlite3.connect(Path(root, ".statekit/index.db"))
+    try:
+        assert "INDEX episodes_by_stage (stage=?)" in " ".join(r[3] for r in db.execute("EXPLAIN QUERY PLAN " + rows[0]))
+    finally:
+        db.close()
+
+
 def test_episode_page_has_state_assets_lease_and_full_history(client: TestClient, root: str) -> None:
     html = client.get("/episodes/oliver/ep001").text
     assert "Journey to the Stars" in html and "source.wav" in html and "audio/x-wav" in html

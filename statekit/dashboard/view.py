@@ -22,6 +22,7 @@ from ..errors import CorruptFileError, ValidationError
 from ..history import Change, field_changes
 from ..ids import check_id
 from ..index.db import SHOW_ORDER
+from ..index.rows import from_iso
 from ..index.scan import index_path
 from ..index.tables import episodes, events, stage_totals
 from ..report.compute import build_report
@@ -196,12 +197,21 @@ class Dashboard:
         columns = [episodes.c.show_id, episodes.c.episode_id, episodes.c.title, episodes.c.stage,
                    episodes.c.version, episodes.c.updated_at, episodes.c.cost_total, episodes.c.attempts_total,
                    episodes.c.error_count]
-        with self.store.index.reading() as conn:
-            found = conn.execute(select(*columns).where(*where).order_by(*SHOW_ORDER).limit(LIST_LIMIT)).all()
-            total = conn.execute(select(func.count()).select_from(episodes).where(*where)).scalar() or 0
-        rows = [Row(r.show_id, r.episode_id, r.title or "", r.stage, r.version, r.updated_at, r.cost_total or 0.0,
-                    r.attempts_total or 0, r.error_count or 0) for r in found]
-        return Listing(show, stage, query.strip(), rows, total)
+        index = self.store.index  # (the index it reads through named to SQLite: a stage of a few rows
+        found = index.stage_rows(  # among a show's 100,000 is not found by walking the show)
+            select(*columns).where(*where).order_by(*SHOW_ORDER).limit(LIST_LIMIT), stage, show, LIST_LIMIT)
+        if text:
+            total = index.stage_rows(select(func.count()).select_from(episodes).where(*where), stage, show, 0)[0][0]
+        else:  # the totals the index keeps with every write: no row read
+            counted = select(func.sum(stage_totals.c.episodes)).where(
+                *([stage_totals.c.show_id == show] if show is not None else []),
+                *([stage_totals.c.stage == stage] if stage is not None else []))
+            with index.reading() as conn:
+                total = conn.execute(counted).scalar()
+        rows = [Row(show_id, ep, title or "", in_stage, version, from_iso(updated) if isinstance(updated, str)
+                    else updated, cost or 0.0, attempts or 0, errors or 0)
+                for show_id, ep, title, in_stage, version, updated, cost, attempts, errors in found]
+        return Listing(show, stage, query.strip(), rows, total or 0)
 
     def episode(self, show: str, ep: str) -> EpisodePage:
         """One episode's committed state (its file) and its history (its log), newest first.

@@ -495,13 +495,31 @@ class Index:
         """The rows of a query run on the raw cursor, compiled once per ``name`` (``_raw_docs``)."""
         stmt = self.queries.get(name)
         if stmt is None:
-            stmt = Compiled(build(), self.engine)
-            if hint is not None and self.dialect == "sqlite":
-                stmt.sql = stmt.sql.replace("\nFROM episodes \n", f"\nFROM episodes {hint} \n", 1)
+            stmt = self._hinted(build(), hint)
             self.queries[name] = stmt
         with self.reading():
             cursor = self._writer().cursor()
             cursor.execute(stmt.sql, stmt.params(values))
+            return cursor.fetchall()
+
+    def _hinted(self, stmt: Any, hint: str | None) -> Compiled:
+        compiled = Compiled(stmt, self.engine)
+        if hint is not None and self.dialect == "sqlite":  # the index SQLite reads ``episodes`` through
+            compiled.sql = compiled.sql.replace("\nFROM episodes \n", f"\nFROM episodes {hint} \n", 1)
+        return compiled
+
+    def stage_rows(self, stmt: Any, stage: str | None, show: str | None, limit: int) -> list[Any]:
+        """The rows of a select of ``episodes`` whose values are in it (a page of at most ``limit``
+        in show order, or a count), of ``stage`` (and ``show``) if given, on the raw cursor (times as
+        the driver gives them: ISO text in SQLite). SQLite is told which index to read (whatever
+        its statistics say): a page of a stage the way ``episode_data`` reads one (``_common``),
+        the count of a stage's rows through ``episodes_by_stage``. (The dashboard's.)"""
+        hint = None if stage is None else BY_STAGE if limit == 0 or not self._common(stage, show, limit) \
+            else IN_ORDER
+        compiled = self._hinted(stmt, hint)
+        with self.reading():
+            cursor = self._writer().cursor()
+            cursor.execute(compiled.sql, compiled.params({}))
             return cursor.fetchall()
 
     def _at(self, moment: datetime) -> Any:
