@@ -19,6 +19,8 @@ Targets (issue 16), each against a baseline measured in the same run:
   stage nearly every episode is in), with_errors and a failed-list
   (30 episodes with a failed run each, at every size), stuck (about 100 rows):
   <= 2 ms median, flat;
+- dashboard_stage: the live dashboard's page of a stage of a few rows (the failed ones) in the
+  show, with its count;
 - the list questions again on the same index without the query planner's statistics (a store
   filled by its creates has none; only a rebuild runs ANALYZE): flagged SLOW above 2 ms;
 - metrics: a Prometheus scrape (``/metrics``), no target of the issue's: flat (its run and
@@ -218,6 +220,11 @@ def measure(size: int, calls: int, fmt: str, top: str, ledger: bool = True) -> d
     # the generated episodes entered their stage an hour apart from 2026-01-01: about 100 are older than this
     older = datetime.now(timezone.utc) - (datetime(2026, 1, 1, tzinfo=timezone.utc) + timedelta(hours=100))
     out["stuck_100"] = per_call(lambda i: store.stuck(older, show), calls)
+    # the live dashboard's page of a stage of a few rows (the failed ones) in the show, with its count
+    from statekit.dashboard.view import Dashboard
+
+    board = Dashboard(Store.open(root, read_only=True))
+    out["dashboard_stage"] = per_call(lambda i: board.episodes(show=show, stage="failed"), calls)
     # a Prometheus scrape (``statekit serve``'s /metrics), each value read from the index
     from statekit.signals.metrics import exposition
 
@@ -241,8 +248,10 @@ def measure(size: int, calls: int, fmt: str, top: str, ledger: bool = True) -> d
                     ("next", lambda i: store.next("downloading", 10)),
                     ("with_errors", lambda i: store.with_errors(show)),
                     ("list_failed", lambda i: store.list(stage="failed")),
-                    ("stuck_100", lambda i: store.stuck(older, show))):
+                    ("stuck_100", lambda i: store.stuck(older, show)),
+                    ("dashboard_stage", lambda i: board.episodes(show=show, stage="failed"))):
         out[f"{op}_unanalyzed"] = per_call(ask, calls)
+    board.close()
     start = time.perf_counter()
     bare_walk(root)
     out["bare_stat_walk"] = time.perf_counter() - start
@@ -359,7 +368,7 @@ def main() -> None:
     small, large = results[str(sizes[0])], results[str(sizes[-1])]
     growth = {}
     for op in ("create", "advance", "get", "counts", "next", "list_stage_100", "list_page_100",
-               "list_stage_page_100", "with_errors", "list_failed", "stuck_100", "metrics", "sync", "verify_full", "verify",
+               "list_stage_page_100", "with_errors", "list_failed", "stuck_100", "dashboard_stage", "metrics", "sync", "verify_full", "verify",
                "rebuild"):
         scale = 1 if op not in ("sync", "verify_full", "verify", "rebuild") else sizes[-1] / sizes[0]
         growth[op] = large[op] / scale / small[op]  # type: ignore[index]
@@ -395,7 +404,7 @@ def print_size(size: int, r: dict[str, float], runs: int = 1) -> None:
     print(f"  advance  {ms['advance']:7.2f} ms   bare durable replace {ms['bare_replace']:.2f} ms   "
           f"ratio {r['bare_replace'] / r['advance']:.2f}x")
     for op in ("get", "counts", "next", "list_stage_100", "list_page_100", "list_stage_page_100", "with_errors",
-               "list_failed", "stuck_100", "metrics"):
+               "list_failed", "stuck_100", "dashboard_stage", "metrics"):
         unanalyzed = ms.get(f"{op}_unanalyzed")
         print(f"  {op:14s} {ms[op]:7.3f} ms median" + ("" if unanalyzed is None else
               f"   without statistics {unanalyzed:7.3f} ms" + ("   SLOW (> 2 ms)" if unanalyzed > 2 else "")))
