@@ -197,9 +197,11 @@ class Dashboard:
         columns = [episodes.c.show_id, episodes.c.episode_id, episodes.c.title, episodes.c.stage,
                    episodes.c.version, episodes.c.updated_at, episodes.c.cost_total, episodes.c.attempts_total,
                    episodes.c.error_count]
-        index = self.store.index  # (the index it reads through named to SQLite: a stage of a few rows
-        found = index.stage_rows(  # among a show's 100,000 is not found by walking the show)
-            select(*columns).where(*where).order_by(*SHOW_ORDER).limit(LIST_LIMIT), stage, show, LIST_LIMIT)
+        # read through the index named to SQLite: a stage of a few rows among a show's 100,000 is not
+        # found by walking the show
+        index = self.store.index
+        found = index.stage_rows(select(*columns).where(*where).order_by(*SHOW_ORDER).limit(LIST_LIMIT),
+                                 stage, show, LIST_LIMIT)
         if text:
             total = index.stage_rows(select(func.count()).select_from(episodes).where(*where), stage, show, 0)[0][0]
         else:  # the totals the index keeps with every write: no row read
