@@ -51,19 +51,28 @@ def run_offline() -> None:
         context.run_migrations()
 
 
+def _migrate(conn: object) -> None:
+    """Run the migrations on ``conn``; after an upgrade, the query planner's statistics taken
+    again (an index a migration made, or made again, has none: SQLite would then take it for a
+    few rows and read a show's every row through it)."""
+    upgraded: list[object] = []
+    _configure(connection=conn, render_as_batch=conn.dialect.name == "sqlite",  # type: ignore[attr-defined]
+               on_version_apply=lambda *, step, **_: upgraded.append(step) if step.is_upgrade else None)
+    with context.begin_transaction():
+        context.run_migrations()
+        if upgraded:
+            conn.exec_driver_sql("ANALYZE")  # type: ignore[attr-defined]
+
+
 def run_online() -> None:
     connection = config.attributes.get("connection")
     if connection is not None:
-        _configure(connection=connection, render_as_batch=connection.dialect.name == "sqlite")
-        with context.begin_transaction():
-            context.run_migrations()
+        _migrate(connection)
         return
     engine = make_engine(_url())
     try:
         with engine.connect() as conn:
-            _configure(connection=conn, render_as_batch=conn.dialect.name == "sqlite")
-            with context.begin_transaction():
-                context.run_migrations()
+            _migrate(conn)
             conn.commit()
     finally:
         engine.dispose()

@@ -5,7 +5,9 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -57,6 +59,18 @@ def episode_file(store: Store, show: str, ep: str) -> Path:
         if (folder / name).exists():
             return folder / name
     return folder / ("episode." + store.config.format)
+
+
+@contextmanager
+def statements(index: Any) -> Iterator[list[str]]:
+    """The SQL the index runs on this thread's connection meanwhile (its values written in)."""
+    seen: list[str] = []
+    driver = index._writer()  # this thread's connection: the index's every read on it runs there
+    driver.set_trace_callback(seen.append)
+    try:
+        yield seen
+    finally:
+        driver.set_trace_callback(None)
 
 
 def index_rows(store: Store) -> dict[str, list[tuple[object, ...]]]:

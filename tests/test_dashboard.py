@@ -29,6 +29,8 @@ from statekit.dashboard.pages import routes  # noqa: E402
 from statekit.dashboard.view import VERSION_SECONDS, Dashboard  # noqa: E402
 from statekit.serve import make_app  # noqa: E402
 
+from .conftest import statements  # noqa: E402
+
 TOKEN = "s3cret-token-123"
 QUICK = 0.1
 """The dashboards made in this process ask the index for the version at most this often (``quick_version``),
@@ -132,15 +134,12 @@ def test_the_search_reads_the_show_order_index_not_every_row(root: str) -> None:
     writer.create("tidal", "tn2", title="Café Ünïcode")
     writer.close()
     board = Dashboard(Store.open(root, read_only=True))
-    seen: list[str] = []
-    driver = board.store.index._writer()  # this thread's connection: the reads below run on it
-    driver.set_trace_callback(seen.append)
     try:
-        found = {q: [e.episode_id for e in board.episodes(query=q).rows]
-                 for q in ("STARS", "stars", "café", "CAFÉ", "Ünï", "ünïcode", "ÜNÏ", "TN", "Oliver", "nothing")}
-        staged = board.episodes(stage="downloading", query="TIDAL")
+        with statements(board.store.index) as seen:
+            found = {q: [e.episode_id for e in board.episodes(query=q).rows]
+                     for q in ("STARS", "stars", "café", "CAFÉ", "Ünï", "ünïcode", "ÜNÏ", "TN", "Oliver", "nothing")}
+            staged = board.episodes(stage="downloading", query="TIDAL")
     finally:
-        driver.set_trace_callback(None)
         board.close()
     assert found == {"STARS": ["ep001"], "stars": ["ep001"], "café": ["tn2"], "CAFÉ": ["tn2"], "Ünï": ["tn2"],
                      "ünïcode": ["tn2"], "ÜNÏ": ["tn2"], "TN": ["tn1", "tn2"], "Oliver": ["ep001", "ep002", "ep003"],
@@ -171,15 +170,12 @@ def test_a_stage_page_names_its_index_and_counts_from_the_totals(root: str) -> N
         writer.create("oliver", f"bulk{i:02d}")
     writer.close()
     board = Dashboard(Store.open(root, read_only=True))
-    seen: list[str] = []
-    driver = board.store.index._writer()  # this thread's connection: the reads below run on it
-    driver.set_trace_callback(seen.append)
     try:
-        few = board.episodes(show="oliver", stage="downloading")
-        many = board.episodes(show="oliver", stage="discovered")
-        everything = board.episodes()
+        with statements(board.store.index) as seen:
+            few = board.episodes(show="oliver", stage="downloading")
+            many = board.episodes(show="oliver", stage="discovered")
+            everything = board.episodes()
     finally:
-        driver.set_trace_callback(None)
         board.close()
     assert ([r.episode_id for r in few.rows], few.total) == (["ep001"], 1)
     assert (len(many.rows), many.total) == (60, 60) and many.rows[0].updated_at.tzinfo is not None

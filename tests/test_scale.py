@@ -6,18 +6,15 @@ from __future__ import annotations
 
 import random
 import sqlite3
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from statekit import Store
 from statekit.models import TRUSTED, Episode
 
-from .conftest import index_rows
+from .conftest import index_rows, statements
 
 
 def rich(store: Store) -> None:
@@ -67,18 +64,6 @@ def plan(store: Store, sql: str, *args: object) -> str:
         return " | ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + sql, args))
     finally:
         conn.close()
-
-
-@contextmanager
-def statements(index: Any) -> Iterator[list[str]]:
-    """The SQL the index runs on this thread's connection meanwhile (its values written in)."""
-    seen: list[str] = []
-    driver = index._writer()  # this thread's connection: the index's every read on it runs there
-    driver.set_trace_callback(seen.append)
-    try:
-        yield seen
-    finally:
-        driver.set_trace_callback(None)
 
 
 def test_queries_of_a_few_rows_read_them_through_an_index_not_the_table(store: Store) -> None:

@@ -32,7 +32,6 @@ def upgrade() -> None:
     for name, column in PARTIAL.items():
         where = sa.text(f"{column} IS NOT NULL")
         op.create_index(name, "episodes", [column], sqlite_where=where, postgresql_where=where)
-    op.execute("ANALYZE episodes")  # the query planner's statistics of the new indexes
 
 
 def downgrade() -> None:

@@ -29,9 +29,6 @@ ORDER = ["show_id", "position", "created_at", "episode_id"]
 def upgrade() -> None:
     op.drop_index("episodes_in_order", table_name="episodes")
     op.create_index("episodes_in_order", "episodes", [*ORDER, "title"])
-    # the query planner's statistics of the index made again (dropping it dropped them): without
-    # them SQLite takes it for a few rows a show and reads a show's every row through it
-    op.execute("ANALYZE episodes")
 
 
 def downgrade() -> None:

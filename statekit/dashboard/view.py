@@ -203,7 +203,7 @@ class Dashboard:
         found = index.stage_rows(select(*columns).where(*where).order_by(*SHOW_ORDER).limit(LIST_LIMIT),
                                  stage, show, LIST_LIMIT)
         if text:
-            total = index.stage_rows(select(func.count()).select_from(episodes).where(*where), stage, show, 0)[0][0]
+            total = index.stage_rows(select(func.count()).select_from(episodes).where(*where), stage, show, None)[0][0]
         else:  # the totals the index keeps with every write: no row read
             counted = select(func.sum(stage_totals.c.episodes)).where(
                 *([stage_totals.c.show_id == show] if show is not None else []),

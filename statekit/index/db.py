@@ -508,13 +508,13 @@ class Index:
             compiled.sql = compiled.sql.replace("\nFROM episodes \n", f"\nFROM episodes {hint} \n", 1)
         return compiled
 
-    def stage_rows(self, stmt: Any, stage: str | None, show: str | None, limit: int) -> list[Any]:
+    def stage_rows(self, stmt: Any, stage: str | None, show: str | None, limit: int | None) -> list[Any]:
         """The rows of a select of ``episodes`` whose values are in it (a page of at most ``limit``
-        in show order, or a count), of ``stage`` (and ``show``) if given, on the raw cursor (times as
-        the driver gives them: ISO text in SQLite). SQLite is told which index to read (whatever
+        in show order; None: a count), of ``stage`` (and ``show``) if given, on the raw cursor (times
+        as the driver gives them: ISO text in SQLite). SQLite is told which index to read (whatever
         its statistics say): a page of a stage the way ``episode_data`` reads one (``_common``),
         the count of a stage's rows through ``episodes_by_stage``. (The dashboard's.)"""
-        hint = None if stage is None else BY_STAGE if limit == 0 or not self._common(stage, show, limit) \
+        hint = None if stage is None else BY_STAGE if limit is None or not self._common(stage, show, limit) \
             else IN_ORDER
         compiled = self._hinted(stmt, hint)
         with self.reading():
