@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import queue
 import random
 import threading
 import time
@@ -255,7 +256,16 @@ class _LockWaiter:
 
     ``wait`` gives up after the timeout; the thread then owns ``fd`` and
     closes it (releasing the lock) as soon as it gets the lock.
+
+    The helper threads are kept for the next wait (up to ``KEEP`` idle ones a process,
+    each blocked on its inbox): the index's writers in several processes wait for their
+    gate again and again, and starting a thread for each wait cost about 100 us of CPU,
+    three times the handing over (``benchmarks/bench_lock_wait.py``).
     """
+
+    KEEP = 4
+    _idle: list[queue.SimpleQueue[_LockWaiter]] = []  # inboxes of the helpers waiting for a job
+    _idle_lock = threading.Lock()
 
     def __init__(self, fd: int) -> None:
         self.fd = fd
@@ -263,8 +273,33 @@ class _LockWaiter:
         self._finished = False
         self._error: OSError | None = None
         self._mutex = threading.Lock()
-        self._done = threading.Event()
-        threading.Thread(target=self._block, name="statekit-lock-wait", daemon=True).start()
+        self._done = threading.Lock()  # held until the helper has the lock (or failed): a one-shot signal
+        self._done.acquire()
+        with _LockWaiter._idle_lock:
+            inbox = _LockWaiter._idle.pop() if _LockWaiter._idle else None
+        if inbox is None:
+            inbox = queue.SimpleQueue()
+            threading.Thread(target=_LockWaiter._serve, args=(inbox,), name="statekit-lock-wait",
+                             daemon=True).start()
+        inbox.put(self)
+
+    @staticmethod
+    def _serve(inbox: queue.SimpleQueue[_LockWaiter]) -> None:
+        """A helper's life: take a lock for each waiter handed to it; end when enough others are idle."""
+        while True:
+            waiter: _LockWaiter | None = inbox.get()
+            waiter._block()  # type: ignore[union-attr]
+            waiter = None  # an idle helper keeps nothing of its last wait alive
+            with _LockWaiter._idle_lock:
+                if len(_LockWaiter._idle) >= _LockWaiter.KEEP:
+                    return
+                _LockWaiter._idle.append(inbox)
+
+    @staticmethod
+    def _forked() -> None:
+        """In a forked child: the parent's helpers are not there (nor the holder of their lock)."""
+        _LockWaiter._idle = []
+        _LockWaiter._idle_lock = threading.Lock()
 
     def _block(self) -> None:
         try:
@@ -276,12 +311,12 @@ class _LockWaiter:
                 os.close(self.fd)  # releases the lock nobody waits for any more
                 return
             self._finished = True
-        self._done.set()
+        self._done.release()
 
     def wait(self, timeout: float) -> bool:
         """True once the lock is held on ``fd``; False after ``timeout`` seconds."""
         try:
-            self._done.wait(timeout)
+            self._done.acquire(timeout=min(max(timeout, 0.0), threading.TIMEOUT_MAX))
         finally:  # also on KeyboardInterrupt: either the lock is ours, or the thread keeps fd
             with self._mutex:
                 if not self._finished:
@@ -291,6 +326,9 @@ class _LockWaiter:
         if self._error is not None:
             raise self._error
         return True
+
+
+os.register_at_fork(after_in_child=_LockWaiter._forked)
 
 
 def _poll_lock(fd: int, path: str, timeout: float, what: str) -> None:
