@@ -71,12 +71,28 @@ class Backups:
         stem, ext = (name[:dot], name[dot:]) if dot > len(name) - len(name.lstrip(".")) else (name, "")
         return "/".join((self.root, *parts, f"{stem}.v{model.version}{ext}")), folder
 
-    def spare(self, kept: str, version: int) -> str | None:
-        """The backup that rotation drops once ``kept`` (version ``version``) is kept: the
-        write may reuse its file as its temp file (``files.atomic_write``'s ``recycle``).
-        A write that fails after taking it leaves one backup fewer: the oldest one."""
+    def spare(self, kept: str, version: int, folder: int) -> str | None:
+        """The backup that rotation drops once ``kept`` (version ``version``) is kept, in the
+        backup ``folder``: the write may reuse its file as its temp file (``files.atomic_write``'s
+        ``recycle``). A write that fails after taking it leaves one backup fewer: the oldest one.
+
+        As ``rotate`` decides: the one ``keep`` versions back, by name; on a 16th version,
+        where ``rotate`` lists the folder and keeps the newest ``keep``, the oldest of those the
+        listing drops (after a version that jumped, the one ``keep`` back may be among the
+        newest: taking it lost a backup the listing keeps, and kept one it drops)."""
         if self.keep == 0 or version <= self.keep:
             return None
+        if version % 16 == 0:
+            cut = kept.rindex("/")
+            try:
+                names = os.listdir(folder)
+            except OSError:
+                return None  # (rotate's listing meets the same folder and logs)
+            found = backup_versions(names)
+            if kept[cut + 1:] not in names:
+                found.append((version, kept[cut + 1:]))
+            dropped = [name for v, name in sorted(found, reverse=True)[self.keep:] if v != version]
+            return f"{kept[:cut]}/{dropped[-1]}" if dropped else None
         suffix = kept[kept.rindex("."):]
         return f"{kept[:kept.rindex('.v')]}.v{version - self.keep}{suffix}"
 

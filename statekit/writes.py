@@ -544,7 +544,7 @@ class Writer(Ledgers):
             st = diskio.atomic_write(self.disk, path, raw, dir_fd=folder, alongside=sync, keep=keep,
                                      keep_dir_fd=backups, previous=previous, created=previous is None,
                                      fence=self.fence,
-                                     recycle=self.backups.spare(keep, current.model.version)  # type: ignore[union-attr]
+                                     recycle=self.backups.spare(keep, current.model.version, backups)  # type: ignore[union-attr]
                                      if keep is not None else None, recycled=taken)
             if keep is not None and backups is not None:
                 self.backups.rotate(keep, current.model.version, backups,  # type: ignore[union-attr]

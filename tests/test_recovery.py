@@ -69,6 +69,27 @@ def test_rotation_stays_at_three_over_many_writes_and_clears_stragglers(store: S
     assert sorted(os.listdir(backup_dir(store))) == [f"episode.v{v}.yaml" for v in (30, 31, 32)]
 
 
+def test_a_16th_version_after_a_gap_keeps_the_newest_three_backups(any_store: Store) -> None:
+    # found by tests/reliability/test_model.py: a restore over an unreadable file keeps no backup of it,
+    # so the versions jump; the write that then keeps version 16 lists the folder, and the spare it
+    # reuses as its temp file must be one that listing drops (the oldest), not the one 3 versions back
+    store = any_store
+    ext = store.config.format
+    store.create("s", "e")
+    walk_back_and_forth(store, 14)  # version 15; backups of 12, 13, 14
+    assert sorted(os.listdir(backup_dir(store))) == [f"episode.v{v}.{ext}" for v in (12, 13, 14)]
+    episode_file(store, "s", "e").write_bytes(b"\x00\x01garbage")
+    assert store.restore("s", "e").version == 16  # over the unreadable version 15: kept in the trash
+    assert [b.version for b in store.backups("s", "e")] == [14, 13, 12]
+    kept = {v: (backup_dir(store) / f"episode.v{v}.{ext}").read_bytes() for v in (13, 14)}
+    store.advance("s", "e", "failed")  # version 16 -> 17: 16 is kept, 12 falls out
+    assert [b.version for b in store.backups("s", "e")] == [16, 14, 13]
+    assert {v: (backup_dir(store) / f"episode.v{v}.{ext}").read_bytes() for v in (13, 14)} == kept
+    walk_back_and_forth(store, 16)  # and rotation goes on by name, through version 32's listing
+    assert [b.version for b in store.backups("s", "e")] == [32, 31, 30]
+    assert store.verify().clean
+
+
 def test_a_backup_never_shares_the_live_file(store: Store) -> None:
     store.create("s", "e")
     store.advance("s", "e", "downloading")
