@@ -29,6 +29,10 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from bench_scale import json_of_each  # noqa: E402  (worker processes started together)
 
 HANDOVER = r"""
 import json, os, sys, time
@@ -80,14 +84,8 @@ def handover(repo: str, waits: int, folder: str) -> dict[str, float]:
 def contended(repo: str, holds: int, folder: str) -> dict[str, float]:
     start_at = time.time() + 1.0
     path = os.path.join(folder, "c.lock")
-    procs = [subprocess.Popen([sys.executable, "-c", CONTENDED, repo, str(holds), path, str(start_at)],
-                              stdout=subprocess.PIPE, text=True) for _ in range(2)]
-    results = []
-    for p in procs:
-        stdout, _ = p.communicate()
-        if p.returncode:
-            raise SystemExit(f"a contending process failed ({p.returncode})")
-        results.append(json.loads(stdout))
+    results = json_of_each([[sys.executable, "-c", CONTENDED, repo, str(holds), path, str(start_at)]] * 2,
+                           "a contending process")
     return {"holds_per_s": 2 * holds / max(r["wall"] for r in results),
             "cpu_us": sum(r["cpu"] for r in results) / (2 * holds) * 1e6,
             "waited": sum(r["waited"] for r in results) / (2 * holds)}

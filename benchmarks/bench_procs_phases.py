@@ -16,11 +16,9 @@ processes with each other, not with ``bench_scale``'s figures.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +26,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from bench_scale import json_of_each  # noqa: E402  (worker processes started together)
 
 WORKER = r"""
 import json, sys, time
@@ -75,14 +76,8 @@ def run(top: str, n: int, per_proc: int, fmt: str) -> dict[str, float]:
             store.create("procs", f"p{p}x{i:05d}")
     store.close()
     start_at = time.time() + 1.0
-    procs = [subprocess.Popen([sys.executable, "-c", WORKER.format(repo=str(HERE.parent)), root, f"p{p}x",
-                               str(per_proc), str(start_at)], stdout=subprocess.PIPE, text=True) for p in range(n)]
-    results = []
-    for proc in procs:
-        stdout, _ = proc.communicate()
-        if proc.returncode:
-            raise SystemExit(f"a worker process failed ({proc.returncode})")
-        results.append(json.loads(stdout))
+    results = json_of_each([[sys.executable, "-c", WORKER.format(repo=str(HERE.parent)), root, f"p{p}x",
+                             str(per_proc), str(start_at)] for p in range(n)], "a worker process")
     shutil.rmtree(root)
     writes = 2 * per_proc
     out = {key: statistics.mean(r.get(key, 0.0) for r in results) / writes * 1e6 for key in results[0]}

@@ -133,6 +133,19 @@ def probe(root: str, what: str) -> dict[str, float]:
     return json.loads(out.stdout)
 
 
+def json_of_each(argvs: list[list[str]], what: str) -> list[dict[str, float]]:
+    """Start the commands ``argvs`` at once; the JSON object each printed, in their order
+    (``SystemExit`` naming ``what`` if one failed). The other benchmarks' worker processes."""
+    procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, text=True) for argv in argvs]
+    results = []
+    for proc in procs:
+        stdout, _ = proc.communicate()
+        if proc.returncode:
+            raise SystemExit(f"{what} failed ({proc.returncode})")
+        results.append(json.loads(stdout))
+    return results
+
+
 def per_call(fn: Callable[[int], object], calls: int) -> float:
     """Median seconds of ``fn(i)`` over ``calls`` calls."""
     times = []
