@@ -122,6 +122,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.ops < 1 or args.rounds < 1:
         parser.error("--ops and --rounds must be at least 1")
+    if args.dir is not None and not os.path.isdir(args.dir):
+        parser.error(f"--dir {args.dir}: not a folder (give an existing folder on the file system to measure)")
     folder = tempfile.mkdtemp(prefix="bench-fs-", dir=args.dir)
     try:
         ops = operations(folder, args.ops)
