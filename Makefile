@@ -22,12 +22,16 @@ $(BIN)/statekit: pyproject.toml $(LOCK) | $(BIN)/python
 demo: $(BIN)/statekit
 	$(BIN)/statekit demo
 
+# statekit's bytecode, written first: the suite starts hundreds of processes that import statekit (the
+# CLI, workers), and where PYTHONDONTWRITEBYTECODE is set each one would compile all of it again
 test: $(BIN)/statekit
+	$(BIN)/python -m compileall -q statekit
 	$(BIN)/python -m pytest -q -n auto --dist worksteal --cov --cov-report=term --cov-fail-under=85
 
 # the reliability harness at full size (RELIABILITY.md), then the other tests the default suite runs
 # smaller (kill -9 writers, the I/O faults' errnos, the hypothesis comparisons); the default suite runs their fast tier
 stress: $(BIN)/statekit
+	$(BIN)/python -m compileall -q statekit
 	STATEKIT_STRESS=1 $(BIN)/python -m pytest -q -m reliability tests/reliability
 	STATEKIT_STRESS=1 $(BIN)/python -m pytest -q -n auto tests/test_processes.py tests/test_faults.py tests/test_blockyaml.py \
 		tests/test_ledger_model.py tests/test_parsing_fast.py tests/test_trusted.py
