@@ -10,7 +10,7 @@ a ratio to a ``link`` (a new name for a file that exists: no new inode).
 
 Why: what a new inode costs drives several of the benchmarks' ratios, and on some machines it
 is far from steady. Seen on the 2-core VM this project is tested on (2026-12-07, ext4 with
-``discard``, Firecracker's kernel): a new file cost anywhere from 20 to 930 us of CPU in the
+``discard``, Firecracker's kernel): a new file cost anywhere from about 20 to 1,000 us of CPU in the
 kernel, from one minute to the next, named or not (``O_TMPFILE``), while a ``link`` stayed near
 20 us and a ``rename`` near 30 us. statekit makes a new file where a write needs a new inode: an
 episode's ``create`` makes three (its lock file, its event log, the temp file renamed to its
