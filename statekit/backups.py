@@ -88,13 +88,22 @@ class Backups:
                 names = os.listdir(folder)
             except OSError:
                 return None  # (rotate's listing meets the same folder and logs)
-            found = backup_versions(names)
             if kept[cut + 1:] not in names:
-                found.append((version, kept[cut + 1:]))
-            dropped = [name for v, name in sorted(found, reverse=True)[self.keep:] if v != version]
+                names.append(kept[cut + 1:])  # (linked after this, before rotate lists the folder)
+            dropped = [name for v, name in self.dropped(names) if v != version]
             return f"{kept[:cut]}/{dropped[-1]}" if dropped else None
+        return self.by_name(kept, version)
+
+    def by_name(self, kept: str, version: int) -> str:
+        """The backup ``keep`` versions before ``kept`` (version ``version``): the one that falls
+        out when versions go up one per write."""
         suffix = kept[kept.rindex("."):]
         return f"{kept[:kept.rindex('.v')]}.v{version - self.keep}{suffix}"
+
+    def dropped(self, names: list[str]) -> list[tuple[int, str]]:
+        """(version, name) of the backups among a folder's ``names`` past the newest ``keep``,
+        newest first: what ``rotate`` removes on a 16th version (and ``spare`` picks from)."""
+        return sorted(backup_versions(names), reverse=True)[self.keep:]
 
     def rotate(self, kept: str, version: int, folder: int, *, spare_taken: bool = False) -> None:
         """Keep the newest ``keep`` versions (a failure here only logs: the write is done).
@@ -108,15 +117,13 @@ class Backups:
         try:
             if version % 16:
                 if version > keep_n and not spare_taken:
-                    suffix = kept[kept.rindex("."):]
                     try:
-                        disk.unlink(f"{kept[:kept.rindex('.v')]}.v{version - keep_n}{suffix}", dir_fd=folder)
+                        disk.unlink(self.by_name(kept, version), dir_fd=folder)
                     except FileNotFoundError:
                         pass
                 return
             directory = os.path.dirname(kept)
-            found = sorted(backup_versions(os.listdir(folder)), reverse=True)
-            for _version, name in found[keep_n:]:
+            for _version, name in self.dropped(os.listdir(folder)):
                 disk.unlink(os.path.join(directory, name), dir_fd=folder)
         except OSError as exc:
             log.warning("statekit: could not rotate the backups next to %s (%s)", kept, exc)
